@@ -1,0 +1,38 @@
+# Quick start: `make demo` and `make test` each work from a clean clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check smallvision tests benchmarks examples
+	$(VENV)/bin/ruff format --check smallvision tests benchmarks examples
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format smallvision tests benchmarks examples
+	$(VENV)/bin/ruff check --fix smallvision tests benchmarks examples
+
+test: lint
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/features.py
+
+clean:
+	rm -rf $(VENV) runs demo .pytest_cache .ruff_cache

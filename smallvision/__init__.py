@@ -1,0 +1,16 @@
+"""smallvision: a folder of images in, the best image classifier it can make out."""
+
+from smallvision.api import TrainResult, load, make_config, predict, predict_imagenet, read_metrics, train
+from smallvision.errors import SmallvisionError
+
+__version__ = "0.1.0"
+__all__ = [
+    "SmallvisionError",
+    "TrainResult",
+    "load",
+    "make_config",
+    "predict",
+    "predict_imagenet",
+    "read_metrics",
+    "train",
+]

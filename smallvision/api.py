@@ -1,0 +1,227 @@
+"""The public functions; the CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smallvision import atomic
+from smallvision.config import RunConfig, build_config, dump_config, load_config
+from smallvision.errors import SmallvisionError
+
+log = logging.getLogger("smallvision")
+
+
+@dataclass
+class TrainResult:
+    """Where a run wrote its results, and its headline numbers."""
+
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A one-screen summary of the run."""
+        m = self.metrics
+        lines = [
+            f"recipe {m['recipe']} · backbone {m['backbone']} · weights {m['weights']} · device {m['device']}",
+            *self.notes,
+            f"val accuracy {m['val_accuracy']:.4f}  val loss {m['val_loss']:.4f}  (n={m['val']['n']})",
+        ]
+        if "test_accuracy" in m:
+            lines.append(f"test accuracy {m['test_accuracy']:.4f}  (n={m['test']['n']}, evaluated once)")
+        lines += [
+            f"time {m['seconds']:.1f} s",
+            f"model:   {self.model_dir}",
+            f"metrics: {self.run_dir / 'metrics.json'}",
+            f"history: {self.run_dir / 'history.csv'}",
+        ]
+        return "\n".join(lines)
+
+
+def _set(values: dict, section: str, key: str, value: Any) -> None:
+    if value is not None:
+        values.setdefault(section, {})[key] = value
+
+
+def make_config(
+    data: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    recipe: str | None = None,
+    backbone: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    **options: Any,
+) -> RunConfig:
+    """Resolve a run's config: YAML file first, then explicit arguments; `options` are `section.key` overrides."""
+    values = load_config(config) if config else {}
+    _set(values, "data", "path", str(data) if data is not None else None)
+    _set(values, "data", "image_size", image_size)
+    _set(values, "model", "backbone", backbone)
+    _set(values, "model", "weights", weights)
+    _set(values, "recipe", "name", recipe)
+    _set(values, "recipe", "epochs", epochs)
+    if seed is not None:
+        values["seed"] = seed
+    if out is not None:
+        values["out"] = str(out)
+    for dotted, value in options.items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise SmallvisionError(f"option {dotted!r}: write it as section.key, e.g. model.dropout")
+        _set(values, section, key, value)
+    if "path" not in values.get("data", {}):
+        raise SmallvisionError("no data folder given: smallvision train DATA_FOLDER (or data.path in --config)")
+    return build_config(values, str(config) if config else "options")
+
+
+def _run_dir(cfg: RunConfig) -> Path:
+    if cfg.out:
+        out = Path(cfg.out)
+        if (out / "metrics.json").exists():
+            raise SmallvisionError(
+                f"{out} already holds a finished run; choose another --out or delete that folder first"
+            )
+        return out
+    base = Path("runs") / f"{Path(cfg.data.path).stem}-{cfg.recipe.name}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def _history_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: Any) -> TrainResult:
+    """Train a classifier on a folder of class folders; write the run folder; return its results."""
+    from smallvision.data.decode import RESIZE_POLICY
+    from smallvision.data.scan import SplitPlan, scan
+    from smallvision.evaluate.metrics import classification_metrics
+    from smallvision.models.folder import ModelCard, package_versions, save_state
+    from smallvision.train.recipes import RECIPES
+
+    start = time.perf_counter()
+    cfg = make_config(data, **kwargs)
+    run_dir = _run_dir(cfg)
+    d = cfg.data
+    plan = SplitPlan(
+        d.val_fraction,
+        d.test_fraction,
+        d.min_train_per_class,
+        d.min_val_per_class,
+        d.min_test_per_class,
+        cfg.seed,
+    )
+    index = scan(d.path, plan)
+    outcome = RECIPES[cfg.recipe.name](cfg, index, progress=progress)
+    log.info("%s", index.table())
+    for note in outcome.notes:
+        log.info("%s", note)
+
+    metrics: dict[str, Any] = {}
+    for split in ("val", "test"):
+        if split in outcome.probs:
+            metrics[split] = classification_metrics(outcome.labels[split], outcome.probs[split], index.classes)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = "; ".join(f"{b.name}: {b.weights['detail']}" for b in outcome.backbones)
+    summary: dict[str, Any] = {
+        "val_accuracy": metrics["val"]["accuracy"],
+        "val_loss": metrics["val"]["loss"],
+        "classes": index.classes,
+        "recipe": cfg.recipe.name,
+        "backbone": cfg.model.backbone,
+        "weights": weights,
+        "device": device,
+        "best_epoch": outcome.best_epoch,
+        "data": {
+            "root": str(index.root),
+            "layout": index.layout,
+            "notes": index.notes,
+            "counts": index.counts(),
+            "skipped": [{"path": str(p), "reason": r} for p, r in index.skipped],
+        },
+        "notes": outcome.notes,
+    }
+    if "test" in metrics:
+        summary["test_accuracy"] = metrics["test"]["accuracy"]
+    summary.update(metrics)
+
+    model_dir = run_dir / "model"
+    card = ModelCard(
+        classes=index.classes,
+        image_size=d.image_size,
+        resize=RESIZE_POLICY,
+        backbones=outcome.backbones,
+        head=outcome.head,
+        recipe=cfg.recipe.name,
+        metrics={
+            k: summary[k] for k in ("val_accuracy", "val_loss") + (("test_accuracy",) if "test" in metrics else ())
+        },
+        versions=package_versions(),
+    )
+    save_state(outcome.state, card, model_dir)
+    atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    atomic.write_json(run_dir / "metrics.json", summary)
+    return TrainResult(run_dir, model_dir, summary, outcome.notes)
+
+
+def load(model_dir: str | Path):
+    """Load a saved model folder: (network in eval mode, its ModelCard). Never unpickles."""
+    from smallvision.models.folder import load_model
+
+    return load_model(model_dir)
+
+
+def predict(model_dir: str | Path, paths: list[str | Path] | str | Path, *, top_k: int = 5) -> list:
+    """Top-k class probabilities for image files and folders, with a saved model."""
+    from smallvision.predict import classify, expand_paths
+
+    model, card = load(model_dir)
+    files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
+    return classify(model, card.classes, card.image_size, files, top_k)
+
+
+def predict_imagenet(
+    paths: list[str | Path] | str | Path,
+    *,
+    top_k: int = 5,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = None,
+) -> list:
+    """Top-k ImageNet classes from the pretrained backbone's original head."""
+    from smallvision.predict import classify, expand_paths, imagenet_model
+
+    model, names, size = imagenet_model(backbone, weights)
+    files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
+    return classify(model, names, size, files, top_k)
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The metrics.json of a finished run."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise SmallvisionError(f"{run_dir}: no metrics.json; is this a finished run folder?")
+    return json.loads(path.read_text())

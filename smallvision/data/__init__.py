@@ -1,0 +1,1 @@
+"""Data in: scan a folder, decode images once, cache them, build batches."""

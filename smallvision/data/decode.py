@@ -1,0 +1,81 @@
+"""Decode one image file into a square RGB uint8 array: EXIF-rotated, any mode converted, resized once."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from smallvision.errors import SmallvisionError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+RESIZE_POLICY = "shorter-side-bicubic-center-crop"
+
+
+class ImageDecodeError(SmallvisionError):
+    """A file that is not a usable image; the message says why."""
+
+
+def content_digest(data: bytes) -> str:
+    """Return the hex content key of a file's bytes (what every cache is keyed by)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def is_image_name(path: Path) -> bool:
+    """True for visible files with an image extension (case-insensitive)."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (L, P, RGBA, CMYK, I;16, ...) to RGB; transparency goes on white."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_bytes(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
+    """Decode image bytes into a (size, size, 3) uint8 array; raise ImageDecodeError naming `name`."""
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            if im.format == "JPEG":
+                im.draft(None, (size, size))
+            im = ImageOps.exif_transpose(im)
+            im = to_rgb(im)
+            w, h = im.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            im = im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"{name}: image too large (Pillow's decompression-bomb limit): {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(f"{name}: not an image Pillow can read (wrong extension or not an image)") from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
+        raise ImageDecodeError(f"{name}: corrupt or truncated image data ({e})") from e
+
+
+def decode_file(path: str | Path, size: int) -> np.ndarray:
+    """Decode an image file into a (size, size, 3) uint8 array."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageDecodeError(f"{path}: cannot read file ({e.strerror or e})") from e
+    return decode_bytes(data, size, str(path))

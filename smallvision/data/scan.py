@@ -1,0 +1,281 @@
+"""Find the images and classes in a folder (or zip), choose the splits, and say what was found."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from smallvision.data.decode import content_digest, is_image_name
+from smallvision.errors import SmallvisionError
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {
+    "train": ("train", "training", "training_set", "train_set"),
+    "val": ("val", "valid", "validation", "validation_set", "val_set"),
+    "test": ("test", "testing", "test_set"),
+}
+SPLITS = ("train", "val", "test")
+IGNORED_DIRS = {"__MACOSX"}
+
+
+@dataclass
+class ImageItem:
+    """One image file: where it is, its class, its split and its content key."""
+
+    path: Path
+    label: int
+    split: str
+    digest: str
+
+
+@dataclass
+class SplitPlan:
+    """How to carve splits out of a folder that does not provide them."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    min_train_per_class: int = 1
+    min_val_per_class: int = 1
+    min_test_per_class: int = 1
+    seed: int = 0
+
+
+@dataclass
+class DatasetIndex:
+    """Everything known about a dataset before decoding: files, classes, splits, and files skipped."""
+
+    root: Path
+    layout: str
+    classes: list[str]
+    items: list[ImageItem]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[ImageItem]:
+        """The items of one split."""
+        return [it for it in self.items if it.split == name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class per split: {split: {class: n}}."""
+        out: dict[str, dict[str, int]] = {}
+        for s in SPLITS:
+            c = Counter(it.label for it in self.items if it.split == s)
+            if c:
+                out[s] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+        return out
+
+    def drop(self, failures: dict[str, str]) -> None:
+        """Remove items whose content failed to decode, recording each path and reason as skipped."""
+        kept = []
+        for it in self.items:
+            reason = failures.get(it.digest)
+            if reason is None:
+                kept.append(it)
+            else:
+                self.skipped.append((it.path, reason))
+        self.items = kept
+
+    def table(self) -> str:
+        """A short text table: images per class per split, then skipped files."""
+        counts = self.counts()
+        splits = list(counts)
+        width = max([len("class")] + [len(c) for c in self.classes])
+        lines = [f"data: {self.root}  (layout: {self.layout})"]
+        lines += [f"  {n}" for n in self.notes]
+        lines.append("  " + "class".ljust(width) + "".join(f"{s:>8}" for s in splits))
+        for name in self.classes:
+            lines.append("  " + name.ljust(width) + "".join(f"{counts[s][name]:>8}" for s in splits))
+        lines.append("  " + "total".ljust(width) + "".join(f"{sum(counts[s].values()):>8}" for s in splits))
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} file(s):")
+            lines += [f"    {p}: {reason}" for p, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def _unpack_zip(path: Path) -> Path:
+    """Extract a zip once into the cache (keyed by content), refusing paths that escape the folder."""
+    from smallvision.data.cache import cache_root
+
+    digest = content_digest(path.read_bytes())
+    dest = cache_root() / "unzipped" / digest
+    if (dest / ".complete").exists():
+        return dest
+    try:
+        with zipfile.ZipFile(path) as zf:
+            tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+            for member in zf.namelist():
+                target = (tmp / member).resolve()
+                if not target.is_relative_to(tmp.resolve()):
+                    raise SmallvisionError(f"{path}: zip member {member!r} points outside the archive; refusing it")
+            zf.extractall(tmp)
+    except zipfile.BadZipFile as e:
+        raise SmallvisionError(f"{path}: not a valid zip file ({e})") from e
+    (tmp / ".complete").touch()
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_DIRS
+    )
+
+
+def _has_images(folder: Path) -> bool:
+    return any(is_image_name(p) for p in folder.iterdir() if p.is_file())
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in _subdirs(root):
+        for split, names in SPLIT_NAMES.items():
+            if d.name.lower() in names:
+                if split in found:
+                    raise SmallvisionError(
+                        f"{root}: both {found[split].name}/ and {d.name}/ look like the {split} split; keep one"
+                    )
+                found[split] = d
+    return found
+
+
+def _list_images(class_dir: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """Image files under a class folder (recursively, symlink loops safe), sorted; other files reported."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append((Path(dirpath), "folder seen before (symlink loop); not followed again"))
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in IGNORED_DIRS)
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.startswith("."):
+                continue
+            if not is_image_name(p):
+                skipped.append((p, f"not an image file extension ({p.suffix or 'none'})"))
+            elif not p.is_file():
+                skipped.append((p, "not a regular file (broken link?)"))
+            else:
+                out.append(p)
+    return out
+
+
+def _read_digest(path: Path, skipped: list[tuple[Path, str]]) -> str | None:
+    try:
+        return content_digest(path.read_bytes())
+    except OSError as e:
+        skipped.append((path, f"cannot read file ({e.strerror or e})"))
+        return None
+
+
+def _carve(labels: np.ndarray, fraction: float, minimum: int, seed: int, split: str, classes: list[str]) -> set[int]:
+    """Pick a stratified, seeded subset: per class max(minimum, round(fraction * n)) positions."""
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for c in range(len(classes)):
+        pos = np.flatnonzero(labels == c)
+        n = max(minimum, int(round(fraction * len(pos))))
+        if n > len(pos):
+            raise SmallvisionError(
+                f"class {classes[c]!r} has {len(pos)} image(s) left, too few for {n} in the {split} split; "
+                f"add images, lower --min-{split}-per-class, or lower the {split} fraction"
+            )
+        chosen.update(rng.permutation(pos)[:n].tolist())
+    return chosen
+
+
+def scan(data: str | Path, plan: SplitPlan | None = None) -> DatasetIndex:
+    """Scan a dataset folder or zip: classes, files (with content keys) and train/val/test splits."""
+    plan = plan or SplitPlan()
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise SmallvisionError(f"{root}: no such file or folder; give a folder of class folders (or a .zip of one)")
+    if root.is_file():
+        if root.suffix.lower() != ".zip":
+            raise SmallvisionError(f"{root}: expected a folder of class folders or a .zip, got a file")
+        root = _unpack_zip(root)
+    while not _find_split_dirs(root) and not _has_images(root):
+        subs = _subdirs(root)
+        if len(subs) != 1 or not _subdirs(subs[0]):
+            break
+        root = subs[0]
+
+    skipped: list[tuple[Path, str]] = []
+    split_dirs = _find_split_dirs(root)
+    if split_dirs and "train" not in split_dirs:
+        raise SmallvisionError(
+            f"{root}: found {', '.join(d.name + '/' for d in split_dirs.values())} but no training folder; "
+            "name it train/ (or training/, training_set/)"
+        )
+    sources = split_dirs or {"train": root}
+    class_files: dict[str, dict[str, list[Path]]] = {}
+    for split, folder in sources.items():
+        if _has_images(folder):
+            loose = [p for p in folder.iterdir() if p.is_file() and is_image_name(p)]
+            skipped += [(p, "image outside any class folder; move it into one") for p in sorted(loose)]
+        class_files[split] = {d.name: _list_images(d, skipped) for d in _subdirs(folder)}
+
+    train_classes = class_files["train"]
+    empty = [name for name, files in train_classes.items() if not files]
+    for name in empty:
+        skipped.append((sources["train"] / name, "empty class folder; class left out"))
+    classes = sorted(name for name, files in train_classes.items() if files)
+    if len(classes) < 2:
+        raise SmallvisionError(
+            f"{sources['train']}: found {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); "
+            "a classifier needs at least 2: put each class's images in its own sub-folder"
+        )
+    for split, per_class in class_files.items():
+        unknown = [n for n, f in per_class.items() if f and n not in classes]
+        if unknown:
+            raise SmallvisionError(
+                f"{sources[split]}: class folder(s) {', '.join(unknown)} have no images in the training split; "
+                "every class needs training images"
+            )
+
+    items: list[ImageItem] = []
+    for split, per_class in class_files.items():
+        for name in classes:
+            for p in per_class.get(name, []):
+                digest = _read_digest(p, skipped)
+                if digest is not None:
+                    items.append(ImageItem(p, classes.index(name), split, digest))
+
+    notes: list[str] = []
+    if split_dirs:
+        layout = "+".join(s for s in SPLITS if s in split_dirs) + " folders"
+    else:
+        layout = "one folder of class folders"
+    if "val" not in split_dirs:
+        fractions = [("val", plan.val_fraction, plan.min_val_per_class)]
+        if not split_dirs and plan.test_fraction > 0:
+            fractions.insert(0, ("test", plan.test_fraction, plan.min_test_per_class))
+        for offset, (split, fraction, minimum) in enumerate(fractions):
+            train_pos = [i for i, it in enumerate(items) if it.split == "train"]
+            labels = np.array([items[i].label for i in train_pos])
+            chosen = _carve(labels, fraction, minimum, plan.seed + offset, split, classes)
+            for j in chosen:
+                items[train_pos[j]].split = split
+            notes.append(f"{split} split carved from train: {fraction:.0%} per class (stratified, seed {plan.seed})")
+        counts = Counter(it.label for it in items if it.split == "train")
+        short = [classes[c] for c in range(len(classes)) if counts.get(c, 0) < plan.min_train_per_class]
+        if short:
+            raise SmallvisionError(
+                f"class(es) {', '.join(short)} keep fewer than {plan.min_train_per_class} training images after "
+                "the split; add images or lower --min-train-per-class"
+            )
+    return DatasetIndex(root=root, layout=layout, classes=classes, items=items, skipped=skipped, notes=notes)

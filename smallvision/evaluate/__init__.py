@@ -1,0 +1,1 @@
+"""Judging models: metrics, plots, reports, inspection."""

@@ -1,0 +1,1 @@
+"""Backbones, heads, pretrained weights and the model folder."""

@@ -1,0 +1,149 @@
+"""Save and load a model folder: `model.safetensors` (weights, never pickle) + `smallvision.json` (what it is)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from smallvision import atomic
+from smallvision.errors import SmallvisionError
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "smallvision.json"
+FORMAT_VERSION = 1
+
+
+class BackboneCard(BaseModel):
+    """One backbone of a saved model."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    pool: str = "avg"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: dict[str, Any] = Field(default_factory=dict)
+
+
+class HeadCard(BaseModel):
+    """The classifier head of a saved model."""
+
+    model_config = ConfigDict(extra="forbid")
+    in_features: int = Field(gt=0)
+    hidden: int = Field(default=0, ge=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class ModelCard(BaseModel):
+    """Everything `smallvision.json` records about a model; validated on load."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str = "smallvision-model"
+    format_version: int = FORMAT_VERSION
+    classes: list[str] = Field(min_length=2)
+    image_size: int = Field(gt=0)
+    resize: str
+    backbones: list[BackboneCard] = Field(min_length=1)
+    head: HeadCard
+    recipe: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a model depends on, for the record."""
+    out = {"python": platform.python_version()}
+    for dist in ("smallvision", "torch", "torchvision", "timm", "safetensors"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def save_model(model, card: ModelCard, folder: str | Path) -> Path:
+    """Write a network's model folder atomically (weights first, card last)."""
+    return save_state(model.state_dict(), card, folder)
+
+
+def save_state(state: dict, card: ModelCard, folder: str | Path) -> Path:
+    """Write a model folder from a full state dict (weights first, card last)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic.atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "smallvision-model"})
+    atomic.write_text(folder / CARD_FILE, card.model_dump_json(indent=2) + "\n")
+    return folder
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    """Read and validate `smallvision.json`, with errors that name the file and the field."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise SmallvisionError(f"{folder}: not a model folder (no {CARD_FILE}); point at a run's model/ folder")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SmallvisionError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise SmallvisionError(f"{path}: expected a JSON object")
+    if raw.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise SmallvisionError(
+            f"{path}: format_version {raw.get('format_version')!r} is not supported by this smallvision "
+            f"(it reads version {FORMAT_VERSION}); upgrade smallvision or re-export the model"
+        )
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SmallvisionError(f"{path}: field {where!r}: {first['msg']}") from e
+
+
+def build_from_card(card: ModelCard):
+    """The network a card describes, with no weights loaded."""
+    from smallvision.models.backbone import bare_backbone
+    from smallvision.models.head import Head, ImageClassifier
+
+    backbones = [bare_backbone(b.name, b.pool, b.mean, b.std) for b in card.backbones]
+    head = Head(card.head.in_features, len(card.classes), card.head.dropout, card.head.hidden)
+    return ImageClassifier(backbones, head)
+
+
+def load_model(folder: str | Path):
+    """Load (model in eval mode, card) from a model folder; never unpickles."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card = read_card(folder)
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise SmallvisionError(f"{folder}: {WEIGHTS_FILE} is missing; the model folder is incomplete")
+    model = build_from_card(card)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise SmallvisionError(f"{weights}: unreadable safetensors file ({e}); re-save the model") from e
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise SmallvisionError(
+            f"{weights} does not match {CARD_FILE} ({detail}); the folder was edited or mixed from two models"
+        )
+    model.load_state_dict(state)
+    model.eval()
+    return model, card

@@ -1,0 +1,46 @@
+"""Shared fixtures: an isolated cache per test session, real data location, generated datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.imagegen import make_split_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """A dataset from ../shared/data, or skip the test saying why."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} is absent (CI always has ../shared/data; see its README)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """One cache folder for the whole test session (features computed once are reused)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(session_cache, monkeypatch) -> Path:
+    monkeypatch.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return session_cache
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache folder for tests that need cold-cache behaviour."""
+    path = tmp_path / "fresh-cache"
+    monkeypatch.setenv("SMALLVISION_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """A small generated train/val/test dataset of three shape classes."""
+    return make_split_dataset(tmp_path_factory.mktemp("shapes"), train=24, val=10, test=6)
