@@ -51,6 +51,21 @@ def _set(values: dict, section: str, key: str, value: Any) -> None:
         values.setdefault(section, {})[key] = value
 
 
+def _locate(name: str) -> tuple[str, str]:
+    """Find the config section of an option given as `key` or `section.key` (e.g. dropout -> model.dropout)."""
+    from smallvision.config import DataConfig, ModelConfig, RecipeConfig
+
+    sections = {"data": DataConfig, "model": ModelConfig, "recipe": RecipeConfig}
+    section, _, key = name.rpartition(".")
+    if section:
+        return section, key
+    owners = [s for s, model in sections.items() if name in model.model_fields and name not in ("path", "name")]
+    if len(owners) != 1:
+        known = sorted({f for m in sections.values() for f in m.model_fields} - {"path", "name"})
+        raise SmallvisionError(f"unknown option {name!r}; known options: {', '.join(known)}")
+    return owners[0], name
+
+
 def make_config(
     data: str | Path | None = None,
     *,
@@ -76,10 +91,8 @@ def make_config(
         values["seed"] = seed
     if out is not None:
         values["out"] = str(out)
-    for dotted, value in options.items():
-        section, _, key = dotted.partition(".")
-        if not key:
-            raise SmallvisionError(f"option {dotted!r}: write it as section.key, e.g. model.dropout")
+    for name, value in options.items():
+        section, key = _locate(name)
         _set(values, section, key, value)
     if "path" not in values.get("data", {}):
         raise SmallvisionError("no data folder given: smallvision train DATA_FOLDER (or data.path in --config)")
@@ -115,9 +128,9 @@ def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: An
     """Train a classifier on a folder of class folders; write the run folder; return its results."""
     from smallvision.data.decode import RESIZE_POLICY
     from smallvision.data.scan import SplitPlan, scan
-    from smallvision.evaluate.metrics import classification_metrics
+    from smallvision.evaluation.metrics import classification_metrics
     from smallvision.models.folder import ModelCard, package_versions, save_state
-    from smallvision.train.recipes import RECIPES
+    from smallvision.training.recipes import RECIPES
 
     start = time.perf_counter()
     cfg = make_config(data, **kwargs)
@@ -135,7 +148,7 @@ def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: An
     outcome = RECIPES[cfg.recipe.name](cfg, index, progress=progress)
     log.info("%s", index.table())
     for note in outcome.notes:
-        log.info("%s", note)
+        log.debug("%s", note)
 
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
@@ -162,6 +175,7 @@ def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: An
             "skipped": [{"path": str(p), "reason": r} for p, r in index.skipped],
         },
         "notes": outcome.notes,
+        "feature_cache": outcome.cache,
     }
     if "test" in metrics:
         summary["test_accuracy"] = metrics["test"]["accuracy"]
@@ -197,7 +211,7 @@ def load(model_dir: str | Path):
 
 def predict(model_dir: str | Path, paths: list[str | Path] | str | Path, *, top_k: int = 5) -> list:
     """Top-k class probabilities for image files and folders, with a saved model."""
-    from smallvision.predict import classify, expand_paths
+    from smallvision.prediction import classify, expand_paths
 
     model, card = load(model_dir)
     files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
@@ -212,7 +226,7 @@ def predict_imagenet(
     weights: str | None = None,
 ) -> list:
     """Top-k ImageNet classes from the pretrained backbone's original head."""
-    from smallvision.predict import classify, expand_paths, imagenet_model
+    from smallvision.prediction import classify, expand_paths, imagenet_model
 
     model, names, size = imagenet_model(backbone, weights)
     files = expand_paths([paths] if isinstance(paths, str | Path) else paths)

@@ -41,8 +41,14 @@ def train(
     dropout: Annotated[float | None, typer.Option(help="Dropout before the dense layer(s)")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (splits, init, shuffling)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
+    hidden: Annotated[int | None, typer.Option(help="Units of a hidden dense layer in the head (0: none)")] = None,
+    pool: Annotated[str | None, typer.Option(help="Backbone pooling: avg, max or none")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Validation share carved from train when absent")] = None,
     test_fraction: Annotated[float | None, typer.Option(help="Test share carved from a single folder")] = None,
+    min_train_per_class: Annotated[int | None, typer.Option(help="Fewest training images a class may keep")] = None,
+    min_val_per_class: Annotated[int | None, typer.Option(help="Fewest validation images per class")] = None,
+    min_test_per_class: Annotated[int | None, typer.Option(help="Fewest test images per class")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<data>-<recipe>)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config; flags override it")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and the summary")] = False,
@@ -51,16 +57,19 @@ def train(
     from smallvision import api
 
     _setup_logging(quiet)
-    options = {
-        k: v
-        for k, v in {
-            "model.dropout": dropout,
-            "recipe.lr": lr,
-            "data.val_fraction": val_fraction,
-            "data.test_fraction": test_fraction,
-        }.items()
-        if v is not None
+    optional = {
+        "dropout": dropout,
+        "lr": lr,
+        "batch_size": batch_size,
+        "hidden": hidden,
+        "pool": pool,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "min_train_per_class": min_train_per_class,
+        "min_val_per_class": min_val_per_class,
+        "min_test_per_class": min_test_per_class,
     }
+    options = {k: v for k, v in optional.items() if v is not None}
     result = api.train(
         data,
         config=config,

@@ -34,7 +34,7 @@ class ModelConfig(_Strict):
     backbone: str = "efficientnet_lite0"
     weights: str | None = None
     pool: Literal["avg", "max", "none"] = "avg"
-    dropout: float = Field(default=0.2, ge=0, lt=1)
+    dropout: float = Field(default=0.5, ge=0, lt=1)
     hidden: int = Field(default=0, ge=0)
 
     @field_validator("backbone")
@@ -55,7 +55,7 @@ class RecipeConfig(_Strict):
     """How training goes: which recipe, for how long, at which learning rate."""
 
     name: Literal["features"] = "features"
-    epochs: int = Field(default=60, ge=1)
+    epochs: int = Field(default=30, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=32, ge=1)
     weight_decay: float = Field(default=1e-4, ge=0)

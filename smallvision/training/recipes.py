@@ -28,6 +28,7 @@ class RecipeOutcome:
     probs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
+    cache: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -43,7 +44,7 @@ def run_features(cfg: RunConfig, index: DatasetIndex, progress: bool = True) -> 
     import torch
 
     from smallvision.models.head import Head
-    from smallvision.train.features import backbone_state, cached_features, train_head
+    from smallvision.training.features import backbone_state, cached_features, train_head
 
     specs = resolve_specs(cfg)
     for spec in specs:
@@ -54,7 +55,7 @@ def run_features(cfg: RunConfig, index: DatasetIndex, progress: bool = True) -> 
     notes = [
         f"recipe features: backbone(s) {' + '.join(s.backbone for s in specs)} frozen, run once per image; "
         f"only a dense head trains ({cached.computed} image(s) computed, "
-        f"{len(cached.items) - cached.computed} from the feature cache)"
+        f"{cached.unique - cached.computed} from the feature cache)"
     ]
     by_split: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     labels_all = np.array([it.label for it in cached.items], dtype=np.int64)
@@ -101,7 +102,8 @@ def run_features(cfg: RunConfig, index: DatasetIndex, progress: bool = True) -> 
         cards.append(BackboneCard(name=spec.backbone, pool=cfg.model.pool, mean=mean, std=std, weights=weights_info))
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
     head_card = HeadCard(in_features=cached.features.shape[1], hidden=cfg.model.hidden, dropout=cfg.model.dropout)
-    return RecipeOutcome(state, cards, head_card, result.history, result.best_epoch, probs, labels, notes)
+    cache = {"computed": cached.computed, "reused": cached.unique - cached.computed}
+    return RecipeOutcome(state, cards, head_card, result.history, result.best_epoch, probs, labels, notes, cache)
 
 
 RECIPES = {"features": run_features}

@@ -70,6 +70,7 @@ class CachedFeatures:
     features: np.ndarray
     failures: dict[str, str]
     computed: int
+    unique: int
     built: dict[str, object]
 
 
@@ -110,7 +111,7 @@ def cached_features(
             feats = run_backbone(state["backbone"], images, batch_size, progress)
             return feats, {positions[i]: reason for i, reason in failed.items()}
 
-        before = len(store.missing(digests))
+        before = len(set(store.missing(digests)))
         fill_store(store, digests, compute)
         computed = max(computed, before)
         failures.update({d: r for d in digests if (r := store.failure(d)) is not None})
@@ -126,7 +127,7 @@ def cached_features(
             raise RuntimeError("feature cache changed while reading it; run again")
         parts.append(np.asarray(arr, dtype=np.float32))
     feats = np.concatenate(parts, axis=1) if parts else np.zeros((0, 0), np.float32)
-    return CachedFeatures(good, feats, failures, computed, built)
+    return CachedFeatures(good, feats, failures, computed, len(set(digests)), built)
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""The command-line contract: exit codes, outputs, predict on files and folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import smallvision
+from smallvision.models.folder import load_model, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smallvision", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    done = cli("train", shapes_data, "--image-size", "64", "--epochs", "20", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "val accuracy" in done.stdout and str(out / "model") in done.stdout
+    return out
+
+
+def test_help_lists_commands():
+    done = cli("--help")
+    assert done.returncode == 0 and "train" in done.stdout and "predict" in done.stdout
+
+
+def test_train_writes_the_contracted_files(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in ("val_accuracy", "val_loss", "classes", "recipe", "backbone", "seconds", "test_accuracy"):
+        assert key in metrics, key
+    assert metrics["recipe"] == "features" and metrics["classes"] == ["circle", "square", "triangle"]
+
+
+def test_finished_run_is_not_overwritten(trained, shapes_data):
+    done = cli("train", shapes_data, "--out", trained)
+    assert done.returncode == 1 and "already holds a finished run" in done.stderr
+
+
+def test_predict_file_and_folder_json(trained, shapes_data):
+    one = next((shapes_data / "test" / "square").iterdir())
+    done = cli("predict", trained / "model", one, shapes_data / "test", "--top-k", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    preds = json.loads(done.stdout)
+    assert len(preds) == 1 + 18 and all(len(p["top"]) == 2 for p in preds)
+    assert preds[0]["path"] == str(one)
+    correct = sum(Path(p["path"]).parent.name == p["top"][0]["class"] for p in preds[1:])
+    assert correct >= 12
+    text = cli("predict", trained / "model", one)
+    assert text.returncode == 0 and str(one) in text.stdout
+
+
+def test_saved_model_round_trip_gives_identical_predictions(trained, shapes_data, tmp_path):
+    model, card = smallvision.load(trained / "model")
+    save_model(model, card, tmp_path / "again")
+    again, _ = load_model(tmp_path / "again")
+    x = torch.rand(4, 3, card.image_size, card.image_size)
+    with torch.inference_mode():
+        assert torch.equal(model(x), again(x))
+    preds = smallvision.predict(trained / "model", shapes_data / "val", top_k=1)
+    acc = sum(Path(p.path).parent.name == p.top[0][0] for p in preds) / len(preds)
+    recorded = json.loads((trained / "metrics.json").read_text())["val_accuracy"]
+    assert abs(acc - recorded) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["train", "/no/such/folder"], 1, "no such file or folder"),
+        (["train"], 1, "no data folder given"),
+        (["train", ".", "--epochs", "0"], 1, "recipe.epochs"),
+        (["train", ".", "--no-such-flag"], 2, "No such option"),
+        (["predict", "/tmp"], 1, "usage"),
+        (["predict", "/tmp", "/tmp"], 1, "not a model folder"),
+    ],
+)
+def test_exit_codes_and_messages(args, code, message):
+    done = cli(*args)
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert message in done.stderr
+
+
+def test_bad_config_key_is_named(tmp_path, shapes_data):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  path: {shapes_data}\nmodel:\n  dropuot: 0.5\n")
+    done = cli("train", "--config", cfg)
+    assert done.returncode == 1 and "unknown key 'model.dropuot'" in done.stderr
+
+
+def test_imagenet_predict_cli(tmp_path):
+    from PIL import Image
+    from skimage import data as skdata
+
+    Image.fromarray(skdata.coffee()).save(tmp_path / "coffee.jpg")
+    done = cli("predict", "--imagenet", tmp_path / "coffee.jpg")
+    assert done.returncode == 0, done.stderr
+    assert "espresso" in done.stdout or "cup" in done.stdout
