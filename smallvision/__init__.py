@@ -1,12 +1,22 @@
 """smallvision: a folder of images in, the best image classifier it can make out."""
 
-from smallvision.api import TrainResult, load, make_config, predict, predict_imagenet, read_metrics, train
+from smallvision.api import (
+    TrainResult,
+    inspect,
+    load,
+    make_config,
+    predict,
+    predict_imagenet,
+    read_metrics,
+    train,
+)
 from smallvision.errors import SmallvisionError
 
 __version__ = "0.1.0"
 __all__ = [
     "SmallvisionError",
     "TrainResult",
+    "inspect",
     "load",
     "make_config",
     "predict",

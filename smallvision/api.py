@@ -47,21 +47,32 @@ class TrainResult:
 
 
 def _set(values: dict, section: str, key: str, value: Any) -> None:
-    if value is not None:
-        values.setdefault(section, {})[key] = value
+    if value is None:
+        return
+    node = values
+    for part in section.split("."):
+        node = node.setdefault(part, {})
+    node[key] = value
 
 
 def _locate(name: str) -> tuple[str, str]:
     """Find the config section of an option given as `key` or `section.key` (e.g. dropout -> model.dropout)."""
-    from smallvision.config import DataConfig, ModelConfig, RecipeConfig
+    from smallvision.config import AugmentConfig, DataConfig, ModelConfig, RecipeConfig, TrainerConfig
 
-    sections = {"data": DataConfig, "model": ModelConfig, "recipe": RecipeConfig}
+    sections = {
+        "data": DataConfig,
+        "model": ModelConfig,
+        "recipe": RecipeConfig,
+        "recipe.augment": AugmentConfig,
+        "trainer": TrainerConfig,
+    }
     section, _, key = name.rpartition(".")
     if section:
         return section, key
-    owners = [s for s, model in sections.items() if name in model.model_fields and name not in ("path", "name")]
+    hidden = {"path", "name", "augment"}
+    owners = [s for s, model in sections.items() if name in model.model_fields and name not in hidden]
     if len(owners) != 1:
-        known = sorted({f for m in sections.values() for f in m.model_fields} - {"path", "name"})
+        known = sorted({f for m in sections.values() for f in m.model_fields} - hidden)
         raise SmallvisionError(f"unknown option {name!r}; known options: {', '.join(known)}")
     return owners[0], name
 
@@ -99,12 +110,19 @@ def make_config(
     return build_config(values, str(config) if config else "options")
 
 
-def _run_dir(cfg: RunConfig) -> Path:
+def _run_dir(cfg: RunConfig, resume: bool) -> Path:
+    from smallvision.training.fit import is_rank_zero
+
     if cfg.out:
         out = Path(cfg.out)
         if (out / "metrics.json").exists():
             raise SmallvisionError(
                 f"{out} already holds a finished run; choose another --out or delete that folder first"
+            )
+        if not resume and is_rank_zero() and (out / "config.yaml").exists():
+            raise SmallvisionError(
+                f"{out} holds an unfinished run; continue it with `smallvision train --resume {out}` "
+                "or choose another --out"
             )
         return out
     base = Path("runs") / f"{Path(cfg.data.path).stem}-{cfg.recipe.name}"
@@ -118,23 +136,38 @@ def _run_dir(cfg: RunConfig) -> Path:
 def _history_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(["stage", "epoch"] + [k for row in rows for k in row]))
+        writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     return buf.getvalue()
 
 
-def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: Any) -> TrainResult:
-    """Train a classifier on a folder of class folders; write the run folder; return its results."""
+def train(
+    data: str | Path | None = None, *, resume: str | Path | None = None, progress: bool = True, **kwargs: Any
+) -> TrainResult | None:
+    """Train a classifier on a folder of class folders; write the run folder; return its results.
+
+    `resume=RUN_DIR` continues an interrupted run from its checkpoints with its recorded config. Under torchrun
+    only rank 0 writes results and gets a TrainResult; the other ranks get None.
+    """
     from smallvision.data.decode import RESIZE_POLICY
     from smallvision.data.scan import SplitPlan, scan
     from smallvision.evaluation.metrics import classification_metrics
     from smallvision.models.folder import ModelCard, package_versions, save_state
+    from smallvision.training.fit import is_rank_zero
     from smallvision.training.recipes import RECIPES
 
     start = time.perf_counter()
+    if resume is not None:
+        saved = Path(resume) / "config.yaml"
+        if not saved.is_file():
+            raise SmallvisionError(f"--resume {resume}: no config.yaml there; is it a run folder?")
+        kwargs = {**kwargs, "config": saved, "out": resume}
     cfg = make_config(data, **kwargs)
-    run_dir = _run_dir(cfg)
+    run_dir = _run_dir(cfg, resume is not None)
+    if is_rank_zero():
+        atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
     d = cfg.data
     plan = SplitPlan(
         d.val_fraction,
@@ -145,7 +178,9 @@ def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: An
         cfg.seed,
     )
     index = scan(d.path, plan)
-    outcome = RECIPES[cfg.recipe.name](cfg, index, progress=progress)
+    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
+    if not is_rank_zero():
+        return None
     log.info("%s", index.table())
     for note in outcome.notes:
         log.debug("%s", note)
@@ -156,7 +191,10 @@ def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: An
             metrics[split] = classification_metrics(outcome.labels[split], outcome.probs[split], index.classes)
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from smallvision.training.fit import world_devices
+
+    devices = world_devices(cfg)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{devices} (DDP)" if devices > 1 else "")
     weights = "; ".join(f"{b.name}: {b.weights['detail']}" for b in outcome.backbones)
     summary: dict[str, Any] = {
         "val_accuracy": metrics["val"]["accuracy"],
@@ -192,10 +230,10 @@ def train(data: str | Path | None = None, *, progress: bool = True, **kwargs: An
         metrics={
             k: summary[k] for k in ("val_accuracy", "val_loss") + (("test_accuracy",) if "test" in metrics else ())
         },
+        trainable=outcome.trainable,
         versions=package_versions(),
     )
     save_state(outcome.state, card, model_dir)
-    atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     atomic.write_json(run_dir / "metrics.json", summary)
@@ -231,6 +269,13 @@ def predict_imagenet(
     model, names, size = imagenet_model(backbone, weights)
     files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
     return classify(model, names, size, files, top_k)
+
+
+def inspect(model_dir: str | Path) -> str:
+    """A saved model's block groups with parameter counts: total, trainable, frozen."""
+    from smallvision.evaluation.inspect import summary
+
+    return summary(model_dir)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:

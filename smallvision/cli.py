@@ -22,8 +22,11 @@ app = typer.Typer(
 
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("timm", "PIL", "matplotlib"):
+    for noisy in ("timm", "PIL", "matplotlib", "lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+Opt = typer.Option
 
 
 @app.command()
@@ -31,27 +34,51 @@ def train(
     data: Annotated[
         Path | None, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")
     ] = None,
-    recipe: Annotated[str | None, typer.Option(help="Training recipe: features")] = None,
-    backbone: Annotated[str | None, typer.Option(help="timm backbone; join two with '+'")] = None,
-    weights: Annotated[
-        str | None, typer.Option(help="Local weights file (.safetensors/.pth), 'hub' or 'random'")
-    ] = None,
-    image_size: Annotated[int | None, typer.Option(help="Square input size in pixels")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs of training")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout before the dense layer(s)")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (splits, init, shuffling)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
-    hidden: Annotated[int | None, typer.Option(help="Units of a hidden dense layer in the head (0: none)")] = None,
-    pool: Annotated[str | None, typer.Option(help="Backbone pooling: avg, max or none")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Validation share carved from train when absent")] = None,
-    test_fraction: Annotated[float | None, typer.Option(help="Test share carved from a single folder")] = None,
-    min_train_per_class: Annotated[int | None, typer.Option(help="Fewest training images a class may keep")] = None,
-    min_val_per_class: Annotated[int | None, typer.Option(help="Fewest validation images per class")] = None,
-    min_test_per_class: Annotated[int | None, typer.Option(help="Fewest test images per class")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<data>-<recipe>)")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML config; flags override it")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and the summary")] = False,
+    recipe: Annotated[str | None, Opt(help="auto (default), features, scratch, frozen, finetune, unfreeze")] = None,
+    backbone: Annotated[str | None, Opt(help="timm backbone (join two with '+'), or small_cnn/residual_cnn")] = None,
+    weights: Annotated[str | None, Opt(help="Local weights file (.safetensors/.pth), 'hub' or 'random'")] = None,
+    image_size: Annotated[int | None, Opt(help="Square input size in pixels (224; 150 for scratch)")] = None,
+    epochs: Annotated[int | None, Opt(help="Epochs (of the head stage for two-stage recipes)")] = None,
+    lr: Annotated[float | None, Opt(help="Learning rate (head / scratch)")] = None,
+    batch_size: Annotated[int | None, Opt(help="Batch size")] = None,
+    dropout: Annotated[float | None, Opt(help="Dropout before the dense layer(s)")] = None,
+    hidden: Annotated[int | None, Opt(help="Units of a hidden dense layer in the head (0: none)")] = None,
+    pool: Annotated[str | None, Opt(help="Backbone pooling: avg, max or none")] = None,
+    batch_norm: Annotated[bool | None, Opt("--batch-norm/--no-batch-norm", help="Batch norm in small_cnn")] = None,
+    optimizer: Annotated[str | None, Opt(help="adamw (default), adam, sgd, rmsprop")] = None,
+    schedule: Annotated[str | None, Opt(help="cosine (default), constant, ramp, time, onecycle")] = None,
+    weight_decay: Annotated[float | None, Opt(help="L2 weight decay")] = None,
+    label_smoothing: Annotated[float | None, Opt(help="Label smoothing")] = None,
+    class_weights: Annotated[str | None, Opt(help="none or balanced")] = None,
+    patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs")] = None,
+    augment: Annotated[str | None, Opt(help="Augmentation preset: none, light (default), standard")] = None,
+    rotation_range: Annotated[float | None, Opt(help="Keras-style: random rotation in degrees")] = None,
+    width_shift_range: Annotated[float | None, Opt(help="Keras-style: horizontal shift, fraction of width")] = None,
+    height_shift_range: Annotated[float | None, Opt(help="Keras-style: vertical shift, fraction of height")] = None,
+    shear_range: Annotated[float | None, Opt(help="Keras-style: shear in degrees")] = None,
+    zoom_range: Annotated[float | None, Opt(help="Keras-style: zoom in [1-z, 1+z]")] = None,
+    horizontal_flip: Annotated[bool | None, Opt("--horizontal-flip/--no-horizontal-flip")] = None,
+    vertical_flip: Annotated[bool | None, Opt("--vertical-flip/--no-vertical-flip")] = None,
+    fill_mode: Annotated[str | None, Opt(help="Keras-style border fill: nearest, constant, reflect, wrap")] = None,
+    unfreeze_blocks: Annotated[int | None, Opt(help="finetune: how many top blocks to unfreeze")] = None,
+    unfreeze_from: Annotated[str | None, Opt(help="finetune: unfreeze from this block up (see inspect)")] = None,
+    finetune_lr: Annotated[float | None, Opt(help="Learning rate of the fine-tuning stage")] = None,
+    finetune_epochs: Annotated[int | None, Opt(help="Epochs of the fine-tuning stage")] = None,
+    time_budget: Annotated[float | None, Opt(help="auto: seconds allowed; fine-tunes only if it fits")] = None,
+    init_from: Annotated[str | None, Opt(help="Start from a saved model folder (tensors that fit)")] = None,
+    devices: Annotated[int | None, Opt(help="Processes/devices (DDP); torchrun sets it")] = None,
+    precision: Annotated[str | None, Opt(help="32-true, bf16-mixed, 16-mixed")] = None,
+    workers: Annotated[int | None, Opt(help="DataLoader worker processes")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed (splits, init, shuffling)")] = None,
+    val_fraction: Annotated[float | None, Opt(help="Validation share carved from train when absent")] = None,
+    test_fraction: Annotated[float | None, Opt(help="Test share carved from a single folder")] = None,
+    min_train_per_class: Annotated[int | None, Opt(help="Fewest training images a class may keep")] = None,
+    min_val_per_class: Annotated[int | None, Opt(help="Fewest validation images per class")] = None,
+    min_test_per_class: Annotated[int | None, Opt(help="Fewest test images per class")] = None,
+    out: Annotated[Path | None, Opt(help="Run folder (default runs/<data>-<recipe>)")] = None,
+    config: Annotated[Path | None, Opt(help="YAML config; flags override it")] = None,
+    resume: Annotated[Path | None, Opt(help="Continue an interrupted run folder")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="Only warnings and the summary")] = False,
 ) -> None:
     """Train a classifier and write a run folder (model/, metrics.json, history.csv, config.yaml)."""
     from smallvision import api
@@ -63,6 +90,31 @@ def train(
         "batch_size": batch_size,
         "hidden": hidden,
         "pool": pool,
+        "batch_norm": batch_norm,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "weight_decay": weight_decay,
+        "label_smoothing": label_smoothing,
+        "class_weights": class_weights,
+        "patience": patience,
+        "recipe.augment.preset": augment,
+        "rotation_range": rotation_range,
+        "width_shift_range": width_shift_range,
+        "height_shift_range": height_shift_range,
+        "shear_range": shear_range,
+        "zoom_range": zoom_range,
+        "horizontal_flip": horizontal_flip,
+        "vertical_flip": vertical_flip,
+        "fill_mode": fill_mode,
+        "unfreeze_blocks": unfreeze_blocks,
+        "unfreeze_from": unfreeze_from,
+        "finetune_lr": finetune_lr,
+        "finetune_epochs": finetune_epochs,
+        "time_budget": time_budget,
+        "init_from": init_from,
+        "devices": devices,
+        "precision": precision,
+        "workers": workers,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "min_train_per_class": min_train_per_class,
@@ -80,10 +132,23 @@ def train(
         epochs=epochs,
         seed=seed,
         out=out,
+        resume=resume,
         progress=not quiet and sys.stderr.isatty(),
         **options,
     )
-    typer.echo(result.summary())
+    if result is not None:
+        typer.echo(result.summary())
+
+
+@app.command()
+def inspect(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/)")],
+) -> None:
+    """Show a saved model's block groups with parameters: total, trainable, frozen."""
+    from smallvision import api
+
+    _setup_logging(True)
+    typer.echo(api.inspect(model_dir))
 
 
 @app.command()

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from smallvision.errors import SmallvisionError
 
-RECIPES = ("features",)
+RECIPES = ("features", "scratch", "frozen", "finetune", "unfreeze", "auto")
+SCRATCH_BACKBONES = ("small_cnn", "residual_cnn")
 
 
 class _Strict(BaseModel):
@@ -20,7 +21,7 @@ class DataConfig(_Strict):
     """Where the images are and how splits are carved when the folder has none."""
 
     path: str
-    image_size: int = Field(default=224, ge=16, le=1024)
+    image_size: int | None = Field(default=None, ge=16, le=1024, description="default: 150 scratch, 224 otherwise")
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     test_fraction: float = Field(default=0.0, ge=0, lt=1)
     min_train_per_class: int = Field(default=1, ge=1)
@@ -31,15 +32,18 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """Which backbone(s) and head: `backbone` joins several with '+'."""
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str | None = Field(default=None, description="default: small_cnn for scratch, efficientnet_lite0 else")
     weights: str | None = None
     pool: Literal["avg", "max", "none"] = "avg"
     dropout: float = Field(default=0.5, ge=0, lt=1)
     hidden: int = Field(default=0, ge=0)
+    batch_norm: bool = Field(default=False, description="batch norm in small_cnn (residual_cnn always has it)")
 
     @field_validator("backbone")
     @classmethod
-    def _names(cls, v: str) -> str:
+    def _names(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         parts = [p.strip() for p in v.split("+")]
         if not all(parts):
             raise ValueError("backbone names joined with '+' must not be empty, e.g. efficientnet_lite0+resnet50")
@@ -48,18 +52,54 @@ class ModelConfig(_Strict):
     @property
     def backbones(self) -> list[str]:
         """The backbone names, in order."""
-        return self.backbone.split("+")
+        return (self.backbone or "").split("+")
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation: a preset plus Keras ImageDataGenerator-style parameters."""
+
+    preset: Literal["none", "light", "standard"] = "light"
+    rotation_range: float = Field(default=0.0, ge=0, le=180)
+    width_shift_range: float = Field(default=0.0, ge=0, lt=1)
+    height_shift_range: float = Field(default=0.0, ge=0, lt=1)
+    shear_range: float = Field(default=0.0, ge=0, lt=90)
+    zoom_range: float = Field(default=0.0, ge=0, lt=1)
+    horizontal_flip: bool | None = None
+    vertical_flip: bool = False
+    fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = "nearest"
 
 
 class RecipeConfig(_Strict):
-    """How training goes: which recipe, for how long, at which learning rate."""
+    """How training goes: which recipe, which parts train, for how long, at which learning rate."""
 
-    name: Literal["features"] = "features"
-    epochs: int = Field(default=30, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
+    name: Literal["features", "scratch", "frozen", "finetune", "unfreeze", "auto"] = "auto"
+    epochs: int | None = Field(default=None, ge=1, description="default: 30 features/scratch, 8 frozen")
+    lr: float | None = Field(default=None, gt=0, description="default: 1e-3 (features, heads, scratch)")
     batch_size: int = Field(default=32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    schedule: Literal["constant", "ramp", "time", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(default=1.0, ge=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] = "none"
+    patience: int | None = Field(default=None, ge=1, description="early-stopping patience in epochs; none: off")
+    unfreeze_blocks: int = Field(default=1, ge=1)
+    unfreeze_from: str | None = None
+    finetune_lr: float | None = Field(default=None, gt=0, description="default: a tenth of the head's lr")
+    finetune_epochs: int = Field(default=6, ge=1)
+    layer_decay: float = Field(default=0.7, gt=0, le=1)
+    time_budget: float = Field(default=600.0, gt=0, description="seconds; `auto` fine-tunes only if it fits")
+    init_from: str | None = None
+    augment: AugmentConfig = AugmentConfig()
+
+
+class TrainerConfig(_Strict):
+    """Where and how training runs: devices, precision, data loading."""
+
+    devices: int | None = Field(default=None, ge=1, description="default: LOCAL_WORLD_SIZE under torchrun, else 1")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    workers: int = Field(default=0, ge=0)
 
 
 class RunConfig(_Strict):
@@ -68,6 +108,7 @@ class RunConfig(_Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     recipe: RecipeConfig = RecipeConfig()
+    trainer: TrainerConfig = TrainerConfig()
     seed: int = 0
     out: str | None = None
 
@@ -84,11 +125,30 @@ def _explain(e: ValidationError, origin: str) -> SmallvisionError:
 
 
 def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
-    """Validate nested plain values into a RunConfig; errors name each bad key."""
+    """Validate nested plain values into a RunConfig with every recipe-dependent default filled in."""
     try:
-        return RunConfig.model_validate(values)
+        cfg = RunConfig.model_validate(values)
     except ValidationError as e:
         raise _explain(e, origin) from e
+    scratch = cfg.recipe.name == "scratch"
+    names = cfg.model.backbones if cfg.model.backbone else []
+    if scratch and names and any(n not in SCRATCH_BACKBONES for n in names):
+        raise SmallvisionError(
+            f"recipe scratch trains {' or '.join(SCRATCH_BACKBONES)}; got backbone {cfg.model.backbone!r}"
+        )
+    if not scratch and any(n in SCRATCH_BACKBONES for n in names):
+        raise SmallvisionError(f"backbone {cfg.model.backbone!r} has no pretrained weights; use --recipe scratch")
+    if cfg.model.backbone is None:
+        cfg.model.backbone = "small_cnn" if scratch else "efficientnet_lite0"
+    if cfg.data.image_size is None:
+        cfg.data.image_size = 150 if scratch else 224
+    if cfg.recipe.epochs is None:
+        cfg.recipe.epochs = {"frozen": 8, "finetune": 30, "unfreeze": 30, "auto": 30}.get(cfg.recipe.name, 30)
+    if cfg.recipe.lr is None:
+        cfg.recipe.lr = 1e-3
+    if cfg.recipe.finetune_lr is None:
+        cfg.recipe.finetune_lr = cfg.recipe.lr / 10
+    return cfg
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

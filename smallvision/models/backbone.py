@@ -57,8 +57,94 @@ def _bare(name: str) -> nn.Module:
         raise SmallvisionError(f"unknown backbone {name!r}: not a timm architecture (see timm.list_models())") from e
 
 
-def bare_backbone(name: str, pool: str, mean: tuple[float, ...], std: tuple[float, ...]) -> Backbone:
+def scratch_backbone(name: str, image_size: int, batch_norm: bool) -> Backbone:
+    """A randomly initialised from-scratch CNN (inputs only rescaled to [0, 1], as in the Keras examples)."""
+    from smallvision.models.scratch import build_scratch
+
+    return Backbone(build_scratch(name, image_size, batch_norm), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "none")
+
+
+def bare_backbone(name: str, pool: str, mean, std, options: dict | None = None) -> Backbone:
     """The same architecture without weights, for loading a saved model (weights come from its folder)."""
+    from smallvision.models.scratch import SCRATCH
+
+    if name in SCRATCH:
+        opts = options or {}
+        return scratch_backbone(name, int(opts["image_size"]), bool(opts.get("batch_norm", False)))
     net = _bare(name)
     net.reset_classifier(0, _timm_pool(pool))
     return Backbone(net, mean, std, pool)
+
+
+def _unit(module_name: str) -> str:
+    parts = module_name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else parts[0]
+
+
+def block_groups(backbone: Backbone) -> list[tuple[str, list[nn.Module]]]:
+    """The backbone's block groups, input to output: [(name, modules)]; the last merges any trailing head conv."""
+    from timm.models import group_modules
+
+    net = backbone.net
+    grouped = group_modules(net, net.group_matcher(coarse=True))
+    modules = dict(net.named_modules())
+    groups: list[tuple[str, list[str]]] = []
+    for gid in sorted(grouped):
+        names = [n for n in grouped[gid] if n in modules and any(True for _ in modules[n].parameters())]
+        if not names:
+            continue
+        label = "stem" if gid == 0 else "+".join(dict.fromkeys(_unit(n) for n in names))
+        if gid >= 99999 and groups:
+            groups[-1] = (groups[-1][0] + "+" + label, groups[-1][1] + names)
+        else:
+            groups.append((label, names))
+    return [(label, [modules[n] for n in names]) for label, names in groups]
+
+
+def freeze(
+    backbone: Backbone, trainable_groups: int | None = 0, from_name: str | None = None, bn_eval: bool = True
+) -> list[str]:
+    """Freeze all but the top `trainable_groups` groups (or every group from `from_name` up); return trainable names.
+
+    Frozen parameters get requires_grad=False and their modules are marked so they stay in eval mode (BatchNorm
+    running statistics and dropout frozen too) whenever the model is put in training mode. With `bn_eval` (the
+    Keras advice for fine-tuning on small data) every BatchNorm keeps its pretrained running statistics, while the
+    scale and shift of unfrozen ones still train.
+    """
+    groups = block_groups(backbone)
+    names = [g for g, _ in groups]
+    if from_name is not None:
+        starts = [i for i, g in enumerate(names) if g == from_name or g.startswith(from_name + ".")]
+        if not starts:
+            raise SmallvisionError(f"--unfreeze-from {from_name!r}: no such block; blocks are {', '.join(names)}")
+        first = starts[0]
+    elif trainable_groups is None:
+        first = 0
+    else:
+        first = max(0, len(groups) - trainable_groups)
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn_eval else []
+    if from_name is None and trainable_groups is None:
+        backbone.requires_grad_(True)
+        backbone.frozen_modules = norms
+        keep_frozen_in_eval(backbone)
+        return names
+    backbone.requires_grad_(False)
+    for _, mods in groups[first:]:
+        for m in mods:
+            m.requires_grad_(True)
+    if first >= len(groups):
+        backbone.frozen_modules = [backbone.net]
+    else:
+        backbone.frozen_modules = norms + [
+            m
+            for m in backbone.modules()
+            if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)
+        ]
+    keep_frozen_in_eval(backbone)
+    return names[first:]
+
+
+def keep_frozen_in_eval(backbone: Backbone) -> None:
+    """Put the frozen modules back in eval mode (called after every .train())."""
+    for m in getattr(backbone, "frozen_modules", []):
+        m.eval()

@@ -27,6 +27,7 @@ class BackboneCard(BaseModel):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class HeadCard(BaseModel):
@@ -51,6 +52,7 @@ class ModelCard(BaseModel):
     head: HeadCard
     recipe: str
     metrics: dict[str, Any] = Field(default_factory=dict)
+    trainable: list[str] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
 
 
@@ -112,7 +114,7 @@ def build_from_card(card: ModelCard):
     from smallvision.models.backbone import bare_backbone
     from smallvision.models.head import Head, ImageClassifier
 
-    backbones = [bare_backbone(b.name, b.pool, b.mean, b.std) for b in card.backbones]
+    backbones = [bare_backbone(b.name, b.pool, b.mean, b.std, b.options) for b in card.backbones]
     head = Head(card.head.in_features, len(card.classes), card.head.dropout, card.head.hidden)
     return ImageClassifier(backbones, head)
 

@@ -31,6 +31,16 @@ class ImageClassifier(nn.Module):
         self.backbones = nn.ModuleList(backbones)
         self.head = head
 
+    def train(self, mode: bool = True) -> ImageClassifier:
+        """Set training mode, but keep frozen backbone parts (BatchNorm statistics included) in eval mode."""
+        super().train(mode)
+        if mode:
+            from smallvision.models.backbone import keep_frozen_in_eval
+
+            for b in self.backbones:
+                keep_frozen_in_eval(b)
+        return self
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The joined feature vector of every backbone."""
         feats = [b(x) for b in self.backbones]

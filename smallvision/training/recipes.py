@@ -1,9 +1,12 @@
-"""The recipes as explicit plans: which parts train, on what, for how long. Each returns a trained model state."""
+"""The recipes as explicit stage plans: which parts train, on what, for how long, at which learning rate."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +17,7 @@ from smallvision.models.folder import BackboneCard, HeadCard
 from smallvision.models.weights import WeightsSpec, resolve_weights
 
 log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -29,6 +33,7 @@ class RecipeOutcome:
     labels: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
     cache: dict[str, int] = field(default_factory=dict)
+    trainable: list[str] = field(default_factory=list)
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -39,12 +44,61 @@ def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
     return [resolve_weights(name, cfg.model.weights) for name in names]
 
 
-def run_features(cfg: RunConfig, index: DatasetIndex, progress: bool = True) -> RecipeOutcome:
-    """`features`: run each frozen backbone once per image (cached), then train only a dense head."""
+def _weights_info(spec: WeightsSpec) -> dict:
+    return {"source": spec.source, "detail": spec.detail, "fingerprint": spec.fingerprint}
+
+
+def _split_arrays(values: np.ndarray, items, splits=SPLITS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    labels = np.array([it.label for it in items], dtype=np.int64)
+    names = np.array([it.split for it in items])
+    out = {}
+    for split in splits:
+        mask = names == split
+        if mask.any():
+            out[split] = (np.asarray(values[mask]), labels[mask])
+    for split in ("train", "val"):
+        if split not in out:
+            raise SmallvisionError(f"no usable {split} images left after skipping unreadable files")
+    return out
+
+
+def _init_note(target: dict, source_dir: str | None) -> tuple[dict, str | None]:
+    """Copy every tensor of a saved model whose name and shape fit; report what was kept and what was not."""
+    if not source_dir:
+        return {}, None
+    from safetensors.torch import load_file
+
+    from smallvision.models.folder import WEIGHTS_FILE, read_card
+
+    read_card(source_dir)
+    source = load_file(str(Path(source_dir) / WEIGHTS_FILE))
+    kept = {k: v for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
+    skipped = [k for k in target if k not in kept]
+    note = f"--init-from {source_dir}: kept {len(kept)} tensor(s), {len(skipped)} left as initialised"
+    if skipped:
+        note += f" ({', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''})"
+    return kept, note
+
+
+# ---------------------------------------------------------------- stage 1: features, cached, head only
+
+
+@dataclass
+class _FeatureStage:
+    head: object
+    history: list[dict]
+    best_epoch: int
+    best_accuracy: float
+    specs: list[WeightsSpec]
+    cached: object
+    by_split: dict
+
+
+def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str]) -> _FeatureStage:
     import torch
 
     from smallvision.models.head import Head
-    from smallvision.training.features import backbone_state, cached_features, train_head
+    from smallvision.training.features import cached_features, train_head
 
     specs = resolve_specs(cfg)
     for spec in specs:
@@ -52,24 +106,18 @@ def run_features(cfg: RunConfig, index: DatasetIndex, progress: bool = True) -> 
             log.warning("backbone %s uses random weights: the features recipe learns little from them", spec.backbone)
     cached = cached_features(index.items, specs, cfg.data.image_size, cfg.model.pool, progress=progress)
     index.drop(cached.failures)
-    notes = [
-        f"recipe features: backbone(s) {' + '.join(s.backbone for s in specs)} frozen, run once per image; "
-        f"only a dense head trains ({cached.computed} image(s) computed, "
+    notes.append(
+        f"stage features: backbone(s) {' + '.join(s.backbone for s in specs)} frozen and run once per image; "
+        f"a dense head trains on the cached features ({cached.computed} image(s) computed, "
         f"{cached.unique - cached.computed} from the feature cache)"
-    ]
-    by_split: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    labels_all = np.array([it.label for it in cached.items], dtype=np.int64)
-    splits_all = np.array([it.split for it in cached.items])
-    for split in ("train", "val", "test"):
-        mask = splits_all == split
-        if mask.any():
-            by_split[split] = (cached.features[mask], labels_all[mask])
-    for split in ("train", "val"):
-        if split not in by_split:
-            raise SmallvisionError(f"no usable {split} images left after skipping unreadable files")
-
+    )
+    by_split = _split_arrays(cached.features, cached.items)
     torch.manual_seed(cfg.seed)
     head = Head(cached.features.shape[1], len(index.classes), cfg.model.dropout, cfg.model.hidden)
+    if cfg.recipe.init_from:
+        kept, note = _init_note({f"head.{k}": v for k, v in head.state_dict().items()}, cfg.recipe.init_from)
+        head.load_state_dict({k.removeprefix("head."): v for k, v in kept.items()}, strict=False)
+        notes.append(note + "; the features recipe keeps the backbone's pretrained weights")
     r = cfg.recipe
     result = train_head(
         head,
@@ -83,27 +131,311 @@ def run_features(cfg: RunConfig, index: DatasetIndex, progress: bool = True) -> 
         seed=cfg.seed,
         progress=progress,
     )
-    notes.append(f"best epoch {result.best_epoch} of {r.epochs}, chosen on validation accuracy")
+    for row in result.history:
+        row["stage"] = "features"
+    best = result.history[result.best_epoch - 1]["val_accuracy"]
+    notes.append(f"stage features: best epoch {result.best_epoch} of {r.epochs} (val accuracy {best:.4f})")
+    return _FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
 
+
+def run_features(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+    """`features`: run each frozen backbone once per image (cached), then train only a dense head."""
+    import torch
+
+    from smallvision.training.features import backbone_state
+
+    notes = ["recipe features: only a dense head trains; the pretrained backbone is frozen and cached"]
+    fs = _feature_stage(cfg, index, progress, notes)
     probs, labels = {}, {}
     with torch.inference_mode():
-        for split, (x, y) in by_split.items():
-            probs[split] = head(torch.from_numpy(x)).softmax(1).numpy()
+        for split, (x, y) in fs.by_split.items():
+            probs[split] = fs.head(torch.from_numpy(x)).softmax(1).numpy()
             labels[split] = y
-
     state: dict = {}
     cards = []
-    for i, spec in enumerate(specs):
-        tensors, mean, std = backbone_state(
-            spec, cfg.model.pool, f"backbones.{i}.", cached.built.get(spec.fingerprint + spec.backbone)
-        )
+    for i, spec in enumerate(fs.specs):
+        built = fs.cached.built.get(spec.fingerprint + spec.backbone)
+        tensors, mean, std = backbone_state(spec, cfg.model.pool, f"backbones.{i}.", built)
         state.update(tensors)
-        weights_info = {"source": spec.source, "detail": spec.detail, "fingerprint": spec.fingerprint}
-        cards.append(BackboneCard(name=spec.backbone, pool=cfg.model.pool, mean=mean, std=std, weights=weights_info))
-    state.update({f"head.{k}": v for k, v in head.state_dict().items()})
-    head_card = HeadCard(in_features=cached.features.shape[1], hidden=cfg.model.hidden, dropout=cfg.model.dropout)
-    cache = {"computed": cached.computed, "reused": cached.unique - cached.computed}
-    return RecipeOutcome(state, cards, head_card, result.history, result.best_epoch, probs, labels, notes, cache)
+        cards.append(
+            BackboneCard(name=spec.backbone, pool=cfg.model.pool, mean=mean, std=std, weights=_weights_info(spec))
+        )
+    state.update({f"head.{k}": v for k, v in fs.head.state_dict().items()})
+    head_card = HeadCard(in_features=fs.cached.features.shape[1], hidden=cfg.model.hidden, dropout=cfg.model.dropout)
+    cache = {"computed": fs.cached.computed, "reused": fs.cached.unique - fs.cached.computed}
+    return RecipeOutcome(state, cards, head_card, fs.history, fs.best_epoch, probs, labels, notes, cache, ["head"])
 
 
-RECIPES = {"features": run_features}
+# ---------------------------------------------------------------- end-to-end stages (Lightning)
+
+
+def _images(cfg: RunConfig, index: DatasetIndex, progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from smallvision.data.cache import decoded_images
+
+    items = index.items
+    arr, failed = decoded_images(
+        [it.path for it in items], [it.digest for it in items], cfg.data.image_size, progress=progress
+    )
+    index.drop({items[p].digest: reason for p, reason in failed.items()})
+    return _split_arrays(arr, index.items)
+
+
+def _predict(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+            x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float().softmax(1).numpy())
+    return np.concatenate(out)
+
+
+def _param_groups(model, trainable: dict[int, list[str]], head_lr: float, body_lr: float, decay: float) -> list[dict]:
+    """Head at `head_lr`; each trainable backbone group at body_lr * decay**(depth from the top)."""
+    from smallvision.models.backbone import block_groups
+
+    groups = [{"params": [p for p in model.head.parameters()], "lr": head_lr, "name": "head"}]
+    for i, backbone in enumerate(model.backbones):
+        names = trainable.get(i, [])
+        blocks = [(n, mods) for n, mods in block_groups(backbone) if n in names]
+        seen: set[int] = set()
+        for depth, (name, mods) in enumerate(reversed(blocks)):
+            params = [p for m in mods for p in m.parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in params)
+            if params:
+                groups.append({"params": params, "lr": body_lr * decay**depth, "name": f"backbones.{i}.{name}"})
+        rest = [p for p in backbone.parameters() if p.requires_grad and id(p) not in seen]
+        if rest:
+            groups.append(
+                {"params": rest, "lr": body_lr * decay ** max(0, len(blocks) - 1), "name": f"backbones.{i}.other"}
+            )
+    return groups
+
+
+def _cards(model, specs: list[WeightsSpec] | None, cfg: RunConfig) -> list[BackboneCard]:
+    cards = []
+    for i, b in enumerate(model.backbones):
+        mean = tuple(float(v) for v in b.mean.flatten())
+        std = tuple(float(v) for v in b.std.flatten())
+        if specs:
+            cards.append(
+                BackboneCard(name=specs[i].backbone, pool=b.pool, mean=mean, std=std, weights=_weights_info(specs[i]))
+            )
+        else:
+            options = {"image_size": cfg.data.image_size, "batch_norm": cfg.model.batch_norm}
+            cards.append(
+                BackboneCard(
+                    name=cfg.model.backbones[i],
+                    pool=b.pool,
+                    mean=mean,
+                    std=std,
+                    weights={"source": "random", "detail": "trained from scratch"},
+                    options=options,
+                )
+            )
+    return cards
+
+
+def _finish(model, cfg, data, specs, history, best_epoch, notes, trainable, cache=None) -> RecipeOutcome:
+    probs = {s: _predict(model, x) for s, (x, _) in data.items()}
+    labels = {s: y for s, (_, y) in data.items()}
+    in_features = model.head.layers[1].in_features
+    head_card = HeadCard(in_features=in_features, hidden=_hidden(model), dropout=cfg.model.dropout)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return RecipeOutcome(
+        state, _cards(model, specs, cfg), head_card, history, best_epoch, probs, labels, notes, cache or {}, trainable
+    )
+
+
+def _hidden(model) -> int:
+    linears = [m for m in model.head.layers if hasattr(m, "out_features")]
+    return linears[0].out_features if len(linears) > 1 else 0
+
+
+def _frozen_summary(model) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{train:,} of {total:,} parameters train ({total - train:,} frozen)"
+
+
+def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+    """`scratch`: a small CNN from random init, trained end to end (augmentation and dropout as configured)."""
+    import lightning as L
+
+    from smallvision.models.backbone import scratch_backbone
+    from smallvision.models.head import Head, ImageClassifier
+    from smallvision.training.fit import run_stage
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = _images(cfg, index, progress)
+    name = cfg.model.backbones[0]
+    backbone = scratch_backbone(name, cfg.data.image_size, cfg.model.batch_norm)
+    hidden = cfg.model.hidden or (512 if name == "small_cnn" else 0)
+    model = ImageClassifier([backbone], Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, hidden))
+    notes = [
+        f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
+        f"dropout {cfg.model.dropout}; {_frozen_summary(model)}"
+    ]
+    kept, note = _init_note(model.state_dict(), cfg.recipe.init_from)
+    if note:
+        model.load_state_dict(kept, strict=False)
+        notes.append(note)
+    r = cfg.recipe
+    groups = [{"params": list(model.parameters()), "lr": r.lr, "name": "all"}]
+    res = run_stage("scratch", model, groups, data, cfg, r.epochs, run_dir / "checkpoints" / "scratch", progress)
+    notes.append(f"stage scratch: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
+    return _finish(model, cfg, data, None, res.history, res.best_epoch, notes, ["all"])
+
+
+def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
+    from smallvision.models.backbone import build_backbone
+    from smallvision.models.head import Head, ImageClassifier
+
+    backbones = [build_backbone(spec, cfg.model.pool) for spec in specs]
+    dim = sum(b.feature_dim(cfg.data.image_size) for b in backbones)
+    model = ImageClassifier(backbones, head or Head(dim, num_classes, cfg.model.dropout, cfg.model.hidden))
+    return model
+
+
+def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+    """`frozen`: the pretrained backbone frozen (BatchNorm too), the head trained end to end with augmentation."""
+    import lightning as L
+
+    from smallvision.models.backbone import freeze
+    from smallvision.training.fit import run_stage
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    specs = resolve_specs(cfg)
+    data = _images(cfg, index, progress)
+    model = _pretrained_model(cfg, specs, len(index.classes))
+    for b in model.backbones:
+        freeze(b, 0)
+    notes = [
+        f"recipe frozen: backbone frozen, head trained end to end with augmentation "
+        f"{cfg.recipe.augment.preset}; {_frozen_summary(model)}"
+    ]
+    kept, note = _init_note(model.state_dict(), cfg.recipe.init_from)
+    if note:
+        model.load_state_dict(kept, strict=False)
+        notes.append(note)
+    r = cfg.recipe
+    groups = [{"params": list(model.head.parameters()), "lr": r.lr, "name": "head"}]
+    res = run_stage("frozen", model, groups, data, cfg, r.epochs, run_dir / "checkpoints" / "frozen", progress)
+    notes.append(f"stage frozen: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
+    return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, ["head"])
+
+
+def _two_stage(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool, whole: bool, budget_check: bool
+) -> RecipeOutcome:
+    """Stage 1: head on cached features. Stage 2: unfreeze the top blocks (or everything) at a lower lr."""
+    import lightning as L
+
+    from smallvision.models.backbone import freeze
+    from smallvision.training.fit import run_stage
+
+    start = time.perf_counter()
+    notes: list[str] = []
+    fs = _feature_stage(cfg, index, progress, notes)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = _images(cfg, index, progress)
+    model = _pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head)
+    r = cfg.recipe
+    trainable = {}
+    for i, b in enumerate(model.backbones):
+        trainable[i] = freeze(b, None) if whole else freeze(b, r.unfreeze_blocks, r.unfreeze_from)
+    what = "the whole network trains" if whole else f"blocks {', '.join(trainable[0])} and the head train"
+    stage = "unfreeze" if whole else "finetune"
+    notes.append(
+        f"stage {stage}: {what} at lr {r.finetune_lr:g} (lower groups x{r.layer_decay} each); {_frozen_summary(model)}"
+    )
+    history = list(fs.history)
+
+    features_state = copy.deepcopy(model.state_dict())
+    if budget_check:
+        estimate = _estimate_seconds(model, data, cfg)
+        model.load_state_dict(features_state)
+        left = r.time_budget - (time.perf_counter() - start)
+        if estimate > left:
+            notes.append(
+                f"auto: kept the features model; fine-tuning would take ~{estimate:.0f} s, more than the "
+                f"{max(left, 0):.0f} s left of --time-budget {r.time_budget:g}"
+            )
+            model.requires_grad_(False)
+            return _finish(model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs))
+    groups = _param_groups(model, trainable, r.finetune_lr, r.finetune_lr, r.layer_decay)
+    res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, run_dir / "checkpoints" / stage, progress)
+    history += res.history
+    notes.append(
+        f"stage {stage}: best epoch {res.best_epoch} of {r.finetune_epochs} (val accuracy {res.best_accuracy:.4f})"
+    )
+    best_epoch = res.best_epoch
+    if res.best_accuracy < fs.best_accuracy:
+        model.load_state_dict(features_state)
+        notes.append(
+            f"{cfg.recipe.name}: kept the stage-1 (features) model: val accuracy {fs.best_accuracy:.4f}; "
+            f"{stage} reached {res.best_accuracy:.4f}"
+        )
+        for b in model.backbones:
+            freeze(b, 0)
+        return _finish(model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs))
+    if budget_check:
+        notes.append(
+            f"auto: chose the fine-tuned model: val accuracy {res.best_accuracy:.4f} vs "
+            f"{fs.best_accuracy:.4f} for features alone"
+        )
+    trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
+    return _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs))
+
+
+def _cache(fs: _FeatureStage) -> dict:
+    return {"computed": fs.cached.computed, "reused": fs.cached.unique - fs.cached.computed}
+
+
+def _estimate_seconds(model, data, cfg: RunConfig) -> float:
+    """Time one training step and one validation batch; scale to the planned fine-tuning epochs."""
+    import torch
+
+    r = cfg.recipe
+    x = torch.from_numpy(np.ascontiguousarray(data["train"][0][: r.batch_size])).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(data["train"][1][: r.batch_size])
+    model.train()
+    t0 = time.perf_counter()
+    torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+    step = time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model(x)
+    val = time.perf_counter() - t0
+    per_epoch = step * len(data["train"][1]) / len(y) + val * len(data["val"][1]) / len(y)
+    return per_epoch * r.finetune_epochs
+
+
+def run_finetune(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+    """`finetune`: head on cached features, then the top N blocks + head at a lower, per-group learning rate."""
+    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=False)
+
+
+def run_unfreeze(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+    """`unfreeze`: head on cached features, then the whole network at a low learning rate."""
+    return _two_stage(cfg, index, run_dir, progress, whole=True, budget_check=False)
+
+
+def run_auto(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+    """`auto`: features first; fine-tune the top blocks when the time budget allows, keep it only if it helps."""
+    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=True)
+
+
+RECIPES = {
+    "features": run_features,
+    "scratch": run_scratch,
+    "frozen": run_frozen,
+    "finetune": run_finetune,
+    "unfreeze": run_unfreeze,
+    "auto": run_auto,
+}

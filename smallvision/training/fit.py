@@ -1,0 +1,148 @@
+"""Run one training stage with Lightning: checkpoints (best + last), early stopping, resume, DDP, precision."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smallvision import atomic
+from smallvision.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def world_devices(cfg: RunConfig) -> int:
+    """Processes per node: the config's, else torchrun's LOCAL_WORLD_SIZE, else 1."""
+    if cfg.trainer.devices:
+        return cfg.trainer.devices
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes results (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class StageResult:
+    """A finished stage: best validation accuracy, its epoch, and the per-epoch history."""
+
+    best_accuracy: float
+    best_epoch: int
+    history: list[dict]
+
+
+def run_stage(
+    name: str,
+    model: torch.nn.Module,
+    groups: list[dict],
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    cfg: RunConfig,
+    epochs: int,
+    stage_dir: Path,
+    progress: bool,
+    augment: bool = True,
+) -> StageResult:
+    """Train `model` (its trainable groups at their lrs) for one stage; load the best weights back into it.
+
+    A stage that finished before (its done.json exists) is not run again: its best weights are loaded. One that was
+    interrupted resumes from its last checkpoint.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from smallvision.data.loader import CachedImages, make_loader
+    from smallvision.data.transforms import eval_transform, train_transform
+    from smallvision.training.module import ClassifierModule, History
+
+    for noisy in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    stage_dir = Path(stage_dir)
+    done_path = stage_dir / "done.json"
+    best_path = stage_dir / "best.ckpt"
+    if done_path.exists() and best_path.exists():
+        done = json.loads(done_path.read_text())
+        _load_weights(model, best_path)
+        log.info("stage %s already finished (best val accuracy %.4f); reusing it", name, done["best_accuracy"])
+        return StageResult(done["best_accuracy"], done["best_epoch"], done["history"])
+
+    r = cfg.recipe
+    size = cfg.data.image_size
+    tf = train_transform(r.augment, size) if augment else eval_transform()
+    train_ds = CachedImages(*data["train"], tf)
+    val_ds = CachedImages(*data["val"], eval_transform())
+    workers = cfg.trainer.workers
+    train_dl = make_loader(train_ds, r.batch_size, shuffle=True, workers=workers, seed=cfg.seed)
+    val_dl = make_loader(val_ds, max(r.batch_size, 64), shuffle=False, workers=workers, seed=cfg.seed)
+    devices = world_devices(cfg)
+    steps = max(1, int(np.ceil(len(train_ds) / (r.batch_size * devices))))
+    weights = None
+    if r.class_weights == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        y = data["train"][1]
+        present = np.unique(y)
+        w = np.ones(int(model.head.layers[-1].out_features), dtype=np.float32)
+        w[present] = compute_class_weight("balanced", classes=present, y=y)
+        weights = torch.tensor(w)
+    model.train()  # Lightning keeps modules' modes as found; this sets them once (frozen parts stay in eval)
+    module = ClassifierModule(model, r, groups, epochs, steps, weights)
+    history = History(name)
+    ckpt = ModelCheckpoint(
+        dirpath=stage_dir,
+        filename="best",
+        monitor="val_accuracy",
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    callbacks = [history, ckpt]
+    if r.patience:
+        callbacks.append(EarlyStopping("val_accuracy", mode="max", patience=r.patience, check_on_train_epoch_end=True))
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="auto",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision=cfg.trainer.precision,
+        default_root_dir=stage_dir,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    last = stage_dir / "last.ckpt"
+    resume = str(last) if last.exists() else None
+    if resume:
+        log.info("stage %s: resuming from %s", name, last)
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    trainer.strategy.barrier()
+    _load_weights(model, Path(ckpt.best_model_path or best_path))
+    rows = history.rows
+    best = max(rows, key=lambda row: row["val_accuracy"]) if rows else {"val_accuracy": float("nan"), "epoch": 0}
+    result = StageResult(best["val_accuracy"], best["epoch"], rows)
+    if trainer.is_global_zero:
+        atomic.write_json(
+            done_path, {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch, "history": rows}
+        )
+    return result
+
+
+def _load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """Load a Lightning checkpoint's model weights (tensors only: weights_only=True)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})

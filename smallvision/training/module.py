@@ -1,0 +1,108 @@
+"""The LightningModule every end-to-end recipe trains: loss, metrics, optimizer parameter groups, history."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from smallvision.config import RecipeConfig
+from smallvision.training.schedules import make_scheduler
+
+
+def make_optimizer(name: str, groups: list[dict], weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """One of adam, adamw, sgd (momentum), rmsprop over parameter groups that carry their own lr."""
+    if name == "adam":
+        return torch.optim.Adam(groups, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.RMSprop(groups, momentum=momentum, weight_decay=weight_decay)
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy training of an ImageClassifier with per-group learning rates and a per-step schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: RecipeConfig,
+        groups: list[dict],
+        epochs: int,
+        steps_per_epoch: int,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+        self.groups = groups
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=recipe.label_smoothing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.model(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        if x.device.type == "cpu" or self.trainer.precision != "32-true":
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log(
+            f"{stage}_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            sync_dist=True,
+            batch_size=len(y),
+        )
+        self.log(
+            f"{stage}_accuracy", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y)
+        )
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """One optimisation step's loss."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Validation loss and accuracy (epoch means)."""
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        """The optimizer over the trainable groups and a scheduler stepped every batch."""
+        r = self.recipe
+        opt = make_optimizer(r.optimizer, self.groups, r.weight_decay, r.momentum)
+        sched = make_scheduler(opt, r.schedule, self.epochs, self.steps_per_epoch, r.warmup_epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class History(L.Callback):
+    """Per-epoch train/val loss and accuracy, kept in checkpoints so a resumed run has the whole history."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.rows: list[dict] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record the epoch's metrics once validation has run."""
+        m = trainer.callback_metrics
+        if "val_accuracy" not in m:
+            return
+        row = {"stage": self.stage, "epoch": trainer.current_epoch + 1}
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            row[key] = float(m[key]) if key in m else float("nan")
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+
+    def state_dict(self) -> dict:
+        """Rows for the checkpoint."""
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Rows from a checkpoint (on resume)."""
+        self.rows = list(state_dict.get("rows", []))
