@@ -21,7 +21,12 @@ class DataConfig(_Strict):
     """Where the images are and how splits are carved when the folder has none."""
 
     path: str
-    image_size: int | None = Field(default=None, ge=16, le=1024, description="default: 150 scratch, 224 otherwise")
+    image_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=1024,
+        description="default: 150 scratch, else the backbone's native size (224 for efficientnet_lite0)",
+    )
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     test_fraction: float = Field(default=0.0, ge=0, lt=1)
     min_train_per_class: int = Field(default=1, ge=1)
@@ -141,7 +146,9 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
     if cfg.model.backbone is None:
         cfg.model.backbone = "small_cnn" if scratch else "efficientnet_lite0"
     if cfg.data.image_size is None:
-        cfg.data.image_size = 150 if scratch else 224
+        from smallvision.models.weights import NATIVE_SIZE
+
+        cfg.data.image_size = 150 if scratch else NATIVE_SIZE.get(cfg.model.backbones[0], 224)
     if cfg.recipe.epochs is None:
         cfg.recipe.epochs = {"frozen": 8, "finetune": 30, "unfreeze": 30, "auto": 30}.get(cfg.recipe.name, 30)
     if cfg.recipe.lr is None:

@@ -31,7 +31,7 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(shapes_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    done = cli("train", shapes_data, "--image-size", "64", "--epochs", "20", "--out", out)
+    done = cli("train", shapes_data, "--recipe", "features", "--image-size", "64", "--epochs", "20", "--out", out)
     assert done.returncode == 0, done.stderr
     assert "val accuracy" in done.stdout and str(out / "model") in done.stdout
     return out

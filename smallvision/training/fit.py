@@ -27,7 +27,7 @@ def world_devices(cfg: RunConfig) -> int:
 
 def is_rank_zero() -> bool:
     """True in the process that writes results (rank 0, or the only process)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
 @dataclass

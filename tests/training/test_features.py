@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import json, sys
 import smallvision
-r = smallvision.train(sys.argv[1], out=sys.argv[2], image_size=64, epochs=15, progress=False)
+r = smallvision.train(sys.argv[1], recipe="features", out=sys.argv[2], image_size=64, epochs=15, progress=False)
 print(json.dumps({"timm": "timm" in sys.modules, "cache": r.metrics["feature_cache"],
                   "val_accuracy": r.metrics["val_accuracy"]}))
 """
@@ -50,14 +50,16 @@ def test_second_run_reuses_features_and_never_imports_the_backbone(shapes_data, 
 
 
 def test_features_recipe_learns_generated_shapes(shapes_data, tmp_path):
-    r = smallvision.train(shapes_data, out=tmp_path / "run", image_size=64, epochs=30, seed=0, progress=False)
+    r = smallvision.train(
+        shapes_data, recipe="features", out=tmp_path / "run", image_size=64, epochs=30, progress=False
+    )
     m = r.metrics
     assert m["val_accuracy"] >= 0.7, m["val"]["report"]
     assert "test_accuracy" in m and m["test"]["n"] == 18
     for name in ("metrics.json", "history.csv", "config.yaml", "model/model.safetensors", "model/smallvision.json"):
         assert (r.run_dir / name).is_file(), name
     history = (r.run_dir / "history.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy" and len(history) == 31
+    assert history[0] == "stage,epoch,train_loss,train_accuracy,val_loss,val_accuracy" and len(history) == 31
 
 
 def test_same_seed_same_result_and_config_repeats_the_run(shapes_data, tmp_path):
@@ -74,12 +76,12 @@ def test_bad_files_are_reported_skipped_and_the_rest_used(tmp_path):
     (bad / "page.jpg").write_text("<html>404</html>")
     Image.new("RGB", (8, 8)).save(bad / "cut.jpg")
     (bad / "cut.jpg").write_bytes((bad / "cut.jpg").read_bytes()[:40])
-    r = smallvision.train(data, out=tmp_path / "run", image_size=32, epochs=3, progress=False)
+    r = smallvision.train(data, recipe="features", out=tmp_path / "run", image_size=32, epochs=3, progress=False)
     skipped = {Path(s["path"]).name: s["reason"] for s in r.metrics["data"]["skipped"]}
     assert set(skipped) == {"empty.jpg", "page.jpg", "cut.jpg"}
     assert "empty" in skipped["empty.jpg"] and "not an image" in skipped["page.jpg"]
     assert r.metrics["data"]["counts"]["train"] == {"circle": 8, "square": 8, "triangle": 8}
-    again = smallvision.train(data, out=tmp_path / "run2", image_size=32, epochs=3, progress=False)
+    again = smallvision.train(data, recipe="features", out=tmp_path / "run2", image_size=32, epochs=3, progress=False)
     assert {Path(s["path"]).name for s in again.metrics["data"]["skipped"]} == set(skipped)
 
 
