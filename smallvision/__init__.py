@@ -2,6 +2,8 @@
 
 from smallvision.api import (
     TrainResult,
+    compare,
+    evaluate,
     inspect,
     load,
     make_config,
@@ -16,6 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "SmallvisionError",
     "TrainResult",
+    "compare",
+    "evaluate",
     "inspect",
     "load",
     "make_config",

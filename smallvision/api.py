@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from smallvision import atomic
 from smallvision.config import RunConfig, build_config, dump_config, load_config
 from smallvision.errors import SmallvisionError
@@ -144,12 +146,19 @@ def _history_csv(rows: list[dict]) -> str:
 
 
 def train(
-    data: str | Path | None = None, *, resume: str | Path | None = None, progress: bool = True, **kwargs: Any
+    data: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    evaluate_test: bool = True,
+    report: bool = True,
+    **kwargs: Any,
 ) -> TrainResult | None:
     """Train a classifier on a folder of class folders; write the run folder; return its results.
 
     `resume=RUN_DIR` continues an interrupted run from its checkpoints with its recorded config. Under torchrun
-    only rank 0 writes results and gets a TrainResult; the other ranks get None.
+    only rank 0 writes results and gets a TrainResult; the other ranks get None. `evaluate_test=False` leaves the
+    test split untouched (compare tests only the run it chooses); `report=False` skips figures and report.html.
     """
     from smallvision.data.decode import RESIZE_POLICY
     from smallvision.data.scan import SplitPlan, scan
@@ -186,7 +195,7 @@ def train(
         log.debug("%s", note)
 
     metrics: dict[str, Any] = {}
-    for split in ("val", "test"):
+    for split in ("val", "test") if evaluate_test else ("val",):
         if split in outcome.probs:
             metrics[split] = classification_metrics(outcome.labels[split], outcome.probs[split], index.classes)
     import torch
@@ -214,6 +223,7 @@ def train(
         },
         "notes": outcome.notes,
         "feature_cache": outcome.cache,
+        "tta": False,
     }
     if "test" in metrics:
         summary["test_accuracy"] = metrics["test"]["accuracy"]
@@ -235,9 +245,62 @@ def train(
     )
     save_state(outcome.state, card, model_dir)
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
+    if report:
+        _figures(run_dir, model_dir, cfg, index, outcome, summary)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     atomic.write_json(run_dir / "metrics.json", summary)
+    if report:
+        from smallvision.evaluation.report import write_report
+
+        write_report(run_dir)
     return TrainResult(run_dir, model_dir, summary, outcome.notes)
+
+
+def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:
+    from smallvision.data.cache import decoded_images
+    from smallvision.data.transforms import train_transform
+    from smallvision.evaluation.report import run_figures
+
+    val = index.split("val")
+    images, failed = decoded_images(
+        [it.path for it in val], [it.digest for it in val], cfg.data.image_size, progress=False
+    )
+    labels = np.array([it.label for pos, it in enumerate(val) if pos not in failed], dtype=np.int64)
+    augments = cfg.recipe.name != "features"
+    transform = train_transform(cfg.recipe.augment, cfg.data.image_size) if augments else None
+    run_figures(
+        run_dir,
+        model_dir,
+        outcome.history,
+        summary,
+        index.classes,
+        images,
+        labels,
+        transform,
+        pretrained=cfg.recipe.name != "scratch",
+    )
+
+
+def compare(
+    data: str | Path,
+    *,
+    recipes: list[str] | str = "features",
+    sweep: dict[str, list[Any]] | list[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    **common: Any,
+) -> dict[str, Any]:
+    """Run several recipes (and/or a sweep grid) on the same split and seed; choose on validation; test once.
+
+    Writes COMPARE_DIR/results.csv, results.md, figures/, report.html and runs/<run>/; finished runs are skipped
+    and interrupted ones resumed when the same compare is run again.
+    """
+    from smallvision.comparison import parse_sweep, run_compare
+
+    names = [r.strip() for r in recipes.split(",")] if isinstance(recipes, str) else list(recipes)
+    grid = parse_sweep(sweep) if isinstance(sweep, list) else (sweep or {})
+    out = Path(out) if out else Path("runs") / f"{Path(data).stem}-compare"
+    return run_compare(data, out, names, grid, progress=progress, **common)
 
 
 def load(model_dir: str | Path):
@@ -247,13 +310,72 @@ def load(model_dir: str | Path):
     return load_model(model_dir)
 
 
-def predict(model_dir: str | Path, paths: list[str | Path] | str | Path, *, top_k: int = 5) -> list:
-    """Top-k class probabilities for image files and folders, with a saved model."""
+def predict(model_dir: str | Path, paths: list[str | Path] | str | Path, *, top_k: int = 5, tta: bool = False) -> list:
+    """Top-k class probabilities for image files and folders, with a saved model (`tta`: flips + crops averaged)."""
     from smallvision.prediction import classify, expand_paths
 
     model, card = load(model_dir)
     files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
-    return classify(model, card.classes, card.image_size, files, top_k)
+    return classify(model, card.classes, card.image_size, files, top_k, tta=tta)
+
+
+def evaluate(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    split: str | None = None,
+    tta: bool = False,
+    config: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of a saved model on a folder of class folders (classes matched by name).
+
+    The split evaluated: `split` if given, else test/ if the folder has one, else val/, else every image. With
+    `config` (a run's config.yaml) the run's own split plan is repeated, so a carved test split is found again.
+    """
+    from smallvision.data.cache import decoded_images
+    from smallvision.data.scan import scan
+    from smallvision.evaluation.metrics import classification_metrics
+    from smallvision.prediction import probabilities
+
+    model, card = load(model_dir)
+    if config is not None:
+        cfg = make_config(data, config=config)
+        d = cfg.data
+        from smallvision.data.scan import SplitPlan
+
+        plan = SplitPlan(
+            d.val_fraction, d.test_fraction, d.min_train_per_class, d.min_val_per_class, d.min_test_per_class, cfg.seed
+        )
+        index = scan(data, plan)
+    else:
+        index = scan(data, carve=False)
+    unknown = [c for c in index.classes if c not in card.classes]
+    if unknown:
+        raise SmallvisionError(
+            f"{data}: class folder(s) {', '.join(unknown)} unknown to the model (it knows {', '.join(card.classes)}); "
+            "rename or remove them"
+        )
+    present = {it.split for it in index.items}
+    chosen = split or next((s for s in ("test", "val") if s in present), "train")
+    items = [it for it in index.items if it.split == chosen]
+    if not items:
+        raise SmallvisionError(f"{data}: no images in the {chosen} split")
+    images, failed = decoded_images(
+        [it.path for it in items], [it.digest for it in items], card.image_size, progress=False
+    )
+    labels = np.array(
+        [card.classes.index(index.classes[it.label]) for pos, it in enumerate(items) if pos not in failed]
+    )
+    probs = probabilities(model, images, tta=tta)
+    metrics = classification_metrics(labels, probs, card.classes)
+    skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
+    return {
+        "data": str(index.root),
+        "split": chosen if chosen != "train" or present != {"train"} else "all",
+        "tta": tta,
+        "skipped": skipped,
+        **metrics,
+    }
 
 
 def predict_imagenet(
@@ -271,11 +393,26 @@ def predict_imagenet(
     return classify(model, names, size, files, top_k)
 
 
-def inspect(model_dir: str | Path) -> str:
-    """A saved model's block groups with parameter counts: total, trainable, frozen."""
-    from smallvision.evaluation.inspect import summary
+def inspect(
+    model_dir: str | Path,
+    *,
+    weights_check: bool = False,
+    kernels: str | Path | None = None,
+    image_size: int | None = None,
+) -> str:
+    """A saved model's block groups (output shapes, parameters total / trainable / frozen).
 
-    return summary(model_dir)
+    `weights_check` adds, per block group, how far the weights moved from their pretrained source (frozen groups
+    that moved are flagged); `kernels` writes the first convolution layer's kernels to that PNG path.
+    """
+    from smallvision.evaluation import inspect as insp
+
+    text = insp.summary(model_dir)
+    if weights_check:
+        text += "\n\n" + insp.weights_check(model_dir)
+    if kernels is not None:
+        text += f"\n\nkernels: {insp.kernels_figure(model_dir, kernels)}"
+    return text
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:

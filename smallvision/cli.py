@@ -138,17 +138,70 @@ def train(
     )
     if result is not None:
         typer.echo(result.summary())
+        typer.echo(f"report:  {result.run_dir / 'report.html'}")
 
 
 @app.command()
 def inspect(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/)")],
+    weights_check: Annotated[
+        bool, Opt("--weights-check", help="How far each block moved from its pretrained weights")
+    ] = False,
+    kernels: Annotated[Path | None, Opt(help="Write the first-layer kernels figure to this PNG")] = None,
 ) -> None:
-    """Show a saved model's block groups with parameters: total, trainable, frozen."""
+    """Show a saved model's block groups (output shapes, parameters total / trainable / frozen)."""
     from smallvision import api
 
     _setup_logging(True)
-    typer.echo(api.inspect(model_dir))
+    typer.echo(api.inspect(model_dir, weights_check=weights_check, kernels=kernels))
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model folder")],
+    data: Annotated[Path, typer.Argument(help="Folder of class folders (classes matched by name)")],
+    split: Annotated[str | None, Opt(help="train, val or test (default: test, else val, else all images)")] = None,
+    tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print all metrics as JSON")] = False,
+) -> None:
+    """Evaluate a saved model on a folder: accuracy, loss, precision/recall/F1, per class, confusion matrix."""
+    from smallvision import api
+
+    _setup_logging(True)
+    m = api.evaluate(model_dir, data, split=split, tta=tta)
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    typer.echo(f"{m['data']} [{m['split']}] n={m['n']} tta={'on' if tta else 'off'}")
+    typer.echo(f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro F1 {m['f1_macro']:.4f}")
+    typer.echo(m["report"])
+    for s in m["skipped"]:
+        typer.echo(f"skipped {s['path']}: {s['reason']}")
+
+
+@app.command()
+def compare(
+    data: Annotated[Path, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")],
+    recipes: Annotated[str, Opt(help="Comma-separated recipes, e.g. scratch,features,finetune")] = "features",
+    sweep: Annotated[list[str] | None, Opt(help="option=v1,v2 (repeatable): a grid over any train option")] = None,
+    image_size: Annotated[int | None, Opt(help="Square input size for every run")] = None,
+    epochs: Annotated[int | None, Opt(help="Epochs for every run")] = None,
+    seed: Annotated[int | None, Opt(help="Seed shared by every run")] = None,
+    out: Annotated[Path | None, Opt(help="Compare folder (default runs/<data>-compare)")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
+) -> None:
+    """Run several recipes or a sweep on one split; choose on validation; test only the chosen run."""
+    from smallvision import api
+
+    _setup_logging(quiet)
+    common = {k: v for k, v in {"image_size": image_size, "epochs": epochs, "seed": seed}.items() if v is not None}
+    result = api.compare(
+        data, recipes=recipes, sweep=sweep or [], out=out, progress=not quiet and sys.stderr.isatty(), **common
+    )
+    typer.echo(Path(result["out"], "results.md").read_text())
+    test = result.get("best_test_accuracy")
+    typer.echo(f"best on validation: {result['best']}; its test accuracy: {'n/a' if test is None else f'{test:.4f}'}")
+    typer.echo(f"time {result['seconds']:.1f} s · page {Path(result['out']) / 'report.html'}")
 
 
 @app.command()
@@ -159,6 +212,7 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", help="How many classes to show per image")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
     imagenet: Annotated[bool, typer.Option("--imagenet", help="Use the bundled backbone's ImageNet head")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
     backbone: Annotated[str, typer.Option(help="Backbone for --imagenet")] = "efficientnet_lite0",
 ) -> None:
     """Print the top-k classes with probabilities for images or folders of images."""
@@ -170,7 +224,7 @@ def predict(
     else:
         if len(paths) < 2:
             raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
-        preds = api.predict(paths[0], paths[1:], top_k=top_k)
+        preds = api.predict(paths[0], paths[1:], top_k=top_k, tta=tta)
     if as_json:
         typer.echo(json.dumps([p.to_dict() for p in preds], indent=2))
         return

@@ -48,6 +48,34 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def _views(x, tta: bool) -> list:
+    """The input batch, plus (with TTA) its mirror image and a 90% centre crop of both, resized back."""
+    if not tta:
+        return [x]
+    import torch.nn.functional as F
+
+    size = x.shape[-1]
+    m = max(1, int(round(size * 0.05)))
+    crop = F.interpolate(x[..., m : size - m, m : size - m], size=(size, size), mode="bilinear", antialias=True)
+    return [x, x.flip(-1), crop, crop.flip(-1)]
+
+
+def probabilities(model, images: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities for uint8 NHWC images; with `tta`, averaged over flipped and cropped views."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+            x = x.float().div_(255)
+            views = _views(x, tta)
+            p = sum(model(v.contiguous(memory_format=torch.channels_last)).float().softmax(1) for v in views)
+            out.append((p / len(views)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 def classify(
     model,
     classes: Sequence[str],
@@ -55,6 +83,7 @@ def classify(
     paths: Sequence[Path],
     top_k: int = 5,
     batch_size: int = 32,
+    tta: bool = False,
 ) -> list[Prediction]:
     """Run `model` ([0, 1] RGB input) over image files in batches; unreadable files get an error, not a crash."""
     import torch
@@ -66,9 +95,7 @@ def classify(
     def flush() -> None:
         if not pending:
             return
-        x = torch.from_numpy(np.stack([a for _, a in pending])).permute(0, 3, 1, 2).float().div_(255)
-        with torch.inference_mode():
-            probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1)
+        probs = torch.from_numpy(probabilities(model, np.stack([a for _, a in pending]), tta=tta))
         values, indices = probs.topk(k, dim=1)
         for (slot, _), v, i in zip(pending, values.tolist(), indices.tolist(), strict=True):
             preds[slot].top = [(classes[c], float(p)) for c, p in zip(i, v, strict=True)]

@@ -198,8 +198,11 @@ def _carve(labels: np.ndarray, fraction: float, minimum: int, seed: int, split: 
     return chosen
 
 
-def scan(data: str | Path, plan: SplitPlan | None = None) -> DatasetIndex:
-    """Scan a dataset folder or zip: classes, files (with content keys) and train/val/test splits."""
+def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) -> DatasetIndex:
+    """Scan a dataset folder or zip: classes, files (with content keys) and train/val/test splits.
+
+    With `carve=False` no validation or test split is carved out (evaluation uses every image as found).
+    """
     plan = plan or SplitPlan()
     root = Path(data).expanduser()
     if not root.exists():
@@ -234,7 +237,7 @@ def scan(data: str | Path, plan: SplitPlan | None = None) -> DatasetIndex:
     for name in empty:
         skipped.append((sources["train"] / name, "empty class folder; class left out"))
     classes = sorted(name for name, files in train_classes.items() if files)
-    if len(classes) < 2:
+    if len(classes) < (2 if carve else 1):
         raise SmallvisionError(
             f"{sources['train']}: found {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); "
             "a classifier needs at least 2: put each class's images in its own sub-folder"
@@ -260,7 +263,7 @@ def scan(data: str | Path, plan: SplitPlan | None = None) -> DatasetIndex:
         layout = "+".join(s for s in SPLITS if s in split_dirs) + " folders"
     else:
         layout = "one folder of class folders"
-    if "val" not in split_dirs:
+    if carve and "val" not in split_dirs:
         fractions = [("val", plan.val_fraction, plan.min_val_per_class)]
         if not split_dirs and plan.test_fraction > 0:
             fractions.insert(0, ("test", plan.test_fraction, plan.min_test_per_class))

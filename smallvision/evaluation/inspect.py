@@ -1,31 +1,118 @@
-"""Model summary: block groups with parameter counts (total, trained in the last stage, frozen)."""
+"""Model inspection: block groups (output shapes, parameters), the frozen-weights check, first-layer kernels."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from smallvision.errors import SmallvisionError
+
+
+def _output_shapes(backbone, groups, image_size: int) -> dict[str, tuple]:
+    import torch
+
+    shapes: dict[str, tuple] = {}
+    hooks = [
+        mods[-1].register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+        for name, mods in groups
+    ]
+    try:
+        with torch.inference_mode():
+            backbone.eval()(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
 
 def summary(model_dir: str | Path) -> str:
-    """A text table of a saved model's block groups, and which of them trained."""
+    """A text table of a saved model's block groups: output shape, parameters, and whether they trained."""
     from smallvision.models.backbone import block_groups
     from smallvision.models.folder import load_model
 
     model, card = load_model(model_dir)
     trained = set(card.trainable)
-    rows: list[tuple[str, int, bool]] = []
+    rows: list[tuple[str, str, int, bool]] = []
     for i, (backbone, bcard) in enumerate(zip(model.backbones, card.backbones, strict=True)):
         everything = "all" in trained
-        for name, mods in block_groups(backbone):
+        groups = block_groups(backbone)
+        shapes = _output_shapes(backbone, groups, card.image_size)
+        for name, mods in groups:
             n = sum(p.numel() for m in mods for p in m.parameters())
-            rows.append((f"{bcard.name}:{name}", n, everything or f"backbones.{i}.{name}" in trained))
-    rows.append(("head", sum(p.numel() for p in model.head.parameters()), True))
+            shape = "x".join(map(str, shapes.get(name, ())))
+            rows.append((f"{bcard.name}:{name}", shape, n, everything or f"backbones.{i}.{name}" in trained))
+    rows.append(("head", str(len(card.classes)), sum(p.numel() for p in model.head.parameters()), True))
     width = max(len(r[0]) for r in rows)
     lines = [
         f"model: {model_dir}  recipe {card.recipe}  classes {len(card.classes)}  input {card.image_size}px",
-        f"{'block group'.ljust(width)}  {'params':>12}  status",
+        f"{'block group'.ljust(width)}  {'output':>14}  {'params':>12}  status",
     ]
-    lines += [f"{name.ljust(width)}  {n:>12,}  {'trained' if t else 'frozen'}" for name, n, t in rows]
-    total = sum(n for _, n, _ in rows)
-    trainable = sum(n for _, n, t in rows if t)
-    lines.append(f"{'total'.ljust(width)}  {total:>12,}  trainable {trainable:,} · frozen {total - trainable:,}")
+    lines += [
+        f"{name.ljust(width)}  {shape:>14}  {n:>12,}  {'trained' if t else 'frozen'}" for name, shape, n, t in rows
+    ]
+    total = sum(r[2] for r in rows)
+    trainable = sum(r[2] for r in rows if r[3])
+    lines.append(
+        f"{'total'.ljust(width)}  {'':>14}  {total:>12,}  trainable {trainable:,} · frozen {total - trainable:,}"
+    )
     return "\n".join(lines)
+
+
+def weights_check(model_dir: str | Path) -> str:
+    """Per block group: mean and max change from the pretrained weights; frozen groups that moved are flagged."""
+    import torch
+
+    from smallvision.models.backbone import block_groups, build_backbone
+    from smallvision.models.folder import load_model
+    from smallvision.models.weights import resolve_weights
+
+    model, card = load_model(model_dir)
+    trained = set(card.trainable)
+    lines = [
+        "weights check (after vs before training):",
+        f"{'block group':<40} {'mean |change|':>14} {'max |change|':>14}  before = after?  status",
+    ]
+    flagged = 0
+    for i, (backbone, bcard) in enumerate(zip(model.backbones, card.backbones, strict=True)):
+        source = bcard.weights.get("source")
+        if source not in ("bundled", "file", "hub"):
+            lines.append(f"{bcard.name}: trained from scratch; there are no 'before' weights to compare")
+            continue
+        try:
+            spec = resolve_weights(
+                bcard.name, bcard.weights.get("detail") if source == "file" else ("hub" if source == "hub" else None)
+            )
+            before = build_backbone(spec, bcard.pool)
+        except SmallvisionError as e:
+            lines.append(f"{bcard.name}: cannot rebuild the pretrained weights to compare ({e})")
+            continue
+        if spec.fingerprint != bcard.weights.get("fingerprint"):
+            lines.append(f"{bcard.name}: note: the weights source changed since training ({spec.detail})")
+        after_groups = dict(block_groups(backbone))
+        for name, mods_before in block_groups(before):
+            diffs = []
+            for mb, ma in zip(mods_before, after_groups[name], strict=True):
+                for tb, ta in zip(mb.state_dict().values(), ma.state_dict().values(), strict=True):
+                    diffs.append((ta.float() - tb.float()).abs().flatten())
+            d = torch.cat(diffs) if diffs else torch.zeros(1)
+            was_trained = "all" in trained or f"backbones.{i}.{name}" in trained
+            same = bool(d.max() == 0)
+            status = "trained" if was_trained else ("frozen" if same else "FROZEN BUT MOVED")
+            flagged += int(not was_trained and not same)
+            lines.append(
+                f"{bcard.name + ':' + name:<40} {float(d.mean()):>14.3g} {float(d.max()):>14.3g}  "
+                f"{str(same):<15}  {status}"
+            )
+    lines.append("all frozen layers unchanged" if not flagged else f"{flagged} frozen group(s) moved: check the recipe")
+    return "\n".join(lines)
+
+
+def kernels_figure(model_dir: str | Path, path: str | Path) -> Path:
+    """Write the first convolution layer's kernels (positive and negative parts) to a PNG."""
+    import torch
+
+    from smallvision.evaluation.plots import kernels
+    from smallvision.models.folder import load_model
+
+    model, _ = load_model(model_dir)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return kernels(first.weight, Path(path))

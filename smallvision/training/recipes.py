@@ -180,19 +180,6 @@ def _images(cfg: RunConfig, index: DatasetIndex, progress: bool) -> dict[str, tu
     return _split_arrays(arr, index.items)
 
 
-def _predict(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
-            x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
-            out.append(model(x).float().softmax(1).numpy())
-    return np.concatenate(out)
-
-
 def _param_groups(model, trainable: dict[int, list[str]], head_lr: float, body_lr: float, decay: float) -> list[dict]:
     """Head at `head_lr`; each trainable backbone group at body_lr * decay**(depth from the top)."""
     from smallvision.models.backbone import block_groups
@@ -240,7 +227,9 @@ def _cards(model, specs: list[WeightsSpec] | None, cfg: RunConfig) -> list[Backb
 
 
 def _finish(model, cfg, data, specs, history, best_epoch, notes, trainable, cache=None) -> RecipeOutcome:
-    probs = {s: _predict(model, x) for s, (x, _) in data.items()}
+    from smallvision.prediction import probabilities
+
+    probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
     labels = {s: y for s, (_, y) in data.items()}
     in_features = model.head.layers[1].in_features
     head_card = HeadCard(in_features=in_features, hidden=_hidden(model), dropout=cfg.model.dropout)

@@ -1,0 +1,166 @@
+"""Compare recipes or sweep options on one dataset and split: choose on validation, test only the chosen run.
+
+(Named comparison.py, not compare.py, so that `smallvision.compare` stays the public function.)
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smallvision import atomic
+from smallvision.errors import SmallvisionError
+
+log = logging.getLogger(__name__)
+
+
+def parse_sweep(specs: list[str]) -> dict[str, list[Any]]:
+    """Parse ['lr=1e-4,1e-3', 'dropout=0,0.5'] into {'lr': [0.0001, 0.001], 'dropout': [0, 0.5]}."""
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise SmallvisionError(f"--sweep {spec!r}: write it as option=value1,value2 (e.g. lr=1e-4,1e-3)")
+        grid[key.strip()] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+    return grid
+
+
+@dataclass
+class Plan:
+    """One run of a comparison: its folder name, recipe and option overrides."""
+
+    name: str
+    recipe: str
+    options: dict[str, Any]
+
+
+def plans(recipes: list[str], grid: dict[str, list[Any]]) -> list[Plan]:
+    """Every recipe crossed with every combination of the sweep grid."""
+    out = []
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] or [{}]
+    for recipe in recipes:
+        for options in combos:
+            suffix = "".join(f"_{k}={v}" for k, v in options.items())
+            out.append(Plan(f"{recipe}{suffix}".replace("/", "-"), recipe, options))
+    return out
+
+
+def _markdown(rows: list[dict]) -> str:
+    head = "| run | recipe | options | val accuracy | macro F1 | seconds |\n|---|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {r['run']} | {r['recipe']} | {r['options'] or '-'} | {r['val_accuracy']:.4f} | {r['val_f1_macro']:.4f} "
+        f"| {r['seconds']:.1f} |\n"
+        for r in rows
+    )
+
+
+def run_compare(
+    data: str | Path,
+    out: str | Path,
+    recipes: list[str],
+    sweep: dict[str, list[Any]] | None = None,
+    progress: bool = True,
+    **common: Any,
+) -> dict[str, Any]:
+    """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once."""
+    from smallvision import api
+    from smallvision.evaluation import plots
+
+    out = Path(out)
+    start = time.perf_counter()
+    grid = sweep or {}
+    todo = plans(recipes, grid)
+    rows, histories = [], {}
+    for plan in todo:
+        run_dir = out / "runs" / plan.name
+        if (run_dir / "metrics.json").exists():
+            log.info("compare: %s finished before; skipping it", plan.name)
+        else:
+            resume = run_dir if (run_dir / "config.yaml").exists() else None
+            log.info("compare: %s %s", "resuming" if resume else "training", plan.name)
+            kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **common, **plan.options}
+            api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
+        m = api.read_metrics(run_dir)
+        rows.append(
+            {
+                "run": plan.name,
+                "recipe": plan.recipe,
+                "options": " ".join(f"{k}={v}" for k, v in plan.options.items()),
+                "val_accuracy": m["val_accuracy"],
+                "val_loss": m["val_loss"],
+                "val_f1_macro": m["val"]["f1_macro"],
+                "seconds": m["seconds"],
+            }
+        )
+        histories[plan.name] = list(csv.DictReader(io.StringIO((run_dir / "history.csv").read_text())))
+        for h in histories[plan.name]:
+            h["val_accuracy"], h["val_loss"] = float(h["val_accuracy"]), float(h["val_loss"])
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    best_dir = out / "runs" / best["run"]
+    summary: dict[str, Any] = {"best": best["run"], "chosen_on": "validation accuracy (ties: lower validation loss)"}
+    try:
+        test = api.evaluate(best_dir / "model", data, split="test", config=best_dir / "config.yaml")
+        summary["best_test_accuracy"] = test["accuracy"]
+        summary["best_test"] = {k: test[k] for k in ("n", "accuracy", "loss", "f1_macro")}
+    except SmallvisionError as e:
+        summary["best_test_accuracy"] = None
+        summary["test_note"] = f"no test split evaluated ({e})"
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(out / "results.csv", buf.getvalue())
+    atomic.write_text(out / "results.md", _markdown(rows))
+    plots.compare_bars(rows, out / "figures" / "accuracy.png")
+    plots.compare_curves(histories, out / "figures" / "curves.png")
+    atomic.write_json(out / "results.json", {"rows": rows, **summary})
+    _page(out, rows, summary)
+    return {"rows": rows, **summary, "out": str(out)}
+
+
+def _page(out: Path, rows: list[dict], summary: dict) -> Path:
+    from smallvision.evaluation.report import CSS, IMAGE_CHECK, Raw, _img, _table
+
+    table = _table(
+        ["run", "recipe", "options", "val accuracy", "macro F1", "seconds", "page"],
+        [
+            [
+                r["run"],
+                r["recipe"],
+                r["options"] or "-",
+                r["val_accuracy"],
+                r["val_f1_macro"],
+                r["seconds"],
+                Raw(f'<a href="runs/{html.escape(r["run"])}/report.html">report</a>'),
+            ]
+            for r in rows
+        ],
+    )
+    test = summary.get("best_test_accuracy")
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>smallvision compare</title><style>{CSS}</style>",
+        "</head><body><h1>smallvision compare</h1>",
+        f'<section id="summary"><p>Best on validation: <b>{html.escape(summary["best"])}</b>; '
+        f"test accuracy of that run alone: <b>{test if test is None else f'{test:.4f}'}</b>. "
+        f"Total {summary['seconds']:.1f} s.</p></section>",
+        f'<section id="results"><h2>Runs</h2>{table}</section>',
+        f'<section id="figures"><figure id="fig-accuracy">{_img(out / "figures" / "accuracy.png")}</figure>',
+        f'<figure id="fig-curves">{_img(out / "figures" / "curves.png")}</figure></section>',
+        f"<script>{IMAGE_CHECK}</script></body></html>",
+    ]
+    path = out / "report.html"
+    atomic.write_text(path, "\n".join(parts))
+    log.info("compare: %s", json.dumps({"best": summary["best"], "test": test}))
+    return path

@@ -1,0 +1,212 @@
+"""Figures as PNG files (matplotlib, no display): curves, confusion matrix, per-class bars, top losses, Grad-CAM,
+first-layer kernels, augmentation preview, and comparison charts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from smallvision import atomic
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _plt()
+    path = Path(path)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def curves(history: Sequence[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch, train vs validation, stages one after another."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split, style in (("train", "-"), ("val", "--")):
+            ax.plot(x, [row.get(f"{split}_{metric}", np.nan) for row in history], style, label=f"{split} {metric}")
+        stages = [row.get("stage", "") for row in history]
+        for i in range(1, len(stages)):
+            if stages[i] != stages[i - 1]:
+                ax.axvline(i + 0.5, color="grey", lw=0.8)
+                ax.text(i + 0.6, ax.get_ylim()[1], stages[i], va="top", fontsize=8, color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> Path:
+    """The confusion matrix as counts and row-normalized (rows are true labels)."""
+    plt = _plt()
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.5 * len(classes) + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    for ax, values, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalized", ".2f")):
+        ax.imshow(values, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(
+                    j,
+                    i,
+                    format(values[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    return _save(fig, path)
+
+
+def per_class(per_class_metrics: dict[str, dict], path: Path) -> Path:
+    """Precision, recall and F1 per class as grouped bars."""
+    plt = _plt()
+    names = list(per_class_metrics)
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4))
+    x = np.arange(len(names))
+    for k, metric in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (k - 1) * 0.27, [per_class_metrics[n][metric] for n in names], 0.27, label=metric)
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.set_title("per class")
+    return _save(fig, path)
+
+
+def top_losses(
+    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path, k: int = 9
+) -> Path:
+    """The most confidently wrong images, with true and predicted labels."""
+    plt = _plt()
+    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))
+    order = np.argsort(-loss)[:k]
+    cols = 3
+    rows = max(1, int(np.ceil(len(order) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order, strict=False):
+        pred = int(probs[i].argmax())
+        ax.imshow(images[i])
+        ax.set_title(
+            f"true {classes[labels[i]]}\npred {classes[pred]} ({probs[i, pred]:.2f})",
+            fontsize=9,
+            color="red" if pred != labels[i] else "black",
+        )
+    fig.suptitle("top losses: highest loss first (red: wrong prediction)")
+    return _save(fig, path)
+
+
+def gradcam(model, images: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Grad-CAM heat maps from the first backbone's last feature map, for the predicted class."""
+    import torch
+
+    plt = _plt()
+    net = model.backbones[0].net
+    target = getattr(net, "conv_head", None) or [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    store: dict = {}
+    h1 = target.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
+    h2 = target.register_full_backward_hook(lambda m, gi, go: store.__setitem__("grad", go[0]))
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    try:
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            logits = model(x)
+            pred = logits.argmax(1)
+            logits.gather(1, pred[:, None]).sum().backward()
+    finally:
+        h1.remove()
+        h2.remove()
+    weights = store["grad"].mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * store["act"]).sum(1)).detach()
+    cam = torch.nn.functional.interpolate(cam[:, None], size=images.shape[1:3], mode="bilinear")[:, 0].numpy()
+    cam = cam / np.maximum(cam.reshape(len(cam), -1).max(1), 1e-8)[:, None, None]
+    fig, axes = plt.subplots(1, len(images), figsize=(3 * len(images), 3.3), squeeze=False)
+    for ax, img, c, p in zip(axes[0], images, cam, pred.tolist(), strict=True):
+        ax.imshow(img)
+        ax.imshow(c, cmap="jet", alpha=0.4)
+        ax.set_title(f"pred {classes[p]}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("Grad-CAM: where the model looked")
+    return _save(fig, path)
+
+
+def kernels(weight, path: Path, max_kernels: int = 32) -> Path:
+    """First convolution layer's kernels: positive parts (top) and negative parts (bottom), per kernel."""
+    plt = _plt()
+    w = weight.detach().float().cpu().numpy()[:max_kernels]
+    n = len(w)
+    fig, axes = plt.subplots(2, n, figsize=(max(6, 0.6 * n), 1.6), squeeze=False)
+    scale = max(float(np.abs(w).max()), 1e-8)
+    for j in range(n):
+        k = np.transpose(w[j], (1, 2, 0)) if w.shape[1] == 3 else w[j].mean(0)
+        for row, part in enumerate((np.clip(k, 0, None), np.clip(-k, 0, None))):
+            axes[row, j].imshow(part / scale, cmap=None if part.ndim == 3 else "gray", vmin=0, vmax=1)
+            axes[row, j].axis("off")
+    fig.suptitle("first-layer kernels: positive (top), negative (bottom)")
+    return _save(fig, path)
+
+
+def augmentation_preview(image: np.ndarray, transform, path: Path, n: int = 8) -> Path:
+    """One image and `n` augmented versions of it, as training sees them."""
+    import torch
+
+    plt = _plt()
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    fig, axes = plt.subplots(1, n + 1, figsize=(2 * (n + 1), 2.3))
+    axes[0].imshow(image)
+    axes[0].set_title("original", fontsize=9)
+    for ax in axes[1:]:
+        ax.imshow(transform(x).permute(1, 2, 0).clamp(0, 1).numpy())
+    for ax in axes:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def compare_bars(rows: Sequence[dict], path: Path) -> Path:
+    """Validation accuracy of every run in a comparison, best highlighted."""
+    plt = _plt()
+    names = [r["run"] for r in rows]
+    acc = [r["val_accuracy"] for r in rows]
+    best = int(np.argmax(acc))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    bars = ax.bar(range(len(rows)), acc, color=["tab:green" if i == best else "tab:blue" for i in range(len(rows))])
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("validation accuracy")
+    return _save(fig, path)
+
+
+def compare_curves(histories: dict[str, Sequence[dict]], path: Path) -> Path:
+    """Validation accuracy and loss per epoch of every run, overlaid."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in histories.items():
+        x = np.arange(1, len(rows) + 1)
+        axes[0].plot(x, [r["val_accuracy"] for r in rows], label=name)
+        axes[1].plot(x, [r["val_loss"] for r in rows], label=name)
+    for ax, title in zip(axes, ("validation accuracy", "validation loss"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,173 @@
+"""A run folder's figures and its single self-contained page, report.html (figures embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallvision import atomic
+
+log = logging.getLogger(__name__)
+
+FIGURES = {
+    "curves": "Training curves",
+    "confusion": "Confusion matrix",
+    "per_class": "Per-class precision, recall, F1",
+    "top_losses": "Top losses",
+    "gradcam": "Grad-CAM",
+    "kernels": "First-layer kernels",
+    "augmentation": "Augmentation preview",
+}
+
+
+def run_figures(
+    run_dir: Path,
+    model_dir: Path,
+    history: list[dict],
+    metrics: dict[str, Any],
+    classes: list[str],
+    val_images: np.ndarray | None,
+    val_labels: np.ndarray | None,
+    augment_transform,
+    pretrained: bool,
+) -> list[Path]:
+    """Write every figure a run gets into RUN_DIR/figures/ and return their paths."""
+    import torch
+
+    from smallvision.evaluation import plots
+    from smallvision.models.folder import load_model
+
+    fig_dir = Path(run_dir) / "figures"
+    out = []
+    if history:
+        out.append(plots.curves(history, fig_dir / "curves.png"))
+    val = metrics["val"]
+    out.append(plots.confusion(val["confusion_matrix"], classes, fig_dir / "confusion.png"))
+    out.append(plots.per_class(val["per_class"], fig_dir / "per_class.png"))
+    model, _ = load_model(model_dir)
+    if val_images is not None and len(val_images):
+        from smallvision.prediction import probabilities
+
+        probs = probabilities(model, val_images)
+        out.append(plots.top_losses(val_images, val_labels, probs, classes, fig_dir / "top_losses.png"))
+        if pretrained:
+            pick = np.linspace(0, len(val_images) - 1, num=min(4, len(val_images))).astype(int)
+            out.append(plots.gradcam(model, val_images[pick], classes, fig_dir / "gradcam.png"))
+        if augment_transform is not None:
+            out.append(plots.augmentation_preview(val_images[0], augment_transform, fig_dir / "augmentation.png"))
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    out.append(plots.kernels(first_conv.weight, fig_dir / "kernels.png"))
+    return out
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+class Raw(str):
+    """Table cell content that is already HTML (a link), inserted unescaped."""
+
+
+def _cell(v: Any) -> str:
+    return v if isinstance(v, Raw) else html.escape(_fmt(v))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _split_section(name: str, m: dict) -> str:
+    overall = [[k, m[k]] for k in ("n", "accuracy", "loss") if k in m]
+    overall += [
+        [f"{metric} ({avg})", m[f"{metric}_{avg}"]]
+        for avg in ("micro", "macro", "weighted")
+        for metric in ("precision", "recall", "f1")
+    ]
+    per = [[c, v["precision"], v["recall"], v["f1"], v["accuracy"], v["support"]] for c, v in m["per_class"].items()]
+    return (
+        f'<section id="metrics-{name}"><h2>{name} metrics</h2>'
+        + _table(["metric", "value"], overall)
+        + "<h3>per class</h3>"
+        + _table(["class", "precision", "recall", "f1", "accuracy", "support"], per)
+        + f"<h3>classification report</h3><pre>{html.escape(m['report'])}</pre></section>"
+    )
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+pre{background:#f7f7f7;padding:.8em;overflow:auto}figure{margin:1em 0}h1{margin-bottom:.2em}"""
+
+
+# Marks on <body> how many embedded figures decoded, so a headless browser test can tell they rendered.
+IMAGE_CHECK = (
+    "window.addEventListener('load',()=>{const i=[...document.images];"
+    "document.body.dataset.images=i.length;document.body.dataset.rendered=i.filter(x=>x.naturalWidth>0).length;});"
+)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render RUN_DIR/report.html from metrics.json, config.yaml and figures/*.png (all embedded)."""
+    run_dir = Path(run_dir)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    data = m.get("data", {})
+    summary = [
+        ["data", data.get("root", "")],
+        ["layout", data.get("layout", "")],
+        ["classes", ", ".join(m["classes"])],
+        ["recipe", m["recipe"]],
+        ["backbone", m["backbone"]],
+        ["weights", m.get("weights", "")],
+        ["device", m.get("device", "")],
+        ["time", f"{m.get('seconds', 0):.1f} s"],
+        ["validation accuracy", m["val_accuracy"]],
+        ["test accuracy", m.get("test_accuracy", "no test split (or not evaluated)")],
+        ["test-time augmentation", "yes" if m.get("tta") else "no"],
+    ]
+    counts = data.get("counts", {})
+    splits = list(counts)
+    count_rows = [[c] + [counts[s].get(c, 0) for s in splits] for c in m["classes"]]
+    skipped = data.get("skipped", [])
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>smallvision run {html.escape(run_dir.name)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>smallvision run: {html.escape(run_dir.name)}</h1>",
+        '<section id="summary"><h2>Summary</h2>' + _table(["", ""], summary),
+        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in m.get("notes", [])) + "</ul></section>",
+        '<section id="data"><h2>Data</h2>' + _table(["class"] + splits, count_rows),
+        (
+            f"<p>{len(skipped)} file(s) skipped:</p>"
+            + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped])
+        )
+        if skipped
+        else "<p>No files skipped.</p>",
+        "</section>",
+    ]
+    for split in ("val", "test"):
+        if split in m:
+            parts.append(_split_section(split, m[split]))
+    parts.append('<section id="figures"><h2>Figures</h2>')
+    for stem, title in FIGURES.items():
+        png = run_dir / "figures" / f"{stem}.png"
+        if png.exists():
+            parts.append(f'<figure id="fig-{stem}"><figcaption><b>{title}</b></figcaption>{_img(png)}</figure>')
+    parts.append("</section>")
+    parts.append(f'<section id="config"><h2>Config</h2><pre>{html.escape(config)}</pre></section>')
+    parts.append(f"<script>{IMAGE_CHECK}</script></body></html>")
+    path = run_dir / "report.html"
+    atomic.write_text(path, "\n".join(parts))
+    return path
