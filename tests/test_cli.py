@@ -112,3 +112,36 @@ def test_imagenet_predict_cli(tmp_path):
     done = cli("predict", "--imagenet", tmp_path / "coffee.jpg")
     assert done.returncode == 0, done.stderr
     assert "espresso" in done.stdout or "cup" in done.stdout
+
+
+def test_evaluate_and_inspect_commands(trained, shapes_data):
+    done = cli("evaluate", trained / "model", shapes_data, "--json")
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)
+    assert m["split"] == "test" and m["n"] == 18 and len(m["confusion_matrix"]) == 3
+    text = cli("evaluate", trained / "model", shapes_data / "val", "--tta")
+    assert text.returncode == 0 and "tta=on" in text.stdout and "macro F1" in text.stdout
+    shown = cli("inspect", trained / "model")
+    assert shown.returncode == 0 and "head" in shown.stdout and "frozen" in shown.stdout
+
+
+def test_compare_command_prints_the_table(shapes_data, tmp_path):
+    done = cli(
+        "compare",
+        shapes_data,
+        "--recipes",
+        "features",
+        "--sweep",
+        "lr=1e-3,3e-3",
+        "--image-size",
+        "64",
+        "--epochs",
+        "3",
+        "--out",
+        tmp_path / "cmp",
+        "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| features_lr=0.001 |" in done.stdout and "best on validation" in done.stdout
+    bad = cli("compare", shapes_data, "--sweep", "lr", "--out", tmp_path / "bad")
+    assert bad.returncode == 1 and "option=value1,value2" in bad.stderr

@@ -256,7 +256,6 @@ def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bo
 
     from smallvision.models.backbone import scratch_backbone
     from smallvision.models.head import Head, ImageClassifier
-    from smallvision.training.fit import run_stage
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = _images(cfg, index, progress)
@@ -268,15 +267,23 @@ def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bo
         f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
         f"dropout {cfg.model.dropout}; {_frozen_summary(model)}"
     ]
+    return _one_stage(cfg, model, data, notes, "scratch", list(model.parameters()), None, run_dir, progress)
+
+
+def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, progress: bool) -> RecipeOutcome:
+    """Apply --init-from, train `params` at the recipe's lr for one stage, and package the outcome."""
+    from smallvision.training.fit import run_stage
+
     kept, note = _init_note(model.state_dict(), cfg.recipe.init_from)
     if note:
         model.load_state_dict(kept, strict=False)
         notes.append(note)
     r = cfg.recipe
-    groups = [{"params": list(model.parameters()), "lr": r.lr, "name": "all"}]
-    res = run_stage("scratch", model, groups, data, cfg, r.epochs, run_dir / "checkpoints" / "scratch", progress)
-    notes.append(f"stage scratch: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
-    return _finish(model, cfg, data, None, res.history, res.best_epoch, notes, ["all"])
+    groups = [{"params": params, "lr": r.lr, "name": stage}]
+    res = run_stage(stage, model, groups, data, cfg, r.epochs, run_dir / "checkpoints" / stage, progress)
+    notes.append(f"stage {stage}: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
+    trainable = ["all"] if specs is None else ["head"]
+    return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable)
 
 
 def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
@@ -294,7 +301,6 @@ def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: boo
     import lightning as L
 
     from smallvision.models.backbone import freeze
-    from smallvision.training.fit import run_stage
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     specs = resolve_specs(cfg)
@@ -306,15 +312,7 @@ def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: boo
         f"recipe frozen: backbone frozen, head trained end to end with augmentation "
         f"{cfg.recipe.augment.preset}; {_frozen_summary(model)}"
     ]
-    kept, note = _init_note(model.state_dict(), cfg.recipe.init_from)
-    if note:
-        model.load_state_dict(kept, strict=False)
-        notes.append(note)
-    r = cfg.recipe
-    groups = [{"params": list(model.head.parameters()), "lr": r.lr, "name": "head"}]
-    res = run_stage("frozen", model, groups, data, cfg, r.epochs, run_dir / "checkpoints" / "frozen", progress)
-    notes.append(f"stage frozen: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
-    return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, ["head"])
+    return _one_stage(cfg, model, data, notes, "frozen", list(model.head.parameters()), specs, run_dir, progress)
 
 
 def _two_stage(
@@ -336,10 +334,11 @@ def _two_stage(
     trainable = {}
     for i, b in enumerate(model.backbones):
         trainable[i] = freeze(b, None) if whole else freeze(b, r.unfreeze_blocks, r.unfreeze_from)
-    what = "the whole network trains" if whole else f"blocks {', '.join(trainable[0])} and the head train"
+    what = "the whole backbone trains" if whole else f"blocks {', '.join(trainable[0])} train"
     stage = "unfreeze" if whole else "finetune"
     notes.append(
-        f"stage {stage}: {what} at lr {r.finetune_lr:g} (lower groups x{r.layer_decay} each); {_frozen_summary(model)}"
+        f"stage {stage}: {what} at lr {r.finetune_lr:g} (lower groups x{r.layer_decay} each), the head at lr "
+        f"{r.lr:g}; {_frozen_summary(model)}"
     )
     history = list(fs.history)
 
@@ -355,7 +354,7 @@ def _two_stage(
             )
             model.requires_grad_(False)
             return _finish(model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs))
-    groups = _param_groups(model, trainable, r.finetune_lr, r.finetune_lr, r.layer_decay)
+    groups = _param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
     res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, run_dir / "checkpoints" / stage, progress)
     history += res.history
     notes.append(

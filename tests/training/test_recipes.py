@@ -150,24 +150,25 @@ def test_unknown_unfreeze_block_lists_the_blocks(shapes_data, tmp_path):
         smallvision.train(shapes_data, recipe="finetune", unfreeze_from="block5_conv1", out=tmp_path / "r", **FAST)
 
 
-def test_kill_and_resume(shapes_data, tmp_path):
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "smallvision",
+def _scratch_args(data: Path, out: Path, size: int, epochs: int) -> list[str]:
+    return [
         "train",
-        str(shapes_data),
+        str(data),
         "--recipe",
         "scratch",
         "--image-size",
-        "48",
+        str(size),
         "--epochs",
-        "12",
+        str(epochs),
         "--out",
         str(out),
         "-q",
     ]
+
+
+def test_kill_and_resume(shapes_data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "smallvision", *_scratch_args(shapes_data, out, size=48, epochs=12)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ckpt_dir = out / "checkpoints" / "scratch"
     deadline = time.time() + 240
@@ -206,26 +207,8 @@ def test_kill_and_resume(shapes_data, tmp_path):
 
 def test_torchrun_two_processes_gloo(shapes_data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        "-m",
-        "smallvision",
-        "train",
-        str(shapes_data),
-        "--recipe",
-        "scratch",
-        "--image-size",
-        "32",
-        "--epochs",
-        "2",
-        "--out",
-        str(out),
-        "-q",
-    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    cmd = [*launcher, "-m", "smallvision", *_scratch_args(shapes_data, out, size=32, epochs=2)]
     done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
