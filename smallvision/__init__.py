@@ -2,6 +2,7 @@
 
 from smallvision.api import (
     TrainResult,
+    check,
     compare,
     evaluate,
     inspect,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SmallvisionError",
     "TrainResult",
+    "check",
     "compare",
     "evaluate",
     "inspect",

@@ -152,6 +152,7 @@ def train(
     progress: bool = True,
     evaluate_test: bool = True,
     report: bool = True,
+    strict: bool = False,
     **kwargs: Any,
 ) -> TrainResult | None:
     """Train a classifier on a folder of class folders; write the run folder; return its results.
@@ -159,6 +160,7 @@ def train(
     `resume=RUN_DIR` continues an interrupted run from its checkpoints with its recorded config. Under torchrun
     only rank 0 writes results and gets a TrainResult; the other ranks get None. `evaluate_test=False` leaves the
     test split untouched (compare tests only the run it chooses); `report=False` skips figures and report.html.
+    Identical files in two splits are a warning, or with `strict` an error.
     """
     from smallvision.data.decode import RESIZE_POLICY
     from smallvision.data.scan import SplitPlan, scan
@@ -187,6 +189,7 @@ def train(
         cfg.seed,
     )
     index = scan(d.path, plan)
+    _warn_leaks(index, strict)
     outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
     if not is_rank_zero():
         return None
@@ -256,6 +259,19 @@ def train(
     return TrainResult(run_dir, model_dir, summary, outcome.notes)
 
 
+def _warn_leaks(index, strict: bool) -> None:
+    from smallvision.audit import cross_split_duplicates
+
+    leaks = cross_split_duplicates(index)
+    if not leaks:
+        return
+    listing = "; ".join(" = ".join(f.paths) for f in leaks[:5])
+    message = f"{len(leaks)} file(s) appear in more than one split (a leak that inflates scores): {listing}"
+    if strict:
+        raise SmallvisionError(message + "; remove the copies, or train without --strict")
+    log.warning("warning: %s", message)
+
+
 def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:
     from smallvision.data.cache import decoded_images
     from smallvision.data.transforms import train_transform
@@ -278,6 +294,26 @@ def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, sum
         labels,
         transform,
         pretrained=cfg.recipe.name != "scratch",
+    )
+
+
+def check(
+    data: str | Path, *, content: bool = True, seed: int = 0, progress: bool = True, **options: Any
+) -> dict[str, Any]:
+    """Audit a dataset: unreadable files, duplicates, near-duplicates, imbalance, probably mislabeled images.
+
+    Findings come ranked by suspicion (0..1); `content=False` skips the backbone-based checks.
+    """
+    from smallvision.audit import check_index
+    from smallvision.data.scan import SplitPlan, scan
+
+    cfg = make_config(data, seed=seed, recipe="features", **options)
+    d = cfg.data
+    plan = SplitPlan(
+        d.val_fraction, d.test_fraction, d.min_train_per_class, d.min_val_per_class, d.min_test_per_class, cfg.seed
+    )
+    return check_index(
+        scan(d.path, plan), backbone=cfg.model.backbones[0], image_size=d.image_size, content=content, progress=progress
     )
 
 

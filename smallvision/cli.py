@@ -78,6 +78,7 @@ def train(
     out: Annotated[Path | None, Opt(help="Run folder (default runs/<data>-<recipe>)")] = None,
     config: Annotated[Path | None, Opt(help="YAML config; flags override it")] = None,
     resume: Annotated[Path | None, Opt(help="Continue an interrupted run folder")] = None,
+    strict: Annotated[bool, Opt("--strict", help="Identical files in two splits are an error")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Only warnings and the summary")] = False,
 ) -> None:
     """Train a classifier and write a run folder (model/, metrics.json, history.csv, config.yaml)."""
@@ -133,6 +134,7 @@ def train(
         seed=seed,
         out=out,
         resume=resume,
+        strict=strict,
         progress=not quiet and sys.stderr.isatty(),
         **options,
     )
@@ -154,6 +156,22 @@ def inspect(
 
     _setup_logging(True)
     typer.echo(api.inspect(model_dir, weights_check=weights_check, kernels=kernels))
+
+
+@app.command()
+def check(
+    data: Annotated[Path, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")],
+    as_json: Annotated[bool, Opt("--json", help="Print the findings as JSON")] = False,
+    content: Annotated[bool, Opt("--content/--no-content", help="Backbone-based mislabel/outlier checks")] = True,
+    limit: Annotated[int, Opt(help="Rows in the table")] = 30,
+) -> None:
+    """Audit a dataset: unreadable files, duplicates, imbalance, probably mislabeled images (ranked)."""
+    from smallvision import api
+    from smallvision.audit import table
+
+    _setup_logging(True)
+    report = api.check(data, content=content, progress=not as_json and sys.stderr.isatty())
+    typer.echo(json.dumps(report, indent=2) if as_json else table(report, limit))
 
 
 @app.command()
