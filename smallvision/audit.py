@@ -1,5 +1,6 @@
 """Audit a dataset before training (`smallvision check`): unreadable files, duplicates (exact and near), class
-imbalance, and images that are probably mislabeled or do not belong (out-of-fold predictions and outliers on cached backbone features)."""
+imbalance, and images that are probably mislabeled or do not belong (out-of-fold predictions and outliers on cached
+backbone features)."""
 
 from __future__ import annotations
 
