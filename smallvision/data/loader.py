@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class CachedImages(Dataset):
@@ -23,14 +23,33 @@ class CachedImages(Dataset):
         return self.transform(x), int(self.labels[i])
 
 
+class EpochShuffle(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int) -> DataLoader:
-    """A DataLoader with a seeded shuffle (repeatable runs); pinned memory only when a GPU is present."""
+    """A DataLoader with an epoch-seeded shuffle (repeatable, resumable); pinned memory only with a GPU."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochShuffle(len(dataset), seed) if shuffle else None,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
     )

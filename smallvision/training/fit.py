@@ -60,7 +60,7 @@ def run_stage(
 
     from smallvision.data.loader import CachedImages, make_loader
     from smallvision.data.transforms import eval_transform, train_transform
-    from smallvision.training.module import ClassifierModule, History
+    from smallvision.training.module import ClassifierModule, History, RngState
 
     for noisy in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -108,7 +108,7 @@ def run_stage(
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
-    callbacks = [history, ckpt]
+    callbacks = [history, RngState(), ckpt]
     if r.patience:
         callbacks.append(EarlyStopping("val_accuracy", mode="max", patience=r.patience, check_on_train_epoch_end=True))
     trainer = L.Trainer(

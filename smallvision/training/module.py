@@ -106,3 +106,38 @@ class History(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         """Rows from a checkpoint (on resume)."""
         self.rows = list(state_dict.get("rows", []))
+
+
+class RngState(L.Callback):
+    """Random-number-generator states in every checkpoint, so augmentation after a resume matches an unbroken run.
+
+    Stored as tensors and plain values only, so checkpoints still load with torch.load(weights_only=True).
+    """
+
+    def state_dict(self) -> dict:
+        """The torch, numpy and Python generator states now."""
+        import random
+
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, py_gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), py_gauss],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the generator states of the checkpoint."""
+        import random
+
+        import numpy as np
+
+        if not state_dict:
+            return
+        torch.set_rng_state(state_dict["torch"])
+        name, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, internal, py_gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), py_gauss))
