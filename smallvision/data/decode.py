@@ -52,6 +52,7 @@ def decode_bytes(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # corrupt EXIF/TIFF tags: the pixels may still decode
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             if im.format == "JPEG":
@@ -69,6 +70,8 @@ def decode_bytes(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
         raise ImageDecodeError(f"{name}: not an image Pillow can read (wrong extension or not an image)") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
         raise ImageDecodeError(f"{name}: corrupt or truncated image data ({e})") from e
+    except Exception as e:  # Pillow's plugins raise many other types on malformed data; all mean "unusable"
+        raise ImageDecodeError(f"{name}: unreadable image data ({type(e).__name__}: {e})") from e
 
 
 def decode_file(path: str | Path, size: int) -> np.ndarray:
