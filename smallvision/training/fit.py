@@ -143,6 +143,16 @@ def run_stage(
 
 
 def _load_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load a Lightning checkpoint's model weights (tensors only: weights_only=True)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    """Load a Lightning checkpoint's model weights (tensors only: weights_only=True, so no code runs)."""
+    import pickle
+
+    from smallvision.errors import SmallvisionError
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as e:
+        raise SmallvisionError(
+            f"{ckpt}: refused or unreadable checkpoint ({type(e).__name__}); smallvision loads checkpoints as "
+            "tensors only. Delete the file to retrain that stage"
+        ) from e
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})

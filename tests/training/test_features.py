@@ -107,3 +107,14 @@ def test_hymenoptera_features_reaches_093():
         assert m["val_accuracy"] >= 0.93, m["val"]["report"]
         assert m["data"]["skipped"] == []
         assert m["data"]["counts"]["train"] == {"ants": 124, "bees": 121}
+
+
+def test_unicode_and_space_laden_names_train_and_predict(tmp_path):
+    data = make_split_dataset(tmp_path / "données", train=4, val=2, classes=("ñandú bird", "蜜蜂"))
+    odd = data / "train" / "蜜蜂" / "a name with spaces ☺.png"
+    Image.new("RGB", (20, 20), (200, 180, 0)).save(odd)
+    r = smallvision.train(data, recipe="features", out=tmp_path / "run ü", image_size=32, epochs=2, progress=False)
+    assert r.metrics["classes"] == ["ñandú bird", "蜜蜂"] and r.metrics["data"]["skipped"] == []
+    assert r.metrics["data"]["counts"]["train"] == {"ñandú bird": 4, "蜜蜂": 5}
+    (pred,) = smallvision.predict(r.model_dir, odd, top_k=2)
+    assert pred.path == str(odd) and {c for c, _ in pred.top} == {"ñandú bird", "蜜蜂"}

@@ -1,0 +1,104 @@
+"""Model folders load only from safetensors + validated JSON; anything else is a clear error, never code run."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from smallvision.errors import SmallvisionError
+from smallvision.models.backbone import scratch_backbone
+from smallvision.models.folder import ModelCard, load_model, save_model
+from smallvision.models.head import Head, ImageClassifier
+from smallvision.training.fit import _load_weights
+
+
+@pytest.fixture
+def folder(tmp_path):
+    backbone = scratch_backbone("small_cnn", 32, False)
+    model = ImageClassifier([backbone], Head(backbone.net.num_features, 2))
+    card = ModelCard(
+        classes=["a", "b"],
+        image_size=32,
+        resize="shorter-side-bicubic-center-crop",
+        recipe="scratch",
+        backbones=[
+            {
+                "name": "small_cnn",
+                "pool": "none",
+                "mean": (0, 0, 0),
+                "std": (1, 1, 1),
+                "options": {"image_size": 32, "batch_norm": False},
+            }
+        ],
+        head={"in_features": backbone.net.num_features},
+    )
+    return save_model(model, card, tmp_path / "model")
+
+
+def _edit_card(folder, **changes):
+    path = folder / "smallvision.json"
+    card = json.loads(path.read_text())
+    card.update(changes)
+    path.write_text(json.dumps(card))
+
+
+def test_round_trip_loads(folder):
+    model, card = load_model(folder)
+    assert card.classes == ["a", "b"] and model(torch.rand(1, 3, 32, 32)).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"format_version": 99}, "format_version 99 is not supported"),
+        ({"classes": ["a", "b", "c"]}, "does not match smallvision.json"),
+        ({"classes": ["only"]}, "field 'classes'"),
+        ({"image_size": "big"}, "field 'image_size'"),
+        ({"surprise": 1}, "field 'surprise'"),
+        ({"head": {"in_features": 7}}, "does not match smallvision.json"),
+    ],
+)
+def test_bad_cards_are_clear_errors(folder, change, message):
+    _edit_card(folder, **change)
+    with pytest.raises(SmallvisionError, match=message):
+        load_model(folder)
+
+
+def test_weights_with_a_wrong_shape_are_named(folder):
+    state = load_file(str(folder / "model.safetensors"))
+    state["head.layers.1.bias"] = torch.zeros(5)
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(SmallvisionError, match="wrong shape: head.layers.1.bias"):
+        load_model(folder)
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickles_never_run(folder, tmp_path):
+    marker = tmp_path / "pwned"
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"w": _Evil(str(marker))}))
+    with pytest.raises(SmallvisionError, match="unreadable safetensors"):
+        load_model(folder)
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(pickle.dumps({"state_dict": _Evil(str(marker))}))
+    with pytest.raises(SmallvisionError, match="tensors only"):
+        _load_weights(torch.nn.Linear(1, 1), ckpt)
+    assert not marker.exists()
+
+
+def test_missing_pieces(folder, tmp_path):
+    with pytest.raises(SmallvisionError, match="not a model folder"):
+        load_model(tmp_path)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(SmallvisionError, match="model.safetensors is missing"):
+        load_model(folder)
