@@ -189,7 +189,7 @@ def train(
         cfg.seed,
     )
     index = scan(d.path, plan)
-    _warn_leaks(index, strict)
+    check_summary = _precheck(index, strict)
     outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
     if not is_rank_zero():
         return None
@@ -226,6 +226,7 @@ def train(
         },
         "notes": outcome.notes,
         "feature_cache": outcome.cache,
+        "data_check": check_summary,
         "tta": False,
     }
     if "test" in metrics:
@@ -259,17 +260,22 @@ def train(
     return TrainResult(run_dir, model_dir, summary, outcome.notes)
 
 
-def _warn_leaks(index, strict: bool) -> None:
-    from smallvision.audit import cross_split_duplicates
+def _precheck(index, strict: bool) -> dict[str, Any]:
+    """The cheap part of `smallvision check` (files, duplicates, imbalance) at the start of training."""
+    from smallvision.audit import check_index
 
-    leaks = cross_split_duplicates(index)
-    if not leaks:
-        return
-    listing = "; ".join(" = ".join(f.paths) for f in leaks[:5])
-    message = f"{len(leaks)} file(s) appear in more than one split (a leak that inflates scores): {listing}"
-    if strict:
-        raise SmallvisionError(message + "; remove the copies, or train without --strict")
-    log.warning("warning: %s", message)
+    report = check_index(index, content=False, progress=False)
+    leaks = [f for f in report["findings"] if f["kind"] == "duplicate across splits"]
+    if leaks:
+        listing = "; ".join(" = ".join(f["paths"]) for f in leaks[:5])
+        message = f"{len(leaks)} file(s) appear in more than one split (a leak that inflates scores): {listing}"
+        if strict:
+            raise SmallvisionError(message + "; remove the copies, or train without --strict")
+        log.warning("warning: %s", message)
+    if report["summary"]:
+        found = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
+        log.info("data check: %s (details: smallvision check %s)", found, index.root)
+    return report["summary"]
 
 
 def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:

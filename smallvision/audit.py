@@ -177,11 +177,6 @@ def check_index(
     }
 
 
-def cross_split_duplicates(index: DatasetIndex) -> list[Finding]:
-    """Exact duplicate files in more than one split (free: scanning already hashed every file)."""
-    return [f for f in exact_duplicates(index.items, index.classes) if f.kind == "duplicate across splits"]
-
-
 def table(report: dict[str, Any], limit: int = 30) -> str:
     """Findings as a text table, most suspicious first."""
     lines = [f"data: {report['data']}  images: {report['images']}  classes: {len(report['classes'])}"]
