@@ -290,6 +290,8 @@ def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, sum
     labels = np.array([it.label for pos, it in enumerate(val) if pos not in failed], dtype=np.int64)
     augments = cfg.recipe.name != "features"
     transform = train_transform(cfg.recipe.augment, cfg.data.image_size) if augments else None
+    pretrained = cfg.recipe.name != "scratch"
+    built = cfg.recipe.name != "features" or outcome.cache.get("computed", 0) > 0
     run_figures(
         run_dir,
         model_dir,
@@ -298,8 +300,9 @@ def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, sum
         index.classes,
         images,
         labels,
+        outcome.probs.get("val"),
         transform,
-        pretrained=cfg.recipe.name != "scratch",
+        gradcam=pretrained and built,
     )
 
 

@@ -22,16 +22,26 @@ from smallvision.errors import SmallvisionError
 log = logging.getLogger(__name__)
 
 
-def parse_sweep(specs: list[str]) -> dict[str, list[Any]]:
-    """Parse ['lr=1e-4,1e-3', 'dropout=0,0.5'] into {'lr': [0.0001, 0.001], 'dropout': [0, 0.5]}."""
+def _value(text: str) -> Any:
+    """A sweep value as a number when it reads as one (1e-3 included), else as YAML (true, none, words)."""
     import yaml
 
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def parse_sweep(specs: list[str]) -> dict[str, list[Any]]:
+    """Parse ['lr=1e-4,1e-3', 'dropout=0,0.5'] into {'lr': [0.0001, 0.001], 'dropout': [0, 0.5]}."""
     grid: dict[str, list[Any]] = {}
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not key.strip() or not values.strip():
             raise SmallvisionError(f"--sweep {spec!r}: write it as option=value1,value2 (e.g. lr=1e-4,1e-3)")
-        grid[key.strip()] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+        grid[key.strip()] = [_value(v.strip()) for v in values.split(",")]
     return grid
 
 

@@ -34,14 +34,17 @@ def run_figures(
     classes: list[str],
     val_images: np.ndarray | None,
     val_labels: np.ndarray | None,
+    val_probs: np.ndarray | None,
     augment_transform,
-    pretrained: bool,
+    gradcam: bool,
 ) -> list[Path]:
-    """Write every figure a run gets into RUN_DIR/figures/ and return their paths."""
-    import torch
+    """Write every figure a run gets into RUN_DIR/figures/ and return their paths.
+
+    Only Grad-CAM needs the network; without `gradcam` (a warm cached run) no backbone is built or imported.
+    """
+    from safetensors import safe_open
 
     from smallvision.evaluation import plots
-    from smallvision.models.folder import load_model
 
     fig_dir = Path(run_dir) / "figures"
     out = []
@@ -50,19 +53,22 @@ def run_figures(
     val = metrics["val"]
     out.append(plots.confusion(val["confusion_matrix"], classes, fig_dir / "confusion.png"))
     out.append(plots.per_class(val["per_class"], fig_dir / "per_class.png"))
-    model, _ = load_model(model_dir)
-    if val_images is not None and len(val_images):
-        from smallvision.prediction import probabilities
-
-        probs = probabilities(model, val_images)
-        out.append(plots.top_losses(val_images, val_labels, probs, classes, fig_dir / "top_losses.png"))
-        if pretrained:
-            pick = np.linspace(0, len(val_images) - 1, num=min(4, len(val_images))).astype(int)
-            out.append(plots.gradcam(model, val_images[pick], classes, fig_dir / "gradcam.png"))
+    if val_images is not None and len(val_images) and val_probs is not None:
+        out.append(plots.top_losses(val_images, val_labels, val_probs, classes, fig_dir / "top_losses.png"))
         if augment_transform is not None:
             out.append(plots.augmentation_preview(val_images[0], augment_transform, fig_dir / "augmentation.png"))
-    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    out.append(plots.kernels(first_conv.weight, fig_dir / "kernels.png"))
+        if gradcam:
+            from smallvision.models.folder import load_model
+
+            model, _ = load_model(model_dir)
+            pick = np.linspace(0, len(val_images) - 1, num=min(4, len(val_images))).astype(int)
+            out.append(plots.gradcam(model, val_images[pick], classes, fig_dir / "gradcam.png"))
+    with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            shape = f.get_slice(key).get_shape()
+            if len(shape) == 4 and shape[1] == 3:
+                out.append(plots.kernels(f.get_tensor(key), fig_dir / "kernels.png"))
+                break
     return out
 
 
