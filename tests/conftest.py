@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tests never reach timm's hub (this machine is offline): set before huggingface_hub reads it at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
@@ -28,7 +32,6 @@ def session_cache(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_cache(session_cache, monkeypatch) -> Path:
     monkeypatch.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return session_cache
 
 
