@@ -109,7 +109,7 @@ def run_compare(
                 "val_accuracy": m["val_accuracy"],
                 "val_loss": m["val_loss"],
                 "val_f1_macro": m["val"]["f1_macro"],
-                "seconds": m["seconds"],
+                "seconds": round(m["seconds"], 1),
             }
         )
         histories[plan.name] = list(csv.DictReader(io.StringIO((run_dir / "history.csv").read_text())))
@@ -163,7 +163,7 @@ def _page(out: Path, rows: list[dict], summary: dict) -> Path:
         f"<!doctype html><html><head><meta charset='utf-8'><title>smallvision compare</title><style>{CSS}</style>",
         "</head><body><h1>smallvision compare</h1>",
         f'<section id="summary"><p>Best on validation: <b>{html.escape(summary["best"])}</b>; '
-        f"test accuracy of that run alone: <b>{test if test is None else f'{test:.4f}'}</b>. "
+        f"test accuracy of that run alone: <b>{'no test split' if test is None else f'{test:.4f}'}</b>. "
         f"Total {summary['seconds']:.1f} s.</p></section>",
         f'<section id="results"><h2>Runs</h2>{table}</section>',
         f'<section id="figures"><figure id="fig-accuracy">{_img(out / "figures" / "accuracy.png")}</figure>',
