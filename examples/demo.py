@@ -38,7 +38,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     result = smallvision.train(data, recipe="features", image_size=96, test_fraction=0.1, out=out)
     print(result.summary())
-    print(f"\nResults are in {out}/ (model/, metrics.json, history.csv, config.yaml).")
+    print(f"\nResults are in {out}/ (report.html, model/, metrics.json, history.csv, config.yaml, figures/).")
     print(f"Try: .venv/bin/smallvision predict {out / 'model'} {data / 'digit_3'}/0003.png")
 
 
