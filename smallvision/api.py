@@ -112,6 +112,17 @@ def make_config(
     return build_config(values, str(config) if config else "options")
 
 
+def _scan(cfg: RunConfig):
+    """Scan the config's data folder with its split plan (the same split for train, check and evaluate)."""
+    from smallvision.data.scan import SplitPlan, scan
+
+    d = cfg.data
+    plan = SplitPlan(
+        d.val_fraction, d.test_fraction, d.min_train_per_class, d.min_val_per_class, d.min_test_per_class, cfg.seed
+    )
+    return scan(d.path, plan)
+
+
 def _run_dir(cfg: RunConfig, resume: bool) -> Path:
     from smallvision.training.fit import is_rank_zero
 
@@ -163,7 +174,6 @@ def train(
     Identical files in two splits are a warning, or with `strict` an error.
     """
     from smallvision.data.decode import RESIZE_POLICY
-    from smallvision.data.scan import SplitPlan, scan
     from smallvision.evaluation.metrics import classification_metrics
     from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.fit import is_rank_zero
@@ -180,15 +190,7 @@ def train(
     if is_rank_zero():
         atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
     d = cfg.data
-    plan = SplitPlan(
-        d.val_fraction,
-        d.test_fraction,
-        d.min_train_per_class,
-        d.min_val_per_class,
-        d.min_test_per_class,
-        cfg.seed,
-    )
-    index = scan(d.path, plan)
+    index = _scan(cfg)
     check_summary = _precheck(index, strict)
     outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
     if not is_rank_zero():
@@ -314,15 +316,10 @@ def check(
     Findings come ranked by suspicion (0..1); `content=False` skips the backbone-based checks.
     """
     from smallvision.audit import check_index
-    from smallvision.data.scan import SplitPlan, scan
 
     cfg = make_config(data, seed=seed, recipe="features", **options)
-    d = cfg.data
-    plan = SplitPlan(
-        d.val_fraction, d.test_fraction, d.min_train_per_class, d.min_val_per_class, d.min_test_per_class, cfg.seed
-    )
     return check_index(
-        scan(d.path, plan), backbone=cfg.model.backbones[0], image_size=d.image_size, content=content, progress=progress
+        _scan(cfg), backbone=cfg.model.backbones[0], image_size=cfg.data.image_size, content=content, progress=progress
     )
 
 
@@ -383,17 +380,7 @@ def evaluate(
     from smallvision.prediction import probabilities
 
     model, card = load(model_dir)
-    if config is not None:
-        cfg = make_config(data, config=config)
-        d = cfg.data
-        from smallvision.data.scan import SplitPlan
-
-        plan = SplitPlan(
-            d.val_fraction, d.test_fraction, d.min_train_per_class, d.min_val_per_class, d.min_test_per_class, cfg.seed
-        )
-        index = scan(data, plan)
-    else:
-        index = scan(data, carve=False)
+    index = _scan(make_config(data, config=config)) if config is not None else scan(data, carve=False)
     unknown = [c for c in index.classes if c not in card.classes]
     if unknown:
         raise SmallvisionError(
@@ -416,7 +403,7 @@ def evaluate(
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
     return {
         "data": str(index.root),
-        "split": chosen if chosen != "train" or present != {"train"} else "all",
+        "split": "all" if present == {"train"} else chosen,
         "tta": tta,
         "skipped": skipped,
         **metrics,

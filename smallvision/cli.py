@@ -12,6 +12,8 @@ import typer
 
 from smallvision.errors import SmallvisionError
 
+Opt = typer.Option
+
 app = typer.Typer(
     help="Turn a folder of images (one sub-folder per class) into the best image classifier it can.",
     no_args_is_help=True,
@@ -24,9 +26,6 @@ def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("timm", "PIL", "matplotlib", "lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-Opt = typer.Option
 
 
 @app.command()
@@ -227,11 +226,11 @@ def predict(
     paths: Annotated[
         list[Path], typer.Argument(help="MODEL_DIR then image files or folders; with --imagenet, only images")
     ],
-    top_k: Annotated[int, typer.Option("--top-k", help="How many classes to show per image")] = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
-    imagenet: Annotated[bool, typer.Option("--imagenet", help="Use the bundled backbone's ImageNet head")] = False,
-    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
-    backbone: Annotated[str, typer.Option(help="Backbone for --imagenet")] = "efficientnet_lite0",
+    top_k: Annotated[int, Opt("--top-k", help="How many classes to show per image")] = 5,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table")] = False,
+    imagenet: Annotated[bool, Opt("--imagenet", help="Use the bundled backbone's ImageNet head")] = False,
+    tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
+    backbone: Annotated[str, Opt(help="Backbone for --imagenet")] = "efficientnet_lite0",
 ) -> None:
     """Print the top-k classes with probabilities for images or folders of images."""
     from smallvision import api

@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from smallvision.errors import SmallvisionError
 
-RECIPES = ("features", "scratch", "frozen", "finetune", "unfreeze", "auto")
 SCRATCH_BACKBONES = ("small_cnn", "residual_cnn")
 
 

@@ -11,7 +11,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,6 @@ class WeightsSpec:
     def pretrained(self) -> bool:
         """True unless the network starts from random weights."""
         return self.source != "random"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for JSON."""
-        return asdict(self)
 
 
 def _file_fingerprint(path: Path) -> str:

@@ -47,9 +47,7 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        if x.device.type == "cpu" or self.trainer.precision != "32-true":
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.model(x)
+        logits = self.model(x.contiguous(memory_format=torch.channels_last))
         loss = self.loss_fn(logits.float(), y)
         acc = (logits.argmax(1) == y).float().mean()
         self.log(

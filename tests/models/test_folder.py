@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from smallvision.models.backbone import scratch_backbone
 from smallvision.models.folder import ModelCard, load_model, save_model
 from smallvision.models.head import Head, ImageClassifier
 from smallvision.training.fit import _load_weights
+from tests.hostile import malicious_pickle
 
 
 @pytest.fixture
@@ -76,21 +76,13 @@ def test_weights_with_a_wrong_shape_are_named(folder):
         load_model(folder)
 
 
-class _Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_pickles_never_run(folder, tmp_path):
     marker = tmp_path / "pwned"
-    (folder / "model.safetensors").write_bytes(pickle.dumps({"w": _Evil(str(marker))}))
+    (folder / "model.safetensors").write_bytes(malicious_pickle(marker, "w"))
     with pytest.raises(SmallvisionError, match="unreadable safetensors"):
         load_model(folder)
     ckpt = tmp_path / "last.ckpt"
-    ckpt.write_bytes(pickle.dumps({"state_dict": _Evil(str(marker))}))
+    ckpt.write_bytes(malicious_pickle(marker, "state_dict"))
     with pytest.raises(SmallvisionError, match="tensors only"):
         _load_weights(torch.nn.Linear(1, 1), ckpt)
     assert not marker.exists()

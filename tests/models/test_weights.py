@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +10,7 @@ from skimage import data as skdata
 from smallvision import predict_imagenet
 from smallvision.errors import SmallvisionError
 from smallvision.models import weights as W
+from tests.hostile import malicious_pickle
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +70,10 @@ def test_map_by_order_checks_shapes():
         W.map_by_order(src, dst, "test")
 
 
-class _Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_pickle_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "evil.pth"
-    bad.write_bytes(pickle.dumps({"conv.weight": _Evil(str(marker))}))
+    bad.write_bytes(malicious_pickle(marker, "conv.weight"))
     with pytest.raises(SmallvisionError, match="never unpickles code"):
         W.read_state_dict(bad)
     assert not marker.exists()

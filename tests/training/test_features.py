@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 import smallvision
-from smallvision.data.cache import ShardedStore
+from smallvision.data.cache import ShardedStore, fill_store
 from tests.conftest import shared_dataset
 from tests.imagegen import make_split_dataset
 
@@ -95,6 +95,8 @@ def test_corrupt_cache_shard_is_detected_and_rebuilt(tmp_path, fresh_cache):
     reopened = ShardedStore(fresh_cache / "s", {"kind": "test"})
     assert reopened.get(["a"]) is None
     assert reopened.missing(["a", "b"]) == ["a", "b"]
+    fill_store(reopened, ["a", "b"], lambda pos: (np.full((len(pos), 3), 7, np.float32), {}))
+    assert np.array_equal(ShardedStore(fresh_cache / "s", {"kind": "test"}).get(["b"]), np.full((1, 3), 7))
 
 
 def test_hymenoptera_features_reaches_093():
