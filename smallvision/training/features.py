@@ -33,7 +33,7 @@ def feature_settings(spec: WeightsSpec, image_size: int, pool: str) -> dict:
         "image_size": image_size,
         "resize": RESIZE_POLICY,
         "pool": pool,
-        "precision": "fp32",
+        "precision": feature_precision(),
         "format": FEATURE_FORMAT,
     }
 
@@ -45,21 +45,23 @@ def feature_store(spec: WeightsSpec, image_size: int, pool: str) -> ShardedStore
 
 
 def run_backbone(backbone, images: np.ndarray, batch_size: int = 32, progress: bool = True) -> np.ndarray:
-    """Features for uint8 NHWC images: batched, inference mode, channels_last."""
-    import torch
-    from tqdm.auto import tqdm
+    """Features for uint8 NHWC images, from the backbone's fast inference form (see models/inference.py)."""
+    from smallvision.models.inference import inference_form, run_batches
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone.eval()
-    backbone.to(device=device, memory_format=torch.channels_last)
-    out = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", disable=not progress):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-            x = batch.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
-            out.append(backbone(x).float().cpu().numpy())
-    backbone.to("cpu")
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if not len(images):
+        return np.zeros((0, 0), np.float32)
+    form = inference_form(backbone, (3, images.shape[1], images.shape[2]), batch_size, feature_precision())
+    log.info("feature path: %s", ", ".join(form.steps))
+    return run_batches(form, images, progress=progress)
+
+
+def feature_precision() -> str:
+    """The arithmetic features are computed in here: part of the cache key, since bf16 features differ slightly."""
+    import torch
+
+    from smallvision.models.inference import cpu_precision
+
+    return "cuda-fp16" if torch.cuda.is_available() else cpu_precision()
 
 
 @dataclass
@@ -217,7 +219,7 @@ def backbone_state(spec: WeightsSpec, pool: str, prefix: str, built=None) -> tup
     from smallvision import atomic
     from smallvision.models.backbone import build_backbone
 
-    settings = {**feature_settings(spec, 0, pool), "image_size": None}
+    settings = {**feature_settings(spec, 0, pool), "image_size": None, "precision": None}
     path = cache_root() / "backbones" / f"{spec.backbone}-{key_of(settings)}.safetensors"
     if path.is_file():
         try:
