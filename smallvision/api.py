@@ -282,7 +282,6 @@ def _precheck(index, strict: bool) -> dict[str, Any]:
 
 def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:
     from smallvision.data.cache import decoded_images
-    from smallvision.data.transforms import train_transform
     from smallvision.evaluation.report import run_figures
 
     val = index.split("val")
@@ -291,7 +290,11 @@ def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, sum
     )
     labels = np.array([it.label for pos, it in enumerate(val) if pos not in failed], dtype=np.int64)
     augments = cfg.recipe.name != "features"
-    transform = train_transform(cfg.recipe.augment, cfg.data.image_size) if augments else None
+    transform = None
+    if augments:
+        from smallvision.data.transforms import train_transform
+
+        transform = train_transform(cfg.recipe.augment, cfg.data.image_size)
     pretrained = cfg.recipe.name != "scratch"
     built = cfg.recipe.name != "features" or outcome.cache.get("computed", 0) > 0
     run_figures(

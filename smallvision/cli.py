@@ -254,6 +254,11 @@ def predict(
 
 def main() -> None:
     """Entry point: run the app; turn smallvision's own errors into a clear message and exit status 1."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())  # tqdm's default lock imports multiprocessing: 0.2 s of a warm run (measured)
     try:
         app()
     except SmallvisionError as e:

@@ -154,23 +154,24 @@ def train_head(
     seed: int,
     progress: bool = True,
 ) -> HeadResult:
-    """Train a head on cached features with AdamW + cosine decay; keep the epoch best on validation accuracy."""
+    """Train a head on cached features with one-cycle AdamW; keep the epoch best on validation accuracy."""
     import torch
     from tqdm.auto import tqdm
+
+    from smallvision.training.head_optim import OneCycleAdamW
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(train[0]), torch.from_numpy(train[1]).long()
     xv, yv = torch.from_numpy(val[0]), torch.from_numpy(val[1]).long()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(xt) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    opt = OneCycleAdamW(head.parameters(), lr, steps, weight_decay=weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     history: list[dict] = []
     best = (-1.0, math.inf)
     best_state: dict = {}
     best_epoch = 0
-    bar = tqdm(range(1, epochs + 1), desc="head", unit="epoch", disable=not progress)
+    bar = tqdm(range(1, epochs + 1), desc="head", unit="epoch") if progress else range(1, epochs + 1)
     for epoch in bar:
         head.train()
         order = torch.randperm(len(xt), generator=gen)
@@ -179,10 +180,9 @@ def train_head(
             idx = order[start : start + batch_size]
             logits = head(xt[idx])
             loss = loss_fn(logits, yt[idx])
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
             total += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yt[idx]).sum())
             n += len(idx)
@@ -200,7 +200,8 @@ def train_head(
                 "val_accuracy": vacc,
             }
         )
-        bar.set_postfix(val_acc=f"{vacc:.3f}")
+        if progress:
+            bar.set_postfix(val_acc=f"{vacc:.3f}")
         if (vacc, -vloss) > (best[0], -best[1]):
             best = (vacc, vloss)
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
