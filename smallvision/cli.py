@@ -64,9 +64,13 @@ def train(
     finetune_lr: Annotated[float | None, Opt(help="Learning rate of the fine-tuning stage")] = None,
     finetune_epochs: Annotated[int | None, Opt(help="Epochs of the fine-tuning stage")] = None,
     time_budget: Annotated[float | None, Opt(help="auto: seconds allowed; fine-tunes only if it fits")] = None,
+    cached_views: Annotated[
+        int | None, Opt(help="finetune: augmented views per image cached below the trainable blocks (0: off)")
+    ] = None,
+    memory_budget: Annotated[float | None, Opt(help="GB the fine-tuning activation cache may use (4)")] = None,
     init_from: Annotated[str | None, Opt(help="Start from a saved model folder (tensors that fit)")] = None,
     devices: Annotated[int | None, Opt(help="Processes/devices (DDP); torchrun sets it")] = None,
-    precision: Annotated[str | None, Opt(help="32-true, bf16-mixed, 16-mixed")] = None,
+    precision: Annotated[str | None, Opt(help="auto (default), 32-true, bf16-mixed, 16-mixed")] = None,
     workers: Annotated[int | None, Opt(help="DataLoader worker processes")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (splits, init, shuffling)")] = None,
     val_fraction: Annotated[float | None, Opt(help="Validation share carved from train when absent")] = None,
@@ -111,6 +115,8 @@ def train(
         "finetune_lr": finetune_lr,
         "finetune_epochs": finetune_epochs,
         "time_budget": time_budget,
+        "cached_views": cached_views,
+        "memory_budget": memory_budget,
         "init_from": init_from,
         "devices": devices,
         "precision": precision,

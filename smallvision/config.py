@@ -92,6 +92,12 @@ class RecipeConfig(_Strict):
     unfreeze_from: str | None = None
     finetune_lr: float | None = Field(default=None, gt=0, description="default: a tenth of the head's lr")
     finetune_epochs: int = Field(default=6, ge=1)
+    cached_views: int | None = Field(
+        default=None,
+        ge=0,
+        description="finetune/auto: augmented views per training image whose frozen-part activations are computed "
+        "once; 0: no activation cache; default 4 with augmentation, 1 (the image itself) without",
+    )
     layer_decay: float = Field(default=0.7, gt=0, le=1)
     time_budget: float = Field(default=600.0, gt=0, description="seconds; `auto` fine-tunes only if it fits")
     init_from: str | None = None
@@ -102,7 +108,10 @@ class TrainerConfig(_Strict):
     """Where and how training runs: devices, precision, data loading."""
 
     devices: int | None = Field(default=None, ge=1, description="default: LOCAL_WORLD_SIZE under torchrun, else 1")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        default="auto", description="auto: bf16-mixed on a GPU or a CPU with native bf16 (2x measured), else 32-true"
+    )
+    memory_budget: float = Field(default=4.0, gt=0, description="GB the fine-tuning activation cache may take")
     workers: int = Field(default=0, ge=0)
 
 

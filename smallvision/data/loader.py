@@ -43,12 +43,14 @@ class EpochShuffle(Sampler[int]):
         return self.n
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int, sampler: Sampler | None = None
+) -> DataLoader:
     """A DataLoader with an epoch-seeded shuffle (repeatable, resumable); pinned memory only with a GPU."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffle(len(dataset), seed) if shuffle else None,
+        sampler=sampler or (EpochShuffle(len(dataset), seed) if shuffle else None),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,

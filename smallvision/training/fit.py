@@ -25,6 +25,18 @@ def world_devices(cfg: RunConfig) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
+def resolve_precision(precision: str) -> str:
+    """'auto': bf16-mixed on a GPU that has it or a CPU with native bf16 (scratch CNN steps 0.42 -> 0.20 s, lite0
+    top-block steps 0.59 -> 0.23 s measured here), 16-mixed on older GPUs, else 32-true."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    from smallvision.models.inference import native_bf16
+
+    return "bf16-mixed" if native_bf16() else "32-true"
+
+
 def is_rank_zero() -> bool:
     """True in the process that writes results (rank 0, or the only process)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
@@ -49,11 +61,13 @@ def run_stage(
     stage_dir: Path,
     progress: bool,
     augment: bool = True,
+    views=None,
 ) -> StageResult:
     """Train `model` (its trainable groups at their lrs) for one stage; load the best weights back into it.
 
     A stage that finished before (its done.json exists) is not run again: its best weights are loaded. One that was
-    interrupted resumes from its last checkpoint.
+    interrupted resumes from its last checkpoint. With `views` (an ActivationViews) the stage trains on cached
+    boundary activations instead of images.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -70,22 +84,28 @@ def run_stage(
     stage_dir = Path(stage_dir)
     done_path = stage_dir / "done.json"
     best_path = stage_dir / "best.ckpt"
+    trained = views.model if views is not None else model
     if done_path.exists() and best_path.exists():
         done = json.loads(done_path.read_text())
-        _load_weights(model, best_path)
+        _load_weights(trained, best_path)
         log.info("stage %s already finished (best val accuracy %.4f); reusing it", name, done["best_accuracy"])
         return StageResult(done["best_accuracy"], done["best_epoch"], done["history"])
 
     r = cfg.recipe
     size = cfg.data.image_size
-    tf = train_transform(r.augment, size) if augment else eval_transform()
-    train_ds = CachedImages(*data["train"], tf)
-    val_ds = CachedImages(*data["val"], eval_transform())
     workers = cfg.trainer.workers
-    train_dl = make_loader(train_ds, r.batch_size, shuffle=True, workers=workers, seed=cfg.seed)
-    val_dl = make_loader(val_ds, max(r.batch_size, 64), shuffle=False, workers=workers, seed=cfg.seed)
+    if views is not None:
+        train_ds, val_ds, sampler = views.datasets(cfg.seed)
+        train_dl = make_loader(train_ds, r.batch_size, shuffle=True, workers=0, seed=cfg.seed, sampler=sampler)
+        val_dl = make_loader(val_ds, max(r.batch_size, 64), shuffle=False, workers=0, seed=cfg.seed)
+    else:
+        tf = train_transform(r.augment, size) if augment else eval_transform()
+        train_ds = CachedImages(*data["train"], tf)
+        val_ds = CachedImages(*data["val"], eval_transform())
+        train_dl = make_loader(train_ds, r.batch_size, shuffle=True, workers=workers, seed=cfg.seed)
+        val_dl = make_loader(val_ds, max(r.batch_size, 64), shuffle=False, workers=workers, seed=cfg.seed)
     devices = world_devices(cfg)
-    steps = max(1, int(np.ceil(len(train_ds) / (r.batch_size * devices))))
+    steps = max(1, int(np.ceil(len(train_ds.labels) / (r.batch_size * devices))))
     weights = None
     if r.class_weights == "balanced":
         from sklearn.utils.class_weight import compute_class_weight
@@ -95,8 +115,8 @@ def run_stage(
         w = np.ones(int(model.head.layers[-1].out_features), dtype=np.float32)
         w[present] = compute_class_weight("balanced", classes=present, y=y)
         weights = torch.tensor(w)
-    model.train()  # Lightning keeps modules' modes as found; this sets them once (frozen parts stay in eval)
-    module = ClassifierModule(model, r, groups, epochs, steps, weights)
+    trained.train()  # Lightning keeps modules' modes as found; this sets them once (frozen parts stay in eval)
+    module = ClassifierModule(trained, r, groups, epochs, steps, weights)
     history = History(name)
     ckpt = ModelCheckpoint(
         dirpath=stage_dir,
@@ -116,7 +136,7 @@ def run_stage(
         accelerator="auto",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
-        precision=cfg.trainer.precision,
+        precision=resolve_precision(cfg.trainer.precision),
         default_root_dir=stage_dir,
         callbacks=callbacks,
         logger=False,
@@ -131,7 +151,7 @@ def run_stage(
         log.info("stage %s: resuming from %s", name, last)
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     trainer.strategy.barrier()
-    _load_weights(model, Path(ckpt.best_model_path or best_path))
+    _load_weights(trained, Path(ckpt.best_model_path or best_path))
     rows = history.rows
     best = max(rows, key=lambda row: row["val_accuracy"]) if rows else {"val_accuracy": float("nan"), "epoch": 0}
     result = StageResult(best["val_accuracy"], best["epoch"], rows)

@@ -47,7 +47,7 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x.contiguous(memory_format=torch.channels_last))
+        logits = self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
         loss = self.loss_fn(logits.float(), y)
         acc = (logits.argmax(1) == y).float().mean()
         self.log(

@@ -226,10 +226,11 @@ def _cards(model, specs: list[WeightsSpec] | None, cfg: RunConfig) -> list[Backb
     return cards
 
 
-def _finish(model, cfg, data, specs, history, best_epoch, notes, trainable, cache=None) -> RecipeOutcome:
+def _finish(model, cfg, data, specs, history, best_epoch, notes, trainable, cache=None, probs=None) -> RecipeOutcome:
     from smallvision.prediction import probabilities
 
-    probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
+    if probs is None:
+        probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
     labels = {s: y for s, (_, y) in data.items()}
     in_features = model.head.layers[1].in_features
     head_card = HeadCard(in_features=in_features, hidden=_hidden(model), dropout=cfg.model.dropout)
@@ -343,8 +344,9 @@ def _two_stage(
     history = list(fs.history)
 
     features_state = copy.deepcopy(model.state_dict())
+    views = _activation_views(cfg, model, data, notes, progress)
     if budget_check:
-        estimate = _estimate_seconds(model, data, cfg)
+        estimate = _estimate_seconds(model, data, cfg, views)
         model.load_state_dict(features_state)
         left = r.time_budget - (time.perf_counter() - start)
         if estimate > left:
@@ -353,9 +355,12 @@ def _two_stage(
                 f"{max(left, 0):.0f} s left of --time-budget {r.time_budget:g}"
             )
             model.requires_grad_(False)
-            return _finish(model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs))
+            return _finish(
+                model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), _feature_probs(fs)
+            )
     groups = _param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
-    res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, run_dir / "checkpoints" / stage, progress)
+    stage_dir = run_dir / "checkpoints" / stage
+    res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, stage_dir, progress, views=views)
     history += res.history
     notes.append(
         f"stage {stage}: best epoch {res.best_epoch} of {r.finetune_epochs} (val accuracy {res.best_accuracy:.4f})"
@@ -369,30 +374,85 @@ def _two_stage(
         )
         for b in model.backbones:
             freeze(b, 0)
-        return _finish(model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs))
+        return _finish(
+            model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), _feature_probs(fs)
+        )
     if budget_check:
         notes.append(
             f"auto: chose the fine-tuned model: val accuracy {res.best_accuracy:.4f} vs "
             f"{fs.best_accuracy:.4f} for features alone"
         )
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
-    return _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs))
+    probs = views.probabilities(views.model) if views is not None else None
+    return _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)
+
+
+def _feature_probs(fs: _FeatureStage) -> dict[str, np.ndarray]:
+    """Every split's probabilities from the stage-1 head on the cached features (no network run)."""
+    import torch
+
+    fs.head.eval()
+    with torch.inference_mode():
+        return {s: fs.head(torch.from_numpy(x)).softmax(1).numpy() for s, (x, _) in fs.by_split.items()}
+
+
+def _activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool):
+    """Boundary activations for fine-tuning (see training/activations.py), or None to train on images."""
+    from smallvision.data.transforms import train_transform
+    from smallvision.training.activations import boundary_split, compute_views, estimate_bytes
+    from smallvision.training.fit import resolve_precision
+
+    r = cfg.recipe
+    size = cfg.data.image_size
+    if r.cached_views == 0:
+        notes.append("activation cache: off (--cached-views 0); every epoch runs the whole network")
+        return None
+    transform = train_transform(r.augment, size)
+    augmented = len(transform.transforms) > 1
+    views = r.cached_views if r.cached_views is not None else (4 if augmented else 1)
+    split, why = boundary_split(model, size)
+    if split is None:
+        notes.append(f"activation cache: not used ({why}); every epoch runs the whole network")
+        return None
+    precision = "bf16" if resolve_precision(cfg.trainer.precision) == "bf16-mixed" else "fp32"
+    counts = {s: len(y) for s, (_, y) in data.items()}
+    need = estimate_bytes(split, size, counts, views if augmented else 0, precision)
+    budget = cfg.trainer.memory_budget
+    if need > budget * 1e9:
+        notes.append(
+            f"activation cache: not used: it would take {need / 1e9:.1f} GB, over --memory-budget {budget:g} GB; "
+            "every epoch runs the whole network (raise --memory-budget or lower --cached-views to cache)"
+        )
+        return None
+    what = f"{views} augmented view(s) of each training image" if augmented else "each image"
+    notes.append(
+        f"activation cache: the frozen layers below the trainable blocks ran once for {what} "
+        f"({need / 1e6:.0f} MB, {precision}); training runs only the trainable blocks and the head"
+    )
+    return compute_views(
+        split, data, transform if augmented else None, views, precision, cfg.seed, batch_size=32, progress=progress
+    )
 
 
 def _cache(fs: _FeatureStage) -> dict:
     return {"computed": fs.cached.computed, "reused": fs.cached.unique - fs.cached.computed}
 
 
-def _estimate_seconds(model, data, cfg: RunConfig) -> float:
+def _estimate_seconds(model, data, cfg: RunConfig, views=None) -> float:
     """Time one training step and one validation batch; scale to the planned fine-tuning epochs."""
     import torch
 
     r = cfg.recipe
-    x = torch.from_numpy(np.ascontiguousarray(data["train"][0][: r.batch_size])).permute(0, 3, 1, 2).float() / 255
+    if views is not None:
+        model = views.model
+        x = views.train[0][: r.batch_size].float()
+    else:
+        images = np.ascontiguousarray(data["train"][0][: r.batch_size])
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     y = torch.from_numpy(data["train"][1][: r.batch_size])
     model.train()
     t0 = time.perf_counter()
-    torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+    torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)).float(), y).backward()
     step = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
     model.eval()

@@ -1,0 +1,240 @@
+"""Fine-tuning without running a frozen layer twice: activations at the frozen/trainable boundary, computed once.
+
+When only the top blocks of a backbone train, everything below them (BatchNorm in eval mode, no dropout) is a fixed
+function of the input image. So the boundary activations are computed once per image, and once per augmented view
+when augmentation is on (`cached_views` K: K augmented views per training image, one is picked per image and epoch),
+and only the top blocks and the head run during training. With augmentation off this is the same computation as the
+uncached path (tests/training/test_activations.py checks the trained weights agree).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Sampler
+
+log = logging.getLogger(__name__)
+
+
+def _units(module: nn.Module) -> list[nn.Module]:
+    """Children in order, with nn.Sequential containers opened up (so single blocks can be split between)."""
+    out: list[nn.Module] = []
+    for child in module.children():
+        out.extend(_units(child) if isinstance(child, nn.Sequential) else [child])
+    return out
+
+
+def feature_chain(net: nn.Module, size: int) -> list[nn.Module] | None:
+    """The units whose application in order is `net.forward_features`, checked on a random input; None if none is."""
+    if not hasattr(net, "forward_features") or not hasattr(net, "forward_head"):
+        return None
+    units = _units(net)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # global RNG untouched
+    with torch.inference_mode():
+        want = net.forward_features(x)
+        for end in range(len(units), max(0, len(units) - 4), -1):
+            try:
+                y = x
+                for unit in units[:end]:
+                    y = unit(y)
+            except Exception:  # a unit that is not part of the chain (a classifier, say) fails on feature maps
+                continue
+            if y.shape == want.shape and torch.allclose(y, want, atol=1e-5):
+                return units[:end]
+    return None
+
+
+@dataclass
+class BoundarySplit:
+    """A single-backbone classifier cut where training starts: `chain[:k]` frozen, `chain[k:]` + head trainable."""
+
+    classifier: nn.Module
+    chain: list[nn.Module]
+    k: int
+
+    @property
+    def net(self) -> nn.Module:
+        """The backbone's timm network."""
+        return self.classifier.backbones[0].net
+
+
+def boundary_split(classifier: nn.Module, size: int) -> tuple[BoundarySplit | None, str]:
+    """Where the frozen part of `classifier` ends, or None and the reason it cannot be cached."""
+    if len(classifier.backbones) != 1:
+        return None, "joined backbones are fine-tuned uncached"
+    backbone = classifier.backbones[0]
+    was_training = classifier.training
+    classifier.eval()
+    chain = feature_chain(backbone.net, size)
+    if was_training:
+        classifier.train()
+    if chain is None:
+        return None, f"{type(backbone.net).__name__} has no plain block sequence to cut"
+    trains = [any(p.requires_grad for p in unit.parameters()) for unit in chain]
+    k = trains.index(True) if True in trains else len(chain)
+    if k == 0:
+        return None, "nothing below the trainable blocks is frozen"
+    return BoundarySplit(classifier, chain, k), ""
+
+
+class _Bottom(nn.Module):
+    """Normalization and the frozen units: images in [0, 1] to boundary activations."""
+
+    def __init__(self, backbone: nn.Module, units: list[nn.Module]) -> None:
+        super().__init__()
+        self.register_buffer("mean", backbone.mean.clone())
+        self.register_buffer("std", backbone.std.clone())
+        self.units = nn.Sequential(*units)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Boundary activations."""
+        return self.units((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+
+
+class FromActivations(nn.Module):
+    """The classifier fed boundary activations: runs only the trainable top units, the timm head and our head.
+
+    It holds the whole classifier, so checkpoints, train/eval modes and frozen parts behave as in the uncached path.
+    """
+
+    def __init__(self, split: BoundarySplit) -> None:
+        super().__init__()
+        self.classifier = split.classifier
+        self._top = list(split.chain[split.k :])
+
+    def train(self, mode: bool = True) -> FromActivations:
+        """Modes as the full classifier sets them (frozen parts stay in eval)."""
+        self.training = mode
+        self.classifier.train(mode)
+        return self
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of boundary activations."""
+        for unit in self._top:
+            a = unit(a)
+        net = self.classifier.backbones[0].net
+        return self.classifier.head(net.forward_head(a).flatten(1).float())
+
+
+@dataclass
+class ActivationViews:
+    """Boundary activations: train[v] is view v of every training image (view 0 unaugmented), others one view."""
+
+    split: BoundarySplit
+    train: torch.Tensor
+    labels: dict[str, np.ndarray]
+    others: dict[str, torch.Tensor]
+    augmented: bool
+
+    @property
+    def model(self) -> FromActivations:
+        """The module Lightning trains."""
+        return FromActivations(self.split)
+
+    def datasets(self, seed: int) -> tuple[Dataset, Dataset, Sampler]:
+        """Training set over the views used for training, validation set, and the per-epoch view sampler."""
+        views = self.train[1:] if self.augmented else self.train[:1]
+        train = _Views(views, self.labels["train"])
+        val = _Views(self.others["val"][None], self.labels["val"])
+        return train, val, ViewShuffle(len(train.labels), len(views), seed)
+
+    def probabilities(self, model: FromActivations, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Class probabilities of every split from its unaugmented activations."""
+        model.eval()
+        out = {}
+        with torch.inference_mode():
+            for split, acts in {"train": self.train[0], **self.others}.items():
+                parts = [model(acts[i : i + batch_size].float()).softmax(1) for i in range(0, len(acts), batch_size)]
+                out[split] = torch.cat(parts).numpy()
+        return out
+
+
+class _Views(Dataset):
+    def __init__(self, views: torch.Tensor, labels: np.ndarray) -> None:
+        self.views = views
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.views) * len(self.labels)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+        v, i = divmod(j, len(self.labels))
+        return self.views[v, i], int(self.labels[i])
+
+
+class ViewShuffle(Sampler[int]):
+    """Each epoch: a (seed, epoch)-seeded order of the images, each with one of its views picked the same way.
+
+    With one view the order is exactly EpochShuffle's, so the cached and uncached paths see the same batches.
+    """
+
+    def __init__(self, n: int, views: int, seed: int) -> None:
+        self.n, self.views, self.seed, self.epoch = n, views, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        pick = torch.randint(0, self.views, (self.n,), generator=g) if self.views > 1 else torch.zeros_like(order)
+        return iter((pick[order] * self.n + order).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def estimate_bytes(split: BoundarySplit, size: int, images: dict[str, int], views: int, precision: str) -> int:
+    """Memory the activations would take: per-image boundary size x (views + 1) training + 1 per other image."""
+    bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k]).eval()
+    with torch.inference_mode():
+        per_image = bottom(torch.zeros(1, 3, size, size)).numel()
+    count = images["train"] * (views + 1) + sum(n for s, n in images.items() if s != "train")
+    return per_image * count * (2 if precision == "bf16" else 4)
+
+
+def compute_views(
+    split: BoundarySplit,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    transform,
+    views: int,
+    precision: str,
+    seed: int,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ActivationViews:
+    """Run the frozen part once per image (and per augmented training view) in its fast inference form."""
+    from tqdm.auto import tqdm
+
+    from smallvision.models.inference import inference_form, run_batches
+
+    size = data["train"][0].shape[1]
+    bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k])
+    form = inference_form(bottom, (3, size, size), batch_size, precision)
+    log.info("activation cache: %s, %d augmented view(s) per training image", ", ".join(form.steps), views)
+    dtype = form.dtype if form.device.type == "cpu" else torch.float32
+
+    def run(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(run_batches(form, images, progress=False)).to(dtype)
+
+    labels = {s: y for s, (_, y) in data.items()}
+    others = {s: run(x) for s, (x, _) in data.items() if s != "train"}
+    train_images = data["train"][0]
+    out = [run(train_images)]
+    gen_state = torch.get_rng_state()
+    for v in tqdm(range(views if transform is not None else 0), desc="views", unit="view", disable=not progress):
+        torch.manual_seed(seed * 1_000 + v)
+        parts = []
+        for start in range(0, len(train_images), batch_size):
+            chw = torch.from_numpy(np.ascontiguousarray(train_images[start : start + batch_size])).permute(0, 3, 1, 2)
+            batch = torch.stack([transform(img) for img in chw])
+            parts.append(form(batch).to(dtype))
+        out.append(torch.cat(parts))
+    torch.set_rng_state(gen_state)
+    return ActivationViews(split, torch.stack(out), labels, others, transform is not None)
