@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -198,6 +199,7 @@ def train_head(
                 "train_accuracy": correct / n,
                 "val_loss": vloss,
                 "val_accuracy": vacc,
+                "time": time.time(),
             }
         )
         if progress:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 from torch import nn
@@ -81,7 +83,7 @@ class ClassifierModule(L.LightningModule):
 
 
 class History(L.Callback):
-    """Per-epoch train/val loss and accuracy, kept in checkpoints so a resumed run has the whole history."""
+    """Per-epoch train/val loss and accuracy and the Unix time the epoch ended; kept in checkpoints for resumes."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
@@ -95,6 +97,7 @@ class History(L.Callback):
         row = {"stage": self.stage, "epoch": trainer.current_epoch + 1}
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             row[key] = float(m[key]) if key in m else float("nan")
+        row["time"] = time.time()
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
 
     def state_dict(self) -> dict:

@@ -272,7 +272,10 @@ def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bo
 
 
 def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, progress: bool) -> RecipeOutcome:
-    """Apply --init-from, train `params` at the recipe's lr for one stage, and package the outcome."""
+    """Apply --init-from, train `params` at the recipe's lr for one stage, and package the outcome.
+
+    A pretrained model (`specs`) trains on cached activations of its frozen part where they fit in memory.
+    """
     from smallvision.training.fit import run_stage
 
     kept, note = _init_note(model.state_dict(), cfg.recipe.init_from)
@@ -280,11 +283,14 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
         model.load_state_dict(kept, strict=False)
         notes.append(note)
     r = cfg.recipe
+    views = _activation_views(cfg, model, data, notes, progress) if specs is not None else None
     groups = [{"params": params, "lr": r.lr, "name": stage}]
-    res = run_stage(stage, model, groups, data, cfg, r.epochs, run_dir / "checkpoints" / stage, progress)
+    stage_dir = run_dir / "checkpoints" / stage
+    res = run_stage(stage, model, groups, data, cfg, r.epochs, stage_dir, progress, views=views)
     notes.append(f"stage {stage}: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
     trainable = ["all"] if specs is None else ["head"]
-    return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable)
+    probs = views.probabilities(views.model) if views is not None else None
+    return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
 
 
 def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
