@@ -2,10 +2,10 @@
 
 Measured on this project's 2-core AVX512-BF16 CPU, efficientnet_lite0 at 224 px, batch 32 (benchmarks/throughput.py):
 timm's default form (fp32, NCHW, eager) ~36 img/s; bf16 autocast + channels_last ~190; BatchNorm folded into the
-convolutions + bf16 weights ~215; the same traced and frozen by TorchScript ~300. torch.compile reached ~270 img/s
-after an 18.7 s compile, too slow a start for a few hundred images, so TorchScript is used (it warns that it is
-deprecated; the pinned torch still ships it). Whatever step fails for an architecture is skipped, never faked: the
-eager network is always a valid fallback, and the traced one is only used when it agrees with it.
+convolutions (torch.fx) + bf16 weights ~215; traced and frozen by TorchScript (freezing folds BatchNorm too) ~300.
+torch.compile reached ~270 img/s after an 18.7 s compile, too slow a start for a few hundred images, so TorchScript
+is used (it warns that it is deprecated; the pinned torch still ships it). Whatever step fails for an architecture is
+skipped, never faked: the eager network is always a valid fallback, and the traced one is used only when it agrees.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class InferenceForm:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs for one batch (padded to the traced batch size, so the trace never re-specializes)."""
         n = len(x)
-        if n < self.batch_size and "traced" in self.steps:
+        if n < self.batch_size and "traced and frozen" in self.steps:
             x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
         x = x.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -85,34 +85,34 @@ def inference_form(
 
     precision = precision or cpu_precision()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    steps: list[str] = []
+    tolerance = 0.01 if dtype == torch.bfloat16 else 1e-4
     example = torch.rand(batch_size, *example_shape, generator=torch.Generator().manual_seed(0))
     example = example.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         reference = module(example[:2])
-    net: nn.Module = module
-    try:
-        fused = _fold_batchnorm(module)
-        with torch.inference_mode():
-            if _agrees(fused(example[:2]), reference, 1e-4):
-                net, steps = fused, ["batchnorm folded"]
-    except Exception as e:  # architectures torch.fx cannot trace keep their BatchNorm layers
-        log.debug("BatchNorm folding skipped: %s", e)
-    net = net.to(dtype=dtype, memory_format=torch.channels_last)
-    steps += [precision, "channels_last"]
-    tolerance = 0.01 if dtype == torch.bfloat16 else 1e-4
-    run: Callable = net
+    net = module.to(dtype=dtype, memory_format=torch.channels_last)
+    steps = [precision, "channels_last"]
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("error", torch.jit.TracerWarning)  # a trace that bakes in a branch is wrong
             x = example.to(dtype)
-            traced = torch.jit.freeze(torch.jit.trace(net, x, check_trace=False))
-            traced(x)
+            traced = torch.jit.freeze(torch.jit.trace(net, x, check_trace=False))  # freezing folds BatchNorm
             if _agrees(traced(x)[:2], reference, tolerance):
-                run, steps = traced, steps + ["traced"]
+                return InferenceForm(traced, torch.device("cpu"), dtype, batch_size, steps + ["traced and frozen"])
     except Exception as e:  # eager is always correct, only slower
         log.debug("TorchScript tracing skipped: %s", e)
+    module.float()
+    run: Callable | None = None
+    try:
+        fused = _fold_batchnorm(module).to(dtype=dtype, memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if _agrees(fused(example[:2].to(dtype)), reference, tolerance):
+                run, steps = fused, steps + ["batchnorm folded"]
+    except Exception as e:  # architectures torch.fx cannot trace keep their BatchNorm layers
+        log.debug("BatchNorm folding skipped: %s", e)
+    if run is None:
+        run = module.to(dtype=dtype, memory_format=torch.channels_last)
     return InferenceForm(run, torch.device("cpu"), dtype, batch_size, steps)
 
 

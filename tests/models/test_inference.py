@@ -18,7 +18,7 @@ def test_traced_form_matches_the_eager_backbone_on_every_batch_size():
     torch.manual_seed(0)
     backbone = build_backbone(resolve_weights("efficientnet_lite0")).eval()
     form = inference_form(backbone, (3, 64, 64), batch_size=8)
-    assert "traced" in form.steps and "batchnorm folded" in form.steps
+    assert "traced and frozen" in form.steps
     images = (np.random.default_rng(0).random((19, 64, 64, 3)) * 255).astype(np.uint8)
     fast = torch.from_numpy(run_batches(form, images, progress=False))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
