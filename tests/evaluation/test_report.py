@@ -33,7 +33,14 @@ FLAGS = [
 def run(shapes_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "run"
     return smallvision.train(
-        shapes_data, recipe="finetune", out=out, image_size=64, epochs=4, finetune_epochs=2, progress=False
+        shapes_data,
+        recipe="finetune",
+        backbone="efficientnet_lite0",
+        out=out,
+        image_size=64,
+        epochs=4,
+        finetune_epochs=2,
+        progress=False,
     )
 
 

@@ -16,7 +16,14 @@ from smallvision.models.head import Head, ImageClassifier
 from smallvision.models.weights import resolve_weights
 from smallvision.training.activations import FromActivations, ViewShuffle, _Bottom, boundary_split, feature_chain
 
-EXACT = {"image_size": 64, "epochs": 2, "finetune_epochs": 3, "progress": False, "precision": "32-true"}
+EXACT = {
+    "backbone": "efficientnet_lite0",
+    "image_size": 64,
+    "epochs": 2,
+    "finetune_epochs": 3,
+    "progress": False,
+    "precision": "32-true",
+}
 
 
 def _stage_weights(run: Path) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import smallvision
 from smallvision.data.cache import ShardedStore, fill_store
 from tests.conftest import shared_dataset
 from tests.imagegen import make_split_dataset
+from tests.runs import history_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,14 +60,14 @@ def test_features_recipe_learns_generated_shapes(shapes_data, tmp_path):
     for name in ("metrics.json", "history.csv", "config.yaml", "model/model.safetensors", "model/smallvision.json"):
         assert (r.run_dir / name).is_file(), name
     history = (r.run_dir / "history.csv").read_text().splitlines()
-    assert history[0] == "stage,epoch,train_loss,train_accuracy,val_loss,val_accuracy" and len(history) == 31
+    assert history[0] == "stage,epoch,train_loss,train_accuracy,val_loss,val_accuracy,time" and len(history) == 31
 
 
 def test_same_seed_same_result_and_config_repeats_the_run(shapes_data, tmp_path):
     a = smallvision.train(shapes_data, out=tmp_path / "a", image_size=64, epochs=10, seed=3, progress=False)
     b = smallvision.train(config=a.run_dir / "config.yaml", out=tmp_path / "b", progress=False)
     assert a.metrics["val"]["loss"] == b.metrics["val"]["loss"]
-    assert (a.run_dir / "history.csv").read_text() == (b.run_dir / "history.csv").read_text()
+    assert history_rows(a.run_dir) == history_rows(b.run_dir)
 
 
 def test_bad_files_are_reported_skipped_and_the_rest_used(tmp_path):
