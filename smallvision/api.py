@@ -124,7 +124,7 @@ def _scan(cfg: RunConfig):
 
 
 def _run_dir(cfg: RunConfig, resume: bool) -> Path:
-    from smallvision.training.fit import is_rank_zero
+    from smallvision.training.distributed import is_rank_zero
 
     if cfg.out:
         out = Path(cfg.out)
@@ -173,13 +173,23 @@ def train(
     test split untouched (compare tests only the run it chooses); `report=False` skips figures and report.html.
     Identical files in two splits are a warning, or with `strict` an error.
     """
-    from smallvision.data.decode import RESIZE_POLICY
-    from smallvision.evaluation.metrics import classification_metrics
-    from smallvision.models.folder import ModelCard, package_versions, save_state
-    from smallvision.training.fit import is_rank_zero
-    from smallvision.training.recipes import RECIPES
+    from smallvision.training.distributed import is_rank_zero
 
     start = time.perf_counter()
+    if not is_rank_zero():
+        return _train(data, resume, progress, evaluate_test, report, strict, start, None, kwargs)
+    from smallvision.evaluation.worker import ReportWorker
+
+    with ReportWorker() as worker:
+        return _train(data, resume, progress, evaluate_test, report, strict, start, worker, kwargs)
+
+
+def _train(data, resume, progress, evaluate_test, report, strict, start, worker, kwargs) -> TrainResult | None:
+    from smallvision.data.decode import RESIZE_POLICY
+    from smallvision.models.folder import ModelCard, package_versions, save_state
+    from smallvision.training.distributed import is_rank_zero
+    from smallvision.training.recipes import RECIPES
+
     if resume is not None:
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
@@ -199,13 +209,11 @@ def train(
     for note in outcome.notes:
         log.debug("%s", note)
 
-    metrics: dict[str, Any] = {}
-    for split in ("val", "test") if evaluate_test else ("val",):
-        if split in outcome.probs:
-            metrics[split] = classification_metrics(outcome.labels[split], outcome.probs[split], index.classes)
+    splits = [s for s in (("val", "test") if evaluate_test else ("val",)) if s in outcome.probs]
+    metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
     import torch
 
-    from smallvision.training.fit import world_devices
+    from smallvision.training.distributed import world_devices
 
     devices = world_devices(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{devices} (DDP)" if devices > 1 else "")
@@ -252,7 +260,21 @@ def train(
     save_state(outcome.state, card, model_dir)
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
     if report:
-        _figures(run_dir, model_dir, cfg, index, outcome, summary)
+        val = index.split("val")
+        network_built = cfg.recipe.name != "features" or bool(outcome.cache.get("computed"))
+        worker.figures(
+            outcome.probs.get("val"),
+            run_dir=str(run_dir),
+            model_dir=str(model_dir),
+            config=str(run_dir / "config.yaml"),
+            val_paths=[str(it.path) for it in val],
+            val_digests=[it.digest for it in val],
+            val_labels=[it.label for it in val],
+            history=outcome.history,
+            summary=summary,
+            classes=index.classes,
+            gradcam=cfg.recipe.name != "scratch" and network_built,
+        )
     summary["seconds"] = round(time.perf_counter() - start, 3)
     atomic.write_json(run_dir / "metrics.json", summary)
     if report:
@@ -278,37 +300,6 @@ def _precheck(index, strict: bool) -> dict[str, Any]:
         found = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
         log.info("data check: %s (details: smallvision check %s)", found, index.root)
     return report["summary"]
-
-
-def _figures(run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:
-    from smallvision.data.cache import decoded_images
-    from smallvision.evaluation.report import run_figures
-
-    val = index.split("val")
-    images, failed = decoded_images(
-        [it.path for it in val], [it.digest for it in val], cfg.data.image_size, progress=False
-    )
-    labels = np.array([it.label for pos, it in enumerate(val) if pos not in failed], dtype=np.int64)
-    augments = cfg.recipe.name != "features"
-    transform = None
-    if augments:
-        from smallvision.data.transforms import train_transform
-
-        transform = train_transform(cfg.recipe.augment, cfg.data.image_size)
-    pretrained = cfg.recipe.name != "scratch"
-    built = cfg.recipe.name != "features" or outcome.cache.get("computed", 0) > 0
-    run_figures(
-        run_dir,
-        model_dir,
-        outcome.history,
-        summary,
-        index.classes,
-        images,
-        labels,
-        outcome.probs.get("val"),
-        transform,
-        gradcam=pretrained and built,
-    )
 
 
 def check(

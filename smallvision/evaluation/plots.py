@@ -143,8 +143,9 @@ def gradcam(model, images: np.ndarray, classes: Sequence[str], path: Path) -> Pa
 
 
 def kernels(weight, path: Path, max_kernels: int = 32) -> Path:
-    """First convolution layer's kernels: positive parts (top) and negative parts (bottom), per kernel."""
-    w = weight.detach().float().cpu().numpy()[:max_kernels]
+    """First convolution layer's kernels (a tensor or an array): positive parts (top), negative parts (bottom)."""
+    w = weight.detach().float().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight, np.float32)
+    w = w[:max_kernels]
     n = len(w)
     fig, axes = _subplots(2, n, figsize=(max(6, 0.6 * n), 1.6), squeeze=False)
     scale = max(float(np.abs(w).max()), 1e-8)

@@ -26,6 +26,36 @@ FIGURES = {
 }
 
 
+def figures_for_run(
+    run_dir: str,
+    model_dir: str,
+    config: str,
+    val_paths: list[str],
+    val_digests: list[str],
+    val_labels: list[int],
+    history: list[dict],
+    summary: dict[str, Any],
+    classes: list[str],
+    val_probs: np.ndarray | None,
+    gradcam: bool,
+) -> list[Path]:
+    """A finished training run's figures from plain values (what the report worker receives)."""
+    from smallvision.config import build_config, load_config
+    from smallvision.data.cache import decoded_images
+
+    cfg = build_config(load_config(config), str(config))
+    images, failed = decoded_images([Path(p) for p in val_paths], val_digests, cfg.data.image_size, progress=False)
+    labels = np.array([y for pos, y in enumerate(val_labels) if pos not in failed], dtype=np.int64)
+    transform = None
+    if cfg.recipe.name != "features":
+        from smallvision.data.transforms import train_transform
+
+        transform = train_transform(cfg.recipe.augment, cfg.data.image_size)
+    return run_figures(
+        Path(run_dir), Path(model_dir), history, summary, classes, images, labels, val_probs, transform, gradcam
+    )
+
+
 def run_figures(
     run_dir: Path,
     model_dir: Path,
@@ -63,7 +93,7 @@ def run_figures(
             model, _ = load_model(model_dir)
             pick = np.linspace(0, len(val_images) - 1, num=min(4, len(val_images))).astype(int)
             out.append(plots.gradcam(model, val_images[pick], classes, fig_dir / "gradcam.png"))
-    with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+    with safe_open(str(Path(model_dir) / "model.safetensors"), "np") as f:  # numpy: the worker never imports torch
         for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
             shape = f.get_slice(key).get_shape()
             if len(shape) == 4 and shape[1] == 3:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +13,9 @@ import torch
 
 from smallvision import atomic
 from smallvision.config import RunConfig
+from smallvision.training.distributed import world_devices
 
 log = logging.getLogger(__name__)
-
-
-def world_devices(cfg: RunConfig) -> int:
-    """Processes per node: the config's, else torchrun's LOCAL_WORLD_SIZE, else 1."""
-    if cfg.trainer.devices:
-        return cfg.trainer.devices
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def resolve_precision(precision: str) -> str:
@@ -35,11 +28,6 @@ def resolve_precision(precision: str) -> str:
     from smallvision.models.inference import native_bf16
 
     return "bf16-mixed" if native_bf16() else "32-true"
-
-
-def is_rank_zero() -> bool:
-    """True in the process that writes results (rank 0, or the only process)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""The report worker: same metrics as in-process, errors come back as clear errors, and it always ends."""
+
+import numpy as np
+import pytest
+
+from smallvision.errors import SmallvisionError
+from smallvision.evaluation.metrics import classification_metrics
+from smallvision.evaluation.worker import ReportWorker
+
+
+def _probs(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p = rng.random((n, k))
+    return rng.integers(0, k, n), p / p.sum(1, keepdims=True)
+
+
+def test_worker_metrics_equal_in_process_metrics_and_the_process_ends():
+    (yv, pv), (yt, pt) = _probs(40, 3, 0), _probs(25, 3, 1)
+    classes = ["a", "b", "c"]
+    with ReportWorker() as worker:
+        got = worker.metrics({"val": yv, "test": yt}, {"val": pv, "test": pt}, classes)
+        proc = worker.proc
+    assert proc.poll() is not None
+    assert got["val"] == classification_metrics(yv, pv, classes)
+    assert got["test"] == classification_metrics(yt, pt, classes)
+
+
+def test_a_failing_request_raises_with_the_worker_traceback(tmp_path):
+    with ReportWorker() as worker, pytest.raises(SmallvisionError, match="computing the report failed.*config"):
+        worker.figures(
+            None,
+            config=str(tmp_path / "missing.yaml"),
+            run_dir=str(tmp_path),
+            model_dir=str(tmp_path),
+            val_paths=[],
+            val_digests=[],
+            val_labels=[],
+            history=[],
+            summary={},
+            classes=[],
+            gradcam=False,
+        )
+
+
+def test_a_dead_worker_is_reported_not_waited_for():
+    y, p = _probs(10, 2, 0)
+    with ReportWorker() as worker:
+        worker.proc.kill()
+        worker.proc.wait()
+        with pytest.raises(SmallvisionError, match="report worker process ended unexpectedly"):
+            worker.metrics({"val": y}, {"val": p}, ["a", "b"])
