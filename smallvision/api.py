@@ -261,7 +261,6 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
     if report:
         val = index.split("val")
-        network_built = cfg.recipe.name != "features" or bool(outcome.cache.get("computed"))
         worker.figures(
             outcome.probs.get("val"),
             run_dir=str(run_dir),
@@ -273,7 +272,7 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
             history=outcome.history,
             summary=summary,
             classes=index.classes,
-            gradcam=cfg.recipe.name != "scratch" and network_built,
+            gradcam=cfg.recipe.name not in ("scratch", "features"),  # features never needs the network again
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
     atomic.write_json(run_dir / "metrics.json", summary)

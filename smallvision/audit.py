@@ -57,26 +57,44 @@ def _average_hash(images: np.ndarray) -> np.ndarray:
     return small > small.mean(axis=1, keepdims=True)
 
 
-def near_duplicates(items: list[ImageItem], images: np.ndarray, max_distance: int = 3) -> list[Finding]:
-    """Different files that look the same (64-bit average hash within `max_distance` bits), in blocks of rows."""
-    bits = _average_hash(images)
+def _close_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
+    """Pairs (i < j) of 64-bit hashes within `max_distance` bits, without comparing every pair.
+
+    Pigeonhole: hashes that differ in at most `max_distance` bits agree exactly on at least one of
+    `max_distance + 1` disjoint bit chunks, so only rows that share a chunk value are compared (near-linear for
+    real data; all-pairs comparison took 26 G comparisons and 655 MB blocks at 20k images).
+    """
+    n_chunks = max_distance + 1
+    edges = np.linspace(0, bits.shape[1], n_chunks + 1).astype(int)
+    weights = [1 << np.arange(b - a, dtype=np.uint64) for a, b in zip(edges, edges[1:], strict=False)]
+    pairs: set[tuple[int, int]] = set()
+    for (a, b), w in zip(zip(edges, edges[1:], strict=False), weights, strict=True):
+        keys = bits[:, a:b].astype(np.uint64) @ w
+        order = np.argsort(keys, kind="stable")
+        bounds = np.flatnonzero(np.diff(keys[order])) + 1
+        for group in np.split(order, bounds):
+            if len(group) > 1:
+                i, j = np.triu_indices(len(group), 1)
+                low, high = np.minimum(group[i], group[j]), np.maximum(group[i], group[j])
+                pairs.update(zip(low.tolist(), high.tolist(), strict=True))
     out = []
-    for start in range(0, len(bits), 512):
-        block = bits[start : start + 512]
-        dist = (block[:, None, :] != bits[None, :, :]).sum(axis=2)
-        for i, j in zip(*np.nonzero(dist <= max_distance), strict=True):
-            a, b = items[start + i], items[j]
-            if start + i < j and a.digest != b.digest:
-                cross = a.split != b.split or a.label != b.label
-                where = "different split or class" if cross else "same class and split"
-                out.append(
-                    Finding(
-                        "near-duplicate",
-                        0.6 if cross else 0.2,
-                        [str(a.path), str(b.path)],
-                        f"hash distance {dist[i, j]} ({where})",
-                    )
-                )
+    for i, j in sorted(pairs):
+        d = int((bits[i] != bits[j]).sum())
+        if d <= max_distance:
+            out.append((i, j, d))
+    return out
+
+
+def near_duplicates(items: list[ImageItem], images: np.ndarray, max_distance: int = 3) -> list[Finding]:
+    """Different files that look the same (64-bit average hash within `max_distance` bits)."""
+    out = []
+    for i, j, d in _close_pairs(_average_hash(images), max_distance):
+        a, b = items[i], items[j]
+        if a.digest != b.digest:
+            cross = a.split != b.split or a.label != b.label
+            where = "different split or class" if cross else "same class and split"
+            detail = f"hash distance {d} ({where})"
+            out.append(Finding("near-duplicate", 0.6 if cross else 0.2, [str(a.path), str(b.path)], detail))
     return out
 
 

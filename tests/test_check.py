@@ -60,3 +60,20 @@ def test_hymenoptera_placeholder_gif_is_flagged_first():
     report = smallvision.check(shared_dataset("hymenoptera"), progress=False)
     top = report["findings"][0]
     assert top["paths"][0].endswith("train/ants/imageNotFound.gif") and top["kind"] == "does not belong"
+
+
+def test_near_duplicate_pairs_match_all_pairs_comparison():
+    import numpy as np
+
+    from smallvision.audit import _close_pairs
+
+    rng = np.random.default_rng(0)
+    bits = rng.random((600, 64)) > 0.5
+    bits[5] = bits[17]
+    bits[9] = bits[3]
+    bits[9, :3] ^= True
+    bits[100] = bits[3]
+    bits[100, 60:] ^= True  # 4 bits from row 3: just outside the default distance
+    dist = (bits[:, None, :] != bits[None, :, :]).sum(2)
+    want = [(int(i), int(j), int(dist[i, j])) for i, j in zip(*np.nonzero(dist <= 3), strict=True) if i < j]
+    assert _close_pairs(bits, 3) == want == [(3, 9, 3), (5, 17, 0)]

@@ -44,8 +44,18 @@ def figures_for_run(
     from smallvision.data.cache import decoded_images
 
     cfg = build_config(load_config(config), str(config))
-    images, failed = decoded_images([Path(p) for p in val_paths], val_digests, cfg.data.image_size, progress=False)
-    labels = np.array([y for pos, y in enumerate(val_labels) if pos not in failed], dtype=np.int64)
+    labels = np.asarray(val_labels, dtype=np.int64)
+    keep = np.arange(len(labels))
+    if val_probs is not None and len(labels) > 16:  # decode only what the figures show, not the whole split
+        loss = -np.log(np.clip(val_probs[keep, labels], 1e-12, 1))
+        keep = np.unique(np.concatenate([np.argsort(-loss)[:9], np.linspace(0, len(labels) - 1, 4).astype(int), [0]]))
+        val_probs = val_probs[keep]
+    images, failed = decoded_images(
+        [Path(val_paths[i]) for i in keep], [val_digests[i] for i in keep], cfg.data.image_size, progress=False
+    )
+    ok = [pos for pos in range(len(keep)) if pos not in failed]
+    labels = labels[keep][ok]
+    val_probs = val_probs[ok] if val_probs is not None else None
     transform = None
     if cfg.recipe.name != "features":
         from smallvision.data.transforms import train_transform
@@ -70,7 +80,7 @@ def run_figures(
 ) -> list[Path]:
     """Write every figure a run gets into RUN_DIR/figures/ and return their paths.
 
-    Only Grad-CAM needs the network; without `gradcam` (a warm cached run) no backbone is built or imported.
+    Only Grad-CAM needs the network; without `gradcam` (the features recipe) no backbone is built or imported.
     """
     from safetensors import safe_open
 

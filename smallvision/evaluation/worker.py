@@ -76,13 +76,18 @@ class ReportWorker:
         self._receive()
 
     def close(self) -> None:
-        """End the worker (it exits when its stdin closes) and remove the temporary folder."""
+        """End the worker and remove the temporary folder.
+
+        Every request has been answered (its files written) by now, so the worker is stopped rather than waited
+        for: with torch loaded for Grad-CAM its interpreter shutdown took 2.1 s (measured).
+        """
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.close()
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=0.2)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
+                self.proc.wait()
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
         self._tmp.cleanup()
