@@ -35,9 +35,9 @@ if phase == "features":
 else:
     index = scan(build_config({"data": {"path": data}}).data.path)
     if phase == "cache":
-        from smallvision.data.cache import decoded_images
+        from smallvision.data.cache import cache_images
         items = index.items
-        decoded_images([i.path for i in items], [i.digest for i in items], 224, progress=False)
+        cache_images([i.path for i in items], [i.digest for i in items], 224, progress=False)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

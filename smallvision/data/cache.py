@@ -171,6 +171,26 @@ def decoded_images(
     paths: Sequence[Path], digests: Sequence[str], size: int, *, progress: bool = True
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Decode each file once per (content, size): (uint8 N_ok x size x size x 3, {position: failure reason})."""
+    store, compute = _image_filler(paths, size, progress)
+    fill_store(store, digests, compute)
+    failures = {pos: reason for pos, d in enumerate(digests) if (reason := store.failure(d)) is not None}
+    ok = [d for pos, d in enumerate(digests) if pos not in failures]
+    arr = store.get(ok)
+    if arr is None and ok:
+        fill_store(store, digests, compute)
+        arr = store.get(ok)
+    return (arr if arr is not None else np.zeros((0, size, size, 3), np.uint8)), failures
+
+
+def cache_images(paths: Sequence[Path], digests: Sequence[str], size: int, *, progress: bool = True) -> int:
+    """Fill the image cache for these files without loading them all (memory stays at one chunk); return failures."""
+    store, compute = _image_filler(paths, size, progress)
+    fill_store(store, digests, compute)
+    return sum(store.failure(d) is not None for d in digests)
+
+
+def _image_filler(paths: Sequence[Path], size: int, progress: bool):
+    """The image store for `size` and the function that decodes positions of `paths` into it."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -201,11 +221,4 @@ def decoded_images(
         rows = np.stack(good) if good else np.zeros((0, size, size, 3), np.uint8)
         return rows, failed
 
-    fill_store(store, digests, compute)
-    failures = {pos: reason for pos, d in enumerate(digests) if (reason := store.failure(d)) is not None}
-    ok = [d for pos, d in enumerate(digests) if pos not in failures]
-    arr = store.get(ok)
-    if arr is None and ok:
-        fill_store(store, digests, compute)
-        arr = store.get(ok)
-    return (arr if arr is not None else np.zeros((0, size, size, 3), np.uint8)), failures
+    return store, compute

