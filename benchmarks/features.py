@@ -7,13 +7,13 @@ Each dataset runs with an empty cache in this process, stage by stage; prints a 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tables import RESULTS, emit
 
 from smallvision.config import build_config
 from smallvision.data.cache import decoded_images
@@ -84,16 +84,10 @@ def main() -> None:
     """Run every dataset, print a table, write JSON."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--datasets", nargs="+", default=["hymenoptera", "monkeys10"])
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "features.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "features.json")
     args = ap.parse_args()
     rows = [bench(name) for name in args.datasets]
-    cols = list(rows[0])
-    print(" | ".join(f"{c:>12}" for c in cols))
-    for row in rows:
-        print(" | ".join(f"{row[c]!s:>12}" for c in cols))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

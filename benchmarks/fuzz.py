@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tables import RESULTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fuzzing import (  # noqa: E402
@@ -69,7 +70,7 @@ def main() -> None:
     """Fuzz every target; print a table; write JSON."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--examples", type=int, default=3000)
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "fuzz.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "fuzz.json")
     args = ap.parse_args()
     rows = [run(name, strategy, target, args.examples) for name, (strategy, target) in TARGETS.items()]
     print(f"{'target':<36} {'inputs':>8} {'crashes':>8} {'seconds':>8}")

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import RESULTS
+
 import smallvision
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -33,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--datasets", nargs="+", default=["hymenoptera", "monkeys10"])
     ap.add_argument("--recipes", nargs="+", default=list(PLANS), help="names from: " + ", ".join(PLANS))
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "recipes.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "recipes.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []

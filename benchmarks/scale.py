@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tables import RESULTS, emit
 
 CLASSES = 10
 PHASE = r"""
@@ -93,7 +94,7 @@ def main() -> None:
     """Every size, every phase; print a table; write JSON."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 20000])
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "scale.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "scale.json")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,13 +115,7 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
-    cols = list(rows[0])
-    print(" | ".join(f"{c:>14}" for c in cols))
-    for row in rows:
-        print(" | ".join(f"{row[c]!s:>14}" for c in cols))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

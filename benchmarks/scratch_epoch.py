@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import RESULTS, emit
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
 KERAS_AUG = [
@@ -97,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--keras-python", help="a Python with tensorflow and tf-keras installed")
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "scratch_epoch.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "scratch_epoch.json")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,13 +121,7 @@ def main() -> None:
     for row in rows:
         ours = next(r for r in rows if r["contender"] == "smallvision" and r["augmentation"] == row["augmentation"])
         row["vs_smallvision"] = round(row["s_per_epoch"] / ours["s_per_epoch"], 2)
-    cols = list(rows[0])
-    print(" | ".join(f"{c:>24}" for c in cols))
-    for row in rows:
-        print(" | ".join(f"{row[c]!s:>24}" for c in cols))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

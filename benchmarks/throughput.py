@@ -9,13 +9,13 @@ resnet50 has no offline weights here, so it runs with random ones (speed does no
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import timm
 import torch
+from tables import RESULTS, emit
 
 from smallvision.models.backbone import build_backbone
 from smallvision.models.inference import inference_form
@@ -71,16 +71,10 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batches", type=int, default=3, help="batches per measurement")
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "throughput.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "throughput.json")
     args = ap.parse_args()
     rows = [bench(name, args.rounds, args.batches) for name in args.backbones]
-    cols = list(rows[0])
-    print(" | ".join(f"{c:>18}" for c in cols))
-    for row in rows:
-        print(" | ".join(f"{row[c]!s:>18}" for c in cols))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

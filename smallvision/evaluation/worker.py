@@ -108,8 +108,10 @@ def _figures(arrays, **args: Any) -> None:
 def main() -> None:
     """Worker loop: import the heavy libraries at once, then answer one JSON request per line until stdin closes."""
     import logging
+    import os
     import traceback
 
+    os.nice(10)  # the run's own work comes first; the worker takes the idle core
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import matplotlib.figure  # noqa: F401  (imported now, while the parent trains)
     import sklearn.metrics  # noqa: F401
