@@ -188,7 +188,7 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     from smallvision.data.decode import RESIZE_POLICY
     from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.recipes import RECIPES, start_early
+    from smallvision.training.recipes import RECIPES
 
     if resume is not None:
         saved = Path(resume) / "config.yaml"
@@ -201,7 +201,6 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
     d = cfg.data
     index = _scan(cfg)
-    start_early(cfg, index)
     check_summary = _precheck(index, strict)
     outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
     if not is_rank_zero():

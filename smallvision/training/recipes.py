@@ -44,14 +44,6 @@ def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
     return [resolve_weights(name, cfg.model.weights) for name in names]
 
 
-def start_early(cfg: RunConfig, index: DatasetIndex) -> None:
-    """Start building the backbones a features stage will compute with, while the caller checks the data."""
-    if cfg.recipe.name in ("features", "finetune", "unfreeze", "auto"):
-        from smallvision.training.features import start_building
-
-        start_building(resolve_specs(cfg), cfg.model.pool, cfg.data.image_size, [it.digest for it in index.items])
-
-
 def _weights_info(spec: WeightsSpec) -> dict:
     return {"source": spec.source, "detail": spec.detail, "fingerprint": spec.fingerprint}
 
