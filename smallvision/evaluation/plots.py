@@ -85,12 +85,20 @@ def per_class(per_class_metrics: dict[str, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+TOP_LOSSES = 9
+
+
+def worst(labels: np.ndarray, probs: np.ndarray, k: int = TOP_LOSSES) -> np.ndarray:
+    """Positions of the `k` images with the highest loss, worst first."""
+    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))
+    return np.argsort(-loss)[:k]
+
+
 def top_losses(
-    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path, k: int = 9
+    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path, k: int = TOP_LOSSES
 ) -> Path:
     """The most confidently wrong images, with true and predicted labels."""
-    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))
-    order = np.argsort(-loss)[:k]
+    order = worst(labels, probs, k)
     cols = 3
     rows = max(1, int(np.ceil(len(order) / cols)))
     fig, axes = _subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)

@@ -42,13 +42,14 @@ def figures_for_run(
     """A finished training run's figures from plain values (what the report worker receives)."""
     from smallvision.config import build_config, load_config
     from smallvision.data.cache import decoded_images
+    from smallvision.evaluation.plots import worst
 
     cfg = build_config(load_config(config), str(config))
     labels = np.asarray(val_labels, dtype=np.int64)
     keep = np.arange(len(labels))
     if val_probs is not None and len(labels) > 16:  # decode only what the figures show, not the whole split
-        loss = -np.log(np.clip(val_probs[keep, labels], 1e-12, 1))
-        keep = np.unique(np.concatenate([np.argsort(-loss)[:9], np.linspace(0, len(labels) - 1, 4).astype(int), [0]]))
+        shown = [worst(labels, val_probs), np.linspace(0, len(labels) - 1, 4).astype(int), [0]]
+        keep = np.unique(np.concatenate(shown))
         val_probs = val_probs[keep]
     images, failed = decoded_images(
         [Path(val_paths[i]) for i in keep], [val_digests[i] for i in keep], cfg.data.image_size, progress=False

@@ -45,11 +45,12 @@ class InferenceForm:
     dtype: torch.dtype
     batch_size: int
     steps: list[str]
+    fixed_batch: bool = False  # traced: pad short batches so the trace never re-specializes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs for one batch (padded to the traced batch size, so the trace never re-specializes)."""
+        """Outputs for one batch."""
         n = len(x)
-        if n < self.batch_size and "traced and frozen" in self.steps:
+        if n < self.batch_size and self.fixed_batch:
             x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
         x = x.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -90,7 +91,7 @@ def inference_form(
     example = example.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         reference = module(example[:2])
-    net = module.to(dtype=dtype, memory_format=torch.channels_last)
+    net = copy.deepcopy(module).to(dtype=dtype, memory_format=torch.channels_last)
     steps = [precision, "channels_last"]
     try:
         with warnings.catch_warnings(), torch.inference_mode():
@@ -99,11 +100,11 @@ def inference_form(
             x = example.to(dtype)
             traced = torch.jit.freeze(torch.jit.trace(net, x, check_trace=False))  # freezing folds BatchNorm
             if _agrees(traced(x)[:2], reference, tolerance):
-                return InferenceForm(traced, torch.device("cpu"), dtype, batch_size, steps + ["traced and frozen"])
+                steps.append("traced and frozen")
+                return InferenceForm(traced, torch.device("cpu"), dtype, batch_size, steps, fixed_batch=True)
     except Exception as e:  # eager is always correct, only slower
         log.debug("TorchScript tracing skipped: %s", e)
-    module.float()
-    run: Callable | None = None
+    run: Callable = net
     try:
         fused = _fold_batchnorm(module).to(dtype=dtype, memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -111,8 +112,6 @@ def inference_form(
                 run, steps = fused, steps + ["batchnorm folded"]
     except Exception as e:  # architectures torch.fx cannot trace keep their BatchNorm layers
         log.debug("BatchNorm folding skipped: %s", e)
-    if run is None:
-        run = module.to(dtype=dtype, memory_format=torch.channels_last)
     return InferenceForm(run, torch.device("cpu"), dtype, batch_size, steps)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -130,9 +131,9 @@ class ActivationViews:
     others: dict[str, torch.Tensor]
     augmented: bool
 
-    @property
+    @cached_property
     def model(self) -> FromActivations:
-        """The module Lightning trains."""
+        """The module Lightning trains (one wrapper around the split's classifier)."""
         return FromActivations(self.split)
 
     def datasets(self, seed: int) -> tuple[Dataset, Dataset, Sampler]:
@@ -142,9 +143,9 @@ class ActivationViews:
         val = _Views(self.others["val"][None], self.labels["val"])
         return train, val, ViewShuffle(len(train.labels), len(views), seed)
 
-    def probabilities(self, model: FromActivations, batch_size: int = 256) -> dict[str, np.ndarray]:
+    def probabilities(self, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Class probabilities of every split from its unaugmented activations."""
-        model.eval()
+        model = self.model.eval()
         out = {}
         with torch.inference_mode():
             for split, acts in {"train": self.train[0], **self.others}.items():

@@ -123,14 +123,15 @@ def cached_features(
 
         def compute(positions: list[int], spec=spec, state=state) -> tuple[np.ndarray, dict[int, str]]:
             with ThreadPoolExecutor(1) as background:
+                building = None
                 if "form" not in state:
                     log.info("building backbone %s (%s) for uncached images", spec.backbone, spec.detail)
-                    state["pending"] = background.submit(_prepare, spec, pool, image_size, batch_size)
+                    building = background.submit(_prepare, spec, pool, image_size, batch_size)
                 images, failed = decoded_images(
                     [paths[p] for p in positions], [digests[p] for p in positions], image_size, progress=progress
                 )
-                if "form" not in state:
-                    state["backbone"], state["form"] = state.pop("pending").result()
+                if building is not None:
+                    state["backbone"], state["form"] = building.result()
             feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
             return feats, {positions[i]: reason for i, reason in failed.items()}
 

@@ -140,17 +140,13 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
 
 def run_features(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
     """`features`: run each frozen backbone once per image (cached), then train only a dense head."""
-    import torch
 
     from smallvision.training.features import backbone_state
 
     notes = ["recipe features: only a dense head trains; the pretrained backbone is frozen and cached"]
     fs = _feature_stage(cfg, index, progress, notes)
-    probs, labels = {}, {}
-    with torch.inference_mode():
-        for split, (x, y) in fs.by_split.items():
-            probs[split] = fs.head(torch.from_numpy(x)).softmax(1).numpy()
-            labels[split] = y
+    probs = _feature_probs(fs)
+    labels = {split: y for split, (_, y) in fs.by_split.items()}
     state: dict = {}
     cards = []
     for i, spec in enumerate(fs.specs):
@@ -289,7 +285,7 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
     res = run_stage(stage, model, groups, data, cfg, r.epochs, stage_dir, progress, views=views)
     notes.append(f"stage {stage}: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
     trainable = ["all"] if specs is None else ["head"]
-    probs = views.probabilities(views.model) if views is not None else None
+    probs = views.probabilities() if views is not None else None
     return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
 
 
@@ -389,7 +385,7 @@ def _two_stage(
             f"{fs.best_accuracy:.4f} for features alone"
         )
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
-    probs = views.probabilities(views.model) if views is not None else None
+    probs = views.probabilities() if views is not None else None
     return _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)
 
 
@@ -435,9 +431,7 @@ def _activation_views(cfg: RunConfig, model, data, notes: list[str], progress: b
         f"activation cache: the frozen layers below the trainable blocks ran once for {what} "
         f"({need / 1e6:.0f} MB, {precision}); training runs only the trainable blocks and the head"
     )
-    return compute_views(
-        split, data, transform if augmented else None, views, precision, cfg.seed, batch_size=32, progress=progress
-    )
+    return compute_views(split, data, transform if augmented else None, views, precision, cfg.seed, progress=progress)
 
 
 def _cache(fs: _FeatureStage) -> dict:
