@@ -6,10 +6,12 @@ without building a network. Loading (`load_state_into`) checks every tensor's sh
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +86,49 @@ def _timm_version() -> str:
     return importlib.metadata.version("timm")
 
 
+def known_backbones() -> list[str]:
+    """timm's architecture names (deprecated aliases included), kept in the cache per timm version.
+
+    Importing timm takes seconds here, so a warm run that names a valid backbone reads the list from the cache.
+    """
+    from smallvision import atomic
+    from smallvision.data.cache import cache_root
+
+    path = cache_root() / "timm-models" / f"timm-{_timm_version()}.json"
+    try:
+        names = json.loads(path.read_text())
+        if isinstance(names, list) and names:
+            return names
+    except (OSError, ValueError):
+        pass
+    import timm
+    from timm.models import get_deprecated_models
+
+    names = sorted(set(timm.list_models()) | set(get_deprecated_models()))
+    atomic.write_json(path, names)
+    return names
+
+
+def check_backbone(name: str) -> None:
+    """Refuse a name timm does not know before anything loads, suggesting the closest architecture."""
+    if name in BUNDLED:
+        return
+    arch = name.split(".", 1)[0]  # timm accepts architecture.pretrained_tag
+    names = known_backbones()
+    if arch in names:
+        return
+    close = difflib.get_close_matches(arch, names, n=3)
+    hint = f"did you mean {close[0]}?" if close else "timm has no architecture of a similar name."
+    also = f"also close: {', '.join(close[1:])}; " if len(close) > 1 else ""
+    raise SmallvisionError(f"unknown backbone {name!r}; {hint} ({also}timm.list_models() lists every architecture)")
+
+
 def resolve_weights(backbone: str, weights: str | None = None) -> WeightsSpec:
-    """Pick the weights source for `backbone`: an explicit file, 'hub', 'random', or the best default."""
+    """Pick the weights source for `backbone`: an explicit file, 'hub', 'random', or the best default.
+
+    An unknown backbone name is refused first, so a typo never reads as a missing download.
+    """
+    check_backbone(backbone)
     if weights == "random":
         return WeightsSpec(backbone, "random", "random init (NOT pretrained)", None, "random", None, None)
     if weights == "hub":

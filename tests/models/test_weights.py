@@ -98,3 +98,19 @@ def test_missing_bundled_package_is_named(monkeypatch):
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(SmallvisionError, match="not found"):
         W.resolve_weights("resnet18", str(tmp_path / "nope.pth"))
+
+
+def test_mistyped_backbone_gets_did_you_mean_before_anything_loads(shapes_data, tmp_path, monkeypatch):
+    from smallvision import api
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded for an unknown backbone")
+
+    monkeypatch.setattr(W, "load_pretrained", no_loading)
+    with pytest.raises(SmallvisionError) as err:
+        api.train(shapes_data, recipe="features", backbone="resnet5", out=tmp_path / "run", report=False)
+    assert "unknown backbone 'resnet5'; did you mean resnet50?" in str(err.value)
+    assert "internet" not in str(err.value)
+    with pytest.raises(SmallvisionError, match=r"'efficentnet_lite0'; did you mean efficientnet_lite0\?"):
+        W.resolve_weights("efficentnet_lite0", "random")
+    assert W.resolve_weights("resnet50.a1_in1k", "hub").backbone == "resnet50.a1_in1k"  # name.tag is a timm name
