@@ -213,10 +213,8 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
     import torch
 
-    from smallvision.training.distributed import world_devices
-
-    devices = world_devices(cfg)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{devices} (DDP)" if devices > 1 else "")
+    world = outcome.world_size  # what really trained: the features path never runs distributed
+    device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{world} (DDP)" if world > 1 else "")
     weights = "; ".join(f"{b.name}: {b.weights['detail']}" for b in outcome.backbones)
     summary: dict[str, Any] = {
         "val_accuracy": metrics["val"]["accuracy"],
@@ -226,6 +224,7 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         "backbone": cfg.model.backbone,
         "weights": weights,
         "device": device,
+        "world_size": world,
         "best_epoch": outcome.best_epoch,
         "data": {
             "root": str(index.root),

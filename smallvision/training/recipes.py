@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ class RecipeOutcome:
     notes: list[str] = field(default_factory=list)
     cache: dict[str, int] = field(default_factory=dict)
     trainable: list[str] = field(default_factory=list)
+    world_size: int = 1  # processes that really trained (Lightning's world size); the features path runs one
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -286,7 +287,8 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
     notes.append(f"stage {stage}: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
     trainable = ["all"] if specs is None else ["head"]
     probs = views.probabilities() if views is not None else None
-    return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
+    outcome = _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
+    return replace(outcome, world_size=res.world_size)
 
 
 def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
@@ -376,9 +378,10 @@ def _two_stage(
         )
         for b in model.backbones:
             freeze(b, 0)
-        return _finish(
+        outcome = _finish(
             model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), _feature_probs(fs)
         )
+        return replace(outcome, world_size=res.world_size)  # the fine-tuning stage ran, on this many processes
     if budget_check:
         notes.append(
             f"auto: chose the fine-tuned model: val accuracy {res.best_accuracy:.4f} vs "
@@ -386,7 +389,8 @@ def _two_stage(
         )
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
     probs = views.probabilities() if views is not None else None
-    return _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)
+    outcome = _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)
+    return replace(outcome, world_size=res.world_size)
 
 
 def _feature_probs(fs: _FeatureStage) -> dict[str, np.ndarray]:
