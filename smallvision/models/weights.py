@@ -141,7 +141,9 @@ def resolve_weights(backbone: str, weights: str | None = None) -> WeightsSpec:
             )
         if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):
             raise SmallvisionError(f"weights file {path}: expected .safetensors, .pth, .pt or .bin")
-        return WeightsSpec(backbone, "file", str(path), str(path), _file_fingerprint(path), None, None)
+        fingerprint = _file_fingerprint(path)
+        mean, std = _file_normalization(backbone, path, fingerprint)
+        return WeightsSpec(backbone, "file", str(path), str(path), fingerprint, mean, std)
     if backbone in BUNDLED:
         found = _bundled_path(backbone)
         if found is not None:
@@ -149,6 +151,55 @@ def resolve_weights(backbone: str, weights: str | None = None) -> WeightsSpec:
             mean, std = HALF_NORMALIZATION
             return WeightsSpec(backbone, "bundled", detail, str(path), _file_fingerprint(path), mean, std)
     return WeightsSpec(backbone, "hub", f"timm hub ({backbone})", None, f"hub:{_timm_version()}", None, None)
+
+
+def kernel_fingerprint(state: dict[str, Any]) -> str:
+    """A content fingerprint of a state dict's convolution kernels (4-D tensors), blind to names, order and heads.
+
+    The same weights re-saved under other names, in another file format, or without their classifier keep the same
+    fingerprint.
+    """
+    import torch
+
+    digests = []
+    for value in state.values():
+        if getattr(value, "ndim", 0) == 4:
+            t = value.detach().cpu().contiguous()
+            h = hashlib.blake2b(f"{t.dtype}{tuple(t.shape)}".encode(), digest_size=16)
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digests.append(h.hexdigest())
+    return hashlib.blake2b("".join(sorted(digests)).encode(), digest_size=16).hexdigest()
+
+
+def _file_normalization(backbone: str, path: Path, fingerprint: str) -> tuple[tuple | None, tuple | None]:
+    """The mean/std a weights file wants: the measured Lite ones when it holds the bundled Lite weights (by content).
+
+    Anything else gets its architecture's timm default (see normalization_for), with a warning for a Lite
+    architecture. The answer is kept in the cache per file fingerprint, so a warm run reads it without torch.
+    """
+    if backbone not in BUNDLED:
+        return None, None
+    from smallvision import atomic
+    from smallvision.data.cache import cache_root
+
+    record = cache_root() / "weights-normalization" / f"{backbone}-{fingerprint}.json"
+    try:
+        same = bool(json.loads(record.read_text())["bundled"])
+    except (OSError, ValueError, KeyError, TypeError):
+        bundled = _bundled_path(backbone)
+        same = bundled is not None and kernel_fingerprint(read_state_dict(path)) == kernel_fingerprint(
+            read_state_dict(bundled[0])
+        )
+        atomic.write_json(record, {"bundled": same})
+    if same:
+        return HALF_NORMALIZATION
+    log.warning(
+        "%s: not the bundled %s weights (its convolution kernels differ), so inputs get the architecture's timm "
+        "normalization; the bundled Lite weights want mean/std 0.5",
+        path,
+        backbone,
+    )
+    return None, None
 
 
 def _unavailable(spec: WeightsSpec, error: Exception) -> SmallvisionError:
