@@ -28,3 +28,13 @@ def test_device_label_says_ddp_only_when_ddp_ran(features_devices2):
     metrics = api.read_metrics(features_devices2)
     assert metrics["device"] in ("cpu", "cuda") and "DDP" not in metrics["device"]
     assert metrics["world_size"] == 1
+
+
+def test_reported_metrics_are_the_saved_models(shapes_data, tmp_path):
+    run = api.train(shapes_data, recipe="features", image_size=64, epochs=5, out=tmp_path / "run", report=False)
+    for split in ("val", "test"):
+        saved = api.evaluate(run.model_dir, shapes_data, split=split)
+        reported = run.metrics[split]
+        assert saved["n"] == reported["n"]
+        assert saved["accuracy"] == reported["accuracy"]
+        assert saved["loss"] == pytest.approx(reported["loss"], rel=1e-5, abs=1e-6), split

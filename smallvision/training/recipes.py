@@ -49,7 +49,9 @@ def _weights_info(spec: WeightsSpec) -> dict:
     return {"source": spec.source, "detail": spec.detail, "fingerprint": spec.fingerprint}
 
 
-def _split_arrays(values: np.ndarray, items, splits=SPLITS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _split_arrays(
+    values: np.ndarray, items, splits=SPLITS, need=("train", "val")
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     labels = np.array([it.label for it in items], dtype=np.int64)
     names = np.array([it.split for it in items])
     out = {}
@@ -57,7 +59,7 @@ def _split_arrays(values: np.ndarray, items, splits=SPLITS) -> dict[str, tuple[n
         mask = names == split
         if mask.any():
             out[split] = (np.asarray(values[mask]), labels[mask])
-    for split in ("train", "val"):
+    for split in need:
         if split not in out:
             raise SmallvisionError(f"no usable {split} images left after skipping unreadable files")
     return out
@@ -113,6 +115,7 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
         f"{cached.unique - cached.computed} from the feature cache)"
     )
     by_split = _split_arrays(cached.features, cached.items)
+    _saved_model_features(cfg, index, specs, cached, by_split, progress, notes)
     torch.manual_seed(cfg.seed)
     head = Head(cached.features.shape[1], len(index.classes), cfg.model.dropout, cfg.model.hidden)
     if cfg.recipe.init_from:
@@ -137,6 +140,31 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     best = result.history[result.best_epoch - 1]["val_accuracy"]
     notes.append(f"stage features: best epoch {result.best_epoch} of {r.epochs} (val accuracy {best:.4f})")
     return _FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
+
+
+def _saved_model_features(cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list) -> None:
+    """Give val and test the fp32 features the saved model computes, so the reported numbers are that model's.
+
+    Training features stay in the fast precision (bf16 here): on hymenoptera its val metrics differed from the saved
+    model's. fp32 features are cached like the others, so a warm run only reads them.
+    """
+    from smallvision.training.features import cached_features, feature_precision
+
+    fast = feature_precision()
+    if fast == feature_precision("fp32"):
+        return
+    held = [it for it in cached.items if it.split in ("val", "test")]
+    exact = cached_features(
+        held, specs, cfg.data.image_size, cfg.model.pool, progress=progress, precision="fp32", built=cached.built
+    )
+    cached.built.update(exact.built)
+    index.drop(exact.failures)
+    for split, (x, y) in _split_arrays(exact.features, exact.items, ("val", "test"), need=()).items():
+        by_split[split] = (x, y)
+    notes.append(
+        f"stage features: val/test features computed in fp32, as the saved model computes them (training features "
+        f"in {fast}), so the reported val/test numbers are the saved model's"
+    )
 
 
 def run_features(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
