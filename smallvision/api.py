@@ -327,7 +327,7 @@ def compare(
     """Run several recipes (and/or a sweep grid) on the same split and seed; choose on validation; test once.
 
     Writes COMPARE_DIR/results.csv, results.md, figures/, report.html and runs/<run>/; finished runs are skipped
-    and interrupted ones resumed when the same compare is run again.
+    and interrupted ones resumed when the same compare is run again, and refused when left by other settings.
     """
     from smallvision.comparison import parse_sweep, run_compare
 
