@@ -213,10 +213,8 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
     import torch
 
-    from smallvision.training.distributed import world_devices
-
-    devices = world_devices(cfg)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{devices} (DDP)" if devices > 1 else "")
+    world = outcome.world_size  # what really trained: the features path never runs distributed
+    device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{world} (DDP)" if world > 1 else "")
     weights = "; ".join(f"{b.name}: {b.weights['detail']}" for b in outcome.backbones)
     summary: dict[str, Any] = {
         "val_accuracy": metrics["val"]["accuracy"],
@@ -226,6 +224,7 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         "backbone": cfg.model.backbone,
         "weights": weights,
         "device": device,
+        "world_size": world,
         "best_epoch": outcome.best_epoch,
         "data": {
             "root": str(index.root),
@@ -328,7 +327,7 @@ def compare(
     """Run several recipes (and/or a sweep grid) on the same split and seed; choose on validation; test once.
 
     Writes COMPARE_DIR/results.csv, results.md, figures/, report.html and runs/<run>/; finished runs are skipped
-    and interrupted ones resumed when the same compare is run again.
+    and interrupted ones resumed when the same compare is run again, and refused when left by other settings.
     """
     from smallvision.comparison import parse_sweep, run_compare
 
@@ -362,29 +361,32 @@ def evaluate(
     tta: bool = False,
     config: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a saved model on a folder of class folders (classes matched by name).
+    """Metrics of a saved model on a folder of class folders (classes matched by name), never on its training images
+    unless asked.
 
-    The split evaluated: `split` if given, else test/ if the folder has one, else val/, else every image. With
-    `config` (a run's config.yaml) the run's own split plan is repeated, so a carved test split is found again.
+    The run's config (`config`, else the config.yaml of the model's run folder) repeats the run's split plan on its
+    own data folder: its test split is evaluated, else its val split. A folder with test/ or val/ folders gives
+    those. Another single folder is scored whole only when none of its images is in the run's training split
+    (compared by content). `split` asks for one split (train, val, test) or "all" (every image). The result says
+    which split and why.
     """
     from smallvision.data.cache import decoded_images
-    from smallvision.data.scan import scan
     from smallvision.evaluation.metrics import classification_metrics
     from smallvision.prediction import probabilities
 
+    if split not in (None, "all", "train", "val", "test"):
+        raise SmallvisionError(f"split {split!r}: use train, val, test or all")
     model, card = load(model_dir)
-    index = _scan(make_config(data, config=config)) if config is not None else scan(data, carve=False)
+    index, chosen, why = _evaluation_split(Path(model_dir), Path(data), split, config)
     unknown = [c for c in index.classes if c not in card.classes]
     if unknown:
         raise SmallvisionError(
             f"{data}: class folder(s) {', '.join(unknown)} unknown to the model (it knows {', '.join(card.classes)}); "
             "rename or remove them"
         )
-    present = {it.split for it in index.items}
-    chosen = split or next((s for s in ("test", "val") if s in present), "train")
-    items = [it for it in index.items if it.split == chosen]
+    items = index.items if chosen == "all" else index.split(chosen)
     if not items:
-        raise SmallvisionError(f"{data}: no images in the {chosen} split")
+        raise SmallvisionError(f"{data}: no images in the {chosen} split ({why})")
     images, failed = decoded_images(
         [it.path for it in items], [it.digest for it in items], card.image_size, progress=False
     )
@@ -394,13 +396,58 @@ def evaluate(
     probs = probabilities(model, images, tta=tta)
     metrics = classification_metrics(labels, probs, card.classes)
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
-    return {
-        "data": str(index.root),
-        "split": "all" if present == {"train"} else chosen,
-        "tta": tta,
-        "skipped": skipped,
-        **metrics,
-    }
+    return {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "skipped": skipped, **metrics}
+
+
+def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: str | Path | None):
+    """(index, split name, why): which images of `data` to score, refusing to score training images unsaid."""
+    from smallvision.data.scan import scan
+
+    beside = model_dir.resolve().parent / "config.yaml"
+    run_config = Path(config) if config is not None else (beside if beside.is_file() else None)
+    found = scan(data, carve=False)
+    if split == "all":
+        return found, "all", "every image, as asked (split 'all'): any training images are scored too"
+    run_data = None
+    if run_config is not None:
+        saved = (load_config(run_config).get("data") or {}).get("path")
+        run_data = Path(saved).expanduser() if saved else None
+        own = config is not None or (run_data is not None and _same_folder(run_data, data, found.root))
+        if own:
+            index = _scan(make_config(data, config=run_config))
+            present = {it.split for it in index.items}
+            chosen = split or next((s for s in ("test", "val") if s in present), "val")
+            return index, chosen, f"the run's own {chosen} split ({run_config} repeats the split made for training)"
+    present = {it.split for it in found.items}
+    if split is not None:
+        return found, split, f"the folder's {split} images, as asked"
+    held_out = next((s for s in ("test", "val") if s in present), None)
+    if held_out is not None:
+        return found, held_out, f"the folder's {held_out}/ folder"
+    if run_data is not None and run_data.exists():
+        trained = {it.digest for it in _scan(make_config(run_data, config=run_config)).split("train")}
+        seen = [it for it in found.items if it.digest in trained]
+        if not seen:
+            return found, "all", f"every image: none is in the training split of the run ({run_config}), by content"
+        raise SmallvisionError(
+            f"{data}: {len(seen)} of its {len(found.items)} images trained this model (e.g. {seen[0].path}); "
+            f"evaluate the run's own data folder {run_data} to score its held-out split, remove those images, "
+            "or pass --split all to score every image anyway"
+        )
+    raise SmallvisionError(
+        f"{data} is one folder of class folders and nothing says which of its images trained the model "
+        f"(no config.yaml in {model_dir.resolve().parent}); pass --config RUN/config.yaml to evaluate that run's "
+        "own test/val split, or --split all to score every image, training images included"
+    )
+
+
+def _same_folder(run_data: Path, *given: Path) -> bool:
+    """True when the run's data folder is one of the given folders (paths resolved)."""
+    try:
+        target = run_data.resolve()
+        return any(target == Path(g).expanduser().resolve() for g in given)
+    except OSError:
+        return False
 
 
 def predict_imagenet(

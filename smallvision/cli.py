@@ -183,7 +183,16 @@ def check(
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder")],
     data: Annotated[Path, typer.Argument(help="Folder of class folders (classes matched by name)")],
-    split: Annotated[str | None, Opt(help="train, val or test (default: test, else val, else all images)")] = None,
+    split: Annotated[
+        str | None,
+        Opt(
+            help="train, val, test, or all (every image, training images included). Default: the run's own test "
+            "split, else its val split; never training images unless asked"
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, Opt(help="The run's config.yaml (default: the one in the model's run folder), for its split")
+    ] = None,
     tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print all metrics as JSON")] = False,
 ) -> None:
@@ -191,11 +200,12 @@ def evaluate(
     from smallvision import api
 
     _setup_logging(True)
-    m = api.evaluate(model_dir, data, split=split, tta=tta)
+    m = api.evaluate(model_dir, data, split=split, tta=tta, config=config)
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return
     typer.echo(f"{m['data']} [{m['split']}] n={m['n']} tta={'on' if tta else 'off'}")
+    typer.echo(f"split: {m['split']}: {m['split_reason']}")
     typer.echo(f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro F1 {m['f1_macro']:.4f}")
     typer.echo(m["report"])
     for s in m["skipped"]:

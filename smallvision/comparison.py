@@ -74,6 +74,44 @@ def _markdown(rows: list[dict]) -> str:
     )
 
 
+def _resolved(cfg) -> dict[str, Any]:
+    """A run config's resolved values without its output folder, the data path made absolute."""
+    values = cfg.model_dump(mode="json", exclude={"out"})
+    values["data"]["path"] = str(Path(values["data"]["path"]).expanduser().resolve())
+    return values
+
+
+def _differences(there: dict, now: dict, prefix: str = "") -> list[str]:
+    """Every setting that differs between two nested config dicts, as 'section.key A there, B now'."""
+    out = []
+    for key in sorted(set(there) | set(now)):
+        a, b = there.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} there, {b!r} now")
+    return out
+
+
+def _refuse_other_settings(run_dir: Path, data: str | Path, plan: Plan, common: dict[str, Any]) -> None:
+    """Refuse to reuse or resume a compare run folder whose stored config resolves differently from this plan's."""
+    from smallvision import api
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    asked = _resolved(api.make_config(data, recipe=plan.recipe, **common, **plan.options))
+    there = _resolved(api.make_config(None, config=saved))
+    diff = _differences(there, asked)
+    if diff:
+        state = "finished" if (run_dir / "metrics.json").exists() else "unfinished"
+        raise SmallvisionError(
+            f"compare: {run_dir} holds a {state} run of {plan.name} with other settings ({'; '.join(diff[:6])}); "
+            f"this compare would {'reuse' if state == 'finished' else 'resume'} it as if it were the same run. "
+            f"Give this compare another --out, or delete {run_dir}"
+        )
+
+
 def run_compare(
     data: str | Path,
     out: str | Path,
@@ -90,6 +128,8 @@ def run_compare(
     start = time.perf_counter()
     grid = sweep or {}
     todo = plans(recipes, grid)
+    for plan in todo:  # before anything trains: a run folder left by another configuration is never reused
+        _refuse_other_settings(out / "runs" / plan.name, data, plan, common)
     rows, histories = [], {}
     for plan in todo:
         run_dir = out / "runs" / plan.name

@@ -149,6 +149,25 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
+def _refuse_split_named_class(root: Path, split_dirs: dict[str, Path]) -> None:
+    """A folder named like a split (train/, test/) next to folders of images is ambiguous: say so and how to fix it."""
+    if not split_dirs:
+        return
+    named = sorted(d.name for d in split_dirs.values())
+    others = [d.name for d in _subdirs(root) if d.name not in named and _has_images(d)]
+    if not others:
+        return
+    listing = ", ".join(f"{n}/" for n in others[:5]) + (" ..." if len(others) > 5 else "")
+    splits = " and ".join(f"{n}/" for n in named) + (" sit" if len(named) > 1 else " sits")
+    example = ", ".join(f"{s}/{others[0]}/" for s in dict.fromkeys(["train", *named]))
+    raise SmallvisionError(
+        f"{root}: {splits} next to folders of images ({listing}): is {' / '.join(named)} a class or a split? "
+        f"smallvision reads a folder named {' or '.join(named)} as a split, which would leave {listing} out. "
+        f"If it is a class, rename it (e.g. {named[0]}_class/). If it is a split, keep every class inside split "
+        f"folders ({example}, ...) with no class folder beside them"
+    )
+
+
 def _list_images(class_dir: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     """Image files under a class folder (recursively, symlink loops safe), sorted; other files reported."""
     out: list[Path] = []
@@ -219,6 +238,7 @@ def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) ->
 
     skipped: list[tuple[Path, str]] = []
     split_dirs = _find_split_dirs(root)
+    _refuse_split_named_class(root, split_dirs)
     if split_dirs and "train" not in split_dirs:
         raise SmallvisionError(
             f"{root}: found {', '.join(d.name + '/' for d in split_dirs.values())} but no training folder; "

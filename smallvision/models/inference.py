@@ -78,11 +78,14 @@ def inference_form(
         device = torch.device("cuda")
         net = module.to(device, memory_format=torch.channels_last)
 
+        half = precision != "fp32"
+
         def run_cuda(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.float16):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=half):
                 return net(x)
 
-        return InferenceForm(run_cuda, device, torch.float32, batch_size, ["cuda", "fp16 autocast", "channels_last"])
+        steps = ["cuda", "fp16 autocast" if half else "fp32", "channels_last"]
+        return InferenceForm(run_cuda, device, torch.float32, batch_size, steps)
 
     precision = precision or cpu_precision()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32

@@ -6,10 +6,12 @@ without building a network. Loading (`load_state_into`) checks every tensor's sh
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +86,49 @@ def _timm_version() -> str:
     return importlib.metadata.version("timm")
 
 
+def known_backbones() -> list[str]:
+    """timm's architecture names (deprecated aliases included), kept in the cache per timm version.
+
+    Importing timm takes seconds here, so a warm run that names a valid backbone reads the list from the cache.
+    """
+    from smallvision import atomic
+    from smallvision.data.cache import cache_root
+
+    path = cache_root() / "timm-models" / f"timm-{_timm_version()}.json"
+    try:
+        names = json.loads(path.read_text())
+        if isinstance(names, list) and names:
+            return names
+    except (OSError, ValueError):
+        pass
+    import timm
+    from timm.models import get_deprecated_models
+
+    names = sorted(set(timm.list_models()) | set(get_deprecated_models()))
+    atomic.write_json(path, names)
+    return names
+
+
+def check_backbone(name: str) -> None:
+    """Refuse a name timm does not know before anything loads, suggesting the closest architecture."""
+    if name in BUNDLED:
+        return
+    arch = name.split(".", 1)[0]  # timm accepts architecture.pretrained_tag
+    names = known_backbones()
+    if arch in names:
+        return
+    close = difflib.get_close_matches(arch, names, n=3)
+    hint = f"did you mean {close[0]}?" if close else "timm has no architecture of a similar name."
+    also = f"also close: {', '.join(close[1:])}; " if len(close) > 1 else ""
+    raise SmallvisionError(f"unknown backbone {name!r}; {hint} ({also}timm.list_models() lists every architecture)")
+
+
 def resolve_weights(backbone: str, weights: str | None = None) -> WeightsSpec:
-    """Pick the weights source for `backbone`: an explicit file, 'hub', 'random', or the best default."""
+    """Pick the weights source for `backbone`: an explicit file, 'hub', 'random', or the best default.
+
+    An unknown backbone name is refused first, so a typo never reads as a missing download.
+    """
+    check_backbone(backbone)
     if weights == "random":
         return WeightsSpec(backbone, "random", "random init (NOT pretrained)", None, "random", None, None)
     if weights == "hub":
@@ -98,7 +141,9 @@ def resolve_weights(backbone: str, weights: str | None = None) -> WeightsSpec:
             )
         if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):
             raise SmallvisionError(f"weights file {path}: expected .safetensors, .pth, .pt or .bin")
-        return WeightsSpec(backbone, "file", str(path), str(path), _file_fingerprint(path), None, None)
+        fingerprint = _file_fingerprint(path)
+        mean, std = _file_normalization(backbone, path, fingerprint)
+        return WeightsSpec(backbone, "file", str(path), str(path), fingerprint, mean, std)
     if backbone in BUNDLED:
         found = _bundled_path(backbone)
         if found is not None:
@@ -106,6 +151,55 @@ def resolve_weights(backbone: str, weights: str | None = None) -> WeightsSpec:
             mean, std = HALF_NORMALIZATION
             return WeightsSpec(backbone, "bundled", detail, str(path), _file_fingerprint(path), mean, std)
     return WeightsSpec(backbone, "hub", f"timm hub ({backbone})", None, f"hub:{_timm_version()}", None, None)
+
+
+def kernel_fingerprint(state: dict[str, Any]) -> str:
+    """A content fingerprint of a state dict's convolution kernels (4-D tensors), blind to names, order and heads.
+
+    The same weights re-saved under other names, in another file format, or without their classifier keep the same
+    fingerprint.
+    """
+    import torch
+
+    digests = []
+    for value in state.values():
+        if getattr(value, "ndim", 0) == 4:
+            t = value.detach().cpu().contiguous()
+            h = hashlib.blake2b(f"{t.dtype}{tuple(t.shape)}".encode(), digest_size=16)
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digests.append(h.hexdigest())
+    return hashlib.blake2b("".join(sorted(digests)).encode(), digest_size=16).hexdigest()
+
+
+def _file_normalization(backbone: str, path: Path, fingerprint: str) -> tuple[tuple | None, tuple | None]:
+    """The mean/std a weights file wants: the measured Lite ones when it holds the bundled Lite weights (by content).
+
+    Anything else gets its architecture's timm default (see normalization_for), with a warning for a Lite
+    architecture. The answer is kept in the cache per file fingerprint, so a warm run reads it without torch.
+    """
+    if backbone not in BUNDLED:
+        return None, None
+    from smallvision import atomic
+    from smallvision.data.cache import cache_root
+
+    record = cache_root() / "weights-normalization" / f"{backbone}-{fingerprint}.json"
+    try:
+        same = bool(json.loads(record.read_text())["bundled"])
+    except (OSError, ValueError, KeyError, TypeError):
+        bundled = _bundled_path(backbone)
+        same = bundled is not None and kernel_fingerprint(read_state_dict(path)) == kernel_fingerprint(
+            read_state_dict(bundled[0])
+        )
+        atomic.write_json(record, {"bundled": same})
+    if same:
+        return HALF_NORMALIZATION
+    log.warning(
+        "%s: not the bundled %s weights (its convolution kernels differ), so inputs get the architecture's timm "
+        "normalization; the bundled Lite weights want mean/std 0.5",
+        path,
+        backbone,
+    )
+    return None, None
 
 
 def _unavailable(spec: WeightsSpec, error: Exception) -> SmallvisionError:

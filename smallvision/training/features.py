@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 FEATURE_FORMAT = 1
 
 
-def feature_settings(spec: WeightsSpec, image_size: int, pool: str) -> dict:
-    """Everything a cached feature depends on besides the image's content."""
+def feature_settings(spec: WeightsSpec, image_size: int, pool: str, precision: str | None = None) -> dict:
+    """Everything a cached feature depends on besides the image's content (`precision` "fp32" asks for full)."""
     return {
         "backbone": spec.backbone,
         "weights": spec.fingerprint,
@@ -34,22 +34,22 @@ def feature_settings(spec: WeightsSpec, image_size: int, pool: str) -> dict:
         "image_size": image_size,
         "resize": RESIZE_POLICY,
         "pool": pool,
-        "precision": feature_precision(),
+        "precision": feature_precision(precision),
         "format": FEATURE_FORMAT,
     }
 
 
-def feature_store(spec: WeightsSpec, image_size: int, pool: str) -> ShardedStore:
-    """The on-disk feature cache for one backbone + weights + preprocessing."""
-    settings = feature_settings(spec, image_size, pool)
+def feature_store(spec: WeightsSpec, image_size: int, pool: str, precision: str | None = None) -> ShardedStore:
+    """The on-disk feature cache for one backbone + weights + preprocessing + precision."""
+    settings = feature_settings(spec, image_size, pool, precision)
     return ShardedStore(cache_root() / "features" / f"{spec.backbone}-{key_of(settings)}", settings)
 
 
-def feature_form(backbone, image_size: int, batch_size: int = 32):
+def feature_form(backbone, image_size: int, batch_size: int = 32, precision: str | None = None):
     """The backbone's fast inference form (see models/inference.py) at the feature cache's precision."""
     from smallvision.models.inference import inference_form
 
-    form = inference_form(backbone, (3, image_size, image_size), batch_size, feature_precision())
+    form = inference_form(backbone, (3, image_size, image_size), batch_size, precision or feature_precision())
     log.info("feature path: %s", ", ".join(form.steps))
     return form
 
@@ -63,20 +63,27 @@ def run_backbone(backbone, images: np.ndarray, batch_size: int = 32, progress: b
     return run_batches(feature_form(backbone, images.shape[1], batch_size), images, progress=progress)
 
 
-def _prepare(spec: WeightsSpec, pool: str, image_size: int, batch_size: int) -> tuple[object, object]:
-    """Build a backbone and its inference form (run in a thread while images decode: PIL releases the GIL)."""
+def _prepare(
+    spec: WeightsSpec, pool: str, image_size: int, batch_size: int, precision: str | None, built=None
+) -> tuple[object, object]:
+    """Build a backbone (unless given) and its inference form (run in a thread while images decode)."""
     from smallvision.models.backbone import build_backbone
 
-    backbone = build_backbone(spec, pool)
-    return backbone, feature_form(backbone, image_size, batch_size)
+    backbone = built if built is not None else build_backbone(spec, pool)
+    return backbone, feature_form(backbone, image_size, batch_size, precision)
 
 
-def feature_precision() -> str:
-    """The arithmetic features are computed in here: part of the cache key, since bf16 features differ slightly."""
+def feature_precision(precision: str | None = None) -> str:
+    """The arithmetic features are computed in here: part of the cache key, since bf16 features differ slightly.
+
+    The default is the fast one (bf16 on a CPU that has it, fp16 on CUDA); "fp32" is what a saved model computes.
+    """
     import torch
 
     from smallvision.models.inference import cpu_precision
 
+    if precision == "fp32":
+        return "cuda-fp32" if torch.cuda.is_available() else "fp32"
     return "cuda-fp16" if torch.cuda.is_available() else cpu_precision()
 
 
@@ -100,12 +107,15 @@ def cached_features(
     *,
     batch_size: int = 32,
     progress: bool = True,
+    precision: str | None = None,
+    built: dict[str, object] | None = None,
 ) -> CachedFeatures:
     """Features for every item, joined across backbones; the backbones are built only for cache misses.
 
     On a miss the backbone is built (timm imported, weights loaded, traced) while the images decode: measured on
     hymenoptera, cold, that overlap saves ~1 s of the ~10 s to the first epoch. (Starting the build earlier, before
-    the data check, measured 0.6 s slower: more work contending for the two cores.)
+    the data check, measured 0.6 s slower: more work contending for the two cores.) `precision` "fp32" asks for
+    the features a saved model computes; `built` offers backbones built before (keyed as CachedFeatures.built).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -115,10 +125,11 @@ def cached_features(
     paths = [it.path for it in items]
     failures: dict[str, str] = {}
     computed = 0
-    built: dict[str, object] = {}
+    given = built or {}
+    built = {}
     per_backbone = []
     for spec in specs:
-        store = feature_store(spec, image_size, pool)
+        store = feature_store(spec, image_size, pool, precision)
         state: dict = {}
 
         def compute(positions: list[int], spec=spec, state=state) -> tuple[np.ndarray, dict[int, str]]:
@@ -126,7 +137,8 @@ def cached_features(
                 building = None
                 if "form" not in state:
                     log.info("building backbone %s (%s) for uncached images", spec.backbone, spec.detail)
-                    building = background.submit(_prepare, spec, pool, image_size, batch_size)
+                    prebuilt = given.get(spec.fingerprint + spec.backbone)
+                    building = background.submit(_prepare, spec, pool, image_size, batch_size, precision, prebuilt)
                 images, failed = decoded_images(
                     [paths[p] for p in positions], [digests[p] for p in positions], image_size, progress=progress
                 )

@@ -32,11 +32,12 @@ def resolve_precision(precision: str) -> str:
 
 @dataclass
 class StageResult:
-    """A finished stage: best validation accuracy, its epoch, and the per-epoch history."""
+    """A finished stage: best validation accuracy, its epoch, the per-epoch history, and how many processes trained."""
 
     best_accuracy: float
     best_epoch: int
     history: list[dict]
+    world_size: int = 1
 
 
 def run_stage(
@@ -77,7 +78,7 @@ def run_stage(
         done = json.loads(done_path.read_text())
         _load_weights(trained, best_path)
         log.info("stage %s already finished (best val accuracy %.4f); reusing it", name, done["best_accuracy"])
-        return StageResult(done["best_accuracy"], done["best_epoch"], done["history"])
+        return StageResult(done["best_accuracy"], done["best_epoch"], done["history"], done.get("world_size", 1))
 
     r = cfg.recipe
     size = cfg.data.image_size
@@ -142,11 +143,10 @@ def run_stage(
     _load_weights(trained, Path(ckpt.best_model_path or best_path))
     rows = history.rows
     best = max(rows, key=lambda row: row["val_accuracy"]) if rows else {"val_accuracy": float("nan"), "epoch": 0}
-    result = StageResult(best["val_accuracy"], best["epoch"], rows)
+    result = StageResult(best["val_accuracy"], best["epoch"], rows, trainer.world_size)
     if trainer.is_global_zero:
-        atomic.write_json(
-            done_path, {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch, "history": rows}
-        )
+        done = {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch, "history": rows}
+        atomic.write_json(done_path, {**done, "world_size": result.world_size})
     return result
 
 

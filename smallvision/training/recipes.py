@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ class RecipeOutcome:
     notes: list[str] = field(default_factory=list)
     cache: dict[str, int] = field(default_factory=dict)
     trainable: list[str] = field(default_factory=list)
+    world_size: int = 1  # processes that really trained (Lightning's world size); the features path runs one
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -48,7 +49,9 @@ def _weights_info(spec: WeightsSpec) -> dict:
     return {"source": spec.source, "detail": spec.detail, "fingerprint": spec.fingerprint}
 
 
-def _split_arrays(values: np.ndarray, items, splits=SPLITS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _split_arrays(
+    values: np.ndarray, items, splits=SPLITS, need=("train", "val")
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     labels = np.array([it.label for it in items], dtype=np.int64)
     names = np.array([it.split for it in items])
     out = {}
@@ -56,7 +59,7 @@ def _split_arrays(values: np.ndarray, items, splits=SPLITS) -> dict[str, tuple[n
         mask = names == split
         if mask.any():
             out[split] = (np.asarray(values[mask]), labels[mask])
-    for split in ("train", "val"):
+    for split in need:
         if split not in out:
             raise SmallvisionError(f"no usable {split} images left after skipping unreadable files")
     return out
@@ -112,6 +115,7 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
         f"{cached.unique - cached.computed} from the feature cache)"
     )
     by_split = _split_arrays(cached.features, cached.items)
+    _saved_model_features(cfg, index, specs, cached, by_split, progress, notes)
     torch.manual_seed(cfg.seed)
     head = Head(cached.features.shape[1], len(index.classes), cfg.model.dropout, cfg.model.hidden)
     if cfg.recipe.init_from:
@@ -136,6 +140,31 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     best = result.history[result.best_epoch - 1]["val_accuracy"]
     notes.append(f"stage features: best epoch {result.best_epoch} of {r.epochs} (val accuracy {best:.4f})")
     return _FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
+
+
+def _saved_model_features(cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list) -> None:
+    """Give val and test the fp32 features the saved model computes, so the reported numbers are that model's.
+
+    Training features stay in the fast precision (bf16 here): on hymenoptera its val metrics differed from the saved
+    model's. fp32 features are cached like the others, so a warm run only reads them.
+    """
+    from smallvision.training.features import cached_features, feature_precision
+
+    fast = feature_precision()
+    if fast == feature_precision("fp32"):
+        return
+    held = [it for it in cached.items if it.split in ("val", "test")]
+    exact = cached_features(
+        held, specs, cfg.data.image_size, cfg.model.pool, progress=progress, precision="fp32", built=cached.built
+    )
+    cached.built.update(exact.built)
+    index.drop(exact.failures)
+    for split, (x, y) in _split_arrays(exact.features, exact.items, ("val", "test"), need=()).items():
+        by_split[split] = (x, y)
+    notes.append(
+        f"stage features: val/test features computed in fp32, as the saved model computes them (training features "
+        f"in {fast}), so the reported val/test numbers are the saved model's"
+    )
 
 
 def run_features(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
@@ -286,7 +315,8 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
     notes.append(f"stage {stage}: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
     trainable = ["all"] if specs is None else ["head"]
     probs = views.probabilities() if views is not None else None
-    return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
+    outcome = _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
+    return replace(outcome, world_size=res.world_size)
 
 
 def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
@@ -376,9 +406,10 @@ def _two_stage(
         )
         for b in model.backbones:
             freeze(b, 0)
-        return _finish(
+        outcome = _finish(
             model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), _feature_probs(fs)
         )
+        return replace(outcome, world_size=res.world_size)  # the fine-tuning stage ran, on this many processes
     if budget_check:
         notes.append(
             f"auto: chose the fine-tuned model: val accuracy {res.best_accuracy:.4f} vs "
@@ -386,7 +417,8 @@ def _two_stage(
         )
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
     probs = views.probabilities() if views is not None else None
-    return _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)
+    outcome = _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)
+    return replace(outcome, world_size=res.world_size)
 
 
 def _feature_probs(fs: _FeatureStage) -> dict[str, np.ndarray]:

@@ -134,3 +134,15 @@ def test_hymenoptera_layout_and_placeholder_gif():
     assert index.classes == ["ants", "bees"]
     assert len(index.split("train")) == 245 and len(index.split("val")) == 153
     assert any(it.path.name == "imageNotFound.gif" for it in index.items)
+
+
+@pytest.mark.parametrize("split_name", ["test", "train"])
+def test_class_folder_named_like_a_split_is_explained(tmp_path, split_name):
+    make_class_folder(tmp_path, 3, classes=("cat", "dog", split_name), seed=1)
+    with pytest.raises(SmallvisionError) as err:
+        scan(tmp_path)
+    msg = str(err.value)
+    assert f"is {split_name} a class or a split?" in msg and "cat/, dog/" in msg
+    assert f"rename it (e.g. {split_name}_class/)" in msg and f"{split_name}/cat/" in msg
+    (tmp_path / split_name).rename(tmp_path / f"{split_name}_class")
+    assert scan(tmp_path).classes == ["cat", "dog", f"{split_name}_class"]

@@ -98,3 +98,62 @@ def test_missing_bundled_package_is_named(monkeypatch):
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(SmallvisionError, match="not found"):
         W.resolve_weights("resnet18", str(tmp_path / "nope.pth"))
+
+
+def test_mistyped_backbone_gets_did_you_mean_before_anything_loads(shapes_data, tmp_path, monkeypatch):
+    from smallvision import api
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded for an unknown backbone")
+
+    monkeypatch.setattr(W, "load_pretrained", no_loading)
+    with pytest.raises(SmallvisionError) as err:
+        api.train(shapes_data, recipe="features", backbone="resnet5", out=tmp_path / "run", report=False)
+    assert "unknown backbone 'resnet5'; did you mean resnet50?" in str(err.value)
+    assert "internet" not in str(err.value)
+    with pytest.raises(SmallvisionError, match=r"'efficentnet_lite0'; did you mean efficientnet_lite0\?"):
+        W.resolve_weights("efficentnet_lite0", "random")
+    assert W.resolve_weights("resnet50.a1_in1k", "hub").backbone == "resnet50.a1_in1k"  # name.tag is a timm name
+
+
+def test_weights_file_holding_the_bundled_lite_weights_gets_their_normalization(tmp_path, shapes_data):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from smallvision import api
+    from smallvision.data.scan import scan
+    from smallvision.models.backbone import build_backbone
+    from smallvision.models.folder import read_card
+    from smallvision.training.features import cached_features
+
+    bundled = W.resolve_weights("efficientnet_lite0")
+    with_head = W.load_pretrained(bundled, keep_classifier=True).state_dict()  # timm's names, classifier included
+    save_file({k: v.contiguous() for k, v in with_head.items()}, str(tmp_path / "lite0.safetensors"))
+    torch.save(W.load_pretrained(bundled).state_dict(), tmp_path / "lite0.pth")  # timm's names, no classifier
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    reference = build_backbone(bundled).eval()
+    items = scan(shapes_data).items[:8]
+    expected = cached_features(items, [bundled], 64, "avg", progress=False).features
+    for name in ("lite0.safetensors", "lite0.pth"):
+        spec = W.resolve_weights("efficientnet_lite0", str(tmp_path / name))
+        assert spec.source == "file" and (spec.mean, spec.std) == W.HALF_NORMALIZATION
+        with torch.inference_mode():
+            assert torch.equal(build_backbone(spec).eval()(x), reference(x))
+        assert np.array_equal(cached_features(items, [spec], 64, "avg", progress=False).features, expected)
+    run = api.train(
+        shapes_data,
+        recipe="features",
+        weights=str(tmp_path / "lite0.safetensors"),
+        image_size=64,
+        epochs=2,
+        out=tmp_path / "run",
+        report=False,
+        progress=False,
+    )
+    card = read_card(run.model_dir).backbones[0]
+    assert card.mean == (0.5, 0.5, 0.5) and card.std == (0.5, 0.5, 0.5) and card.weights["source"] == "file"
+    other = W.load_pretrained(bundled).state_dict()  # other kernels: not the bundled weights, timm's default
+    other["conv_stem.weight"] = other["conv_stem.weight"] * 0.5
+    torch.save(other, tmp_path / "other.pth")
+    spec = W.resolve_weights("efficientnet_lite0", str(tmp_path / "other.pth"))
+    assert spec.mean is None and W.normalization_for(spec, W.load_pretrained(spec)) == W.IMAGENET_NORMALIZATION

@@ -1,0 +1,27 @@
+"""`compare` reuses a finished run only when it ran with the same resolved settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from smallvision import api
+from smallvision.errors import SmallvisionError
+from tests.imagegen import make_class_folder
+
+
+def test_compare_refuses_runs_left_by_other_settings(tmp_path):
+    data = make_class_folder(tmp_path / "data", 6, classes=("circle", "square"), seed=5)
+    kw = {"recipes": "features", "out": tmp_path / "cmp", "image_size": 32, "progress": False}
+    first = api.compare(data, epochs=2, **kw)
+    run = tmp_path / "cmp" / "runs" / "features"
+    assert api.read_metrics(run)["best_epoch"] <= 2 and len(first["rows"]) == 1
+    with pytest.raises(SmallvisionError) as err:
+        api.compare(data, epochs=3, **kw)
+    msg = str(err.value)
+    assert "finished run of features" in msg and "recipe.epochs 2 there, 3 now" in msg and "another --out" in msg
+    with pytest.raises(SmallvisionError, match=r"data.image_size 32 there, 48 now"):
+        api.compare(data, epochs=2, **{**kw, "image_size": 48})
+    (run / "metrics.json").unlink()  # an interrupted run with other settings is not resumed either
+    with pytest.raises(SmallvisionError, match=r"unfinished run of features.*would resume it"):
+        api.compare(data, epochs=3, **kw)
+    assert api.compare(data, epochs=2, **kw)["rows"][0]["run"] == "features"  # same settings: resumed, reused
