@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning as L
@@ -10,6 +11,8 @@ from torch import nn
 
 from smallvision.config import RecipeConfig
 from smallvision.training.schedules import make_scheduler
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float, momentum: float) -> torch.optim.Optimizer:
@@ -112,11 +115,12 @@ class History(L.Callback):
 class RngState(L.Callback):
     """Random-number-generator states in every checkpoint, so augmentation after a resume matches an unbroken run.
 
-    Stored as tensors and plain values only, so checkpoints still load with torch.load(weights_only=True).
+    Stored as tensors and plain values only, so checkpoints still load with torch.load(weights_only=True). The CUDA
+    generators (one per visible GPU; none without one) are kept too, so a GPU resume draws what an unbroken run would.
     """
 
     def state_dict(self) -> dict:
-        """The torch, numpy and Python generator states now."""
+        """The torch (CPU and every CUDA device), numpy and Python generator states now."""
         import random
 
         import numpy as np
@@ -127,6 +131,7 @@ class RngState(L.Callback):
             "torch": torch.get_rng_state(),
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": [version, list(internal), py_gauss],
+            "cuda": torch.cuda.get_rng_state_all(),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -142,3 +147,13 @@ class RngState(L.Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, internal, py_gauss = state_dict["python"]
         random.setstate((version, tuple(internal), py_gauss))
+        cuda = list(state_dict.get("cuda", []))
+        gpus = torch.cuda.device_count()
+        if len(cuda) > gpus:
+            log.warning(
+                "the checkpoint holds %d CUDA generator state(s) but %d GPU(s) are visible: only those are restored, "
+                "so GPU randomness after this resume differs from an unbroken run",
+                len(cuda),
+                gpus,
+            )
+        torch.cuda.set_rng_state_all(cuda[:gpus])
