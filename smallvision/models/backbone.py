@@ -40,10 +40,25 @@ def _timm_pool(pool: str) -> str:
     return "" if pool == "none" else pool
 
 
+def _reset_head(net: nn.Module, pool: str) -> None:
+    """Drop timm's classifier and set its global pooling; global max pooling as amax over H, W.
+
+    nn.AdaptiveMaxPool2d has no deterministic CUDA backward, so training under deterministic mode raises; timm's
+    FastAdaptiveMaxPool (x.amax over H, W: the same values, a deterministic gradient) takes its place.
+    """
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveMaxPool
+
+    net.reset_classifier(0, _timm_pool(pool))
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.AdaptiveMaxPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, FastAdaptiveMaxPool(flatten=False))
+
+
 def build_backbone(spec: WeightsSpec, pool: str = "avg") -> Backbone:
     """A backbone with its pretrained weights loaded from `spec` (classifier removed)."""
     net = load_pretrained(spec) if spec.pretrained else _bare(spec.backbone)
-    net.reset_classifier(0, _timm_pool(pool))
+    _reset_head(net, pool)
     mean, std = normalization_for(spec, net)
     return Backbone(net, mean, std, pool)
 
@@ -72,7 +87,7 @@ def bare_backbone(name: str, pool: str, mean, std, options: dict | None = None) 
         opts = options or {}
         return scratch_backbone(name, int(opts["image_size"]), bool(opts.get("batch_norm", False)))
     net = _bare(name)
-    net.reset_classifier(0, _timm_pool(pool))
+    _reset_head(net, pool)
     return Backbone(net, mean, std, pool)
 
 
