@@ -21,15 +21,23 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB images to the network's input scale."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize, run the network, pool (or flatten) to (N, features)."""
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return self.net(x).flatten(1)
+        return self.net(self.normalize(x)).flatten(1)
 
     def feature_dim(self, image_size: int) -> int:
-        """Length of the feature vector for square images of `image_size`."""
+        """Length of the feature vector for square images of `image_size`.
+
+        Pooled, it is timm's pre-logits width: `head_hidden_size` where the head has layers after the pooling
+        (MobileNetV3's conv_head: 1024 wide where num_features, the feature map's channels, is 288), else
+        `num_features`. Unpooled, it depends on the image size, so it is measured.
+        """
         if self.pool != "none":
-            return int(self.net.num_features)
+            return int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
         with torch.inference_mode():
             return int(self.forward(torch.zeros(1, 3, image_size, image_size)).shape[1])
 

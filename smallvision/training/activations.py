@@ -41,20 +41,24 @@ def _units(module: nn.Module) -> list[nn.Module]:
 
 
 def feature_chain(net: nn.Module, size: int) -> list[nn.Module] | None:
-    """The units whose application in order is `net.forward_features`, checked on a random input; None if none is."""
+    """The units whose application in order is `net.forward_features`, checked on a random input; None if none is.
+
+    The units run in order once; the chain ends at the first unit whose output is forward_features' output. A net
+    whose forward_features is not a plain sequence of its children (a ViT adds position embeddings and a class token
+    between them) has no such prefix.
+    """
     if not hasattr(net, "forward_features") or not hasattr(net, "forward_head"):
         return None
     units = _units(net)
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # global RNG untouched
     with torch.inference_mode():
         want = net.forward_features(x)
-        for end in range(len(units), max(0, len(units) - 4), -1):
+        y = x
+        for end, unit in enumerate(units, 1):
             try:
-                y = x
-                for unit in units[:end]:
-                    y = unit(y)
+                y = unit(y)
             except Exception:  # a unit that is not part of the chain (a classifier, say) fails on feature maps
-                continue
+                return None
             if y.shape == want.shape and torch.allclose(y, want, atol=1e-5):
                 return units[:end]
     return None
@@ -85,7 +89,10 @@ def boundary_split(classifier: nn.Module, size: int) -> tuple[BoundarySplit | No
     if was_training:
         classifier.train()
     if chain is None:
-        return None, f"{type(backbone.net).__name__} has no plain block sequence to cut"
+        return None, (
+            f"{type(backbone.net).__name__}'s forward_features is not a plain sequence of its blocks, so there is no "
+            "boundary to cut at"
+        )
     trains = [any(p.requires_grad for p in unit.parameters()) for unit in chain]
     k = trains.index(True) if True in trains else len(chain)
     if k == 0:
