@@ -115,12 +115,14 @@ class History(L.Callback):
 class RngState(L.Callback):
     """Random-number-generator states in every checkpoint, so augmentation after a resume matches an unbroken run.
 
-    Stored as tensors and plain values only, so checkpoints still load with torch.load(weights_only=True). The CUDA
-    generators (one per visible GPU; none without one) are kept too, so a GPU resume draws what an unbroken run would.
+    Stored as tensors and plain values only, so checkpoints still load with torch.load(weights_only=True). With a GPU
+    the training device's CUDA generator is kept too (the current device: Lightning sets it to the training device;
+    reading every GPU's state would open a CUDA context on each from one rank), so a GPU resume draws what an
+    unbroken run would.
     """
 
     def state_dict(self) -> dict:
-        """The torch (CPU and every CUDA device), numpy and Python generator states now."""
+        """The torch (CPU and the current CUDA device), numpy and Python generator states now."""
         import random
 
         import numpy as np
@@ -131,7 +133,7 @@ class RngState(L.Callback):
             "torch": torch.get_rng_state(),
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": [version, list(internal), py_gauss],
-            "cuda": torch.cuda.get_rng_state_all(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -147,13 +149,13 @@ class RngState(L.Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, internal, py_gauss = state_dict["python"]
         random.setstate((version, tuple(internal), py_gauss))
-        cuda = list(state_dict.get("cuda", []))
-        gpus = torch.cuda.device_count()
-        if len(cuda) > gpus:
+        cuda = state_dict.get("cuda")
+        if cuda is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)
+        else:
             log.warning(
-                "the checkpoint holds %d CUDA generator state(s) but %d GPU(s) are visible: only those are restored, "
-                "so GPU randomness after this resume differs from an unbroken run",
-                len(cuda),
-                gpus,
+                "the checkpoint holds a CUDA generator state but no GPU is visible: GPU randomness is not restored, "
+                "so this resume is not the run it continues"
             )
-        torch.cuda.set_rng_state_all(cuda[:gpus])
