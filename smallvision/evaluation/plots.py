@@ -147,10 +147,13 @@ def gradcam_maps(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise SmallvisionError(f"Grad-CAM does not apply to {type(net).__name__}: it has no timm feature map")
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    with torch.enable_grad():
+    with torch.no_grad():
         fmap = net.forward_features(first.normalize(x))
+        rest = [b(x) for b in others]
+    fmap.requires_grad_(True)  # gradients only through the pooling and the heads, whatever is frozen
+    with torch.enable_grad():
         feats = net.forward_head(fmap, pre_logits=True).flatten(1)
-        logits = model.head(torch.cat([feats, *(b(x) for b in others)], dim=1).float())
+        logits = model.head(torch.cat([feats, *rest], dim=1).float())
         pred = logits.argmax(1)
         (grad,) = torch.autograd.grad(logits.gather(1, pred[:, None]).sum(), fmap)
     act, grad = _spatial(net, fmap.detach()), _spatial(net, grad)

@@ -16,7 +16,10 @@ from PIL import Image
 
 import smallvision
 from smallvision.data.decode import decode_file
+from smallvision.errors import SmallvisionError
 from smallvision.evaluation.plots import gradcam, gradcam_maps
+from smallvision.models.backbone import bare_backbone, scratch_backbone
+from smallvision.models.head import Head, ImageClassifier
 from tests.imagegen import make_split_dataset
 
 NETS = [
@@ -77,3 +80,15 @@ def test_finetune_trains_the_top_blocks(few_shapes, tmp_path, name, size):
     else:
         assert cache and cache[0].startswith("activation cache: the frozen layers below the trainable blocks ran")
     assert card.head.in_features == timm.create_model(name, pretrained=False, num_classes=0).head_hidden_size
+
+
+def test_gradcam_needs_no_trainable_weights_and_refuses_a_net_without_a_map():
+    torch.manual_seed(0)
+    backbone = bare_backbone("resnet18", "avg", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    model = ImageClassifier([backbone], Head(512, CLASSES)).requires_grad_(False)  # a fully frozen model
+    images = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    cam, _ = gradcam_maps(model, images)
+    assert all(float(c.max() - c.min()) > 0.2 for c in cam)
+    scratch = scratch_backbone("small_cnn", 64, False)
+    with pytest.raises(SmallvisionError, match="Grad-CAM does not apply to SmallCNN"):
+        gradcam_maps(ImageClassifier([scratch], Head(scratch.net.num_features, CLASSES)), images)
