@@ -121,7 +121,7 @@ def inference_form(
     """The fastest correct form of `module` (left untouched) on `device` (default: inference_device()), for inputs
     of `example_shape` (CHW): autocast on a GPU (fp16 unless told), traced on the CPU."""
     device = torch.device(device) if device is not None else inference_device()
-    if device.type != "cpu":
+    if device.type != "cpu":  # the feature cache labels its GPU precision "cuda-fp16"
         return autocast_form(module, device, (precision or "fp16").removeprefix("cuda-"), example_shape, batch_size)
     module = copy.deepcopy(module).eval().requires_grad_(False)
     precision = precision or cpu_precision()
