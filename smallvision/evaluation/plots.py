@@ -116,30 +116,60 @@ def top_losses(
     return _save(fig, path)
 
 
-def gradcam(model, images: np.ndarray, classes: Sequence[str], path: Path) -> Path:
-    """Grad-CAM heat maps from the first backbone's last feature map, for the predicted class."""
+def _spatial(net, t):
+    """A timm feature map as (N, C, H, W): NHWC maps permuted, ViT-style tokens (prefix tokens dropped) laid on their
+    square grid; None when it has no spatial layout."""
+    import math
+
+    if t.dim() == 4:
+        return t.permute(0, 3, 1, 2) if getattr(net, "output_fmt", "NCHW") == "NHWC" else t
+    if t.dim() == 3:
+        tokens = t[:, int(getattr(net, "num_prefix_tokens", 0)) :]
+        side = math.isqrt(tokens.shape[1])
+        if side * side == tokens.shape[1]:
+            return tokens.transpose(1, 2).reshape(len(t), t.shape[2], side, side)
+    return None
+
+
+def gradcam_maps(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps (N, H, W) in [0, 1] for the predicted classes, and those classes.
+
+    The map is the first backbone's last feature map, timm's `forward_features` output (before any pooling or head
+    layer: MobileNetV3's conv_head comes after the pooling), weighted by the predicted logit's mean gradient.
+    """
     import torch
 
-    net = model.backbones[0].net
-    target = getattr(net, "conv_head", None) or [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    store: dict = {}
-    h1 = target.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
-    h2 = target.register_full_backward_hook(lambda m, gi, go: store.__setitem__("grad", go[0]))
+    from smallvision.errors import SmallvisionError
+
+    first, others = model.backbones[0], list(model.backbones[1:])
+    net = first.net
+    if not hasattr(net, "forward_features") or not hasattr(net, "forward_head"):
+        raise SmallvisionError(f"Grad-CAM does not apply to {type(net).__name__}: it has no timm feature map")
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    try:
-        with torch.enable_grad():
-            x.requires_grad_(True)
-            logits = model(x)
-            pred = logits.argmax(1)
-            logits.gather(1, pred[:, None]).sum().backward()
-    finally:
-        h1.remove()
-        h2.remove()
-    weights = store["grad"].mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * store["act"]).sum(1)).detach()
+    with torch.no_grad():
+        fmap = net.forward_features(first.normalize(x))
+        rest = [b(x) for b in others]
+    fmap.requires_grad_(True)  # gradients only through the pooling and the heads, whatever is frozen
+    with torch.enable_grad():
+        feats = net.forward_head(fmap, pre_logits=True).flatten(1)
+        logits = model.head(torch.cat([feats, *rest], dim=1).float())
+        pred = logits.argmax(1)
+        (grad,) = torch.autograd.grad(logits.gather(1, pred[:, None]).sum(), fmap)
+    act, grad = _spatial(net, fmap.detach()), _spatial(net, grad)
+    if act is None:
+        raise SmallvisionError(
+            f"Grad-CAM does not apply to {type(net).__name__}: its last features, shape {tuple(fmap.shape)}, have no "
+            "spatial grid"
+        )
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(1)).float()
     cam = torch.nn.functional.interpolate(cam[:, None], size=images.shape[1:3], mode="bilinear")[:, 0].numpy()
-    cam = cam / np.maximum(cam.reshape(len(cam), -1).max(1), 1e-8)[:, None, None]
+    return cam / np.maximum(cam.reshape(len(cam), -1).max(1), 1e-8)[:, None, None], pred.numpy()
+
+
+def gradcam(model, images: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Grad-CAM heat maps over the images, for the predicted class (see gradcam_maps)."""
+    cam, pred = gradcam_maps(model, images)
     fig, axes = _subplots(1, len(images), figsize=(3 * len(images), 3.3), squeeze=False)
     for ax, img, c, p in zip(axes[0], images, cam, pred.tolist(), strict=True):
         ax.imshow(img)

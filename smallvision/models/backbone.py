@@ -21,15 +21,23 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB images to the network's input scale."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize, run the network, pool (or flatten) to (N, features)."""
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return self.net(x).flatten(1)
+        return self.net(self.normalize(x)).flatten(1)
 
     def feature_dim(self, image_size: int) -> int:
-        """Length of the feature vector for square images of `image_size`."""
+        """Length of the feature vector for square images of `image_size`.
+
+        Pooled, it is timm's pre-logits width: `head_hidden_size` where the head has layers after the pooling
+        (MobileNetV3's conv_head: 1024 wide where num_features, the feature map's channels, is 288), else
+        `num_features`. Unpooled, it depends on the image size, so it is measured.
+        """
         if self.pool != "none":
-            return int(self.net.num_features)
+            return int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
         with torch.inference_mode():
             return int(self.forward(torch.zeros(1, 3, image_size, image_size)).shape[1])
 
@@ -40,10 +48,25 @@ def _timm_pool(pool: str) -> str:
     return "" if pool == "none" else pool
 
 
+def _reset_head(net: nn.Module, pool: str) -> None:
+    """Drop timm's classifier and set its global pooling; global max pooling as amax over H, W.
+
+    nn.AdaptiveMaxPool2d has no deterministic CUDA backward, so training under deterministic mode raises; timm's
+    FastAdaptiveMaxPool (x.amax over H, W: the same values, a deterministic gradient) takes its place.
+    """
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveMaxPool
+
+    net.reset_classifier(0, _timm_pool(pool))
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.AdaptiveMaxPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, FastAdaptiveMaxPool(flatten=False))
+
+
 def build_backbone(spec: WeightsSpec, pool: str = "avg") -> Backbone:
     """A backbone with its pretrained weights loaded from `spec` (classifier removed)."""
     net = load_pretrained(spec) if spec.pretrained else _bare(spec.backbone)
-    net.reset_classifier(0, _timm_pool(pool))
+    _reset_head(net, pool)
     mean, std = normalization_for(spec, net)
     return Backbone(net, mean, std, pool)
 
@@ -72,7 +95,7 @@ def bare_backbone(name: str, pool: str, mean, std, options: dict | None = None) 
         opts = options or {}
         return scratch_backbone(name, int(opts["image_size"]), bool(opts.get("batch_norm", False)))
     net = _bare(name)
-    net.reset_classifier(0, _timm_pool(pool))
+    _reset_head(net, pool)
     return Backbone(net, mean, std, pool)
 
 

@@ -6,6 +6,7 @@ convolutions (torch.fx) + bf16 weights ~215; traced and frozen by TorchScript (f
 torch.compile reached ~270 img/s after an 18.7 s compile, too slow a start for a few hundred images, so TorchScript
 is used (it warns that it is deprecated; the pinned torch still ships it). Whatever step fails for an architecture is
 skipped, never faked: the eager network is always a valid fallback, and the traced one is used only when it agrees.
+On a GPU the form is the network under autocast, likewise kept only when it agrees with the network's fp32 outputs.
 """
 
 from __future__ import annotations
@@ -69,24 +70,60 @@ def _agrees(a: torch.Tensor, b: torch.Tensor, tolerance: float) -> bool:
     return a.shape == b.shape and bool(torch.nn.functional.cosine_similarity(a, b, dim=1).min() > 1 - tolerance)
 
 
-def inference_form(
-    module: nn.Module, example_shape: tuple[int, int, int], batch_size: int = 32, precision: str | None = None
+def inference_device() -> torch.device:
+    """Where inference forms run: the GPU when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+def autocast_form(
+    module: nn.Module, device: torch.device, precision: str, example_shape: tuple[int, int, int], batch_size: int
 ) -> InferenceForm:
-    """The fastest correct form of `module` (left untouched) on this machine, for inputs of `example_shape` (CHW)."""
+    """`module` (left untouched) on `device` under `precision` autocast, kept only if it agrees with eager fp32.
+
+    The GPU form: fp16 overflows (inf/NaN) or loses too much in some networks, so a form whose outputs on a fixed
+    random batch disagree with the network's own fp32 outputs is replaced by the fp32 network, with a log note.
+    """
+    if precision not in AUTOCAST:
+        raise ValueError(f"precision {precision!r} unknown; use one of {', '.join(AUTOCAST)}")
+    net = copy.deepcopy(module).eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
+    amp = AUTOCAST[precision]
+    fp32 = InferenceForm(net, device, torch.float32, batch_size, [device.type, "fp32", "channels_last"])
+    if amp is None:
+        return fp32
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp):
+            return net(x)
+
+    example = torch.rand(2, *example_shape, generator=torch.Generator().manual_seed(0))
+    example = example.to(device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        reference, fast = net(example), run(example)
+    if _agrees(fast, reference, 0.01):
+        return InferenceForm(
+            run, device, torch.float32, batch_size, [device.type, f"{precision} autocast", "channels_last"]
+        )
+    log.info("%s autocast disagrees with the fp32 network on %s; running it in fp32 instead", precision, device.type)
+    fp32.steps.append(f"{precision} autocast disagreed with fp32")
+    return fp32
+
+
+def inference_form(
+    module: nn.Module,
+    example_shape: tuple[int, int, int],
+    batch_size: int = 32,
+    precision: str | None = None,
+    device: torch.device | str | None = None,
+) -> InferenceForm:
+    """The fastest correct form of `module` (left untouched) on `device` (default: inference_device()), for inputs
+    of `example_shape` (CHW): autocast on a GPU (fp16 unless told), traced on the CPU."""
+    device = torch.device(device) if device is not None else inference_device()
+    if device.type != "cpu":  # the feature cache labels its GPU precision "cuda-fp16"
+        return autocast_form(module, device, (precision or "fp16").removeprefix("cuda-"), example_shape, batch_size)
     module = copy.deepcopy(module).eval().requires_grad_(False)
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
-        net = module.to(device, memory_format=torch.channels_last)
-
-        half = precision != "fp32"
-
-        def run_cuda(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                return net(x)
-
-        steps = ["cuda", "fp16 autocast" if half else "fp32", "channels_last"]
-        return InferenceForm(run_cuda, device, torch.float32, batch_size, steps)
-
     precision = precision or cpu_precision()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     tolerance = 0.01 if dtype == torch.bfloat16 else 1e-4

@@ -5,6 +5,10 @@ function of the input image. So the boundary activations are computed once per i
 when augmentation is on (`cached_views` K: K augmented views per training image, one is picked per image and epoch),
 and only the top blocks and the head run during training. With augmentation off this is the same computation as the
 uncached path (tests/training/test_activations.py checks the trained weights agree).
+
+Whatever device computes them, the activations are stored in host memory (STORE) in `view_dtype(precision)`, the
+one dtype the memory estimate also counts; training batches are moved to the training device by the DataLoader
+(pinned with a GPU) and Lightning.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from torch.utils.data import Dataset, Sampler
 
 log = logging.getLogger(__name__)
 
+STORE = torch.device("cpu")
+
+
+def view_dtype(precision: str) -> torch.dtype:
+    """The dtype cached activations are stored in on every device: bf16 when training runs in bf16, else fp32."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
 
 def _units(module: nn.Module) -> list[nn.Module]:
     """Children in order, with nn.Sequential containers opened up (so single blocks can be split between)."""
@@ -30,20 +41,24 @@ def _units(module: nn.Module) -> list[nn.Module]:
 
 
 def feature_chain(net: nn.Module, size: int) -> list[nn.Module] | None:
-    """The units whose application in order is `net.forward_features`, checked on a random input; None if none is."""
+    """The units whose application in order is `net.forward_features`, checked on a random input; None if none is.
+
+    The units run in order once; the chain ends at the first unit whose output is forward_features' output. A net
+    whose forward_features is not a plain sequence of its children (a ViT adds position embeddings and a class token
+    between them) has no such prefix.
+    """
     if not hasattr(net, "forward_features") or not hasattr(net, "forward_head"):
         return None
     units = _units(net)
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # global RNG untouched
     with torch.inference_mode():
         want = net.forward_features(x)
-        for end in range(len(units), max(0, len(units) - 4), -1):
+        y = x
+        for end, unit in enumerate(units, 1):
             try:
-                y = x
-                for unit in units[:end]:
-                    y = unit(y)
+                y = unit(y)
             except Exception:  # a unit that is not part of the chain (a classifier, say) fails on feature maps
-                continue
+                return None
             if y.shape == want.shape and torch.allclose(y, want, atol=1e-5):
                 return units[:end]
     return None
@@ -74,7 +89,10 @@ def boundary_split(classifier: nn.Module, size: int) -> tuple[BoundarySplit | No
     if was_training:
         classifier.train()
     if chain is None:
-        return None, f"{type(backbone.net).__name__} has no plain block sequence to cut"
+        return None, (
+            f"{type(backbone.net).__name__}'s forward_features is not a plain sequence of its blocks, so there is no "
+            "boundary to cut at"
+        )
     trains = [any(p.requires_grad for p in unit.parameters()) for unit in chain]
     k = trains.index(True) if True in trains else len(chain)
     if k == 0:
@@ -144,12 +162,16 @@ class ActivationViews:
         return train, val, ViewShuffle(len(train.labels), len(views), seed)
 
     def probabilities(self, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Class probabilities of every split from its unaugmented activations."""
+        """Class probabilities of every split from its unaugmented activations (on the device the model is on)."""
         model = self.model.eval()
+        device = next(model.parameters()).device
         out = {}
         with torch.inference_mode():
             for split, acts in {"train": self.train[0], **self.others}.items():
-                parts = [model(acts[i : i + batch_size].float()).softmax(1) for i in range(0, len(acts), batch_size)]
+                parts = [
+                    model(acts[i : i + batch_size].to(device, torch.float32)).softmax(1).cpu()
+                    for i in range(0, len(acts), batch_size)
+                ]
                 out[split] = torch.cat(parts).numpy()
         return out
 
@@ -191,12 +213,13 @@ class ViewShuffle(Sampler[int]):
 
 
 def estimate_bytes(split: BoundarySplit, size: int, images: dict[str, int], views: int, precision: str) -> int:
-    """Memory the activations would take: per-image boundary size x (views + 1) training + 1 per other image."""
+    """Host memory the activations will take (as compute_views stores them): per-image boundary size x (views + 1)
+    training + 1 per other image, x the size of view_dtype(precision)."""
     bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k]).eval()
     with torch.inference_mode():
         per_image = bottom(torch.zeros(1, 3, size, size)).numel()
     count = images["train"] * (views + 1) + sum(n for s, n in images.items() if s != "train")
-    return per_image * count * (2 if precision == "bf16" else 4)
+    return per_image * count * torch.empty(0, dtype=view_dtype(precision)).element_size()
 
 
 def compute_views(
@@ -209,33 +232,34 @@ def compute_views(
     *,
     batch_size: int = 32,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> ActivationViews:
-    """Run the frozen part once per image (and per augmented training view) in its fast inference form."""
+    """Run the frozen part once per image (and per augmented training view) in its fast inference form on `device`
+    (default: the GPU if any); store the results in host memory as view_dtype(precision)."""
     from tqdm.auto import tqdm
 
     from smallvision.models.inference import inference_form, run_batches
 
     size = data["train"][0].shape[1]
     bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k])
-    form = inference_form(bottom, (3, size, size), batch_size, precision)
+    form = inference_form(bottom, (3, size, size), batch_size, precision, device)
     log.info("activation cache: %s, %d augmented view(s) per training image", ", ".join(form.steps), views)
-    dtype = form.dtype if form.device.type == "cpu" else torch.float32
+    dtype = view_dtype(precision)
 
     def run(images: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(run_batches(form, images, progress=False)).to(dtype)
+        return torch.from_numpy(run_batches(form, images, progress=False)).to(STORE, dtype)
 
     labels = {s: y for s, (_, y) in data.items()}
     others = {s: run(x) for s, (x, _) in data.items() if s != "train"}
     train_images = data["train"][0]
     out = [run(train_images)]
-    gen_state = torch.get_rng_state()
-    for v in tqdm(range(views if transform is not None else 0), desc="views", unit="view", disable=not progress):
-        torch.manual_seed(seed * 1_000 + v)
-        parts = []
-        for start in range(0, len(train_images), batch_size):
-            chw = torch.from_numpy(np.ascontiguousarray(train_images[start : start + batch_size])).permute(0, 3, 1, 2)
-            batch = torch.stack([transform(img) for img in chw])
-            parts.append(form(batch).to(dtype))
-        out.append(torch.cat(parts))
-    torch.set_rng_state(gen_state)
+    with torch.random.fork_rng(devices=[form.device] if form.device.type == "cuda" else []):  # caller's RNG kept
+        for v in tqdm(range(views if transform is not None else 0), desc="views", unit="view", disable=not progress):
+            torch.manual_seed(seed * 1_000 + v)
+            parts = []
+            for start in range(0, len(train_images), batch_size):
+                batch = np.ascontiguousarray(train_images[start : start + batch_size])
+                chw = torch.from_numpy(batch).permute(0, 3, 1, 2)  # augmented on the CPU, one image at a time
+                parts.append(form(torch.stack([transform(img) for img in chw])).to(STORE, dtype))
+            out.append(torch.cat(parts))
     return ActivationViews(split, torch.stack(out), labels, others, transform is not None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning as L
@@ -10,6 +11,8 @@ from torch import nn
 
 from smallvision.config import RecipeConfig
 from smallvision.training.schedules import make_scheduler
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float, momentum: float) -> torch.optim.Optimizer:
@@ -112,11 +115,14 @@ class History(L.Callback):
 class RngState(L.Callback):
     """Random-number-generator states in every checkpoint, so augmentation after a resume matches an unbroken run.
 
-    Stored as tensors and plain values only, so checkpoints still load with torch.load(weights_only=True).
+    Stored as tensors and plain values only, so checkpoints still load with torch.load(weights_only=True). With a GPU
+    the training device's CUDA generator is kept too (the current device: Lightning sets it to the training device;
+    reading every GPU's state would open a CUDA context on each from one rank), so a GPU resume draws what an
+    unbroken run would.
     """
 
     def state_dict(self) -> dict:
-        """The torch, numpy and Python generator states now."""
+        """The torch (CPU and the current CUDA device), numpy and Python generator states now."""
         import random
 
         import numpy as np
@@ -127,6 +133,7 @@ class RngState(L.Callback):
             "torch": torch.get_rng_state(),
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": [version, list(internal), py_gauss],
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -142,3 +149,13 @@ class RngState(L.Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, internal, py_gauss = state_dict["python"]
         random.setstate((version, tuple(internal), py_gauss))
+        cuda = state_dict.get("cuda")
+        if cuda is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)
+        else:
+            log.warning(
+                "the checkpoint holds a CUDA generator state but no GPU is visible: GPU randomness is not restored, "
+                "so this resume is not the run it continues"
+            )

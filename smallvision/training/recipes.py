@@ -461,7 +461,8 @@ def _activation_views(cfg: RunConfig, model, data, notes: list[str], progress: b
     what = f"{views} augmented view(s) of each training image" if augmented else "each image"
     notes.append(
         f"activation cache: the frozen layers below the trainable blocks ran once for {what} "
-        f"({need / 1e6:.0f} MB, {precision}); training runs only the trainable blocks and the head"
+        f"({need / 1e6:.0f} MB of host memory, stored as {precision}); training runs only the trainable blocks and "
+        "the head"
     )
     return compute_views(split, data, transform if augmented else None, views, precision, cfg.seed, progress=progress)
 

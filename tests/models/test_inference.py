@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from smallvision.models.backbone import build_backbone
-from smallvision.models.inference import inference_form, run_batches
+from smallvision.models.inference import autocast_form, inference_form, run_batches
 from smallvision.models.weights import resolve_weights
 
 
@@ -59,3 +59,38 @@ def test_precision_is_what_was_asked(precision):
     form = inference_form(net.eval(), (3, 12, 12), batch_size=4, precision=precision)
     assert precision in form.steps
     assert form(torch.rand(3, 3, 12, 12)).dtype == torch.float32
+
+
+class _Overflows(nn.Module):
+    """Activations far beyond fp16's range (65504): fp16 autocast turns them into inf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        nn.init.constant_(self.conv.weight, 1e4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+
+def test_autocast_form_falls_back_to_fp32_when_fp16_disagrees(caplog):
+    # The GPU form's check, run on the CPU (autocast works there too): the logic is the same on every device.
+    net = _Overflows().eval()
+    x = torch.rand(3, 3, 10, 10)
+    with caplog.at_level("INFO", logger="smallvision.models.inference"):
+        form = autocast_form(net, torch.device("cpu"), "fp16", (3, 10, 10), batch_size=4)
+    with torch.inference_mode():
+        want = net(x)
+    assert form.steps == ["cpu", "fp32", "channels_last", "fp16 autocast disagreed with fp32"]
+    assert "disagrees" in caplog.text
+    assert torch.isfinite(form(x)).all() and torch.allclose(form(x), want, rtol=1e-5)
+
+
+def test_autocast_form_is_kept_when_it_agrees():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    form = autocast_form(net.eval(), torch.device("cpu"), "bf16", (3, 12, 12), batch_size=4)
+    assert form.steps == ["cpu", "bf16 autocast", "channels_last"]
+    out = form(torch.rand(3, 3, 12, 12))
+    assert out.dtype == torch.float32 and out.device.type == "cpu"
+    assert net.training is False and all(p.requires_grad for p in net.parameters())  # the module is left untouched

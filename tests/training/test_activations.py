@@ -5,16 +5,29 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
 
 import smallvision
+from smallvision.config import AugmentConfig
 from smallvision.data.loader import EpochShuffle
+from smallvision.data.transforms import train_transform
 from smallvision.models.backbone import Backbone, build_backbone, freeze
 from smallvision.models.head import Head, ImageClassifier
 from smallvision.models.weights import resolve_weights
-from smallvision.training.activations import FromActivations, ViewShuffle, _Bottom, boundary_split, feature_chain
+from smallvision.training.activations import (
+    STORE,
+    FromActivations,
+    ViewShuffle,
+    _Bottom,
+    boundary_split,
+    compute_views,
+    estimate_bytes,
+    feature_chain,
+    view_dtype,
+)
 
 EXACT = {
     "backbone": "efficientnet_lite0",
@@ -117,3 +130,43 @@ def test_nothing_frozen_means_no_cache():
     freeze(backbone, None)
     split, why = boundary_split(ImageClassifier([backbone], Head(512, 2)), 64)
     assert split is None and "nothing below" in why
+
+
+def _resnet_split(size: int):
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    backbone = Backbone(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "avg")
+    model = ImageClassifier([backbone], Head(512, 3))
+    freeze(backbone, 1)
+    split, why = boundary_split(model, size)
+    assert split is not None, why
+    return split
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_views_live_in_host_memory_in_the_dtype_the_estimate_counts(precision):
+    # Every tensor is on the store device in view_dtype(precision) whatever device ran the frozen part (on a GPU the
+    # augmented views were left there, mixed with CPU ones), and the memory estimate is exactly what is stored.
+    size, rng = 32, np.random.default_rng(0)
+    data = {
+        s: (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 3)
+        for s, n in (("train", 6), ("val", 4), ("test", 3))
+    }
+    split = _resnet_split(size)
+    transform = train_transform(AugmentConfig(preset="light"), size)
+    before = torch.get_rng_state()
+    views = compute_views(split, data, transform, 2, precision, seed=1, batch_size=4, progress=False, device="cpu")
+    assert torch.equal(torch.get_rng_state(), before)
+    tensors = [views.train, *views.others.values()]
+    assert all(t.device == STORE and t.dtype == view_dtype(precision) for t in tensors)
+    assert views.train.shape[:2] == (3, 6) and not torch.equal(views.train[1], views.train[2])
+    counts = {s: len(y) for s, (_, y) in data.items()}
+    assert estimate_bytes(split, size, counts, 2, precision) == sum(t.nbytes for t in tensors)
+    probs = views.probabilities()
+    assert {s: p.shape for s, p in probs.items()} == {"train": (6, 3), "val": (4, 3), "test": (3, 3)}
+
+
+def test_view_dtype_follows_the_training_precision_only():
+    assert view_dtype("bf16") == torch.bfloat16
+    assert view_dtype("fp32") == torch.float32
+    assert torch.empty(0, dtype=view_dtype("bf16")).element_size() == 2
