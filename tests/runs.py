@@ -39,6 +39,23 @@ def kernel_tiles(path: Path) -> list[np.ndarray]:
     return tiles
 
 
+def assert_figures_not_blank(run_dir: Path, kernels: int) -> list[str]:
+    """Decode every figure of a run: each has several colours and no colour covers it all; the kernels figure has
+    `kernels` tiles, each of several colours. Returns the figure names."""
+    names = []
+    for png in sorted((Path(run_dir) / "figures").glob("*.png")):
+        rgb = decode_png(png)
+        colours, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
+        assert len(colours) >= 16, f"{png.name}: only {len(colours)} colours"
+        assert counts.max() < 0.97 * counts.sum(), f"{png.name}: one colour covers {counts.max() / counts.sum():.0%}"
+        names.append(png.stem)
+    tiles = kernel_tiles(Path(run_dir) / "figures" / "kernels.png")
+    assert len(tiles) == kernels, f"kernels.png shows {len(tiles)} kernels, expected {kernels}"
+    for tile in tiles:
+        assert len(np.unique(tile.reshape(-1, 3), axis=0)) >= 3, "a single-colour kernel tile"
+    return names
+
+
 def first_conv_kernels(model_dir: Path) -> int:
     """How many kernels the saved network's first Conv2d (by module order) has, capped as the figure caps them."""
     import torch

@@ -1,4 +1,4 @@
-"""The first-layer kernels figure: the first convolution by module order, every kernel up to the cap, visible."""
+"""What a user sees in a run's figures: every PNG decoded, none blank, the kernels of the first convolution."""
 
 from __future__ import annotations
 
@@ -6,11 +6,25 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 import smallvision
 from smallvision.evaluation import plots
 from smallvision.models.folder import CARD_FILE
-from tests.runs import decode_png, kernel_tiles
+from tests.runs import assert_figures_not_blank, decode_png, first_conv_kernels, kernel_tiles
+
+
+@pytest.mark.parametrize(
+    ("recipe", "options", "figures"),
+    [
+        ("scratch", {"backbone": "small_cnn", "image_size": 32}, {"augmentation"}),
+        ("features", {"image_size": 64}, set()),
+    ],
+)
+def test_every_figure_of_a_run_is_drawn(shapes_data, tmp_path, recipe, options, figures):
+    run = smallvision.train(shapes_data, recipe=recipe, epochs=2, out=tmp_path / "run", progress=False, **options)
+    names = assert_figures_not_blank(run.run_dir, first_conv_kernels(run.model_dir))
+    assert set(names) == {"curves", "confusion", "per_class", "top_losses", "kernels"} | figures
 
 
 def test_kernels_figure_shows_each_kernel_up_to_the_cap_scaled_by_its_own_size(tmp_path):
