@@ -483,7 +483,8 @@ def inspect(
     if weights_check:
         text += "\n\n" + insp.weights_check(model_dir)
     if kernels is not None:
-        text += f"\n\nkernels: {insp.kernels_figure(model_dir, kernels)}"
+        written = insp.kernels_figure(model_dir, kernels)
+        text += f"\n\nkernels: {written or 'none written: the network has no convolution layer'}"
     return text
 
 

@@ -27,21 +27,26 @@ class _WrapPad(torch.nn.Module):
 
 
 def _keras_affine(cfg: AugmentConfig, size: int) -> list:
-    """Rotation, shifts, shear and zoom as one RandomAffine, with Keras' fill behaviour at the borders."""
+    """Rotation, shifts, shear and zoom as one RandomAffine, with Keras' fill behaviour at the borders.
+
+    Shift ranges are fractions of the original width and height, as in Keras: RandomAffine takes its fraction of
+    the image it is given, so on a padded image the fraction is scaled down by size / padded size.
+    """
     if not any((cfg.rotation_range, cfg.width_shift_range, cfg.height_shift_range, cfg.shear_range, cfg.zoom_range)):
         return []
+    pad = 0 if cfg.fill_mode == "constant" else size // 2
+    of_padded = size / (size + 2 * pad)
     affine = v2.RandomAffine(
         degrees=cfg.rotation_range,
-        translate=(cfg.width_shift_range, cfg.height_shift_range)
+        translate=(cfg.width_shift_range * of_padded, cfg.height_shift_range * of_padded)
         if cfg.width_shift_range or cfg.height_shift_range
         else None,
         scale=(1 - cfg.zoom_range, 1 + cfg.zoom_range) if cfg.zoom_range else None,
         shear=cfg.shear_range or None,
         interpolation=v2.InterpolationMode.BILINEAR,
     )
-    if cfg.fill_mode == "constant":
+    if not pad:
         return [affine]
-    pad = size // 2
     padder = _WrapPad(pad) if cfg.fill_mode == "wrap" else v2.Pad(pad, padding_mode=PAD_MODES[cfg.fill_mode])
     return [padder, affine, v2.CenterCrop(size)]
 

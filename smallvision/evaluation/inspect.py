@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from smallvision.errors import SmallvisionError
 
 
@@ -106,13 +108,34 @@ def weights_check(model_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def kernels_figure(model_dir: str | Path, path: str | Path) -> Path:
-    """Write the first convolution layer's kernels (positive and negative parts) to a PNG."""
-    import torch
+def first_conv_weight(model_dir: str | Path) -> tuple[str, np.ndarray] | None:
+    """The network's first convolution by module order: (weight name, weight), or None when it has no convolution.
 
+    The model card names it, so the weight is read with numpy alone (the report worker never imports torch);
+    folders saved before the card recorded it build their network to find it.
+    """
+    from safetensors import safe_open
+
+    from smallvision.models.folder import WEIGHTS_FILE, first_conv, load_model, read_card
+
+    card = read_card(model_dir)
+    if card.first_conv is None:
+        model, _ = load_model(model_dir)
+        name = first_conv(model)
+        return None if name is None else (name, model.state_dict()[name].float().numpy())
+    path = Path(model_dir) / WEIGHTS_FILE
+    with safe_open(str(path), "np") as f:
+        if card.first_conv not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            raise SmallvisionError(f"{path} has no tensor {card.first_conv}, the first convolution its card names")
+        return card.first_conv, f.get_tensor(card.first_conv)
+
+
+def kernels_figure(model_dir: str | Path, path: str | Path) -> Path | None:
+    """Write the first convolution layer's kernels to a PNG (None when the network has no convolution)."""
     from smallvision.evaluation.plots import kernels
-    from smallvision.models.folder import load_model
 
-    model, _ = load_model(model_dir)
-    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    return kernels(first.weight, Path(path))
+    found = first_conv_weight(model_dir)
+    if found is None:
+        return None
+    name, weight = found
+    return kernels(weight, Path(path), name.removesuffix(".weight"))

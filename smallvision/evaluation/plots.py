@@ -180,19 +180,37 @@ def gradcam(model, images: np.ndarray, classes: Sequence[str], path: Path) -> Pa
     return _save(fig, path)
 
 
-def kernels(weight, path: Path, max_kernels: int = 32) -> Path:
-    """First convolution layer's kernels (a tensor or an array): positive parts (top), negative parts (bottom)."""
+KERNEL_CAP = 64
+KERNEL_COLUMNS = 8
+
+
+def kernels(weight, path: Path, name: str = "", max_kernels: int = KERNEL_CAP) -> Path:
+    """The first convolution's kernels tiled in one image, each scaled by its own max |w| so none is near-black.
+
+    Grey is 0; kernels over 3 input channels show in colour, others as their mean over input channels.
+    """
     w = weight.detach().float().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight, np.float32)
-    w = w[:max_kernels]
-    n = len(w)
-    fig, axes = _subplots(2, n, figsize=(max(6, 0.6 * n), 1.6), squeeze=False)
-    scale = max(float(np.abs(w).max()), 1e-8)
-    for j in range(n):
-        k = np.transpose(w[j], (1, 2, 0)) if w.shape[1] == 3 else w[j].mean(0)
-        for row, part in enumerate((np.clip(k, 0, None), np.clip(-k, 0, None))):
-            axes[row, j].imshow(part / scale, cmap=None if part.ndim == 3 else "gray", vmin=0, vmax=1)
-            axes[row, j].axis("off")
-    fig.suptitle("first-layer kernels: positive (top), negative (bottom)")
+    if w.ndim != 4:
+        raise ValueError(f"a convolution weight has 4 dimensions, {name or 'this one'} has shape {w.shape}")
+    total = len(w)
+    w = w[:max_kernels].astype(np.float32)
+    k = w.transpose(0, 2, 3, 1) if w.shape[1] == 3 else np.repeat(w.mean(1)[..., None], 3, axis=-1)
+    k = 0.5 + 0.5 * k / np.maximum(np.abs(k).reshape(len(k), -1).max(1), 1e-12)[:, None, None, None]
+    n, kh, kw = k.shape[:3]
+    cols = min(n, KERNEL_COLUMNS)
+    rows = -(-n // cols)
+    mosaic = np.ones((rows * (kh + 1) + 1, cols * (kw + 1) + 1, 3), np.float32)  # white lines between kernels
+    for i in range(n):
+        r, c = divmod(i, cols)
+        mosaic[1 + r * (kh + 1) : (r + 1) * (kh + 1), 1 + c * (kw + 1) : (c + 1) * (kw + 1)] = k[i]
+    width = 0.6 * cols + 0.2
+    fig, ax = _subplots(figsize=(max(width, 4.0), width * mosaic.shape[0] / mosaic.shape[1] + 0.6))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(
+        f"first convolution {name}\n{n} of {total} kernels ({kh}x{kw}), each scaled by its own max |w|; grey = 0",
+        fontsize=8,
+    )
     return _save(fig, path)
 
 

@@ -83,9 +83,8 @@ def run_figures(
 
     Only Grad-CAM needs the network; without `gradcam` (the features recipe) no backbone is built or imported.
     """
-    from safetensors import safe_open
-
     from smallvision.evaluation import plots
+    from smallvision.evaluation.inspect import first_conv_weight
 
     fig_dir = Path(run_dir) / "figures"
     out = []
@@ -104,12 +103,9 @@ def run_figures(
             model, _ = load_model(model_dir)
             pick = np.linspace(0, len(val_images) - 1, num=min(4, len(val_images))).astype(int)
             out.append(plots.gradcam(model, val_images[pick], classes, fig_dir / "gradcam.png"))
-    with safe_open(str(Path(model_dir) / "model.safetensors"), "np") as f:  # numpy: the worker never imports torch
-        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            shape = f.get_slice(key).get_shape()
-            if len(shape) == 4 and shape[1] == 3:
-                out.append(plots.kernels(f.get_tensor(key), fig_dir / "kernels.png"))
-                break
+    first = first_conv_weight(model_dir)  # named in the model card, read through numpy: no torch here
+    if first is not None:
+        out.append(plots.kernels(first[1], fig_dir / "kernels.png", first[0].removesuffix(".weight")))
     return out
 
 

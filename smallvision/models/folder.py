@@ -54,6 +54,9 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     trainable: list[str] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
+    # The weight of the network's first convolution by module order (safetensors keeps no order): the tensor the
+    # first-layer kernels figure shows, read without building the network. None in folders saved before it existed.
+    first_conv: str | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -67,15 +70,50 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def first_conv(model) -> str | None:
+    """The weight name of the network's first 2-D convolution in module order (None if it has none)."""
+    from torch import nn
+
+    return next((f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def architecture_first_conv(card: ModelCard) -> str | None:
+    """first_conv of the network a card describes, remembered per architecture in the cache folder.
+
+    The network is built once per architecture on the meta device (no memory, no weights); a warm run reads the
+    answer back and never imports timm for it.
+    """
+    import json
+
+    from smallvision.data.cache import cache_root, key_of
+
+    arch = {"backbones": [[b.name, b.pool, b.options] for b in card.backbones], "timm": card.versions.get("timm")}
+    path = cache_root() / "architectures" / f"first-conv-{key_of(arch)}.json"
+    try:
+        return json.loads(path.read_text())["first_conv"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not remembered yet (or unreadable): found again below
+    import torch
+
+    with torch.device("meta"):
+        name = first_conv(build_from_card(card))
+    atomic.write_json(path, {"architecture": arch, "first_conv": name})
+    return name
+
+
 def save_model(model, card: ModelCard, folder: str | Path) -> Path:
     """Write a network's model folder atomically (weights first, card last)."""
-    return save_state(model.state_dict(), card, folder)
+    return save_state(model.state_dict(), card.model_copy(update={"first_conv": first_conv(model)}), folder)
 
 
 def save_state(state: dict, card: ModelCard, folder: str | Path) -> Path:
-    """Write a model folder from a full state dict (weights first, card last)."""
+    """Write a model folder from a full state dict (weights first, card last); the card names the first conv."""
     from safetensors.torch import save_file
 
+    if card.first_conv is None:
+        card = card.model_copy(update={"first_conv": architecture_first_conv(card)})
+    if card.first_conv is not None and card.first_conv not in state:
+        raise SmallvisionError(f"the first convolution {card.first_conv} is not among the weights to save")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import smallvision
 from smallvision.errors import SmallvisionError
+from tests.runs import assert_figures_not_blank, first_conv_kernels
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -69,6 +70,11 @@ def test_run_report_renders_in_chromium(run, tmp_path):
     _browser(page, tmp_path, "--window-size=1200,2400", f"--screenshot={shot}")
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # a rendered page, not a blank one
+
+
+def test_every_report_figure_decodes_and_is_not_blank(run):
+    names = assert_figures_not_blank(run.run_dir, first_conv_kernels(run.model_dir))
+    assert set(names) == {"curves", "confusion", "per_class", "top_losses", "gradcam", "kernels", "augmentation"}
 
 
 def test_weights_check_flags_a_moved_frozen_layer(run, tmp_path):
