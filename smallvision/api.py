@@ -225,11 +225,11 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
     cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
-    if is_rank_zero():
-        atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
     d = cfg.data
     index = _scan(cfg)
     check_summary = _precheck(index, strict)
+    if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
+        atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
     outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
     if not is_rank_zero():
         return None

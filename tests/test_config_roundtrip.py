@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 import smallvision
 from smallvision.config import load_config
+from smallvision.errors import SmallvisionError
+from tests.imagegen import make_split_dataset
 
 TINY = {"recipe": "features", "image_size": 32, "epochs": 3, "seed": 2, "progress": False, "report": False}
 
@@ -70,3 +72,25 @@ def test_resume_from_another_folder(relative_run):
     r = smallvision.train(resume=relative_run, progress=False, report=False)
     assert r.run_dir.resolve() == relative_run.resolve()
     assert (relative_run / "metrics.json").is_file()
+
+
+def _leaky(root: Path) -> Path:
+    data = make_split_dataset(root, train=4, val=2)
+    first = sorted((data / "train" / "circle").iterdir())[0]
+    (data / "val" / "circle" / "copy.png").write_bytes(first.read_bytes())
+    return data
+
+
+@pytest.mark.parametrize("case", ["empty folder", "leak with --strict"])
+def test_a_start_that_fails_on_its_data_leaves_no_unfinished_run(tmp_path, case):
+    if case == "empty folder":
+        data, options, error = tmp_path / "empty", {}, "no|found 0|empty"
+        data.mkdir()
+    else:
+        data, options, error = _leaky(tmp_path / "data"), {"strict": True}, "appear in more than one split"
+    out = tmp_path / "run"
+    for _ in range(2):  # the second try meets the same data problem, not "holds an unfinished run; --resume it"
+        with pytest.raises(SmallvisionError, match=error) as e:
+            smallvision.train(data, out=out, progress=False, **options)
+        assert "unfinished run" not in str(e.value)
+        assert not (out / "config.yaml").exists()
