@@ -151,7 +151,7 @@ def _scan(cfg: RunConfig):
 
 
 def _run_dir(cfg: RunConfig, resume: bool) -> Path:
-    from smallvision.training.distributed import is_rank_zero
+    from smallvision.training.distributed import is_rank_zero, world_devices
 
     if cfg.out:
         out = Path(cfg.out)
@@ -165,6 +165,11 @@ def _run_dir(cfg: RunConfig, resume: bool) -> Path:
                 "or choose another --out"
             )
         return out
+    if world_devices(cfg) > 1:
+        raise SmallvisionError(
+            f"this run asks for {world_devices(cfg)} processes (--devices or torchrun): give --out, so that every "
+            "process uses the same run folder (each would pick its own runs/<data>-<recipe>-N otherwise)"
+        )
     base = Path("runs") / f"{Path(cfg.data.path).stem}-{cfg.recipe.name}"
     out, n = base, 1
     while out.exists():
