@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,47 @@ def _locate(name: str) -> tuple[str, str]:
     return owners[0], name
 
 
+# Arguments of make_config that name a config field directly, and the section they set.
+_NAMED = {
+    "recipe": ("recipe", "name"),
+    "backbone": ("model", "backbone"),
+    "weights": ("model", "weights"),
+    "image_size": ("data", "image_size"),
+    "epochs": ("recipe", "epochs"),
+}
+_WEIGHTS_WORDS = ("hub", "random")
+
+
+def _absolute(values: dict, section: str, key: str) -> None:
+    """Make a path value absolute (against the current folder), so a saved config means the same from anywhere."""
+    node = values
+    for part in section.split(".") if section else []:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return
+    value = node.get(key)
+    if isinstance(value, str | Path) and value and not (key == "weights" and value in _WEIGHTS_WORDS):
+        node[key] = os.path.abspath(os.path.expanduser(value))
+
+
+def _configure(data: str | Path | None, config: str | Path | None, **args: Any) -> tuple[dict, RunConfig]:
+    """The values a run was given (YAML file first, then arguments; paths made absolute) and its resolved config."""
+    values = load_config(config) if config else {}
+    _set(values, "data", "path", str(data) if data is not None else None)
+    for name, value in args.items():
+        if name in ("seed", "out"):
+            if value is not None:
+                values[name] = value if name == "seed" else str(value)
+            continue
+        section, key = _NAMED.get(name) or _locate(name)
+        _set(values, section, key, value)
+    if "path" not in values.get("data", {}):
+        raise SmallvisionError("no data folder given: smallvision train DATA_FOLDER (or data.path in --config)")
+    for section, key in (("data", "path"), ("model", "weights"), ("recipe", "init_from"), ("", "out")):
+        _absolute(values, section, key)
+    return values, build_config(values, str(config) if config else "options")
+
+
 def make_config(
     data: str | Path | None = None,
     *,
@@ -93,23 +135,8 @@ def make_config(
     **options: Any,
 ) -> RunConfig:
     """Resolve a run's config: YAML file first, then explicit arguments; `options` are `section.key` overrides."""
-    values = load_config(config) if config else {}
-    _set(values, "data", "path", str(data) if data is not None else None)
-    _set(values, "data", "image_size", image_size)
-    _set(values, "model", "backbone", backbone)
-    _set(values, "model", "weights", weights)
-    _set(values, "recipe", "name", recipe)
-    _set(values, "recipe", "epochs", epochs)
-    if seed is not None:
-        values["seed"] = seed
-    if out is not None:
-        values["out"] = str(out)
-    for name, value in options.items():
-        section, key = _locate(name)
-        _set(values, section, key, value)
-    if "path" not in values.get("data", {}):
-        raise SmallvisionError("no data folder given: smallvision train DATA_FOLDER (or data.path in --config)")
-    return build_config(values, str(config) if config else "options")
+    named = {"recipe": recipe, "backbone": backbone, "weights": weights, "image_size": image_size, "epochs": epochs}
+    return _configure(data, config, **named, seed=seed, out=out, **options)[1]
 
 
 def _scan(cfg: RunConfig):
@@ -124,7 +151,7 @@ def _scan(cfg: RunConfig):
 
 
 def _run_dir(cfg: RunConfig, resume: bool) -> Path:
-    from smallvision.training.distributed import is_rank_zero
+    from smallvision.training.distributed import is_rank_zero, world_devices
 
     if cfg.out:
         out = Path(cfg.out)
@@ -138,6 +165,11 @@ def _run_dir(cfg: RunConfig, resume: bool) -> Path:
                 "or choose another --out"
             )
         return out
+    if world_devices(cfg) > 1:
+        raise SmallvisionError(
+            f"this run asks for {world_devices(cfg)} processes (--devices or torchrun): give --out, so that every "
+            "process uses the same run folder (each would pick its own runs/<data>-<recipe>-N otherwise)"
+        )
     base = Path("runs") / f"{Path(cfg.data.path).stem}-{cfg.recipe.name}"
     out, n = base, 1
     while out.exists():
@@ -195,13 +227,14 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         if not saved.is_file():
             raise SmallvisionError(f"--resume {resume}: no config.yaml there; is it a run folder?")
         kwargs = {**kwargs, "config": saved, "out": resume}
-    cfg = make_config(data, **kwargs)
+    values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
-    if is_rank_zero():
-        atomic.write_text(run_dir / "config.yaml", dump_config(cfg))
+    cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
     d = cfg.data
     index = _scan(cfg)
     check_summary = _precheck(index, strict)
+    if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
+        atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
     outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
     if not is_rank_zero():
         return None

@@ -174,8 +174,15 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
     return cfg
 
 
+RESOLVED_KEY = "resolved"
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into nested plain values (validated later, after overrides)."""
+    """Read a YAML config file into nested plain values (validated later, after overrides).
+
+    A run's `resolved` section (every value it ran with, kept for people to read) is ignored: defaults are resolved
+    again from the values that were set, so any flag or recipe can override a saved config.
+    """
     import yaml
 
     path = Path(path)
@@ -191,11 +198,29 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise SmallvisionError(
             f"{path}: expected a mapping of sections (data, model, recipe), got {type(raw).__name__}"
         )
+    raw.pop(RESOLVED_KEY, None)
     return raw
 
 
-def dump_config(config: RunConfig) -> str:
-    """The fully resolved config as YAML (what `--config RUN_DIR/config.yaml` repeats)."""
+def dump_config(values: dict[str, Any], resolved: RunConfig) -> str:
+    """A run's config.yaml: the values that were set (what `--config` repeats), then every resolved value to read."""
     import yaml
 
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    try:
+        user = RunConfig.model_validate(values).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as e:
+        raise _explain(e, "config") from e
+    header = (
+        "# What this run was given. `smallvision train --config THIS_FILE` repeats it: defaults are filled in when\n"
+        "# it is loaded, and any flag (--recipe, --out, ...) overrides it.\n"
+    )
+    note = (
+        f"# {RESOLVED_KEY}: every value this run used, defaults included. For reading only: loading this file\n"
+        "# ignores it.\n"
+    )
+    return (
+        header
+        + yaml.safe_dump(user, sort_keys=False)
+        + note
+        + yaml.safe_dump({RESOLVED_KEY: resolved.model_dump(mode="json")}, sort_keys=False)
+    )

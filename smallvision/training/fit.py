@@ -30,6 +30,20 @@ def resolve_precision(precision: str) -> str:
     return "bf16-mixed" if native_bf16() else "32-true"
 
 
+def training_device() -> torch.device:
+    """The device Lightning's accelerator "auto" trains this process on: its local GPU under DDP, else the CPU."""
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype Lightning's mixed precision autocasts to for a resolved `precision` (None: full precision)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+
 @dataclass
 class StageResult:
     """A finished stage: best validation accuracy, its epoch, the per-epoch history, and how many processes trained."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -378,13 +379,12 @@ def _two_stage(
     features_state = copy.deepcopy(model.state_dict())
     views = _activation_views(cfg, model, data, notes, progress)
     if budget_check:
-        estimate = _estimate_seconds(model, data, cfg, views)
-        model.load_state_dict(features_state)
-        left = r.time_budget - (time.perf_counter() - start)
-        if estimate > left:
+        plan = _auto_plan(cfg, model, data, views, start, run_dir, notes)
+        model.load_state_dict(features_state)  # the timed steps ran BatchNorm in training mode
+        if not plan["finetune"]:
             notes.append(
-                f"auto: kept the features model; fine-tuning would take ~{estimate:.0f} s, more than the "
-                f"{max(left, 0):.0f} s left of --time-budget {r.time_budget:g}"
+                f"auto: kept the features model; fine-tuning would take ~{plan['estimate_seconds']:.0f} s, more than "
+                f"the {max(plan['seconds_left'], 0):.0f} s left of --time-budget {plan['time_budget']:g}"
             )
             model.requires_grad_(False)
             return _finish(
@@ -471,30 +471,111 @@ def _cache(fs: _FeatureStage) -> dict:
     return {"computed": fs.cached.computed, "reused": fs.cached.unique - fs.cached.computed}
 
 
-def _estimate_seconds(model, data, cfg: RunConfig, views=None) -> float:
-    """Time one training step and one validation batch; scale to the planned fine-tuning epochs."""
-    import torch
+PLAN_FILE = "auto_plan.json"
+
+
+def _auto_plan(cfg: RunConfig, model, data, views, start: float, run_dir: Path, notes: list[str]) -> dict:
+    """`auto`'s fine-tune decision: made once by rank 0, recorded in checkpoints/auto_plan.json, reused on resume.
+
+    A rerun of the same folder and every DDP rank thus follow the same plan, whatever a clock would say now.
+    """
+    from smallvision.training.distributed import rank_zero_decision
 
     r = cfg.recipe
+
+    def decide() -> dict:
+        estimate = _estimate_seconds(model, data, cfg, views)
+        left = r.time_budget - (time.perf_counter() - start)
+        return {
+            "finetune": estimate["seconds"] <= left,
+            "estimate_seconds": round(estimate["seconds"], 3),
+            "seconds_left": round(left, 3),
+            "time_budget": r.time_budget,
+            **{k: v for k, v in estimate.items() if k != "seconds"},
+        }
+
+    path = run_dir / "checkpoints" / PLAN_FILE
+    plan, recorded = rank_zero_decision(path, decide)
+    choice = "fine-tune" if plan["finetune"] else "keep the features model"
+    notes.append(
+        f"auto: {'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: {choice} "
+        f"(estimated {plan['estimate_seconds']:.1f} s on {plan['device']} at {plan['precision']}, "
+        f"{plan['seconds_left']:.1f} s of --time-budget {plan['time_budget']:g} left when decided)"
+    )
+    return plan
+
+
+def _estimate_seconds(model, data, cfg: RunConfig, views=None, warmup: int = 2, timed: int = 3) -> dict:
+    """Seconds the fine-tuning stage would take, from training steps timed as training runs them.
+
+    On the training device at the training precision (the same autocast), after `warmup` untimed steps (the first
+    ones pay for allocation and kernel selection); the median of `timed` steps and of validation batches, scaled to
+    the planned epochs and this run's processes. The global RNG is left as found, so timing never changes the model.
+    """
+    import torch
+
+    from smallvision.training.distributed import world_devices
+    from smallvision.training.fit import autocast_dtype, resolve_precision, training_device
+
+    r = cfg.recipe
+    precision = resolve_precision(cfg.trainer.precision)
+    dtype = autocast_dtype(precision)
+    device = training_device()
     if views is not None:
         model = views.model
         x = views.train[0][: r.batch_size].float()
     else:
         images = np.ascontiguousarray(data["train"][0][: r.batch_size])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(data["train"][1][: r.batch_size])
-    model.train()
-    t0 = time.perf_counter()
-    torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)).float(), y).backward()
-    step = time.perf_counter() - t0
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        model(x)
-    val = time.perf_counter() - t0
-    per_epoch = step * len(data["train"][1]) / len(y) + val * len(data["val"][1]) / len(y)
-    return per_epoch * r.finetune_epochs
+    y = torch.from_numpy(data["train"][1][: r.batch_size]).to(device)
+    x = (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x).to(device)
+
+    def clock(step) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    def cast():
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+    def train_step() -> None:
+        with cast():
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def val_step() -> None:
+        with torch.inference_mode(), cast():
+            model(x)
+
+    cuda = [device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        model.to(device)
+        try:
+            model.train()
+            steps = [clock(train_step) for _ in range(warmup + timed)][warmup:]
+            model.eval()
+            vals = [clock(val_step) for _ in range(1 + timed)][1:]
+        finally:
+            model.to("cpu")
+            model.zero_grad(set_to_none=True)
+    step, val = float(np.median(steps)), float(np.median(vals))
+    n_train, n_val = len(data["train"][1]), len(data["val"][1])
+    per_epoch = (step * n_train / len(y) + val * n_val / len(y)) / world_devices(cfg)
+    return {
+        "seconds": per_epoch * r.finetune_epochs,
+        "step_seconds": round(step, 4),
+        "val_batch_seconds": round(val, 4),
+        "batch": len(y),
+        "device": str(device),
+        "precision": precision,
+        "warmup_steps": warmup,
+        "timed_steps": timed,
+    }
 
 
 def run_finetune(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:

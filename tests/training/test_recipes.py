@@ -120,6 +120,9 @@ def test_auto_explains_its_choice(shapes_data, tmp_path):
     tight = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=0.01, **FAST)
     assert any("more than the" in n and "--time-budget" in n for n in tight.notes)
     assert smallvision.load(tight.model_dir)[1].trainable == ["head"]
+    plan = json.loads((tight.run_dir / "checkpoints" / "auto_plan.json").read_text())
+    assert plan["finetune"] is False and plan["estimate_seconds"] > plan["seconds_left"]
+    assert not (tight.run_dir / "checkpoints" / "finetune").exists()
 
 
 def test_init_from_keeps_fitting_tensors_and_reports_the_rest(shapes_data, tmp_path):
