@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import smallvision
 from smallvision.errors import SmallvisionError
@@ -125,27 +126,43 @@ def test_auto_explains_its_choice(shapes_data, tmp_path):
     assert not (tight.run_dir / "checkpoints" / "finetune").exists()
 
 
-def test_init_from_keeps_fitting_tensors_and_reports_the_rest(shapes_data, tmp_path):
-    first = smallvision.train(
-        shapes_data, recipe="scratch", out=tmp_path / "a", image_size=48, epochs=1, progress=False
-    )
-    two = tmp_path / "two"
+def _two_classes(shapes_data: Path, root: Path) -> Path:
     for split in ("train", "val"):
         for cls in ("circle", "square"):
-            (two / split / cls).mkdir(parents=True)
+            (root / split / cls).mkdir(parents=True)
             for p in sorted((shapes_data / split / cls).iterdir())[:6]:
-                (two / split / cls / p.name).write_bytes(p.read_bytes())
-    r = smallvision.train(
-        two,
-        recipe="scratch",
-        out=tmp_path / "b",
-        image_size=48,
-        epochs=1,
-        progress=False,
-        init_from=str(first.model_dir),
+                (root / split / cls / p.name).write_bytes(p.read_bytes())
+    return root
+
+
+# A learning rate far below any fp32 weight's last bit: training runs, every step included, yet no weight can move,
+# so the saved model file shows exactly what --init-from started it from.
+STILL = {"lr": 1e-30, "epochs": 1, "image_size": 48, "progress": False, "report": False}
+
+
+@pytest.mark.parametrize("recipe", ["scratch", "features"])
+def test_init_from_keeps_exactly_the_source_tensors_that_fit(shapes_data, tmp_path, recipe):
+    kw = {"image_size": 48, "epochs": 1, "progress": False, "report": False, "hidden": 16}
+    source = smallvision.train(shapes_data, recipe=recipe, out=tmp_path / "a", **kw)
+    fresh = smallvision.train(
+        _two_classes(shapes_data, tmp_path / "two"), recipe=recipe, out=tmp_path / "c", **STILL, hidden=16, seed=9
     )
+    r = smallvision.train(
+        tmp_path / "two", recipe=recipe, out=tmp_path / "b", init_from=str(source.model_dir), **STILL, hidden=16, seed=9
+    )
+    theirs = load_file(str(source.model_dir / "model.safetensors"))
+    ours = load_file(str(r.model_dir / "model.safetensors"))
+    before = load_file(str(fresh.model_dir / "model.safetensors"))
+    fits = [k for k in ours if k in theirs and theirs[k].shape == ours[k].shape]
+    rest = [k for k in ours if k not in fits]
+    assert all(torch.equal(ours[k], theirs[k]) for k in fits)
+    assert all(torch.equal(ours[k], before[k]) for k in rest)  # left as initialised: the run without --init-from's
+    assert sorted(rest) == ["head.layers.4.bias", "head.layers.4.weight"]
+    moved = [k for k in fits if k.startswith("head.") and not torch.equal(before[k], theirs[k])]
+    assert moved  # the source's head tensors differ from a fresh init, so equality above says they came from it
     note = next(n for n in r.notes if n.startswith("--init-from"))
-    assert "left as initialised" in note and "head.layers" in note
+    kept = len(fits) if recipe == "scratch" else len([k for k in fits if k.startswith("head.")])
+    assert f"kept {kept} tensor(s), {len(rest)} left as initialised" in note and "head.layers.4" in note
 
 
 def test_unknown_unfreeze_block_lists_the_blocks(shapes_data, tmp_path):
