@@ -186,13 +186,47 @@ def _scratch_args(data: Path, out: Path, size: int, epochs: int) -> list[str]:
     ]
 
 
-def test_torchrun_two_processes_gloo(shapes_data, tmp_path):
-    out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
-    cmd = [*launcher, "-m", "smallvision", *_scratch_args(shapes_data, out, size=32, epochs=2)]
-    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+def test_torchrun_two_processes_each_train_on_their_own_batches_with_averaged_gradients(shapes_data, tmp_path):
+    out, probe = tmp_path / "ddp", tmp_path / "probe"
+    probe.mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # a free port
+    args = _scratch_args(shapes_data, out, size=32, epochs=2)
+    args += ["--augment", "none", "--dropout", "0", "--precision", "32-true"]  # a first step that can be recomputed
+    env = {**os.environ, "DDP_PROBE_DIR": str(probe), "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    done = subprocess.run(
+        [*launcher, str(ROOT / "tests" / "ddp_probe.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert "x2 (DDP)" in metrics["device"]
+    ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+
+    # each epoch the two ranks drew disjoint halves of the 72 training images
+    drawn = [r["indices"][72] for r in ranks]
+    assert [len(d) for d in drawn] == [72, 72]
+    for epoch in range(2):
+        halves = [set(d[epoch * 36 : (epoch + 1) * 36]) for d in drawn]
+        assert halves[0].isdisjoint(halves[1]) and halves[0] | halves[1] == set(range(72))
+
+    # both ranks started from the same weights, saw different first batches, and stepped with the same gradient:
+    # the mean of the gradients each rank's own batch gives
+    assert all(torch.equal(ranks[0]["start"][k], ranks[1]["start"][k]) for k in ranks[0]["start"])
+    assert not torch.equal(ranks[0]["batch"][0], ranks[1]["batch"][0])
     model, card = smallvision.load(out / "model")
     assert card.classes == ["circle", "square", "triangle"]
+    local = []
+    for r in ranks:
+        model.load_state_dict(r["start"])
+        model.train().zero_grad()
+        x, y = r["batch"]
+        torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)).float(), y).backward()
+        local.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert ranks[0]["grads"].keys() == ranks[1]["grads"].keys() == local[0].keys()
+    for name, grad in ranks[0]["grads"].items():
+        assert torch.equal(grad, ranks[1]["grads"][name])
+        assert not torch.allclose(local[0][name], local[1][name])
+        torch.testing.assert_close(grad, (local[0][name] + local[1][name]) / 2, rtol=1e-4, atol=1e-6)
