@@ -39,9 +39,9 @@ def rank_zero_decision(
 ) -> tuple[dict[str, Any], bool]:
     """One decision for every process of a run: the one recorded at `path`, else rank 0's `decide()` (recorded there).
 
-    Returns (decision, whether it was recorded before). With torch.distributed initialised rank 0 broadcasts it;
-    before that (torchrun's processes run the feature stage before Lightning joins them) the other ranks wait for
-    rank 0's file, so they never time anything themselves.
+    Returns (decision, whether this process found it recorded rather than deciding it). With torch.distributed
+    initialised rank 0 broadcasts it; before that (torchrun's processes run the feature stage before Lightning joins
+    them) the other ranks wait for rank 0's file, so they never time anything themselves.
     """
     path = Path(path)
     import torch.distributed as dist

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,6 @@ def resolve_precision(precision: str) -> str:
 def training_device() -> torch.device:
     """The device Lightning's accelerator "auto" trains this process on: its local GPU under DDP, else the CPU."""
     if torch.cuda.is_available():
-        import os
-
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 

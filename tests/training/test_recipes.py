@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import smallvision
 from smallvision.errors import SmallvisionError
@@ -125,27 +126,43 @@ def test_auto_explains_its_choice(shapes_data, tmp_path):
     assert not (tight.run_dir / "checkpoints" / "finetune").exists()
 
 
-def test_init_from_keeps_fitting_tensors_and_reports_the_rest(shapes_data, tmp_path):
-    first = smallvision.train(
-        shapes_data, recipe="scratch", out=tmp_path / "a", image_size=48, epochs=1, progress=False
-    )
-    two = tmp_path / "two"
+def _two_classes(shapes_data: Path, root: Path) -> Path:
     for split in ("train", "val"):
         for cls in ("circle", "square"):
-            (two / split / cls).mkdir(parents=True)
+            (root / split / cls).mkdir(parents=True)
             for p in sorted((shapes_data / split / cls).iterdir())[:6]:
-                (two / split / cls / p.name).write_bytes(p.read_bytes())
-    r = smallvision.train(
-        two,
-        recipe="scratch",
-        out=tmp_path / "b",
-        image_size=48,
-        epochs=1,
-        progress=False,
-        init_from=str(first.model_dir),
+                (root / split / cls / p.name).write_bytes(p.read_bytes())
+    return root
+
+
+# A learning rate far below any fp32 weight's last bit: training runs, every step included, yet no weight can move,
+# so the saved model file shows exactly what --init-from started it from.
+STILL = {"lr": 1e-30, "epochs": 1, "image_size": 48, "progress": False, "report": False}
+
+
+@pytest.mark.parametrize("recipe", ["scratch", "features"])
+def test_init_from_keeps_exactly_the_source_tensors_that_fit(shapes_data, tmp_path, recipe):
+    kw = {"image_size": 48, "epochs": 1, "progress": False, "report": False, "hidden": 16}
+    source = smallvision.train(shapes_data, recipe=recipe, out=tmp_path / "a", **kw)
+    fresh = smallvision.train(
+        _two_classes(shapes_data, tmp_path / "two"), recipe=recipe, out=tmp_path / "c", **STILL, hidden=16, seed=9
     )
+    r = smallvision.train(
+        tmp_path / "two", recipe=recipe, out=tmp_path / "b", init_from=str(source.model_dir), **STILL, hidden=16, seed=9
+    )
+    theirs = load_file(str(source.model_dir / "model.safetensors"))
+    ours = load_file(str(r.model_dir / "model.safetensors"))
+    before = load_file(str(fresh.model_dir / "model.safetensors"))
+    fits = [k for k in ours if k in theirs and theirs[k].shape == ours[k].shape]
+    rest = [k for k in ours if k not in fits]
+    assert all(torch.equal(ours[k], theirs[k]) for k in fits)
+    assert all(torch.equal(ours[k], before[k]) for k in rest)  # left as initialised: the run without --init-from's
+    assert sorted(rest) == ["head.layers.4.bias", "head.layers.4.weight"]
+    moved = [k for k in fits if k.startswith("head.") and not torch.equal(before[k], theirs[k])]
+    assert moved  # the source's head tensors differ from a fresh init, so equality above says they came from it
     note = next(n for n in r.notes if n.startswith("--init-from"))
-    assert "left as initialised" in note and "head.layers" in note
+    kept = len(fits) if recipe == "scratch" else len([k for k in fits if k.startswith("head.")])
+    assert f"kept {kept} tensor(s), {len(rest)} left as initialised" in note and "head.layers.4" in note
 
 
 def test_unknown_unfreeze_block_lists_the_blocks(shapes_data, tmp_path):
@@ -169,13 +186,47 @@ def _scratch_args(data: Path, out: Path, size: int, epochs: int) -> list[str]:
     ]
 
 
-def test_torchrun_two_processes_gloo(shapes_data, tmp_path):
-    out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
-    cmd = [*launcher, "-m", "smallvision", *_scratch_args(shapes_data, out, size=32, epochs=2)]
-    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+def test_torchrun_two_processes_each_train_on_their_own_batches_with_averaged_gradients(shapes_data, tmp_path):
+    out, probe = tmp_path / "ddp", tmp_path / "probe"
+    probe.mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # a free port
+    args = _scratch_args(shapes_data, out, size=32, epochs=2)
+    args += ["--augment", "none", "--dropout", "0", "--precision", "32-true"]  # a first step that can be recomputed
+    env = {**os.environ, "DDP_PROBE_DIR": str(probe), "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    done = subprocess.run(
+        [*launcher, str(ROOT / "tests" / "ddp_probe.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert "x2 (DDP)" in metrics["device"]
+    ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+
+    # each epoch the two ranks drew disjoint halves of the 72 training images
+    drawn = [r["indices"][72] for r in ranks]
+    assert [len(d) for d in drawn] == [72, 72]
+    for epoch in range(2):
+        halves = [set(d[epoch * 36 : (epoch + 1) * 36]) for d in drawn]
+        assert halves[0].isdisjoint(halves[1]) and halves[0] | halves[1] == set(range(72))
+
+    # both ranks started from the same weights, saw different first batches, and stepped with the same gradient:
+    # the mean of the gradients each rank's own batch gives
+    assert all(torch.equal(ranks[0]["start"][k], ranks[1]["start"][k]) for k in ranks[0]["start"])
+    assert not torch.equal(ranks[0]["batch"][0], ranks[1]["batch"][0])
     model, card = smallvision.load(out / "model")
     assert card.classes == ["circle", "square", "triangle"]
+    local = []
+    for r in ranks:
+        model.load_state_dict(r["start"])
+        model.train().zero_grad()
+        x, y = r["batch"]
+        torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)).float(), y).backward()
+        local.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert ranks[0]["grads"].keys() == ranks[1]["grads"].keys() == local[0].keys()
+    for name, grad in ranks[0]["grads"].items():
+        assert torch.equal(grad, ranks[1]["grads"][name])
+        assert not torch.allclose(local[0][name], local[1][name])
+        torch.testing.assert_close(grad, (local[0][name] + local[1][name]) / 2, rtol=1e-4, atol=1e-6)
