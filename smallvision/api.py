@@ -409,13 +409,14 @@ def predict_imagenet(
     top_k: int = 5,
     backbone: str = "efficientnet_lite0",
     weights: str | None = None,
+    tta: bool = False,
 ) -> list:
-    """Top-k ImageNet classes from the pretrained backbone's original head."""
+    """Top-k ImageNet classes from the pretrained backbone's original head (`tta`: flips + crops averaged)."""
     from smallvision.prediction import classify, expand_paths, imagenet_model
 
     model, names, size = imagenet_model(backbone, weights)
     files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
-    return classify(model, names, size, files, top_k)
+    return classify(model, names, size, files, top_k, tta=tta)
 
 
 def inspect(
@@ -427,12 +428,13 @@ def inspect(
 ) -> str:
     """A saved model's block groups (output shapes, parameters total / trainable / frozen).
 
+    Output shapes are for square inputs of `image_size` pixels (default: the size the model was trained at).
     `weights_check` adds, per block group, how far the weights moved from their pretrained source (frozen groups
     that moved are flagged); `kernels` writes the first convolution layer's kernels to that PNG path.
     """
     from smallvision.evaluation import inspect as insp
 
-    text = insp.summary(model_dir)
+    text = insp.summary(model_dir, image_size)
     if weights_check:
         text += "\n\n" + insp.weights_check(model_dir)
     if kernels is not None:
