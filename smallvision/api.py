@@ -210,7 +210,13 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         log.debug("%s", note)
 
     splits = [s for s in (("val", "test") if evaluate_test else ("val",)) if s in outcome.probs]
-    metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
+    try:
+        metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
+    except SmallvisionError as e:  # the worker died (killed, out of memory): the trained model must not be lost
+        from smallvision.evaluation.metrics import classification_metrics
+
+        log.warning("warning: %s; computing the metrics in this process instead", e)
+        metrics = {s: classification_metrics(outcome.labels[s], outcome.probs[s], index.classes) for s in splits}
     import torch
 
     from smallvision.training.distributed import world_devices
@@ -259,9 +265,26 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     )
     save_state(outcome.state, card, model_dir)
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    atomic.write_json(run_dir / "metrics.json", summary)  # the results are safe before any figure is drawn
     if report:
-        val = index.split("val")
-        worker.figures(
+        _report(worker, run_dir, model_dir, cfg, index, outcome, summary)
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        atomic.write_json(run_dir / "metrics.json", summary)
+        from smallvision.evaluation.report import write_report
+
+        write_report(run_dir)
+    return TrainResult(run_dir, model_dir, summary, outcome.notes)
+
+
+def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:
+    """Draw the run's figures in the report worker; a figure that fails becomes a warning and summary['figure_errors'].
+
+    The model folder and metrics.json are written by now, so no figure or Grad-CAM failure can lose them.
+    """
+    val = index.split("val")
+    try:
+        errors = worker.figures(
             outcome.probs.get("val"),
             run_dir=str(run_dir),
             model_dir=str(model_dir),
@@ -274,13 +297,15 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
             classes=index.classes,
             gradcam=cfg.recipe.name not in ("scratch", "features"),  # features never needs the network again
         )
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    atomic.write_json(run_dir / "metrics.json", summary)
-    if report:
-        from smallvision.evaluation.report import write_report
-
-        write_report(run_dir)
-    return TrainResult(run_dir, model_dir, summary, outcome.notes)
+    except SmallvisionError as e:  # the worker failed before any figure (or died): none of them is drawn
+        errors = {"figures": str(e)}
+    worker_log = worker.log()
+    if worker_log:
+        atomic.write_text(run_dir / "report-worker.log", worker_log)
+    for stem, error in errors.items():
+        log.warning("warning: the %s figure could not be drawn (the model and metrics are saved): %s", stem, error)
+    if errors:
+        summary["figure_errors"] = errors
 
 
 def _precheck(index, strict: bool) -> dict[str, Any]:
