@@ -243,7 +243,13 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         log.debug("%s", note)
 
     splits = [s for s in (("val", "test") if evaluate_test else ("val",)) if s in outcome.probs]
-    metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
+    try:
+        metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
+    except SmallvisionError as e:  # the worker died (killed, out of memory): the trained model must not be lost
+        from smallvision.evaluation.metrics import classification_metrics
+
+        log.warning("warning: %s; computing the metrics in this process instead", e)
+        metrics = {s: classification_metrics(outcome.labels[s], outcome.probs[s], index.classes) for s in splits}
     import torch
 
     world = outcome.world_size  # what really trained: the features path never runs distributed
@@ -291,9 +297,26 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     )
     save_state(outcome.state, card, model_dir)
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    atomic.write_json(run_dir / "metrics.json", summary)  # the results are safe before any figure is drawn
     if report:
-        val = index.split("val")
-        worker.figures(
+        _report(worker, run_dir, model_dir, cfg, index, outcome, summary)
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        atomic.write_json(run_dir / "metrics.json", summary)
+        from smallvision.evaluation.report import write_report
+
+        write_report(run_dir)
+    return TrainResult(run_dir, model_dir, summary, outcome.notes)
+
+
+def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:
+    """Draw the run's figures in the report worker; a figure that fails becomes a warning and summary['figure_errors'].
+
+    The model folder and metrics.json are written by now, so no figure or Grad-CAM failure can lose them.
+    """
+    val = index.split("val")
+    try:
+        errors = worker.figures(
             outcome.probs.get("val"),
             run_dir=str(run_dir),
             model_dir=str(model_dir),
@@ -306,13 +329,15 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
             classes=index.classes,
             gradcam=cfg.recipe.name not in ("scratch", "features"),  # features never needs the network again
         )
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    atomic.write_json(run_dir / "metrics.json", summary)
-    if report:
-        from smallvision.evaluation.report import write_report
-
-        write_report(run_dir)
-    return TrainResult(run_dir, model_dir, summary, outcome.notes)
+    except SmallvisionError as e:  # the worker failed before any figure (or died): none of them is drawn
+        errors = {"figures": str(e)}
+    worker_log = worker.log()
+    if worker_log:
+        atomic.write_text(run_dir / "report-worker.log", worker_log)
+    for stem, error in errors.items():
+        log.warning("warning: the %s figure could not be drawn (the model and metrics are saved): %s", stem, error)
+    if errors:
+        summary["figure_errors"] = errors
 
 
 def _precheck(index, strict: bool) -> dict[str, Any]:
@@ -489,13 +514,14 @@ def predict_imagenet(
     top_k: int = 5,
     backbone: str = "efficientnet_lite0",
     weights: str | None = None,
+    tta: bool = False,
 ) -> list:
-    """Top-k ImageNet classes from the pretrained backbone's original head."""
+    """Top-k ImageNet classes from the pretrained backbone's original head (`tta`: flips + crops averaged)."""
     from smallvision.prediction import classify, expand_paths, imagenet_model
 
     model, names, size = imagenet_model(backbone, weights)
     files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
-    return classify(model, names, size, files, top_k)
+    return classify(model, names, size, files, top_k, tta=tta)
 
 
 def inspect(
@@ -507,12 +533,13 @@ def inspect(
 ) -> str:
     """A saved model's block groups (output shapes, parameters total / trainable / frozen).
 
+    Output shapes are for square inputs of `image_size` pixels (default: the size the model was trained at).
     `weights_check` adds, per block group, how far the weights moved from their pretrained source (frozen groups
     that moved are flagged); `kernels` writes the first convolution layer's kernels to that PNG path.
     """
     from smallvision.evaluation import inspect as insp
 
-    text = insp.summary(model_dir)
+    text = insp.summary(model_dir, image_size)
     if weights_check:
         text += "\n\n" + insp.weights_check(model_dir)
     if kernels is not None:

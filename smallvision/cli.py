@@ -155,12 +155,15 @@ def inspect(
         bool, Opt("--weights-check", help="How far each block moved from its pretrained weights")
     ] = False,
     kernels: Annotated[Path | None, Opt(help="Write the first-layer kernels figure to this PNG")] = None,
+    image_size: Annotated[
+        int | None, Opt(help="Input size the output shapes are computed for (default: the model's own)")
+    ] = None,
 ) -> None:
     """Show a saved model's block groups (output shapes, parameters total / trainable / frozen)."""
     from smallvision import api
 
     _setup_logging(True)
-    typer.echo(api.inspect(model_dir, weights_check=weights_check, kernels=kernels))
+    typer.echo(api.inspect(model_dir, weights_check=weights_check, kernels=kernels, image_size=image_size))
 
 
 @app.command()
@@ -253,7 +256,7 @@ def predict(
 
     _setup_logging(True)
     if imagenet:
-        preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone)
+        preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone, tta=tta)
     else:
         if len(paths) < 2:
             raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")

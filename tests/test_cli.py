@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,28 @@ def test_imagenet_predict_cli(tmp_path):
     done = cli("predict", "--imagenet", tmp_path / "coffee.jpg")
     assert done.returncode == 0, done.stderr
     assert "espresso" in done.stdout or "cup" in done.stdout
+
+
+def test_imagenet_predict_applies_tta(tmp_path):
+    from PIL import Image
+    from skimage import data as skdata
+
+    Image.fromarray(skdata.coffee()).save(tmp_path / "coffee.jpg")
+    done = cli("predict", "--imagenet", "--tta", "--json", "--top-k", "3", tmp_path / "coffee.jpg")
+    assert done.returncode == 0, done.stderr
+    shown = [(t["class"], t["probability"]) for t in json.loads(done.stdout)[0]["top"]]
+    tta = smallvision.predict_imagenet(tmp_path / "coffee.jpg", top_k=3, tta=True)[0].top
+    plain = smallvision.predict_imagenet(tmp_path / "coffee.jpg", top_k=3)[0].top
+    assert shown == [(c, round(p, 6)) for c, p in tta]
+    assert [round(p, 6) for _, p in tta] != [round(p, 6) for _, p in plain]  # the flipped and cropped views count
+
+
+def test_inspect_command_computes_shapes_at_the_asked_image_size(trained):
+    own = cli("inspect", trained / "model")
+    big = cli("inspect", trained / "model", "--image-size", "128")
+    assert own.returncode == 0 and big.returncode == 0, big.stderr
+    assert re.search(r"stem +32x32x32", own.stdout) and "output shapes for 64x64 inputs" in own.stdout
+    assert re.search(r"stem +32x64x64", big.stdout) and "output shapes for 128x128 inputs (as asked)" in big.stdout
 
 
 def test_evaluate_and_inspect_commands(trained, shapes_data):

@@ -20,24 +20,30 @@ def _output_shapes(backbone, groups, image_size: int) -> dict[str, tuple]:
     try:
         with torch.inference_mode():
             backbone.eval()(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as e:
+        raise SmallvisionError(f"image size {image_size}: the network cannot run on inputs that size ({e})") from e
     finally:
         for h in hooks:
             h.remove()
     return shapes
 
 
-def summary(model_dir: str | Path) -> str:
-    """A text table of a saved model's block groups: output shape, parameters, and whether they trained."""
+def summary(model_dir: str | Path, image_size: int | None = None) -> str:
+    """A text table of a saved model's block groups: output shape (for inputs of `image_size`, by default the
+    model's own), parameters, and whether they trained."""
     from smallvision.models.backbone import block_groups
     from smallvision.models.folder import load_model
 
+    if image_size is not None and image_size < 1:
+        raise SmallvisionError(f"image size {image_size}: must be a positive number of pixels")
     model, card = load_model(model_dir)
+    size = card.image_size if image_size is None else image_size
     trained = set(card.trainable)
     rows: list[tuple[str, str, int, bool]] = []
     for i, (backbone, bcard) in enumerate(zip(model.backbones, card.backbones, strict=True)):
         everything = "all" in trained
         groups = block_groups(backbone)
-        shapes = _output_shapes(backbone, groups, card.image_size)
+        shapes = _output_shapes(backbone, groups, size)
         for name, mods in groups:
             n = sum(p.numel() for m in mods for p in m.parameters())
             shape = "x".join(map(str, shapes.get(name, ())))
@@ -46,6 +52,7 @@ def summary(model_dir: str | Path) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [
         f"model: {model_dir}  recipe {card.recipe}  classes {len(card.classes)}  input {card.image_size}px",
+        f"output shapes for {size}x{size} inputs" + ("" if size == card.image_size else " (as asked)"),
         f"{'block group'.ljust(width)}  {'output':>14}  {'params':>12}  status",
     ]
     lines += [

@@ -38,8 +38,8 @@ def figures_for_run(
     classes: list[str],
     val_probs: np.ndarray | None,
     gradcam: bool,
-) -> list[Path]:
-    """A finished training run's figures from plain values (what the report worker receives)."""
+) -> tuple[list[Path], dict[str, str]]:
+    """A finished training run's figures from plain values (what the report worker receives): see run_figures."""
     from smallvision.config import build_config, load_config
     from smallvision.data.cache import decoded_images
     from smallvision.evaluation.plots import worst
@@ -78,35 +78,57 @@ def run_figures(
     val_probs: np.ndarray | None,
     augment_transform,
     gradcam: bool,
-) -> list[Path]:
-    """Write every figure a run gets into RUN_DIR/figures/ and return their paths.
+) -> tuple[list[Path], dict[str, str]]:
+    """Write every figure a run gets into RUN_DIR/figures/; return their paths and {figure: error} for any that failed.
 
-    Only Grad-CAM needs the network; without `gradcam` (the features recipe) no backbone is built or imported.
+    A figure that fails is logged and left out, never the end of the others: the model and metrics.json are saved
+    before figures are drawn. Only Grad-CAM needs the network; without `gradcam` (the features recipe) no backbone
+    is built or imported.
     """
+    from smallvision.evaluation import plots
+
+    fig_dir = Path(run_dir) / "figures"
+    val = metrics["val"]
+    drawn = {
+        "confusion": lambda path: plots.confusion(val["confusion_matrix"], classes, path),
+        "per_class": lambda path: plots.per_class(val["per_class"], path),
+    }
+    if history:
+        drawn = {"curves": lambda path: plots.curves(history, path)} | drawn
+    if val_images is not None and len(val_images) and val_probs is not None:
+        drawn["top_losses"] = lambda path: plots.top_losses(val_images, val_labels, val_probs, classes, path)
+        if augment_transform is not None:
+            drawn["augmentation"] = lambda path: plots.augmentation_preview(val_images[0], augment_transform, path)
+        if gradcam:
+            drawn["gradcam"] = lambda path: _gradcam(model_dir, val_images, classes, path)
+    drawn["kernels"] = lambda path: _kernels(model_dir, path)
+    out, errors = [], {}
+    for stem, draw in drawn.items():
+        try:
+            path = draw(fig_dir / f"{stem}.png")
+        except Exception as e:  # one figure's failure is reported; the others and the run's results stand
+            errors[stem] = f"{type(e).__name__}: {e}"
+            log.warning("warning: the %s figure failed: %s", stem, errors[stem], exc_info=True)
+        else:
+            out += [path] if path is not None else []
+    return out, errors
+
+
+def _gradcam(model_dir: Path, images: np.ndarray, classes: list[str], path: Path) -> Path:
+    from smallvision.evaluation import plots
+    from smallvision.models.folder import load_model
+
+    model, _ = load_model(model_dir)
+    pick = np.linspace(0, len(images) - 1, num=min(4, len(images))).astype(int)
+    return plots.gradcam(model, images[pick], classes, path)
+
+
+def _kernels(model_dir: Path, path: Path) -> Path | None:
     from smallvision.evaluation import plots
     from smallvision.evaluation.inspect import first_conv_weight
 
-    fig_dir = Path(run_dir) / "figures"
-    out = []
-    if history:
-        out.append(plots.curves(history, fig_dir / "curves.png"))
-    val = metrics["val"]
-    out.append(plots.confusion(val["confusion_matrix"], classes, fig_dir / "confusion.png"))
-    out.append(plots.per_class(val["per_class"], fig_dir / "per_class.png"))
-    if val_images is not None and len(val_images) and val_probs is not None:
-        out.append(plots.top_losses(val_images, val_labels, val_probs, classes, fig_dir / "top_losses.png"))
-        if augment_transform is not None:
-            out.append(plots.augmentation_preview(val_images[0], augment_transform, fig_dir / "augmentation.png"))
-        if gradcam:
-            from smallvision.models.folder import load_model
-
-            model, _ = load_model(model_dir)
-            pick = np.linspace(0, len(val_images) - 1, num=min(4, len(val_images))).astype(int)
-            out.append(plots.gradcam(model, val_images[pick], classes, fig_dir / "gradcam.png"))
     first = first_conv_weight(model_dir)  # named in the model card, read through numpy: no torch here
-    if first is not None:
-        out.append(plots.kernels(first[1], fig_dir / "kernels.png", first[0].removesuffix(".weight")))
-    return out
+    return None if first is None else plots.kernels(first[1], path, first[0].removesuffix(".weight"))
 
 
 def _img(path: Path) -> str:
@@ -162,6 +184,23 @@ IMAGE_CHECK = (
 )
 
 
+def _figure_errors(errors: dict[str, str], log_file: bool) -> str:
+    """A notice at the top of the page naming the figures that could not be drawn, and why."""
+    if not errors:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(FIGURES.get(stem, stem))}</b>: <code>{html.escape(e)}</code></li>"
+        for stem, e in errors.items()
+    )
+    return (
+        '<section id="warnings" style="border:2px solid #c60;padding:.5em 1em;background:#fff6ec">'
+        f"<h2>Warning: {len(errors)} figure(s) could not be drawn</h2><ul>{items}</ul>"
+        "<p>The model and all metrics were saved before the figures were drawn and are unaffected."
+        + (" The report worker's log is report-worker.log in the run folder." if log_file else "")
+        + "</p></section>"
+    )
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Render RUN_DIR/report.html from metrics.json, config.yaml and figures/*.png (all embedded)."""
     run_dir = Path(run_dir)
@@ -189,6 +228,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"<!doctype html><html><head><meta charset='utf-8'><title>smallvision run {html.escape(run_dir.name)}</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>smallvision run: {html.escape(run_dir.name)}</h1>",
+        _figure_errors(m.get("figure_errors", {}), (run_dir / "report-worker.log").is_file()),
         '<section id="summary"><h2>Summary</h2>' + _table(["", ""], summary),
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in m.get("notes", [])) + "</ul></section>",
         '<section id="data"><h2>Data</h2>' + _table(["class"] + splits, count_rows),
@@ -206,7 +246,7 @@ def write_report(run_dir: str | Path) -> Path:
     parts.append('<section id="figures"><h2>Figures</h2>')
     for stem, title in FIGURES.items():
         png = run_dir / "figures" / f"{stem}.png"
-        if png.exists():
+        if png.is_file():
             parts.append(f'<figure id="fig-{stem}"><figcaption><b>{title}</b></figcaption>{_img(png)}</figure>')
     parts.append("</section>")
     parts.append(f'<section id="config"><h2>Config</h2><pre>{html.escape(config)}</pre></section>')

@@ -3,7 +3,8 @@
 Importing scikit-learn and matplotlib takes ~1.7 s here and drawing the figures ~0.7 s; a warm `features` run on
 hymenoptera is ~5 s in all. Started first, the worker imports them on the second core while the run imports torch
 and trains, so that time overlaps training instead of following it. Requests and replies are JSON lines on the
-worker's stdin/stdout; arrays travel in a .npz file in a private temporary folder.
+worker's stdin/stdout; arrays travel in a .npz file in a private temporary folder. The worker's stderr goes to a
+file in that folder, never to a pipe: a pipe nobody reads fills (64 KiB) and would stop the worker mid-request.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ class ReportWorker:
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="smallvision-report-")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smallvision.evaluation.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.log_path = Path(self._tmp.name) / "worker.log"
+        with open(self.log_path, "wb") as log:  # the child keeps its own handle
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "smallvision.evaluation.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         self._calls = 0
 
     def __enter__(self) -> ReportWorker:
@@ -57,7 +60,8 @@ class ReportWorker:
             line = ""
         if not line:
             self.proc.kill()
-            tail = self.proc.stderr.read()[-2000:]
+            self.proc.wait()
+            tail = self.log()[-2000:]
             raise SmallvisionError(f"the report worker process ended unexpectedly: {tail or 'no message'}")
         reply = json.loads(line)
         if "error" in reply:
@@ -70,10 +74,15 @@ class ReportWorker:
         self._send("metrics", arrays, splits=list(probs), classes=classes)
         return self._receive()
 
-    def figures(self, val_probs: np.ndarray | None, **args: Any) -> None:
-        """report.figures_for_run(**args) with the validation probabilities (the model folder is written first)."""
+    def figures(self, val_probs: np.ndarray | None, **args: Any) -> dict[str, str]:
+        """report.figures_for_run(**args) with the validation probabilities; returns {figure: error} for the figures
+        that failed (the others are written)."""
         self._send("figures", {"val_probs": val_probs} if val_probs is not None else {}, **args)
-        self._receive()
+        return self._receive()
+
+    def log(self) -> str:
+        """What the worker wrote to stderr so far (warnings, tracebacks)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
     def close(self) -> None:
         """End the worker and remove the temporary folder.
@@ -88,8 +97,7 @@ class ReportWorker:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        self.proc.stdout.close()
         self._tmp.cleanup()
 
 
@@ -99,10 +107,10 @@ def _metrics(arrays, splits: list[str], classes: list[str]) -> dict:
     return {s: classification_metrics(arrays[f"labels_{s}"], arrays[f"probs_{s}"], classes) for s in splits}
 
 
-def _figures(arrays, **args: Any) -> None:
+def _figures(arrays, **args: Any) -> dict[str, str]:
     from smallvision.evaluation.report import figures_for_run
 
-    figures_for_run(val_probs=arrays.get("val_probs"), **args)
+    return figures_for_run(val_probs=arrays.get("val_probs"), **args)[1]
 
 
 def main() -> None:

@@ -95,6 +95,10 @@ def test_inspect_lists_groups_shapes_and_writes_kernels(run, tmp_path):
     assert "blocks.6+conv_head+bn2" in text and "trained" in text and "frozen" in text
     assert re.search(r"stem +32x32x32", text)
     assert Image.open(tmp_path / "k.png").size[0] > 100
+    bigger = smallvision.inspect(run.model_dir, image_size=128)
+    assert re.search(r"stem +32x64x64", bigger) and "output shapes for 128x128 inputs (as asked)" in bigger
+    with pytest.raises(SmallvisionError, match="image size 0"):
+        smallvision.inspect(run.model_dir, image_size=0)
 
 
 def test_evaluate_matches_training_metrics_and_names_unknown_classes(run, shapes_data, tmp_path):

@@ -1,5 +1,7 @@
 """The report worker: same metrics as in-process, errors come back as clear errors, and it always ends."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,21 @@ def test_a_dead_worker_is_reported_not_waited_for():
         worker.proc.wait()
         with pytest.raises(SmallvisionError, match="report worker process ended unexpectedly"):
             worker.metrics({"val": y}, {"val": p}, ["a", "b"])
+
+
+def test_a_worker_writing_much_to_stderr_does_not_stall(monkeypatch):
+    monkeypatch.setenv("PYTHONVERBOSE", "1")  # the worker writes every import it makes to stderr: far over 64 KiB
+    y, p = _probs(30, 3, 0)
+    got: dict = {}
+    with ReportWorker() as worker:
+        asked = threading.Thread(target=lambda: got.update(worker.metrics({"val": y}, {"val": p}, ["a", "b", "c"])))
+        asked.start()
+        asked.join(timeout=180)
+        stalled = asked.is_alive()
+        if stalled:
+            worker.proc.kill()
+        else:
+            written = len(worker.log())
+    assert not stalled, "the worker stalled: its stderr filled a pipe nobody read"
+    assert written > 65536  # it really wrote more than a pipe holds
+    assert got["val"] == classification_metrics(y, p, ["a", "b", "c"])
