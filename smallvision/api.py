@@ -492,10 +492,15 @@ def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: st
             f"evaluate the run's own data folder {run_data} to score its held-out split, remove those images, "
             "or pass --split all to score every image anyway"
         )
+    why = (
+        f"no config.yaml in {model_dir.resolve().parent}"
+        if run_config is None
+        else f"{run_config} names the data folder {run_data}, which is not there to compare with"
+    )
     raise SmallvisionError(
-        f"{data} is one folder of class folders and nothing says which of its images trained the model "
-        f"(no config.yaml in {model_dir.resolve().parent}); pass --config RUN/config.yaml to evaluate that run's "
-        "own test/val split, or --split all to score every image, training images included"
+        f"{data} is one folder of class folders and nothing says which of its images trained the model ({why}); "
+        "pass --config RUN/config.yaml to evaluate that run's own test/val split on it, or --split all to score "
+        "every image, training images included"
     )
 
 

@@ -100,7 +100,8 @@ def _refuse_other_settings(run_dir: Path, data: str | Path, plan: Plan, common: 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    asked = _resolved(api.make_config(data, recipe=plan.recipe, **common, **plan.options))
+    options = {k: v for k, v in common.items() if k not in ("report", "strict")}  # train's, not the config's
+    asked = _resolved(api.make_config(data, recipe=plan.recipe, **options, **plan.options))
     there = _resolved(api.make_config(None, config=saved))
     diff = _differences(there, asked)
     if diff:

@@ -44,3 +44,8 @@ def test_evaluate_refuses_training_images_unless_asked(single_folder_run, tmp_pa
     new = make_class_folder(tmp_path / "new", 2, seed=9)  # unseen images are scored whole
     fresh = api.evaluate(run.model_dir, new)
     assert fresh["split"] == "all" and fresh["n"] == 6 and "none is in the training split" in fresh["split_reason"]
+    gone = shutil.copytree(run.run_dir, tmp_path / "gone")  # the run's data folder moved away: nothing to compare
+    config = gone / "config.yaml"
+    config.write_text(config.read_text().replace(str(data), str(tmp_path / "moved")))
+    with pytest.raises(SmallvisionError, match=r"which is not there to compare with.*--split all"):
+        api.evaluate(gone / "model", new)
