@@ -85,7 +85,11 @@ class RecipeConfig(_Strict):
     batch_size: int = Field(default=32, ge=1)
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    schedule: Literal["constant", "ramp", "time", "cosine", "onecycle"] = "cosine"
+    schedule: Literal["constant", "ramp", "time", "cosine", "onecycle"] | None = Field(
+        default=None,
+        description="default: onecycle for the head on cached features (features, stage 1 of finetune/unfreeze/auto), "
+        "cosine for end-to-end training",
+    )
     warmup_epochs: float = Field(default=1.0, ge=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
@@ -105,6 +109,15 @@ class RecipeConfig(_Strict):
     time_budget: float = Field(default=600.0, gt=0, description="seconds; `auto` fine-tunes only if it fits")
     init_from: str | None = None
     augment: AugmentConfig = AugmentConfig()
+
+    def schedule_for(self, path: Literal["head", "network"]) -> str:
+        """The schedule that runs on `path`: the asked one, else that path's default (see DEFAULT_SCHEDULE)."""
+        return self.schedule or DEFAULT_SCHEDULE[path]
+
+
+# The head on cached features runs one-cycle AdamW (training/head_optim.py: fast, no torch.optim import); end-to-end
+# stages run cosine with warm-up.
+DEFAULT_SCHEDULE = {"head": "onecycle", "network": "cosine"}
 
 
 class TrainerConfig(_Strict):
@@ -167,6 +180,8 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
         cfg.data.image_size = 150 if scratch else NATIVE_SIZE.get(cfg.model.backbones[0], 224)
     if cfg.recipe.epochs is None:
         cfg.recipe.epochs = {"frozen": 8, "finetune": 30, "unfreeze": 30, "auto": 30}.get(cfg.recipe.name, 30)
+    if cfg.recipe.schedule is None and cfg.recipe.name in ("features", "scratch", "frozen"):
+        cfg.recipe.schedule = DEFAULT_SCHEDULE["head" if cfg.recipe.name == "features" else "network"]
     if cfg.recipe.lr is None:
         cfg.recipe.lr = 1e-3
     if cfg.recipe.finetune_lr is None:

@@ -98,13 +98,15 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     import torch
 
     from smallvision.models.head import Head
-    from smallvision.training.features import cached_features, train_head
+    from smallvision.training.features import cached_features, feature_precision, train_head
 
     specs = resolve_specs(cfg)
     for spec in specs:
         if not spec.pretrained:
             log.warning("backbone %s uses random weights: the features recipe learns little from them", spec.backbone)
-    cached = cached_features(index.items, specs, cfg.data.image_size, cfg.model.pool, progress=progress)
+    cached = cached_features(
+        index.items, specs, cfg.data.image_size, cfg.model.pool, precision=cfg.trainer.precision, progress=progress
+    )
     index.drop(cached.failures)
     notes.append(
         f"stage features: backbone(s) {' + '.join(s.backbone for s in specs)} frozen and run once per image; "
@@ -129,12 +131,24 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
         weight_decay=r.weight_decay,
         label_smoothing=r.label_smoothing,
         seed=cfg.seed,
+        optimizer=r.optimizer,
+        schedule=r.schedule_for("head"),
+        momentum=r.momentum,
+        warmup_epochs=r.warmup_epochs,
+        class_weights=r.class_weights,
+        patience=r.patience,
         progress=progress,
     )
     for row in result.history:
         row["stage"] = "features"
     best = result.history[result.best_epoch - 1]["val_accuracy"]
-    notes.append(f"stage features: best epoch {result.best_epoch} of {r.epochs} (val accuracy {best:.4f})")
+    ran = len(result.history)
+    stop = f", stopped after {ran} (--patience {r.patience})" if result.stopped_early else ""
+    notes.append(
+        f"stage features: {result.optimizer} with the {result.schedule} schedule, features in "
+        f"{feature_precision(cfg.trainer.precision)}; best epoch {result.best_epoch} of {r.epochs}{stop} "
+        f"(val accuracy {best:.4f})"
+    )
     return _FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
 
 
