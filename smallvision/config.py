@@ -43,7 +43,12 @@ class ModelConfig(_Strict):
     weights: str | None = None
     pool: Literal["avg", "max", "none"] = "avg"
     dropout: float = Field(default=0.5, ge=0, lt=1)
-    hidden: int = Field(default=0, ge=0)
+    hidden: int | None = Field(
+        default=None,
+        ge=0,
+        description="units of a hidden dense layer in the head; 0: none; default: 512 for small_cnn "
+        "(Chollet's dense 512), else 0",
+    )
     batch_norm: bool = Field(default=False, description="batch norm in small_cnn (residual_cnn always has it)")
 
     @field_validator("backbone")
@@ -174,6 +179,8 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
         raise SmallvisionError(f"backbone {cfg.model.backbone!r} has no pretrained weights; use --recipe scratch")
     if cfg.model.backbone is None:
         cfg.model.backbone = DEFAULT_BACKBONE.get(cfg.recipe.name, "efficientnet_lite2")
+    if cfg.model.hidden is None:
+        cfg.model.hidden = 512 if cfg.model.backbones[0] == "small_cnn" else 0
     if cfg.data.image_size is None:
         from smallvision.models.weights import NATIVE_SIZE
 

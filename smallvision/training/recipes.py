@@ -272,8 +272,8 @@ def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bo
     data = _images(cfg, index, progress)
     name = cfg.model.backbones[0]
     backbone = scratch_backbone(name, cfg.data.image_size, cfg.model.batch_norm)
-    hidden = cfg.model.hidden or (512 if name == "small_cnn" else 0)
-    model = ImageClassifier([backbone], Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, hidden))
+    head = Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, cfg.model.hidden)
+    model = ImageClassifier([backbone], head)
     notes = [
         f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
         f"dropout {cfg.model.dropout}; {_frozen_summary(model)}"
