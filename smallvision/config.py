@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +81,17 @@ class AugmentConfig(_Strict):
     horizontal_flip: bool | None = None
     vertical_flip: bool = False
     fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = "nearest"
+
+    def affine(self) -> bool:
+        """Whether any Keras-style rotation, shift, shear or zoom is asked (they share one RandomAffine)."""
+        return any(
+            (self.rotation_range, self.width_shift_range, self.height_shift_range, self.shear_range, self.zoom_range)
+        )
+
+    def augments(self) -> bool:
+        """Whether training images are changed at all (data/transforms.py train_transform adds a step)."""
+        flip = self.horizontal_flip if self.horizontal_flip is not None else self.preset != "none"
+        return self.preset != "none" or self.affine() or flip or self.vertical_flip
 
 
 class RecipeConfig(_Strict):
@@ -161,15 +174,248 @@ def _explain(e: ValidationError, origin: str) -> SmallvisionError:
 # features is the fast recipe: lite0 (256 img/s here). The recipes that train more pick lite2 at 260 px: on
 # hymenoptera finetune reached val accuracy 0.9673 with lite2, 0.9542 lite1, 0.9412 lite0 (recipe notes, this machine).
 DEFAULT_BACKBONE = {"scratch": "small_cnn", "features": "efficientnet_lite0"}
+DEFAULT_EPOCHS = {"frozen": 8}
+
+# ---------------------------------------------------------------- which recipe applies which option
+
+RECIPES = ("features", "scratch", "frozen", "finetune", "unfreeze", "auto")
+PRETRAINED = ("features", "frozen", "finetune", "unfreeze", "auto")
+END_TO_END = ("scratch", "frozen", "finetune", "unfreeze", "auto")  # images run through the network while training
+TWO_STAGE = ("finetune", "unfreeze", "auto")
+TOP_BLOCKS = ("finetune", "auto")
+CACHING = ("frozen", "finetune", "auto")  # train blocks above a frozen part: the activation cache exists here
+
+
+@dataclass(frozen=True)
+class Applies:
+    """The recipes that apply a config field; `why` says why the others cannot."""
+
+    recipes: tuple[str, ...]
+    why: str = ""
+
+
+_NO_CACHE = "it sizes the activation cache of frozen layers below trainable blocks, which only frozen, finetune and "
+_NO_CACHE += "auto have (features caches whole-backbone features; scratch and unfreeze freeze nothing)"
+_NO_AUGMENT = "features computes each image's features once, from the unaugmented image"
+
+# Every field of RunConfig and its sections, by dotted path (tests/test_options.py holds the list complete and proves
+# each entry: the field changes the run on the recipes named here and is refused on the others).
+APPLIES: dict[str, Applies] = {
+    "data.path": Applies(RECIPES),
+    "data.image_size": Applies(RECIPES),
+    "data.val_fraction": Applies(RECIPES),
+    "data.test_fraction": Applies(RECIPES),
+    "data.min_train_per_class": Applies(RECIPES),
+    "data.min_val_per_class": Applies(RECIPES),
+    "data.min_test_per_class": Applies(RECIPES),
+    "model.backbone": Applies(RECIPES),
+    "model.weights": Applies(
+        PRETRAINED, "scratch trains small_cnn/residual_cnn from random init (--init-from starts from a saved model)"
+    ),
+    "model.pool": Applies(
+        PRETRAINED, "scratch networks pool their own way (small_cnn flattens, residual_cnn averages)"
+    ),
+    "model.dropout": Applies(RECIPES),
+    "model.hidden": Applies(RECIPES),
+    "model.batch_norm": Applies(
+        ("scratch",), "it builds small_cnn's conv layers; pretrained backbones keep their own normalization"
+    ),
+    "recipe.name": Applies(RECIPES),
+    "recipe.epochs": Applies(RECIPES),
+    "recipe.lr": Applies(RECIPES),
+    "recipe.batch_size": Applies(RECIPES),
+    "recipe.optimizer": Applies(RECIPES),
+    "recipe.momentum": Applies(RECIPES),
+    "recipe.schedule": Applies(RECIPES),
+    "recipe.warmup_epochs": Applies(RECIPES),
+    "recipe.weight_decay": Applies(RECIPES),
+    "recipe.label_smoothing": Applies(RECIPES),
+    "recipe.class_weights": Applies(RECIPES),
+    "recipe.patience": Applies(RECIPES),
+    "recipe.unfreeze_blocks": Applies(
+        TOP_BLOCKS, "only finetune and auto unfreeze top blocks (unfreeze trains every block, the others none)"
+    ),
+    "recipe.unfreeze_from": Applies(
+        TOP_BLOCKS, "only finetune and auto unfreeze top blocks (unfreeze trains every block, the others none)"
+    ),
+    "recipe.finetune_lr": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
+    "recipe.finetune_epochs": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
+    "recipe.cached_views": Applies(CACHING, _NO_CACHE),
+    "recipe.layer_decay": Applies(TWO_STAGE, "only finetune, unfreeze and auto train backbone blocks at their own lr"),
+    "recipe.time_budget": Applies(("auto",), "only auto decides by time whether to fine-tune"),
+    "recipe.init_from": Applies(RECIPES),
+    "recipe.augment.preset": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.rotation_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.width_shift_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.height_shift_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.shear_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.zoom_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.horizontal_flip": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.vertical_flip": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.fill_mode": Applies(END_TO_END, _NO_AUGMENT),
+    "trainer.devices": Applies(END_TO_END, "features trains its head on cached features in one process"),
+    "trainer.precision": Applies(RECIPES),
+    "trainer.memory_budget": Applies(CACHING, _NO_CACHE),
+    "trainer.workers": Applies(END_TO_END, "features trains on in-memory cached features; no DataLoader loads images"),
+    "seed": Applies(RECIPES),
+    "out": Applies(RECIPES),
+}
+
+# Command-line spellings that are not `--` + the field name with dashes.
+FLAGS = {"data.path": "DATA", "recipe.name": "--recipe", "recipe.augment.preset": "--augment"}
+
+
+def option_flag(path: str) -> str:
+    """The command-line spelling of the config field at dotted `path`."""
+    return FLAGS.get(path, "--" + path.rpartition(".")[2].replace("_", "-"))
+
+
+def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field of RunConfig (or `model`), by dotted path: its pydantic FieldInfo."""
+    model = model or RunConfig
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.update(leaf_fields(kind, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = info
+    return out
+
+
+def user_set(model: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """The fields given a value (not None) in the values `model` was validated from, by dotted path."""
+    out: dict[str, Any] = {}
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out.update(user_set(value, f"{prefix}{name}."))
+        elif value is not None:
+            out[prefix + name] = value
+    return out
+
+
+def _schedules(cfg: RunConfig) -> set[str]:
+    """The schedules the recipe's stages run."""
+    r = cfg.recipe
+    paths = {"features": ["head"], "scratch": ["network"], "frozen": ["network"]}.get(r.name, ["head", "network"])
+    return {r.schedule_for(p) for p in paths}
+
+
+def _momentum(cfg: RunConfig) -> str | None:
+    r = cfg.recipe
+    if r.optimizer not in ("sgd", "rmsprop"):
+        return f"momentum is a parameter of sgd and rmsprop, not of --optimizer {r.optimizer}"
+    if _schedules(cfg) == {"onecycle"}:
+        return "the onecycle schedule cycles the momentum itself (0.95 -> 0.85 -> 0.95)"
+    return None
+
+
+def _warmup(cfg: RunConfig) -> str | None:
+    runs = _schedules(cfg)
+    if not runs & {"cosine", "ramp"}:
+        return f"only the cosine and ramp schedules warm up; this run uses {', '.join(sorted(runs))}"
+    return None
+
+
+def _patience(cfg: RunConfig) -> str | None:
+    r = cfg.recipe
+    longest = max([r.epochs] + ([r.finetune_epochs] if r.name in TWO_STAGE else []))
+    if r.patience >= longest:
+        return f"early stopping after {r.patience} epochs without progress needs stages longer than that ({longest})"
+    return None
+
+
+def _views(cfg: RunConfig) -> str | None:
+    if cfg.recipe.cached_views > 1 and not cfg.recipe.augment.augments():
+        return "without augmentation each image has one view, the image itself"
+    return None
+
+
+def _cache_off(cfg: RunConfig) -> str | None:
+    return "--cached-views 0 turns the activation cache off" if cfg.recipe.cached_views == 0 else None
+
+
+def _workers(cfg: RunConfig) -> str | None:
+    if cfg.recipe.name in CACHING and cfg.recipe.cached_views != 0:
+        return (
+            "batches come from the in-memory activation cache, not from image-loading workers "
+            "(--cached-views 0 trains on images, with workers)"
+        )
+    return None
+
+
+def _blocks(cfg: RunConfig) -> str | None:
+    return "--unfreeze-from chooses the blocks" if cfg.recipe.unfreeze_from is not None else None
+
+
+def _decay(cfg: RunConfig) -> str | None:
+    r = cfg.recipe
+    if r.name in TOP_BLOCKS and r.unfreeze_from is None and r.unfreeze_blocks == 1:
+        return "with one unfrozen block (--unfreeze-blocks 1) there is no lower block for the decay to slow"
+    return None
+
+
+def _fill(cfg: RunConfig) -> str | None:
+    if not cfg.recipe.augment.affine():
+        return "it fills the borders that rotation, shifts, shear or zoom leave, and none of them is set"
+    return None
+
+
+def _batch_norm(cfg: RunConfig) -> str | None:
+    return "residual_cnn always has batch norm" if cfg.model.backbone == "residual_cnn" else None
+
+
+def _backbone(cfg: RunConfig) -> str | None:
+    if cfg.recipe.name == "scratch" and len(cfg.model.backbones) > 1:
+        return "scratch trains one network; joined backbones need pretrained weights"
+    return None
+
+
+def _precision(cfg: RunConfig) -> str | None:
+    if cfg.trainer.precision == "16-mixed":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "fp16 mixed precision needs a GPU and none is available (on a CPU use bf16-mixed or 32-true)"
+    return None
+
+
+# Conditions under which a field that its recipe applies would still change nothing: a reason, or None.
+CONDITIONS: dict[str, Callable[[RunConfig], str | None]] = {
+    "model.backbone": _backbone,
+    "model.batch_norm": _batch_norm,
+    "recipe.momentum": _momentum,
+    "recipe.warmup_epochs": _warmup,
+    "recipe.patience": _patience,
+    "recipe.cached_views": _views,
+    "recipe.unfreeze_blocks": _blocks,
+    "recipe.layer_decay": _decay,
+    "recipe.augment.fill_mode": _fill,
+    "trainer.memory_budget": _cache_off,
+    "trainer.workers": _workers,
+    "trainer.precision": _precision,
+}
+
+
+def _resolve(section: BaseModel, name: str, value: Any) -> None:
+    """Fill a default the code chose; model_fields_set keeps meaning 'what the user set'."""
+    setattr(section, name, value)
+    section.model_fields_set.discard(name)
 
 
 def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
-    """Validate nested plain values into a RunConfig with every recipe-dependent default filled in."""
+    """Validate nested plain values into a RunConfig with every recipe-dependent default filled in.
+
+    An option the user set that the chosen recipe cannot apply (APPLIES, CONDITIONS) is refused, never ignored.
+    """
     try:
         cfg = RunConfig.model_validate(values)
     except ValidationError as e:
         raise _explain(e, origin) from e
-    scratch = cfg.recipe.name == "scratch"
+    given = user_set(cfg)
+    name = cfg.recipe.name
+    scratch = name == "scratch"
     names = cfg.model.backbones if cfg.model.backbone else []
     if scratch and names and any(n not in SCRATCH_BACKBONES for n in names):
         raise SmallvisionError(
@@ -177,22 +423,28 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
         )
     if not scratch and any(n in SCRATCH_BACKBONES for n in names):
         raise SmallvisionError(f"backbone {cfg.model.backbone!r} has no pretrained weights; use --recipe scratch")
-    if cfg.model.backbone is None:
-        cfg.model.backbone = DEFAULT_BACKBONE.get(cfg.recipe.name, "efficientnet_lite2")
-    if cfg.model.hidden is None:
-        cfg.model.hidden = 512 if cfg.model.backbones[0] == "small_cnn" else 0
+    m, r = cfg.model, cfg.recipe
+    if m.backbone is None:
+        _resolve(m, "backbone", DEFAULT_BACKBONE.get(name, "efficientnet_lite2"))
+    if m.hidden is None:
+        _resolve(m, "hidden", 512 if m.backbones[0] == "small_cnn" else 0)
     if cfg.data.image_size is None:
         from smallvision.models.weights import NATIVE_SIZE
 
-        cfg.data.image_size = 150 if scratch else NATIVE_SIZE.get(cfg.model.backbones[0], 224)
-    if cfg.recipe.epochs is None:
-        cfg.recipe.epochs = {"frozen": 8, "finetune": 30, "unfreeze": 30, "auto": 30}.get(cfg.recipe.name, 30)
-    if cfg.recipe.schedule is None and cfg.recipe.name in ("features", "scratch", "frozen"):
-        cfg.recipe.schedule = DEFAULT_SCHEDULE["head" if cfg.recipe.name == "features" else "network"]
-    if cfg.recipe.lr is None:
-        cfg.recipe.lr = 1e-3
-    if cfg.recipe.finetune_lr is None:
-        cfg.recipe.finetune_lr = cfg.recipe.lr / 10
+        _resolve(cfg.data, "image_size", 150 if scratch else NATIVE_SIZE.get(m.backbones[0], 224))
+    if r.epochs is None:
+        _resolve(r, "epochs", DEFAULT_EPOCHS.get(name, 30))
+    if r.schedule is None and name in ("features", "scratch", "frozen"):
+        _resolve(r, "schedule", DEFAULT_SCHEDULE["head" if name == "features" else "network"])
+    if r.lr is None:
+        _resolve(r, "lr", 1e-3)
+    if r.finetune_lr is None and name in TWO_STAGE:
+        _resolve(r, "finetune_lr", r.lr / 10)
+    for path in given:
+        applies = APPLIES[path]
+        reason = applies.why if name not in applies.recipes else (CONDITIONS.get(path, lambda _: None)(cfg))
+        if reason:
+            raise SmallvisionError(f"option {option_flag(path)} ({path}) does not apply to recipe {name}: {reason}")
     return cfg
 
 
@@ -217,7 +469,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def dump_config(config: RunConfig) -> str:
-    """The fully resolved config as YAML (what `--config RUN_DIR/config.yaml` repeats)."""
+    """The options the user set as YAML (what `--config RUN_DIR/config.yaml` repeats; defaults resolve at load, so
+    options the recipe does not apply are never written back as if the user had set them)."""
     import yaml
 
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False)

@@ -46,7 +46,8 @@ def test_finetune_changes_only_unfrozen_weights_and_no_running_statistics(shapes
 
 
 def test_frozen_recipe_leaves_the_backbone_bit_identical(shapes_data, tmp_path):
-    r = smallvision.train(shapes_data, recipe="frozen", out=tmp_path / "run", **LITE0)
+    one_stage = {k: v for k, v in LITE0.items() if k != "finetune_epochs"}  # frozen has no fine-tuning stage
+    r = smallvision.train(shapes_data, recipe="frozen", out=tmp_path / "run", **one_stage)
     model, _ = smallvision.load(r.model_dir)
     pretrained = build_backbone(resolve_weights("efficientnet_lite0")).state_dict()
     trained = model.backbones[0].state_dict()
