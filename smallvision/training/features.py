@@ -230,7 +230,7 @@ def train_head(
 
     AdamW under one-cycle runs on OneCycleAdamW (no torch.optim import, see head_optim.py); any other optimizer or
     schedule runs on torch.optim with training/schedules.py, as end-to-end stages do. `patience`: stop after that
-    many epochs without a better epoch (the best one is kept).
+    many epochs without a better validation accuracy (the best epoch is kept).
     """
     import torch
     from tqdm.auto import tqdm
@@ -260,6 +260,7 @@ def train_head(
     best = (-1.0, math.inf)
     best_state: dict = {}
     best_epoch = 0
+    top_accuracy, top_epoch = -1.0, 0  # early stopping watches val accuracy alone, as Lightning's EarlyStopping does
     stopped = False
     bar = tqdm(range(1, epochs + 1), desc="head", unit="epoch") if progress else range(1, epochs + 1)
     for epoch in bar:
@@ -295,11 +296,13 @@ def train_head(
         )
         if progress:
             bar.set_postfix(val_acc=f"{vacc:.3f}")
+        if vacc > top_accuracy:
+            top_accuracy, top_epoch = vacc, epoch
         if (vacc, -vloss) > (best[0], -best[1]):
             best = (vacc, vloss)
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
             best_epoch = epoch
-        elif patience is not None and epoch - best_epoch >= patience and epoch < epochs:
+        if patience is not None and epoch - top_epoch >= patience and epoch < epochs:
             stopped = True
             break
     head.load_state_dict(best_state)
