@@ -10,8 +10,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smallvision.errors import SmallvisionError
+from smallvision.models.weights import NATIVE_SIZE
 
 SCRATCH_BACKBONES = ("small_cnn", "residual_cnn")
+DEFAULT_EPOCHS = {"frozen": 8}
+EPOCHS = 30
+LR = 1e-3
 
 
 class _Strict(BaseModel):
@@ -21,18 +25,30 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the images are and how splits are carved when the folder has none."""
 
-    path: str
+    path: str = Field(description="folder of class folders (or train/ val/ test/), or a .zip")
     image_size: int | None = Field(
         default=None,
         ge=16,
         le=1024,
-        description="default: 150 scratch, else the backbone's native size (224 for efficientnet_lite0)",
+        description="square input size in pixels; default: 150 for scratch, else the first backbone's native size "
+        f"({NATIVE_SIZE['efficientnet_lite0']} for efficientnet_lite0, the features default; "
+        f"{NATIVE_SIZE['efficientnet_lite2']} for efficientnet_lite2, the other recipes' default; 224 for other "
+        "timm backbones)",
     )
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    test_fraction: float = Field(default=0.0, ge=0, lt=1)
-    min_train_per_class: int = Field(default=1, ge=1)
-    min_val_per_class: int = Field(default=1, ge=1)
-    min_test_per_class: int = Field(default=1, ge=1)
+    val_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share of each class carved from train for validation when there is no val/",
+    )
+    test_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="share of each class carved for a test split from a single folder"
+    )
+    min_train_per_class: int = Field(
+        default=1, ge=1, description="fewest training images a class may keep after carving (fewer is an error)"
+    )
+    min_val_per_class: int = Field(default=1, ge=1, description="fewest validation images carved per class")
+    min_test_per_class: int = Field(default=1, ge=1, description="fewest test images carved per class")
 
 
 class ModelConfig(_Strict):
@@ -40,18 +56,25 @@ class ModelConfig(_Strict):
 
     backbone: str | None = Field(
         default=None,
-        description="default: small_cnn for scratch, efficientnet_lite0 for features, efficientnet_lite2 else",
+        description="timm backbone (join several with '+'), or small_cnn/residual_cnn for scratch; default: small_cnn "
+        "for scratch, efficientnet_lite0 for features, efficientnet_lite2 for the others",
     )
-    weights: str | None = None
-    pool: Literal["avg", "max", "none"] = "avg"
-    dropout: float = Field(default=0.5, ge=0, lt=1)
+    weights: str | None = Field(
+        default=None,
+        description="local weights file (.safetensors/.pth), 'hub' or 'random'; default: the bundled weights, else "
+        "timm's cached or hub weights",
+    )
+    pool: Literal["avg", "max", "none"] = Field(default="avg", description="backbone pooling: avg, max or none")
+    dropout: float = Field(default=0.5, ge=0, lt=1, description="dropout before the head's dense layer(s)")
     hidden: int | None = Field(
         default=None,
         ge=0,
         description="units of a hidden dense layer in the head; 0: none; default: 512 for small_cnn "
         "(Chollet's dense 512), else 0",
     )
-    batch_norm: bool = Field(default=False, description="batch norm in small_cnn (residual_cnn always has it)")
+    batch_norm: bool = Field(
+        default=False, description="batch norm in small_cnn's conv layers (residual_cnn always has it)"
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -72,15 +95,29 @@ class ModelConfig(_Strict):
 class AugmentConfig(_Strict):
     """Training-time augmentation: a preset plus Keras ImageDataGenerator-style parameters."""
 
-    preset: Literal["none", "light", "standard"] = "light"
-    rotation_range: float = Field(default=0.0, ge=0, le=180)
-    width_shift_range: float = Field(default=0.0, ge=0, lt=1)
-    height_shift_range: float = Field(default=0.0, ge=0, lt=1)
-    shear_range: float = Field(default=0.0, ge=0, lt=90)
-    zoom_range: float = Field(default=0.0, ge=0, lt=1)
-    horizontal_flip: bool | None = None
-    vertical_flip: bool = False
-    fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = "nearest"
+    preset: Literal["none", "light", "standard"] = Field(
+        default="light",
+        description="augmentation preset: none; light (random resized crop of 70-100%, flips); standard (crop of "
+        "40-100%, rotation up to 10 degrees, colour jitter, flips)",
+    )
+    rotation_range: float = Field(default=0.0, ge=0, le=180, description="Keras-style: random rotation in degrees")
+    width_shift_range: float = Field(
+        default=0.0, ge=0, lt=1, description="Keras-style: random horizontal shift, fraction of the width"
+    )
+    height_shift_range: float = Field(
+        default=0.0, ge=0, lt=1, description="Keras-style: random vertical shift, fraction of the height"
+    )
+    shear_range: float = Field(default=0.0, ge=0, lt=90, description="Keras-style: random shear in degrees")
+    zoom_range: float = Field(default=0.0, ge=0, lt=1, description="Keras-style: random zoom in [1-z, 1+z]")
+    horizontal_flip: bool | None = Field(
+        default=None, description="random horizontal flips; default: on, unless the preset is none"
+    )
+    vertical_flip: bool = Field(default=False, description="random vertical flips")
+    fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = Field(
+        default="nearest",
+        description="Keras-style: how rotation, shifts, shear and zoom fill the borders: nearest, constant, reflect "
+        "or wrap",
+    )
 
     def affine(self) -> bool:
         """Whether any Keras-style rotation, shift, shear or zoom is asked (they share one RandomAffine)."""
@@ -97,35 +134,68 @@ class AugmentConfig(_Strict):
 class RecipeConfig(_Strict):
     """How training goes: which recipe, which parts train, for how long, at which learning rate."""
 
-    name: Literal["features", "scratch", "frozen", "finetune", "unfreeze", "auto"] = "auto"
-    epochs: int | None = Field(default=None, ge=1, description="default: 30 features/scratch, 8 frozen")
-    lr: float | None = Field(default=None, gt=0, description="default: 1e-3 (features, heads, scratch)")
-    batch_size: int = Field(default=32, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
-    momentum: float = Field(default=0.9, ge=0, lt=1)
+    name: Literal["features", "scratch", "frozen", "finetune", "unfreeze", "auto"] = Field(
+        default="auto", description="the recipe: auto, features, scratch, frozen, finetune or unfreeze"
+    )
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="epochs (of the head stage for finetune, unfreeze and auto); default: "
+        + ", ".join(f"{v} for {k}" for k, v in DEFAULT_EPOCHS.items())
+        + f", else {EPOCHS}",
+    )
+    lr: float | None = Field(
+        default=None, gt=0, description=f"learning rate of the head (scratch: the whole network); default: {LR:g}"
+    )
+    batch_size: int = Field(default=32, ge=1, description="batch size")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field(
+        default="adamw", description="adamw, adam, sgd or rmsprop"
+    )
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="momentum of sgd and rmsprop")
     schedule: Literal["constant", "ramp", "time", "cosine", "onecycle"] | None = Field(
         default=None,
-        description="default: onecycle for the head on cached features (features, stage 1 of finetune/unfreeze/auto), "
-        "cosine for end-to-end training",
+        description="learning-rate schedule: constant, ramp, time, cosine or onecycle; default: onecycle for the head "
+        "on cached features (features, stage 1 of finetune/unfreeze/auto), cosine for end-to-end training",
     )
-    warmup_epochs: float = Field(default=1.0, ge=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    class_weights: Literal["none", "balanced"] = "none"
-    patience: int | None = Field(default=None, ge=1, description="early-stopping patience in epochs; none: off")
-    unfreeze_blocks: int = Field(default=1, ge=1)
-    unfreeze_from: str | None = None
-    finetune_lr: float | None = Field(default=None, gt=0, description="default: a tenth of the head's lr")
-    finetune_epochs: int = Field(default=6, ge=1)
+    warmup_epochs: float = Field(
+        default=1.0, ge=0, description="epochs of linear warm-up (cosine) or at the full rate before decay (ramp)"
+    )
+    weight_decay: float = Field(default=1e-4, ge=0, description="weight decay (decoupled for adamw)")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="label smoothing of the loss")
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none", description="none, or balanced: loss weights inversely proportional to class frequency"
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="early stopping: stop after this many epochs without a better validation accuracy (the best "
+        "epoch is kept); default: off",
+    )
+    unfreeze_blocks: int = Field(default=1, ge=1, description="how many top block groups fine-tuning trains")
+    unfreeze_from: str | None = Field(
+        default=None,
+        description="fine-tune from this block group up (names: smallvision inspect); default: --unfreeze-blocks",
+    )
+    finetune_lr: float | None = Field(
+        default=None, gt=0, description="learning rate of the fine-tuning stage; default: a tenth of --lr"
+    )
+    finetune_epochs: int = Field(default=6, ge=1, description="epochs of the fine-tuning stage")
     cached_views: int | None = Field(
         default=None,
         ge=0,
-        description="finetune/auto: augmented views per training image whose frozen-part activations are computed "
-        "once; 0: no activation cache; default 4 with augmentation, 1 (the image itself) without",
+        description="augmented views per training image whose frozen-part activations are computed once; 0: no "
+        "activation cache; default: 4 with augmentation, 1 (the image itself) without",
     )
-    layer_decay: float = Field(default=0.7, gt=0, le=1)
-    time_budget: float = Field(default=600.0, gt=0, description="seconds; `auto` fine-tunes only if it fits")
-    init_from: str | None = None
+    layer_decay: float = Field(
+        default=0.7, gt=0, le=1, description="each lower unfrozen block trains at this times the rate above it"
+    )
+    time_budget: float = Field(
+        default=600.0, gt=0, description="seconds the run may take; auto fine-tunes only if its estimate fits"
+    )
+    init_from: str | None = Field(
+        default=None,
+        description="start from a saved model folder (tensors whose name and shape fit are kept); default: none",
+    )
     augment: AugmentConfig = AugmentConfig()
 
     def schedule_for(self, path: Literal["head", "network"]) -> str:
@@ -141,12 +211,17 @@ DEFAULT_SCHEDULE = {"head": "onecycle", "network": "cosine"}
 class TrainerConfig(_Strict):
     """Where and how training runs: devices, precision, data loading."""
 
-    devices: int | None = Field(default=None, ge=1, description="default: LOCAL_WORLD_SIZE under torchrun, else 1")
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
-        default="auto", description="auto: bf16-mixed on a GPU or a CPU with native bf16 (2x measured), else 32-true"
+    devices: int | None = Field(
+        default=None, ge=1, description="processes/devices (DDP); default: LOCAL_WORLD_SIZE under torchrun, else 1"
     )
-    memory_budget: float = Field(default=4.0, gt=0, description="GB the fine-tuning activation cache may take")
-    workers: int = Field(default=0, ge=0)
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        default="auto",
+        description="auto, 32-true, bf16-mixed or 16-mixed (GPU only); auto: bf16-mixed on a GPU or a CPU with "
+        "native bf16 (2x measured), else 32-true; the feature pass runs at it too (auto: fp16 on a GPU), the head on "
+        "cached features trains in fp32",
+    )
+    memory_budget: float = Field(default=4.0, gt=0, description="GB the activation cache may take")
+    workers: int = Field(default=0, ge=0, description="DataLoader worker processes that load and augment images")
 
 
 class RunConfig(_Strict):
@@ -156,8 +231,8 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     recipe: RecipeConfig = RecipeConfig()
     trainer: TrainerConfig = TrainerConfig()
-    seed: int = 0
-    out: str | None = None
+    seed: int = Field(default=0, description="random seed (splits, init, shuffling, augmentation)")
+    out: str | None = Field(default=None, description="run folder; default: runs/<data>-<recipe>, numbered if taken")
 
 
 def _explain(e: ValidationError, origin: str) -> SmallvisionError:
@@ -174,7 +249,6 @@ def _explain(e: ValidationError, origin: str) -> SmallvisionError:
 # features is the fast recipe: lite0 (256 img/s here). The recipes that train more pick lite2 at 260 px: on
 # hymenoptera finetune reached val accuracy 0.9673 with lite2, 0.9542 lite1, 0.9412 lite0 (recipe notes, this machine).
 DEFAULT_BACKBONE = {"scratch": "small_cnn", "features": "efficientnet_lite0"}
-DEFAULT_EPOCHS = {"frozen": 8}
 
 # ---------------------------------------------------------------- which recipe applies which option
 
@@ -268,6 +342,28 @@ FLAGS = {"data.path": "DATA", "recipe.name": "--recipe", "recipe.augment.preset"
 def option_flag(path: str) -> str:
     """The command-line spelling of the config field at dotted `path`."""
     return FLAGS.get(path, "--" + path.rpartition(".")[2].replace("_", "-"))
+
+
+def field_help(path: str) -> str:
+    """The help text of the config field at dotted `path`: its description, which always states its default."""
+    info = leaf_fields()[path]
+    text = info.description
+    if info.is_required():
+        return f"{text} (required)"
+    if "default:" in text:
+        return text
+    default = info.default
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    return f"{text}; default: {shown}"
+
+
+def options_table() -> str:
+    """The README's option table, generated from the fields (tests/test_options.py holds README.md to it)."""
+    rows = ["| option | config key | what it does (default) | recipes that apply it |", "|---|---|---|---|"]
+    for path, applies in APPLIES.items():
+        recipes = "all" if applies.recipes == RECIPES else ", ".join(applies.recipes)
+        rows.append(f"| `{option_flag(path)}` | `{path}` | {field_help(path).replace('|', '/')} | {recipes} |")
+    return "\n".join(rows) + "\n"
 
 
 def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> dict[str, Any]:
@@ -429,15 +525,13 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
     if m.hidden is None:
         _resolve(m, "hidden", 512 if m.backbones[0] == "small_cnn" else 0)
     if cfg.data.image_size is None:
-        from smallvision.models.weights import NATIVE_SIZE
-
         _resolve(cfg.data, "image_size", 150 if scratch else NATIVE_SIZE.get(m.backbones[0], 224))
     if r.epochs is None:
-        _resolve(r, "epochs", DEFAULT_EPOCHS.get(name, 30))
+        _resolve(r, "epochs", DEFAULT_EPOCHS.get(name, EPOCHS))
     if r.schedule is None and name in ("features", "scratch", "frozen"):
         _resolve(r, "schedule", DEFAULT_SCHEDULE["head" if name == "features" else "network"])
     if r.lr is None:
-        _resolve(r, "lr", 1e-3)
+        _resolve(r, "lr", LR)
     if r.finetune_lr is None and name in TWO_STAGE:
         _resolve(r, "finetune_lr", r.lr / 10)
     for path in given:
