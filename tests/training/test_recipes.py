@@ -55,6 +55,7 @@ def test_frozen_recipe_leaves_the_backbone_bit_identical(shapes_data, tmp_path):
     assert r.metrics["val_accuracy"] > 1 / 3
 
 
+@pytest.mark.slow  # ~32 s here: the whole backbone trains end to end
 def test_unfreeze_trains_every_block_but_keeps_batchnorm_statistics(shapes_data, tmp_path):
     r = smallvision.train(shapes_data, recipe="unfreeze", out=tmp_path / "run", **LITE0)
     model, _ = smallvision.load(r.model_dir)
