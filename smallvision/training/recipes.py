@@ -119,7 +119,7 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     if cfg.recipe.init_from:
         kept, note = _init_note({f"head.{k}": v for k, v in head.state_dict().items()}, cfg.recipe.init_from)
         head.load_state_dict({k.removeprefix("head."): v for k, v in kept.items()}, strict=False)
-        notes.append(note + "; the features recipe keeps the backbone's pretrained weights")
+        notes.append(note + f"; recipe {cfg.recipe.name} takes the head from it, the backbone starts pretrained")
     r = cfg.recipe
     result = train_head(
         head,
@@ -297,7 +297,10 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
     groups = [{"params": params, "lr": r.lr, "name": stage}]
     stage_dir = run_dir / "checkpoints" / stage
     res = run_stage(stage, model, groups, data, cfg, r.epochs, stage_dir, progress, views=views)
-    notes.append(f"stage {stage}: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
+    notes.append(
+        f"stage {stage}: {r.optimizer} with the {r.schedule_for('network')} schedule; best epoch {res.best_epoch} of "
+        f"{r.epochs} (val accuracy {res.best_accuracy:.4f})"
+    )
     trainable = ["all"] if specs is None else ["head"]
     probs = views.probabilities() if views is not None else None
     return _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
