@@ -29,7 +29,7 @@ test: lint
 	$(PY) -m pytest -m "not slow" -q --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q
+	$(PY) -m pytest -m slow -q --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/features.py

@@ -10,9 +10,16 @@ from typing import Annotated
 
 import typer
 
+from smallvision.config import field_help
 from smallvision.errors import SmallvisionError
 
 Opt = typer.Option
+
+
+def _opt(path: str, *flags: str):
+    """A train option whose help is the config field's description (which states the default): one source."""
+    return Opt(*flags, help=field_help(path), show_default=False)
+
 
 app = typer.Typer(
     help="Turn a folder of images (one sub-folder per class) into the best image classifier it can.",
@@ -30,55 +37,58 @@ def _setup_logging(quiet: bool) -> None:
 
 @app.command()
 def train(
-    data: Annotated[
-        Path | None, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")
+    data: Annotated[Path | None, typer.Argument(help=field_help("data.path"), show_default=False)] = None,
+    recipe: Annotated[str | None, _opt("recipe.name")] = None,
+    backbone: Annotated[str | None, _opt("model.backbone")] = None,
+    weights: Annotated[str | None, _opt("model.weights")] = None,
+    image_size: Annotated[int | None, _opt("data.image_size")] = None,
+    epochs: Annotated[int | None, _opt("recipe.epochs")] = None,
+    lr: Annotated[float | None, _opt("recipe.lr")] = None,
+    batch_size: Annotated[int | None, _opt("recipe.batch_size")] = None,
+    dropout: Annotated[float | None, _opt("model.dropout")] = None,
+    hidden: Annotated[int | None, _opt("model.hidden")] = None,
+    pool: Annotated[str | None, _opt("model.pool")] = None,
+    batch_norm: Annotated[bool | None, _opt("model.batch_norm", "--batch-norm/--no-batch-norm")] = None,
+    optimizer: Annotated[str | None, _opt("recipe.optimizer")] = None,
+    momentum: Annotated[float | None, _opt("recipe.momentum")] = None,
+    schedule: Annotated[str | None, _opt("recipe.schedule")] = None,
+    warmup_epochs: Annotated[float | None, _opt("recipe.warmup_epochs")] = None,
+    weight_decay: Annotated[float | None, _opt("recipe.weight_decay")] = None,
+    label_smoothing: Annotated[float | None, _opt("recipe.label_smoothing")] = None,
+    class_weights: Annotated[str | None, _opt("recipe.class_weights")] = None,
+    patience: Annotated[int | None, _opt("recipe.patience")] = None,
+    augment: Annotated[str | None, _opt("recipe.augment.preset")] = None,
+    rotation_range: Annotated[float | None, _opt("recipe.augment.rotation_range")] = None,
+    width_shift_range: Annotated[float | None, _opt("recipe.augment.width_shift_range")] = None,
+    height_shift_range: Annotated[float | None, _opt("recipe.augment.height_shift_range")] = None,
+    shear_range: Annotated[float | None, _opt("recipe.augment.shear_range")] = None,
+    zoom_range: Annotated[float | None, _opt("recipe.augment.zoom_range")] = None,
+    horizontal_flip: Annotated[
+        bool | None, _opt("recipe.augment.horizontal_flip", "--horizontal-flip/--no-horizontal-flip")
     ] = None,
-    recipe: Annotated[str | None, Opt(help="auto (default), features, scratch, frozen, finetune, unfreeze")] = None,
-    backbone: Annotated[str | None, Opt(help="timm backbone (join two with '+'), or small_cnn/residual_cnn")] = None,
-    weights: Annotated[str | None, Opt(help="Local weights file (.safetensors/.pth), 'hub' or 'random'")] = None,
-    image_size: Annotated[int | None, Opt(help="Square input size in pixels (224; 150 for scratch)")] = None,
-    epochs: Annotated[int | None, Opt(help="Epochs (of the head stage for two-stage recipes)")] = None,
-    lr: Annotated[float | None, Opt(help="Learning rate (head / scratch)")] = None,
-    batch_size: Annotated[int | None, Opt(help="Batch size")] = None,
-    dropout: Annotated[float | None, Opt(help="Dropout before the dense layer(s)")] = None,
-    hidden: Annotated[int | None, Opt(help="Units of a hidden dense layer in the head (0: none)")] = None,
-    pool: Annotated[str | None, Opt(help="Backbone pooling: avg, max or none")] = None,
-    batch_norm: Annotated[bool | None, Opt("--batch-norm/--no-batch-norm", help="Batch norm in small_cnn")] = None,
-    optimizer: Annotated[str | None, Opt(help="adamw (default), adam, sgd, rmsprop")] = None,
-    schedule: Annotated[str | None, Opt(help="cosine (default), constant, ramp, time, onecycle")] = None,
-    weight_decay: Annotated[float | None, Opt(help="L2 weight decay")] = None,
-    label_smoothing: Annotated[float | None, Opt(help="Label smoothing")] = None,
-    class_weights: Annotated[str | None, Opt(help="none or balanced")] = None,
-    patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs")] = None,
-    augment: Annotated[str | None, Opt(help="Augmentation preset: none, light (default), standard")] = None,
-    rotation_range: Annotated[float | None, Opt(help="Keras-style: random rotation in degrees")] = None,
-    width_shift_range: Annotated[float | None, Opt(help="Keras-style: horizontal shift, fraction of width")] = None,
-    height_shift_range: Annotated[float | None, Opt(help="Keras-style: vertical shift, fraction of height")] = None,
-    shear_range: Annotated[float | None, Opt(help="Keras-style: shear in degrees")] = None,
-    zoom_range: Annotated[float | None, Opt(help="Keras-style: zoom in [1-z, 1+z]")] = None,
-    horizontal_flip: Annotated[bool | None, Opt("--horizontal-flip/--no-horizontal-flip")] = None,
-    vertical_flip: Annotated[bool | None, Opt("--vertical-flip/--no-vertical-flip")] = None,
-    fill_mode: Annotated[str | None, Opt(help="Keras-style border fill: nearest, constant, reflect, wrap")] = None,
-    unfreeze_blocks: Annotated[int | None, Opt(help="finetune: how many top blocks to unfreeze")] = None,
-    unfreeze_from: Annotated[str | None, Opt(help="finetune: unfreeze from this block up (see inspect)")] = None,
-    finetune_lr: Annotated[float | None, Opt(help="Learning rate of the fine-tuning stage")] = None,
-    finetune_epochs: Annotated[int | None, Opt(help="Epochs of the fine-tuning stage")] = None,
-    time_budget: Annotated[float | None, Opt(help="auto: seconds allowed; fine-tunes only if it fits")] = None,
-    cached_views: Annotated[
-        int | None, Opt(help="finetune: augmented views per image cached below the trainable blocks (0: off)")
+    vertical_flip: Annotated[
+        bool | None, _opt("recipe.augment.vertical_flip", "--vertical-flip/--no-vertical-flip")
     ] = None,
-    memory_budget: Annotated[float | None, Opt(help="GB the fine-tuning activation cache may use (4)")] = None,
-    init_from: Annotated[str | None, Opt(help="Start from a saved model folder (tensors that fit)")] = None,
-    devices: Annotated[int | None, Opt(help="Processes/devices (DDP); torchrun sets it")] = None,
-    precision: Annotated[str | None, Opt(help="auto (default), 32-true, bf16-mixed, 16-mixed")] = None,
-    workers: Annotated[int | None, Opt(help="DataLoader worker processes")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed (splits, init, shuffling)")] = None,
-    val_fraction: Annotated[float | None, Opt(help="Validation share carved from train when absent")] = None,
-    test_fraction: Annotated[float | None, Opt(help="Test share carved from a single folder")] = None,
-    min_train_per_class: Annotated[int | None, Opt(help="Fewest training images a class may keep")] = None,
-    min_val_per_class: Annotated[int | None, Opt(help="Fewest validation images per class")] = None,
-    min_test_per_class: Annotated[int | None, Opt(help="Fewest test images per class")] = None,
-    out: Annotated[Path | None, Opt(help="Run folder (default runs/<data>-<recipe>)")] = None,
+    fill_mode: Annotated[str | None, _opt("recipe.augment.fill_mode")] = None,
+    unfreeze_blocks: Annotated[int | None, _opt("recipe.unfreeze_blocks")] = None,
+    unfreeze_from: Annotated[str | None, _opt("recipe.unfreeze_from")] = None,
+    finetune_lr: Annotated[float | None, _opt("recipe.finetune_lr")] = None,
+    finetune_epochs: Annotated[int | None, _opt("recipe.finetune_epochs")] = None,
+    layer_decay: Annotated[float | None, _opt("recipe.layer_decay")] = None,
+    time_budget: Annotated[float | None, _opt("recipe.time_budget")] = None,
+    cached_views: Annotated[int | None, _opt("recipe.cached_views")] = None,
+    memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
+    init_from: Annotated[str | None, _opt("recipe.init_from")] = None,
+    devices: Annotated[int | None, _opt("trainer.devices")] = None,
+    precision: Annotated[str | None, _opt("trainer.precision")] = None,
+    workers: Annotated[int | None, _opt("trainer.workers")] = None,
+    seed: Annotated[int | None, _opt("seed")] = None,
+    val_fraction: Annotated[float | None, _opt("data.val_fraction")] = None,
+    test_fraction: Annotated[float | None, _opt("data.test_fraction")] = None,
+    min_train_per_class: Annotated[int | None, _opt("data.min_train_per_class")] = None,
+    min_val_per_class: Annotated[int | None, _opt("data.min_val_per_class")] = None,
+    min_test_per_class: Annotated[int | None, _opt("data.min_test_per_class")] = None,
+    out: Annotated[Path | None, _opt("out")] = None,
     config: Annotated[Path | None, Opt(help="YAML config; flags override it")] = None,
     resume: Annotated[Path | None, Opt(help="Continue an interrupted run folder")] = None,
     strict: Annotated[bool, Opt("--strict", help="Identical files in two splits are an error")] = False,
@@ -96,7 +106,9 @@ def train(
         "pool": pool,
         "batch_norm": batch_norm,
         "optimizer": optimizer,
+        "momentum": momentum,
         "schedule": schedule,
+        "warmup_epochs": warmup_epochs,
         "weight_decay": weight_decay,
         "label_smoothing": label_smoothing,
         "class_weights": class_weights,
@@ -114,6 +126,7 @@ def train(
         "unfreeze_from": unfreeze_from,
         "finetune_lr": finetune_lr,
         "finetune_epochs": finetune_epochs,
+        "layer_decay": layer_decay,
         "time_budget": time_budget,
         "cached_views": cached_views,
         "memory_budget": memory_budget,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smallvision.errors import SmallvisionError
+from smallvision.models.weights import NATIVE_SIZE
 
 SCRATCH_BACKBONES = ("small_cnn", "residual_cnn")
+DEFAULT_EPOCHS = {"frozen": 8}
+EPOCHS = 30
+LR = 1e-3
 
 
 class _Strict(BaseModel):
@@ -19,18 +25,30 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the images are and how splits are carved when the folder has none."""
 
-    path: str
+    path: str = Field(description="folder of class folders (or train/ val/ test/), or a .zip")
     image_size: int | None = Field(
         default=None,
         ge=16,
         le=1024,
-        description="default: 150 scratch, else the backbone's native size (224 for efficientnet_lite0)",
+        description="square input size in pixels; default: 150 for scratch, else the first backbone's native size "
+        f"({NATIVE_SIZE['efficientnet_lite0']} for efficientnet_lite0, the features default; "
+        f"{NATIVE_SIZE['efficientnet_lite2']} for efficientnet_lite2, the other recipes' default; 224 for other "
+        "timm backbones)",
     )
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    test_fraction: float = Field(default=0.0, ge=0, lt=1)
-    min_train_per_class: int = Field(default=1, ge=1)
-    min_val_per_class: int = Field(default=1, ge=1)
-    min_test_per_class: int = Field(default=1, ge=1)
+    val_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share of each class carved from train for validation when there is no val/",
+    )
+    test_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="share of each class carved for a test split from a single folder"
+    )
+    min_train_per_class: int = Field(
+        default=1, ge=1, description="fewest training images a class may keep after carving (fewer is an error)"
+    )
+    min_val_per_class: int = Field(default=1, ge=1, description="fewest validation images carved per class")
+    min_test_per_class: int = Field(default=1, ge=1, description="fewest test images carved per class")
 
 
 class ModelConfig(_Strict):
@@ -38,13 +56,25 @@ class ModelConfig(_Strict):
 
     backbone: str | None = Field(
         default=None,
-        description="default: small_cnn for scratch, efficientnet_lite0 for features, efficientnet_lite2 else",
+        description="timm backbone (join several with '+'), or small_cnn/residual_cnn for scratch; default: small_cnn "
+        "for scratch, efficientnet_lite0 for features, efficientnet_lite2 for the others",
     )
-    weights: str | None = None
-    pool: Literal["avg", "max", "none"] = "avg"
-    dropout: float = Field(default=0.5, ge=0, lt=1)
-    hidden: int = Field(default=0, ge=0)
-    batch_norm: bool = Field(default=False, description="batch norm in small_cnn (residual_cnn always has it)")
+    weights: str | None = Field(
+        default=None,
+        description="local weights file (.safetensors/.pth), 'hub' or 'random'; default: the bundled weights, else "
+        "timm's cached or hub weights",
+    )
+    pool: Literal["avg", "max", "none"] = Field(default="avg", description="backbone pooling: avg, max or none")
+    dropout: float = Field(default=0.5, ge=0, lt=1, description="dropout before the head's dense layer(s)")
+    hidden: int | None = Field(
+        default=None,
+        ge=0,
+        description="units of a hidden dense layer in the head; 0: none; default: 512 for small_cnn "
+        "(Chollet's dense 512), else 0",
+    )
+    batch_norm: bool = Field(
+        default=False, description="batch norm in small_cnn's conv layers (residual_cnn always has it)"
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -65,57 +95,133 @@ class ModelConfig(_Strict):
 class AugmentConfig(_Strict):
     """Training-time augmentation: a preset plus Keras ImageDataGenerator-style parameters."""
 
-    preset: Literal["none", "light", "standard"] = "light"
-    rotation_range: float = Field(default=0.0, ge=0, le=180)
-    width_shift_range: float = Field(default=0.0, ge=0, lt=1)
-    height_shift_range: float = Field(default=0.0, ge=0, lt=1)
-    shear_range: float = Field(default=0.0, ge=0, lt=90)
-    zoom_range: float = Field(default=0.0, ge=0, lt=1)
-    horizontal_flip: bool | None = None
-    vertical_flip: bool = False
-    fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = "nearest"
+    preset: Literal["none", "light", "standard"] = Field(
+        default="light",
+        description="augmentation preset: none; light (random resized crop of 70-100%, flips); standard (crop of "
+        "40-100%, rotation up to 10 degrees, colour jitter, flips)",
+    )
+    rotation_range: float = Field(default=0.0, ge=0, le=180, description="Keras-style: random rotation in degrees")
+    width_shift_range: float = Field(
+        default=0.0, ge=0, lt=1, description="Keras-style: random horizontal shift, fraction of the width"
+    )
+    height_shift_range: float = Field(
+        default=0.0, ge=0, lt=1, description="Keras-style: random vertical shift, fraction of the height"
+    )
+    shear_range: float = Field(default=0.0, ge=0, lt=90, description="Keras-style: random shear in degrees")
+    zoom_range: float = Field(default=0.0, ge=0, lt=1, description="Keras-style: random zoom in [1-z, 1+z]")
+    horizontal_flip: bool | None = Field(
+        default=None, description="random horizontal flips; default: on, unless the preset is none"
+    )
+    vertical_flip: bool = Field(default=False, description="random vertical flips")
+    fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = Field(
+        default="nearest",
+        description="Keras-style: how rotation, shifts, shear and zoom fill the borders: nearest, constant, reflect "
+        "or wrap",
+    )
+
+    def affine(self) -> bool:
+        """Whether any Keras-style rotation, shift, shear or zoom is asked (they share one RandomAffine)."""
+        return any(
+            (self.rotation_range, self.width_shift_range, self.height_shift_range, self.shear_range, self.zoom_range)
+        )
+
+    def augments(self) -> bool:
+        """Whether training images are changed at all (data/transforms.py train_transform adds a step)."""
+        flip = self.horizontal_flip if self.horizontal_flip is not None else self.preset != "none"
+        return self.preset != "none" or self.affine() or flip or self.vertical_flip
 
 
 class RecipeConfig(_Strict):
     """How training goes: which recipe, which parts train, for how long, at which learning rate."""
 
-    name: Literal["features", "scratch", "frozen", "finetune", "unfreeze", "auto"] = "auto"
-    epochs: int | None = Field(default=None, ge=1, description="default: 30 features/scratch, 8 frozen")
-    lr: float | None = Field(default=None, gt=0, description="default: 1e-3 (features, heads, scratch)")
-    batch_size: int = Field(default=32, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    schedule: Literal["constant", "ramp", "time", "cosine", "onecycle"] = "cosine"
-    warmup_epochs: float = Field(default=1.0, ge=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    class_weights: Literal["none", "balanced"] = "none"
-    patience: int | None = Field(default=None, ge=1, description="early-stopping patience in epochs; none: off")
-    unfreeze_blocks: int = Field(default=1, ge=1)
-    unfreeze_from: str | None = None
-    finetune_lr: float | None = Field(default=None, gt=0, description="default: a tenth of the head's lr")
-    finetune_epochs: int = Field(default=6, ge=1)
+    name: Literal["features", "scratch", "frozen", "finetune", "unfreeze", "auto"] = Field(
+        default="auto", description="the recipe: auto, features, scratch, frozen, finetune or unfreeze"
+    )
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="epochs (of the head stage for finetune, unfreeze and auto); default: "
+        + ", ".join(f"{v} for {k}" for k, v in DEFAULT_EPOCHS.items())
+        + f", else {EPOCHS}",
+    )
+    lr: float | None = Field(
+        default=None, gt=0, description=f"learning rate of the head (scratch: the whole network); default: {LR:g}"
+    )
+    batch_size: int = Field(default=32, ge=1, description="batch size")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field(
+        default="adamw", description="adamw, adam, sgd or rmsprop"
+    )
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="momentum of sgd and rmsprop")
+    schedule: Literal["constant", "ramp", "time", "cosine", "onecycle"] | None = Field(
+        default=None,
+        description="learning-rate schedule: constant, ramp, time, cosine or onecycle; default: onecycle for the head "
+        "on cached features (features, stage 1 of finetune/unfreeze/auto), cosine for end-to-end training",
+    )
+    warmup_epochs: float = Field(
+        default=1.0, ge=0, description="epochs of linear warm-up (cosine) or at the full rate before decay (ramp)"
+    )
+    weight_decay: float = Field(default=1e-4, ge=0, description="weight decay (decoupled for adamw)")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="label smoothing of the loss")
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none", description="none, or balanced: loss weights inversely proportional to class frequency"
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="early stopping: stop after this many epochs without a better validation accuracy (the best "
+        "epoch is kept); default: off",
+    )
+    unfreeze_blocks: int = Field(default=1, ge=1, description="how many top block groups fine-tuning trains")
+    unfreeze_from: str | None = Field(
+        default=None,
+        description="fine-tune from this block group up (names: smallvision inspect); default: --unfreeze-blocks",
+    )
+    finetune_lr: float | None = Field(
+        default=None, gt=0, description="learning rate of the fine-tuning stage; default: a tenth of --lr"
+    )
+    finetune_epochs: int = Field(default=6, ge=1, description="epochs of the fine-tuning stage")
     cached_views: int | None = Field(
         default=None,
         ge=0,
-        description="finetune/auto: augmented views per training image whose frozen-part activations are computed "
-        "once; 0: no activation cache; default 4 with augmentation, 1 (the image itself) without",
+        description="augmented views per training image whose frozen-part activations are computed once; 0: no "
+        "activation cache; default: 4 with augmentation, 1 (the image itself) without",
     )
-    layer_decay: float = Field(default=0.7, gt=0, le=1)
-    time_budget: float = Field(default=600.0, gt=0, description="seconds; `auto` fine-tunes only if it fits")
-    init_from: str | None = None
+    layer_decay: float = Field(
+        default=0.7, gt=0, le=1, description="each lower unfrozen block trains at this times the rate above it"
+    )
+    time_budget: float = Field(
+        default=600.0, gt=0, description="seconds the run may take; auto fine-tunes only if its estimate fits"
+    )
+    init_from: str | None = Field(
+        default=None,
+        description="start from a saved model folder (tensors whose name and shape fit are kept); default: none",
+    )
     augment: AugmentConfig = AugmentConfig()
+
+    def schedule_for(self, path: Literal["head", "network"]) -> str:
+        """The schedule that runs on `path`: the asked one, else that path's default (see DEFAULT_SCHEDULE)."""
+        return self.schedule or DEFAULT_SCHEDULE[path]
+
+
+# The head on cached features runs one-cycle AdamW (training/head_optim.py: fast, no torch.optim import); end-to-end
+# stages run cosine with warm-up.
+DEFAULT_SCHEDULE = {"head": "onecycle", "network": "cosine"}
 
 
 class TrainerConfig(_Strict):
     """Where and how training runs: devices, precision, data loading."""
 
-    devices: int | None = Field(default=None, ge=1, description="default: LOCAL_WORLD_SIZE under torchrun, else 1")
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
-        default="auto", description="auto: bf16-mixed on a GPU or a CPU with native bf16 (2x measured), else 32-true"
+    devices: int | None = Field(
+        default=None, ge=1, description="processes/devices (DDP); default: LOCAL_WORLD_SIZE under torchrun, else 1"
     )
-    memory_budget: float = Field(default=4.0, gt=0, description="GB the fine-tuning activation cache may take")
-    workers: int = Field(default=0, ge=0)
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        default="auto",
+        description="auto, 32-true, bf16-mixed or 16-mixed (GPU only); auto: bf16-mixed on a GPU or a CPU with "
+        "native bf16 (2x measured), else 32-true; the feature pass runs at it too (auto: fp16 on a GPU), the head on "
+        "cached features trains in fp32",
+    )
+    memory_budget: float = Field(default=4.0, gt=0, description="GB the activation cache may take")
+    workers: int = Field(default=0, ge=0, description="DataLoader worker processes that load and augment images")
 
 
 class RunConfig(_Strict):
@@ -125,8 +231,8 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     recipe: RecipeConfig = RecipeConfig()
     trainer: TrainerConfig = TrainerConfig()
-    seed: int = 0
-    out: str | None = None
+    seed: int = Field(default=0, description="random seed (splits, init, shuffling, augmentation)")
+    out: str | None = Field(default=None, description="run folder; default: runs/<data>-<recipe>, numbered if taken")
 
 
 def _explain(e: ValidationError, origin: str) -> SmallvisionError:
@@ -144,14 +250,268 @@ def _explain(e: ValidationError, origin: str) -> SmallvisionError:
 # hymenoptera finetune reached val accuracy 0.9673 with lite2, 0.9542 lite1, 0.9412 lite0 (recipe notes, this machine).
 DEFAULT_BACKBONE = {"scratch": "small_cnn", "features": "efficientnet_lite0"}
 
+# ---------------------------------------------------------------- which recipe applies which option
+
+RECIPES = ("features", "scratch", "frozen", "finetune", "unfreeze", "auto")
+PRETRAINED = ("features", "frozen", "finetune", "unfreeze", "auto")
+END_TO_END = ("scratch", "frozen", "finetune", "unfreeze", "auto")  # images run through the network while training
+TWO_STAGE = ("finetune", "unfreeze", "auto")
+TOP_BLOCKS = ("finetune", "auto")
+CACHING = ("frozen", "finetune", "auto")  # train blocks above a frozen part: the activation cache exists here
+
+
+@dataclass(frozen=True)
+class Applies:
+    """The recipes that apply a config field; `why` says why the others cannot."""
+
+    recipes: tuple[str, ...]
+    why: str = ""
+
+
+_NO_CACHE = "it sizes the activation cache of frozen layers below trainable blocks, which only frozen, finetune and "
+_NO_CACHE += "auto have (features caches whole-backbone features; scratch and unfreeze freeze nothing)"
+_NO_AUGMENT = "features computes each image's features once, from the unaugmented image"
+
+# Every field of RunConfig and its sections, by dotted path (tests/test_options.py holds the list complete and proves
+# each entry: the field changes the run on the recipes named here and is refused on the others).
+APPLIES: dict[str, Applies] = {
+    "data.path": Applies(RECIPES),
+    "data.image_size": Applies(RECIPES),
+    "data.val_fraction": Applies(RECIPES),
+    "data.test_fraction": Applies(RECIPES),
+    "data.min_train_per_class": Applies(RECIPES),
+    "data.min_val_per_class": Applies(RECIPES),
+    "data.min_test_per_class": Applies(RECIPES),
+    "model.backbone": Applies(RECIPES),
+    "model.weights": Applies(
+        PRETRAINED, "scratch trains small_cnn/residual_cnn from random init (--init-from starts from a saved model)"
+    ),
+    "model.pool": Applies(
+        PRETRAINED, "scratch networks pool their own way (small_cnn flattens, residual_cnn averages)"
+    ),
+    "model.dropout": Applies(RECIPES),
+    "model.hidden": Applies(RECIPES),
+    "model.batch_norm": Applies(
+        ("scratch",), "it builds small_cnn's conv layers; pretrained backbones keep their own normalization"
+    ),
+    "recipe.name": Applies(RECIPES),
+    "recipe.epochs": Applies(RECIPES),
+    "recipe.lr": Applies(RECIPES),
+    "recipe.batch_size": Applies(RECIPES),
+    "recipe.optimizer": Applies(RECIPES),
+    "recipe.momentum": Applies(RECIPES),
+    "recipe.schedule": Applies(RECIPES),
+    "recipe.warmup_epochs": Applies(RECIPES),
+    "recipe.weight_decay": Applies(RECIPES),
+    "recipe.label_smoothing": Applies(RECIPES),
+    "recipe.class_weights": Applies(RECIPES),
+    "recipe.patience": Applies(RECIPES),
+    "recipe.unfreeze_blocks": Applies(
+        TOP_BLOCKS, "only finetune and auto unfreeze top blocks (unfreeze trains every block, the others none)"
+    ),
+    "recipe.unfreeze_from": Applies(
+        TOP_BLOCKS, "only finetune and auto unfreeze top blocks (unfreeze trains every block, the others none)"
+    ),
+    "recipe.finetune_lr": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
+    "recipe.finetune_epochs": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
+    "recipe.cached_views": Applies(CACHING, _NO_CACHE),
+    "recipe.layer_decay": Applies(TWO_STAGE, "only finetune, unfreeze and auto train backbone blocks at their own lr"),
+    "recipe.time_budget": Applies(("auto",), "only auto decides by time whether to fine-tune"),
+    "recipe.init_from": Applies(RECIPES),
+    "recipe.augment.preset": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.rotation_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.width_shift_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.height_shift_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.shear_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.zoom_range": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.horizontal_flip": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.vertical_flip": Applies(END_TO_END, _NO_AUGMENT),
+    "recipe.augment.fill_mode": Applies(END_TO_END, _NO_AUGMENT),
+    "trainer.devices": Applies(END_TO_END, "features trains its head on cached features in one process"),
+    "trainer.precision": Applies(RECIPES),
+    "trainer.memory_budget": Applies(CACHING, _NO_CACHE),
+    "trainer.workers": Applies(END_TO_END, "features trains on in-memory cached features; no DataLoader loads images"),
+    "seed": Applies(RECIPES),
+    "out": Applies(RECIPES),
+}
+
+# Command-line spellings that are not `--` + the field name with dashes.
+FLAGS = {"data.path": "DATA", "recipe.name": "--recipe", "recipe.augment.preset": "--augment"}
+
+
+def option_flag(path: str) -> str:
+    """The command-line spelling of the config field at dotted `path`."""
+    return FLAGS.get(path, "--" + path.rpartition(".")[2].replace("_", "-"))
+
+
+def field_help(path: str) -> str:
+    """The help text of the config field at dotted `path`: its description, which always states its default."""
+    info = leaf_fields()[path]
+    text = info.description
+    if info.is_required():
+        return f"{text} (required)"
+    if "default:" in text:
+        return text
+    default = info.default
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    return f"{text}; default: {shown}"
+
+
+def options_table() -> str:
+    """The README's option table, generated from the fields (tests/test_options.py holds README.md to it)."""
+    rows = ["| option | config key | what it does (default) | recipes that apply it |", "|---|---|---|---|"]
+    for path, applies in APPLIES.items():
+        recipes = "all" if applies.recipes == RECIPES else ", ".join(applies.recipes)
+        rows.append(f"| `{option_flag(path)}` | `{path}` | {field_help(path).replace('|', '/')} | {recipes} |")
+    return "\n".join(rows) + "\n"
+
+
+def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field of RunConfig (or `model`), by dotted path: its pydantic FieldInfo."""
+    model = model or RunConfig
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.update(leaf_fields(kind, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = info
+    return out
+
+
+def user_set(model: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """The fields given a value (not None) in the values `model` was validated from, by dotted path."""
+    out: dict[str, Any] = {}
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out.update(user_set(value, f"{prefix}{name}."))
+        elif value is not None:
+            out[prefix + name] = value
+    return out
+
+
+def _schedules(cfg: RunConfig) -> set[str]:
+    """The schedules the recipe's stages run."""
+    r = cfg.recipe
+    paths = {"features": ["head"], "scratch": ["network"], "frozen": ["network"]}.get(r.name, ["head", "network"])
+    return {r.schedule_for(p) for p in paths}
+
+
+def _momentum(cfg: RunConfig) -> str | None:
+    r = cfg.recipe
+    if r.optimizer not in ("sgd", "rmsprop"):
+        return f"momentum is a parameter of sgd and rmsprop, not of --optimizer {r.optimizer}"
+    if _schedules(cfg) == {"onecycle"}:
+        return "the onecycle schedule cycles the momentum itself (0.95 -> 0.85 -> 0.95)"
+    return None
+
+
+def _warmup(cfg: RunConfig) -> str | None:
+    runs = _schedules(cfg)
+    if not runs & {"cosine", "ramp"}:
+        return f"only the cosine and ramp schedules warm up; this run uses {', '.join(sorted(runs))}"
+    return None
+
+
+def _patience(cfg: RunConfig) -> str | None:
+    r = cfg.recipe
+    longest = max([r.epochs] + ([r.finetune_epochs] if r.name in TWO_STAGE else []))
+    if r.patience >= longest:
+        return f"early stopping after {r.patience} epochs without progress needs stages longer than that ({longest})"
+    return None
+
+
+def _views(cfg: RunConfig) -> str | None:
+    if cfg.recipe.cached_views > 1 and not cfg.recipe.augment.augments():
+        return "without augmentation each image has one view, the image itself"
+    return None
+
+
+def _cache_off(cfg: RunConfig) -> str | None:
+    return "--cached-views 0 turns the activation cache off" if cfg.recipe.cached_views == 0 else None
+
+
+def _workers(cfg: RunConfig) -> str | None:
+    if cfg.recipe.name in CACHING and cfg.recipe.cached_views != 0:
+        return (
+            "batches come from the in-memory activation cache, not from image-loading workers "
+            "(--cached-views 0 trains on images, with workers)"
+        )
+    return None
+
+
+def _blocks(cfg: RunConfig) -> str | None:
+    return "--unfreeze-from chooses the blocks" if cfg.recipe.unfreeze_from is not None else None
+
+
+def _decay(cfg: RunConfig) -> str | None:
+    r = cfg.recipe
+    if r.name in TOP_BLOCKS and r.unfreeze_from is None and r.unfreeze_blocks == 1:
+        return "with one unfrozen block (--unfreeze-blocks 1) there is no lower block for the decay to slow"
+    return None
+
+
+def _fill(cfg: RunConfig) -> str | None:
+    if not cfg.recipe.augment.affine():
+        return "it fills the borders that rotation, shifts, shear or zoom leave, and none of them is set"
+    return None
+
+
+def _batch_norm(cfg: RunConfig) -> str | None:
+    return "residual_cnn always has batch norm" if cfg.model.backbone == "residual_cnn" else None
+
+
+def _backbone(cfg: RunConfig) -> str | None:
+    if cfg.recipe.name == "scratch" and len(cfg.model.backbones) > 1:
+        return "scratch trains one network; joined backbones need pretrained weights"
+    return None
+
+
+def _precision(cfg: RunConfig) -> str | None:
+    if cfg.trainer.precision == "16-mixed":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "fp16 mixed precision needs a GPU and none is available (on a CPU use bf16-mixed or 32-true)"
+    return None
+
+
+# Conditions under which a field that its recipe applies would still change nothing: a reason, or None.
+CONDITIONS: dict[str, Callable[[RunConfig], str | None]] = {
+    "model.backbone": _backbone,
+    "model.batch_norm": _batch_norm,
+    "recipe.momentum": _momentum,
+    "recipe.warmup_epochs": _warmup,
+    "recipe.patience": _patience,
+    "recipe.cached_views": _views,
+    "recipe.unfreeze_blocks": _blocks,
+    "recipe.layer_decay": _decay,
+    "recipe.augment.fill_mode": _fill,
+    "trainer.memory_budget": _cache_off,
+    "trainer.workers": _workers,
+    "trainer.precision": _precision,
+}
+
+
+def _resolve(section: BaseModel, name: str, value: Any) -> None:
+    """Fill a default the code chose; model_fields_set keeps meaning 'what the user set'."""
+    setattr(section, name, value)
+    section.model_fields_set.discard(name)
+
 
 def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
-    """Validate nested plain values into a RunConfig with every recipe-dependent default filled in."""
+    """Validate nested plain values into a RunConfig with every recipe-dependent default filled in.
+
+    An option the user set that the chosen recipe cannot apply (APPLIES, CONDITIONS) is refused, never ignored.
+    """
     try:
         cfg = RunConfig.model_validate(values)
     except ValidationError as e:
         raise _explain(e, origin) from e
-    scratch = cfg.recipe.name == "scratch"
+    given = user_set(cfg)
+    name = cfg.recipe.name
+    scratch = name == "scratch"
     names = cfg.model.backbones if cfg.model.backbone else []
     if scratch and names and any(n not in SCRATCH_BACKBONES for n in names):
         raise SmallvisionError(
@@ -159,18 +519,26 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
         )
     if not scratch and any(n in SCRATCH_BACKBONES for n in names):
         raise SmallvisionError(f"backbone {cfg.model.backbone!r} has no pretrained weights; use --recipe scratch")
-    if cfg.model.backbone is None:
-        cfg.model.backbone = DEFAULT_BACKBONE.get(cfg.recipe.name, "efficientnet_lite2")
+    m, r = cfg.model, cfg.recipe
+    if m.backbone is None:
+        _resolve(m, "backbone", DEFAULT_BACKBONE.get(name, "efficientnet_lite2"))
+    if m.hidden is None:
+        _resolve(m, "hidden", 512 if m.backbones[0] == "small_cnn" else 0)
     if cfg.data.image_size is None:
-        from smallvision.models.weights import NATIVE_SIZE
-
-        cfg.data.image_size = 150 if scratch else NATIVE_SIZE.get(cfg.model.backbones[0], 224)
-    if cfg.recipe.epochs is None:
-        cfg.recipe.epochs = {"frozen": 8, "finetune": 30, "unfreeze": 30, "auto": 30}.get(cfg.recipe.name, 30)
-    if cfg.recipe.lr is None:
-        cfg.recipe.lr = 1e-3
-    if cfg.recipe.finetune_lr is None:
-        cfg.recipe.finetune_lr = cfg.recipe.lr / 10
+        _resolve(cfg.data, "image_size", 150 if scratch else NATIVE_SIZE.get(m.backbones[0], 224))
+    if r.epochs is None:
+        _resolve(r, "epochs", DEFAULT_EPOCHS.get(name, EPOCHS))
+    if r.schedule is None and name in ("features", "scratch", "frozen"):
+        _resolve(r, "schedule", DEFAULT_SCHEDULE["head" if name == "features" else "network"])
+    if r.lr is None:
+        _resolve(r, "lr", LR)
+    if r.finetune_lr is None and name in TWO_STAGE:
+        _resolve(r, "finetune_lr", r.lr / 10)
+    for path in given:
+        applies = APPLIES[path]
+        reason = applies.why if name not in applies.recipes else (CONDITIONS.get(path, lambda _: None)(cfg))
+        if reason:
+            raise SmallvisionError(f"option {option_flag(path)} ({path}) does not apply to recipe {name}: {reason}")
     return cfg
 
 

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 FEATURE_FORMAT = 1
 
 
-def feature_settings(spec: WeightsSpec, image_size: int, pool: str, precision: str | None = None) -> dict:
-    """Everything a cached feature depends on besides the image's content (`precision` "fp32" asks for full)."""
+def feature_settings(spec: WeightsSpec, image_size: int, pool: str, precision: str = "auto") -> dict:
+    """Everything a cached feature depends on besides the image's content (`precision`: a trainer precision)."""
     return {
         "backbone": spec.backbone,
         "weights": spec.fingerprint,
@@ -39,32 +39,35 @@ def feature_settings(spec: WeightsSpec, image_size: int, pool: str, precision: s
     }
 
 
-def feature_store(spec: WeightsSpec, image_size: int, pool: str, precision: str | None = None) -> ShardedStore:
-    """The on-disk feature cache for one backbone + weights + preprocessing + precision."""
+def feature_store(spec: WeightsSpec, image_size: int, pool: str, precision: str = "auto") -> ShardedStore:
+    """The on-disk feature cache for one backbone + weights + preprocessing + arithmetic."""
     settings = feature_settings(spec, image_size, pool, precision)
     return ShardedStore(cache_root() / "features" / f"{spec.backbone}-{key_of(settings)}", settings)
 
 
-def feature_form(backbone, image_size: int, batch_size: int = 32, precision: str | None = None):
-    """The backbone's fast inference form (see models/inference.py) at the feature cache's precision."""
+def feature_form(backbone, image_size: int, batch_size: int = 32, precision: str = "auto"):
+    """The backbone's fast inference form (see models/inference.py) at the asked trainer precision."""
     from smallvision.models.inference import inference_form
 
-    form = inference_form(backbone, (3, image_size, image_size), batch_size, precision or feature_precision())
+    arithmetic = feature_precision(precision).removeprefix("cuda-")
+    form = inference_form(backbone, (3, image_size, image_size), batch_size, arithmetic)
     log.info("feature path: %s", ", ".join(form.steps))
     return form
 
 
-def run_backbone(backbone, images: np.ndarray, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+def run_backbone(
+    backbone, images: np.ndarray, batch_size: int = 32, progress: bool = True, precision: str = "auto"
+) -> np.ndarray:
     """Features for uint8 NHWC images, from the backbone's fast inference form."""
     from smallvision.models.inference import run_batches
 
     if not len(images):
         return np.zeros((0, 0), np.float32)
-    return run_batches(feature_form(backbone, images.shape[1], batch_size), images, progress=progress)
+    return run_batches(feature_form(backbone, images.shape[1], batch_size, precision), images, progress=progress)
 
 
 def _prepare(
-    spec: WeightsSpec, pool: str, image_size: int, batch_size: int, precision: str | None, built=None
+    spec: WeightsSpec, pool: str, image_size: int, batch_size: int, precision: str, built=None
 ) -> tuple[object, object]:
     """Build a backbone (unless given) and its inference form (run in a thread while images decode)."""
     from smallvision.models.backbone import build_backbone
@@ -73,18 +76,31 @@ def _prepare(
     return backbone, feature_form(backbone, image_size, batch_size, precision)
 
 
-def feature_precision(precision: str | None = None) -> str:
-    """The arithmetic features are computed in here: part of the cache key, since bf16 features differ slightly.
+# trainer precision -> the arithmetic of the feature pass ("auto": fp16 on a GPU, bf16 on a CPU that has it natively)
+_ARITHMETIC = {"32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 
-    The default is the fast one (bf16 on a CPU that has it, fp16 on CUDA); "fp32" is what a saved model computes.
-    """
+
+def feature_precision(precision: str = "auto") -> str:
+    """The arithmetic features are computed in for a trainer `precision`: part of the cache key (bf16 features differ
+    slightly from fp32 ones). fp16 runs only on a GPU: asked for on a CPU it is an error, never a quiet fp32."""
     import torch
 
+    from smallvision.errors import SmallvisionError
     from smallvision.models.inference import cpu_precision
 
-    if precision == "fp32":
-        return "cuda-fp32" if torch.cuda.is_available() else "fp32"
-    return "cuda-fp16" if torch.cuda.is_available() else cpu_precision()
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "cuda-fp16" if cuda else cpu_precision()
+    if precision not in _ARITHMETIC:
+        raise ValueError(f"unknown precision {precision!r}")
+    arithmetic = _ARITHMETIC[precision]
+    if cuda:
+        return f"cuda-{arithmetic}"
+    if arithmetic == "fp16":
+        raise SmallvisionError(
+            "--precision 16-mixed: fp16 features need a GPU and none is available; use bf16-mixed or 32-true"
+        )
+    return arithmetic
 
 
 @dataclass
@@ -105,17 +121,17 @@ def cached_features(
     image_size: int,
     pool: str,
     *,
+    precision: str = "auto",
     batch_size: int = 32,
     progress: bool = True,
-    precision: str | None = None,
     built: dict[str, object] | None = None,
 ) -> CachedFeatures:
     """Features for every item, joined across backbones; the backbones are built only for cache misses.
 
     On a miss the backbone is built (timm imported, weights loaded, traced) while the images decode: measured on
     hymenoptera, cold, that overlap saves ~1 s of the ~10 s to the first epoch. (Starting the build earlier, before
-    the data check, measured 0.6 s slower: more work contending for the two cores.) `precision` "fp32" asks for
-    the features a saved model computes; `built` offers backbones built before (keyed as CachedFeatures.built).
+    the data check, measured 0.6 s slower: more work contending for the two cores.) `precision` is a trainer
+    precision ("32-true": the features a saved model computes); `built` offers backbones built before.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -168,11 +184,33 @@ def cached_features(
 
 @dataclass
 class HeadResult:
-    """A trained head: its weights at the best epoch and the per-epoch history."""
+    """A trained head: its weights at the best epoch, the per-epoch history, and what ran."""
 
     state: dict
     history: list[dict]
     best_epoch: int
+    stopped_early: bool = False
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+
+
+HEAD_PCT_START = 0.1  # one-cycle's rising share on the head (OneCycleAdamW's, whatever the optimizer)
+
+
+def class_weight_tensor(kind: str, labels: np.ndarray, num_classes: int):
+    """Per-class loss weights: None for 'none'; 'balanced' as scikit-learn computes it (absent classes weigh 1)."""
+    import torch
+
+    if kind == "none":
+        return None
+    if kind != "balanced":
+        raise ValueError(f"unknown class_weights {kind!r}")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    w = np.ones(num_classes, dtype=np.float32)
+    w[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(w)
 
 
 def train_head(
@@ -186,25 +224,50 @@ def train_head(
     weight_decay: float,
     label_smoothing: float,
     seed: int,
+    optimizer: str = "adamw",
+    schedule: str = "onecycle",
+    momentum: float = 0.9,
+    warmup_epochs: float = 1.0,
+    class_weights: str = "none",
+    patience: int | None = None,
     progress: bool = True,
 ) -> HeadResult:
-    """Train a head on cached features with one-cycle AdamW; keep the epoch best on validation accuracy."""
+    """Train a head on cached features; keep the epoch best on validation accuracy (then loss).
+
+    AdamW under one-cycle runs on OneCycleAdamW (no torch.optim import, see head_optim.py); any other optimizer or
+    schedule runs on torch.optim with training/schedules.py, as end-to-end stages do. `patience`: stop after that
+    many epochs without a better validation accuracy (the best epoch is kept).
+    """
     import torch
     from tqdm.auto import tqdm
-
-    from smallvision.training.head_optim import OneCycleAdamW
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(train[0]), torch.from_numpy(train[1]).long()
     xv, yv = torch.from_numpy(val[0]), torch.from_numpy(val[1]).long()
-    steps = epochs * math.ceil(len(xt) / batch_size)
-    opt = OneCycleAdamW(head.parameters(), lr, steps, weight_decay=weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    steps_per_epoch = math.ceil(len(xt) / batch_size)
+    sched = None
+    if optimizer == "adamw" and schedule == "onecycle":
+        from smallvision.training.head_optim import OneCycleAdamW
+
+        opt = OneCycleAdamW(
+            head.parameters(), lr, epochs * steps_per_epoch, weight_decay=weight_decay, pct_start=HEAD_PCT_START
+        )
+    else:
+        from smallvision.training.schedules import make_optimizer, make_scheduler
+
+        groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr}]
+        opt = make_optimizer(optimizer, groups, weight_decay, momentum)
+        sched = make_scheduler(opt, schedule, epochs, steps_per_epoch, warmup_epochs, pct_start=HEAD_PCT_START)
+    num_classes = int([m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features)
+    weights = class_weight_tensor(class_weights, train[1], num_classes)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
     history: list[dict] = []
     best = (-1.0, math.inf)
     best_state: dict = {}
     best_epoch = 0
+    top_accuracy, top_epoch = -1.0, 0  # early stopping watches val accuracy alone, as Lightning's EarlyStopping does
+    stopped = False
     bar = tqdm(range(1, epochs + 1), desc="head", unit="epoch") if progress else range(1, epochs + 1)
     for epoch in bar:
         head.train()
@@ -217,6 +280,8 @@ def train_head(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yt[idx]).sum())
             n += len(idx)
@@ -237,13 +302,18 @@ def train_head(
         )
         if progress:
             bar.set_postfix(val_acc=f"{vacc:.3f}")
+        if vacc > top_accuracy:
+            top_accuracy, top_epoch = vacc, epoch
         if (vacc, -vloss) > (best[0], -best[1]):
             best = (vacc, vloss)
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
             best_epoch = epoch
+        if patience is not None and epoch - top_epoch >= patience and epoch < epochs:
+            stopped = True
+            break
     head.load_state_dict(best_state)
     head.eval()
-    return HeadResult(best_state, history, best_epoch)
+    return HeadResult(best_state, history, best_epoch, stopped, optimizer, schedule)
 
 
 def backbone_state(spec: WeightsSpec, pool: str, prefix: str, built=None) -> tuple[dict, tuple, tuple]:
@@ -255,7 +325,7 @@ def backbone_state(spec: WeightsSpec, pool: str, prefix: str, built=None) -> tup
     from smallvision import atomic
     from smallvision.models.backbone import build_backbone
 
-    settings = {**feature_settings(spec, 0, pool), "image_size": None, "precision": None}
+    settings = {**feature_settings(spec, 0, pool, "32-true"), "image_size": None, "precision": None}
     path = cache_root() / "backbones" / f"{spec.backbone}-{key_of(settings)}.safetensors"
     if path.is_file():
         try:

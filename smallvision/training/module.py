@@ -10,20 +10,9 @@ import torch
 from torch import nn
 
 from smallvision.config import RecipeConfig
-from smallvision.training.schedules import make_scheduler
+from smallvision.training.schedules import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
-
-
-def make_optimizer(name: str, groups: list[dict], weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    """One of adam, adamw, sgd (momentum), rmsprop over parameter groups that carry their own lr."""
-    if name == "adam":
-        return torch.optim.Adam(groups, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.RMSprop(groups, momentum=momentum, weight_decay=weight_decay)
 
 
 class ClassifierModule(L.LightningModule):
@@ -81,7 +70,7 @@ class ClassifierModule(L.LightningModule):
         """The optimizer over the trainable groups and a scheduler stepped every batch."""
         r = self.recipe
         opt = make_optimizer(r.optimizer, self.groups, r.weight_decay, r.momentum)
-        sched = make_scheduler(opt, r.schedule, self.epochs, self.steps_per_epoch, r.warmup_epochs)
+        sched = make_scheduler(opt, r.schedule_for("network"), self.epochs, self.steps_per_epoch, r.warmup_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -102,13 +102,15 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     import torch
 
     from smallvision.models.head import Head
-    from smallvision.training.features import cached_features, train_head
+    from smallvision.training.features import cached_features, feature_precision, train_head
 
     specs = resolve_specs(cfg)
     for spec in specs:
         if not spec.pretrained:
             log.warning("backbone %s uses random weights: the features recipe learns little from them", spec.backbone)
-    cached = cached_features(index.items, specs, cfg.data.image_size, cfg.model.pool, progress=progress)
+    cached = cached_features(
+        index.items, specs, cfg.data.image_size, cfg.model.pool, precision=cfg.trainer.precision, progress=progress
+    )
     index.drop(cached.failures)
     notes.append(
         f"stage features: backbone(s) {' + '.join(s.backbone for s in specs)} frozen and run once per image; "
@@ -122,7 +124,7 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     if cfg.recipe.init_from:
         kept, note = _init_note({f"head.{k}": v for k, v in head.state_dict().items()}, cfg.recipe.init_from)
         head.load_state_dict({k.removeprefix("head."): v for k, v in kept.items()}, strict=False)
-        notes.append(note + "; the features recipe keeps the backbone's pretrained weights")
+        notes.append(note + f"; recipe {cfg.recipe.name} takes the head from it, the backbone starts pretrained")
     r = cfg.recipe
     result = train_head(
         head,
@@ -134,12 +136,24 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
         weight_decay=r.weight_decay,
         label_smoothing=r.label_smoothing,
         seed=cfg.seed,
+        optimizer=r.optimizer,
+        schedule=r.schedule_for("head"),
+        momentum=r.momentum,
+        warmup_epochs=r.warmup_epochs,
+        class_weights=r.class_weights,
+        patience=r.patience,
         progress=progress,
     )
     for row in result.history:
         row["stage"] = "features"
     best = result.history[result.best_epoch - 1]["val_accuracy"]
-    notes.append(f"stage features: best epoch {result.best_epoch} of {r.epochs} (val accuracy {best:.4f})")
+    ran = len(result.history)
+    stop = f", stopped after {ran} (--patience {r.patience})" if result.stopped_early else ""
+    notes.append(
+        f"stage features: {result.optimizer} with the {result.schedule} schedule, training features in "
+        f"{feature_precision(cfg.trainer.precision)}; best epoch {result.best_epoch} of {r.epochs}{stop} "
+        f"(val accuracy {best:.4f})"
+    )
     return _FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
 
 
@@ -151,12 +165,12 @@ def _saved_model_features(cfg: RunConfig, index, specs, cached, by_split: dict, 
     """
     from smallvision.training.features import cached_features, feature_precision
 
-    fast = feature_precision()
-    if fast == feature_precision("fp32"):
+    fast = feature_precision(cfg.trainer.precision)
+    if fast == feature_precision("32-true"):
         return
     held = [it for it in cached.items if it.split in ("val", "test")]
     exact = cached_features(
-        held, specs, cfg.data.image_size, cfg.model.pool, progress=progress, precision="fp32", built=cached.built
+        held, specs, cfg.data.image_size, cfg.model.pool, progress=progress, precision="32-true", built=cached.built
     )
     cached.built.update(exact.built)
     index.drop(exact.failures)
@@ -288,8 +302,8 @@ def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bo
     data = _images(cfg, index, progress)
     name = cfg.model.backbones[0]
     backbone = scratch_backbone(name, cfg.data.image_size, cfg.model.batch_norm)
-    hidden = cfg.model.hidden or (512 if name == "small_cnn" else 0)
-    model = ImageClassifier([backbone], Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, hidden))
+    head = Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, cfg.model.hidden)
+    model = ImageClassifier([backbone], head)
     notes = [
         f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
         f"dropout {cfg.model.dropout}; {_frozen_summary(model)}"
@@ -313,7 +327,10 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
     groups = [{"params": params, "lr": r.lr, "name": stage}]
     stage_dir = run_dir / "checkpoints" / stage
     res = run_stage(stage, model, groups, data, cfg, r.epochs, stage_dir, progress, views=views)
-    notes.append(f"stage {stage}: best epoch {res.best_epoch} of {r.epochs} (val accuracy {res.best_accuracy:.4f})")
+    notes.append(
+        f"stage {stage}: {r.optimizer} with the {r.schedule_for('network')} schedule; best epoch {res.best_epoch} of "
+        f"{r.epochs} (val accuracy {res.best_accuracy:.4f})"
+    )
     trainable = ["all"] if specs is None else ["head"]
     probs = views.probabilities() if views is not None else None
     outcome = _finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)

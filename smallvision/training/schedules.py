@@ -7,15 +7,37 @@ import math
 import torch
 
 
+def make_optimizer(name: str, groups: list[dict], weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """One of adam, adamw, sgd (momentum), rmsprop over parameter groups that carry their own lr."""
+    if name == "adam":
+        return torch.optim.Adam(groups, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, kind: str, epochs: int, steps_per_epoch: int, warmup_epochs: float = 1.0
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1.0,
+    pct_start: float = 0.25,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step scheduler; each parameter group keeps its own peak rate (discriminative rates survive)."""
+    """A per-step scheduler; each parameter group keeps its own peak rate (discriminative rates survive).
+
+    `pct_start` is the rising share of `onecycle` (0.25 end to end; the head on cached features uses 0.1, the
+    share its OneCycleAdamW was tuned with).
+    """
     total = max(1, epochs * steps_per_epoch)
     warm = min(total - 1, int(warmup_epochs * steps_per_epoch)) if warmup_epochs else 0
     if kind == "onecycle":
         peaks = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=0.25)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct_start)
 
     def ramp(step: int) -> float:
         return (step + 1) / (warm + 1) if step < warm else 1.0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import smallvision
@@ -63,6 +64,7 @@ def test_features_recipe_learns_generated_shapes(shapes_data, tmp_path):
     assert history[0] == "stage,epoch,train_loss,train_accuracy,val_loss,val_accuracy,time" and len(history) == 31
 
 
+@pytest.mark.slow  # ~26 s here: two full default (auto) runs
 def test_same_seed_same_result_and_config_repeats_the_run(shapes_data, tmp_path):
     a = smallvision.train(shapes_data, out=tmp_path / "a", image_size=64, epochs=10, seed=3, progress=False)
     b = smallvision.train(config=a.run_dir / "config.yaml", out=tmp_path / "b", progress=False)
