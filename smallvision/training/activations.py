@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 STORE = torch.device("cpu")
 
 
+# Validation and test activations are computed and kept in fp32, as the saved model computes them: the numbers a run
+# reports are then the saved model's (bf16 ones differed from `evaluate`'s in the loss).
+HELD_DTYPE = torch.float32
+
+
 def view_dtype(precision: str) -> torch.dtype:
     """The dtype cached activations are stored in on every device: bf16 when training runs in bf16, else fp32."""
     return torch.bfloat16 if precision == "bf16" else torch.float32
@@ -214,12 +219,13 @@ class ViewShuffle(Sampler[int]):
 
 def estimate_bytes(split: BoundarySplit, size: int, images: dict[str, int], views: int, precision: str) -> int:
     """Host memory the activations will take (as compute_views stores them): per-image boundary size x (views + 1)
-    training + 1 per other image, x the size of view_dtype(precision)."""
+    training images in view_dtype(precision), + 1 per held-out image in HELD_DTYPE."""
     bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k]).eval()
     with torch.inference_mode():
         per_image = bottom(torch.zeros(1, 3, size, size)).numel()
-    count = images["train"] * (views + 1) + sum(n for s, n in images.items() if s != "train")
-    return per_image * count * torch.empty(0, dtype=view_dtype(precision)).element_size()
+    held = sum(n for s, n in images.items() if s != "train")
+    train = images["train"] * (views + 1) * torch.empty(0, dtype=view_dtype(precision)).element_size()
+    return per_image * (train + held * torch.empty(0, dtype=HELD_DTYPE).element_size())
 
 
 def compute_views(
@@ -246,11 +252,12 @@ def compute_views(
     log.info("activation cache: %s, %d augmented view(s) per training image", ", ".join(form.steps), views)
     dtype = view_dtype(precision)
 
-    def run(images: np.ndarray) -> torch.Tensor:
+    def run(images: np.ndarray, form=form, dtype=dtype) -> torch.Tensor:
         return torch.from_numpy(run_batches(form, images, progress=False)).to(STORE, dtype)
 
     labels = {s: y for s, (_, y) in data.items()}
-    others = {s: run(x) for s, (x, _) in data.items() if s != "train"}
+    exact = form if dtype == HELD_DTYPE else inference_form(bottom, (3, size, size), batch_size, "fp32", device)
+    others = {s: run(x, exact, HELD_DTYPE) for s, (x, _) in data.items() if s != "train"}
     train_images = data["train"][0]
     out = [run(train_images)]
     with torch.random.fork_rng(devices=[form.device] if form.device.type == "cuda" else []):  # caller's RNG kept

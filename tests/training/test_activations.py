@@ -18,6 +18,7 @@ from smallvision.models.backbone import Backbone, build_backbone, freeze
 from smallvision.models.head import Head, ImageClassifier
 from smallvision.models.weights import resolve_weights
 from smallvision.training.activations import (
+    HELD_DTYPE,
     STORE,
     FromActivations,
     ViewShuffle,
@@ -158,7 +159,8 @@ def test_views_live_in_host_memory_in_the_dtype_the_estimate_counts(precision):
     views = compute_views(split, data, transform, 2, precision, seed=1, batch_size=4, progress=False, device="cpu")
     assert torch.equal(torch.get_rng_state(), before)
     tensors = [views.train, *views.others.values()]
-    assert all(t.device == STORE and t.dtype == view_dtype(precision) for t in tensors)
+    assert all(t.device == STORE for t in tensors) and views.train.dtype == view_dtype(precision)
+    assert all(t.dtype == HELD_DTYPE == torch.float32 for t in views.others.values())  # as the saved model runs
     assert views.train.shape[:2] == (3, 6) and not torch.equal(views.train[1], views.train[2])
     counts = {s: len(y) for s, (_, y) in data.items()}
     assert estimate_bytes(split, size, counts, 2, precision) == sum(t.nbytes for t in tensors)
