@@ -29,6 +29,16 @@ class Backbone(nn.Module):
         """Normalize, run the network, pool (or flatten) to (N, features)."""
         return self.net(self.normalize(x)).flatten(1)
 
+    def check_size(self, image_size: int, name: str) -> None:
+        """Refuse an input size the network cannot take (timm's ViTs fix theirs), before it fails deep inside timm."""
+        embed = getattr(self.net, "patch_embed", None)
+        fixed = getattr(embed, "img_size", None) if getattr(embed, "strict_img_size", False) else None
+        if fixed is not None and tuple(fixed) != (image_size, image_size):
+            raise SmallvisionError(
+                f"backbone {name!r} takes {fixed[0]}x{fixed[1]} images only; got --image-size {image_size}. "
+                f"Fix: --image-size {fixed[0]}"
+            )
+
     def feature_dim(self, image_size: int) -> int:
         """Length of the feature vector for square images of `image_size`.
 

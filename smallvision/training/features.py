@@ -73,6 +73,7 @@ def _prepare(
     from smallvision.models.backbone import build_backbone
 
     backbone = built if built is not None else build_backbone(spec, pool)
+    backbone.check_size(image_size, spec.backbone)
     return backbone, feature_form(backbone, image_size, batch_size, precision)
 
 

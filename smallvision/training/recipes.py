@@ -342,6 +342,8 @@ def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int
     from smallvision.models.head import Head, ImageClassifier
 
     backbones = [build_backbone(spec, cfg.model.pool) for spec in specs]
+    for spec, b in zip(specs, backbones, strict=True):
+        b.check_size(cfg.data.image_size, spec.backbone)
     dim = sum(b.feature_dim(cfg.data.image_size) for b in backbones)
     model = ImageClassifier(backbones, head or Head(dim, num_classes, cfg.model.dropout, cfg.model.hidden))
     return model

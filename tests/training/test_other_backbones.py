@@ -92,3 +92,18 @@ def test_gradcam_needs_no_trainable_weights_and_refuses_a_net_without_a_map():
     scratch = scratch_backbone("small_cnn", 64, False)
     with pytest.raises(SmallvisionError, match="Grad-CAM does not apply to SmallCNN"):
         gradcam_maps(ImageClassifier([scratch], Head(scratch.net.num_features, CLASSES)), images)
+
+
+@pytest.mark.parametrize("recipe", ["features", "frozen"])
+def test_vit_at_another_size_is_refused_with_the_size_it_takes(few_shapes, tmp_path, recipe):
+    asked = r"takes 224x224 images only; got --image-size 64\. Fix: --image-size 224"
+    with pytest.raises(SmallvisionError, match=asked):
+        smallvision.train(
+            few_shapes,
+            recipe=recipe,
+            backbone="vit_tiny_patch16_224",
+            weights="random",
+            image_size=64,
+            out=tmp_path / "run",
+            progress=False,
+        )
