@@ -226,12 +226,20 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
             raise SmallvisionError(f"--resume {resume}: no config.yaml there; is it a run folder?")
+        changed = sorted(k for k, v in kwargs.items() if v is not None) + (["DATA"] if data is not None else [])
+        if changed:  # finished stages, checkpoints and auto's plan would keep the old values: refuse, never ignore
+            raise SmallvisionError(
+                f"--resume {resume} continues the run exactly as it was configured; it cannot change "
+                f"{', '.join(changed)}. To train with other settings, start a new run: smallvision train "
+                f"--config {saved} --out NEW_FOLDER (plus the options to change)"
+            )
         kwargs = {**kwargs, "config": saved, "out": resume}
     values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
     cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
     d = cfg.data
     index = _scan(cfg)
+    _refuse_unused_split_options(values.get("data", {}), index)
     check_summary = _precheck(index, strict)
     if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
         atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
@@ -338,6 +346,25 @@ def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outco
         log.warning("warning: the %s figure could not be drawn (the model and metrics are saved): %s", stem, error)
     if errors:
         summary["figure_errors"] = errors
+
+
+def _refuse_unused_split_options(given: dict[str, Any], index) -> None:
+    """Split options only shape splits that are carved: refuse one the folder's own split folders leave unused."""
+    folders = set() if index.layout == "one folder of class folders" else set(index.layout.split(" ")[0].split("+"))
+    unused = {
+        "val_fraction": "val" in folders,
+        "min_val_per_class": "val" in folders,
+        "test_fraction": bool(folders),
+        "min_test_per_class": bool(folders) or not given.get("test_fraction"),
+    }
+    refused = [k for k in given if unused.get(k)]
+    if refused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+        raise SmallvisionError(
+            f"{flags}: {index.root} ({index.layout}) carves no split that would use it: the folder's own split "
+            "folders are used as they are, and a test split is carved only from one folder of class folders with "
+            "--test-fraction. Leave the option out"
+        )
 
 
 def _precheck(index, strict: bool) -> dict[str, Any]:

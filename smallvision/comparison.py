@@ -93,15 +93,16 @@ def _differences(there: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _refuse_other_settings(run_dir: Path, data: str | Path, plan: Plan, common: dict[str, Any]) -> None:
-    """Refuse to reuse or resume a compare run folder whose stored config resolves differently from this plan's."""
+def _check_plan(run_dir: Path, data: str | Path, plan: Plan, common: dict[str, Any]) -> None:
+    """Validate a planned run's options (a recipe refusing one fails the compare before anything trains), and refuse
+    to reuse or resume a run folder whose stored config resolves differently from this plan's."""
     from smallvision import api
 
+    options = {k: v for k, v in common.items() if k not in ("report", "strict")}  # train's, not the config's
+    asked = _resolved(api.make_config(data, recipe=plan.recipe, **options, **plan.options))
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    options = {k: v for k, v in common.items() if k not in ("report", "strict")}  # train's, not the config's
-    asked = _resolved(api.make_config(data, recipe=plan.recipe, **options, **plan.options))
     there = _resolved(api.make_config(None, config=saved))
     diff = _differences(there, asked)
     if diff:
@@ -129,8 +130,8 @@ def run_compare(
     start = time.perf_counter()
     grid = sweep or {}
     todo = plans(recipes, grid)
-    for plan in todo:  # before anything trains: a run folder left by another configuration is never reused
-        _refuse_other_settings(out / "runs" / plan.name, data, plan, common)
+    for plan in todo:  # before anything trains: every plan valid, no folder of another configuration reused
+        _check_plan(out / "runs" / plan.name, data, plan, common)
     rows, histories = [], {}
     for plan in todo:
         run_dir = out / "runs" / plan.name

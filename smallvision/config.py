@@ -194,7 +194,8 @@ class RecipeConfig(_Strict):
     )
     init_from: str | None = Field(
         default=None,
-        description="start from a saved model folder (tensors whose name and shape fit are kept); default: none",
+        description="start from a saved model folder (tensors whose name and shape fit are kept; features, finetune, "
+        "unfreeze and auto take its head, their backbone starts pretrained); default: none",
     )
     augment: AugmentConfig = AugmentConfig()
 

@@ -25,3 +25,11 @@ def test_compare_refuses_runs_left_by_other_settings(tmp_path):
     with pytest.raises(SmallvisionError, match=r"unfinished run of features.*would resume it"):
         api.compare(data, epochs=3, **kw)
     assert api.compare(data, epochs=2, **kw)["rows"][0]["run"] == "features"  # same settings: resumed, reused
+
+
+def test_compare_refuses_an_option_one_recipe_cannot_apply_before_anything_trains(tmp_path):
+    data = make_class_folder(tmp_path / "data", 6, classes=("circle", "square"), seed=5)
+    out = tmp_path / "cmp"
+    with pytest.raises(SmallvisionError, match=r"does not apply to recipe features"):
+        api.compare(data, recipes="scratch,features", sweep=["batch_norm=true"], out=out, image_size=32, epochs=1)
+    assert not (out / "runs").exists()  # scratch was not trained first only to fail on features

@@ -74,6 +74,14 @@ def test_resume_from_another_folder(relative_run):
     assert (relative_run / "metrics.json").is_file()
 
 
+def test_resume_refuses_options_it_could_not_apply(relative_run):
+    # finished stages, checkpoints and auto's plan keep the old values: a changed option would be recorded, not run
+    before = (relative_run / "config.yaml").read_text()
+    with pytest.raises(SmallvisionError, match=r"cannot change epochs, lr\. To train with other settings"):
+        smallvision.train(resume=relative_run, epochs=9, lr=0.5, progress=False, report=False)
+    assert (relative_run / "config.yaml").read_text() == before
+
+
 def _leaky(root: Path) -> Path:
     data = make_split_dataset(root, train=4, val=2)
     first = sorted((data / "train" / "circle").iterdir())[0]
@@ -94,3 +102,14 @@ def test_a_start_that_fails_on_its_data_leaves_no_unfinished_run(tmp_path, case)
             smallvision.train(data, out=out, progress=False, **options)
         assert "unfinished run" not in str(e.value)
         assert not (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "flags"),
+    [({"val_fraction": 0.3}, "--val-fraction"), ({"test_fraction": 0.2, "min_test_per_class": 2}, "--test-fraction")],
+)
+def test_split_options_a_folder_with_split_folders_leaves_unused_are_refused(tmp_path, options, flags):
+    data = make_split_dataset(tmp_path / "data", train=4, val=2)  # train/ + val/: nothing is carved
+    with pytest.raises(SmallvisionError, match=rf"{flags}.*carves no split that would use it"):
+        smallvision.train(data, recipe="features", image_size=32, out=tmp_path / "run", progress=False, **options)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -239,7 +239,9 @@ class Runs:
 
 
 def _differs(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys() or "error" in a:
+    errors = [r["error"] for r in (a, b) if "error" in r]
+    assert not errors, f"a run that should have changed failed instead: {errors}"
+    if a.keys() != b.keys():
         return True
     if a["history"] != b["history"] or a["state"].keys() != b["state"].keys():
         return True

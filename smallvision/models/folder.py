@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallvision import atomic
 from smallvision.errors import SmallvisionError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "smallvision.json"
@@ -112,8 +115,9 @@ def save_state(state: dict, card: ModelCard, folder: str | Path) -> Path:
 
     if card.first_conv is None:
         card = card.model_copy(update={"first_conv": architecture_first_conv(card)})
-    if card.first_conv is not None and card.first_conv not in state:
-        raise SmallvisionError(f"the first convolution {card.first_conv} is not among the weights to save")
+    if card.first_conv is not None and card.first_conv not in state:  # never lose a model over a figure's pointer
+        log.warning("warning: first convolution %s is not among the weights to save", card.first_conv)
+        card = card.model_copy(update={"first_conv": None})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}

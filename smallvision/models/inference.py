@@ -71,8 +71,13 @@ def _agrees(a: torch.Tensor, b: torch.Tensor, tolerance: float) -> bool:
 
 
 def inference_device() -> torch.device:
-    """Where inference forms run: the GPU when there is one, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """This process's device, where Lightning's accelerator "auto" trains it: its local GPU (LOCAL_RANK under
+    torchrun, so ranks do not all crowd GPU 0), else the CPU."""
+    import os
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
 
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
@@ -106,7 +111,7 @@ def autocast_form(
         return InferenceForm(
             run, device, torch.float32, batch_size, [device.type, f"{precision} autocast", "channels_last"]
         )
-    log.info("%s autocast disagrees with the fp32 network on %s; running it in fp32 instead", precision, device.type)
+    log.warning("%s autocast disagrees with the fp32 network on %s; running it in fp32 instead", precision, device.type)
     fp32.steps.append(f"{precision} autocast disagreed with fp32")
     return fp32
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,6 @@ def resolve_precision(precision: str) -> str:
     from smallvision.models.inference import native_bf16
 
     return "bf16-mixed" if native_bf16() else "32-true"
-
-
-def training_device() -> torch.device:
-    """The device Lightning's accelerator "auto" trains this process on: its local GPU under DDP, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -533,13 +533,14 @@ def _estimate_seconds(model, data, cfg: RunConfig, views=None, warmup: int = 2, 
     """
     import torch
 
+    from smallvision.models.inference import inference_device
     from smallvision.training.distributed import world_devices
-    from smallvision.training.fit import autocast_dtype, resolve_precision, training_device
+    from smallvision.training.fit import autocast_dtype, resolve_precision
 
     r = cfg.recipe
     precision = resolve_precision(cfg.trainer.precision)
     dtype = autocast_dtype(precision)
-    device = training_device()
+    device = inference_device()
     if views is not None:
         model = views.model
         x = views.train[0][: r.batch_size].float()

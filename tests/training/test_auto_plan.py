@@ -34,7 +34,11 @@ def test_auto_records_its_plan_and_a_resume_follows_it_whatever_the_clock_says_n
     a = smallvision.train(shapes_data, out=tmp_path / "a", time_budget=3600, **LITE0)
     plan = _plan(a.run_dir)
     assert plan["finetune"] is True and plan["estimate_seconds"] <= plan["seconds_left"]
-    assert plan["device"] == "cpu" and plan["precision"] == resolve_precision("auto") and plan["warmup_steps"] >= 1
+    assert (
+        plan["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        and plan["precision"] == resolve_precision("auto")
+        and plan["warmup_steps"] >= 1
+    )
     assert any("plan recorded in" in n and "fine-tune" in n for n in a.notes)
     trainable = smallvision.load(a.model_dir)[1].trainable
     assert trainable != ["head"] or any("kept the stage-1" in n for n in a.notes)

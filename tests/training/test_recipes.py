@@ -220,6 +220,8 @@ def test_torchrun_two_processes_each_train_on_their_own_batches_with_averaged_gr
     assert not torch.equal(ranks[0]["batch"][0], ranks[1]["batch"][0])
     model, card = smallvision.load(out / "model")
     assert card.classes == ["circle", "square", "triangle"]
+    metrics = smallvision.read_metrics(out)  # the label comes from the world size Lightning really used
+    assert metrics["world_size"] == 2 and metrics["device"].endswith(" x2 (DDP)")
     local = []
     for r in ranks:
         model.load_state_dict(r["start"])
