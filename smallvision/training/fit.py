@@ -68,6 +68,7 @@ def run_stage(
 
     from smallvision.data.loader import CachedImages, make_loader
     from smallvision.data.transforms import eval_transform, train_transform
+    from smallvision.training.features import class_weight_tensor
     from smallvision.training.module import ClassifierModule, History, RngState
 
     for noisy in ("lightning.pytorch", "lightning.fabric"):
@@ -100,15 +101,7 @@ def run_stage(
         val_dl = make_loader(val_ds, max(r.batch_size, 64), shuffle=False, workers=workers, seed=cfg.seed)
     devices = world_devices(cfg)
     steps = max(1, int(np.ceil(len(train_ds.labels) / (r.batch_size * devices))))
-    weights = None
-    if r.class_weights == "balanced":
-        from sklearn.utils.class_weight import compute_class_weight
-
-        y = data["train"][1]
-        present = np.unique(y)
-        w = np.ones(int(model.head.layers[-1].out_features), dtype=np.float32)
-        w[present] = compute_class_weight("balanced", classes=present, y=y)
-        weights = torch.tensor(w)
+    weights = class_weight_tensor(r.class_weights, data["train"][1], int(model.head.layers[-1].out_features))
     trained.train()  # Lightning keeps modules' modes as found; this sets them once (frozen parts stay in eval)
     module = ClassifierModule(trained, r, groups, epochs, steps, weights)
     history = History(name)
