@@ -37,7 +37,9 @@ def few_shapes(tmp_path_factory) -> Path:
 
 
 def _train(data: Path, out: Path, recipe: str, name: str, size: int):
-    kw = {"epochs": 1, "finetune_epochs": 1, "batch_size": 8, "progress": False, "report": False}
+    kw = {"epochs": 1, "batch_size": 8, "progress": False, "report": False}
+    if recipe == "finetune":
+        kw["finetune_epochs"] = 1
     return smallvision.train(data, recipe=recipe, backbone=name, weights="random", image_size=size, out=out, **kw)
 
 
