@@ -54,7 +54,6 @@ def run_stage(
     epochs: int,
     stage_dir: Path,
     progress: bool,
-    augment: bool = True,
     views=None,
 ) -> StageResult:
     """Train `model` (its trainable groups at their lrs) for one stage; load the best weights back into it.
@@ -94,7 +93,7 @@ def run_stage(
         train_dl = make_loader(train_ds, r.batch_size, shuffle=True, workers=0, seed=cfg.seed, sampler=sampler)
         val_dl = make_loader(val_ds, max(r.batch_size, 64), shuffle=False, workers=0, seed=cfg.seed)
     else:
-        tf = train_transform(r.augment, size) if augment else eval_transform()
+        tf = train_transform(r.augment, size)
         train_ds = CachedImages(*data["train"], tf)
         val_ds = CachedImages(*data["val"], eval_transform())
         train_dl = make_loader(train_ds, r.batch_size, shuffle=True, workers=workers, seed=cfg.seed)
