@@ -108,17 +108,21 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     for spec in specs:
         if not spec.pretrained:
             log.warning("backbone %s uses random weights: the features recipe learns little from them", spec.backbone)
+    # Training features in the trainer's precision; held-out ones in fp32 when that differs (see _held_out_features)
+    exact = feature_precision(cfg.trainer.precision) == feature_precision("32-true")
+    first = index.items if exact else [it for it in index.items if it.split == "train"]
     cached = cached_features(
-        index.items, specs, cfg.data.image_size, cfg.model.pool, precision=cfg.trainer.precision, progress=progress
+        first, specs, cfg.data.image_size, cfg.model.pool, precision=cfg.trainer.precision, progress=progress
     )
     index.drop(cached.failures)
+    by_split = _split_arrays(cached.features, cached.items, need=("train", "val") if exact else ("train",))
+    if not exact:
+        _held_out_features(cfg, index, specs, cached, by_split, progress, notes)
     notes.append(
         f"stage features: backbone(s) {' + '.join(s.backbone for s in specs)} frozen and run once per image; "
         f"a dense head trains on the cached features ({cached.computed} image(s) computed, "
         f"{cached.unique - cached.computed} from the feature cache)"
     )
-    by_split = _split_arrays(cached.features, cached.items)
-    _saved_model_features(cfg, index, specs, cached, by_split, progress, notes)
     torch.manual_seed(cfg.seed)
     head = Head(cached.features.shape[1], len(index.classes), cfg.model.dropout, cfg.model.hidden)
     if cfg.recipe.init_from:
@@ -157,28 +161,26 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
     return _FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
 
 
-def _saved_model_features(cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list) -> None:
+def _held_out_features(cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list) -> None:
     """Give val and test the fp32 features the saved model computes, so the reported numbers are that model's.
 
     Training features stay in the fast precision (bf16 here): on hymenoptera its val metrics differed from the saved
-    model's. fp32 features are cached like the others, so a warm run only reads them.
+    model's. fp32 features are cached like the others, so a warm run only reads them; each image runs once.
     """
     from smallvision.training.features import cached_features, feature_precision
 
-    fast = feature_precision(cfg.trainer.precision)
-    if fast == feature_precision("32-true"):
-        return
-    held = [it for it in cached.items if it.split in ("val", "test")]
+    held = [it for it in index.items if it.split in ("val", "test")]
     exact = cached_features(
         held, specs, cfg.data.image_size, cfg.model.pool, progress=progress, precision="32-true", built=cached.built
     )
     cached.built.update(exact.built)
+    cached.computed += exact.computed
+    cached.unique += exact.unique
     index.drop(exact.failures)
-    for split, (x, y) in _split_arrays(exact.features, exact.items, ("val", "test"), need=()).items():
-        by_split[split] = (x, y)
+    by_split.update(_split_arrays(exact.features, exact.items, ("val", "test"), need=("val",)))
     notes.append(
         f"stage features: val/test features computed in fp32, as the saved model computes them (training features "
-        f"in {fast}), so the reported val/test numbers are the saved model's"
+        f"in {feature_precision(cfg.trainer.precision)}), so the reported val/test numbers are the saved model's"
     )
 
 
