@@ -169,6 +169,45 @@ def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, refere
     return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
 
 
+def write_torchscript(network: nn.Module, card, path: Path) -> None:
+    """Trace the uint8 wrapper of `network` and save it, with the ONNX export's metadata as extra files.
+
+    torch marks torch.jit deprecated (FutureWarning) in favour of torch.export; TorchScript is still what
+    libtorch (C++) and older mobile runtimes load, so the format stays, silenced here and named in the README.
+    """
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))
+        traced = torch.jit.trace(Uint8Classifier(network).eval(), _example(card))
+        torch.jit.save(traced, str(path), _extra_files=metadata(card))
+
+
+def run_torchscript(path: Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities of a saved TorchScript export on uint8 images, loaded back with torch.jit.load."""
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+        chunks = [module(torch.from_numpy(images[i : i + BATCH])).numpy() for i in range(0, len(images), BATCH)]
+    return np.concatenate(chunks)
+
+
+def export_torchscript(
+    network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray
+) -> dict[str, Any]:
+    """Write `dest` (.pt) only if the reloaded TorchScript module agrees with the PyTorch model; its record."""
+    start = time.perf_counter()
+    with atomic.atomic_path(dest) as tmp:
+        write_torchscript(network, card, tmp)
+        seconds = time.perf_counter() - start
+        result = compare(reference, run_torchscript(tmp, check.images), check, FP32_TOLERANCE)
+        _refuse_if_failed(result, "TorchScript", dest)
+        size = tmp.stat().st_size
+    return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages an export was made and checked with."""
     import importlib.metadata
@@ -275,6 +314,7 @@ def export_model(
             "validation images are unknown; give real images to check the export on with --check-images DIR"
         )
     reference = pytorch_probabilities(network, check.images)
-    entry = export_onnx(network, card, dest, check, reference)
+    writer = export_onnx if format == "onnx" else export_torchscript
+    entry = writer(network, card, dest, check, reference)
     record = record_export(dest.parent / runtime.EXPORT_JSON, sha, {format: entry})
     return {"path": str(dest), "export_json": str(dest.parent / runtime.EXPORT_JSON), "record": record}

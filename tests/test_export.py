@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 import smallvision
 from smallvision import exporting, runtime
@@ -85,6 +86,25 @@ def test_onnx_round_trip_agrees_with_pytorch(models, shapes_data, kind):
     assert graph_in.name == "images" and dims == ["batch", card.image_size, card.image_size, 3]
     assert graph_in.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert graph_out.name == "probabilities" and graph_out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch marks torch.jit deprecated; the format is still asked for
+def test_torchscript_round_trip(models, shapes_data):
+    model_dir = models["single"]
+    result = smallvision.export(model_dir, format="torchscript")
+    entry = result["record"]["torchscript"]
+    assert entry["file"] == "model.torchscript.pt" and entry["check"]["passed"] and entry["check"]["images"] == 30
+    network, card = smallvision.load(model_dir)
+    _, images = _val_images(shapes_data, card.image_size)
+    extra = {"smallvision.classes": "", "smallvision.image_size": ""}
+    module = torch.jit.load(str(model_dir / "model.torchscript.pt"), _extra_files=extra)
+    assert json.loads(extra["smallvision.classes"]) == card.classes
+    assert int(extra["smallvision.image_size"]) == card.image_size
+    reference = probabilities(network, images)
+    with torch.inference_mode():
+        for n in (1, 5):
+            got = module(torch.from_numpy(images[:n])).numpy()
+            assert got.shape == (n, len(card.classes)) and np.abs(got - reference[:n]).max() <= 1e-4
 
 
 def test_broken_export_is_caught_and_nothing_is_left(models, monkeypatch, tmp_path):
