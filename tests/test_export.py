@@ -94,6 +94,8 @@ def _assert_round_trip(model_dir: Path, images: np.ndarray) -> None:
     top = classifier.top_k(classifier.probabilities(images[:5]), 2)
     assert [t[0][0] for t in top] == [card.classes[i] for i in reference[:5].argmax(1)]
     assert all(t[0][1] >= t[1][1] for t in top)
+    with pytest.raises(SmallvisionError, match=r"expected uint8 images of shape \[N, "):
+        classifier.probabilities(images[:2].astype(np.float32) / 255)  # [0, 1] floats are not what it takes
 
     proto = onnx.load(path)
     props = {p.key: p.value for p in proto.metadata_props}
