@@ -6,12 +6,14 @@ from smallvision.api import (
     compare,
     evaluate,
     inspect,
+    iter_predictions,
     load,
     make_config,
     predict,
     predict_imagenet,
     read_metrics,
     train,
+    write_predictions,
 )
 from smallvision.errors import SmallvisionError
 
@@ -23,10 +25,12 @@ __all__ = [
     "compare",
     "evaluate",
     "inspect",
+    "iter_predictions",
     "load",
     "make_config",
     "predict",
     "predict_imagenet",
     "read_metrics",
     "train",
+    "write_predictions",
 ]
