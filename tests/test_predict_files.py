@@ -168,3 +168,30 @@ def test_listing_order_is_sorted_paths_and_lazy(tmp_path):
     assert list(iter_image_files([tmp_path])) == expected
     with pytest.raises(smallvision.SmallvisionError, match="no such file or folder"):
         iter_image_files([tmp_path / "missing"])
+
+
+def test_onnx_export_gives_the_pytorch_predictions_without_torch(model_dir, photos, tmp_path):
+    with pytest.raises(smallvision.SmallvisionError, match="run `smallvision export"):
+        smallvision.iter_predictions(model_dir, photos, onnx=True)
+    smallvision.export(model_dir, format="onnx")
+    done = cli("predict", model_dir, photos, "--onnx", "--top-k", "3", "--csv", tmp_path / "onnx.csv")
+    assert done.returncode == 0, done.stderr
+    assert "12 images, 2 unreadable" in done.stderr
+    with open(tmp_path / "onnx.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected = smallvision.predict(model_dir, photos, top_k=3)
+    assert [r["path"] for r in rows] == [p.path for p in expected]
+    for row, pred in zip(rows, expected, strict=True):
+        assert (row["error"] or None) == pred.error
+        if pred.error is None:
+            assert row["class_1"] == pred.top[0][0]
+            by_class = {row[f"class_{i}"]: float(row[f"probability_{i}"]) for i in (1, 2, 3)}
+            assert all(abs(by_class[c] - p) <= 1e-4 for c, p in pred.top)
+    script = (
+        "import sys, smallvision; "
+        f"preds = smallvision.predict({str(model_dir)!r}, {str(photos)!r}, onnx=True); "
+        "assert len(preds) == 12 and preds[0].top, preds; "
+        "assert 'torch' not in sys.modules, 'predict --onnx imported torch'"
+    )
+    alone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert alone.returncode == 0, alone.stderr
