@@ -10,13 +10,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from smallvision import atomic
 from smallvision.config import RunConfig, build_config, dump_config, load_config
 from smallvision.errors import SmallvisionError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from smallvision.prediction import Prediction, Predictions
 
 log = logging.getLogger("smallvision")
 
@@ -436,7 +441,7 @@ def iter_predictions(
     top_k: int = 5,
     tta: bool = False,
     onnx: bool = False,
-):
+) -> Predictions:
     """Top-k predictions for image files and folders, computed batch by batch as they are iterated (any number of
     images in bounded memory; `len()` is the file count). `onnx` runs the model folder's checked ONNX export with
     onnxruntime (no torch needed); `tta` (flips + crops averaged) is PyTorch-only."""
@@ -464,14 +469,14 @@ def predict(
     top_k: int = 5,
     tta: bool = False,
     onnx: bool = False,
-) -> list:
+) -> list[Prediction]:
     """Top-k class probabilities for image files and folders, as a list (for many images use `write_predictions`
     or iterate `iter_predictions`)."""
     return list(iter_predictions(model_dir, paths, top_k=top_k, tta=tta, onnx=onnx))
 
 
 def write_predictions(
-    predictions,
+    predictions: Predictions | Iterable[Prediction],
     *,
     csv: str | Path | None = None,
     json: str | Path | None = None,
