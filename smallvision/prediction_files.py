@@ -65,8 +65,13 @@ def _open(target: str | Path, stack: contextlib.ExitStack) -> TextIO:
     """stdout for "-", else a temporary file beside `target`, renamed over it when `stack` closes without an error."""
     if str(target) == STDOUT:
         return sys.stdout
-    tmp = stack.enter_context(atomic_path(target))
-    return stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
+    if Path(target).is_dir():
+        raise SmallvisionError(f"{target} is a folder; give a file path such as {Path(target) / 'predictions.csv'}")
+    try:
+        tmp = stack.enter_context(atomic_path(target))
+        return stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
+    except OSError as e:
+        raise SmallvisionError(f"{target}: cannot write there ({e.strerror or e}); choose another path") from e
 
 
 def write_predictions(

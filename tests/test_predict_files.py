@@ -102,6 +102,8 @@ def test_refusals_name_the_options(model_dir, photos, tmp_path):
     stream = smallvision.iter_predictions(model_dir, photos)
     with pytest.raises(smallvision.SmallvisionError, match="--csv - and --json - both ask for stdout"):
         smallvision.write_predictions(stream, csv="-", json="-")
+    with pytest.raises(smallvision.SmallvisionError, match="is a folder; give a file path"):
+        smallvision.write_predictions(stream, csv=tmp_path)
     with pytest.raises(smallvision.SmallvisionError, match="no image files found"):
         smallvision.iter_predictions(model_dir, tmp_path)
 
