@@ -441,13 +441,16 @@ def iter_predictions(
     top_k: int = 5,
     tta: bool = False,
     onnx: bool = False,
+    int8: bool = False,
 ) -> Predictions:
     """Top-k predictions for image files and folders, computed batch by batch as they are iterated (any number of
     images in bounded memory; `len()` is the file count). `onnx` runs the model folder's checked ONNX export with
-    onnxruntime (no torch needed); `tta` (flips + crops averaged) is PyTorch-only."""
+    onnxruntime (no torch needed), `int8` its checked int8 export; `tta` (flips + crops averaged) is PyTorch-only."""
     from smallvision.prediction import Predictions, model_probabilities
 
     paths = [paths] if isinstance(paths, str | Path) else paths
+    if int8 and not onnx:
+        raise SmallvisionError("int8 (--int8) picks the int8 ONNX export: it needs onnx (--onnx) too")
     if onnx:
         if tta:
             raise SmallvisionError(
@@ -456,7 +459,7 @@ def iter_predictions(
             )
         from smallvision.runtime import OnnxClassifier, find_export
 
-        clf = OnnxClassifier.load(find_export(model_dir))
+        clf = OnnxClassifier.load(find_export(model_dir, int8=int8))
         return Predictions(clf.probabilities, clf.classes, clf.image_size, paths, top_k)
     model, card = load(model_dir)
     return Predictions(model_probabilities(model, tta), card.classes, card.image_size, paths, top_k)
@@ -469,10 +472,11 @@ def predict(
     top_k: int = 5,
     tta: bool = False,
     onnx: bool = False,
+    int8: bool = False,
 ) -> list[Prediction]:
     """Top-k class probabilities for image files and folders, as a list (for many images use `write_predictions`
     or iterate `iter_predictions`)."""
-    return list(iter_predictions(model_dir, paths, top_k=top_k, tta=tta, onnx=onnx))
+    return list(iter_predictions(model_dir, paths, top_k=top_k, tta=tta, onnx=onnx, int8=int8))
 
 
 def write_predictions(

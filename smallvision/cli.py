@@ -267,6 +267,7 @@ def predict(
         str | None, Opt("--json", help="Write a JSON list of predictions to this path; '-' for stdout")
     ] = None,
     onnx: Annotated[bool, Opt("--onnx", help="Run the model folder's checked ONNX export (onnxruntime)")] = False,
+    int8: Annotated[bool, Opt("--int8", help="With --onnx: run the checked int8 export (export --int8)")] = False,
     imagenet: Annotated[bool, Opt("--imagenet", help="Use the bundled backbone's ImageNet head")] = False,
     tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
     backbone: Annotated[str, Opt(help="Backbone for --imagenet")] = "efficientnet_lite0",
@@ -277,13 +278,14 @@ def predict(
 
     _setup_logging(True)
     if imagenet:
-        if onnx:
-            raise SmallvisionError("--onnx cannot apply with --imagenet: the ImageNet head has no ONNX export")
+        if onnx or int8:
+            flag = "--onnx" if onnx else "--int8"
+            raise SmallvisionError(f"{flag} cannot apply with --imagenet: the ImageNet head has no ONNX export")
         preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone, tta=tta)
     else:
         if len(paths) < 2:
             raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
-        preds = api.iter_predictions(paths[0], paths[1:], top_k=top_k, tta=tta, onnx=onnx)
+        preds = api.iter_predictions(paths[0], paths[1:], top_k=top_k, tta=tta, onnx=onnx, int8=int8)
     if csv_path is None and json_path is None:
         for p in preds:
             if p.error:

@@ -13,11 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import smallvision
+from smallvision.data.decode import decode_file
 from smallvision.prediction import iter_image_files
+from smallvision.runtime import OnnxClassifier, find_export
 from tests.imagegen import make_class_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +54,10 @@ def photos(shapes_data, tmp_path_factory) -> Path:
 
 
 BAD = {"corrupt.jpg", "empty.jpg"}
+
+
+def decoded(paths: list[str], size: int) -> np.ndarray:
+    return np.stack([decode_file(p, size) for p in paths])
 
 
 def test_csv_file_and_json_stdout_equal_predict(model_dir, photos, tmp_path):
@@ -175,7 +182,9 @@ def test_listing_order_is_sorted_paths_and_lazy(tmp_path):
 def test_onnx_export_gives_the_pytorch_predictions_without_torch(model_dir, photos, tmp_path):
     with pytest.raises(smallvision.SmallvisionError, match="run `smallvision export"):
         smallvision.iter_predictions(model_dir, photos, onnx=True)
-    smallvision.export(model_dir, format="onnx")
+    with pytest.raises(smallvision.SmallvisionError, match=r"int8 \(--int8\) .* needs onnx \(--onnx\)"):
+        smallvision.iter_predictions(model_dir, photos, int8=True)
+    smallvision.export(model_dir, format="onnx", int8=True, int8_tolerance=100)  # 30 val images: 1 image = 3 points
     done = cli("predict", model_dir, photos, "--onnx", "--top-k", "3", "--csv", tmp_path / "onnx.csv")
     assert done.returncode == 0, done.stderr
     assert "12 images, 2 unreadable" in done.stderr
@@ -189,6 +198,12 @@ def test_onnx_export_gives_the_pytorch_predictions_without_torch(model_dir, phot
             assert row["class_1"] == pred.top[0][0]
             by_class = {row[f"class_{i}"]: float(row[f"probability_{i}"]) for i in (1, 2, 3)}
             assert all(abs(by_class[c] - p) <= 1e-4 for c, p in pred.top)
+    int8 = smallvision.predict(model_dir, photos, top_k=3, onnx=True, int8=True)
+    assert [p.path for p in int8] == [p.path for p in expected] and sum(p.error is not None for p in int8) == 2
+    clf = OnnxClassifier.load(find_export(model_dir, int8=True))
+    readable = [p.path for p in int8 if p.top]
+    assert [p.top for p in int8 if p.top] == clf.top_k(clf.probabilities(decoded(readable, clf.image_size)), 3)
+    assert max(abs(q.top[0][1] - p.top[0][1]) for q, p in zip(int8, expected, strict=True) if p.top) > 0  # not fp32
     script = (
         "import sys, smallvision; "
         f"preds = smallvision.predict({str(model_dir)!r}, {str(photos)!r}, onnx=True); "
