@@ -55,6 +55,15 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     return itertools.chain.from_iterable(_walk(p) if p.is_dir() else (p,) for p in named)
 
 
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files named directly, plus every image under named folders (sorted), as a list."""
+    paths = list(paths)
+    out = list(iter_image_files(paths))
+    if not out:
+        raise SmallvisionError(f"no image files found in {', '.join(map(str, paths))}")
+    return out
+
+
 def _views(x, tta: bool) -> list:
     """The input batch, plus (with TTA) its mirror image and a 90% centre crop of both, resized back."""
     if not tta:
