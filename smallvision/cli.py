@@ -261,10 +261,14 @@ def predict(
     top_k: Annotated[int, Opt("--top-k", help="How many classes to show per image")] = 5,
     csv_path: Annotated[
         str | None,
-        Opt("--csv", help="Write a CSV (path, class_1, probability_1, ..., error) to this path; '-' for stdout"),
+        Opt(
+            "--csv",
+            metavar="PATH",
+            help="Write a CSV (path, class_1, probability_1, ..., error) to this path; '-' for stdout",
+        ),
     ] = None,
     json_path: Annotated[
-        str | None, Opt("--json", help="Write a JSON list of predictions to this path; '-' for stdout")
+        str | None, Opt("--json", metavar="PATH", help="Write a JSON list of predictions to this path; '-' for stdout")
     ] = None,
     onnx: Annotated[bool, Opt("--onnx", help="Run the model folder's checked ONNX export (onnxruntime)")] = False,
     int8: Annotated[bool, Opt("--int8", help="With --onnx: run the checked int8 export (export --int8)")] = False,
