@@ -7,12 +7,14 @@ from smallvision.api import (
     evaluate,
     export,
     inspect,
+    iter_predictions,
     load,
     make_config,
     predict,
     predict_imagenet,
     read_metrics,
     train,
+    write_predictions,
 )
 from smallvision.errors import SmallvisionError
 
@@ -25,10 +27,12 @@ __all__ = [
     "evaluate",
     "export",
     "inspect",
+    "iter_predictions",
     "load",
     "make_config",
     "predict",
     "predict_imagenet",
     "read_metrics",
     "train",
+    "write_predictions",
 ]

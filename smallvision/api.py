@@ -10,13 +10,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from smallvision import atomic
 from smallvision.config import RunConfig, build_config, dump_config, load_config
 from smallvision.errors import SmallvisionError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from smallvision.prediction import Prediction, Predictions
 
 log = logging.getLogger("smallvision")
 
@@ -429,13 +434,69 @@ def load(model_dir: str | Path):
     return load_model(model_dir)
 
 
-def predict(model_dir: str | Path, paths: list[str | Path] | str | Path, *, top_k: int = 5, tta: bool = False) -> list:
-    """Top-k class probabilities for image files and folders, with a saved model (`tta`: flips + crops averaged)."""
-    from smallvision.prediction import classify, expand_paths
+def iter_predictions(
+    model_dir: str | Path,
+    paths: list[str | Path] | str | Path,
+    *,
+    top_k: int = 5,
+    tta: bool = False,
+    onnx: bool = False,
+    int8: bool = False,
+) -> Predictions:
+    """Top-k predictions for image files and folders, computed batch by batch as they are iterated (any number of
+    images in bounded memory; `len()` is the file count). `onnx` runs the model folder's checked ONNX export with
+    onnxruntime (no torch needed), `int8` its checked int8 export; `tta` (flips + crops averaged) is PyTorch-only."""
+    from smallvision.prediction import Predictions, model_probabilities
 
+    paths = [paths] if isinstance(paths, str | Path) else paths
+    if int8 and not onnx:
+        raise SmallvisionError("int8 (--int8) picks the int8 ONNX export: it needs onnx (--onnx) too")
+    if onnx:
+        if tta:
+            raise SmallvisionError(
+                "tta (--tta) cannot apply with onnx (--onnx): the ONNX export has no test-time augmentation; "
+                "drop one of them"
+            )
+        from smallvision.runtime import OnnxClassifier, find_export
+
+        clf = OnnxClassifier.load(find_export(model_dir, int8=int8))
+        return Predictions(clf.probabilities, clf.classes, clf.image_size, paths, top_k)
     model, card = load(model_dir)
-    files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
-    return classify(model, card.classes, card.image_size, files, top_k, tta=tta)
+    return Predictions(model_probabilities(model, tta), card.classes, card.image_size, paths, top_k)
+
+
+def predict(
+    model_dir: str | Path,
+    paths: list[str | Path] | str | Path,
+    *,
+    top_k: int = 5,
+    tta: bool = False,
+    onnx: bool = False,
+    int8: bool = False,
+) -> list[Prediction]:
+    """Top-k class probabilities for image files and folders, as a list (for many images use `write_predictions`
+    or iterate `iter_predictions`)."""
+    return list(iter_predictions(model_dir, paths, top_k=top_k, tta=tta, onnx=onnx, int8=int8))
+
+
+def write_predictions(
+    predictions: Predictions | Iterable[Prediction],
+    *,
+    csv: str | Path | None = None,
+    json: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write predictions (from `iter_predictions`, streamed batch by batch; or a list) to a CSV and/or JSON file
+    ("-": stdout); each file appears atomically when complete. Returns {"images", "unreadable", "written"}."""
+    from smallvision.prediction import Predictions
+    from smallvision.prediction_files import write_predictions as write
+
+    if isinstance(predictions, Predictions):
+        batches, k, total = predictions.batches(), predictions.k, len(predictions)
+    else:
+        preds = list(predictions)
+        batches, k, total = [preds], max((len(p.top) for p in preds), default=1), len(preds)
+    return write(batches, k, csv_path=csv, json_path=json, total=total, progress=progress)
 
 
 def evaluate(
@@ -587,11 +648,11 @@ def predict_imagenet(
     tta: bool = False,
 ) -> list:
     """Top-k ImageNet classes from the pretrained backbone's original head (`tta`: flips + crops averaged)."""
-    from smallvision.prediction import classify, expand_paths, imagenet_model
+    from smallvision.prediction import Predictions, imagenet_model, model_probabilities
 
     model, names, size = imagenet_model(backbone, weights)
-    files = expand_paths([paths] if isinstance(paths, str | Path) else paths)
-    return classify(model, names, size, files, top_k, tta=tta)
+    paths = [paths] if isinstance(paths, str | Path) else paths
+    return list(Predictions(model_probabilities(model, tta), names, size, paths, top_k))
 
 
 def inspect(

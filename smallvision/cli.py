@@ -259,29 +259,48 @@ def predict(
         list[Path], typer.Argument(help="MODEL_DIR then image files or folders; with --imagenet, only images")
     ],
     top_k: Annotated[int, Opt("--top-k", help="How many classes to show per image")] = 5,
-    as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table")] = False,
+    csv_path: Annotated[
+        str | None,
+        Opt(
+            "--csv",
+            metavar="PATH",
+            help="Write a CSV (path, class_1, probability_1, ..., error) to this path; '-' for stdout",
+        ),
+    ] = None,
+    json_path: Annotated[
+        str | None, Opt("--json", metavar="PATH", help="Write a JSON list of predictions to this path; '-' for stdout")
+    ] = None,
+    onnx: Annotated[bool, Opt("--onnx", help="Run the model folder's checked ONNX export (onnxruntime)")] = False,
+    int8: Annotated[bool, Opt("--int8", help="With --onnx: run the checked int8 export (export --int8)")] = False,
     imagenet: Annotated[bool, Opt("--imagenet", help="Use the bundled backbone's ImageNet head")] = False,
     tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
     backbone: Annotated[str, Opt(help="Backbone for --imagenet")] = "efficientnet_lite0",
 ) -> None:
-    """Print the top-k classes with probabilities for images or folders of images."""
+    """Top-k classes with probabilities for images or folders: a table, or any number of images streamed to --csv or
+    --json (a progress bar on stderr; unreadable files become rows with an error)."""
     from smallvision import api
 
     _setup_logging(True)
     if imagenet:
+        if onnx or int8:
+            flag = "--onnx" if onnx else "--int8"
+            raise SmallvisionError(f"{flag} cannot apply with --imagenet: the ImageNet head has no ONNX export")
         preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone, tta=tta)
     else:
         if len(paths) < 2:
             raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
-        preds = api.predict(paths[0], paths[1:], top_k=top_k, tta=tta)
-    if as_json:
-        typer.echo(json.dumps([p.to_dict() for p in preds], indent=2))
+        preds = api.iter_predictions(paths[0], paths[1:], top_k=top_k, tta=tta, onnx=onnx, int8=int8)
+    if csv_path is None and json_path is None:
+        for p in preds:
+            if p.error:
+                typer.echo(f"{p.path}: skipped: {p.error}")
+            else:
+                typer.echo(f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top))
         return
-    for p in preds:
-        if p.error:
-            typer.echo(f"{p.path}: skipped: {p.error}")
-        else:
-            typer.echo(f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top))
+    done = api.write_predictions(preds, csv=csv_path, json=json_path, progress=sys.stderr.isatty())
+    typer.echo(
+        f"{done['images']} images, {done['unreadable']} unreadable; wrote {', '.join(done['written'])}", err=True
+    )
 
 
 @app.command()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,16 +35,30 @@ class Prediction:
         return out
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly, plus every image under named folders (sorted)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q))
-        elif p.exists():
-            out.append(p)
-        else:
+def _walk(folder: Path) -> Iterator[Path]:
+    """Image files under `folder` in sorted path order, listing one folder at a time (what sorted(rglob) gives)."""
+    with os.scandir(folder) as entries:
+        ordered = sorted(entries, key=lambda e: e.name)
+    for entry in ordered:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path))
+        elif entry.is_file() and is_image_name(Path(entry.name)):
+            yield Path(entry.path)
+
+
+def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Image files named directly, plus every image under named folders (sorted), listed lazily."""
+    named = [Path(p) for p in paths]
+    for p in named:
+        if not p.exists():
             raise SmallvisionError(f"{p}: no such file or folder")
+    return itertools.chain.from_iterable(_walk(p) if p.is_dir() else (p,) for p in named)
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files named directly, plus every image under named folders (sorted), as a list."""
+    paths = list(paths)
+    out = list(iter_image_files(paths))
     if not out:
         raise SmallvisionError(f"no image files found in {', '.join(map(str, paths))}")
     return out
@@ -76,43 +92,93 @@ def probabilities(model, images: np.ndarray, *, tta: bool = False, batch_size: i
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def classify(
-    model,
-    classes: Sequence[str],
-    image_size: int,
-    paths: Sequence[Path],
-    top_k: int = 5,
-    batch_size: int = 32,
-    tta: bool = False,
-) -> list[Prediction]:
-    """Run `model` ([0, 1] RGB input) over image files in batches; unreadable files get an error, not a crash."""
-    import torch
-
-    k = max(1, min(top_k, len(classes)))
-    preds: list[Prediction] = []
-    pending: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        probs = torch.from_numpy(probabilities(model, np.stack([a for _, a in pending]), tta=tta))
-        values, indices = probs.topk(k, dim=1)
-        for (slot, _), v, i in zip(pending, values.tolist(), indices.tolist(), strict=True):
-            preds[slot].top = [(classes[c], float(p)) for c, p in zip(i, v, strict=True)]
-        pending.clear()
-
-    model.eval()
+def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[Prediction], list[int], np.ndarray]:
+    """Decode one batch of files: their predictions (errors filled in), the readable ones' slots and pixels."""
+    preds, slots, images = [], [], []
     for path in paths:
         preds.append(Prediction(str(path)))
         try:
-            pending.append((len(preds) - 1, decode_file(path, image_size)))
+            images.append(decode_file(path, image_size))
+            slots.append(len(preds) - 1)
         except ImageDecodeError as e:
-            preds[-1].error = str(e)
+            preds[-1].error = str(e).removeprefix(f"{path}: ")  # the row already names the file
             log.warning("skipped %s", e)
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    return preds
+    pixels = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return preds, slots, pixels
+
+
+def _decoded_batches(files: Iterator[Path], image_size: int, batch_size: int, prefetch: bool):
+    """Decoded batches in file order; with `prefetch`, the next batch decodes in a thread while this one is used."""
+    chunks = iter(lambda: list(itertools.islice(files, batch_size)), [])
+    if not prefetch:
+        yield from (_decode_batch(chunk, image_size) for chunk in chunks)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="smallvision-decode")
+    try:
+        pending = None
+        for chunk in chunks:
+            ahead = pool.submit(_decode_batch, chunk, image_size)
+            if pending is not None:
+                yield pending.result()
+            pending = ahead
+        if pending is not None:
+            yield pending.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Predictions:
+    """Top-k predictions for image files, computed batch by batch as they are iterated, in bounded memory.
+
+    `probabilities` maps uint8 NHWC images to float32 [N, classes] probabilities (a PyTorch model or an ONNX export);
+    `len()` is the number of image files (counted up front, paths only, for progress bars).
+    """
+
+    def __init__(
+        self,
+        probabilities: Callable[[np.ndarray], np.ndarray],
+        classes: Sequence[str],
+        image_size: int,
+        paths: Iterable[str | Path],
+        top_k: int = 5,
+        batch_size: int = 32,
+        prefetch: bool = True,
+    ) -> None:
+        self.classes = list(classes)
+        self.k = max(1, min(top_k, len(self.classes)))
+        self.image_size = image_size
+        self._probabilities = probabilities
+        self._paths = [Path(p) for p in paths]
+        self._batch_size = batch_size
+        self._prefetch = prefetch
+        self._count = sum(1 for _ in iter_image_files(self._paths))
+        if not self._count:
+            raise SmallvisionError(f"no image files found in {', '.join(map(str, self._paths))}")
+
+    def __len__(self) -> int:
+        return self._count
+
+    def batches(self) -> Iterator[list[Prediction]]:
+        """One list of predictions per decoded batch, yielded as soon as it is classified."""
+        files = iter_image_files(self._paths)
+        for preds, slots, pixels in _decoded_batches(files, self.image_size, self._batch_size, self._prefetch):
+            if slots:
+                probs = np.asarray(self._probabilities(pixels), dtype=np.float32)
+                top = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
+                for slot, row, order in zip(slots, probs, top, strict=True):
+                    preds[slot].top = [(self.classes[c], float(row[c])) for c in order]
+            yield preds
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return itertools.chain.from_iterable(self.batches())
+
+
+def model_probabilities(model, tta: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """The probability function of a PyTorch model ([0, 1] RGB input) for `Predictions`."""
+    model.eval()
+    return lambda images: probabilities(model, images, tta=tta)
 
 
 def imagenet_model(backbone: str = "efficientnet_lite0", weights: str | None = None):

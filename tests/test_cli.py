@@ -57,7 +57,7 @@ def test_finished_run_is_not_overwritten(trained, shapes_data):
 
 def test_predict_file_and_folder_json(trained, shapes_data):
     one = next((shapes_data / "test" / "square").iterdir())
-    done = cli("predict", trained / "model", one, shapes_data / "test", "--top-k", "2", "--json")
+    done = cli("predict", trained / "model", one, shapes_data / "test", "--top-k", "2", "--json", "-")
     assert done.returncode == 0, done.stderr
     preds = json.loads(done.stdout)
     assert len(preds) == 1 + 18 and all(len(p["top"]) == 2 for p in preds)
@@ -120,7 +120,7 @@ def test_imagenet_predict_applies_tta(tmp_path):
     from skimage import data as skdata
 
     Image.fromarray(skdata.coffee()).save(tmp_path / "coffee.jpg")
-    done = cli("predict", "--imagenet", "--tta", "--json", "--top-k", "3", tmp_path / "coffee.jpg")
+    done = cli("predict", "--imagenet", "--tta", "--json", "-", "--top-k", "3", tmp_path / "coffee.jpg")
     assert done.returncode == 0, done.stderr
     shown = [(t["class"], t["probability"]) for t in json.loads(done.stdout)[0]["top"]]
     tta = smallvision.predict_imagenet(tmp_path / "coffee.jpg", top_k=3, tta=True)[0].top

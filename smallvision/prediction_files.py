@@ -1,0 +1,131 @@
+"""Write predictions as CSV or JSON while they are computed: rows go out batch by batch, files appear atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from smallvision.atomic import atomic_path
+from smallvision.errors import SmallvisionError
+from smallvision.prediction import Prediction
+
+log = logging.getLogger(__name__)
+
+STDOUT = "-"
+
+
+def csv_header(k: int) -> list[str]:
+    """The CSV columns: path, class_1, probability_1, ..., class_k, probability_k, error."""
+    return ["path", *(f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "probability")), "error"]
+
+
+def csv_row(pred: Prediction, k: int) -> list[str]:
+    """One CSV row; an unreadable file has empty class and probability cells and its reason under error."""
+    cells = [pred.path]
+    for i in range(k):
+        cells += [pred.top[i][0], repr(round(pred.top[i][1], 6))] if i < len(pred.top) else ["", ""]
+    return [*cells, pred.error or ""]
+
+
+class _CsvSink:
+    def __init__(self, stream: TextIO, k: int) -> None:
+        self._writer, self._k = csv.writer(stream, lineterminator="\n"), k
+        self._writer.writerow(csv_header(k))
+
+    def write(self, preds: Sequence[Prediction]) -> None:
+        self._writer.writerows(csv_row(p, self._k) for p in preds)
+
+    def close(self) -> None:
+        """CSV needs no closing text."""
+
+
+class _JsonSink:
+    """A JSON list of Prediction.to_dict() objects, one per line, written as they come."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._first = stream, True
+        stream.write("[")
+
+    def write(self, preds: Sequence[Prediction]) -> None:
+        for p in preds:
+            self._stream.write(("\n  " if self._first else ",\n  ") + json.dumps(p.to_dict()))
+            self._first = False
+
+    def close(self) -> None:
+        self._stream.write("\n]\n")
+
+
+def _open(target: str | Path, stack: contextlib.ExitStack) -> TextIO:
+    """stdout for "-", else a temporary file beside `target`, renamed over it when `stack` closes without an error."""
+    if str(target) == STDOUT:
+        return sys.stdout
+    if Path(target).is_dir():
+        raise SmallvisionError(f"{target} is a folder; give a file path such as {Path(target) / 'predictions.csv'}")
+    try:
+        tmp = stack.enter_context(atomic_path(target))
+        return stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
+    except OSError as e:
+        raise SmallvisionError(f"{target}: cannot write there ({e.strerror or e}); choose another path") from e
+
+
+def write_predictions(
+    batches: Iterable[Sequence[Prediction]],
+    k: int,
+    *,
+    csv_path: str | Path | None = None,
+    json_path: str | Path | None = None,
+    total: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Stream prediction batches into a CSV and/or a JSON file ("-": stdout); returns counts and what was written."""
+    targets = [t for t in (csv_path, json_path) if t is not None]
+    if not targets:
+        raise SmallvisionError("nowhere to write predictions: give --csv PATH and/or --json PATH ('-' for stdout)")
+    if [str(t) for t in targets].count(STDOUT) > 1:
+        raise SmallvisionError("--csv - and --json - both ask for stdout; send one of them to a file")
+    if len(targets) == 2 and Path(csv_path).resolve() == Path(json_path).resolve():
+        raise SmallvisionError(f"--csv and --json both name {csv_path}; give them different paths")
+    images = unreadable = 0
+    with contextlib.ExitStack() as stack:
+        sinks: list[_CsvSink | _JsonSink] = []
+        streams: list[TextIO] = []
+        if csv_path is not None:
+            streams.append(_open(csv_path, stack))
+            sinks.append(_CsvSink(streams[-1], k))
+        if json_path is not None:
+            streams.append(_open(json_path, stack))
+            sinks.append(_JsonSink(streams[-1]))
+        bar = stack.enter_context(_progress_bar(total, progress))
+        for batch in batches:
+            for sink in sinks:
+                sink.write(batch)
+            for stream in streams:
+                stream.flush()
+            images += len(batch)
+            unreadable += sum(p.error is not None for p in batch)
+            if bar is not None:
+                bar.update(len(batch))
+        for sink in sinks:
+            sink.close()
+    written = [str(t) for t in targets]
+    log.info("%d images, %d unreadable; wrote %s", images, unreadable, ", ".join(written))
+    return {"images": images, "unreadable": unreadable, "written": written}
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int | None, show: bool):
+    """A tqdm bar on stderr counting files (log lines go above it), or None."""
+    if not show:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(), tqdm(total=total, unit="img", desc="predict", file=sys.stderr) as bar:
+        yield bar
