@@ -30,6 +30,8 @@ def _save(fig, path: Path) -> Path:
 def curves(history: Sequence[dict], path: Path, chosen: int | None = None) -> Path:
     """Loss and accuracy per epoch, train vs validation, stages one after another; `chosen` (1-based row of the
     history) marks the epoch whose weights the run kept."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = _subplots(1, 2, figsize=(11, 4))
     x = np.arange(1, len(history) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
@@ -44,6 +46,7 @@ def curves(history: Sequence[dict], path: Path, chosen: int | None = None) -> Pa
             value = history[chosen - 1].get(f"val_{metric}", np.nan)
             ax.axvline(chosen, color="tab:green", lw=1, ls=":")
             ax.plot([chosen], [value], "o", color="tab:green", ms=8, label=f"kept: epoch {chosen}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend(fontsize=8)
@@ -217,7 +220,7 @@ def roc_pr(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: 
     for ax in (roc, pr):
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7, loc="lower right" if ax is roc else "lower left")
+        ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
     return _save(fig, path)
 
 
@@ -335,10 +338,10 @@ def augmentation_preview(image: np.ndarray, transform, path: Path, n: int = 8) -
 
 
 def compare_scatter(rows: Sequence[dict], best: str, path: Path) -> Path:
-    """Validation accuracy (with its 95% interval) against training seconds for every run of a comparison, the
-    chosen run in green: what each extra second bought."""
+    """Validation accuracy (with its 95% interval) against training seconds for every run of a comparison, each point
+    numbered by its row, the chosen run in green: what each extra second bought."""
     fig, ax = _subplots(figsize=(7, 4.2))
-    for r in rows:
+    for number, r in enumerate(rows, 1):
         chosen = r["run"] == best
         lo, hi = r.get("val_ci95") or (r["val_accuracy"], r["val_accuracy"])
         ax.errorbar(
@@ -350,24 +353,24 @@ def compare_scatter(rows: Sequence[dict], best: str, path: Path) -> Path:
             ms=9 if chosen else 6,
             capsize=3,
         )
-        ax.annotate(r["run"], (r["seconds"], r["val_accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(str(number), (r["seconds"], r["val_accuracy"]), textcoords="offset points", xytext=(6, 4))
     seconds = [r["seconds"] for r in rows]
     if min(seconds) > 0 and max(seconds) / min(seconds) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation accuracy (95% interval)")
-    ax.set_title(f"accuracy vs time; green: chosen ({best})", fontsize=10)
+    ax.set_title(f"accuracy vs time; green: the chosen run, {best}", fontsize=10)
     ax.margins(x=0.25, y=0.15)
     return _save(fig, path)
 
 
 def compare_curves(histories: dict[str, Sequence[dict]], path: Path) -> Path:
-    """Validation accuracy and loss per epoch of every run, overlaid."""
+    """Validation accuracy and loss per epoch of every run, overlaid, labelled with their row numbers."""
     fig, axes = _subplots(1, 2, figsize=(11, 4))
-    for name, rows in histories.items():
+    for number, (name, rows) in enumerate(histories.items(), 1):
         x = np.arange(1, len(rows) + 1)
-        axes[0].plot(x, [r["val_accuracy"] for r in rows], label=name)
-        axes[1].plot(x, [r["val_loss"] for r in rows], label=name)
+        axes[0].plot(x, [r["val_accuracy"] for r in rows], label=f"{number} {name}")
+        axes[1].plot(x, [r["val_loss"] for r in rows], label=f"{number} {name}")
     for ax, title in zip(axes, ("validation accuracy", "validation loss"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")

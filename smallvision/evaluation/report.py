@@ -226,6 +226,12 @@ def _table(headers: list[str], rows: list[list[Any]], table_id: str = "") -> str
     return f'<div class="scroll"><table{tid}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
+def _kv_table(rows: list[list[Any]]) -> str:
+    """Name-value rows, no header."""
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell(v)}</td></tr>" for k, v in rows)
+    return f'<div class="scroll"><table class="kv"><tbody>{body}</tbody></table></div>'
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -282,12 +288,13 @@ main{max-width:1240px;margin:0 auto;padding:.6em 1.2em 2em}
 header.top{display:flex;flex-wrap:wrap;gap:.2em 1em;align-items:baseline;padding:.5em 1.2em;background:#1d2330;
 color:#fff}
 header.top b{font-size:1.05em}header.top span{color:#c8cfdc;font-size:.9em;overflow-wrap:anywhere}
+p,li,dd,figcaption,h2,h3{overflow-wrap:anywhere}
 h2{font-size:1.25em;margin:1.4em 0 .4em;border-bottom:1px solid #e3e6ec;padding-bottom:.2em}h3{font-size:1.05em}
 .verdict{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:1.2em;align-items:start;margin-top:.6em}
 .card{border:1px solid #e3e6ec;border-radius:10px;padding:.8em 1.1em;background:#fafbfd}
 .label{font-size:.9em;color:#596273;text-transform:uppercase;letter-spacing:.04em}
 .big{font-size:3.6em;font-weight:700;line-height:1.05;margin:.05em 0}
-.ci{font-size:1.02em;color:#333}.ci b{white-space:nowrap}
+.ci{font-size:1.02em;color:#333;overflow-wrap:anywhere}td.t,th.t{text-align:left}.ci b{white-space:nowrap}
 .facts{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.15em .9em;margin:.7em 0 .3em}
 .facts dt{color:#596273}.facts dd{margin:0;overflow-wrap:anywhere}
 .notice{border-radius:8px;padding:.45em .8em;margin:.5em 0;font-size:.95em}
@@ -302,11 +309,11 @@ img{max-width:100%;height:auto;border:1px solid #eef0f4;display:block}
 .pair{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.pair .scroll{flex:0 1 auto}
 table{border-collapse:collapse}td,th{border:1px solid #d5d9e0;padding:.22em .55em;text-align:right;white-space:nowrap}
 th{background:#f1f3f7}td:first-child,th:first-child{text-align:left}
-tr.chosen td{background:#e8f5e9;font-weight:600}
+table.kv th,table.kv td{text-align:left}tr.chosen td{background:#e8f5e9;font-weight:600}
 pre{background:#f6f7f9;padding:.8em;overflow:auto;max-width:100%;font-size:.85em}
 ul.notes li{margin:.15em 0;overflow-wrap:anywhere}
-th.sortable{cursor:pointer;user-select:none}th.sortable::after{content:" \2195";color:#8a93a3}
-th[aria-sort=ascending]::after{content:" \2191"}th[aria-sort=descending]::after{content:" \2193"}
+th.sortable{cursor:pointer;user-select:none}th.sortable::after{content:" \\2195";color:#8a93a3}
+th[aria-sort=ascending]::after{content:" \\2191"}th[aria-sort=descending]::after{content:" \\2193"}
 @media (max-width:820px){.verdict{grid-template-columns:minmax(0,1fr)}.big{font-size:2.8em}main{padding:.5em .7em}}
 @media print{header.top{background:none;color:#000;border-bottom:1px solid #000}header.top span{color:#333}
 main{max-width:none;padding:0}.verdict{grid-template-columns:1fr 1fr}section,figure{break-inside:avoid}
@@ -536,7 +543,7 @@ def write_report(run_dir: str | Path) -> Path:
         *(f"<li>{html.escape(n)}</li>" for n in [*data.get("notes", []), *m.get("notes", [])]),
         "</ul></section>",
         f'<section id="config"><h3>Resolved config</h3><pre>{html.escape(config)}</pre></section>',
-        '<section id="versions"><h3>Versions and machine</h3>' + _table(["", ""], _versions(run_dir, m)),
+        '<section id="versions"><h3>Versions and machine</h3>' + _kv_table(_versions(run_dir, m)),
         "</section></section>",
     ]
     header = (
@@ -573,23 +580,24 @@ def write_compare_report(out: str | Path) -> Path:
     best = results["best"]
     chosen = next(r for r in rows if r["run"] == best)
     body_rows = []
-    for r in rows:
+    for number, r in enumerate(rows, 1):
         lo, hi = r["val_ci95"]
         link = f"runs/{html.escape(r['run'])}/report.html"
+        mark = " &#9733; chosen" if r["run"] == best else ""
         cells = [
-            f'<td data-v="{"0" if r["run"] == best else "1"}">{"&#9733; chosen" if r["run"] == best else ""}</td>',
-            f'<td><a href="{link}">{html.escape(r["run"])}</a></td>',
-            f"<td>{html.escape(r['recipe'])}</td><td>{html.escape(r['options'] or '-')}</td>",
+            f'<td data-v="{number}" class="t">{number}{mark}</td>',
+            f'<td class="t"><a href="{link}">{html.escape(r["run"])}</a></td>',
+            f'<td class="t">{html.escape(r["recipe"])}</td><td class="t">{html.escape(r["options"] or "-")}</td>',
             f'<td data-v="{r["val_accuracy"]}">{r["val_accuracy"]:.4f} <small>({lo:.3f} to {hi:.3f})</small></td>',
             f'<td data-v="{r["val_f1_macro"]}">{r["val_f1_macro"]:.4f}</td>',
             f'<td data-v="{r["seconds"]}">{r["seconds"]:.1f}</td>',
         ]
         cls = ' class="chosen"' if r["run"] == best else ""
         body_rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    heads = ["", "run", "recipe", "options", "val accuracy (95% interval)", "macro F1", "seconds"]
+    heads = ["#", "run", "recipe", "options", "val accuracy (95% interval)", "macro F1", "seconds"]
     table = (
         '<div class="scroll"><table id="runs" class="sortable"><thead><tr>'
-        + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+        + "".join(f"<th{' class=t' if i < 4 else ''}>{html.escape(h)}</th>" for i, h in enumerate(heads))
         + f"</tr></thead><tbody>{''.join(body_rows)}</tbody></table></div>"
     )
     test = results.get("best_test")
@@ -606,13 +614,14 @@ def write_compare_report(out: str | Path) -> Path:
         headline = (
             f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
             f'{_pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> '
-            f"on <b>n={chosen['val_n']}</b> validation images; {html.escape(results.get('test_note', ''))}</div>"
+            f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: there is no test "
+            "split to confirm it.</div>"
         )
     overlap = [r["run"] for r in rows if r["run"] != best and r["val_ci95"][1] >= lo]
     facts = [
         ["chosen", f"{best} ({chosen['recipe']}{', ' + chosen['options'] if chosen['options'] else ''})"],
         ["why", f"highest {results.get('chosen_on', 'validation accuracy')}: {chosen['val_accuracy']:.4f}"],
-        ["runs", f"{len(rows)} in {_duration(results.get('seconds', 0))}"],
+        ["runs", f"{len(rows)}, {_duration(sum(r['seconds'] for r in rows))} of training in all"],
     ]
     if overlap:
         facts.append(["note", f"{len(overlap)} other run(s) have intervals that overlap the chosen run's lower bound"])
@@ -620,10 +629,11 @@ def write_compare_report(out: str | Path) -> Path:
     card = f'<div class="card" id="verdict-card">{headline}<dl class="facts">{dl}</dl></div>'
     body = [
         f'<section id="verdict" class="verdict">{card}',
-        _figure(out, "accuracy", "validation accuracy and its interval against training time; green is chosen"),
+        _figure(out, "accuracy", "validation accuracy and its interval against training seconds; numbers are rows"),
         "</section>",
         '<section id="results"><h2>Runs</h2><p>Click a column header to sort. Each run links to its own page.</p>',
         table,
+        f'<p id="test-note">Test: {html.escape(results["test_note"])}</p>' if "test_note" in results else "",
         "</section>",
         '<section id="overlaid"><h2>Curves, overlaid</h2>',
         _figure(out, "curves", "validation accuracy and loss per epoch of every run"),
