@@ -55,7 +55,7 @@ def hymenoptera_run(tmp_path_factory, session_cache):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
         return smallvision.train(
-            data, recipe="features", image_size=64, epochs=4, out=data.parent / "run", progress=False
+            data, recipe="features", image_size=64, epochs=4, out=data.parent / "hymenoptera-run", progress=False
         )
 
 
