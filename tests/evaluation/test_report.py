@@ -302,3 +302,39 @@ def test_compare_sweep_tests_only_the_best_and_rerun_skips(compared, shapes_data
     assert again["rows"] == first["rows"]
     page = (out / "report.html").read_text()
     assert 'href="runs/features_dropout=0/report.html"' in page
+
+
+@pytest.mark.parametrize(
+    ("plan", "note", "expected"),
+    [
+        (
+            {"finetune": False, "estimate_seconds": 17.8, "seconds_left": -82.6, "time_budget": 30.0},
+            "auto: kept the features model; fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30",
+            "auto kept the features model: fine-tuning was estimated at 18 s with 0 s of its 30 s --time-budget left, "
+            "too little to fine-tune.",
+        ),
+        (
+            {"finetune": True, "estimate_seconds": 40.2, "seconds_left": 550.0, "time_budget": 600.0},
+            "auto: chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone",
+            "auto fine-tuned, since fine-tuning was estimated at 40 s with 550 s of its 600 s --time-budget left; then "
+            "it chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone.",
+        ),
+        (
+            {"finetune": True, "estimate_seconds": 40.2, "seconds_left": 550.0, "time_budget": 600.0},
+            "auto: kept the stage-1 (features) model: val accuracy 0.9500; finetune reached 0.9300",
+            "auto fine-tuned, since fine-tuning was estimated at 40 s with 550 s of its 600 s --time-budget left; then "
+            "it kept the stage-1 (features) model: val accuracy 0.9500; finetune reached 0.9300.",
+        ),
+    ],
+)
+def test_auto_sentence_reads_the_recorded_plan_and_the_recipes_notes(tmp_path, plan, note, expected):
+    """The notes are the strings recipes.py writes (the first case is the one a real hymenoptera auto run wrote)."""
+    from smallvision.evaluation.report import auto_sentence, chosen_row
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "auto_plan.json").write_text(json.dumps(plan))
+    assert auto_sentence({"recipe": "auto", "notes": ["stage features: ...", note]}, tmp_path) == expected
+    assert auto_sentence({"recipe": "features", "notes": [note]}, tmp_path) is None
+    history = [{"stage": "features"}] * 4 + [{"stage": "finetune"}] * 3
+    kept_first = "kept the" in note
+    assert chosen_row(history, 2, [note]) == (2 if kept_first else 6)
