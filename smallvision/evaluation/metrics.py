@@ -68,7 +68,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return float(max(0.0, center - half)), float(min(1.0, center + half))
+    # the interval holds p itself; at p = 0 or 1 rounding would otherwise leave it a hair outside
+    return float(max(0.0, min(p, center - half))), float(min(1.0, max(p, center + half)))
 
 
 def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:

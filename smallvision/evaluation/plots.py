@@ -347,7 +347,7 @@ def compare_scatter(rows: Sequence[dict], best: str, path: Path) -> Path:
         ax.errorbar(
             r["seconds"],
             r["val_accuracy"],
-            yerr=[[r["val_accuracy"] - lo], [hi - r["val_accuracy"]]],
+            yerr=[[max(r["val_accuracy"] - lo, 0)], [max(hi - r["val_accuracy"], 0)]],
             fmt="o",
             color="tab:green" if chosen else "tab:blue",
             ms=9 if chosen else 6,

@@ -315,7 +315,8 @@ ul.notes li{margin:.15em 0;overflow-wrap:anywhere}
 th.sortable{cursor:pointer;user-select:none}th.sortable::after{content:" \\2195";color:#8a93a3}
 th[aria-sort=ascending]::after{content:" \\2191"}th[aria-sort=descending]::after{content:" \\2193"}
 @media (max-width:820px){.verdict{grid-template-columns:minmax(0,1fr)}.big{font-size:2.8em}main{padding:.5em .7em}}
-@media print{header.top{background:none;color:#000;border-bottom:1px solid #000}header.top span{color:#333}
+@media print{*{-webkit-print-color-adjust:exact;print-color-adjust:exact}pre{white-space:pre-wrap}
+header.top{background:none;color:#000;border-bottom:1px solid #000}header.top span{color:#333}
 main{max-width:none;padding:0}.verdict{grid-template-columns:1fr 1fr}section,figure{break-inside:avoid}
 .scroll{overflow:visible}a{color:#000}.card{background:none}}"""
 

@@ -57,6 +57,10 @@ def test_wilson_interval_matches_the_published_formula():
     lo, hi = wilson_interval(8, 10)  # Wilson (1927); 8/10 at 95%: 0.490 to 0.943
     assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
     assert wilson_interval(60, 60) == pytest.approx((0.9398, 1.0), abs=1e-4)
+    for n in (1, 6, 18, 30, 153):  # the interval always holds the accuracy itself, 0 and 1 included
+        for k in (0, n):
+            lo, hi = wilson_interval(k, n)
+            assert lo <= k / n <= hi
 
 
 def test_auc_and_most_confused_in_classification_metrics():
