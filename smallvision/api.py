@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,6 +290,11 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         "feature_cache": outcome.cache,
         "data_check": check_summary,
         "tta": False,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        },
     }
     if "test" in metrics:
         summary["test_accuracy"] = metrics["test"]["accuracy"]
@@ -327,16 +333,20 @@ def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outco
 
     The model folder and metrics.json are written by now, so no figure or Grad-CAM failure can lose them.
     """
-    val = index.split("val")
+    from smallvision.evaluation.report import headline_split
+
+    split = headline_split(summary)  # the figures show the split the run is judged on
+    held = index.split(split)
     try:
         errors = worker.figures(
-            outcome.probs.get("val"),
+            outcome.probs.get(split),
             run_dir=str(run_dir),
             model_dir=str(model_dir),
             config=str(run_dir / "config.yaml"),
-            val_paths=[str(it.path) for it in val],
-            val_digests=[it.digest for it in val],
-            val_labels=[it.label for it in val],
+            split=split,
+            paths=[str(it.path) for it in held],
+            digests=[it.digest for it in held],
+            labels=[it.label for it in held],
             history=outcome.history,
             summary=summary,
             classes=index.classes,

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import csv
-import html
 import io
 import itertools
 import json
@@ -125,6 +124,7 @@ def run_compare(
     """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once."""
     from smallvision import api
     from smallvision.evaluation import plots
+    from smallvision.evaluation.report import compare_rows
 
     out = Path(out)
     start = time.perf_counter()
@@ -175,7 +175,7 @@ def run_compare(
     writer.writerows(rows)
     atomic.write_text(out / "results.csv", buf.getvalue())
     atomic.write_text(out / "results.md", _markdown(rows))
-    plots.compare_bars(rows, out / "figures" / "accuracy.png")
+    plots.compare_scatter(compare_rows(out, rows), best["run"], out / "figures" / "accuracy.png")
     plots.compare_curves(histories, out / "figures" / "curves.png")
     atomic.write_json(out / "results.json", {"rows": rows, **summary})
     _page(out, rows, summary)
@@ -183,36 +183,8 @@ def run_compare(
 
 
 def _page(out: Path, rows: list[dict], summary: dict) -> Path:
-    from smallvision.evaluation.report import CSS, IMAGE_CHECK, Raw, _img, _table
+    """The compare page (evaluation/report.py renders it from results.json and the runs' folders)."""
+    from smallvision.evaluation.report import write_compare_report
 
-    table = _table(
-        ["run", "recipe", "options", "val accuracy", "macro F1", "seconds", "page"],
-        [
-            [
-                r["run"],
-                r["recipe"],
-                r["options"] or "-",
-                r["val_accuracy"],
-                r["val_f1_macro"],
-                r["seconds"],
-                Raw(f'<a href="runs/{html.escape(r["run"])}/report.html">report</a>'),
-            ]
-            for r in rows
-        ],
-    )
-    test = summary.get("best_test_accuracy")
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>smallvision compare</title><style>{CSS}</style>",
-        "</head><body><h1>smallvision compare</h1>",
-        f'<section id="summary"><p>Best on validation: <b>{html.escape(summary["best"])}</b>; '
-        f"test accuracy of that run alone: <b>{'no test split' if test is None else f'{test:.4f}'}</b>. "
-        f"Total {summary['seconds']:.1f} s.</p></section>",
-        f'<section id="results"><h2>Runs</h2>{table}</section>',
-        f'<section id="figures"><figure id="fig-accuracy">{_img(out / "figures" / "accuracy.png")}</figure>',
-        f'<figure id="fig-curves">{_img(out / "figures" / "curves.png")}</figure></section>',
-        f"<script>{IMAGE_CHECK}</script></body></html>",
-    ]
-    path = out / "report.html"
-    atomic.write_text(path, "\n".join(parts))
-    log.info("compare: %s", json.dumps({"best": summary["best"], "test": test}))
-    return path
+    log.info("compare: %s", json.dumps({"best": summary["best"], "test": summary.get("best_test_accuracy")}))
+    return write_compare_report(out)

@@ -1,5 +1,6 @@
-"""Figures as PNG files (matplotlib, no display): curves, confusion matrix, per-class bars, top losses, Grad-CAM,
-first-layer kernels, augmentation preview, and comparison charts."""
+"""Figures as PNG files (matplotlib, no display): curves, confusion matrix, most confused pairs, per-class bars, top
+losses, reliability diagram, ROC and precision-recall curves, Grad-CAM, first-layer kernels, augmentation preview, and
+comparison charts."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves(history: Sequence[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch, train vs validation, stages one after another."""
+def curves(history: Sequence[dict], path: Path, chosen: int | None = None) -> Path:
+    """Loss and accuracy per epoch, train vs validation, stages one after another; `chosen` (1-based row of the
+    history) marks the epoch whose weights the run kept."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = _subplots(1, 2, figsize=(11, 4))
     x = np.arange(1, len(history) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
@@ -38,36 +42,36 @@ def curves(history: Sequence[dict], path: Path) -> Path:
             if stages[i] != stages[i - 1]:
                 ax.axvline(i + 0.5, color="grey", lw=0.8)
                 ax.text(i + 0.6, ax.get_ylim()[1], stages[i], va="top", fontsize=8, color="grey")
+        if chosen is not None and 1 <= chosen <= len(history):
+            value = history[chosen - 1].get(f"val_{metric}", np.nan)
+            ax.axvline(chosen, color="tab:green", lw=1, ls=":")
+            ax.plot([chosen], [value], "o", color="tab:green", ms=8, label=f"kept: epoch {chosen}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend()
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> Path:
-    """The confusion matrix as counts and row-normalized (rows are true labels)."""
+def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
+    """The confusion matrix in one panel: each cell's count and its share of the true class (rows are true labels),
+    shaded by that share."""
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    side = max(4.0, 0.5 * len(classes) + 2)
-    fig, axes = _subplots(1, 2, figsize=(2 * side + 1, side))
-    for ax, values, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalized", ".2f")):
-        ax.imshow(values, cmap="Blues")
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(title)
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(
-                    j,
-                    i,
-                    format(values[i, j], fmt),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black",
-                )
+    side = min(max(3.6, 0.55 * len(classes) + 1.6), 9.0)
+    fig, ax = _subplots(figsize=(side, side))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (count, share of row)", fontsize=10)
+    small = len(classes) > 6
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            text = f"{cm[i, j]}" if small else f"{cm[i, j]}\n{norm[i, j]:.0%}"
+            color = "white" if norm[i, j] > 0.5 else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if small else 10, color=color)
     return _save(fig, path)
 
 
@@ -113,6 +117,110 @@ def top_losses(
             color="red" if pred != labels[i] else "black",
         )
     fig.suptitle("top losses: highest loss first (red: wrong prediction)")
+    return _save(fig, path)
+
+
+def confused_pairs(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    pairs: Sequence[Sequence],
+    path: Path,
+    per_pair: int = 4,
+) -> Path | None:
+    """fastai's most_confused as pictures: one row per (true, predicted, count) pair, with up to `per_pair` of its
+    images and their confidence; None when nothing was confused."""
+    index = {name: i for i, name in enumerate(classes)}
+    pred = probs.argmax(1)
+    rows = []
+    for true, predicted, count in pairs:
+        hits = np.flatnonzero((labels == index[true]) & (pred == index[predicted]))
+        if len(hits):
+            rows.append((true, predicted, count, hits[np.argsort(-probs[hits, index[predicted]])][:per_pair]))
+    if not rows:
+        return None
+    fig, axes = _subplots(len(rows), per_pair, figsize=(2.2 * per_pair, 2.5 * len(rows)), squeeze=False)
+    for r, (true, predicted, count, hits) in enumerate(rows):
+        for ax in axes[r]:
+            ax.axis("off")
+        for ax, i in zip(axes[r], hits, strict=False):
+            ax.imshow(images[i])
+            ax.set_title(f"p({predicted})={probs[i, index[predicted]]:.2f}", fontsize=8)
+        axes[r][0].text(
+            -0.08,
+            0.5,
+            f"{true} -> {predicted}\n{count} image(s)",
+            transform=axes[r][0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=9,
+        )
+    fig.suptitle("most confused pairs (true -> predicted), most frequent first", fontsize=10)
+    return _save(fig, path)
+
+
+def reliability(bins: Sequence[dict], ece: float, n: int, path: Path, n_bins: int) -> Path:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, the diagonal being perfect
+    calibration, with the bin counts below."""
+    fig, (ax, counts) = _subplots(2, 1, figsize=(4.6, 5.2), squeeze=True)
+    width = 1 / n_bins
+    lows = [b["low"] for b in bins]
+    ax.bar(
+        lows, [b["accuracy"] for b in bins], width, align="edge", edgecolor="black", color="tab:blue", label="accuracy"
+    )
+    ax.bar(
+        lows,
+        [b["confidence"] - b["accuracy"] for b in bins],
+        width,
+        bottom=[b["accuracy"] for b in bins],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        hatch="//",
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability: ECE {ece:.3f} ({n_bins} bins, n={n})", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    counts.bar(lows, [b["n"] for b in bins], width, align="edge", color="grey")
+    counts.set_xlim(0, 1)
+    counts.set_xlabel("confidence (top probability)")
+    counts.set_ylabel("images")
+    fig.subplots_adjust(hspace=0.35)
+    return _save(fig, path)
+
+
+def roc_pr(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Per-class one-vs-rest ROC and precision-recall curves with their AUC and average precision (scikit-learn);
+    a class absent from the split has neither and is left out."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    fig, (roc, pr) = _subplots(1, 2, figsize=(10, 4.4))
+    for i, name in enumerate(classes):
+        positive = labels == i
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, i])
+        roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        precision, recall, _ = precision_recall_curve(positive, probs[:, i])
+        pr.step(
+            recall, precision, where="post", label=f"{name} (AP {average_precision_score(positive, probs[:, i]):.3f})"
+        )
+    roc.plot([0, 1], [0, 1], "k:", lw=1)
+    roc.set_xlabel("false positive rate")
+    roc.set_ylabel("true positive rate")
+    roc.set_title("ROC, one class vs the rest", fontsize=10)
+    pr.set_xlabel("recall")
+    pr.set_ylabel("precision")
+    pr.set_title("precision-recall, one class vs the rest", fontsize=10)
+    for ax in (roc, pr):
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
     return _save(fig, path)
 
 
@@ -229,27 +337,40 @@ def augmentation_preview(image: np.ndarray, transform, path: Path, n: int = 8) -
     return _save(fig, path)
 
 
-def compare_bars(rows: Sequence[dict], path: Path) -> Path:
-    """Validation accuracy of every run in a comparison, best highlighted."""
-    names = [r["run"] for r in rows]
-    acc = [r["val_accuracy"] for r in rows]
-    best = int(np.argmax(acc))
-    fig, ax = _subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
-    bars = ax.bar(range(len(rows)), acc, color=["tab:green" if i == best else "tab:blue" for i in range(len(rows))])
-    ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("validation accuracy")
+def compare_scatter(rows: Sequence[dict], best: str, path: Path) -> Path:
+    """Validation accuracy (with its 95% interval) against training seconds for every run of a comparison, each point
+    numbered by its row, the chosen run in green: what each extra second bought."""
+    fig, ax = _subplots(figsize=(7, 4.2))
+    for number, r in enumerate(rows, 1):
+        chosen = r["run"] == best
+        lo, hi = r.get("val_ci95") or (r["val_accuracy"], r["val_accuracy"])
+        ax.errorbar(
+            r["seconds"],
+            r["val_accuracy"],
+            yerr=[[max(r["val_accuracy"] - lo, 0)], [max(hi - r["val_accuracy"], 0)]],
+            fmt="o",
+            color="tab:green" if chosen else "tab:blue",
+            ms=9 if chosen else 6,
+            capsize=3,
+        )
+        ax.annotate(str(number), (r["seconds"], r["val_accuracy"]), textcoords="offset points", xytext=(6, 4))
+    seconds = [r["seconds"] for r in rows]
+    if min(seconds) > 0 and max(seconds) / min(seconds) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("validation accuracy (95% interval)")
+    ax.set_title(f"accuracy vs time; green: the chosen run, {best}", fontsize=10)
+    ax.margins(x=0.25, y=0.15)
     return _save(fig, path)
 
 
 def compare_curves(histories: dict[str, Sequence[dict]], path: Path) -> Path:
-    """Validation accuracy and loss per epoch of every run, overlaid."""
+    """Validation accuracy and loss per epoch of every run, overlaid, labelled with their row numbers."""
     fig, axes = _subplots(1, 2, figsize=(11, 4))
-    for name, rows in histories.items():
+    for number, (name, rows) in enumerate(histories.items(), 1):
         x = np.arange(1, len(rows) + 1)
-        axes[0].plot(x, [r["val_accuracy"] for r in rows], label=name)
-        axes[1].plot(x, [r["val_loss"] for r in rows], label=name)
+        axes[0].plot(x, [r["val_accuracy"] for r in rows], label=f"{number} {name}")
+        axes[1].plot(x, [r["val_loss"] for r in rows], label=f"{number} {name}")
     for ax, title in zip(axes, ("validation accuracy", "validation loss"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")

@@ -16,54 +16,112 @@ from smallvision import atomic
 log = logging.getLogger(__name__)
 
 FIGURES = {
-    "curves": "Training curves",
     "confusion": "Confusion matrix",
-    "per_class": "Per-class precision, recall, F1",
+    "curves": "Training curves",
+    "confused": "Most confused pairs",
     "top_losses": "Top losses",
     "gradcam": "Grad-CAM",
+    "reliability": "Reliability diagram",
+    "roc_pr": "ROC and precision-recall curves",
+    "per_class": "Per-class precision, recall, F1",
     "kernels": "First-layer kernels",
     "augmentation": "Augmentation preview",
+    "accuracy": "Accuracy against time",
 }
+CONFUSED_PAIRS = 3
+PER_PAIR = 4
+
+
+def headline_split(metrics: dict[str, Any]) -> str:
+    """The split a run is judged on: test when it was evaluated, else validation."""
+    return "test" if "test" in metrics else "val"
+
+
+def chosen_row(history: list[dict], best_epoch: int | None, notes: list[str]) -> int | None:
+    """The 1-based row of the history whose weights the run kept: `best_epoch` counts within the last stage, or
+    within the first when the recipe's notes say it kept the stage-1 (features) model."""
+    if not history or not best_epoch:
+        return None
+    stages = list(dict.fromkeys(row.get("stage", "") for row in history))
+    kept_first = any("kept the stage-1" in n or "kept the features model" in n for n in notes)
+    stage = stages[0] if kept_first else stages[-1]
+    offset = next(i for i, row in enumerate(history) if row.get("stage", "") == stage)
+    return offset + best_epoch
+
+
+def _predictions_csv(path: Path, paths: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    """Every held-out image's true class, prediction, confidence and probabilities: the numbers behind the figures."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "true", "predicted", "confidence", *(f"p_{c}" for c in classes)])
+    for p, y, row in zip(paths, labels.tolist(), probs.tolist(), strict=True):
+        top = int(np.argmax(row))
+        writer.writerow([p, classes[y], classes[top], repr(row[top]), *map(repr, row)])
+    atomic.write_text(path, buf.getvalue())
 
 
 def figures_for_run(
     run_dir: str,
     model_dir: str,
     config: str,
-    val_paths: list[str],
-    val_digests: list[str],
-    val_labels: list[int],
+    split: str,
+    paths: list[str],
+    digests: list[str],
+    labels: list[int],
     history: list[dict],
     summary: dict[str, Any],
     classes: list[str],
-    val_probs: np.ndarray | None,
+    probs: np.ndarray | None,
     gradcam: bool,
 ) -> tuple[list[Path], dict[str, str]]:
-    """A finished training run's figures from plain values (what the report worker receives): see run_figures."""
+    """A finished run's figures from plain values (what the report worker receives), drawn on `split`, the split the
+    run is judged on; also writes RUN_DIR/predictions_<split>.csv. See run_figures."""
     from smallvision.config import build_config, load_config
     from smallvision.data.cache import decoded_images
     from smallvision.evaluation.plots import worst
 
     cfg = build_config(load_config(config), str(config))
-    labels = np.asarray(val_labels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
     keep = np.arange(len(labels))
-    if val_probs is not None and len(labels) > 16:  # decode only what the figures show, not the whole split
-        shown = [worst(labels, val_probs), np.linspace(0, len(labels) - 1, 4).astype(int), [0]]
-        keep = np.unique(np.concatenate(shown))
-        val_probs = val_probs[keep]
+    held_out = (labels, probs) if probs is not None else None
+    if probs is not None:
+        _predictions_csv(Path(run_dir) / f"predictions_{split}.csv", paths, labels, probs, classes)
+        if len(labels) > 16:  # decode only what the figures show, not the whole split
+            pred = probs.argmax(1)
+            confused = [
+                np.flatnonzero((labels == classes.index(t)) & (pred == classes.index(p)))[: 4 * PER_PAIR]
+                for t, p, _ in summary[split]["most_confused"][:CONFUSED_PAIRS]
+            ]
+            shown = [worst(labels, probs), np.linspace(0, len(labels) - 1, 4).astype(int), [0], *confused]
+            keep = np.unique(np.concatenate(shown)).astype(int)
+            probs = probs[keep]
     images, failed = decoded_images(
-        [Path(val_paths[i]) for i in keep], [val_digests[i] for i in keep], cfg.data.image_size, progress=False
+        [Path(paths[i]) for i in keep], [digests[i] for i in keep], cfg.data.image_size, progress=False
     )
     ok = [pos for pos in range(len(keep)) if pos not in failed]
     labels = labels[keep][ok]
-    val_probs = val_probs[ok] if val_probs is not None else None
+    probs = probs[ok] if probs is not None else None
     transform = None
     if cfg.recipe.name != "features":
         from smallvision.data.transforms import train_transform
 
         transform = train_transform(cfg.recipe.augment, cfg.data.image_size)
     return run_figures(
-        Path(run_dir), Path(model_dir), history, summary, classes, images, labels, val_probs, transform, gradcam
+        Path(run_dir),
+        Path(model_dir),
+        history,
+        summary,
+        classes,
+        images,
+        labels,
+        probs,
+        transform,
+        gradcam,
+        split,
+        held_out,
     )
 
 
@@ -73,34 +131,50 @@ def run_figures(
     history: list[dict],
     metrics: dict[str, Any],
     classes: list[str],
-    val_images: np.ndarray | None,
-    val_labels: np.ndarray | None,
-    val_probs: np.ndarray | None,
+    images: np.ndarray | None,
+    labels: np.ndarray | None,
+    probs: np.ndarray | None,
     augment_transform,
     gradcam: bool,
+    split: str = "val",
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[Path], dict[str, str]]:
     """Write every figure a run gets into RUN_DIR/figures/; return their paths and {figure: error} for any that failed.
 
-    A figure that fails is logged and left out, never the end of the others: the model and metrics.json are saved
-    before figures are drawn. Only Grad-CAM needs the network; without `gradcam` (the features recipe) no backbone
-    is built or imported.
+    The confusion matrix, calibration and ROC figures are of `split` (its images, labels and probabilities given
+    here, `images` those shown); the reliability diagram reads the split's bins from `metrics`; the ROC curves are
+    drawn from `held_out`, the whole split's labels and probabilities. A figure that fails is logged and left out, never
+    the end of the others: the model and metrics.json are saved before figures are drawn. Only Grad-CAM needs the
+    network; without `gradcam` (the features recipe) no backbone is built or imported.
     """
     from smallvision.evaluation import plots
+    from smallvision.evaluation.metrics import ECE_BINS
 
     fig_dir = Path(run_dir) / "figures"
-    val = metrics["val"]
+    m = metrics[split]
+    name = "test" if split == "test" else "validation"
     drawn = {
-        "confusion": lambda path: plots.confusion(val["confusion_matrix"], classes, path),
-        "per_class": lambda path: plots.per_class(val["per_class"], path),
+        "confusion": lambda path: plots.confusion(
+            m["confusion_matrix"], classes, path, f"{name} split, n={m['n']} (count, share of row)"
+        ),
+        "per_class": lambda path: plots.per_class(m["per_class"], path),
     }
     if history:
-        drawn = {"curves": lambda path: plots.curves(history, path)} | drawn
-    if val_images is not None and len(val_images) and val_probs is not None:
-        drawn["top_losses"] = lambda path: plots.top_losses(val_images, val_labels, val_probs, classes, path)
+        kept = chosen_row(history, metrics.get("best_epoch"), metrics.get("notes", []))
+        drawn = {"curves": lambda path: plots.curves(history, path, kept)} | drawn
+    if "calibration_bins" in m:
+        drawn["reliability"] = lambda path: plots.reliability(m["calibration_bins"], m["ece"], m["n"], path, ECE_BINS)
+    if held_out is not None:
+        drawn["roc_pr"] = lambda path: plots.roc_pr(*held_out, classes, path)
+    if images is not None and len(images) and probs is not None:
+        drawn["confused"] = lambda path: plots.confused_pairs(
+            images, labels, probs, classes, m.get("most_confused", [])[:CONFUSED_PAIRS], path, PER_PAIR
+        )
+        drawn["top_losses"] = lambda path: plots.top_losses(images, labels, probs, classes, path)
         if augment_transform is not None:
-            drawn["augmentation"] = lambda path: plots.augmentation_preview(val_images[0], augment_transform, path)
+            drawn["augmentation"] = lambda path: plots.augmentation_preview(images[0], augment_transform, path)
         if gradcam:
-            drawn["gradcam"] = lambda path: _gradcam(model_dir, val_images, classes, path)
+            drawn["gradcam"] = lambda path: _gradcam(model_dir, images, classes, path)
     drawn["kernels"] = lambda path: _kernels(model_dir, path)
     out, errors = [], {}
     for stem, draw in drawn.items():
@@ -131,9 +205,9 @@ def _kernels(model_dir: Path, path: Path) -> Path | None:
     return None if first is None else plots.kernels(first[1], path, first[0].removesuffix(".weight"))
 
 
-def _img(path: Path) -> str:
+def _img(path: Path, alt: str = "") -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt or path.stem)}">'
 
 
 class Raw(str):
@@ -144,37 +218,107 @@ def _cell(v: Any) -> str:
     return v if isinstance(v, Raw) else html.escape(_fmt(v))
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def _table(headers: list[str], rows: list[list[Any]], table_id: str = "") -> str:
+    """A table in its own scrolling box, so a wide one never widens the page."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    tid = f' id="{table_id}"' if table_id else ""
+    return f'<div class="scroll"><table{tid}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _kv_table(rows: list[list[Any]]) -> str:
+    """Name-value rows, no header."""
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell(v)}</td></tr>" for k, v in rows)
+    return f'<div class="scroll"><table class="kv"><tbody>{body}</tbody></table></div>'
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def accuracy_interval(m: dict[str, Any]) -> tuple[float, float]:
+    """A split's 95% accuracy interval: as recorded, or (runs from before it was) from its accuracy and n."""
+    from smallvision.evaluation.metrics import wilson_interval
+
+    if "accuracy_ci95" in m:
+        lo, hi = m["accuracy_ci95"]
+        return lo, hi
+    return wilson_interval(round(m["accuracy"] * m["n"]), m["n"])
+
+
 def _split_section(name: str, m: dict) -> str:
-    overall = [[k, m[k]] for k in ("n", "accuracy", "loss") if k in m]
+    overall = [[k, m[k]] for k in ("n", "accuracy", "loss", "ece", "roc_auc_macro") if k in m]
+    lo, hi = accuracy_interval(m)
+    overall.insert(2, ["accuracy 95% interval (Wilson)", f"{lo:.4f} to {hi:.4f}"])
     overall += [
         [f"{metric} ({avg})", m[f"{metric}_{avg}"]]
         for avg in ("micro", "macro", "weighted")
         for metric in ("precision", "recall", "f1")
     ]
-    per = [[c, v["precision"], v["recall"], v["f1"], v["accuracy"], v["support"]] for c, v in m["per_class"].items()]
+    auc, ap = m.get("roc_auc", {}), m.get("average_precision", {})
+    per = [
+        [c, v["precision"], v["recall"], v["f1"], v["accuracy"], auc.get(c), ap.get(c), v["support"]]
+        for c, v in m["per_class"].items()
+    ]
+    title = "Test" if name == "test" else "Validation"
     return (
-        f'<section id="metrics-{name}"><h2>{name} metrics</h2>'
+        f'<section id="metrics-{name}"><h3>{title} split</h3><div class="pair">'
         + _table(["metric", "value"], overall)
-        + "<h3>per class</h3>"
-        + _table(["class", "precision", "recall", "f1", "accuracy", "support"], per)
-        + f"<h3>classification report</h3><pre>{html.escape(m['report'])}</pre></section>"
+        + _table(["class", "precision", "recall", "f1", "accuracy", "ROC AUC", "avg precision", "support"], per)
+        + "</div></section>"
     )
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-pre{background:#f7f7f7;padding:.8em;overflow:auto}figure{margin:1em 0}h1{margin-bottom:.2em}"""
+CSS = """*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;background:#fff;line-height:1.4}
+main{max-width:1240px;margin:0 auto;padding:.6em 1.2em 2em}
+header.top{display:flex;flex-wrap:wrap;gap:.2em 1em;align-items:baseline;padding:.5em 1.2em;background:#1d2330;
+color:#fff}
+header.top b{font-size:1.05em}header.top span{color:#c8cfdc;font-size:.9em;overflow-wrap:anywhere}
+p,li,dd,figcaption,h2,h3{overflow-wrap:anywhere}
+h2{font-size:1.25em;margin:1.4em 0 .4em;border-bottom:1px solid #e3e6ec;padding-bottom:.2em}h3{font-size:1.05em}
+.verdict{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:1.2em;align-items:start;margin-top:.6em}
+.card{border:1px solid #e3e6ec;border-radius:10px;padding:.8em 1.1em;background:#fafbfd}
+.label{font-size:.9em;color:#596273;text-transform:uppercase;letter-spacing:.04em}
+.big{font-size:3.6em;font-weight:700;line-height:1.05;margin:.05em 0}
+.ci{font-size:1.02em;color:#333;overflow-wrap:anywhere}td.t,th.t{text-align:left}.ci b{white-space:nowrap}
+.facts{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.15em .9em;margin:.7em 0 .3em}
+.facts dt{color:#596273}.facts dd{margin:0;overflow-wrap:anywhere}
+.notice{border-radius:8px;padding:.45em .8em;margin:.5em 0;font-size:.95em}
+.notice.warn{background:#fff3e6;border:2px solid #d9822b}.notice.bad{background:#fdeaea;border:2px solid #c23030}
+.notice.ok{background:#edf7ee;border:1px solid #5a9e5f}
+.auto{margin:.5em 0;padding:.45em .8em;border-left:4px solid #3b6fd4;background:#eef3fc}
+figure{margin:.6em 0;min-width:0}figcaption{font-size:.92em;color:#404856;margin:.2em 0}
+img{max-width:100%;height:auto;border:1px solid #eef0f4;display:block}
+.cm img{max-height:640px;width:auto;margin:0 auto}
+.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,460px),1fr));gap:1em;align-items:start}
+.scroll{overflow-x:auto;max-width:100%;margin:.4em 0}
+.pair{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.pair .scroll{flex:0 1 auto}
+table{border-collapse:collapse}td,th{border:1px solid #d5d9e0;padding:.22em .55em;text-align:right;white-space:nowrap}
+th{background:#f1f3f7}td:first-child,th:first-child{text-align:left}
+table.kv th,table.kv td{text-align:left}tr.chosen td{background:#e8f5e9;font-weight:600}
+pre{background:#f6f7f9;padding:.8em;overflow:auto;max-width:100%;font-size:.85em}
+ul.notes li{margin:.15em 0;overflow-wrap:anywhere}
+th.sortable{cursor:pointer;user-select:none}th.sortable::after{content:" \\2195";color:#8a93a3}
+th[aria-sort=ascending]::after{content:" \\2191"}th[aria-sort=descending]::after{content:" \\2193"}
+@media (max-width:820px){.verdict{grid-template-columns:minmax(0,1fr)}.big{font-size:2.8em}main{padding:.5em .7em}}
+@media print{*{-webkit-print-color-adjust:exact;print-color-adjust:exact}pre{white-space:pre-wrap}
+header.top{background:none;color:#000;border-bottom:1px solid #000}header.top span{color:#333}
+main{max-width:none;padding:0}.verdict{grid-template-columns:1fr 1fr}section,figure{break-inside:avoid}
+.scroll{overflow:visible}a{color:#000}.card{background:none}}"""
 
 
 # Marks on <body> how many embedded figures decoded, so a headless browser test can tell they rendered.
@@ -183,9 +327,41 @@ IMAGE_CHECK = (
     "document.body.dataset.images=i.length;document.body.dataset.rendered=i.filter(x=>x.naturalWidth>0).length;});"
 )
 
+# Click a header of a table.sortable to sort its rows by that column (numbers by the cell's data-v), again to reverse.
+SORT_SCRIPT = """document.querySelectorAll('table.sortable').forEach(t=>{t.querySelectorAll('th').forEach((th,c)=>{
+th.classList.add('sortable');th.addEventListener('click',()=>{const up=th.getAttribute('aria-sort')!=='ascending';
+t.querySelectorAll('th').forEach(h=>h.removeAttribute('aria-sort'));
+th.setAttribute('aria-sort',up?'ascending':'descending');
+const key=r=>{const d=r.children[c];const v=d.dataset.v;
+return v!==undefined?parseFloat(v):d.textContent.trim().toLowerCase();};
+const b=t.tBodies[0];[...b.rows].sort((x,y)=>{const p=key(x),q=key(y);return (p<q?-1:p>q?1:0)*(up?1:-1);})
+.forEach(r=>b.appendChild(r));});});});"""
+
+
+def _page(title: str, header: str, body: list[str], script: str = "") -> str:
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+            f'<header class="top">{header}</header><main>',
+            *body,
+            f"</main><script>{IMAGE_CHECK}{script}</script></body></html>",
+        ]
+    )
+
+
+def _figure(run_dir: Path, stem: str, caption: str = "", css: str = "") -> str:
+    png = run_dir / "figures" / f"{stem}.png"
+    if not png.is_file():
+        return ""
+    cls = f' class="{css}"' if css else ""
+    text = f"<b>{html.escape(FIGURES.get(stem, stem))}</b>" + (f": {caption}" if caption else "")
+    return f'<figure id="fig-{stem}"{cls}><figcaption>{text}</figcaption>{_img(png, FIGURES.get(stem, stem))}</figure>'
+
 
 def _figure_errors(errors: dict[str, str], log_file: bool) -> str:
-    """A notice at the top of the page naming the figures that could not be drawn, and why."""
+    """A notice naming the figures that could not be drawn, and why."""
     if not errors:
         return ""
     items = "".join(
@@ -193,64 +369,278 @@ def _figure_errors(errors: dict[str, str], log_file: bool) -> str:
         for stem, e in errors.items()
     )
     return (
-        '<section id="warnings" style="border:2px solid #c60;padding:.5em 1em;background:#fff6ec">'
-        f"<h2>Warning: {len(errors)} figure(s) could not be drawn</h2><ul>{items}</ul>"
-        "<p>The model and all metrics were saved before the figures were drawn and are unaffected."
+        f'<div id="warnings" class="notice warn"><b>{len(errors)} figure(s) could not be drawn</b><ul>{items}</ul>'
+        "The model and all metrics were saved before the figures were drawn and are unaffected."
         + (" The report worker's log is report-worker.log in the run folder." if log_file else "")
-        + "</p></section>"
+        + "</div>"
     )
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Render RUN_DIR/report.html from metrics.json, config.yaml and figures/*.png (all embedded)."""
-    run_dir = Path(run_dir)
-    m = json.loads((run_dir / "metrics.json").read_text())
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
-    data = m.get("data", {})
-    summary = [
-        ["data", data.get("root", "")],
-        ["layout", data.get("layout", "")],
-        ["classes", ", ".join(m["classes"])],
+CHECK_WORDS = {
+    "duplicate across splits": "identical file(s) in two splits: a leak that inflates the scores",
+    "duplicate across classes": "identical file(s) under two classes",
+    "duplicate within class": "duplicate file(s) within a class",
+    "near-duplicate": "near-duplicate pair(s)",
+    "class imbalance": "class(es) much smaller than the largest",
+    "unreadable": "unreadable file(s)",
+    "skipped": "file(s) skipped",
+}
+
+
+def _data_check(check: dict[str, int] | None, root: str) -> str:
+    """The data check recorded at the start of training as a notice: red for a leak, amber for anything else."""
+    if check is None:
+        return ""
+    if not check:
+        return (
+            '<div id="data-check" class="notice ok">Data check: no unreadable files, duplicates, leaks or class '
+            "imbalance found.</div>"
+        )
+    found = "; ".join(f"{n} {CHECK_WORDS.get(kind, kind)}" for kind, n in check.items())
+    level = "bad" if "duplicate across splits" in check or "duplicate across classes" in check else "warn"
+    return (
+        f'<div id="data-check" class="notice {level}"><b>Data check:</b> {html.escape(found)}. Details: '
+        f"<code>smallvision check {html.escape(root)}</code></div>"
+    )
+
+
+def auto_sentence(m: dict[str, Any], run_dir: Path) -> str | None:
+    """What `auto` chose and why, in one sentence, from its recorded plan (checkpoints/auto_plan.json) and the
+    notes the recipe wrote; None for the other recipes."""
+    if m.get("recipe") != "auto":
+        return None
+    notes = m.get("notes", [])
+    plan_file = run_dir / "checkpoints" / "auto_plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+    outcome = next(
+        (n.removeprefix("auto: ") for n in notes if n.startswith(("auto: chose", "auto: kept the stage-1"))), None
+    )
+    if plan is None:
+        return "auto trained the features head only; no fine-tuning plan was recorded" + (
+            f" ({outcome})." if outcome else "."
+        )
+    why = (
+        f"fine-tuning was estimated at {plan['estimate_seconds']:.0f} s with {max(plan['seconds_left'], 0):.0f} s "
+        f"of its {plan['time_budget']:g} s --time-budget left"
+    )
+    if not plan["finetune"]:
+        return f"auto kept the features model: {why}, too little to fine-tune."
+    return f"auto fine-tuned, since {why}; then it {outcome or 'kept the fine-tuned model'}."
+
+
+def _verdict(run_dir: Path, m: dict[str, Any]) -> str:
+    split = headline_split(m)
+    s = m[split]
+    lo, hi = accuracy_interval(s)
+    name = "Test accuracy" if split == "test" else "Validation accuracy"
+    where = (
+        "the test split, evaluated once after choosing on validation"
+        if split == "test"
+        else "the validation split (there is no test split: this is the split the model was chosen on)"
+    )
+    facts = [["macro F1", f"{s['f1_macro']:.3f}"]]
+    if split == "test":
+        v = m["val"]
+        vlo, vhi = accuracy_interval(v)
+        facts.append(["validation", f"{_pct(v['accuracy'])} ({_pct(vlo)} to {_pct(vhi)}, n={v['n']})"])
+    if "ece" in s:
+        facts.append(["calibration", f"ECE {s['ece']:.3f} (15 bins)"])
+    facts += [
         ["recipe", m["recipe"]],
         ["backbone", m["backbone"]],
-        ["weights", m.get("weights", "")],
-        ["device", m.get("device", "")],
-        ["time", f"{m.get('seconds', 0):.1f} s"],
-        ["validation accuracy", m["val_accuracy"]],
-        ["test accuracy", m.get("test_accuracy", "no test split (or not evaluated)")],
-        ["test-time augmentation", "yes" if m.get("tta") else "no"],
+        ["time", f"{_duration(m.get('seconds', 0))} on {m.get('device', '?')}"],
+        ["classes", f"{len(m['classes'])}: {', '.join(m['classes'][:8])}{' ...' if len(m['classes']) > 8 else ''}"],
     ]
+    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
+    auto = auto_sentence(m, run_dir)
+    card = (
+        f'<div class="card" id="verdict-card"><div class="label">{name}</div>'
+        f'<div class="big" id="headline">{_pct(s["accuracy"])}</div>'
+        f'<div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> on <b>n={s["n"]}</b> images of {where}; '
+        f"one image is {100 / max(s['n'], 1):.1f} points.</div>"
+        f'<dl class="facts">{dl}</dl>'
+        + (f'<p class="auto" id="auto">{html.escape(auto)}</p>' if auto else "")
+        + _data_check(m.get("data_check"), m.get("data", {}).get("root", ""))
+        + _figure_errors(m.get("figure_errors", {}), (run_dir / "report-worker.log").is_file())
+        + "</div>"
+    )
+    return f'<section id="verdict" class="verdict">{card}{_figure(run_dir, "confusion", "", "cm")}</section>'
+
+
+def _versions(run_dir: Path, m: dict[str, Any]) -> list[list[Any]]:
+    card = run_dir / "model" / "smallvision.json"
+    versions = json.loads(card.read_text()).get("versions", {}) if card.is_file() else {}
+    rows = [["device", m.get("device", "")], ["weights", m.get("weights", "")]]
+    rows += [[k, v] for k, v in m.get("machine", {}).items()]
+    return rows + [[k, v] for k, v in versions.items()]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render RUN_DIR/report.html from metrics.json, config.yaml and figures/*.png (all embedded); a compare folder
+    (results.json, no metrics.json) gets its compare page."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file() and (run_dir / "results.json").is_file():
+        return write_compare_report(run_dir)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    split = headline_split(m)
+    s = m[split]
+    data = m.get("data", {})
     counts = data.get("counts", {})
     splits = list(counts)
-    count_rows = [[c] + [counts[s].get(c, 0) for s in splits] for c in m["classes"]]
+    count_rows = [[c] + [counts[sp].get(c, 0) for sp in splits] for c in m["classes"]]
     skipped = data.get("skipped", [])
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>smallvision run {html.escape(run_dir.name)}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>smallvision run: {html.escape(run_dir.name)}</h1>",
-        _figure_errors(m.get("figure_errors", {}), (run_dir / "report-worker.log").is_file()),
-        '<section id="summary"><h2>Summary</h2>' + _table(["", ""], summary),
-        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in m.get("notes", [])) + "</ul></section>",
-        '<section id="data"><h2>Data</h2>' + _table(["class"] + splits, count_rows),
+    history = _history(run_dir)
+    kept = chosen_row(history, m.get("best_epoch"), m.get("notes", []))
+    on = f"on the {'test' if split == 'test' else 'validation'} split (n={s['n']})"
+    confused = s.get("most_confused", [])[:10]
+    body = [
+        _verdict(run_dir, m),
+        '<section id="next"><h2>Training and mistakes</h2>',
+        _figure(
+            run_dir,
+            "curves",
+            f"the run kept the weights of epoch {kept} (marked)" if kept else "",
+        ),
+        '<div class="grid2">',
+        _figure(run_dir, "confused", f"{on}; the most frequent (true, predicted) pairs with examples"),
+        _figure(run_dir, "top_losses", f"{on}; the highest-loss images with true, predicted and confidence"),
+        "</div>",
+        (
+            '<div id="most-confused">' + _table(["true", "predicted", "images"], confused) + "</div>"
+            if confused
+            else '<p id="most-confused">No two classes were confused.</p>'
+        ),
+        _figure(run_dir, "gradcam", "where the network looked for its prediction"),
+        "</section>",
+        '<section id="calibration"><h2>Calibration and ranking</h2><div class="grid2">',
+        _figure(
+            run_dir,
+            "reliability",
+            f"{on}; expected calibration error {s['ece']:.3f}: bars under the diagonal are over-confident"
+            if "ece" in s
+            else "",
+        ),
+        _figure(run_dir, "roc_pr", f"{on}; macro ROC AUC {_fmt(s.get('roc_auc_macro'))}"),
+        "</div></section>",
+        '<section id="details"><h2>Details</h2><h3>Metrics</h3>',
+        *(_split_section(sp, m[sp]) for sp in ("val", "test") if sp in m),
+        _figure(run_dir, "per_class"),
+        '<section id="data"><h3>Data</h3>',
+        f"<p>{html.escape(data.get('root', ''))} ({html.escape(data.get('layout', ''))})</p>",
+        _table(["class", *splits], count_rows),
         (
             f"<p>{len(skipped)} file(s) skipped:</p>"
-            + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped])
+            + _table(["path", "reason"], [[x["path"], x["reason"]] for x in skipped])
         )
         if skipped
         else "<p>No files skipped.</p>",
         "</section>",
+        '<div class="grid2">',
+        _figure(run_dir, "kernels"),
+        _figure(run_dir, "augmentation", "one image as training saw it"),
+        "</div>",
+        '<section id="how"><h3>How it ran</h3><ul class="notes">',
+        *(f"<li>{html.escape(n)}</li>" for n in [*data.get("notes", []), *m.get("notes", [])]),
+        "</ul></section>",
+        f'<section id="config"><h3>Resolved config</h3><pre>{html.escape(config)}</pre></section>',
+        '<section id="versions"><h3>Versions and machine</h3>' + _kv_table(_versions(run_dir, m)),
+        "</section></section>",
     ]
-    for split in ("val", "test"):
-        if split in m:
-            parts.append(_split_section(split, m[split]))
-    parts.append('<section id="figures"><h2>Figures</h2>')
-    for stem, title in FIGURES.items():
-        png = run_dir / "figures" / f"{stem}.png"
-        if png.is_file():
-            parts.append(f'<figure id="fig-{stem}"><figcaption><b>{title}</b></figcaption>{_img(png)}</figure>')
-    parts.append("</section>")
-    parts.append(f'<section id="config"><h2>Config</h2><pre>{html.escape(config)}</pre></section>')
-    parts.append(f"<script>{IMAGE_CHECK}</script></body></html>")
+    header = (
+        f"<b>smallvision run {html.escape(run_dir.name)}</b>"
+        f"<span>{html.escape(m['recipe'])} · {html.escape(m['backbone'])} · {html.escape(data.get('root', ''))}</span>"
+    )
     path = run_dir / "report.html"
-    atomic.write_text(path, "\n".join(parts))
+    atomic.write_text(path, _page(f"smallvision run {run_dir.name}", header, body))
+    return path
+
+
+def _history(run_dir: Path) -> list[dict]:
+    import csv
+    import io
+
+    path = run_dir / "history.csv"
+    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
+
+
+def compare_rows(out: Path, rows: list[dict]) -> list[dict]:
+    """A comparison's rows with each run's validation n and 95% accuracy interval, read from its metrics.json."""
+    full = []
+    for r in rows:
+        m = json.loads((Path(out) / "runs" / r["run"] / "metrics.json").read_text())["val"]
+        full.append({**r, "val_n": m["n"], "val_ci95": list(accuracy_interval(m))})
+    return full
+
+
+def write_compare_report(out: str | Path) -> Path:
+    """Render COMPARE_DIR/report.html from results.json, the runs' metrics.json and figures/*.png (embedded)."""
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    rows = compare_rows(out, results["rows"])
+    best = results["best"]
+    chosen = next(r for r in rows if r["run"] == best)
+    body_rows = []
+    for number, r in enumerate(rows, 1):
+        lo, hi = r["val_ci95"]
+        link = f"runs/{html.escape(r['run'])}/report.html"
+        mark = " &#9733; chosen" if r["run"] == best else ""
+        cells = [
+            f'<td data-v="{number}" class="t">{number}{mark}</td>',
+            f'<td class="t"><a href="{link}">{html.escape(r["run"])}</a></td>',
+            f'<td class="t">{html.escape(r["recipe"])}</td><td class="t">{html.escape(r["options"] or "-")}</td>',
+            f'<td data-v="{r["val_accuracy"]}">{r["val_accuracy"]:.4f} <small>({lo:.3f} to {hi:.3f})</small></td>',
+            f'<td data-v="{r["val_f1_macro"]}">{r["val_f1_macro"]:.4f}</td>',
+            f'<td data-v="{r["seconds"]}">{r["seconds"]:.1f}</td>',
+        ]
+        cls = ' class="chosen"' if r["run"] == best else ""
+        body_rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    heads = ["#", "run", "recipe", "options", "val accuracy (95% interval)", "macro F1", "seconds"]
+    table = (
+        '<div class="scroll"><table id="runs" class="sortable"><thead><tr>'
+        + "".join(f"<th{' class=t' if i < 4 else ''}>{html.escape(h)}</th>" for i, h in enumerate(heads))
+        + f"</tr></thead><tbody>{''.join(body_rows)}</tbody></table></div>"
+    )
+    test = results.get("best_test")
+    lo, hi = chosen["val_ci95"]
+    if test:
+        tlo, thi = accuracy_interval(test)
+        headline = (
+            f'<div class="label">Test accuracy of the chosen run</div><div class="big" id="headline">'
+            f'{_pct(test["accuracy"])}</div><div class="ci">95% interval <b>{_pct(tlo)} to {_pct(thi)}</b> on '
+            f"<b>n={test['n']}</b> test images, evaluated once, for the chosen run only; macro F1 "
+            f"{test['f1_macro']:.3f}.</div>"
+        )
+    else:
+        headline = (
+            f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
+            f'{_pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> '
+            f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: there is no test "
+            "split to confirm it.</div>"
+        )
+    overlap = [r["run"] for r in rows if r["run"] != best and r["val_ci95"][1] >= lo]
+    facts = [
+        ["chosen", f"{best} ({chosen['recipe']}{', ' + chosen['options'] if chosen['options'] else ''})"],
+        ["why", f"highest {results.get('chosen_on', 'validation accuracy')}: {chosen['val_accuracy']:.4f}"],
+        ["runs", f"{len(rows)}, {_duration(sum(r['seconds'] for r in rows))} of training in all"],
+    ]
+    if overlap:
+        facts.append(["note", f"{len(overlap)} other run(s) have intervals that overlap the chosen run's lower bound"])
+    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
+    card = f'<div class="card" id="verdict-card">{headline}<dl class="facts">{dl}</dl></div>'
+    body = [
+        f'<section id="verdict" class="verdict">{card}',
+        _figure(out, "accuracy", "validation accuracy and its interval against training seconds; numbers are rows"),
+        "</section>",
+        '<section id="results"><h2>Runs</h2><p>Click a column header to sort. Each run links to its own page.</p>',
+        table,
+        f'<p id="test-note">Test: {html.escape(results["test_note"])}</p>' if "test_note" in results else "",
+        "</section>",
+        '<section id="overlaid"><h2>Curves, overlaid</h2>',
+        _figure(out, "curves", "validation accuracy and loss per epoch of every run"),
+        "</section>",
+    ]
+    header = f"<b>smallvision compare</b><span>{html.escape(str(out))}</span>"
+    path = out / "report.html"
+    atomic.write_text(path, _page("smallvision compare", header, body, SORT_SCRIPT))
     return path

@@ -74,10 +74,10 @@ class ReportWorker:
         self._send("metrics", arrays, splits=list(probs), classes=classes)
         return self._receive()
 
-    def figures(self, val_probs: np.ndarray | None, **args: Any) -> dict[str, str]:
-        """report.figures_for_run(**args) with the validation probabilities; returns {figure: error} for the figures
-        that failed (the others are written)."""
-        self._send("figures", {"val_probs": val_probs} if val_probs is not None else {}, **args)
+    def figures(self, probs: np.ndarray | None, **args: Any) -> dict[str, str]:
+        """report.figures_for_run(**args) with the held-out split's probabilities; returns {figure: error} for the
+        figures that failed (the others are written)."""
+        self._send("figures", {"probs": probs} if probs is not None else {}, **args)
         return self._receive()
 
     def log(self) -> str:
@@ -110,7 +110,7 @@ def _metrics(arrays, splits: list[str], classes: list[str]) -> dict:
 def _figures(arrays, **args: Any) -> dict[str, str]:
     from smallvision.evaluation.report import figures_for_run
 
-    return figures_for_run(val_probs=arrays.get("val_probs"), **args)[1]
+    return figures_for_run(probs=arrays.get("probs"), **args)[1]
 
 
 def main() -> None:

@@ -24,7 +24,11 @@ from tests.runs import assert_figures_not_blank, decode_png, first_conv_kernels,
 def test_every_figure_of_a_run_is_drawn(shapes_data, tmp_path, recipe, options, figures):
     run = smallvision.train(shapes_data, recipe=recipe, epochs=2, out=tmp_path / "run", progress=False, **options)
     names = assert_figures_not_blank(run.run_dir, first_conv_kernels(run.model_dir))
-    assert set(names) == {"curves", "confusion", "per_class", "top_losses", "kernels"} | figures
+    split = "test" if "test" in run.metrics else "val"
+    figures |= {"confused"} if run.metrics[split]["most_confused"] else set()
+    assert (
+        set(names) == {"curves", "confusion", "per_class", "top_losses", "kernels", "reliability", "roc_pr"} | figures
+    )
 
 
 def test_kernels_figure_shows_each_kernel_up_to_the_cap_scaled_by_its_own_size(tmp_path):

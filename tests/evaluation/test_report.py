@@ -1,12 +1,17 @@
-"""Report pages, the weights check, evaluate, and compare (re-runs skip finished runs)."""
+"""Report pages (first screen, figures, widths and sorting, in headless Chromium through Selenium), the weights
+check, evaluate, and compare (re-runs skip finished runs)."""
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import json
+import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -15,19 +20,11 @@ from safetensors.torch import load_file, save_file
 
 import smallvision
 from smallvision.errors import SmallvisionError
+from tests.conftest import shared_dataset
 from tests.runs import assert_figures_not_blank, first_conv_kernels
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENS = ((1280, 800), (390, 844))
 
 
 @pytest.fixture(scope="module")
@@ -45,36 +42,212 @@ def run(shapes_data, tmp_path_factory):
     )
 
 
-def _browser(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    return subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args, page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture(scope="module")
+def hymenoptera_run(tmp_path_factory, session_cache):
+    """A features run on a few real hymenoptera photos (linked, not copied), 64 px: seconds."""
+    source = shared_dataset("hymenoptera")
+    data = tmp_path_factory.mktemp("hym") / "hymenoptera"
+    for split, per_class in (("train", 16), ("val", 12)):
+        for cls in ("ants", "bees"):
+            (data / split / cls).mkdir(parents=True)
+            for f in sorted((source / split / cls).glob("*.jpg"))[:per_class]:
+                (data / split / cls / f.name).symlink_to(f)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
+        return smallvision.train(
+            data, recipe="features", image_size=64, epochs=4, out=data.parent / "hymenoptera-run", progress=False
+        )
 
 
-def test_run_report_renders_in_chromium(run, tmp_path):
+@pytest.fixture(scope="module")
+def compared(shapes_data, tmp_path_factory, session_cache):
+    out = tmp_path_factory.mktemp("cmp") / "cmp"
+    kw = {
+        "recipes": "features",
+        "sweep": ["dropout=0,0.5"],
+        "out": out,
+        "image_size": 64,
+        "epochs": 5,
+        "progress": False,
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
+        return out, kw, smallvision.compare(shapes_data, **kw)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Debian's chromedriver (Selenium Manager never downloads anything)."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("Debian's chromium and chromedriver are not installed in /usr/bin (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--disable-extensions"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def _open(driver, page: Path, width: int, height: int) -> None:
+    """Load `page` in a viewport of exactly width x height CSS pixels (a phone's below 600 px) and wait for its
+    images to report."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    driver.get(page.as_uri())
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.rendered !== undefined"))
+    assert driver.execute_script("return [innerWidth, innerHeight]") == [width, height]
+
+
+def _decoded(src: str) -> np.ndarray:
+    assert src.startswith("data:image/png;base64,"), src[:60]  # embedded: the page needs no network
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+
+
+def _not_blank(rgb: np.ndarray, what: str) -> None:
+    colours, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
+    assert len(colours) >= 8, f"{what}: only {len(colours)} colours"
+    assert counts.max() < 0.97 * counts.sum(), f"{what}: one colour covers {counts.max() / counts.sum():.0%}"
+
+
+def check_page(driver, page: Path, shots: Path) -> dict[int, dict]:
+    """Open a report page at both screen sizes: screenshots saved and decoded, the verdict within the first screen,
+    every image decoded and not blank, nothing wider than the screen. Returns what each width showed."""
+    seen = {}
+    shots.mkdir(parents=True, exist_ok=True)
+    for width, height in SCREENS:
+        _open(driver, page, width, height)
+        state = driver.execute_script(
+            "const box=id=>{const e=document.getElementById(id);if(!e)return null;const r=e.getBoundingClientRect();"
+            "return [r.left,r.top,r.right,r.bottom]};"
+            "return {scroll: document.documentElement.scrollWidth, inner: innerWidth, verdict: box('verdict-card'),"
+            "headline: box('headline'), beside: box('fig-confusion') || box('fig-accuracy'),"
+            "images: [...document.images].map(i=>[i.alt, i.naturalWidth, i.naturalHeight, i.src])}"
+        )
+        assert state["scroll"] <= state["inner"] == width, f"{page} overflows at {width} px"
+        left, top, right, bottom = state["verdict"]
+        assert top >= 0 and bottom <= height and left >= 0 and right <= width, (width, state["verdict"])
+        assert state["images"], "no figures"
+        for alt, natural_w, natural_h, src in state["images"]:
+            assert natural_w > 0 and natural_h > 0, f"{alt} did not decode in the browser"
+            _not_blank(_decoded(src), alt)
+        shot = shots / f"{page.parent.name}-{width}x{height}.png"
+        assert driver.save_screenshot(str(shot))
+        pixels = np.asarray(Image.open(shot).convert("RGB"))
+        assert pixels.shape[:2] == (height, width)
+        _not_blank(pixels, shot.name)
+        seen[width] = state
+    keep = os.environ.get("SMALLVISION_SCREENSHOTS")  # a folder to keep the screenshots in, for a person to look at
+    if keep:
+        for shot in shots.glob(f"{page.parent.name}-*.png"):
+            shutil.copy(shot, Path(keep) / shot.name)
+    return seen
+
+
+def test_run_report_first_screen_images_and_widths_in_chromium(run, browser, tmp_path):
     page = run.run_dir / "report.html"
-    dom = _browser(page, tmp_path, "--virtual-time-budget=5000", "--dump-dom").stdout
-    for section in ("summary", "data", "metrics-val", "metrics-test", "figures", "config"):
-        assert f'id="{section}"' in dom, section
-    for fig in ("curves", "confusion", "per_class", "top_losses", "gradcam", "kernels", "augmentation"):
-        assert f'id="fig-{fig}"' in dom, fig
-    images = re.search(r'data-images="(\d+)"', dom)
-    rendered = re.search(r'data-rendered="(\d+)"', dom)
-    assert images and rendered and int(images.group(1)) == int(rendered.group(1)) == 7
-    shot = tmp_path / "shot.png"
-    _browser(page, tmp_path, "--window-size=1200,2400", f"--screenshot={shot}")
-    pixels = np.asarray(Image.open(shot).convert("L"))
-    assert pixels.std() > 10  # a rendered page, not a blank one
+    seen = check_page(browser, page, tmp_path)
+    wide = seen[1280]
+    assert wide["beside"][3] <= 800 and wide["beside"][0] > wide["verdict"][2]  # the confusion matrix beside it
+    narrow = seen[390]
+    assert narrow["beside"][1] >= narrow["verdict"][3]  # stacked below on a phone
+    alts = {alt for alt, *_ in wide["images"]}
+    assert {"Training curves", "Reliability diagram", "ROC and precision-recall curves", "Grad-CAM"} <= alts
+    text = browser.find_element("id", "verdict-card").text
+    m = run.metrics
+    assert "TEST ACCURACY" in text.upper() and f"n={m['test']['n']}" in text and "finetune" in text
+    lo, hi = m["test"]["accuracy_ci95"]
+    assert f"{100 * lo:.1f}% to {100 * hi:.1f}%" in text
+    html = page.read_text()
+    assert "classification report" not in html and html.count('id="metrics-val"') == 1
+    assert "http://" not in html and "https://" not in html  # one self-contained file
+
+
+def test_hymenoptera_report_in_chromium_and_its_aucs_are_sklearns(hymenoptera_run, browser, tmp_path):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    run_dir = hymenoptera_run.run_dir
+    seen = check_page(browser, run_dir / "report.html", tmp_path)
+    assert {"Most confused pairs", "Top losses", "Reliability diagram"} <= {a for a, *_ in seen[1280]["images"]}
+    text = browser.find_element("id", "verdict-card").text
+    assert "VALIDATION ACCURACY" in text.upper() and "n=24" in text and "Data check" in text
+    m = json.loads((run_dir / "metrics.json").read_text())["val"]
+    rows = list(csv.DictReader((run_dir / "predictions_val.csv").open()))
+    assert len(rows) == m["n"] == 24
+    truth = np.array([r["true"] for r in rows])
+    for cls in ("ants", "bees"):
+        p = np.array([float(r[f"p_{cls}"]) for r in rows])
+        assert m["roc_auc"][cls] == pytest.approx(roc_auc_score(truth == cls, p), abs=1e-12)
+        assert m["average_precision"][cls] == pytest.approx(average_precision_score(truth == cls, p), abs=1e-12)
+    assert 0 <= m["ece"] <= 1 and len(m["calibration_bins"]) >= 1
+
+
+def test_report_rebuilt_from_files_shows_a_leak_on_the_first_screen(hymenoptera_run, browser, tmp_path):
+    from smallvision.evaluation.report import write_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(hymenoptera_run.run_dir, run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["data_check"] = {"duplicate across splits": 2, "class imbalance": 1}  # as _precheck records them
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "report.html").unlink()
+    assert write_report(run_dir) == run_dir / "report.html"
+    _open(browser, run_dir / "report.html", 1280, 800)
+    notice = browser.find_element("id", "data-check")
+    assert "notice bad" in notice.get_attribute("class") and "2 identical file(s) in two splits" in notice.text
+    assert notice.rect["y"] + notice.rect["height"] <= 800
+
+
+def test_compare_page_sorts_and_marks_the_chosen_run(compared, browser, tmp_path):
+    out, _, result = compared
+    page = out / "report.html"
+    check_page(browser, page, tmp_path)
+    _open(browser, page, 1280, 800)
+    chosen = browser.find_element("css selector", "#runs tr.chosen").text
+    assert result["best"] in chosen and "chosen" in chosen
+    links = [unquote(a.get_attribute("href")) for a in browser.find_elements("css selector", "#runs a")]
+    assert sorted(links) == sorted(unquote((out / "runs" / r["run"] / "report.html").as_uri()) for r in result["rows"])
+
+    def column(i: int) -> list[str]:
+        return [
+            td.get_attribute("data-v") or td.text
+            for td in browser.find_elements("css selector", f"#runs td:nth-child({i})")
+        ]
+
+    headers = browser.find_elements("css selector", "#runs th")
+    headers[6].click()  # seconds
+    up = [float(v) for v in column(7)]
+    assert up == sorted(up)
+    headers[6].click()
+    assert [float(v) for v in column(7)] == sorted(up, reverse=True)
+    headers[1].click()  # run names, as text
+    names = column(2)
+    assert names == sorted(names, key=str.lower) and set(names) == {r["run"] for r in result["rows"]}
 
 
 def test_every_report_figure_decodes_and_is_not_blank(run):
     names = assert_figures_not_blank(run.run_dir, first_conv_kernels(run.model_dir))
-    assert set(names) == {"curves", "confusion", "per_class", "top_losses", "gradcam", "kernels", "augmentation"}
+    confused = {"confused"} if run.metrics["test"]["most_confused"] else set()
+    assert (
+        set(names)
+        == {
+            "curves",
+            "confusion",
+            "per_class",
+            "top_losses",
+            "gradcam",
+            "kernels",
+            "augmentation",
+            "reliability",
+            "roc_pr",
+        }
+        | confused
+    )
 
 
 def test_weights_check_flags_a_moved_frozen_layer(run, tmp_path):
@@ -113,17 +286,8 @@ def test_evaluate_matches_training_metrics_and_names_unknown_classes(run, shapes
         smallvision.evaluate(run.model_dir, odd)
 
 
-def test_compare_sweep_tests_only_the_best_and_rerun_skips(shapes_data, tmp_path):
-    out = tmp_path / "cmp"
-    kw = {
-        "recipes": "features",
-        "sweep": ["dropout=0,0.5"],
-        "out": out,
-        "image_size": 64,
-        "epochs": 5,
-        "progress": False,
-    }
-    first = smallvision.compare(shapes_data, **kw)
+def test_compare_sweep_tests_only_the_best_and_rerun_skips(compared, shapes_data):
+    out, kw, first = compared
     assert [r["run"] for r in first["rows"]] == ["features_dropout=0", "features_dropout=0.5"]
     for r in first["rows"]:
         metrics = json.loads((out / "runs" / r["run"] / "metrics.json").read_text())
@@ -138,3 +302,39 @@ def test_compare_sweep_tests_only_the_best_and_rerun_skips(shapes_data, tmp_path
     assert again["rows"] == first["rows"]
     page = (out / "report.html").read_text()
     assert 'href="runs/features_dropout=0/report.html"' in page
+
+
+@pytest.mark.parametrize(
+    ("plan", "note", "expected"),
+    [
+        (
+            {"finetune": False, "estimate_seconds": 17.8, "seconds_left": -82.6, "time_budget": 30.0},
+            "auto: kept the features model; fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30",
+            "auto kept the features model: fine-tuning was estimated at 18 s with 0 s of its 30 s --time-budget left, "
+            "too little to fine-tune.",
+        ),
+        (
+            {"finetune": True, "estimate_seconds": 40.2, "seconds_left": 550.0, "time_budget": 600.0},
+            "auto: chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone",
+            "auto fine-tuned, since fine-tuning was estimated at 40 s with 550 s of its 600 s --time-budget left; then "
+            "it chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone.",
+        ),
+        (
+            {"finetune": True, "estimate_seconds": 40.2, "seconds_left": 550.0, "time_budget": 600.0},
+            "auto: kept the stage-1 (features) model: val accuracy 0.9500; finetune reached 0.9300",
+            "auto fine-tuned, since fine-tuning was estimated at 40 s with 550 s of its 600 s --time-budget left; then "
+            "it kept the stage-1 (features) model: val accuracy 0.9500; finetune reached 0.9300.",
+        ),
+    ],
+)
+def test_auto_sentence_reads_the_recorded_plan_and_the_recipes_notes(tmp_path, plan, note, expected):
+    """The notes are the strings recipes.py writes (the first case is the one a real hymenoptera auto run wrote)."""
+    from smallvision.evaluation.report import auto_sentence, chosen_row
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "auto_plan.json").write_text(json.dumps(plan))
+    assert auto_sentence({"recipe": "auto", "notes": ["stage features: ...", note]}, tmp_path) == expected
+    assert auto_sentence({"recipe": "features", "notes": [note]}, tmp_path) is None
+    history = [{"stage": "features"}] * 4 + [{"stage": "finetune"}] * 3
+    kept_first = "kept the" in note
+    assert chosen_row(history, 2, [note]) == (2 if kept_first else 6)
