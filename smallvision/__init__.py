@@ -11,6 +11,7 @@ from smallvision.api import (
     predict,
     predict_imagenet,
     read_metrics,
+    serve,
     train,
 )
 from smallvision.errors import SmallvisionError
@@ -28,5 +29,6 @@ __all__ = [
     "predict",
     "predict_imagenet",
     "read_metrics",
+    "serve",
     "train",
 ]
