@@ -606,8 +606,10 @@ def _checked_export(model_dir: Path, int8: bool) -> Path:
         log.info("%s; exporting first: smallvision %s", why, " ".join(command[3:]))
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        error = lines[-1] if lines else f"exit status {done.returncode}"
+        lines = [line.strip(" │╭╮╰╯─") for line in done.stderr.splitlines()]
+        lines = [line for line in lines if line]
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        error = (errors or lines or [f"exit status {done.returncode}"])[-1]
         raise SmallvisionError(f"cannot serve {model_dir}: `smallvision {' '.join(command[3:])}` failed: {error}")
     if done.stdout.strip():
         log.info("%s", done.stdout.strip())

@@ -22,6 +22,13 @@ async function describeModel() {
     document.getElementById("model-line").textContent =
       `${model.name}: ${model.recipe || "model"} at ${model.image_size} px, ${accuracy}`;
     document.getElementById("classes").textContent = `Classes: ${model.classes.join(", ")}`;
+    const check = model.export && model.export.check;
+    if (check) {
+      document.getElementById("export-line").textContent =
+        `Served from ${model.export.file}, checked against the PyTorch model on ${check.images} images: ` +
+        `top-1 agreement ${(100 * check.top1_agreement).toFixed(1)}%, largest probability difference ` +
+        `${Number(check.max_abs_diff).toExponential(1)}`;
+    }
     document.getElementById("report-link").hidden = !model.report;
   } catch (error) {
     document.getElementById("model-line").textContent = `Could not read the model's description (${error})`;
