@@ -488,8 +488,7 @@ def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: st
     """(index, split name, why): which images of `data` to score, refusing to score training images unsaid."""
     from smallvision.data.scan import scan
 
-    beside = model_dir.resolve().parent / "config.yaml"
-    run_config = Path(config) if config is not None else (beside if beside.is_file() else None)
+    run_config = Path(config) if config is not None else _run_config(model_dir)
     found = scan(data, carve=False)
     if split == "all":
         return found, "all", "every image, as asked (split 'all'): any training images are scored too"
@@ -529,6 +528,32 @@ def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: st
         "pass --config RUN/config.yaml to evaluate that run's own test/val split on it, or --split all to score "
         "every image, training images included"
     )
+
+
+def _run_config(model_dir: Path) -> Path | None:
+    """The config.yaml of the run folder a model folder sits in (None when it has none)."""
+    beside = Path(model_dir).resolve().parent / "config.yaml"
+    return beside if beside.is_file() else None
+
+
+def export(
+    model_dir: str | Path,
+    format: str = "onnx",
+    *,
+    out: str | Path | None = None,
+    check_images: str | Path | None = None,
+) -> dict[str, Any]:
+    """Export a saved model (ONNX or TorchScript), checked against the PyTorch model on real images first.
+
+    The check runs on the run's validation split (the model folder's run folder repeats its split), else on the
+    images under `check_images`. Writes MODEL_DIR/model.onnx (or `out`) and export.json beside it; returns
+    {"path", "export_json", "record"}.
+    """
+    from smallvision.exporting import export_model
+
+    run_config = _run_config(Path(model_dir))
+    index = _scan(make_config(config=run_config)) if run_config is not None and check_images is None else None
+    return export_model(model_dir, format, out=out, check_images=check_images, index=index)
 
 
 def _same_folder(run_data: Path, *given: Path) -> bool:

@@ -289,6 +289,34 @@ def predict(
 
 
 @app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/ folder)")],
+    format: Annotated[str, Opt("--format", help="onnx or torchscript")] = "onnx",
+    out: Annotated[
+        Path | None, Opt(help="Write the export here (export.json beside it); default: inside MODEL_DIR")
+    ] = None,
+    check_images: Annotated[
+        Path | None,
+        Opt(help="Folder of images to check the export on (default: the run's validation split)"),
+    ] = None,
+) -> None:
+    """Export a saved model to ONNX or TorchScript, checked against the PyTorch model on real images first."""
+    from smallvision import api
+
+    _setup_logging(True)
+    result = api.export(model_dir, format, out=out, check_images=check_images)
+    entry = result["record"][format]
+    check = entry["check"]
+    typer.echo(f"{format}: {result['path']} ({entry['size_bytes'] / 1e6:.1f} MB)")
+    typer.echo(
+        f"check: {check['images']} images ({check['source']}): top-1 agreement {check['top1_agreement']:.4f}, "
+        f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g}): "
+        + ("passed" if check["passed"] else "FAILED")
+    )
+    typer.echo(f"record: {result['export_json']}")
+
+
+@app.command()
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/)")],
     host: Annotated[str, Opt(help="Address to bind; other machines can reach anything but 127.0.0.1")] = "127.0.0.1",

@@ -1,0 +1,320 @@
+"""ONNX and TorchScript exports of a saved model, each checked against the PyTorch model before it is reported done.
+
+An export takes uint8 RGB images [N, S, S, 3] (what `smallvision.data.decode` returns) and gives class
+probabilities: the pixel scaling, the normalization and the softmax are inside it. It is written to a temporary file,
+run on real images beside the PyTorch model, and renamed into place only when every top-1 class agrees and no
+probability differs by more than FP32_TOLERANCE; otherwise nothing is left at the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from smallvision import atomic, runtime
+from smallvision.errors import SmallvisionError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+PIXEL_SCALE = 255.0  # uint8 -> [0, 1], as smallvision.prediction feeds the network; the check holds exports to it
+FP32_TOLERANCE = 1e-4
+MAX_CHECK_IMAGES = 1000
+BATCH = 32
+
+
+class ExportCheckError(SmallvisionError):
+    """An export that disagrees with the PyTorch model it came from; nothing was left at its destination."""
+
+
+@dataclass
+class CheckImages:
+    """Real images an export is checked on: uint8 [N, S, S, 3] pixels, where they came from, labels when known."""
+
+    images: np.ndarray
+    source: str
+    labels: np.ndarray | None = None
+
+
+class Uint8Classifier(nn.Module):
+    """The exported computation: uint8 NHWC RGB in, softmax probabilities out, around a [0, 1] NCHW network."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Scale to [0, 1], move channels first, run the network (it normalizes), softmax."""
+        x = images.permute(0, 3, 1, 2).float() / PIXEL_SCALE
+        return self.network(x).float().softmax(dim=1)
+
+
+def metadata(card) -> dict[str, str]:
+    """The ONNX metadata_props of a model card's export (strings, as ONNX stores them)."""
+    summary = {
+        "recipe": card.recipe,
+        "backbones": [b.name for b in card.backbones],
+        "head": card.head.model_dump(),
+        "metrics": card.metrics,
+        "versions": card.versions,
+    }
+    return {
+        "smallvision.classes": json.dumps(card.classes),
+        "smallvision.image_size": str(card.image_size),
+        "smallvision.resize": card.resize,
+        "smallvision.card": json.dumps(summary),
+        "smallvision.format_version": runtime.METADATA_FORMAT_VERSION,
+    }
+
+
+def _set_metadata(proto, props: dict[str, str]) -> None:
+    """Replace the smallvision entries of an ONNX ModelProto's metadata_props with `props`."""
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def pytorch_probabilities(network: nn.Module, images: np.ndarray) -> np.ndarray:
+    """The saved PyTorch model's probabilities, computed as `smallvision.predict` computes them (the reference)."""
+    from smallvision.prediction import probabilities
+
+    return probabilities(network, images, batch_size=BATCH)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, tolerance: float) -> dict[str, Any]:
+    """The check record of an export's probabilities against the reference's on the same images."""
+    agree = reference.argmax(1) == candidate.argmax(1)
+    diff = float(np.abs(reference.astype(np.float64) - candidate).max())
+    return {
+        "images": len(reference),
+        "source": check.source,
+        "top1_agreement": float(agree.mean()),
+        "top1_differ": int((~agree).sum()),
+        "max_abs_diff": diff,
+        "tolerance": tolerance,
+        "passed": bool(agree.all() and diff <= tolerance),
+    }
+
+
+def _refuse_if_failed(result: dict[str, Any], what: str, dest: Path) -> None:
+    """Raise ExportCheckError naming the figures when a check did not pass."""
+    if result["passed"]:
+        return
+    raise ExportCheckError(
+        f"{dest}: the {what} export disagrees with the PyTorch model on {result['images']} images "
+        f"({result['source']}): {result['top1_differ']} top-1 classes differ, max |probability difference| "
+        f"{result['max_abs_diff']:.3g} (tolerance {result['tolerance']:g}); nothing was written there. "
+        "The export is wrong, not your model: report it with the model's smallvision.json"
+    )
+
+
+def run_onnx(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Probabilities of an exported .onnx file on uint8 images, in batches, through smallvision.runtime."""
+    classifier = runtime.OnnxClassifier.load(path, threads)
+    return np.concatenate([classifier.probabilities(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+
+
+def _example(card) -> torch.Tensor:
+    """A uint8 example batch for tracing (two images: batch size 1 would let an exporter specialize it)."""
+    return torch.zeros(2, card.image_size, card.image_size, 3, dtype=torch.uint8)
+
+
+def write_onnx(network: nn.Module, card, path: Path) -> None:
+    """Export the uint8 wrapper of `network` to one self-contained .onnx file with a dynamic batch axis.
+
+    torch.onnx's dynamo exporter (torch.export + onnxscript), torch's default since 2.9: the TorchScript-based
+    exporter gives the same numbers on every recipe's model here but warns it is deprecated and will be removed.
+    """
+    import warnings
+
+    wrapper = Uint8Classifier(network).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+        program = torch.onnx.export(
+            wrapper,
+            (_example(card),),
+            dynamo=True,
+            input_names=[runtime.INPUT_NAME],
+            output_names=[runtime.OUTPUT_NAME],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            verbose=False,
+        )
+    proto = program.model_proto
+    _set_metadata(proto, metadata(card))
+    import onnx
+
+    onnx.save_model(proto, str(path))
+
+
+def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray) -> dict[str, Any]:
+    """Write `dest` (.onnx) only if onnxruntime agrees with the PyTorch model on the check images; its record."""
+    start = time.perf_counter()
+    with atomic.atomic_path(dest) as tmp:
+        write_onnx(network, card, tmp)
+        seconds = time.perf_counter() - start
+        result = compare(reference, run_onnx(tmp, check.images), check, FP32_TOLERANCE)
+        _refuse_if_failed(result, "ONNX", dest)
+        size = tmp.stat().st_size
+    return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
+
+
+def write_torchscript(network: nn.Module, card, path: Path) -> None:
+    """Trace the uint8 wrapper of `network` and save it, with the ONNX export's metadata as extra files.
+
+    torch marks torch.jit deprecated (FutureWarning) in favour of torch.export; TorchScript is still what
+    libtorch (C++) and older mobile runtimes load, so the format stays, silenced here and named in the README.
+    """
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))
+        traced = torch.jit.trace(Uint8Classifier(network).eval(), _example(card))
+        torch.jit.save(traced, str(path), _extra_files=metadata(card))
+
+
+def run_torchscript(path: Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities of a saved TorchScript export on uint8 images, loaded back with torch.jit.load."""
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+        chunks = [module(torch.from_numpy(images[i : i + BATCH])).numpy() for i in range(0, len(images), BATCH)]
+    return np.concatenate(chunks)
+
+
+def export_torchscript(
+    network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray
+) -> dict[str, Any]:
+    """Write `dest` (.pt) only if the reloaded TorchScript module agrees with the PyTorch model; its record."""
+    start = time.perf_counter()
+    with atomic.atomic_path(dest) as tmp:
+        write_torchscript(network, card, tmp)
+        seconds = time.perf_counter() - start
+        result = compare(reference, run_torchscript(tmp, check.images), check, FP32_TOLERANCE)
+        _refuse_if_failed(result, "TorchScript", dest)
+        size = tmp.stat().st_size
+    return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages an export was made and checked with."""
+    import importlib.metadata
+
+    out = {}
+    for dist in ("torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def record_export(json_path: Path, model_sha256: str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Merge format entries into export.json (entries of another model's weights are dropped as stale)."""
+    record = runtime.read_export_json(json_path)
+    if record.get("model_sha256") != model_sha256:
+        record = {}
+    record["model_sha256"] = model_sha256
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for key, entry in entries.items():
+        record[key] = {**entry, "exported_at": stamp, "versions": versions()}
+    atomic.write_json(json_path, record)
+    return record
+
+
+def load_check_images(card, folder: Path) -> CheckImages:
+    """Images under a folder (any layout), decoded as predict decodes them; unreadable files are skipped."""
+    from smallvision.data.decode import ImageDecodeError, decode_file
+    from smallvision.prediction import expand_paths
+
+    if not folder.is_dir():
+        raise SmallvisionError(f"--check-images {folder}: not a folder; give a folder of images to check the export on")
+    paths = _spread(expand_paths([folder]), MAX_CHECK_IMAGES)
+    images, skipped = [], 0
+    for path in paths:
+        try:
+            images.append(decode_file(path, card.image_size))
+        except ImageDecodeError as e:
+            skipped += 1
+            log.warning("skipped %s", e)
+    if not images:
+        raise SmallvisionError(f"--check-images {folder}: none of its {len(paths)} image files could be read")
+    note = f", {skipped} unreadable skipped" if skipped else ""
+    return CheckImages(np.stack(images), f"{len(images)} images under {folder}{note}")
+
+
+def split_images(card, index, split: str, limit: int, why: str) -> CheckImages:
+    """Up to `limit` images of a run's split (spread over it), decoded through the image cache, with labels."""
+    from smallvision.data.cache import decoded_images
+
+    items = _spread(index.split(split), limit)
+    if not items:
+        raise SmallvisionError(f"{index.root}: the run's {split} split is empty; {why} needs its images")
+    unknown = sorted({index.classes[it.label] for it in items} - set(card.classes))
+    if unknown:
+        raise SmallvisionError(f"{index.root}: class folder(s) {', '.join(unknown)} unknown to the model")
+    images, failed = decoded_images([it.path for it in items], [it.digest for it in items], card.image_size)
+    labels = np.array(
+        [card.classes.index(index.classes[it.label]) for pos, it in enumerate(items) if pos not in failed]
+    )
+    total = len(index.split(split))
+    spread = f", {len(items)} of its {total} spread over it" if len(items) < total else ""
+    unread = f", {len(failed)} unreadable skipped" if failed else ""
+    return CheckImages(images, f"the run's {split} split of {index.root}{spread}{unread}", labels)
+
+
+def _spread(seq: list, limit: int) -> list:
+    """At most `limit` elements, evenly spaced over the sequence (every class of a sorted index is represented)."""
+    if len(seq) <= limit:
+        return list(seq)
+    picks = np.linspace(0, len(seq) - 1, limit).round().astype(int)
+    return [seq[i] for i in picks]
+
+
+def export_model(
+    model_dir: str | Path,
+    format: str = "onnx",
+    *,
+    out: str | Path | None = None,
+    check_images: str | Path | None = None,
+    index=None,
+) -> dict[str, Any]:
+    """Export a model folder and check it; write export.json beside the file; return its record and paths.
+
+    The check images are `check_images` when given, else the val split of the run's `index` (its DatasetIndex).
+    """
+    from smallvision.models.folder import WEIGHTS_FILE, load_model
+
+    model_dir = Path(model_dir)
+    if format not in FORMATS:
+        raise SmallvisionError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
+    network, card = load_model(model_dir)
+    sha = runtime.file_sha256(model_dir / WEIGHTS_FILE)
+    default = runtime.ONNX_FILE if format == "onnx" else runtime.TORCHSCRIPT_FILE
+    dest = Path(out) if out is not None else model_dir / default
+    if check_images is not None:
+        check = load_check_images(card, Path(check_images))
+    elif index is not None:
+        check = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export")
+    else:
+        raise SmallvisionError(
+            f"{model_dir}: no run folder beside it (no {model_dir.resolve().parent / 'config.yaml'}), so its "
+            "validation images are unknown; give real images to check the export on with --check-images DIR"
+        )
+    reference = pytorch_probabilities(network, check.images)
+    writer = export_onnx if format == "onnx" else export_torchscript
+    entry = writer(network, card, dest, check, reference)
+    record = record_export(dest.parent / runtime.EXPORT_JSON, sha, {format: entry})
+    return {"path": str(dest), "export_json": str(dest.parent / runtime.EXPORT_JSON), "record": record}
