@@ -541,19 +541,32 @@ def export(
     format: str = "onnx",
     *,
     out: str | Path | None = None,
+    int8: bool = False,
     check_images: str | Path | None = None,
+    int8_tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Export a saved model (ONNX or TorchScript), checked against the PyTorch model on real images first.
 
-    The check runs on the run's validation split (the model folder's run folder repeats its split), else on the
-    images under `check_images`. Writes MODEL_DIR/model.onnx (or `out`) and export.json beside it; returns
-    {"path", "export_json", "record"}.
+    The check runs on the images under `check_images` when given, else on the run's validation split (the model
+    folder's run folder repeats its split). `int8` adds a statically quantized ONNX file, calibrated on the run's
+    training images and refused when its val accuracy falls more than `int8_tolerance` points (default 1). Writes
+    MODEL_DIR/model.onnx (or `out`) and export.json beside it; returns {"path", "export_json", "record"} (and
+    "int8_path").
     """
     from smallvision.exporting import export_model
 
     run_config = _run_config(Path(model_dir))
-    index = _scan(make_config(config=run_config)) if run_config is not None and check_images is None else None
-    return export_model(model_dir, format, out=out, check_images=check_images, index=index)
+    needed = run_config is not None and (check_images is None or int8)
+    index = _scan(make_config(config=run_config)) if needed else None
+    return export_model(
+        model_dir,
+        format,
+        out=out,
+        int8=int8,
+        int8_tolerance=int8_tolerance,
+        check_images=check_images,
+        index=index,
+    )
 
 
 def _same_folder(run_data: Path, *given: Path) -> bool:

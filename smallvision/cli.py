@@ -295,24 +295,55 @@ def export(
     out: Annotated[
         Path | None, Opt(help="Write the export here (export.json beside it); default: inside MODEL_DIR")
     ] = None,
+    int8: Annotated[
+        bool,
+        Opt(
+            "--int8",
+            help="Also write a static int8 ONNX file, calibrated on the run's training images; refused if its val "
+            "accuracy falls more than --int8-tolerance",
+        ),
+    ] = False,
     check_images: Annotated[
         Path | None,
         Opt(help="Folder of images to check the export on (default: the run's validation split)"),
+    ] = None,
+    int8_tolerance: Annotated[
+        float | None,
+        Opt(
+            "--int8-tolerance",
+            metavar="POINTS",
+            help="Largest val accuracy drop int8 may cost, in percentage points (default 1; negative demands a gain)",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Export a saved model to ONNX or TorchScript, checked against the PyTorch model on real images first."""
     from smallvision import api
 
     _setup_logging(True)
-    result = api.export(model_dir, format, out=out, check_images=check_images)
-    entry = result["record"][format]
-    check = entry["check"]
+    result = api.export(model_dir, format, out=out, int8=int8, check_images=check_images, int8_tolerance=int8_tolerance)
+    record = result["record"]
+    entry, check = record[format], record[format]["check"]
     typer.echo(f"{format}: {result['path']} ({entry['size_bytes'] / 1e6:.1f} MB)")
     typer.echo(
         f"check: {check['images']} images ({check['source']}): top-1 agreement {check['top1_agreement']:.4f}, "
         f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g}): "
         + ("passed" if check["passed"] else "FAILED")
     )
+    if int8:
+        q = record["int8"]
+        typer.echo(
+            f"int8: {result['int8_path']} ({q['size_bytes'] / 1e6:.1f} MB, fp32 {q['fp32_size_bytes'] / 1e6:.1f} MB)"
+        )
+        typer.echo(
+            f"int8 accuracy on {q['check']['images']} val images: {q['accuracy_fp32']:.4f} (fp32 ONNX) -> "
+            f"{q['accuracy_int8']:.4f} (int8), drop {q['accuracy_drop_points']:.2f} points "
+            f"(tolerance {q['check']['tolerance']:g}); top-1 agreement with fp32 {q['check']['top1_agreement']:.4f}"
+        )
+        typer.echo(
+            f"images/s (onnxruntime, CPU, batch 32): fp32 {q['fp32_images_per_second']:.0f}, "
+            f"int8 {q['images_per_second']:.0f}"
+        )
     typer.echo(f"record: {result['export_json']}")
 
 

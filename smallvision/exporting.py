@@ -29,6 +29,8 @@ FORMATS = ("onnx", "torchscript")
 PIXEL_SCALE = 255.0  # uint8 -> [0, 1], as smallvision.prediction feeds the network; the check holds exports to it
 FP32_TOLERANCE = 1e-4
 MAX_CHECK_IMAGES = 1000
+CALIBRATION_IMAGES = 200  # training images int8 ranges are calibrated on (spread over the split)
+INT8_TOLERANCE = 1.0  # accuracy points int8 may lose on the val split before it is refused
 BATCH = 32
 
 
@@ -208,6 +210,108 @@ def export_torchscript(
     return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
 
 
+class Int8RefusedError(SmallvisionError):
+    """An int8 export whose accuracy fell more than the tolerance; no int8 file was left."""
+
+
+class _BatchReader:
+    """onnxruntime's calibration data reader (duck-typed: get_next) over uint8 images in batches."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.batches = iter([{runtime.INPUT_NAME: images[i : i + BATCH]} for i in range(0, len(images), BATCH)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next calibration batch, or None when done."""
+        return next(self.batches, None)
+
+    def __iter__(self) -> _BatchReader:
+        return self
+
+
+def images_per_second(path: Path, images: np.ndarray) -> float:
+    """Throughput of an .onnx export with onnxruntime's default threads, batches of BATCH, after one warm-up batch."""
+    classifier = runtime.OnnxClassifier.load(path)
+    classifier.probabilities(images[:BATCH])
+    start = time.perf_counter()
+    for i in range(0, len(images), BATCH):
+        classifier.probabilities(images[i : i + BATCH])
+    return len(images) / (time.perf_counter() - start)
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of probabilities against integer labels."""
+    return float((probs.argmax(1) == labels).mean())
+
+
+def write_int8(fp32: Path, card, path: Path, calibration: np.ndarray) -> None:
+    """Static int8 quantization of an fp32 export (QDQ; uint8 activations, per-channel int8 weights; MinMax ranges).
+
+    onnxruntime's recommended CPU form: quant_pre_process (shape inference and graph optimization) first, then
+    quantize_static calibrated on real training images.
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    with tempfile.TemporaryDirectory(prefix="smallvision-int8-") as work:
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(path),
+            _BatchReader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    proto = onnx.load(str(path))
+    _set_metadata(proto, {**metadata(card), "smallvision.quantization": "int8 static QDQ"})
+    onnx.save_model(proto, str(path))
+
+
+def export_int8(
+    fp32: Path, card, dest: Path, calibration: CheckImages, val: CheckImages, tolerance: float
+) -> dict[str, Any]:
+    """Write `dest` (int8 .onnx) only if its val accuracy is at most `tolerance` points below the fp32 export's."""
+    start = time.perf_counter()
+    with atomic.atomic_path(dest) as tmp:
+        write_int8(fp32, card, tmp, calibration.images)
+        seconds = time.perf_counter() - start
+        before, after = run_onnx(fp32, val.images), run_onnx(tmp, val.images)
+        acc_fp32, acc_int8 = accuracy(before, val.labels), accuracy(after, val.labels)
+        drop = (acc_fp32 - acc_int8) * 100
+        result = compare(before, after, val, tolerance)
+        result["passed"] = bool(drop <= tolerance)
+        result["criterion"] = (
+            "accuracy drop on the val split, in points, at most the tolerance; top-1 agreement and max_abs_diff "
+            "compare the int8 export with the checked fp32 export"
+        )
+        if not result["passed"]:
+            raise Int8RefusedError(
+                f"{dest}: int8 refused: accuracy on {val.source} fell from {acc_fp32:.2%} (fp32 ONNX) to "
+                f"{acc_int8:.2%} (int8), a drop of {drop:.2f} points > tolerance {tolerance:g}; no int8 file was "
+                f"written ({fp32.name}, checked, was). Accept it with --int8-tolerance {np.ceil(drop * 100) / 100:g}"
+            )
+        entry = {
+            "file": dest.name,
+            "check": result,
+            "accuracy_fp32": acc_fp32,
+            "accuracy_int8": acc_int8,
+            "accuracy_drop_points": drop,
+            "size_bytes": tmp.stat().st_size,
+            "fp32_size_bytes": fp32.stat().st_size,
+            "images_per_second": images_per_second(tmp, val.images),
+            "fp32_images_per_second": images_per_second(fp32, val.images),
+            "calibration": {"images": len(calibration.images), "source": calibration.source},
+            "quantization": "static, QDQ, uint8 activations, per-channel int8 weights, MinMax calibration",
+            "export_seconds": round(seconds, 3),
+        }
+    return entry
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages an export was made and checked with."""
     import importlib.metadata
@@ -288,26 +392,40 @@ def export_model(
     format: str = "onnx",
     *,
     out: str | Path | None = None,
+    int8: bool = False,
+    int8_tolerance: float | None = None,
     check_images: str | Path | None = None,
     index=None,
 ) -> dict[str, Any]:
     """Export a model folder and check it; write export.json beside the file; return its record and paths.
 
     The check images are `check_images` when given, else the val split of the run's `index` (its DatasetIndex).
+    `int8` also quantizes the ONNX export, calibrated on the run's training images and measured on its val split.
     """
     from smallvision.models.folder import WEIGHTS_FILE, load_model
 
     model_dir = Path(model_dir)
     if format not in FORMATS:
         raise SmallvisionError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
+    if int8 and format != "onnx":
+        raise SmallvisionError(f"--int8 quantizes the ONNX export; it does not apply to --format {format}")
+    if int8_tolerance is not None and not int8:
+        raise SmallvisionError("--int8-tolerance applies only with --int8; add --int8 or leave it out")
+    if int8 and index is None:
+        raise SmallvisionError(
+            f"--int8: {model_dir} has no run folder beside it (no {model_dir.resolve().parent / 'config.yaml'}), "
+            "so there are no known training images to calibrate on and no validation split to measure the "
+            "accuracy drop on; export the model inside its run folder (runs/NAME/model) to quantize it"
+        )
     network, card = load_model(model_dir)
     sha = runtime.file_sha256(model_dir / WEIGHTS_FILE)
     default = runtime.ONNX_FILE if format == "onnx" else runtime.TORCHSCRIPT_FILE
     dest = Path(out) if out is not None else model_dir / default
+    val = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export") if index is not None else None
     if check_images is not None:
         check = load_check_images(card, Path(check_images))
-    elif index is not None:
-        check = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export")
+    elif val is not None:
+        check = val
     else:
         raise SmallvisionError(
             f"{model_dir}: no run folder beside it (no {model_dir.resolve().parent / 'config.yaml'}), so its "
@@ -315,6 +433,14 @@ def export_model(
         )
     reference = pytorch_probabilities(network, check.images)
     writer = export_onnx if format == "onnx" else export_torchscript
-    entry = writer(network, card, dest, check, reference)
-    record = record_export(dest.parent / runtime.EXPORT_JSON, sha, {format: entry})
-    return {"path": str(dest), "export_json": str(dest.parent / runtime.EXPORT_JSON), "record": record}
+    json_path = dest.parent / runtime.EXPORT_JSON
+    record = record_export(json_path, sha, {format: writer(network, card, dest, check, reference)})
+    result = {"path": str(dest), "export_json": str(json_path), "record": record}
+    if int8:
+        calibration = split_images(card, index, "train", CALIBRATION_IMAGES, "int8 calibration")
+        int8_dest = dest.with_name(dest.name.removesuffix(".onnx") + ".int8.onnx")
+        tolerance = INT8_TOLERANCE if int8_tolerance is None else int8_tolerance
+        entry = export_int8(dest, card, int8_dest, calibration, val, tolerance)
+        result["record"] = record_export(json_path, sha, {"int8": entry})
+        result["int8_path"] = str(int8_dest)
+    return result
