@@ -111,7 +111,7 @@ def create_app(
 
     options = ServeOptions(max_batch, max_wait_ms, queue_size, max_bytes, max_pixels, top_k)
     model_dir = Path(model_dir)
-    classifier = OnnxClassifier.load(find_export(model_dir, int8=int8), threads=threads)
+    classifier = OnnxClassifier.load(find_export(model_dir, int8=int8), threads=threads, spin=False)
     beside = model_dir.resolve().parent / "report.html"  # the run's report, when the model folder is a run's model/
     report = beside if beside.is_file() else None
     info = _model_info(model_dir, classifier, int8, report, options)

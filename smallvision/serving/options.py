@@ -24,7 +24,7 @@ HELP = {
 class ServeOptions:
     """How much the server batches, queues and accepts; out-of-range values are refused, naming the option."""
 
-    max_batch: int = 16
+    max_batch: int = 8
     max_wait_ms: float = 5.0
     queue_size: int = 64
     max_bytes: int = 16 * 1024 * 1024

@@ -208,3 +208,17 @@ def test_create_app_refuses_a_folder_without_a_checked_export_and_bad_limits(mod
 def test_serve_stops_with_the_export_error(tmp_path):
     with pytest.raises(SmallvisionError, match=r"smallvision export .* failed: .*not a model folder"):
         smallvision.serve(tmp_path, port=free_port())
+
+
+def test_the_app_mounts_inside_another_fastapi_service(served):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    outer = FastAPI()
+    outer.mount("/vision", create_app(served.model_dir))
+    image = served.images[0]
+    with TestClient(outer) as client:
+        answer = client.post("/vision/predict", files={"files": (image.name, image.read_bytes())})
+        page = client.get("/vision/")
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["name"] == image.name
+    assert 'src="page.js"' in page.text  # relative links: the page works under any mount point
