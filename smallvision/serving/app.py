@@ -73,9 +73,10 @@ def _model_info(model_dir: Path, classifier: OnnxClassifier, int8: bool, report:
         "name": model_dir.resolve().parent.name if model_dir.resolve().name == "model" else model_dir.resolve().name,
         "classes": classifier.classes,
         "image_size": classifier.image_size,
-        "resize": card.get("resize"),
+        "resize": classifier.session.get_modelmeta().custom_metadata_map.get("smallvision.resize"),
         "recipe": card.get("recipe"),
         "backbones": card.get("backbones"),
+        "head": card.get("head"),
         "metrics": card.get("metrics", {}),
         "export": {
             "file": classifier.path.name,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -167,7 +169,7 @@ def test_model_docs_page_and_report_answer_offline(served):
     model = httpx.get(f"{served.url}/model").json()
     card = smallvision.load(served.model_dir)[1]
     assert model["classes"] == card.classes == ["ants", "bees"]
-    assert model["image_size"] == 96 and model["recipe"] == "features"
+    assert model["image_size"] == 96 and model["recipe"] == "features" and model["resize"] == card.resize
     assert model["metrics"]["val_accuracy"] == card.metrics["val_accuracy"]
     assert model["export"]["check"]["passed"] is True and model["export"]["file"] == "model.onnx"
     schema = httpx.get(f"{served.url}/openapi.json").json()
@@ -222,3 +224,10 @@ def test_the_app_mounts_inside_another_fastapi_service(served):
         page = client.get("/vision/")
     assert answer.status_code == 200 and answer.json()["predictions"][0]["name"] == image.name
     assert 'src="page.js"' in page.text  # relative links: the page works under any mount point
+
+
+def test_the_cli_reads_the_servers_defaults_without_importing_fastapi():
+    heavy = "('fastapi', 'torch', 'onnxruntime')"
+    code = f"import sys, smallvision.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"  # `smallvision --help` stays fast
