@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,9 +122,9 @@ def _refuse_if_failed(result: dict[str, Any], what: str, dest: Path) -> None:
     )
 
 
-def run_onnx(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities of an exported .onnx file on uint8 images, in batches, through smallvision.runtime."""
-    classifier = runtime.OnnxClassifier.load(path, threads)
+    classifier = runtime.OnnxClassifier.load(path)
     return np.concatenate([classifier.probabilities(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
 
 
@@ -138,7 +139,7 @@ def write_onnx(network: nn.Module, card, path: Path) -> None:
     torch.onnx's dynamo exporter (torch.export + onnxscript), torch's default since 2.9: the TorchScript-based
     exporter gives the same numbers on every recipe's model here but warns it is deprecated and will be removed.
     """
-    import warnings
+    import onnx
 
     wrapper = Uint8Classifier(network).eval()
     with warnings.catch_warnings():
@@ -154,8 +155,6 @@ def write_onnx(network: nn.Module, card, path: Path) -> None:
         )
     proto = program.model_proto
     _set_metadata(proto, metadata(card))
-    import onnx
-
     onnx.save_model(proto, str(path))
 
 
@@ -177,8 +176,6 @@ def write_torchscript(network: nn.Module, card, path: Path) -> None:
     torch marks torch.jit deprecated (FutureWarning) in favour of torch.export; TorchScript is still what
     libtorch (C++) and older mobile runtimes load, so the format stays, silenced here and named in the README.
     """
-    import warnings
-
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))
         traced = torch.jit.trace(Uint8Classifier(network).eval(), _example(card))
@@ -187,8 +184,6 @@ def write_torchscript(network: nn.Module, card, path: Path) -> None:
 
 def run_torchscript(path: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities of a saved TorchScript export on uint8 images, loaded back with torch.jit.load."""
-    import warnings
-
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(str(path), map_location="cpu")
@@ -369,7 +364,9 @@ def split_images(card, index, split: str, limit: int, why: str) -> CheckImages:
     unknown = sorted({index.classes[it.label] for it in items} - set(card.classes))
     if unknown:
         raise SmallvisionError(f"{index.root}: class folder(s) {', '.join(unknown)} unknown to the model")
-    images, failed = decoded_images([it.path for it in items], [it.digest for it in items], card.image_size)
+    images, failed = decoded_images(
+        [it.path for it in items], [it.digest for it in items], card.image_size, progress=False
+    )
     labels = np.array(
         [card.classes.index(index.classes[it.label]) for pos, it in enumerate(items) if pos not in failed]
     )

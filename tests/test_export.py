@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +20,48 @@ from smallvision.data.decode import decode_file
 from smallvision.errors import SmallvisionError
 from smallvision.models.folder import save_model
 from smallvision.prediction import probabilities
+from tests.conftest import shared_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN = {"capture_output": True, "text": True, "cwd": ROOT, "timeout": 600}
 TINY = {"image_size": 32, "epochs": 1, "progress": False, "report": False}
 
 
 @pytest.fixture(scope="module")
-def models(shapes_data, session_cache, tmp_path_factory) -> dict[str, Path]:
-    """One tiny trained run per kind of model: a scratch CNN, one pretrained backbone, a joined pretrained pair."""
+def models(shapes_data, session_cache, tmp_path_factory) -> Callable[[str], Path]:
+    """Tiny runs, trained on first use: a scratch CNN and a joined pretrained pair (the single backbone: below)."""
     root = tmp_path_factory.mktemp("export-runs")
     kinds = {
         "scratch": {"recipe": "scratch", **TINY},
-        "single": {"recipe": "features", "backbone": "efficientnet_lite0", **TINY},
         "joined": {"recipe": "features", "backbone": "efficientnet_lite0+efficientnet_lite0", "pool": "max", **TINY},
     }
+    trained: dict[str, Path] = {}
+
+    def model_dir(kind: str) -> Path:
+        if kind not in trained:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
+                trained[kind] = smallvision.train(shapes_data, out=root / kind, **kinds[kind]).model_dir
+        return trained[kind]
+
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def hymenoptera_int8(session_cache, tmp_path_factory) -> tuple[Path, dict]:
+    """A real run (hymenoptera, lite0 features at 64 px: seconds) exported with --int8, and export()'s answer.
+
+    Its 153 val images make one image 0.65 accuracy points, so the tolerance here is 5 points (about 8 images);
+    the refusal test below sets it under the drop measured here.
+    """
+    data = shared_dataset("hymenoptera")
+    run = tmp_path_factory.mktemp("export-hymenoptera") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
-        return {k: smallvision.train(shapes_data, out=root / k, **kw).model_dir for k, kw in kinds.items()}
+        model_dir = smallvision.train(
+            data, recipe="features", backbone="efficientnet_lite0", image_size=64, out=run, progress=False, report=False
+        ).model_dir
+        return model_dir, smallvision.export(model_dir, int8=True, int8_tolerance=5.0)
 
 
 def _val_images(shapes_data: Path, size: int) -> tuple[list[Path], np.ndarray]:
@@ -49,19 +76,12 @@ def test_runtime_import_leaves_torch_out():
     assert out == ["False", "False"]
 
 
-@pytest.mark.parametrize("kind", ["scratch", "single", "joined"])
-def test_onnx_round_trip_agrees_with_pytorch(models, shapes_data, kind):
-    model_dir = models[kind]
-    result = smallvision.export(model_dir)
-    path = model_dir / "model.onnx"
-    assert result["path"] == str(path) and path.is_file()
-    check = result["record"]["onnx"]["check"]
-    assert check["passed"] and check["images"] == 30 and check["top1_agreement"] == 1.0
-    assert check["max_abs_diff"] <= 1e-4 and "val split" in check["source"]
-
+def _assert_round_trip(model_dir: Path, images: np.ndarray) -> None:
+    """The checked model.onnx, read back by onnx and by OnnxClassifier: metadata, graph signature, dynamic batch."""
     network, card = smallvision.load(model_dir)
-    paths, images = _val_images(shapes_data, card.image_size)
-    classifier = runtime.OnnxClassifier.load(runtime.find_export(model_dir))
+    path = runtime.find_export(model_dir)
+    assert path == model_dir / "model.onnx"
+    classifier = runtime.OnnxClassifier.load(path, threads=1)
     assert classifier.classes == card.classes and classifier.image_size == card.image_size
     assert classifier.card["recipe"] == card.recipe
     assert classifier.card["backbones"] == [b.name for b in card.backbones]
@@ -73,7 +93,9 @@ def test_onnx_round_trip_agrees_with_pytorch(models, shapes_data, kind):
         assert (got.argmax(1) == reference[: len(batch)].argmax(1)).all()
     top = classifier.top_k(classifier.probabilities(images[:5]), 2)
     assert [t[0][0] for t in top] == [card.classes[i] for i in reference[:5].argmax(1)]
-    assert top[0][0][1] >= top[0][1][1]
+    assert all(t[0][1] >= t[1][1] for t in top)
+    with pytest.raises(SmallvisionError, match=r"expected uint8 images of shape \[N, "):
+        classifier.probabilities(images[:2].astype(np.float32) / 255)  # [0, 1] floats are not what it takes
 
     proto = onnx.load(path)
     props = {p.key: p.value for p in proto.metadata_props}
@@ -88,9 +110,31 @@ def test_onnx_round_trip_agrees_with_pytorch(models, shapes_data, kind):
     assert graph_out.name == "probabilities" and graph_out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
+@pytest.mark.parametrize(
+    "kind",
+    ["scratch", pytest.param("joined", marks=pytest.mark.slow)],  # two lite0 graphs: ~25-50 s of dynamo export
+)
+def test_onnx_round_trip_agrees_with_pytorch(models, shapes_data, kind):
+    model_dir = models(kind)
+    result = smallvision.export(model_dir)
+    assert result["path"] == str(model_dir / "model.onnx")
+    check = result["record"]["onnx"]["check"]
+    assert check["passed"] and check["images"] == 30 and check["top1_agreement"] == 1.0
+    assert check["max_abs_diff"] <= 1e-4 and "val split" in check["source"]
+    _assert_round_trip(model_dir, _val_images(shapes_data, smallvision.load(model_dir)[1].image_size)[1])
+
+
+def test_onnx_round_trip_of_a_pretrained_backbone_on_real_images(hymenoptera_int8):
+    model_dir, result = hymenoptera_int8
+    check = result["record"]["onnx"]["check"]
+    assert check["passed"] and check["images"] == 153 and check["top1_agreement"] == 1.0
+    paths = sorted((shared_dataset("hymenoptera") / "val").rglob("*.jpg"))[::20]
+    _assert_round_trip(model_dir, np.stack([decode_file(p, 64) for p in paths]))
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch marks torch.jit deprecated; the format is still asked for
 def test_torchscript_round_trip(models, shapes_data):
-    model_dir = models["single"]
+    model_dir = models("scratch")
     result = smallvision.export(model_dir, format="torchscript")
     entry = result["record"]["torchscript"]
     assert entry["file"] == "model.torchscript.pt" and entry["check"]["passed"] and entry["check"]["images"] == 30
@@ -112,7 +156,7 @@ def test_broken_export_is_caught_and_nothing_is_left(models, monkeypatch, tmp_pa
     monkeypatch.setattr(exporting, "PIXEL_SCALE", 127.5)
     dest = tmp_path / "out" / "broken.onnx"
     with pytest.raises(exporting.ExportCheckError, match="disagrees with the PyTorch model") as e:
-        smallvision.export(models["scratch"], out=dest)
+        smallvision.export(models("scratch"), out=dest)
     assert "nothing was written" in str(e.value)
     assert not dest.parent.exists() or sorted(p.name for p in dest.parent.iterdir()) == []
 
@@ -122,9 +166,11 @@ def test_check_images_folder_and_find_export_refusing_a_stale_export(models, sha
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     for name in ("model.safetensors", "smallvision.json"):
-        (model_dir / name).write_bytes((models["scratch"] / name).read_bytes())
+        (model_dir / name).write_bytes((models("scratch") / name).read_bytes())
     with pytest.raises(SmallvisionError, match="--check-images DIR"):
         smallvision.export(model_dir)
+    with pytest.raises(SmallvisionError, match="no run folder beside it.*no known training images"):
+        smallvision.export(model_dir, int8=True, check_images=shapes_data / "test")
     with pytest.raises(SmallvisionError, match="run `smallvision export"):
         runtime.find_export(model_dir)
 
@@ -142,3 +188,69 @@ def test_check_images_folder_and_find_export_refusing_a_stale_export(models, sha
     save_model(network, card, model_dir)
     with pytest.raises(SmallvisionError, match="stale export"):
         runtime.find_export(model_dir)
+
+
+def test_int8_on_a_real_run_reports_accuracy_size_and_speed(hymenoptera_int8):
+    model_dir, result = hymenoptera_int8
+    record = json.loads((model_dir / "export.json").read_text())
+    assert record == json.loads(json.dumps(result["record"]))
+    onnx_check, q = record["onnx"]["check"], record["int8"]
+    assert onnx_check["passed"] and onnx_check["images"] == 153 and onnx_check["max_abs_diff"] <= 1e-4
+    assert q["file"] == "model.int8.onnx" and result["int8_path"] == str(model_dir / "model.int8.onnx")
+    assert q["check"]["images"] == 153 and "val split" in q["check"]["source"]
+    assert q["calibration"]["images"] == 200 and "train split" in q["calibration"]["source"]
+    # The fp32 export agrees with PyTorch on every top-1, so its accuracy is the saved model's, as evaluate says.
+    evaluated = smallvision.evaluate(model_dir, shared_dataset("hymenoptera"))
+    assert evaluated["split"] == "val" and q["accuracy_fp32"] == pytest.approx(evaluated["accuracy"])
+    assert q["accuracy_drop_points"] == pytest.approx((q["accuracy_fp32"] - q["accuracy_int8"]) * 100)
+    assert q["check"]["passed"] and q["accuracy_drop_points"] <= 5.0 and q["accuracy_int8"] > 0.7
+    assert q["size_bytes"] < q["fp32_size_bytes"] / 3  # int8 weights: about a quarter of fp32's
+    assert q["images_per_second"] > 0 and q["fp32_images_per_second"] > 0
+    classifier = runtime.OnnxClassifier.load(runtime.find_export(model_dir, int8=True))
+    assert classifier.classes == ["ants", "bees"] and classifier.image_size == 64
+
+
+@pytest.mark.slow  # a second fp32 export and quantization of the real run (~20 s)
+def test_int8_refused_below_the_measured_drop(hymenoptera_int8, tmp_path):
+    """Quantization is deterministic, so a tolerance half a point under the drop just measured must refuse it."""
+    model_dir, result = hymenoptera_int8
+    drop = result["record"]["int8"]["accuracy_drop_points"]
+    dest = tmp_path / "elsewhere" / "model.onnx"
+    with pytest.raises(exporting.Int8RefusedError, match=f"a drop of {drop:.2f} points > tolerance") as e:
+        smallvision.export(model_dir, out=dest, int8=True, int8_tolerance=drop - 0.5)
+    assert "no int8 file was written" in str(e.value)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["export.json", "model.onnx"]
+    assert "int8" not in json.loads((dest.parent / "export.json").read_text())
+
+
+def test_cli_export_prints_the_check_and_writes_export_json(models, shapes_data, tmp_path):
+    dest = tmp_path / "exported" / "shapes.onnx"
+    args = [sys.executable, "-m", "smallvision", "export", str(models("scratch"))]
+    done = subprocess.run([*args, "--check-images", str(shapes_data / "test"), "--out", str(dest)], **RUN)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((dest.parent / "export.json").read_text())
+    check = record["onnx"]["check"]
+    assert record["model_sha256"] == runtime.file_sha256(models("scratch") / "model.safetensors")
+    assert record["onnx"]["file"] == "shapes.onnx" and check["passed"] and check["images"] == 18
+    assert f"onnx: {dest}" in done.stdout
+    assert f"check: 18 images ({check['source']}): top-1 agreement 1.0000" in done.stdout
+    assert f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance 0.0001): passed" in done.stdout
+    assert f"record: {dest.parent / 'export.json'}" in done.stdout
+
+    done = subprocess.run([*args, "--format", "torchscript", "--int8"], **RUN)  # refused before any work
+    assert done.returncode == 1 and "error: --int8 quantizes the ONNX export" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"format": "tflite"}, "--format 'tflite': use one of onnx, torchscript"),
+        ({"int8_tolerance": 2.0}, "--int8-tolerance applies only with --int8"),
+        ({"format": "torchscript", "int8": True}, "--int8 quantizes the ONNX export; it does not apply"),
+    ],
+)
+def test_options_that_cannot_apply_are_refused(models, tmp_path, options, message):
+    dest = tmp_path / "never" / "model.onnx"
+    with pytest.raises(SmallvisionError, match=re.escape(message)):
+        smallvision.export(models("scratch"), out=dest, **options)
+    assert not dest.parent.exists()
