@@ -120,10 +120,11 @@ def create_app(
     info = _model_info(model_dir, classifier, int8, report, options)
     batcher = MicroBatcher(classifier.probabilities, max_batch, max_wait_ms, queue_size)
     # Decoding runs in a pool as wide as the CPU, not one thread per request: under a burst, images are decoded a few
-    # at a time and reach the queue steadily, instead of all at once and late, and in-flight pixels stay bounded.
+    # at a time and reach the queue steadily, instead of all at once and late.
     decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="smallvision-decode")
     page = {name: _page(name) for name in ("index.html", "page.css", "page.js")}
     started = time.time()
+    admitted = [0]  # requests being read, decoded or waiting for the model: at most queue_size, so memory is bounded
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -165,13 +166,29 @@ def create_app(
             "status": "ok",
             "model": classifier.path.name,
             "uptime_s": round(time.time() - started, 3),
-            "queue": {"waiting": batcher.waiting, "size": queue_size},
+            "queue": {"waiting": batcher.waiting, "in_progress": admitted[0], "size": queue_size},
             **batcher.stats.to_dict(),
         }
 
     @app.get("/model", summary="Classes, input size, recipe, validation metrics and the export's check")
     async def model() -> dict[str, Any]:
         return info
+
+    async def _answer(request: Request, kind: str) -> tuple[list[Upload], list[np.ndarray]]:
+        """Read, parse and decode a request's images, then wait for the model's answer for each."""
+        body = await read_body(request.stream(), max_bytes)
+        if kind == "multipart":
+            uploads = parse_multipart(body, request.headers["content-type"])
+        else:
+            uploads = [Upload("<body>", body)]
+        if len(uploads) > queue_size:
+            raise UploadError(413, f"{len(uploads)} images in one request; this server takes at most {queue_size}")
+        size = classifier.image_size
+        loop = asyncio.get_running_loop()
+        images = await asyncio.gather(
+            *(loop.run_in_executor(decoder, decode_image, u, size, max_pixels) for u in uploads)
+        )
+        return uploads, await batcher.predict(images)
 
     @app.post(
         "/predict",
@@ -190,21 +207,13 @@ def create_app(
         try:
             kind = body_kind(request.headers.get("content-type"))
             check_length(request.headers.get("content-length"), max_bytes)
-            if batcher.full():  # refuse before reading the body: overload answers fast
+            if batcher.full() or admitted[0] >= queue_size:  # refused before its body is read: overload answers fast
                 raise batcher.refuse(1)
-            body = await read_body(request.stream(), max_bytes)
-            if kind == "multipart":
-                uploads = parse_multipart(body, request.headers["content-type"])
-            else:
-                uploads = [Upload("<body>", body)]
-            if len(uploads) > queue_size:
-                raise UploadError(413, f"{len(uploads)} images in one request; this server takes at most {queue_size}")
-            size = classifier.image_size
-            loop = asyncio.get_running_loop()
-            images = await asyncio.gather(
-                *(loop.run_in_executor(decoder, decode_image, u, size, max_pixels) for u in uploads)
-            )
-            probs = await batcher.predict(images)
+            admitted[0] += 1
+            try:
+                uploads, probs = await _answer(request, kind)
+            finally:
+                admitted[0] -= 1
         except UploadError as e:
             return JSONResponse({"detail": e.message}, status_code=e.status)
         except Overloaded as e:

@@ -158,7 +158,7 @@ def test_a_tiny_queue_under_a_burst_answers_503_fast_and_keeps_serving(model_dir
         assert sorted(t for t, _ in refused)[len(refused) // 2] < 2.0  # refused at once, not after queueing
         health = httpx.get(f"{url}/health").json()
         assert health["rejected_requests"] == len(refused)
-        assert health["queue"] == {"waiting": 0, "size": 1}
+        assert health["queue"] == {"waiting": 0, "in_progress": 0, "size": 1}
         assert httpx.post(f"{url}/predict", files=body, timeout=60).status_code == 200
     finally:
         server.should_exit = True
