@@ -37,25 +37,27 @@ def browser(tmp_path, monkeypatch):
     driver.quit()
 
 
-def test_page_shows_the_apis_top_class_for_an_uploaded_picture(served, browser, tmp_path):
+def test_page_shows_the_apis_top_class_for_each_uploaded_picture(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    image = served.images[-1]
+    picked = [served.images[0], served.images[-1]]  # an ant and a bee, picked together
     browser.get(f"{served.url}/")
     wait = WebDriverWait(browser, 60)
     wait.until(lambda d: "validation accuracy" in d.find_element(By.ID, "model-line").text)
     assert "ants, bees" in browser.find_element(By.ID, "classes").text
+    assert "top-1 agreement 100.0%" in browser.find_element(By.ID, "export-line").text
     assert browser.find_element(By.ID, "report-link").is_displayed()
-    browser.find_element(By.ID, "picker").send_keys(str(image))
-    card = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#results .card[data-state='done']"))
-    shown = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".bar .class-name")]
-    percent = card.find_element(By.CSS_SELECTOR, ".bar .probability").text
-    api = httpx.post(f"{served.url}/predict", files={"files": (image.name, image.read_bytes())}).json()
-    top = api["predictions"][0]["top"]
-    assert shown[0] == top[0]["class"] and shown == [t["class"] for t in top]
-    assert percent == f"{100 * top[0]['probability']:.1f}%"
-    assert image.name in card.text
+    browser.find_element(By.ID, "picker").send_keys("\n".join(str(p) for p in picked))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card[data-state='done']")) == len(picked))
+    for card in browser.find_elements(By.CSS_SELECTOR, "#results .card"):
+        image = next(p for p in picked if p.name == card.find_element(By.CSS_SELECTOR, ".name").text)
+        shown = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".bar .class-name")]
+        percent = card.find_element(By.CSS_SELECTOR, ".bar .probability").text
+        api = httpx.post(f"{served.url}/predict", files={"files": (image.name, image.read_bytes())}).json()
+        top = api["predictions"][0]["top"]
+        assert shown[0] == top[0]["class"] and shown == [t["class"] for t in top]
+        assert percent == f"{100 * top[0]['probability']:.1f}%"
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot))
     pixels = np.asarray(Image.open(shot).convert("L"))
