@@ -695,3 +695,66 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SmallvisionError(f"{run_dir}: no metrics.json; is this a finished run folder?")
     return json.loads(path.read_text())
+
+
+def _checked_export(model_dir: Path, int8: bool) -> Path:
+    """The model folder's checked, current ONNX export; made first by `smallvision export` in a subprocess if absent.
+
+    The export runs in another process so that the serving process never imports torch.
+    """
+    import subprocess
+    import sys
+
+    from smallvision.runtime import find_export
+
+    try:
+        return find_export(model_dir, int8=int8)
+    except SmallvisionError as why:
+        command = [sys.executable, "-m", "smallvision", "export", str(model_dir), "--format", "onnx"]
+        command += ["--int8"] if int8 else []
+        log.info("%s; exporting first: smallvision %s", why, " ".join(command[3:]))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line.strip(" │╭╮╰╯─") for line in done.stderr.splitlines()]
+        lines = [line for line in lines if line]
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        error = (errors or lines or [f"exit status {done.returncode}"])[-1]
+        raise SmallvisionError(f"cannot serve {model_dir}: `smallvision {' '.join(command[3:])}` failed: {error}")
+    if done.stdout.strip():
+        log.info("%s", done.stdout.strip())
+    return find_export(model_dir, int8=int8)
+
+
+def serve(
+    model_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    int8: bool = False,
+    threads: int | None = None,
+    **limits: Any,
+) -> None:
+    """Serve a saved model over HTTP (FastAPI on uvicorn) until interrupted: POST /predict, the page at /, /docs.
+
+    Runs the folder's checked ONNX export (exported first, in a subprocess, when it has none or it is stale).
+    `limits` are smallvision.serving.options.ServeOptions fields (max_batch, max_wait_ms, queue_size, max_bytes,
+    max_pixels, top_k). It binds 127.0.0.1 unless `host` says otherwise.
+    """
+    import uvicorn
+
+    from smallvision.serving import create_app
+
+    model_dir = Path(model_dir)
+    _checked_export(model_dir, int8)
+    app = create_app(model_dir, int8=int8, threads=threads, **limits)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("warning: binding %s: other machines can reach this server (it has no authentication)", host)
+    shown = f"[{host}]" if ":" in host else host
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("serving %s at http://%s:%d/ (API docs at /docs; Ctrl+C stops)", model_dir, shown, port)
+
+    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()

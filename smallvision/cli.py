@@ -12,6 +12,10 @@ import typer
 
 from smallvision.config import field_help
 from smallvision.errors import SmallvisionError
+from smallvision.serving.options import HELP as SERVE_HELP
+from smallvision.serving.options import ServeOptions
+
+SERVE_DEFAULTS = ServeOptions()
 
 Opt = typer.Option
 
@@ -360,6 +364,37 @@ def export(
             f"int8 {q['images_per_second']:.0f}"
         )
     typer.echo(f"record: {result['export_json']}")
+
+
+@app.command()
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/)")],
+    host: Annotated[str, Opt(help="Address to bind; other machines can reach anything but 127.0.0.1")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="TCP port")] = 8000,
+    int8: Annotated[bool, Opt("--int8", help="Serve the checked int8 export (model.int8.onnx)")] = False,
+    max_batch: Annotated[int, Opt(help=SERVE_HELP["max_batch"])] = SERVE_DEFAULTS.max_batch,
+    max_wait_ms: Annotated[float, Opt(help=SERVE_HELP["max_wait_ms"])] = SERVE_DEFAULTS.max_wait_ms,
+    queue: Annotated[int, Opt(help=SERVE_HELP["queue_size"])] = SERVE_DEFAULTS.queue_size,
+    max_bytes: Annotated[int, Opt(help=SERVE_HELP["max_bytes"])] = SERVE_DEFAULTS.max_bytes,
+    max_pixels: Annotated[int, Opt(help=SERVE_HELP["max_pixels"])] = SERVE_DEFAULTS.max_pixels,
+    top_k: Annotated[int, Opt("--top-k", help=SERVE_HELP["top_k"])] = SERVE_DEFAULTS.top_k,
+) -> None:
+    """Serve a model over HTTP: POST /predict, a try-a-picture page at /, API docs at /docs (exports it if needed)."""
+    from smallvision import api
+
+    _setup_logging(False)
+    api.serve(
+        model_dir,
+        host=host,
+        port=port,
+        int8=int8,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        top_k=top_k,
+    )
 
 
 def main() -> None:

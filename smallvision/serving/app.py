@@ -1,0 +1,229 @@
+"""The ASGI app: routes for predictions, health, the model's description, its docs, and the try-a-picture page.
+
+It runs the model folder's checked ONNX export with onnxruntime (smallvision.runtime), so a serving process never
+imports torch. `create_app` returns a FastAPI app a user can also mount inside their own FastAPI service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from smallvision.runtime import EXPORT_JSON, OnnxClassifier, find_export, read_export_json
+from smallvision.serving.batching import MicroBatcher, Overloaded
+from smallvision.serving.options import ServeOptions
+from smallvision.serving.uploads import (
+    Upload,
+    UploadError,
+    body_kind,
+    check_length,
+    decode_image,
+    parse_multipart,
+    read_body,
+)
+
+_DEFAULTS = ServeOptions()
+
+# The request body /predict takes, for the OpenAPI schema (the body is read by hand, to enforce the byte limit while
+# reading and to keep uploads in memory, so FastAPI cannot infer it).
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more images (the field 'file' is accepted too)",
+                        }
+                    },
+                    "required": ["files"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _page(name: str) -> bytes:
+    """A file of the try-a-picture page, from the package's data."""
+    return resources.files("smallvision.serving").joinpath("page", name).read_bytes()
+
+
+def _model_info(model_dir: Path, classifier: OnnxClassifier, int8: bool, report: Path | None, options) -> dict:
+    """What GET /model answers: the classes, input size, recipe, validation metrics and the export's check."""
+    card = classifier.card
+    record = read_export_json(model_dir / EXPORT_JSON)
+    entry = record.get("int8" if int8 else "onnx") or {}
+    return {
+        "name": model_dir.resolve().parent.name if model_dir.resolve().name == "model" else model_dir.resolve().name,
+        "classes": classifier.classes,
+        "image_size": classifier.image_size,
+        "resize": classifier.session.get_modelmeta().custom_metadata_map.get("smallvision.resize"),
+        "recipe": card.get("recipe"),
+        "backbones": card.get("backbones"),
+        "head": card.get("head"),
+        "metrics": card.get("metrics", {}),
+        "export": {
+            "file": classifier.path.name,
+            "format": "onnx int8" if int8 else "onnx",
+            "model_sha256": record.get("model_sha256"),
+            "check": entry.get("check"),
+        },
+        "report": "/report" if report is not None else None,
+        "limits": {
+            k: getattr(options, k) for k in ("max_batch", "max_wait_ms", "queue_size", "max_bytes", "max_pixels")
+        },
+    }
+
+
+def create_app(
+    model_dir: str | Path,
+    *,
+    int8: bool = False,
+    max_batch: int = _DEFAULTS.max_batch,
+    max_wait_ms: float = _DEFAULTS.max_wait_ms,
+    queue_size: int = _DEFAULTS.queue_size,
+    max_bytes: int = _DEFAULTS.max_bytes,
+    max_pixels: int = _DEFAULTS.max_pixels,
+    top_k: int = _DEFAULTS.top_k,
+    threads: int | None = None,
+) -> FastAPI:
+    """A FastAPI app serving the model folder's checked ONNX export (model.int8.onnx with `int8`).
+
+    Raises SmallvisionError when the folder has no checked, current export (run `smallvision export MODEL_DIR`) or
+    an option is out of range. `threads` bounds onnxruntime's threads (default: its own choice).
+    """
+    from fastapi_offline import FastAPIOffline
+
+    from smallvision import __version__
+
+    options = ServeOptions(max_batch, max_wait_ms, queue_size, max_bytes, max_pixels, top_k)
+    model_dir = Path(model_dir)
+    classifier = OnnxClassifier.load(find_export(model_dir, int8=int8), threads=threads, spin=False)
+    beside = model_dir.resolve().parent / "report.html"  # the run's report, when the model folder is a run's model/
+    report = beside if beside.is_file() else None
+    info = _model_info(model_dir, classifier, int8, report, options)
+    batcher = MicroBatcher(classifier.probabilities, max_batch, max_wait_ms, queue_size)
+    # Decoding runs in a pool as wide as the CPU, not one thread per request: under a burst, images are decoded a few
+    # at a time and reach the queue steadily, instead of all at once and late.
+    decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="smallvision-decode")
+    page = {name: _page(name) for name in ("index.html", "page.css", "page.js")}
+    started = time.time()
+    admitted = [0]  # requests being read, decoded or waiting for the model: at most queue_size, so memory is bounded
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        batcher.close()
+        decoder.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPIOffline(
+        title=f"smallvision: {info['name']}",
+        description=f"Image classifier ({', '.join(classifier.classes)}) served from {classifier.path.name}.",
+        version=__version__,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.state.classifier = classifier
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page["index.html"])
+
+    @app.get("/page.css", include_in_schema=False)
+    async def css() -> Response:
+        return Response(page["page.css"], media_type="text/css")
+
+    @app.get("/page.js", include_in_schema=False)
+    async def js() -> Response:
+        return Response(page["page.js"], media_type="text/javascript")
+
+    @app.get("/report", include_in_schema=False)
+    async def run_report() -> FileResponse:
+        if report is None:
+            raise HTTPException(404, f"the model folder {model_dir} has no run report (report.html) beside it")
+        return FileResponse(report, media_type="text/html")
+
+    @app.get("/health", summary="Liveness, queue and batching statistics")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": classifier.path.name,
+            "uptime_s": round(time.time() - started, 3),
+            "queue": {"waiting": batcher.waiting, "in_progress": admitted[0], "size": queue_size},
+            **batcher.stats.to_dict(),
+        }
+
+    @app.get("/model", summary="Classes, input size, recipe, validation metrics and the export's check")
+    async def model() -> dict[str, Any]:
+        return info
+
+    async def _answer(request: Request, kind: str) -> tuple[list[Upload], list[np.ndarray]]:
+        """Read, parse and decode a request's images, then wait for the model's answer for each."""
+        body = await read_body(request.stream(), max_bytes)
+        if kind == "multipart":
+            uploads = parse_multipart(body, request.headers["content-type"])
+        else:
+            uploads = [Upload("<body>", body)]
+        if len(uploads) > queue_size:
+            raise UploadError(413, f"{len(uploads)} images in one request; this server takes at most {queue_size}")
+        size = classifier.image_size
+        loop = asyncio.get_running_loop()
+        images = await asyncio.gather(
+            *(loop.run_in_executor(decoder, decode_image, u, size, max_pixels) for u in uploads)
+        )
+        return uploads, await batcher.predict(images)
+
+    @app.post(
+        "/predict",
+        summary="Top-k classes with probabilities for one or several images",
+        description=(
+            "Send images as multipart/form-data in the field `files` (repeat it for several; `file` works too), or "
+            "one image as the raw body with an image/* content type. Errors: 400 not an image, corrupt or empty; "
+            "413 over the byte or pixel limit; 415 wrong content type; 503 queue full (retry)."
+        ),
+        openapi_extra=_PREDICT_BODY,
+    )
+    async def predict(
+        request: Request,
+        top_k: int | None = Query(None, ge=1, description=f"Classes per image (default {options.top_k})"),
+    ) -> JSONResponse:
+        try:
+            kind = body_kind(request.headers.get("content-type"))
+            check_length(request.headers.get("content-length"), max_bytes)
+            if batcher.full() or admitted[0] >= queue_size:  # refused before its body is read: overload answers fast
+                raise batcher.refuse(1)
+            admitted[0] += 1
+            try:
+                uploads, probs = await _answer(request, kind)
+            finally:
+                admitted[0] -= 1
+        except UploadError as e:
+            return JSONResponse({"detail": e.message}, status_code=e.status)
+        except Overloaded as e:
+            return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "1"})
+        k = top_k or options.top_k
+        tops = classifier.top_k(np.stack(probs), k)
+        predictions = [
+            {"name": u.name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+            for u, top in zip(uploads, tops, strict=True)
+        ]
+        return JSONResponse({"predictions": predictions})
+
+    return app

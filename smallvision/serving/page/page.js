@@ -1,0 +1,90 @@
+// The try-a-picture page: each picked or dropped picture is sent to POST /predict on its own and shown with its
+// top classes as bars. Text from files and the server is set with textContent only, never parsed as HTML.
+"use strict";
+
+const results = document.getElementById("results");
+const drop = document.getElementById("drop");
+const picker = document.getElementById("picker");
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+async function describeModel() {
+  try {
+    const response = await fetch("model");
+    const model = await response.json();
+    const accuracy = model.metrics && typeof model.metrics.val_accuracy === "number"
+      ? `validation accuracy ${(100 * model.metrics.val_accuracy).toFixed(1)}%` : "no validation accuracy recorded";
+    document.getElementById("model-line").textContent =
+      `${model.name}: ${model.recipe || "model"} at ${model.image_size} px, ${accuracy}`;
+    document.getElementById("classes").textContent = `Classes: ${model.classes.join(", ")}`;
+    const check = model.export && model.export.check;
+    if (check) {
+      document.getElementById("export-line").textContent =
+        `Served from ${model.export.file}, checked against the PyTorch model on ${check.images} images: ` +
+        `top-1 agreement ${(100 * check.top1_agreement).toFixed(1)}%, largest probability difference ` +
+        `${Number(check.max_abs_diff).toExponential(1)}`;
+    }
+    document.getElementById("report-link").hidden = !model.report;
+  } catch (error) {
+    document.getElementById("model-line").textContent = `Could not read the model's description (${error})`;
+  }
+}
+
+function showTop(card, top) {
+  const bars = element("div", "bars");
+  for (const entry of top) {
+    const bar = element("div", "bar");
+    const label = element("div", "label");
+    label.append(element("span", "class-name", entry.class),
+                 element("span", "probability", `${(100 * entry.probability).toFixed(1)}%`));
+    const track = element("div", "track");
+    const fill = element("div", "fill");
+    fill.style.width = `${(100 * entry.probability).toFixed(1)}%`;
+    track.append(fill);
+    bar.append(label, track);
+    bars.append(bar);
+  }
+  card.querySelector(".status").replaceWith(bars);
+  card.dataset.state = "done";
+  card.dataset.top = top[0].class;
+}
+
+async function classify(file) {
+  const card = element("article", "card");
+  card.dataset.state = "pending";
+  const image = element("img");
+  image.alt = file.name;
+  image.src = URL.createObjectURL(file);
+  card.append(image, element("div", "name", file.name), element("div", "status", "classifying\u2026"));
+  results.prepend(card);
+  const form = new FormData();
+  form.append("files", file, file.name);
+  try {
+    const response = await fetch("predict", { method: "POST", body: form });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.detail || `HTTP ${response.status}`);
+    showTop(card, answer.predictions[0].top);
+  } catch (error) {
+    card.dataset.state = "error";
+    card.querySelector(".status").textContent = `Not classified: ${error.message}`;
+  }
+}
+
+function classifyAll(files) {
+  for (const file of files) classify(file);
+}
+
+picker.addEventListener("change", () => { classifyAll(picker.files); picker.value = ""; });
+for (const name of ["dragenter", "dragover"]) {
+  drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
+}
+for (const name of ["dragleave", "drop"]) {
+  drop.addEventListener(name, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (event) => { event.preventDefault(); classifyAll(event.dataTransfer.files); });
+describeModel();

@@ -1,0 +1,69 @@
+"""The try-a-picture page in headless Chromium (Selenium 4 with Debian's chromedriver): a real upload, a real answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    """Headless Debian chromium driven through Debian's chromedriver; Selenium Manager never downloads anything."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} absent: .ci/run installs Debian's chromium and chromium-driver")
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    driver.execute_cdp_cmd(  # a 1280x800 viewport, so the screenshot is exactly that size
+        "Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
+    )
+    yield driver
+    driver.quit()
+
+
+def test_page_shows_the_apis_top_class_for_each_uploaded_picture(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    picked = [served.images[0], served.images[-1]]  # an ant and a bee, picked together
+    browser.get(f"{served.url}/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "validation accuracy" in d.find_element(By.ID, "model-line").text)
+    assert "ants, bees" in browser.find_element(By.ID, "classes").text
+    assert "top-1 agreement 100.0%" in browser.find_element(By.ID, "export-line").text
+    assert browser.find_element(By.ID, "report-link").is_displayed()
+    browser.find_element(By.ID, "picker").send_keys("\n".join(str(p) for p in picked))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card[data-state='done']")) == len(picked))
+    for card in browser.find_elements(By.CSS_SELECTOR, "#results .card"):
+        image = next(p for p in picked if p.name == card.find_element(By.CSS_SELECTOR, ".name").text)
+        shown = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".bar .class-name")]
+        percent = card.find_element(By.CSS_SELECTOR, ".bar .probability").text
+        api = httpx.post(f"{served.url}/predict", files={"files": (image.name, image.read_bytes())}).json()
+        top = api["predictions"][0]["top"]
+        assert shown[0] == top[0]["class"] and shown == [t["class"] for t in top]
+        assert percent == f"{100 * top[0]['probability']:.1f}%"
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot))
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (800, 1280)
+    assert pixels.std() > 10  # a rendered page with a picture and bars, not a blank one
+
+    browser.get(f"{served.url}/docs")  # Swagger UI renders from the package's own files (the machine is offline)
+    title = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+    assert "smallvision" in title[0].text
