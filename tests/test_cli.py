@@ -162,9 +162,24 @@ def test_compare_command_prints_the_table(shapes_data, tmp_path):
         "3",
         "--out",
         tmp_path / "cmp",
-        "-q",
     )
     assert done.returncode == 0, done.stderr
     assert "| features_lr=0.001 |" in done.stdout and "best on validation" in done.stdout
+    progress = re.findall(r"^run (\d)/2: (.*) — (.*)$", done.stderr, re.M)
+    assert [p[:2] for p in progress] == [("1", "features lr=0.001"), ("2", "features lr=0.003")], done.stderr
+    assert progress[0][2] == "time left known after the first run"
+    first = json.loads((tmp_path / "cmp" / "runs" / "features_lr=0.001" / "metrics.json").read_text())["seconds"]
+    assert progress[1][2] == f"about {max(first, 1):.0f} s left"  # the one run left, at the finished run's seconds
     bad = cli("compare", shapes_data, "--sweep", "lr", "--out", tmp_path / "bad")
     assert bad.returncode == 1 and "option=value1,value2" in bad.stderr
+
+
+def test_compare_time_left_uses_each_recipe_s_finished_runs():
+    from smallvision.comparison import Plan, time_left
+
+    left = [Plan("a", "features", {}), Plan("b", "finetune", {}), Plan("c", "scratch", {})]
+    assert time_left(left, {}) == "time left known after the first run"
+    # features at its own mean (10 s), finetune at its own (200 s), scratch (none finished) at the mean of all (70 s)
+    assert time_left(left, {"features": [8.0, 12.0], "finetune": [190.0, 210.0]}) == "about 5 min left"
+    assert time_left(left[:1], {"features": [8.0, 12.0]}) == "about 10 s left"
+    assert time_left(left * 20, {"features": [200.0]}) == "about 3 h 20 min left"
