@@ -13,6 +13,7 @@ from smallvision.api import (
     predict,
     predict_imagenet,
     read_metrics,
+    report,
     train,
     write_predictions,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "predict",
     "predict_imagenet",
     "read_metrics",
+    "report",
     "train",
     "write_predictions",
 ]

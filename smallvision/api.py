@@ -427,6 +427,30 @@ def compare(
     return run_compare(data, out, names, grid, progress=progress, **common)
 
 
+def report(folder: str | Path) -> Path:
+    """Rebuild the report.html of a run folder (`train`) or a compare folder (`compare`) from the files in it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SmallvisionError(f"{folder}: no such folder; give a run folder (train) or a compare folder (compare)")
+    if (folder / "metrics.json").is_file():
+        from smallvision.evaluation.report import write_report
+
+        return write_report(folder)
+    if (folder / "results.json").is_file() and (folder / "runs").is_dir():
+        from smallvision.comparison import write_page
+
+        return write_page(folder)
+    if (folder / "config.yaml").is_file():
+        raise SmallvisionError(
+            f"{folder}: an unfinished run (no metrics.json yet), so there is no report to build; finish it with "
+            f"smallvision train --resume {folder}"
+        )
+    raise SmallvisionError(
+        f"{folder}: neither a run folder (no metrics.json) nor a compare folder (no results.json and runs/); give "
+        "a folder that smallvision train or smallvision compare wrote"
+    )
+
+
 def load(model_dir: str | Path):
     """Load a saved model folder: (network in eval mode, its ModelCard). Never unpickles."""
     from smallvision.models.folder import load_model

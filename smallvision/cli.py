@@ -327,6 +327,19 @@ def compare(
 
 
 @app.command()
+def report(
+    folder: Annotated[
+        Path, typer.Argument(help="A run folder (train wrote it) or a compare folder (compare wrote it)")
+    ],
+) -> None:
+    """Rebuild a run's or a compare's report.html from the files in its folder (metrics, figures, config)."""
+    from smallvision import api
+
+    _setup_logging(True)
+    typer.echo(f"report: {api.report(folder)}")
+
+
+@app.command()
 def predict(
     paths: Annotated[
         list[Path], typer.Argument(help="MODEL_DIR then image files or folders; with --imagenet, only images")

@@ -205,6 +205,13 @@ def run_compare(
     return {"rows": rows, **summary, "out": str(out)}
 
 
+def write_page(out: str | Path) -> Path:
+    """Rebuild a compare folder's report.html from its results.json and figures/ (`smallvision report`)."""
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    return _page(out, results.pop("rows"), results)
+
+
 def _page(out: Path, rows: list[dict], summary: dict) -> Path:
     from smallvision.evaluation.report import CSS, IMAGE_CHECK, Raw, _img, _table
 

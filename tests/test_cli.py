@@ -170,8 +170,36 @@ def test_compare_command_prints_the_table(shapes_data, tmp_path):
     assert progress[0][2] == "time left known after the first run"
     first = json.loads((tmp_path / "cmp" / "runs" / "features_lr=0.001" / "metrics.json").read_text())["seconds"]
     assert progress[1][2] == f"about {max(first, 1):.0f} s left"  # the one run left, at the finished run's seconds
+    (tmp_path / "cmp" / "report.html").unlink()
+    rebuilt = cli("report", tmp_path / "cmp")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    best = json.loads((tmp_path / "cmp" / "results.json").read_text())["best"]
+    assert best in page and 'href="runs/features_lr=0.003/report.html"' in page
     bad = cli("compare", shapes_data, "--sweep", "lr", "--out", tmp_path / "bad")
     assert bad.returncode == 1 and "option=value1,value2" in bad.stderr
+
+
+def _shows_accuracy(page: str, accuracy: float) -> bool:
+    return f"{accuracy:.4f}" in page or f"{100 * accuracy:.1f}%" in page
+
+
+def test_report_command_rebuilds_a_run_s_page(trained, tmp_path):
+    page = trained / "report.html"
+    before = page.read_text()
+    page.unlink()
+    done = cli("report", trained)
+    assert done.returncode == 0, done.stderr
+    rebuilt = page.read_text()
+    accuracy = json.loads((trained / "metrics.json").read_text())["val_accuracy"]
+    assert _shows_accuracy(rebuilt, accuracy) and str(page) in done.stdout
+    assert rebuilt.count("data:image/png;base64,") == before.count("data:image/png;base64,") > 0  # figures embedded
+    assert smallvision.report(trained) == page and page.read_text() == rebuilt  # the API, and the same page again
+    neither = cli("report", tmp_path)
+    assert neither.returncode == 1 and f"{tmp_path}: neither a run folder" in neither.stderr
+    (tmp_path / "config.yaml").write_text("data:\n  path: x\n")
+    unfinished = cli("report", tmp_path)
+    assert unfinished.returncode == 1 and f"smallvision train --resume {tmp_path}" in unfinished.stderr
 
 
 def test_compare_time_left_uses_each_recipe_s_finished_runs():
