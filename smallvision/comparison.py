@@ -14,10 +14,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smallvision import atomic
 from smallvision.errors import SmallvisionError
+
+if TYPE_CHECKING:
+    from smallvision.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +142,13 @@ def run_compare(
     recipes: list[str],
     sweep: dict[str, list[Any]] | None = None,
     progress: bool = True,
+    run_log: RunLog | None = None,
     **common: Any,
 ) -> dict[str, Any]:
-    """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once."""
+    """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once.
+
+    `run_log` gets the compare's log lines and warnings in COMPARE_DIR/compare.log (each run keeps its own run.log).
+    """
     from smallvision import api
     from smallvision.evaluation import plots
 
@@ -151,6 +158,9 @@ def run_compare(
     todo = plans(recipes, grid)
     for plan in todo:  # before anything trains: every plan valid, no folder of another configuration reused
         _check_plan(out / "runs" / plan.name, data, plan, common)
+    if run_log is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        run_log.attach(out / "compare.log")
     rows, histories = [], {}
     seconds: dict[str, list[float]] = {}  # the finished runs' seconds, by recipe
     for number, plan in enumerate(todo, 1):

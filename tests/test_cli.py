@@ -38,6 +38,52 @@ def trained(shapes_data, tmp_path_factory):
     return out
 
 
+# A real `smallvision train` in which library code warns, the way torch.jit and Lightning do: before the run folder
+# exists (the data check), in the main thread and in a background thread (the backbone build) during training.
+WARNING_RUN = """
+import sys, threading, warnings
+import smallvision.audit as audit
+import smallvision.training.features as features
+from smallvision.cli import main
+
+def check_index(*args, **kwargs):
+    warnings.warn("check_index is deprecated", FutureWarning)
+    return audit_check_index(*args, **kwargs)
+
+def train_head(*args, **kwargs):
+    build = threading.Thread(target=lambda: warnings.warn("torch.jit.freeze is deprecated", FutureWarning))
+    build.start()
+    build.join()
+    warnings.warn("converting a tensor to a Python boolean might cause the trace to be incorrect", UserWarning)
+    return features_train_head(*args, **kwargs)
+
+audit_check_index, audit.check_index = audit.check_index, check_index
+features_train_head, features.train_head = features.train_head, train_head
+sys.argv = ["smallvision", *sys.argv[1:]]
+main()
+"""
+
+
+def test_train_terminal_stays_clean_and_the_warnings_go_to_run_log(shapes_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", shapes_data, "--recipe", "features", "--image-size", "64", "--epochs", "3", "--out", out]
+    done = subprocess.run(
+        [sys.executable, "-c", WARNING_RUN, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    terminal = done.stdout + done.stderr
+    assert not [line for line in terminal.splitlines() if "warn" in line.lower()], terminal
+    assert "data check:" in done.stderr and "val accuracy" in done.stdout  # the stage lines and the summary stay
+    log = (out / "run.log").read_text()
+    for line in (
+        "FutureWarning: check_index is deprecated",
+        "FutureWarning: torch.jit.freeze is deprecated",
+        "UserWarning: converting a tensor to a Python boolean",
+        "INFO smallvision: data check:",
+    ):
+        assert line in log, log
+
+
 def test_help_lists_commands():
     done = cli("--help")
     assert done.returncode == 0 and "train" in done.stdout and "predict" in done.stdout
@@ -47,6 +93,7 @@ def test_train_writes_the_contracted_files(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("val_accuracy", "val_loss", "classes", "recipe", "backbone", "seconds", "test_accuracy"):
         assert key in metrics, key
+    assert "INFO smallvision: data check:" in (trained / "run.log").read_text()  # the run's log, beside its results
     assert metrics["recipe"] == "features" and metrics["classes"] == ["circle", "square", "triangle"]
 
 
