@@ -217,6 +217,7 @@ def test_compare_command_prints_the_table(shapes_data, tmp_path):
     assert progress[0][2] == "time left known after the first run"
     first = json.loads((tmp_path / "cmp" / "runs" / "features_lr=0.001" / "metrics.json").read_text())["seconds"]
     assert progress[1][2] == f"about {max(first, 1):.0f} s left"  # the one run left, at the finished run's seconds
+    assert "INFO smallvision.comparison: run 2/2: features lr=0.003" in (tmp_path / "cmp" / "compare.log").read_text()
     (tmp_path / "cmp" / "report.html").unlink()
     rebuilt = cli("report", tmp_path / "cmp")
     assert rebuilt.returncode == 0, rebuilt.stderr
