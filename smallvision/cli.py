@@ -16,7 +16,7 @@ from smallvision.config import PANELS, field_help, option_panel
 from smallvision.errors import SmallvisionError
 
 Opt = typer.Option
-DATA, MODEL, TRAINING, AUGMENTATION, FINE_TUNING, RUN = PANELS
+DATA, TRAINING, RUN = PANELS[0], PANELS[2], PANELS[-1]  # the panels of the options that are not config fields
 
 
 def _opt(path: str, *flags: str):
