@@ -157,7 +157,8 @@ def train(
         bool, Opt("--quiet", "-q", help="only warnings and the summary; default: off", rich_help_panel=RUN)
     ] = False,
 ) -> None:
-    """Train a classifier and write a run folder (model/, metrics.json, history.csv, config.yaml)."""
+    """Train a classifier and write its run folder. It holds model/, metrics.json, history.csv, config.yaml, run.log
+    and report.html."""
     from smallvision import api
 
     _setup_logging(quiet)
@@ -235,7 +236,7 @@ def inspect(
         int | None, Opt(help="Input size the output shapes are computed for (default: the model's own)")
     ] = None,
 ) -> None:
-    """Show a saved model's block groups (output shapes, parameters total / trainable / frozen)."""
+    """Show a saved model's block groups. Their output shapes and parameters: total, trainable, frozen."""
     from smallvision import api
 
     _setup_logging(True)
@@ -249,7 +250,7 @@ def check(
     content: Annotated[bool, Opt("--content/--no-content", help="Backbone-based mislabel/outlier checks")] = True,
     limit: Annotated[int, Opt(help="Rows in the table")] = 30,
 ) -> None:
-    """Audit a dataset: unreadable files, duplicates, imbalance, probably mislabeled images (ranked)."""
+    """Audit a dataset before training. Unreadable files, duplicates, imbalance, probably mislabeled images (ranked)."""
     from smallvision import api
     from smallvision.audit import table
 
@@ -277,7 +278,7 @@ def evaluate(
         bool, Opt("--json", help="Print all metrics as JSON; default: a summary and the per-class table")
     ] = False,
 ) -> None:
-    """Evaluate a saved model on a folder: accuracy, loss, precision/recall/F1, per class, confusion matrix."""
+    """Evaluate a saved model on a folder. Accuracy, loss, precision/recall/F1, per class, confusion matrix."""
     from smallvision import api
 
     _setup_logging(True)
@@ -320,7 +321,7 @@ def compare(
         bool, Opt("--quiet", "-q", help="only warnings and the results; default: off", rich_help_panel=RUN)
     ] = False,
 ) -> None:
-    """Run several recipes or a sweep on one split; choose on validation; test only the chosen run."""
+    """Compare recipes or a sweep on one split. Chooses on validation and tests only the chosen run."""
     from smallvision import api
 
     _setup_logging(quiet)
@@ -340,7 +341,7 @@ def report(
         Path, typer.Argument(help="A run folder (train wrote it) or a compare folder (compare wrote it)")
     ],
 ) -> None:
-    """Rebuild a run's or a compare's report.html from the files in its folder (metrics, figures, config)."""
+    """Rebuild a run's or a compare's report.html. From the files in its folder: metrics, figures, config."""
     from smallvision import api
 
     _setup_logging(True)
@@ -380,8 +381,8 @@ def predict(
     tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged; default: off")] = False,
     backbone: Annotated[str, Opt(help="Backbone for --imagenet")] = "efficientnet_lite0",
 ) -> None:
-    """Top-k classes with probabilities for images or folders: a table, or any number of images streamed to --csv or
-    --json (a progress bar on stderr; unreadable files become rows with an error)."""
+    """Classify images or folders: top-k classes with probabilities. A table, or any number of images streamed to
+    --csv or --json (a progress bar on stderr; unreadable files become rows with an error)."""
     from smallvision import api
 
     _setup_logging(True)
@@ -436,7 +437,7 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a saved model to ONNX or TorchScript, checked against the PyTorch model on real images first."""
+    """Export a saved model to ONNX or TorchScript. Checked against the PyTorch model on real images first."""
     from smallvision import api
 
     _setup_logging(True)

@@ -97,3 +97,9 @@ def test_version_prints_the_package_version_and_exits_0():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert done.returncode == 0 and done.stdout == f"smallvision {version}\n", (done.stdout, done.stderr)
     assert "--version" in _sections(CliRunner().invoke(app, ["--help"]).output)["Options"]
+
+
+def test_no_command_description_is_cut_in_the_command_list():
+    listing = _sections(CliRunner().invoke(app, ["--help"], terminal_width=80, env={"COLUMNS": "80"}).output)
+    rows = listing["Commands"].splitlines()
+    assert [row.split()[0] for row in rows] == list(GROUP.commands) and not [row for row in rows if "..." in row]
