@@ -436,14 +436,19 @@ def report(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise SmallvisionError(f"{folder}: no such folder; give a run folder (train) or a compare folder (compare)")
-    if (folder / "metrics.json").is_file():
+    run = (folder / "metrics.json").is_file()
+    if run or ((folder / "results.json").is_file() and (folder / "runs").is_dir()):
+        from smallvision.comparison import write_page
         from smallvision.evaluation.report import write_report
 
-        return write_report(folder)
-    if (folder / "results.json").is_file() and (folder / "runs").is_dir():
-        from smallvision.comparison import write_page
-
-        return write_page(folder)
+        try:
+            return write_report(folder) if run else write_page(folder)
+        except (OSError, ValueError, KeyError) as e:  # a file missing, unreadable or edited
+            kind, source = ("run", "metrics.json") if run else ("compare", "results.json")
+            raise SmallvisionError(
+                f"{folder}: cannot rebuild the {kind}'s report from its files ({type(e).__name__}: {e}); it needs "
+                f"{source} and figures/ as smallvision {'train' if run else 'compare'} wrote them"
+            ) from e
     if (folder / "config.yaml").is_file():
         raise SmallvisionError(
             f"{folder}: an unfinished run (no metrics.json yet), so there is no report to build; finish it with "

@@ -243,6 +243,10 @@ def test_report_command_rebuilds_a_run_s_page(trained, tmp_path):
     assert _shows_accuracy(rebuilt, accuracy) and str(page) in done.stdout
     assert rebuilt.count("data:image/png;base64,") == before.count("data:image/png;base64,") > 0  # figures embedded
     assert smallvision.report(trained) == page and page.read_text() == rebuilt  # the API, and the same page again
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("{")
+    with pytest.raises(smallvision.SmallvisionError, match=r"broken: cannot rebuild the run's report .*JSONDecodeErr"):
+        smallvision.report(tmp_path / "broken")
     neither = cli("report", tmp_path)
     assert neither.returncode == 1 and f"{tmp_path}: neither a run folder" in neither.stderr
     (tmp_path / "config.yaml").write_text("data:\n  path: x\n")
