@@ -76,14 +76,10 @@ def _options(
 
 
 def _setup_logging(quiet: bool) -> None:
-    """Log lines on stderr (with --quiet only warnings); a run's log file (run.log) gets every line and Python's
-    warnings, which stay off the terminal."""
-    from smallvision.runlog import for_the_terminal
-
+    """Log lines on stderr (with --quiet only warnings); a run's log file (run.log) gets every line, --quiet or not."""
     terminal = logging.StreamHandler(sys.stderr)
     terminal.setLevel(logging.WARNING if quiet else logging.INFO)
     terminal.setFormatter(logging.Formatter("%(message)s"))
-    terminal.addFilter(for_the_terminal)
     logging.basicConfig(level=logging.INFO, handlers=[terminal])
     for noisy in ("timm", "PIL", "matplotlib", "lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,10 +1,11 @@
 """A run's log file: its log lines and Python's warnings, kept in RUN_DIR/run.log instead of on the terminal.
 
 Libraries warn about their own deprecations and tracing (torch.jit, Lightning); those are for whoever maintains the
-code, not for the person training. While a RunLog is open, every warning becomes a record of the `py.warnings`
-logger (the CLI's terminal handler leaves those out) and every record that reaches the root logger is written to the
-run's log. Records from before the run folder exists (it is created only once the data checks pass) are kept and
-written when it is attached; if it never is, the warnings are shown as Python would have shown them.
+code, not for the person training. While a RunLog is open, every record that reaches the root logger is written to
+the run's log, and so is every Python warning, which goes nowhere else: not through the loggers, so no terminal or
+notebook handler shows it, whatever their levels. Records from before the run folder exists (it is created only
+once the data checks pass) are kept and written when it is attached; if it never is, the warnings are shown as
+Python would have shown them.
 """
 
 from __future__ import annotations
@@ -14,14 +15,8 @@ import warnings
 from pathlib import Path
 from types import TracebackType
 
-WARNINGS_LOGGER = "py.warnings"  # the logger logging.captureWarnings uses: the same name for the same records
+WARNINGS_LOGGER = "py.warnings"  # the name logging.captureWarnings gives such records
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-MARK = "smallvision_run_log"  # set on the records of the warnings a RunLog took
-
-
-def for_the_terminal(record: logging.LogRecord) -> bool:
-    """A logging filter for the terminal: every record but the warnings an open RunLog writes to the run's log."""
-    return not getattr(record, MARK, False)
 
 
 class RunLog(logging.Handler):
@@ -53,7 +48,7 @@ class RunLog(logging.Handler):
         if self._file is None:
             self._pending.append((message, category, filename, lineno, file, line))
         text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
-        logging.getLogger(WARNINGS_LOGGER).warning("%s", text, extra={MARK: True})
+        self.handle(logging.LogRecord(WARNINGS_LOGGER, logging.WARNING, filename, lineno, text, None, None))
 
     def attach(self, path: str | Path) -> None:
         """Write the records so far, and every later one, to `path` (appended: a resumed run continues its log)."""
