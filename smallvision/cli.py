@@ -133,10 +133,10 @@ def train(
     finetune_epochs: Annotated[int | None, _opt("recipe.finetune_epochs")] = None,
     layer_decay: Annotated[float | None, _opt("recipe.layer_decay")] = None,
     cached_views: Annotated[int | None, _opt("recipe.cached_views")] = None,
-    memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
     devices: Annotated[int | None, _opt("trainer.devices")] = None,
     precision: Annotated[str | None, _opt("trainer.precision")] = None,
     workers: Annotated[int | None, _opt("trainer.workers")] = None,
+    memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
     seed: Annotated[int | None, _opt("seed")] = None,
     out: Annotated[Path | None, _opt("out")] = None,
     strict: Annotated[
