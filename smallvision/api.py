@@ -215,14 +215,15 @@ def train(
 
     start = time.perf_counter()
     if not is_rank_zero():
-        return _train(data, resume, progress, evaluate_test, report, strict, start, None, kwargs)
+        return _train(data, resume, progress, evaluate_test, report, strict, start, None, None, kwargs)
     from smallvision.evaluation.worker import ReportWorker
+    from smallvision.runlog import RunLog
 
-    with ReportWorker() as worker:
-        return _train(data, resume, progress, evaluate_test, report, strict, start, worker, kwargs)
+    with RunLog() as run_log, ReportWorker() as worker:
+        return _train(data, resume, progress, evaluate_test, report, strict, start, worker, run_log, kwargs)
 
 
-def _train(data, resume, progress, evaluate_test, report, strict, start, worker, kwargs) -> TrainResult | None:
+def _train(data, resume, progress, evaluate_test, report, strict, start, worker, run_log, kwargs) -> TrainResult | None:
     from smallvision.data.decode import RESIZE_POLICY
     from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.distributed import is_rank_zero
@@ -249,6 +250,7 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     check_summary = _precheck(index, strict)
     if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
         atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
+        run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
     outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
     if not is_rank_zero():
         return None
@@ -430,11 +432,41 @@ def compare(
     and interrupted ones resumed when the same compare is run again, and refused when left by other settings.
     """
     from smallvision.comparison import parse_sweep, run_compare
+    from smallvision.runlog import RunLog
 
     names = [r.strip() for r in recipes.split(",")] if isinstance(recipes, str) else list(recipes)
     grid = parse_sweep(sweep) if isinstance(sweep, list) else (sweep or {})
     out = Path(out) if out else Path("runs") / f"{Path(data).stem}-compare"
-    return run_compare(data, out, names, grid, progress=progress, **common)
+    with RunLog() as run_log:
+        return run_compare(data, out, names, grid, progress=progress, run_log=run_log, **common)
+
+
+def report(folder: str | Path) -> Path:
+    """Rebuild the report.html of a run folder (`train`) or a compare folder (`compare`) from the files in it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SmallvisionError(f"{folder}: no such folder; give a run folder (train) or a compare folder (compare)")
+    run = (folder / "metrics.json").is_file()
+    if run or ((folder / "results.json").is_file() and (folder / "runs").is_dir()):
+        from smallvision.evaluation.report import write_report
+
+        try:
+            return write_report(folder)  # a compare folder (results.json, no metrics.json) gets its compare page
+        except (OSError, ValueError, KeyError) as e:  # a file missing, unreadable or edited
+            kind, source = ("run", "metrics.json") if run else ("compare", "results.json")
+            raise SmallvisionError(
+                f"{folder}: cannot rebuild the {kind}'s report from its files ({type(e).__name__}: {e}); it needs "
+                f"{source} and figures/ as smallvision {'train' if run else 'compare'} wrote them"
+            ) from e
+    if (folder / "config.yaml").is_file():
+        raise SmallvisionError(
+            f"{folder}: an unfinished run (no metrics.json yet), so there is no report to build; finish it with "
+            f"smallvision train --resume {folder}"
+        )
+    raise SmallvisionError(
+        f"{folder}: neither a run folder (no metrics.json) nor a compare folder (no results.json and runs/); give "
+        "a folder that smallvision train or smallvision compare wrote"
+    )
 
 
 def load(model_dir: str | Path):

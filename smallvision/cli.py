@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+import typer.core
 
-from smallvision.config import field_help
+from smallvision.config import PANELS, field_help, option_panel
 from smallvision.errors import SmallvisionError
 from smallvision.serving.options import HELP as SERVE_HELP
 from smallvision.serving.options import ServeOptions
@@ -18,11 +20,36 @@ from smallvision.serving.options import ServeOptions
 SERVE_DEFAULTS = ServeOptions()
 
 Opt = typer.Option
+DATA, TRAINING, RUN = PANELS[0], PANELS[2], PANELS[-1]  # the panels of the options that are not config fields
 
 
 def _opt(path: str, *flags: str):
-    """A train option whose help is the config field's description (which states the default): one source."""
-    return Opt(*flags, help=field_help(path), show_default=False)
+    """A train option whose help is the config field's description (which states the default) and whose --help panel
+    is the field's: one source."""
+    return Opt(*flags, help=field_help(path), show_default=False, rich_help_panel=option_panel(path))
+
+
+class GroupedCommand(typer.core.TyperCommand):
+    """A command whose --help lists its options under their panels (Data, Model, ...), in click's plain layout.
+
+    Typer's rich tables cut long option names at 80 columns (`--no-horizontal-fl…`): every column, the help text's
+    included, shrinks together once the help column is as narrow as the flag columns. Click's layout never cuts: a
+    flag longer than its column puts its help on the next line, and help text wraps at the terminal's width.
+    """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Arguments, then each panel in the order of its first option, then the panel-less options (--help)."""
+        sections: dict[str, list[tuple[str, str]]] = {"Arguments": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                default = "Arguments" if param.param_type_name == "argument" else "Options"
+                sections.setdefault(getattr(param, "rich_help_panel", None) or default, []).append(record)
+        sections["Options"] = sections.pop("Options", [])
+        for name, records in sections.items():
+            if records:
+                with formatter.section(name):
+                    formatter.write_dl(records)
 
 
 app = typer.Typer(
@@ -30,29 +57,58 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from smallvision import __version__
+
+        typer.echo(f"smallvision {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        Opt("--version", callback=_print_version, is_eager=True, help="Print smallvision's version and exit"),
+    ] = None,
+) -> None:
+    """The options before the command (--version)."""
+
+
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    """Log lines on stderr (with --quiet only warnings); a run's log file (run.log) gets every line, --quiet or not."""
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(logging.WARNING if quiet else logging.INFO)
+    terminal.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[terminal])
     for noisy in ("timm", "PIL", "matplotlib", "lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@app.command()
+@app.command(cls=GroupedCommand)
 def train(
     data: Annotated[Path | None, typer.Argument(help=field_help("data.path"), show_default=False)] = None,
-    recipe: Annotated[str | None, _opt("recipe.name")] = None,
+    image_size: Annotated[int | None, _opt("data.image_size")] = None,
+    val_fraction: Annotated[float | None, _opt("data.val_fraction")] = None,
+    test_fraction: Annotated[float | None, _opt("data.test_fraction")] = None,
+    min_train_per_class: Annotated[int | None, _opt("data.min_train_per_class")] = None,
+    min_val_per_class: Annotated[int | None, _opt("data.min_val_per_class")] = None,
+    min_test_per_class: Annotated[int | None, _opt("data.min_test_per_class")] = None,
     backbone: Annotated[str | None, _opt("model.backbone")] = None,
     weights: Annotated[str | None, _opt("model.weights")] = None,
-    image_size: Annotated[int | None, _opt("data.image_size")] = None,
-    epochs: Annotated[int | None, _opt("recipe.epochs")] = None,
-    lr: Annotated[float | None, _opt("recipe.lr")] = None,
-    batch_size: Annotated[int | None, _opt("recipe.batch_size")] = None,
     dropout: Annotated[float | None, _opt("model.dropout")] = None,
     hidden: Annotated[int | None, _opt("model.hidden")] = None,
     pool: Annotated[str | None, _opt("model.pool")] = None,
     batch_norm: Annotated[bool | None, _opt("model.batch_norm", "--batch-norm/--no-batch-norm")] = None,
+    init_from: Annotated[str | None, _opt("recipe.init_from")] = None,
+    recipe: Annotated[str | None, _opt("recipe.name")] = None,
+    epochs: Annotated[int | None, _opt("recipe.epochs")] = None,
+    lr: Annotated[float | None, _opt("recipe.lr")] = None,
+    batch_size: Annotated[int | None, _opt("recipe.batch_size")] = None,
     optimizer: Annotated[str | None, _opt("recipe.optimizer")] = None,
     momentum: Annotated[float | None, _opt("recipe.momentum")] = None,
     schedule: Annotated[str | None, _opt("recipe.schedule")] = None,
@@ -61,6 +117,7 @@ def train(
     label_smoothing: Annotated[float | None, _opt("recipe.label_smoothing")] = None,
     class_weights: Annotated[str | None, _opt("recipe.class_weights")] = None,
     patience: Annotated[int | None, _opt("recipe.patience")] = None,
+    time_budget: Annotated[float | None, _opt("recipe.time_budget")] = None,
     augment: Annotated[str | None, _opt("recipe.augment.preset")] = None,
     rotation_range: Annotated[float | None, _opt("recipe.augment.rotation_range")] = None,
     width_shift_range: Annotated[float | None, _opt("recipe.augment.width_shift_range")] = None,
@@ -79,26 +136,29 @@ def train(
     finetune_lr: Annotated[float | None, _opt("recipe.finetune_lr")] = None,
     finetune_epochs: Annotated[int | None, _opt("recipe.finetune_epochs")] = None,
     layer_decay: Annotated[float | None, _opt("recipe.layer_decay")] = None,
-    time_budget: Annotated[float | None, _opt("recipe.time_budget")] = None,
     cached_views: Annotated[int | None, _opt("recipe.cached_views")] = None,
-    memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
-    init_from: Annotated[str | None, _opt("recipe.init_from")] = None,
     devices: Annotated[int | None, _opt("trainer.devices")] = None,
     precision: Annotated[str | None, _opt("trainer.precision")] = None,
     workers: Annotated[int | None, _opt("trainer.workers")] = None,
+    memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
     seed: Annotated[int | None, _opt("seed")] = None,
-    val_fraction: Annotated[float | None, _opt("data.val_fraction")] = None,
-    test_fraction: Annotated[float | None, _opt("data.test_fraction")] = None,
-    min_train_per_class: Annotated[int | None, _opt("data.min_train_per_class")] = None,
-    min_val_per_class: Annotated[int | None, _opt("data.min_val_per_class")] = None,
-    min_test_per_class: Annotated[int | None, _opt("data.min_test_per_class")] = None,
     out: Annotated[Path | None, _opt("out")] = None,
-    config: Annotated[Path | None, Opt(help="YAML config; flags override it")] = None,
-    resume: Annotated[Path | None, Opt(help="Continue an interrupted run folder")] = None,
-    strict: Annotated[bool, Opt("--strict", help="Identical files in two splits are an error")] = False,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="Only warnings and the summary")] = False,
+    strict: Annotated[
+        bool,
+        Opt("--strict", help="identical files in two splits are an error; default: a warning", rich_help_panel=DATA),
+    ] = False,
+    config: Annotated[
+        Path | None, Opt(help="YAML config; flags override it; default: none", rich_help_panel=RUN)
+    ] = None,
+    resume: Annotated[
+        Path | None, Opt(help="continue an interrupted run folder; default: a new run", rich_help_panel=RUN)
+    ] = None,
+    quiet: Annotated[
+        bool, Opt("--quiet", "-q", help="only warnings and the summary; default: off", rich_help_panel=RUN)
+    ] = False,
 ) -> None:
-    """Train a classifier and write a run folder (model/, metrics.json, history.csv, config.yaml)."""
+    """Train a classifier and write its run folder. It holds model/, metrics.json, history.csv, config.yaml, run.log
+    and report.html."""
     from smallvision import api
 
     _setup_logging(quiet)
@@ -169,14 +229,14 @@ def train(
 def inspect(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/)")],
     weights_check: Annotated[
-        bool, Opt("--weights-check", help="How far each block moved from its pretrained weights")
+        bool, Opt("--weights-check", help="How far each block moved from its pretrained weights; default: off")
     ] = False,
-    kernels: Annotated[Path | None, Opt(help="Write the first-layer kernels figure to this PNG")] = None,
+    kernels: Annotated[Path | None, Opt(help="Write the first-layer kernels figure to this PNG; default: none")] = None,
     image_size: Annotated[
         int | None, Opt(help="Input size the output shapes are computed for (default: the model's own)")
     ] = None,
 ) -> None:
-    """Show a saved model's block groups (output shapes, parameters total / trainable / frozen)."""
+    """Show a saved model's block groups. Their output shapes and parameters: total, trainable, frozen."""
     from smallvision import api
 
     _setup_logging(True)
@@ -186,11 +246,11 @@ def inspect(
 @app.command()
 def check(
     data: Annotated[Path, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")],
-    as_json: Annotated[bool, Opt("--json", help="Print the findings as JSON")] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print the findings as JSON; default: a table")] = False,
     content: Annotated[bool, Opt("--content/--no-content", help="Backbone-based mislabel/outlier checks")] = True,
     limit: Annotated[int, Opt(help="Rows in the table")] = 30,
 ) -> None:
-    """Audit a dataset: unreadable files, duplicates, imbalance, probably mislabeled images (ranked)."""
+    """Audit a dataset before training. Unreadable files, duplicates, imbalance, probably mislabeled images (ranked)."""
     from smallvision import api
     from smallvision.audit import table
 
@@ -213,10 +273,12 @@ def evaluate(
     config: Annotated[
         Path | None, Opt(help="The run's config.yaml (default: the one in the model's run folder), for its split")
     ] = None,
-    tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
-    as_json: Annotated[bool, Opt("--json", help="Print all metrics as JSON")] = False,
+    tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged; default: off")] = False,
+    as_json: Annotated[
+        bool, Opt("--json", help="Print all metrics as JSON; default: a summary and the per-class table")
+    ] = False,
 ) -> None:
-    """Evaluate a saved model on a folder: accuracy, loss, precision/recall/F1, per class, confusion matrix."""
+    """Evaluate a saved model on a folder. Accuracy, loss, precision/recall/F1, per class, confusion matrix."""
     from smallvision import api
 
     _setup_logging(True)
@@ -232,18 +294,34 @@ def evaluate(
         typer.echo(f"skipped {s['path']}: {s['reason']}")
 
 
-@app.command()
+@app.command(cls=GroupedCommand)
 def compare(
     data: Annotated[Path, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")],
-    recipes: Annotated[str, Opt(help="Comma-separated recipes, e.g. scratch,features,finetune")] = "features",
-    sweep: Annotated[list[str] | None, Opt(help="option=v1,v2 (repeatable): a grid over any train option")] = None,
-    image_size: Annotated[int | None, Opt(help="Square input size for every run")] = None,
-    epochs: Annotated[int | None, Opt(help="Epochs for every run")] = None,
-    seed: Annotated[int | None, Opt(help="Seed shared by every run")] = None,
-    out: Annotated[Path | None, Opt(help="Compare folder (default runs/<data>-compare)")] = None,
-    quiet: Annotated[bool, Opt("--quiet", "-q")] = False,
+    image_size: Annotated[int | None, _opt("data.image_size")] = None,
+    recipes: Annotated[
+        str,
+        Opt(
+            help="comma-separated recipes, e.g. scratch,features,finetune; default: features",
+            show_default=False,
+            rich_help_panel=TRAINING,
+        ),
+    ] = "features",
+    sweep: Annotated[
+        list[str] | None,
+        Opt(
+            metavar="OPTION=V1,V2",
+            help="a grid over any train option (repeatable), e.g. lr=1e-4,1e-3; default: none",
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
+    epochs: Annotated[int | None, _opt("recipe.epochs")] = None,
+    seed: Annotated[int | None, _opt("seed")] = None,
+    out: Annotated[Path | None, Opt(help="compare folder; default: runs/<data>-compare", rich_help_panel=RUN)] = None,
+    quiet: Annotated[
+        bool, Opt("--quiet", "-q", help="only warnings and the results; default: off", rich_help_panel=RUN)
+    ] = False,
 ) -> None:
-    """Run several recipes or a sweep on one split; choose on validation; test only the chosen run."""
+    """Compare recipes or a sweep on one split. Chooses on validation and tests only the chosen run."""
     from smallvision import api
 
     _setup_logging(quiet)
@@ -258,6 +336,19 @@ def compare(
 
 
 @app.command()
+def report(
+    folder: Annotated[
+        Path, typer.Argument(help="A run folder (train wrote it) or a compare folder (compare wrote it)")
+    ],
+) -> None:
+    """Rebuild a run's or a compare's report.html. From the files in its folder: metrics, figures, config."""
+    from smallvision import api
+
+    _setup_logging(True)
+    typer.echo(f"report: {api.report(folder)}")
+
+
+@app.command()
 def predict(
     paths: Annotated[
         list[Path], typer.Argument(help="MODEL_DIR then image files or folders; with --imagenet, only images")
@@ -268,20 +359,30 @@ def predict(
         Opt(
             "--csv",
             metavar="PATH",
-            help="Write a CSV (path, class_1, probability_1, ..., error) to this path; '-' for stdout",
+            help="Write a CSV (path, class_1, probability_1, ..., error) to this path; '-' for stdout; default: "
+            "none (a line per image on stdout)",
         ),
     ] = None,
     json_path: Annotated[
-        str | None, Opt("--json", metavar="PATH", help="Write a JSON list of predictions to this path; '-' for stdout")
+        str | None,
+        Opt(
+            "--json",
+            metavar="PATH",
+            help="Write a JSON list of predictions to this path; '-' for stdout; default: none",
+        ),
     ] = None,
-    onnx: Annotated[bool, Opt("--onnx", help="Run the model folder's checked ONNX export (onnxruntime)")] = False,
-    int8: Annotated[bool, Opt("--int8", help="With --onnx: run the checked int8 export (export --int8)")] = False,
-    imagenet: Annotated[bool, Opt("--imagenet", help="Use the bundled backbone's ImageNet head")] = False,
-    tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
+    onnx: Annotated[
+        bool, Opt("--onnx", help="Run the model folder's checked ONNX export (onnxruntime); default: PyTorch")
+    ] = False,
+    int8: Annotated[
+        bool, Opt("--int8", help="With --onnx: run the checked int8 export (export --int8); default: off")
+    ] = False,
+    imagenet: Annotated[bool, Opt("--imagenet", help="Use the bundled backbone's ImageNet head; default: off")] = False,
+    tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged; default: off")] = False,
     backbone: Annotated[str, Opt(help="Backbone for --imagenet")] = "efficientnet_lite0",
 ) -> None:
-    """Top-k classes with probabilities for images or folders: a table, or any number of images streamed to --csv or
-    --json (a progress bar on stderr; unreadable files become rows with an error)."""
+    """Classify images or folders: top-k classes with probabilities. A table, or any number of images streamed to
+    --csv or --json (a progress bar on stderr; unreadable files become rows with an error)."""
     from smallvision import api
 
     _setup_logging(True)
@@ -319,7 +420,7 @@ def export(
         Opt(
             "--int8",
             help="Also write a static int8 ONNX file, calibrated on the run's training images; refused if its val "
-            "accuracy falls more than --int8-tolerance",
+            "accuracy falls more than --int8-tolerance; default: off",
         ),
     ] = False,
     check_images: Annotated[
@@ -336,7 +437,7 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a saved model to ONNX or TorchScript, checked against the PyTorch model on real images first."""
+    """Export a saved model to ONNX or TorchScript. Checked against the PyTorch model on real images first."""
     from smallvision import api
 
     _setup_logging(True)

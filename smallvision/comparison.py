@@ -13,10 +13,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smallvision import atomic
 from smallvision.errors import SmallvisionError
+
+if TYPE_CHECKING:
+    from smallvision.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +116,38 @@ def _check_plan(run_dir: Path, data: str | Path, plan: Plan, common: dict[str, A
         )
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
+
+
+def time_left(plans_left: list[Plan], seconds: dict[str, list[float]]) -> str:
+    """An estimate of the time the runs in `plans_left` take: each at the mean seconds of the finished runs of its
+    recipe (recipes differ tenfold), else of all finished runs; none before the first run has finished."""
+    done = [s for by_recipe in seconds.values() for s in by_recipe]
+    if not done:
+        return "time left known after the first run"
+    mean = sum(done) / len(done)
+    total = sum(sum(seconds[p.recipe]) / len(seconds[p.recipe]) if p.recipe in seconds else mean for p in plans_left)
+    return f"about {_duration(total)} left"
+
+
 def run_compare(
     data: str | Path,
     out: str | Path,
     recipes: list[str],
     sweep: dict[str, list[Any]] | None = None,
     progress: bool = True,
+    run_log: RunLog | None = None,
     **common: Any,
 ) -> dict[str, Any]:
-    """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once."""
+    """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once.
+
+    `run_log` gets the compare's log lines and warnings in COMPARE_DIR/compare.log (each run keeps its own run.log).
+    """
     from smallvision import api
     from smallvision.evaluation import plots
     from smallvision.evaluation.report import compare_rows
@@ -132,17 +158,24 @@ def run_compare(
     todo = plans(recipes, grid)
     for plan in todo:  # before anything trains: every plan valid, no folder of another configuration reused
         _check_plan(out / "runs" / plan.name, data, plan, common)
+    if run_log is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        run_log.attach(out / "compare.log")
     rows, histories = [], {}
-    for plan in todo:
+    seconds: dict[str, list[float]] = {}  # the finished runs' seconds, by recipe
+    for number, plan in enumerate(todo, 1):
         run_dir = out / "runs" / plan.name
+        shown = " ".join([plan.recipe, *(f"{k}={v}" for k, v in plan.options.items())])
         if (run_dir / "metrics.json").exists():
-            log.info("compare: %s finished before; skipping it", plan.name)
+            log.info("run %d/%d: %s finished before; skipping it", number, len(todo), shown)
         else:
             resume = run_dir if (run_dir / "config.yaml").exists() else None
-            log.info("compare: %s %s", "resuming" if resume else "training", plan.name)
+            left = time_left(todo[number - 1 :], seconds)
+            log.info("run %d/%d: %s%s — %s", number, len(todo), "resuming " if resume else "", shown, left)
             kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **common, **plan.options}
             api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
         m = api.read_metrics(run_dir)
+        seconds.setdefault(plan.recipe, []).append(m["seconds"])
         rows.append(
             {
                 "run": plan.name,

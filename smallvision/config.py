@@ -345,6 +345,19 @@ def option_flag(path: str) -> str:
     return FLAGS.get(path, "--" + path.rpartition(".")[2].replace("_", "-"))
 
 
+# The --help panels of the options, in the order they are shown (timm's train.py groups its arguments the same way):
+# a field goes to its config section's panel unless PANEL_OF names it.
+PANELS = ("Data", "Model", "Training", "Augmentation", "Fine-tuning", "Run and devices")
+SECTION_PANELS = {"data": "Data", "model": "Model", "recipe": "Training", "recipe.augment": "Augmentation"}
+FINE_TUNING = ("unfreeze_blocks", "unfreeze_from", "finetune_lr", "finetune_epochs", "layer_decay", "cached_views")
+PANEL_OF = {"recipe.init_from": "Model", **{f"recipe.{name}": "Fine-tuning" for name in FINE_TUNING}}
+
+
+def option_panel(path: str) -> str:
+    """The --help panel of the config field at dotted `path` (trainer fields, seed and out: 'Run and devices')."""
+    return PANEL_OF.get(path) or SECTION_PANELS.get(path.rpartition(".")[0], PANELS[-1])
+
+
 def field_help(path: str) -> str:
     """The help text of the config field at dotted `path`: its description, which always states its default."""
     info = leaf_fields()[path]

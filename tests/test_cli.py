@@ -38,6 +38,52 @@ def trained(shapes_data, tmp_path_factory):
     return out
 
 
+# A real `smallvision train` in which library code warns, the way torch.jit and Lightning do: before the run folder
+# exists (the data check), in the main thread and in a background thread (the backbone build) during training.
+WARNING_RUN = """
+import sys, threading, warnings
+import smallvision.audit as audit
+import smallvision.training.features as features
+from smallvision.cli import main
+
+def check_index(*args, **kwargs):
+    warnings.warn("check_index is deprecated", FutureWarning)
+    return audit_check_index(*args, **kwargs)
+
+def train_head(*args, **kwargs):
+    build = threading.Thread(target=lambda: warnings.warn("torch.jit.freeze is deprecated", FutureWarning))
+    build.start()
+    build.join()
+    warnings.warn("converting a tensor to a Python boolean might cause the trace to be incorrect", UserWarning)
+    return features_train_head(*args, **kwargs)
+
+audit_check_index, audit.check_index = audit.check_index, check_index
+features_train_head, features.train_head = features.train_head, train_head
+sys.argv = ["smallvision", *sys.argv[1:]]
+main()
+"""
+
+
+def test_train_terminal_stays_clean_and_the_warnings_go_to_run_log(shapes_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", shapes_data, "--recipe", "features", "--image-size", "64", "--epochs", "3", "--out", out]
+    done = subprocess.run(
+        [sys.executable, "-c", WARNING_RUN, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    terminal = done.stdout + done.stderr
+    assert not [line for line in terminal.splitlines() if "warn" in line.lower()], terminal
+    assert "data check:" in done.stderr and "val accuracy" in done.stdout  # the stage lines and the summary stay
+    log = (out / "run.log").read_text()
+    for line in (
+        "FutureWarning: check_index is deprecated",
+        "FutureWarning: torch.jit.freeze is deprecated",
+        "UserWarning: converting a tensor to a Python boolean",
+        "INFO smallvision: data check:",
+    ):
+        assert line in log, log
+
+
 def test_help_lists_commands():
     done = cli("--help")
     assert done.returncode == 0 and "train" in done.stdout and "predict" in done.stdout
@@ -47,6 +93,7 @@ def test_train_writes_the_contracted_files(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("val_accuracy", "val_loss", "classes", "recipe", "backbone", "seconds", "test_accuracy"):
         assert key in metrics, key
+    assert "INFO smallvision: data check:" in (trained / "run.log").read_text()  # the run's log, beside its results
     assert metrics["recipe"] == "features" and metrics["classes"] == ["circle", "square", "triangle"]
 
 
@@ -162,9 +209,57 @@ def test_compare_command_prints_the_table(shapes_data, tmp_path):
         "3",
         "--out",
         tmp_path / "cmp",
-        "-q",
     )
     assert done.returncode == 0, done.stderr
     assert "| features_lr=0.001 |" in done.stdout and "best on validation" in done.stdout
+    progress = re.findall(r"^run (\d)/2: (.*) — (.*)$", done.stderr, re.M)
+    assert [p[:2] for p in progress] == [("1", "features lr=0.001"), ("2", "features lr=0.003")], done.stderr
+    assert progress[0][2] == "time left known after the first run"
+    first = json.loads((tmp_path / "cmp" / "runs" / "features_lr=0.001" / "metrics.json").read_text())["seconds"]
+    assert progress[1][2] == f"about {max(first, 1):.0f} s left"  # the one run left, at the finished run's seconds
+    assert "INFO smallvision.comparison: run 2/2: features lr=0.003" in (tmp_path / "cmp" / "compare.log").read_text()
+    (tmp_path / "cmp" / "report.html").unlink()
+    rebuilt = cli("report", tmp_path / "cmp")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    best = json.loads((tmp_path / "cmp" / "results.json").read_text())["best"]
+    assert best in page and 'href="runs/features_lr=0.003/report.html"' in page
     bad = cli("compare", shapes_data, "--sweep", "lr", "--out", tmp_path / "bad")
     assert bad.returncode == 1 and "option=value1,value2" in bad.stderr
+
+
+def _shows_accuracy(page: str, accuracy: float) -> bool:
+    return f"{accuracy:.4f}" in page or f"{100 * accuracy:.1f}%" in page
+
+
+def test_report_command_rebuilds_a_run_s_page(trained, tmp_path):
+    page = trained / "report.html"
+    before = page.read_text()
+    page.unlink()
+    done = cli("report", trained)
+    assert done.returncode == 0, done.stderr
+    rebuilt = page.read_text()
+    accuracy = json.loads((trained / "metrics.json").read_text())["val_accuracy"]
+    assert _shows_accuracy(rebuilt, accuracy) and str(page) in done.stdout
+    assert rebuilt.count("data:image/png;base64,") == before.count("data:image/png;base64,") > 0  # figures embedded
+    assert smallvision.report(trained) == page and page.read_text() == rebuilt  # the API, and the same page again
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("{")
+    with pytest.raises(smallvision.SmallvisionError, match=r"broken: cannot rebuild the run's report .*JSONDecodeErr"):
+        smallvision.report(tmp_path / "broken")
+    neither = cli("report", tmp_path)
+    assert neither.returncode == 1 and f"{tmp_path}: neither a run folder" in neither.stderr
+    (tmp_path / "config.yaml").write_text("data:\n  path: x\n")
+    unfinished = cli("report", tmp_path)
+    assert unfinished.returncode == 1 and f"smallvision train --resume {tmp_path}" in unfinished.stderr
+
+
+def test_compare_time_left_uses_each_recipe_s_finished_runs():
+    from smallvision.comparison import Plan, time_left
+
+    left = [Plan("a", "features", {}), Plan("b", "finetune", {}), Plan("c", "scratch", {})]
+    assert time_left(left, {}) == "time left known after the first run"
+    # features at its own mean (10 s), finetune at its own (200 s), scratch (none finished) at the mean of all (70 s)
+    assert time_left(left, {"features": [8.0, 12.0], "finetune": [190.0, 210.0]}) == "about 5 min left"
+    assert time_left(left[:1], {"features": [8.0, 12.0]}) == "about 10 s left"
+    assert time_left(left * 20, {"features": [200.0]}) == "about 3 h 20 min left"

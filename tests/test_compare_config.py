@@ -9,7 +9,7 @@ from smallvision.errors import SmallvisionError
 from tests.imagegen import make_class_folder
 
 
-def test_compare_refuses_runs_left_by_other_settings(tmp_path):
+def test_compare_refuses_runs_left_by_other_settings(tmp_path, caplog):
     data = make_class_folder(tmp_path / "data", 6, classes=("circle", "square"), seed=5)
     kw = {"recipes": "features", "out": tmp_path / "cmp", "image_size": 32, "progress": False}
     first = api.compare(data, epochs=2, **kw)
@@ -24,7 +24,14 @@ def test_compare_refuses_runs_left_by_other_settings(tmp_path):
     (run / "metrics.json").unlink()  # an interrupted run with other settings is not resumed either
     with pytest.raises(SmallvisionError, match=r"unfinished run of features.*would resume it"):
         api.compare(data, epochs=3, **kw)
-    assert api.compare(data, epochs=2, **kw)["rows"][0]["run"] == "features"  # same settings: resumed, reused
+    with caplog.at_level("INFO", logger="smallvision.comparison"):
+        assert api.compare(data, epochs=2, **kw)["rows"][0]["run"] == "features"  # same settings: resumed
+        api.compare(data, epochs=2, **kw)  # and now reused
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run 1/1")]
+    assert lines == [
+        "run 1/1: resuming features — time left known after the first run",
+        "run 1/1: features finished before; skipping it",
+    ]
 
 
 def test_compare_refuses_an_option_one_recipe_cannot_apply_before_anything_trains(tmp_path):

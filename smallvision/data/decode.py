@@ -15,6 +15,14 @@ from smallvision.errors import SmallvisionError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 RESIZE_POLICY = "shorter-side-bicubic-center-crop"
 
+# Set once, not around each decode: warnings.catch_warnings swaps the process-wide filter list (not thread-safe, says
+# Python's manual), and images decode in several threads at once (data/cache.py) and while a backbone is traced in
+# another (training/features.py). Overlapping swaps restore stale lists: seen here, a cold run's torch.jit.freeze
+# FutureWarning reached the terminal past the tracer's own filter (2 of 2 runs at one time, 0 of 4 later: timing),
+# and a test's UserWarnings stayed ignored for the rest of its process.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF/TIFF tags: pixels may decode
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
 
 class ImageDecodeError(SmallvisionError):
     """A file that is not a usable image; the message says why."""
@@ -51,19 +59,16 @@ def decode_bytes(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # corrupt EXIF/TIFF tags: the pixels may still decode
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            if im.format == "JPEG":
-                im.draft(None, (size, size))
-            im = ImageOps.exif_transpose(im)
-            im = to_rgb(im)
-            w, h = im.size
-            side = min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            im = im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
-            return np.asarray(im, dtype=np.uint8).copy()
+        im = Image.open(io.BytesIO(data))
+        if im.format == "JPEG":
+            im.draft(None, (size, size))
+        im = ImageOps.exif_transpose(im)
+        im = to_rgb(im)
+        w, h = im.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        im = im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+        return np.asarray(im, dtype=np.uint8).copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"{name}: image too large (Pillow's decompression-bomb limit): {e}") from e
     except UnidentifiedImageError as e:

@@ -1,0 +1,105 @@
+"""`--help` reads like a manual: options in panels, nothing cut at 80 columns, every default stated; --version."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from smallvision.cli import app
+from smallvision.config import PANELS, leaf_fields, option_flag, option_panel
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP = typer.main.get_command(app)
+COMMANDS = sorted(GROUP.commands)  # every registered command, whatever merges add
+
+
+def _params(name: str) -> list[click.Parameter]:
+    command = GROUP.commands[name]
+    return command.get_params(click.Context(command, info_name=name))
+
+
+def _help(*args: str, columns: int = 80) -> str:
+    done = CliRunner().invoke(app, [*args, "--help"], terminal_width=columns, env={"COLUMNS": str(columns)})
+    assert done.exit_code == 0, done.output
+    return done.output
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The help text's sections by title ('Data:' at the start of a line opens the 'Data' section)."""
+    parts = re.split(r"^(\S[^\n]*):\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_no_flag_is_cut_at_80_columns(name):
+    text = _help(name)
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
+    for param in _params(name):
+        if param.param_type_name == "option":
+            for flag in param.opts + param.secondary_opts:
+                assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), (name, flag, text)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_states_its_default(name):
+    command = GROUP.commands[name]
+    ctx = click.Context(command, info_name=name)
+    for param in _params(name):
+        if param.param_type_name == "option" and param.name != "help":
+            record = param.get_help_record(ctx)
+            assert record is not None and "default" in record[1].lower(), (name, param.name, record)
+
+
+def test_train_options_are_in_their_panels_in_order():
+    sections = _sections(_help("train"))
+    panels = [title for title in sections if title in PANELS]
+    assert panels == list(PANELS), list(sections)
+    assert list(sections)[0] == "Arguments" and list(sections)[-1] == "Options"
+    assert sections["Options"].split() == ["--help", "Show", "this", "message", "and", "exit."]
+    for path in leaf_fields():
+        flag = option_flag(path)
+        if flag != "DATA":
+            assert re.search(rf"^  {re.escape(flag)}\b", sections[option_panel(path)], re.M), (flag, path)
+    assert "--strict" in sections["Data"] and "--resume" in sections["Run and devices"]
+
+
+def test_compare_shares_the_panels_and_train_s_help_texts():
+    sections = _sections(_help("compare"))
+    train = _sections(_help("train"))
+    for flag, panel in (("--image-size", "Data"), ("--epochs", "Training"), ("--seed", "Run and devices")):
+        in_compare = re.search(rf"^  {flag} .*?(?=^  -|\Z)", sections[panel], re.M | re.S).group()
+        in_train = re.search(rf"^  {flag} .*?(?=^  -|\Z)", train[panel], re.M | re.S).group()
+        assert " ".join(in_compare.split()[2:]) == " ".join(in_train.split()[2:]), flag
+    assert "--recipes" in sections["Training"] and "--sweep" in sections["Training"]
+
+
+def test_help_at_80_columns_in_a_real_terminal_width():
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run(
+        [sys.executable, "-m", "smallvision", "train", "--help"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--min-train-per-class <int>" in done.stdout and "--no-horizontal-flip" in done.stdout
+    assert "…" not in done.stdout and max(map(len, done.stdout.splitlines())) <= 80
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    done = subprocess.run([sys.executable, "-m", "smallvision", "--version"], capture_output=True, text=True, cwd=ROOT)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert done.returncode == 0 and done.stdout == f"smallvision {version}\n", (done.stdout, done.stderr)
+    assert "--version" in _sections(CliRunner().invoke(app, ["--help"]).output)["Options"]
+
+
+def test_no_command_description_is_cut_in_the_command_list():
+    listing = _sections(CliRunner().invoke(app, ["--help"], terminal_width=80, env={"COLUMNS": "80"}).output)
+    rows = listing["Commands"].splitlines()
+    assert [row.split()[0] for row in rows] == list(GROUP.commands) and not [row for row in rows if "..." in row]
