@@ -222,10 +222,8 @@ def train(
 
 
 def _train(data, resume, progress, evaluate_test, report, strict, start, worker, kwargs) -> TrainResult | None:
-    from smallvision.data.decode import RESIZE_POLICY
-    from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.recipes import RECIPES
+    from smallvision.training.trackers import make_logger
 
     if resume is not None:
         saved = Path(resume) / "config.yaml"
@@ -242,13 +240,39 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
     cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
-    d = cfg.data
     index = _scan(cfg)
     _refuse_unused_split_options(values.get("data", {}), index)
     check_summary = _precheck(index, strict)
+    tracker = make_logger(cfg.trainer.logger, run_dir) if is_rank_zero() else None  # a missing package: refused now
     if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
         atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
-    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
+    if tracker is not None:
+        tracker.log_hyperparams(cfg.model_dump(mode="json"))
+    try:
+        result = _train_run(cfg, index, run_dir, progress, evaluate_test, report, start, worker, check_summary, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finalize("failed")
+        raise
+    if tracker is not None:
+        from smallvision.training.trackers import log_final
+
+        log_final(tracker, cfg.model_dump(mode="json"), result.metrics)
+        tracker.finalize("success")
+    return result
+
+
+def _train_run(
+    cfg: RunConfig, index, run_dir: Path, progress, evaluate_test, report, start, worker, check_summary, tracker
+) -> TrainResult | None:
+    """Run the recipe, then (rank 0) evaluate, save the model and write metrics.json, history.csv and the report."""
+    from smallvision.data.decode import RESIZE_POLICY
+    from smallvision.models.folder import ModelCard, package_versions, save_state
+    from smallvision.training.distributed import is_rank_zero
+    from smallvision.training.recipes import RECIPES
+
+    d = cfg.data
+    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress, logger=tracker)
     if not is_rank_zero():
         return None
     log.info("%s", index.table())
@@ -290,6 +314,10 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         "data_check": check_summary,
         "tta": False,
     }
+    if tracker is not None:
+        from smallvision.training.trackers import describe
+
+        summary["tracker"] = describe(cfg.trainer.logger, tracker, run_dir)
     if "test" in metrics:
         summary["test_accuracy"] = metrics["test"]["accuracy"]
     summary.update(metrics)

@@ -75,10 +75,14 @@ class ClassifierModule(L.LightningModule):
 
 
 class History(L.Callback):
-    """Per-epoch train/val loss and accuracy and the Unix time the epoch ended; kept in checkpoints for resumes."""
+    """Per-epoch train/val loss and accuracy and the Unix time the epoch ended; kept in checkpoints for resumes.
 
-    def __init__(self, stage: str) -> None:
+    With a tracker (`logger`, a Lightning logger) each row is logged there too as it is recorded.
+    """
+
+    def __init__(self, stage: str, logger=None) -> None:
         self.stage = stage
+        self.logger = logger
         self.rows: list[dict] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -91,6 +95,10 @@ class History(L.Callback):
             row[key] = float(m[key]) if key in m else float("nan")
         row["time"] = time.time()
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            from smallvision.training.trackers import log_epoch
+
+            log_epoch(self.logger, row)
 
     def state_dict(self) -> dict:
         """Rows for the checkpoint."""
