@@ -53,6 +53,36 @@ class TrainResult:
         ]
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, the confusion matrix and a link to report.html."""
+        from smallvision.evaluation.notebook import run_html
+
+        return run_html(self.run_dir, self.model_dir, self.metrics)
+
+
+class Evaluation(dict):
+    """`evaluate`'s metrics (a plain dict: index it, dump it as JSON) that also renders in Jupyter."""
+
+    def __init__(self, values: dict[str, Any], classes: list[str], model: dict[str, Any], run_dir: Path | None):
+        super().__init__(values)
+        self._view = (classes, model, run_dir)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: accuracy on the split scored and why, macro F1, the model, the confusion matrix."""
+        from smallvision.evaluation.notebook import evaluation_html
+
+        return evaluation_html(self, *self._view)
+
+
+class Comparison(dict):
+    """`compare`'s results (a plain dict: rows, best, best_test, ...) that also renders in Jupyter."""
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the chosen run and its test accuracy, every run's numbers, links to the pages."""
+        from smallvision.evaluation.notebook import compare_html
+
+        return compare_html(self)
+
 
 def _set(values: dict, section: str, key: str, value: Any) -> None:
     if value is None:
@@ -441,7 +471,7 @@ def compare(
     out: str | Path | None = None,
     progress: bool = True,
     **common: Any,
-) -> dict[str, Any]:
+) -> Comparison:
     """Run several recipes (and/or a sweep grid) on the same split and seed; choose on validation; test once.
 
     Writes COMPARE_DIR/results.csv, results.md, figures/, report.html and runs/<run>/; finished runs are skipped
@@ -452,7 +482,7 @@ def compare(
     names = [r.strip() for r in recipes.split(",")] if isinstance(recipes, str) else list(recipes)
     grid = parse_sweep(sweep) if isinstance(sweep, list) else (sweep or {})
     out = Path(out) if out else Path("runs") / f"{Path(data).stem}-compare"
-    return run_compare(data, out, names, grid, progress=progress, **common)
+    return Comparison(run_compare(data, out, names, grid, progress=progress, **common))
 
 
 def load(model_dir: str | Path):
@@ -534,7 +564,7 @@ def evaluate(
     split: str | None = None,
     tta: bool = False,
     config: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Metrics of a saved model on a folder of class folders (classes matched by name), never on its training images
     unless asked.
 
@@ -550,6 +580,7 @@ def evaluate(
 
     if split not in (None, "all", "train", "val", "test"):
         raise SmallvisionError(f"split {split!r}: use train, val, test or all")
+    start = time.perf_counter()
     model, card = load(model_dir)
     index, chosen, why = _evaluation_split(Path(model_dir), Path(data), split, config)
     unknown = [c for c in index.classes if c not in card.classes]
@@ -570,7 +601,11 @@ def evaluate(
     probs = probabilities(model, images, tta=tta)
     metrics = classification_metrics(labels, probs, card.classes)
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
-    return {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "skipped": skipped, **metrics}
+    values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "skipped": skipped, **metrics}
+    backbone = "+".join(b.name for b in card.backbones)
+    shown = {"recipe": card.recipe, "backbone": backbone, "seconds": time.perf_counter() - start}
+    run_config = _run_config(Path(model_dir))
+    return Evaluation(values, card.classes, shown, run_config.parent if run_config is not None else None)
 
 
 def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: str | Path | None):

@@ -81,7 +81,8 @@ def _check_final(logged: dict[str, list[tuple[int, float]]], metrics: dict) -> N
     assert final["final/best_epoch"] == metrics["best_epoch"]
 
 
-@pytest.mark.parametrize("recipe", ["features", "scratch"])  # the head loop on cached features; a Lightning stage
+# The head loop on cached features and a Lightning stage, each through both tools; one of each in the default suite.
+@pytest.mark.parametrize("recipe", ["features", pytest.param("scratch", marks=pytest.mark.slow)])
 def test_tensorboard_logs_read_back_equal_history_and_metrics(recipe, shapes_data, tmp_path):
     run_dir = tmp_path / "run"
     metrics = _train(shapes_data, run_dir, recipe, "tensorboard", lr=3e-3)
@@ -96,7 +97,7 @@ def test_tensorboard_logs_read_back_equal_history_and_metrics(recipe, shapes_dat
     assert metrics["tracker"]["dir"] == str((run_dir / "tensorboard").resolve())
 
 
-@pytest.mark.parametrize("recipe", ["features", "scratch"])
+@pytest.mark.parametrize("recipe", [pytest.param("features", marks=pytest.mark.slow), "scratch"])
 def test_mlflow_file_store_read_back_equals_history_and_metrics(recipe, shapes_data, tmp_path):
     run_dir = tmp_path / "run"
     metrics = _train(shapes_data, run_dir, recipe, "mlflow", batch_size=16)

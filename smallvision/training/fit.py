@@ -69,7 +69,7 @@ def run_stage(
     from smallvision.data.loader import CachedImages, make_loader
     from smallvision.data.transforms import eval_transform, train_transform
     from smallvision.training.features import class_weight_tensor
-    from smallvision.training.module import ClassifierModule, History, RngState
+    from smallvision.training.module import ClassifierModule, History, RngState, StageBar
 
     for noisy in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -118,6 +118,8 @@ def run_stage(
     callbacks = [history, RngState(), ckpt]
     if r.patience:
         callbacks.append(EarlyStopping("val_accuracy", mode="max", patience=r.patience, check_on_train_epoch_end=True))
+    if progress:  # tqdm like every other bar (widgets in a notebook); with rich installed Lightning would pick Rich
+        callbacks.append(StageBar(name))
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="auto",
