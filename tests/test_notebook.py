@@ -112,3 +112,13 @@ def test_quickstart_notebook_runs_end_to_end(run, shapes_data, tmp_path, monkeyp
     top = re.search(r"ONNX top-1: (\w+) \| PyTorch top-1: (\w+)", text)
     assert top and top[1] == top[2] and top[1] in metrics["classes"]
     assert (run_dir / "model" / "model.onnx").is_file()
+
+
+def test_lightning_stages_show_one_tqdm_bar_named_after_the_stage(shapes_data, tmp_path, capsys):
+    """Lightning's stages show the same tqdm bar as the rest (not Rich), named `<stage> epoch N/M`, with no
+    validation bar of its own (in a notebook each would stay behind as an output per epoch)."""
+    smallvision.train(shapes_data, recipe="scratch", image_size=32, epochs=2, out=tmp_path / "run", report=False)
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "scratch epoch 1/2" in shown and "scratch epoch 2/2" in shown
+    assert "Validation" not in shown and "━" not in shown  # no validation bar; no Rich bar (its bar glyph)
