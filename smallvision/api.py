@@ -54,6 +54,36 @@ class TrainResult:
         ]
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, the confusion matrix and a link to report.html."""
+        from smallvision.evaluation.notebook import run_html
+
+        return run_html(self.run_dir, self.model_dir, self.metrics)
+
+
+class Evaluation(dict):
+    """`evaluate`'s metrics (a plain dict: index it, dump it as JSON) that also renders in Jupyter."""
+
+    def __init__(self, values: dict[str, Any], classes: list[str], model: dict[str, Any], run_dir: Path | None):
+        super().__init__(values)
+        self._view = (classes, model, run_dir)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: accuracy on the split scored and why, macro F1, the model, the confusion matrix."""
+        from smallvision.evaluation.notebook import evaluation_html
+
+        return evaluation_html(self, *self._view)
+
+
+class Comparison(dict):
+    """`compare`'s results (a plain dict: rows, best, best_test, ...) that also renders in Jupyter."""
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the chosen run and its test accuracy, every run's numbers, links to the pages."""
+        from smallvision.evaluation.notebook import compare_html
+
+        return compare_html(self)
+
 
 def _set(values: dict, section: str, key: str, value: Any) -> None:
     if value is None:
@@ -224,10 +254,8 @@ def train(
 
 
 def _train(data, resume, progress, evaluate_test, report, strict, start, worker, run_log, kwargs) -> TrainResult | None:
-    from smallvision.data.decode import RESIZE_POLICY
-    from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.recipes import RECIPES
+    from smallvision.training.trackers import make_logger
 
     if resume is not None:
         saved = Path(resume) / "config.yaml"
@@ -244,14 +272,40 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
     cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
-    d = cfg.data
     index = _scan(cfg)
     _refuse_unused_split_options(values.get("data", {}), index)
     check_summary = _precheck(index, strict)
+    tracker = make_logger(cfg.trainer.logger, run_dir) if is_rank_zero() else None  # a missing package: refused now
     if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
         atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
         run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
-    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress)
+    if tracker is not None:
+        tracker.log_hyperparams(cfg.model_dump(mode="json"))
+    try:
+        result = _train_run(cfg, index, run_dir, progress, evaluate_test, report, start, worker, check_summary, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finalize("failed")
+        raise
+    if tracker is not None:
+        from smallvision.training.trackers import log_final
+
+        log_final(tracker, cfg.model_dump(mode="json"), result.metrics)
+        tracker.finalize("success")
+    return result
+
+
+def _train_run(
+    cfg: RunConfig, index, run_dir: Path, progress, evaluate_test, report, start, worker, check_summary, tracker
+) -> TrainResult | None:
+    """Run the recipe, then (rank 0) evaluate, save the model and write metrics.json, history.csv and the report."""
+    from smallvision.data.decode import RESIZE_POLICY
+    from smallvision.models.folder import ModelCard, package_versions, save_state
+    from smallvision.training.distributed import is_rank_zero
+    from smallvision.training.recipes import RECIPES
+
+    d = cfg.data
+    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress, logger=tracker)
     if not is_rank_zero():
         return None
     log.info("%s", index.table())
@@ -298,6 +352,10 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         },
     }
+    if tracker is not None:
+        from smallvision.training.trackers import describe
+
+        summary["tracker"] = describe(cfg.trainer.logger, tracker, run_dir)
     if "test" in metrics:
         summary["test_accuracy"] = metrics["test"]["accuracy"]
     summary.update(metrics)
@@ -425,7 +483,7 @@ def compare(
     out: str | Path | None = None,
     progress: bool = True,
     **common: Any,
-) -> dict[str, Any]:
+) -> Comparison:
     """Run several recipes (and/or a sweep grid) on the same split and seed; choose on validation; test once.
 
     Writes COMPARE_DIR/results.csv, results.md, figures/, report.html and runs/<run>/; finished runs are skipped
@@ -438,7 +496,7 @@ def compare(
     grid = parse_sweep(sweep) if isinstance(sweep, list) else (sweep or {})
     out = Path(out) if out else Path("runs") / f"{Path(data).stem}-compare"
     with RunLog() as run_log:
-        return run_compare(data, out, names, grid, progress=progress, run_log=run_log, **common)
+        return Comparison(run_compare(data, out, names, grid, progress=progress, run_log=run_log, **common))
 
 
 def report(folder: str | Path) -> Path:
@@ -548,7 +606,7 @@ def evaluate(
     split: str | None = None,
     tta: bool = False,
     config: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Metrics of a saved model on a folder of class folders (classes matched by name), never on its training images
     unless asked.
 
@@ -564,6 +622,7 @@ def evaluate(
 
     if split not in (None, "all", "train", "val", "test"):
         raise SmallvisionError(f"split {split!r}: use train, val, test or all")
+    start = time.perf_counter()
     model, card = load(model_dir)
     index, chosen, why = _evaluation_split(Path(model_dir), Path(data), split, config)
     unknown = [c for c in index.classes if c not in card.classes]
@@ -584,7 +643,11 @@ def evaluate(
     probs = probabilities(model, images, tta=tta)
     metrics = classification_metrics(labels, probs, card.classes)
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
-    return {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "skipped": skipped, **metrics}
+    values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "skipped": skipped, **metrics}
+    backbone = "+".join(b.name for b in card.backbones)
+    shown = {"recipe": card.recipe, "backbone": backbone, "seconds": time.perf_counter() - start}
+    run_config = _run_config(Path(model_dir))
+    return Evaluation(values, card.classes, shown, run_config.parent if run_config is not None else None)
 
 
 def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: str | Path | None):

@@ -141,6 +141,7 @@ def train(
     precision: Annotated[str | None, _opt("trainer.precision")] = None,
     workers: Annotated[int | None, _opt("trainer.workers")] = None,
     memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
+    logger: Annotated[str | None, _opt("trainer.logger")] = None,
     seed: Annotated[int | None, _opt("seed")] = None,
     out: Annotated[Path | None, _opt("out")] = None,
     strict: Annotated[
@@ -198,6 +199,7 @@ def train(
         "devices": devices,
         "precision": precision,
         "workers": workers,
+        "logger": logger,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "min_train_per_class": min_train_per_class,

@@ -223,6 +223,12 @@ class TrainerConfig(_Strict):
     )
     memory_budget: float = Field(default=4.0, gt=0, description="GB the activation cache may take")
     workers: int = Field(default=0, ge=0, description="DataLoader worker processes that load and augment images")
+    logger: Literal["none", "tensorboard", "mlflow"] = Field(
+        default="none",
+        description="experiment tracker that also logs every stage's per-epoch metrics, the hyperparameters and the "
+        "final metrics under the run folder: none, tensorboard (RUN/tensorboard) or mlflow (local file store "
+        "RUN/mlruns; pip install 'smallvision[trackers]'); history.csv is written either way",
+    )
 
 
 class RunConfig(_Strict):
@@ -332,6 +338,7 @@ APPLIES: dict[str, Applies] = {
     "trainer.precision": Applies(RECIPES),
     "trainer.memory_budget": Applies(CACHING, _NO_CACHE),
     "trainer.workers": Applies(END_TO_END, "features trains on in-memory cached features; no DataLoader loads images"),
+    "trainer.logger": Applies(RECIPES),
     "seed": Applies(RECIPES),
     "out": Applies(RECIPES),
 }

@@ -131,6 +131,7 @@ PROBES: dict[str, Probe] = {
     "trainer.precision": _precision_probe(),
     "trainer.memory_budget": Probe(1e-6, kind="cache"),
     "trainer.workers": Probe(1, (("recipe.cached_views", 0),), "workers"),
+    "trainer.logger": Probe("tensorboard", kind="tracker"),
     "seed": Probe(1),
     "out": Probe("elsewhere", kind="out"),
 }
@@ -267,6 +268,10 @@ def _changed(path: str, recipe: str, runs: Runs, tmp: Path) -> bool:
         return (out / "model" / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     if probe.kind == "devices":
         return _devices(recipe, runs)
+    if probe.kind == "tracker":  # what ran: the tracker's event files hold the run's epochs (tests/test_trackers.py)
+        out = tmp / "tracked"
+        _train(recipe, {**context, path: probe.value}, runs, out)
+        return any((out / "tensorboard").glob("events.out.tfevents.*"))
     value = probe.value
     if probe.kind == "init":
         value = str(_saved_model(recipe, runs, tmp))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -232,12 +232,14 @@ def train_head(
     class_weights: str = "none",
     patience: int | None = None,
     progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> HeadResult:
     """Train a head on cached features; keep the epoch best on validation accuracy (then loss).
 
     AdamW under one-cycle runs on OneCycleAdamW (no torch.optim import, see head_optim.py); any other optimizer or
     schedule runs on torch.optim with training/schedules.py, as end-to-end stages do. `patience`: stop after that
-    many epochs without a better validation accuracy (the best epoch is kept).
+    many epochs without a better validation accuracy (the best epoch is kept). `on_epoch` gets each epoch's history
+    row as it ends (a tracker logs it).
     """
     import torch
     from tqdm.auto import tqdm
@@ -301,6 +303,8 @@ def train_head(
                 "time": time.time(),
             }
         )
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if progress:
             bar.set_postfix(val_acc=f"{vacc:.3f}")
         if vacc > top_accuracy:

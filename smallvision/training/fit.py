@@ -55,12 +55,13 @@ def run_stage(
     stage_dir: Path,
     progress: bool,
     views=None,
+    logger=None,
 ) -> StageResult:
     """Train `model` (its trainable groups at their lrs) for one stage; load the best weights back into it.
 
     A stage that finished before (its done.json exists) is not run again: its best weights are loaded. One that was
     interrupted resumes from its last checkpoint. With `views` (an ActivationViews) the stage trains on cached
-    boundary activations instead of images.
+    boundary activations instead of images. `logger` (a Lightning logger) gets each epoch's row as it ends.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -68,7 +69,7 @@ def run_stage(
     from smallvision.data.loader import CachedImages, make_loader
     from smallvision.data.transforms import eval_transform, train_transform
     from smallvision.training.features import class_weight_tensor
-    from smallvision.training.module import ClassifierModule, History, RngState
+    from smallvision.training.module import ClassifierModule, History, RngState, StageBar
 
     for noisy in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -103,7 +104,7 @@ def run_stage(
     weights = class_weight_tensor(r.class_weights, data["train"][1], int(model.head.layers[-1].out_features))
     trained.train()  # Lightning keeps modules' modes as found; this sets them once (frozen parts stay in eval)
     module = ClassifierModule(trained, r, groups, epochs, steps, weights)
-    history = History(name)
+    history = History(name, logger)
     ckpt = ModelCheckpoint(
         dirpath=stage_dir,
         filename="best",
@@ -117,6 +118,8 @@ def run_stage(
     callbacks = [history, RngState(), ckpt]
     if r.patience:
         callbacks.append(EarlyStopping("val_accuracy", mode="max", patience=r.patience, check_on_train_epoch_end=True))
+    if progress:  # tqdm like every other bar (widgets in a notebook); with rich installed Lightning would pick Rich
+        callbacks.append(StageBar(name))
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="auto",

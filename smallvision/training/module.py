@@ -7,6 +7,8 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch import nn
 
 from smallvision.config import RecipeConfig
@@ -75,10 +77,14 @@ class ClassifierModule(L.LightningModule):
 
 
 class History(L.Callback):
-    """Per-epoch train/val loss and accuracy and the Unix time the epoch ended; kept in checkpoints for resumes."""
+    """Per-epoch train/val loss and accuracy and the Unix time the epoch ended; kept in checkpoints for resumes.
 
-    def __init__(self, stage: str) -> None:
+    With a tracker (`logger`, a Lightning logger) each row is logged there too as it is recorded.
+    """
+
+    def __init__(self, stage: str, logger=None) -> None:
         self.stage = stage
+        self.logger = logger
         self.rows: list[dict] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -91,6 +97,10 @@ class History(L.Callback):
             row[key] = float(m[key]) if key in m else float("nan")
         row["time"] = time.time()
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            from smallvision.training.trackers import log_epoch
+
+            log_epoch(self.logger, row)
 
     def state_dict(self) -> dict:
         """Rows for the checkpoint."""
@@ -99,6 +109,27 @@ class History(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         """Rows from a checkpoint (on resume)."""
         self.rows = list(state_dict.get("rows", []))
+
+
+class StageBar(TQDMProgressBar):
+    """Lightning's tqdm bar (notebook widgets through tqdm.auto when ipywidgets is installed), named after the stage.
+
+    One bar for the stage, reset each epoch, with the validation metrics as its postfix; no separate validation bar
+    (in a notebook each would stay behind as one more output per epoch).
+    """
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def init_validation_tqdm(self) -> Tqdm:
+        """A disabled bar: validation shows in the training bar's postfix."""
+        return Tqdm(disable=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        """Name the bar `<stage> epoch N/M`."""
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"{self.stage} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
 
 class RngState(L.Callback):

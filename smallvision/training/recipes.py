@@ -98,11 +98,12 @@ class _FeatureStage:
     by_split: dict
 
 
-def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str]) -> _FeatureStage:
+def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger) -> _FeatureStage:
     import torch
 
     from smallvision.models.head import Head
     from smallvision.training.features import cached_features, feature_precision, train_head
+    from smallvision.training.trackers import log_epoch
 
     specs = resolve_specs(cfg)
     for spec in specs:
@@ -147,6 +148,7 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
         class_weights=r.class_weights,
         patience=r.patience,
         progress=progress,
+        on_epoch=lambda row: log_epoch(logger, {**row, "stage": "features"}),
     )
     for row in result.history:
         row["stage"] = "features"
@@ -184,13 +186,15 @@ def _held_out_features(cfg: RunConfig, index, specs, cached, by_split: dict, pro
     )
 
 
-def run_features(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+def run_features(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
+) -> RecipeOutcome:
     """`features`: run each frozen backbone once per image (cached), then train only a dense head."""
 
     from smallvision.training.features import backbone_state
 
     notes = ["recipe features: only a dense head trains; the pretrained backbone is frozen and cached"]
-    fs = _feature_stage(cfg, index, progress, notes)
+    fs = _feature_stage(cfg, index, progress, notes, logger)
     probs = _feature_probs(fs)
     labels = {split: y for split, (_, y) in fs.by_split.items()}
     state: dict = {}
@@ -293,7 +297,9 @@ def _frozen_summary(model) -> str:
     return f"{train:,} of {total:,} parameters train ({total - train:,} frozen)"
 
 
-def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+def run_scratch(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
+) -> RecipeOutcome:
     """`scratch`: a small CNN from random init, trained end to end (augmentation and dropout as configured)."""
     import lightning as L
 
@@ -310,10 +316,10 @@ def run_scratch(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bo
         f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
         f"dropout {cfg.model.dropout}; {_frozen_summary(model)}"
     ]
-    return _one_stage(cfg, model, data, notes, "scratch", list(model.parameters()), None, run_dir, progress)
+    return _one_stage(cfg, model, data, notes, "scratch", list(model.parameters()), None, run_dir, progress, logger)
 
 
-def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, progress: bool) -> RecipeOutcome:
+def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, progress: bool, logger) -> RecipeOutcome:
     """Apply --init-from, train `params` at the recipe's lr for one stage, and package the outcome.
 
     A pretrained model (`specs`) trains on cached activations of its frozen part where they fit in memory.
@@ -328,7 +334,7 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
     views = _activation_views(cfg, model, data, notes, progress) if specs is not None else None
     groups = [{"params": params, "lr": r.lr, "name": stage}]
     stage_dir = run_dir / "checkpoints" / stage
-    res = run_stage(stage, model, groups, data, cfg, r.epochs, stage_dir, progress, views=views)
+    res = run_stage(stage, model, groups, data, cfg, r.epochs, stage_dir, progress, views=views, logger=logger)
     notes.append(
         f"stage {stage}: {r.optimizer} with the {r.schedule_for('network')} schedule; best epoch {res.best_epoch} of "
         f"{r.epochs} (val accuracy {res.best_accuracy:.4f})"
@@ -351,7 +357,7 @@ def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int
     return model
 
 
-def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None) -> RecipeOutcome:
     """`frozen`: the pretrained backbone frozen (BatchNorm too), the head trained end to end with augmentation."""
     import lightning as L
 
@@ -367,11 +373,12 @@ def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: boo
         f"recipe frozen: backbone frozen, head trained end to end with augmentation "
         f"{cfg.recipe.augment.preset}; {_frozen_summary(model)}"
     ]
-    return _one_stage(cfg, model, data, notes, "frozen", list(model.head.parameters()), specs, run_dir, progress)
+    params = list(model.head.parameters())
+    return _one_stage(cfg, model, data, notes, "frozen", params, specs, run_dir, progress, logger)
 
 
 def _two_stage(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool, whole: bool, budget_check: bool
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool, whole: bool, budget_check: bool, logger
 ) -> RecipeOutcome:
     """Stage 1: head on cached features. Stage 2: unfreeze the top blocks (or everything) at a lower lr."""
     import lightning as L
@@ -381,7 +388,7 @@ def _two_stage(
 
     start = time.perf_counter()
     notes: list[str] = []
-    fs = _feature_stage(cfg, index, progress, notes)
+    fs = _feature_stage(cfg, index, progress, notes, logger)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = _images(cfg, index, progress)
     model = _pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head)
@@ -413,7 +420,7 @@ def _two_stage(
             )
     groups = _param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
     stage_dir = run_dir / "checkpoints" / stage
-    res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, stage_dir, progress, views=views)
+    res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, stage_dir, progress, views=views, logger=logger)
     history += res.history
     notes.append(
         f"stage {stage}: best epoch {res.best_epoch} of {r.finetune_epochs} (val accuracy {res.best_accuracy:.4f})"
@@ -600,19 +607,23 @@ def _estimate_seconds(model, data, cfg: RunConfig, views=None, warmup: int = 2, 
     }
 
 
-def run_finetune(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+def run_finetune(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
+) -> RecipeOutcome:
     """`finetune`: head on cached features, then the top N blocks + head at a lower, per-group learning rate."""
-    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=False)
+    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=False, logger=logger)
 
 
-def run_unfreeze(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+def run_unfreeze(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
+) -> RecipeOutcome:
     """`unfreeze`: head on cached features, then the whole network at a low learning rate."""
-    return _two_stage(cfg, index, run_dir, progress, whole=True, budget_check=False)
+    return _two_stage(cfg, index, run_dir, progress, whole=True, budget_check=False, logger=logger)
 
 
-def run_auto(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True) -> RecipeOutcome:
+def run_auto(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None) -> RecipeOutcome:
     """`auto`: features first; fine-tune the top blocks when the time budget allows, keep it only if it helps."""
-    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=True)
+    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=True, logger=logger)
 
 
 RECIPES = {

@@ -1,0 +1,140 @@
+"""Results as HTML for Jupyter (`_repr_html_`): the verdict, the confusion matrix and a link to the full report page.
+
+Plain string building over the values already in memory and the run's own figure (embedded as a data URI), so
+displaying a result in a notebook imports nothing heavy and needs no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+STYLE = (
+    "<style>.sv-result{font-family:system-ui,sans-serif;max-width:760px}.sv-result .sv-big{font-size:1.8em;"
+    "font-weight:600}.sv-result table{border-collapse:collapse}.sv-result td,.sv-result th{border:1px solid #ccc;"
+    "padding:2px 6px;text-align:right}.sv-result img{max-width:100%}.sv-result .sv-muted{color:#666}</style>"
+)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _link(path: Path, text: str) -> str:
+    """A link to a file: relative to the working folder when under it (what Jupyter serves), else a file: URI."""
+    path = Path(path).resolve()
+    try:
+        href = os.path.relpath(path, Path.cwd().resolve())
+        if href.startswith(".."):
+            raise ValueError(href)
+    except ValueError:
+        href = path.as_uri()
+    anchor = f'<a href="{html.escape(href)}" target="_blank">{html.escape(text)}</a>'
+    return f'{anchor} <span class="sv-muted">{_esc(path)}</span>'
+
+
+def confusion_table(cm: list[list[int]], classes: list[str]) -> str:
+    """A confusion matrix as a small HTML table (rows: true class, columns: predicted); the diagonal in bold."""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in classes)
+    rows = "".join(
+        f"<tr><th>{_esc(classes[i])}</th>"
+        + "".join(f"<td>{'<b>' + str(v) + '</b>' if i == j else v}</td>" for j, v in enumerate(row))
+        + "</tr>"
+        for i, row in enumerate(cm)
+    )
+    return f"<table><tr><th>true \\ predicted</th>{head}</tr>{rows}</table>"
+
+
+def _confusion(run_dir: Path | None, split: dict[str, Any], split_name: str, classes: list[str]) -> str:
+    """The run's confusion figure (validation) embedded when it exists, else the table of the `split` shown."""
+    figure = Path(run_dir) / "figures" / "confusion.png" if run_dir is not None else None
+    if figure is not None and figure.is_file():
+        data = base64.b64encode(figure.read_bytes()).decode()
+        return f'<p>Confusion matrix (validation)</p><img src="data:image/png;base64,{data}" alt="confusion matrix">'
+    if "confusion_matrix" not in split:
+        return ""
+    return f"<p>Confusion matrix ({_esc(split_name)})</p>" + confusion_table(split["confusion_matrix"], classes)
+
+
+def _verdict(label: str, split: dict[str, Any], details: list[str]) -> str:
+    return (
+        f'<div class="sv-big">{split["accuracy"]:.1%} {_esc(label)} accuracy</div>'
+        f"<div>n={split['n']} images · macro F1 {split['f1_macro']:.3f}</div>"
+        + "".join(f"<div>{d}</div>" for d in details)
+    )
+
+
+def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
+    """A finished run: test accuracy (else validation), macro F1, recipe/backbone, time, confusion matrix, links."""
+    name = "test" if "test" in metrics else "val"
+    split = metrics[name]
+    details = [
+        f"recipe <b>{_esc(metrics['recipe'])}</b> · backbone <b>{_esc(metrics['backbone'])}</b> · "
+        f"{_esc(metrics['device'])} · {metrics['seconds']:.1f} s",
+    ]
+    if name == "test":
+        details.append(f"validation accuracy {metrics['val_accuracy']:.1%} (n={metrics['val']['n']})")
+    else:
+        details.append("no test split: this is the validation split the best epoch was chosen on")
+    report = Path(run_dir) / "report.html"
+    links = [_link(report, "full report")] if report.is_file() else []
+    links.append(_link(model_dir, "model folder"))
+    return _page(
+        f"smallvision run {Path(run_dir).name}",
+        _verdict("test" if name == "test" else "validation", split, details),
+        _confusion(run_dir, split, name, metrics["classes"]),
+        links,
+    )
+
+
+def evaluation_html(result: dict[str, Any], classes: list[str], card: dict[str, Any], run_dir: Path | None) -> str:
+    """An evaluation: accuracy on the split scored (and why that split), macro F1, the model, the confusion matrix."""
+    details = [
+        f"split <b>{_esc(result['split'])}</b>: {_esc(result['split_reason'])}",
+        f"recipe <b>{_esc(card['recipe'])}</b> · backbone <b>{_esc(card['backbone'])}</b> · "
+        f"{card['seconds']:.1f} s" + (" · test-time augmentation" if result.get("tta") else ""),
+    ]
+    if result.get("skipped"):
+        details.append(f"{len(result['skipped'])} unreadable image(s) skipped")
+    report = Path(run_dir) / "report.html" if run_dir is not None else None
+    links = [_link(report, "the model's run report")] if report is not None and report.is_file() else []
+    body = _confusion(None, result, result["split"], classes)
+    return _page(f"smallvision evaluate {result['data']}", _verdict(result["split"], result, details), body, links)
+
+
+def compare_html(result: dict[str, Any]) -> str:
+    """A comparison: the chosen run and why, its test accuracy, every run's val accuracy, macro F1 and seconds."""
+    out = Path(result["out"])
+    best = next(r for r in result["rows"] if r["run"] == result["best"])
+    test = result.get("best_test")
+    details = [f"chosen on {_esc(result['chosen_on'])}; {len(result['rows'])} runs in {result['seconds']:.1f} s"]
+    if test:
+        verdict = _verdict(f"test ({best['run']})", test, details)
+    else:
+        details.insert(0, _esc(result.get("test_note", "no test split evaluated")))
+        verdict = (
+            f'<div class="sv-big">{best["val_accuracy"]:.1%} validation accuracy ({_esc(best["run"])})</div>'
+            + "".join(f"<div>{d}</div>" for d in details)
+        )
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{'<b>' + _esc(r['run']) + '</b>' if r is best else _esc(r['run'])}</td>"
+        f"<td>{r['val_accuracy']:.4f}</td><td>{r['val_f1_macro']:.4f}</td><td>{r['seconds']:.1f}</td></tr>"
+        for r in result["rows"]
+    )
+    table = f"<table><tr><th>run</th><th>val accuracy</th><th>macro F1</th><th>seconds</th></tr>{rows}</table>"
+    best_dir = out / "runs" / best["run"]
+    body = table + _confusion(best_dir, {}, "validation", [])
+    report = out / "report.html"
+    links = [_link(report, "full comparison")] if report.is_file() else []
+    links.append(_link(best_dir / "report.html", f"report of {best['run']}"))
+    return _page(f"smallvision compare {out.name}", verdict, body, links)
+
+
+def _page(title: str, verdict: str, body: str, links: list[str]) -> str:
+    return (
+        f'{STYLE}<div class="sv-result"><div class="sv-muted">{_esc(title)}</div>{verdict}{body}'
+        f"<p>{' · '.join(links)}</p></div>"
+    )

@@ -1,0 +1,104 @@
+"""Experiment trackers (TensorBoard, MLflow) through Lightning's own loggers: per-epoch metrics of every stage,
+hyperparameters and final metrics, written under the run folder (no server).
+
+A stage's rows are logged as `<stage>/<metric>` at step = the stage's epoch (each Lightning stage is its own Trainer
+whose steps restart at 0, and the head on cached features has no Trainer at all), so the logged values are
+history.csv's, stage by stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from smallvision.errors import SmallvisionError
+
+log = logging.getLogger(__name__)
+
+TRACKERS = ("none", "tensorboard", "mlflow")
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+_MODULE = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def tracker_folder(kind: str, run_dir: Path) -> Path:
+    """Where a tracker writes under the run folder: tensorboard/ (event files) or mlruns/ (MLflow's file store)."""
+    return Path(run_dir) / {"tensorboard": "tensorboard", "mlflow": "mlruns"}[kind]
+
+
+def _require(kind: str) -> None:
+    """Refuse a tracker whose package is not installed, naming the extra that installs it."""
+    import importlib
+
+    try:
+        importlib.import_module(_MODULE[kind])
+    except ImportError as e:
+        raise SmallvisionError(
+            f"--logger {kind}: the {_MODULE[kind]} package is not installed; "
+            "install the trackers extra: pip install 'smallvision[trackers]' (or choose --logger none)"
+        ) from e
+
+
+def make_logger(kind: str, run_dir: Path):
+    """A Lightning logger writing under `run_dir` (None for 'none'); refused when its package is missing."""
+    if kind == "none":
+        return None
+    _require(kind)
+    folder = tracker_folder(kind, run_dir)
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=folder.parent, name=folder.name, version="", default_hp_metric=False)
+    # MLflow >= 3.x keeps its file store in maintenance mode behind this opt-in; a user's own setting wins.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "experiment ... creating it"
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(experiment_name="smallvision", run_name=Path(run_dir).name, tracking_uri=folder.as_uri())
+
+
+def log_epoch(logger, row: dict[str, Any]) -> None:
+    """Log one history row (a stage's epoch) as `<stage>/<metric>` at step = its epoch."""
+    if logger is None:
+        return
+    values = {f"{row['stage']}/{k}": float(row[k]) for k in EPOCH_METRICS if k in row}
+    logger.log_metrics(values, step=int(row["epoch"]))
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The run's headline numbers as `final/<name>`: accuracy, loss and macro F1 of each evaluated split, seconds."""
+    out = {}
+    for split in ("val", "test"):
+        for key in ("accuracy", "loss", "f1_macro"):
+            value = (summary.get(split) or {}).get(key)
+            if value is not None:
+                out[f"final/{split}_{key}"] = float(value)
+    out["final/seconds"] = float(summary["seconds"])
+    out["final/best_epoch"] = float(summary["best_epoch"])
+    return out
+
+
+def log_final(logger, params: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Log the final metrics; TensorBoard gets them with the hyperparameters, which its HPARAMS view pairs."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    final = final_metrics(summary)
+    if isinstance(logger, TensorBoardLogger):  # its hparams summary is written only together with metrics
+        logger.log_hyperparams(params, metrics=final, step=0)
+    else:
+        logger.log_metrics(final, step=0)
+
+
+def describe(kind: str, logger, run_dir: Path) -> dict[str, Any]:
+    """Where the run's tracker data is and the command that shows it (recorded in metrics.json)."""
+    folder = tracker_folder(kind, run_dir)
+    if kind == "tensorboard":
+        return {"kind": kind, "dir": str(folder), "view": f"tensorboard --logdir {folder}"}
+    return {
+        "kind": kind,
+        "tracking_uri": folder.as_uri(),
+        "experiment": "smallvision",
+        "run_id": logger.run_id,
+        "view": f"mlflow ui --backend-store-uri {folder.as_uri()}",
+    }

@@ -1,0 +1,136 @@
+"""--logger tensorboard|mlflow: every stage's per-epoch metrics, the hyperparameters and the final metrics, read back
+with each tool's own reader (TensorBoard's EventAccumulator, MLflow's MlflowClient on the file store) and compared
+with the run's history.csv and metrics.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+import smallvision
+from smallvision.errors import SmallvisionError
+
+pytest.importorskip("tensorboard", reason="the trackers extra is absent: pip install -e '.[test]'")
+pytest.importorskip("mlflow", reason="the trackers extra is absent: pip install -e '.[test]'")
+
+METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def _train(data: Path, out: Path, recipe: str, logger: str, **extra) -> dict:
+    options = {"image_size": 32, "epochs": 2, **extra}
+    smallvision.train(data, recipe=recipe, out=out, logger=logger, progress=False, report=False, **options)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """history.csv as {'<stage>/<metric>': [(epoch, value), ...]}."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for row in csv.DictReader((run_dir / "history.csv").open()):
+        for key in METRICS:
+            out.setdefault(f"{row['stage']}/{key}", []).append((int(row["epoch"]), float(row[key])))
+    return out
+
+
+def _tensorboard(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, object]]:
+    """Scalars ({tag: [(step, value)]}) and hyperparameters from the run's event files, read by TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in hparams.items()}
+    return scalars, values
+
+
+def _mlflow(run_dir: Path, metrics: dict):
+    """The run's MLflow record (params, metrics) and a metric-history reader, from the file store under the run."""
+    from mlflow.tracking import MlflowClient
+
+    tracker = metrics["tracker"]
+    client = MlflowClient(tracker["tracking_uri"])
+    assert tracker["tracking_uri"] == (run_dir / "mlruns").resolve().as_uri()
+    run = client.get_run(tracker["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    history = {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics
+    }
+    return run, history
+
+
+def _same(logged: list[tuple[int, float]], expected: list[tuple[int, float]], tag: str) -> None:
+    assert [s for s, _ in logged] == [s for s, _ in expected], tag
+    for (_, a), (_, b) in zip(logged, expected, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7), (tag, a, b)  # TensorBoard stores float32
+
+
+def _check_final(logged: dict[str, list[tuple[int, float]]], metrics: dict) -> None:
+    final = {tag: values[-1][1] for tag, values in logged.items() if tag.startswith("final/")}
+    assert final["final/val_accuracy"] == pytest.approx(metrics["val_accuracy"], rel=1e-6)
+    assert final["final/val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)
+    assert final["final/val_f1_macro"] == pytest.approx(metrics["val"]["f1_macro"], rel=1e-6)
+    assert final["final/test_accuracy"] == pytest.approx(metrics["test_accuracy"], rel=1e-6)
+    assert final["final/seconds"] == pytest.approx(metrics["seconds"], rel=1e-6)
+    assert final["final/best_epoch"] == metrics["best_epoch"]
+
+
+# The head loop on cached features and a Lightning stage, each through both tools; one of each in the default suite.
+@pytest.mark.parametrize("recipe", ["features", pytest.param("scratch", marks=pytest.mark.slow)])
+def test_tensorboard_logs_read_back_equal_history_and_metrics(recipe, shapes_data, tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = _train(shapes_data, run_dir, recipe, "tensorboard", lr=3e-3)
+    scalars, hparams = _tensorboard(run_dir)
+    history = _history(run_dir)
+    assert {t.split("/")[0] for t in history} == {"features" if recipe == "features" else "scratch"}
+    for tag, expected in history.items():
+        _same(scalars[tag], expected, tag)
+    _check_final(scalars, metrics)
+    assert hparams["recipe/lr"] == pytest.approx(3e-3) and hparams["recipe/name"] == recipe
+    assert hparams["data/image_size"] == 32 and hparams["trainer/logger"] == "tensorboard"
+    assert metrics["tracker"]["dir"] == str((run_dir / "tensorboard").resolve())
+
+
+@pytest.mark.parametrize("recipe", [pytest.param("features", marks=pytest.mark.slow), "scratch"])
+def test_mlflow_file_store_read_back_equals_history_and_metrics(recipe, shapes_data, tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = _train(shapes_data, run_dir, recipe, "mlflow", batch_size=16)
+    run, logged = _mlflow(run_dir, metrics)
+    for tag, expected in _history(run_dir).items():
+        _same(logged[tag], expected, tag)
+    _check_final(logged, metrics)
+    params = run.data.params
+    assert params["recipe/batch_size"] == "16" and params["recipe/name"] == recipe
+    assert params["model/backbone"] == metrics["backbone"] and params["trainer/logger"] == "mlflow"
+
+
+@pytest.mark.slow
+def test_both_stages_of_finetune_are_logged(shapes_data, tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = _train(shapes_data, run_dir, "finetune", "mlflow", finetune_epochs=2)
+    _, logged = _mlflow(run_dir, metrics)
+    history = _history(run_dir)
+    assert {t.split("/")[0] for t in history} == {"features", "finetune"}
+    for tag, expected in history.items():
+        _same(logged[tag], expected, tag)
+
+
+def test_a_missing_tracker_package_is_refused_naming_the_extra(shapes_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mlflow were not installed: importing it fails
+    out = tmp_path / "run"
+    with pytest.raises(SmallvisionError, match=r"--logger mlflow: .*pip install 'smallvision\[trackers\]'"):
+        smallvision.train(shapes_data, recipe="features", image_size=32, epochs=1, out=out, logger="mlflow")
+    assert not (out / "config.yaml").exists(), "a refused start must leave no unfinished run behind"
+
+
+def test_logger_none_writes_no_tracker_files(shapes_data, tmp_path):
+    out = tmp_path / "run"
+    metrics = _train(shapes_data, out, "features", "none")
+    assert "tracker" not in metrics
+    assert not (out / "tensorboard").exists() and not (out / "mlruns").exists()
