@@ -166,8 +166,14 @@ def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, refere
         seconds = time.perf_counter() - start
         result = compare(reference, run_onnx(tmp, check.images), check, FP32_TOLERANCE)
         _refuse_if_failed(result, "ONNX", dest)
-        size = tmp.stat().st_size
-    return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
+        size, sha = tmp.stat().st_size, runtime.file_sha256(tmp)
+    return {
+        "file": dest.name,
+        "file_sha256": sha,
+        "check": result,
+        "size_bytes": size,
+        "export_seconds": round(seconds, 3),
+    }
 
 
 def write_torchscript(network: nn.Module, card, path: Path) -> None:
@@ -201,8 +207,14 @@ def export_torchscript(
         seconds = time.perf_counter() - start
         result = compare(reference, run_torchscript(tmp, check.images), check, FP32_TOLERANCE)
         _refuse_if_failed(result, "TorchScript", dest)
-        size = tmp.stat().st_size
-    return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
+        size, sha = tmp.stat().st_size, runtime.file_sha256(tmp)
+    return {
+        "file": dest.name,
+        "file_sha256": sha,
+        "check": result,
+        "size_bytes": size,
+        "export_seconds": round(seconds, 3),
+    }
 
 
 class Int8RefusedError(SmallvisionError):
@@ -292,6 +304,7 @@ def export_int8(
             )
         entry = {
             "file": dest.name,
+            "file_sha256": runtime.file_sha256(tmp),
             "check": result,
             "accuracy_fp32": acc_fp32,
             "accuracy_int8": acc_int8,
@@ -320,15 +333,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def record_export(json_path: Path, model_sha256: str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Merge format entries into export.json (entries of another model's weights are dropped as stale)."""
+def record_export(
+    json_path: Path, model_sha256: str, card_sha256: str, entries: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Merge format entries into export.json (entries of another model's weights are dropped as stale).
+
+    Each entry keeps the sha256 of the card (smallvision.json: classes) it was checked with, beside its file's.
+    """
     record = runtime.read_export_json(json_path)
     if record.get("model_sha256") != model_sha256:
         record = {}
     record["model_sha256"] = model_sha256
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     for key, entry in entries.items():
-        record[key] = {**entry, "exported_at": stamp, "versions": versions()}
+        record[key] = {**entry, "card_sha256": card_sha256, "exported_at": stamp, "versions": versions()}
     atomic.write_json(json_path, record)
     return record
 
@@ -399,7 +417,7 @@ def export_model(
     The check images are `check_images` when given, else the val split of the run's `index` (its DatasetIndex).
     `int8` also quantizes the ONNX export, calibrated on the run's training images and measured on its val split.
     """
-    from smallvision.models.folder import WEIGHTS_FILE, load_model
+    from smallvision.models.folder import CARD_FILE, WEIGHTS_FILE, load_model
 
     model_dir = Path(model_dir)
     if format not in FORMATS:
@@ -415,9 +433,9 @@ def export_model(
             "accuracy drop on; export the model inside its run folder (runs/NAME/model) to quantize it"
         )
     network, card = load_model(model_dir)
-    sha = runtime.file_sha256(model_dir / WEIGHTS_FILE)
     default = runtime.ONNX_FILE if format == "onnx" else runtime.TORCHSCRIPT_FILE
     dest = Path(out) if out is not None else model_dir / default
+    sha, card_sha = runtime.file_sha256(model_dir / WEIGHTS_FILE), runtime.file_sha256(model_dir / CARD_FILE)
     val = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export") if index is not None else None
     if check_images is not None:
         check = load_check_images(card, Path(check_images))
@@ -431,13 +449,13 @@ def export_model(
     reference = pytorch_probabilities(network, check.images)
     writer = export_onnx if format == "onnx" else export_torchscript
     json_path = dest.parent / runtime.EXPORT_JSON
-    record = record_export(json_path, sha, {format: writer(network, card, dest, check, reference)})
+    record = record_export(json_path, sha, card_sha, {format: writer(network, card, dest, check, reference)})
     result = {"path": str(dest), "export_json": str(json_path), "record": record}
     if int8:
         calibration = split_images(card, index, "train", CALIBRATION_IMAGES, "int8 calibration")
         int8_dest = dest.with_name(dest.name.removesuffix(".onnx") + ".int8.onnx")
         tolerance = INT8_TOLERANCE if int8_tolerance is None else int8_tolerance
         entry = export_int8(dest, card, int8_dest, calibration, val, tolerance)
-        result["record"] = record_export(json_path, sha, {"int8": entry})
+        result["record"] = record_export(json_path, sha, card_sha, {"int8": entry})
         result["int8_path"] = str(int8_dest)
     return result

@@ -254,3 +254,35 @@ def test_options_that_cannot_apply_are_refused(models, tmp_path, options, messag
     with pytest.raises(SmallvisionError, match=re.escape(message)):
         smallvision.export(models("scratch"), out=dest, **options)
     assert not dest.parent.exists()
+
+
+def _bare_model_folder(models, tmp_path: Path) -> Path:
+    """A copy of the scratch model folder with no run beside it (checked on --check-images)."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("model.safetensors", "smallvision.json"):
+        (model_dir / name).write_bytes((models("scratch") / name).read_bytes())
+    return model_dir
+
+
+def test_find_export_refuses_a_replaced_export_file_or_an_edited_card(models, shapes_data, tmp_path):
+    """export.json hashes the export file and smallvision.json too: either changed means the check is not for it."""
+    model_dir = _bare_model_folder(models, tmp_path)
+    record = smallvision.export(model_dir, check_images=shapes_data / "test")["record"]
+    onnx_path, card_path = model_dir / "model.onnx", model_dir / "smallvision.json"
+    assert record["onnx"]["file_sha256"] == runtime.file_sha256(onnx_path)
+    assert record["onnx"]["card_sha256"] == runtime.file_sha256(card_path)
+    assert runtime.find_export(model_dir) == onnx_path
+
+    exported = onnx_path.read_bytes()
+    onnx_path.write_bytes(exported[:-1] + bytes([exported[-1] ^ 1]))  # another file under the checked name
+    with pytest.raises(SmallvisionError, match=r"stale export \(model.onnx changed.*run `smallvision export"):
+        runtime.find_export(model_dir)
+    onnx_path.write_bytes(exported)
+    assert runtime.find_export(model_dir) == onnx_path
+
+    card = json.loads(card_path.read_text())
+    card["classes"][0] = "renamed"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(SmallvisionError, match=r"stale export \(smallvision.json changed.*run `smallvision export"):
+        runtime.find_export(model_dir)
