@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -256,8 +257,6 @@ def write_int8(fp32: Path, card, path: Path, calibration: np.ndarray) -> None:
     onnxruntime's recommended CPU form: quant_pre_process (shape inference and graph optimization) first, then
     quantize_static calibrated on real training images.
     """
-    import tempfile
-
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -402,6 +401,45 @@ def _spread(seq: list, limit: int) -> list:
     return [seq[i] for i in picks]
 
 
+def _nearest_existing(path: Path) -> Path:
+    """`path` itself or its closest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def destination(model_dir: Path, format: str, out: str | Path | None) -> Path:
+    """Where an export goes: `out` (a file, or a folder to hold the default name) else the model folder's default.
+
+    Refused before any work: a suffix that is not the format's, a non-default name inside the model folder (its
+    export.json is keyed by format and find_export reads the default names), and a location that cannot be written.
+    """
+    default = runtime.ONNX_FILE if format == "onnx" else runtime.TORCHSCRIPT_FILE
+    dest = model_dir / default if out is None else Path(out)
+    if dest.is_dir():
+        dest = dest / default
+    suffix, other = (".onnx", "torchscript") if format == "onnx" else (".pt", "onnx")
+    if dest.suffix != suffix:
+        raise SmallvisionError(
+            f"--out {out}: a --format {format} export is a {suffix} file, and {dest.name!r} ends in "
+            f"{dest.suffix or 'no suffix'!r}; name it *{suffix} (or pass --format {other} if that is what you want)"
+        )
+    if dest.parent.resolve() == model_dir.resolve() and dest.name != default:
+        raise SmallvisionError(
+            f"--out {dest}: inside the model folder the {format} export is named {default} (its export.json and "
+            f"`smallvision serve`/`predict --onnx` read that name); leave --out out, or write outside {model_dir}"
+        )
+    folder = _nearest_existing(dest.parent)
+    if not folder.is_dir():
+        raise SmallvisionError(f"--out {dest}: {folder} is a file, not a folder; pick a location in a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SmallvisionError(f"--out {dest}: cannot write in {folder} ({e.strerror}); pick a writable place") from e
+    return dest
+
+
 def export_model(
     model_dir: str | Path,
     format: str = "onnx",
@@ -432,9 +470,8 @@ def export_model(
             "so there are no known training images to calibrate on and no validation split to measure the "
             "accuracy drop on; export the model inside its run folder (runs/NAME/model) to quantize it"
         )
+    dest = destination(model_dir, format, out)
     network, card = load_model(model_dir)
-    default = runtime.ONNX_FILE if format == "onnx" else runtime.TORCHSCRIPT_FILE
-    dest = Path(out) if out is not None else model_dir / default
     sha, card_sha = runtime.file_sha256(model_dir / WEIGHTS_FILE), runtime.file_sha256(model_dir / CARD_FILE)
     val = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export") if index is not None else None
     if check_images is not None:

@@ -286,3 +286,48 @@ def test_find_export_refuses_a_replaced_export_file_or_an_edited_card(models, sh
     card_path.write_text(json.dumps(card))
     with pytest.raises(SmallvisionError, match=r"stale export \(smallvision.json changed.*run `smallvision export"):
         runtime.find_export(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("format", "name", "message"),
+    [
+        ("onnx", "model.pt", "a --format onnx export is a .onnx file, and 'model.pt' ends in '.pt'"),
+        ("torchscript", "model.onnx", "a --format torchscript export is a .pt file, and 'model.onnx' ends in '.onnx'"),
+        ("onnx", "model", "'model' ends in 'no suffix'; name it *.onnx"),
+    ],
+)
+def test_out_suffix_must_match_the_format(models, tmp_path, format, name, message):
+    with pytest.raises(SmallvisionError, match=re.escape(message)):
+        smallvision.export(models("scratch"), format, out=tmp_path / "out" / name)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch marks torch.jit deprecated; the format is still asked for
+def test_out_an_existing_folder_gets_the_default_name(models, shapes_data, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    result = smallvision.export(models("scratch"), "torchscript", out=folder, check_images=shapes_data / "test")
+    assert result["path"] == str(folder / "model.torchscript.pt") and result["export_json"] == str(
+        folder / "export.json"
+    )
+    assert json.loads((folder / "export.json").read_text())["torchscript"]["file"] == "model.torchscript.pt"
+    assert sorted(p.name for p in folder.iterdir()) == ["export.json", "model.torchscript.pt"]
+
+
+def test_out_where_nothing_can_be_written_is_refused_before_any_work(models, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SmallvisionError, match=re.escape(f"{blocker} is a file, not a folder")):
+        smallvision.export(models("scratch"), out=blocker / "sub" / "model.onnx")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_out_inside_the_model_folder_must_use_the_default_name(models):
+    """export.json there is keyed by format and find_export reads model.onnx: another name would shadow a good one."""
+    model_dir = models("scratch")
+    before = sorted(p.name for p in model_dir.iterdir())
+    with pytest.raises(SmallvisionError, match=r"inside the model folder the onnx export is named model\.onnx"):
+        smallvision.export(model_dir, out=model_dir / "other.onnx")
+    with pytest.raises(SmallvisionError, match=r"the onnx export is named model\.onnx"):
+        smallvision.export(model_dir, out=model_dir / "model.int8.onnx")
+    assert sorted(p.name for p in model_dir.iterdir()) == before
