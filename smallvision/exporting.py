@@ -8,11 +8,14 @@ probability differs by more than FP32_TOLERANCE; otherwise nothing is left at th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +137,28 @@ def _example(card) -> torch.Tensor:
     return torch.zeros(2, card.image_size, card.image_size, 3, dtype=torch.uint8)
 
 
+class ExporterError(SmallvisionError):
+    """torch's exporter (torch.onnx.export or torch.jit.trace) could not convert the model; nothing was written."""
+
+
+@contextlib.contextmanager
+def _exporter_errors(exporter: str, card, other_format: str) -> Iterator[None]:
+    """Turn an exporter's failure (a deep torch traceback) into an ExporterError naming the model and the way out."""
+    try:
+        yield
+    except Exception as e:  # torch.export, dynamo and the tracer raise many unrelated types
+        names = "+".join(b.name for b in card.backbones) or "none"
+        cause = e
+        while cause.__cause__ is not None:  # torch.onnx wraps torch.export's error, which names the construct
+            cause = cause.__cause__
+        first = (re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip().splitlines() or [""])[0][:300]
+        raise ExporterError(
+            f"{exporter} could not convert this {card.recipe} model (backbone(s): {names}): {type(cause).__name__}: "
+            f"{first}; nothing was written. Try `--format {other_format}` instead, and report it with the model's "
+            "smallvision.json"
+        ) from e
+
+
 def write_onnx(network: nn.Module, card, path: Path) -> None:
     """Export the uint8 wrapper of `network` to one self-contained .onnx file with a dynamic batch axis.
 
@@ -143,7 +168,7 @@ def write_onnx(network: nn.Module, card, path: Path) -> None:
     import onnx
 
     wrapper = Uint8Classifier(network).eval()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _exporter_errors("torch.onnx.export", card, "torchscript"):
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
         program = torch.onnx.export(
             wrapper,
@@ -185,7 +210,8 @@ def write_torchscript(network: nn.Module, card, path: Path) -> None:
     """
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))
-        traced = torch.jit.trace(Uint8Classifier(network).eval(), _example(card))
+        with _exporter_errors("torch.jit.trace", card, "onnx"):
+            traced = torch.jit.trace(Uint8Classifier(network).eval(), _example(card))
         torch.jit.save(traced, str(path), _extra_files=metadata(card))
 
 

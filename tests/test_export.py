@@ -331,3 +331,34 @@ def test_out_inside_the_model_folder_must_use_the_default_name(models):
     with pytest.raises(SmallvisionError, match=r"the onnx export is named model\.onnx"):
         smallvision.export(model_dir, out=model_dir / "model.int8.onnx")
     assert sorted(p.name for p in model_dir.iterdir()) == before
+
+
+def _data_dependent_forward(self, images: torch.Tensor) -> torch.Tensor:
+    """A branch on a pixel value: torch.export cannot capture it in one graph."""
+    x = images.permute(0, 3, 1, 2).float() / 255
+    if x.mean() > 0.5:
+        x = x.flip(3)
+    return self.network(x).softmax(dim=1)
+
+
+def _non_tensor_forward(self, images: torch.Tensor) -> float:
+    """A Python number out: torch.jit.trace can only trace tensor outputs."""
+    return float(images.float().mean())
+
+
+@pytest.mark.parametrize(
+    ("format", "forward", "message"),
+    [
+        ("onnx", _data_dependent_forward, r"torch\.onnx\.export could not convert this scratch model "),
+        ("torchscript", _non_tensor_forward, r"torch\.jit\.trace could not convert this scratch model "),
+    ],
+)
+def test_exporter_failures_name_the_model_and_the_other_format(models, monkeypatch, tmp_path, format, forward, message):
+    monkeypatch.setattr(exporting.Uint8Classifier, "forward", forward)
+    other = "torchscript" if format == "onnx" else "onnx"
+    dest = tmp_path / "out" / ("model.onnx" if format == "onnx" else "model.torchscript.pt")
+    with pytest.raises(exporting.ExporterError, match=message + r"\(backbone\(s\): small_cnn\): ") as e:
+        smallvision.export(models("scratch"), format, out=dest)
+    assert f"Try `--format {other}` instead" in str(e.value) and "nothing was written" in str(e.value)
+    assert "\x1b[" not in str(e.value)
+    assert sorted(p.name for p in dest.parent.iterdir()) == []
