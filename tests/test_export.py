@@ -121,6 +121,7 @@ def test_onnx_round_trip_agrees_with_pytorch(models, shapes_data, kind):
     check = result["record"]["onnx"]["check"]
     assert check["passed"] and check["images"] == 30 and check["top1_agreement"] == 1.0
     assert check["max_abs_diff"] <= 1e-4 and "val split" in check["source"]
+    assert check["compared_with"] == "the PyTorch model" and check["tolerance"] == 1e-4  # a probability difference
     _assert_round_trip(model_dir, _val_images(shapes_data, smallvision.load(model_dir)[1].image_size)[1])
 
 
@@ -138,6 +139,7 @@ def test_torchscript_round_trip(models, shapes_data):
     result = smallvision.export(model_dir, format="torchscript")
     entry = result["record"]["torchscript"]
     assert entry["file"] == "model.torchscript.pt" and entry["check"]["passed"] and entry["check"]["images"] == 30
+    assert entry["check"]["compared_with"] == "the PyTorch model" and entry["check"]["tolerance"] == 1e-4
     network, card = smallvision.load(model_dir)
     _, images = _val_images(shapes_data, card.image_size)
     extra = {"smallvision.classes": "", "smallvision.image_size": ""}
@@ -198,6 +200,10 @@ def test_int8_on_a_real_run_reports_accuracy_size_and_speed(hymenoptera_int8):
     assert onnx_check["passed"] and onnx_check["images"] == 153 and onnx_check["max_abs_diff"] <= 1e-4
     assert q["file"] == "model.int8.onnx" and result["int8_path"] == str(model_dir / "model.int8.onnx")
     assert q["check"]["images"] == 153 and "val split" in q["check"]["source"]
+    # int8's tolerance is accuracy points on the val split, its agreement figures against the fp32 export: named so
+    assert q["check"]["compared_with"] == "the checked fp32 ONNX export" and "tolerance" not in q["check"]
+    assert q["check"]["accuracy_tolerance_points"] == 5.0 and onnx_check["compared_with"] == "the PyTorch model"
+    assert {"top1_agreement", "max_abs_diff", "images", "source", "passed"} <= q["check"].keys()
     assert q["calibration"]["images"] == 200 and "train split" in q["calibration"]["source"]
     # The fp32 export agrees with PyTorch on every top-1, so its accuracy is the saved model's, as evaluate says.
     evaluated = smallvision.evaluate(model_dir, shared_dataset("hymenoptera"))
@@ -233,7 +239,7 @@ def test_cli_export_prints_the_check_and_writes_export_json(models, shapes_data,
     assert record["model_sha256"] == runtime.file_sha256(models("scratch") / "model.safetensors")
     assert record["onnx"]["file"] == "shapes.onnx" and check["passed"] and check["images"] == 18
     assert f"onnx: {dest}" in done.stdout
-    assert f"check: 18 images ({check['source']}): top-1 agreement 1.0000" in done.stdout
+    assert f"check against the PyTorch model: 18 images ({check['source']}): top-1 agreement 1.0000" in done.stdout
     assert f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance 0.0001): passed" in done.stdout
     assert f"record: {dest.parent / 'export.json'}" in done.stdout
 
