@@ -34,6 +34,7 @@ FORMATS = ("onnx", "torchscript")
 PIXEL_SCALE = 255.0  # uint8 -> [0, 1], as smallvision.prediction feeds the network; the check holds exports to it
 FP32_TOLERANCE = 1e-4
 MAX_CHECK_IMAGES = 1000
+MIN_CHECK_IMAGES = 8  # top-1 agreement on one or two images says little about an export
 CALIBRATION_IMAGES = 200  # training images int8 ranges are calibrated on (spread over the split)
 INT8_TOLERANCE = 1.0  # accuracy points int8 may lose on the val split before it is refused
 BATCH = 32
@@ -519,6 +520,12 @@ def export_model(
         raise SmallvisionError(
             f"{model_dir}: no run folder beside it (no {model_dir.resolve().parent / 'config.yaml'}), so its "
             "validation images are unknown; give real images to check the export on with --check-images DIR"
+        )
+    if len(check.images) < MIN_CHECK_IMAGES:
+        raise SmallvisionError(
+            f"{check.source}: only {len(check.images)} readable check image(s) found; at least {MIN_CHECK_IMAGES} "
+            "are needed, since top-1 agreement on so few says little about whether the export matches the model; "
+            "give a folder with more images with --check-images DIR"
         )
     reference = pytorch_probabilities(network, check.images)
     writer = export_onnx if format == "onnx" else export_torchscript

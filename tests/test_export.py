@@ -368,3 +368,16 @@ def test_exporter_failures_name_the_model_and_the_other_format(models, monkeypat
     assert f"Try `--format {other}` instead" in str(e.value) and "nothing was written" in str(e.value)
     assert "\x1b[" not in str(e.value)
     assert sorted(p.name for p in dest.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("count", [1, 7])
+def test_too_few_check_images_are_refused(models, shapes_data, tmp_path, count):
+    """One image agreeing says little: fewer than 8 is refused, saying how many were found."""
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in sorted((shapes_data / "test").rglob("*.png"))[:count]:
+        (folder / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    dest = tmp_path / "out" / "model.onnx"
+    with pytest.raises(SmallvisionError, match=rf"only {count} readable check image\(s\) found; at least 8 are needed"):
+        smallvision.export(models("scratch"), out=dest, check_images=folder)
+    assert not dest.exists()
