@@ -409,6 +409,17 @@ def load_check_images(card, folder: Path) -> CheckImages:
     return CheckImages(np.stack(images), f"{len(images)} images under {folder}{note}")
 
 
+def data_missing_hint(data: str | Path, int8: bool) -> str:
+    """What to do when a run's data folder is gone or its val split is empty: check on other images instead."""
+    base = f"the run's data folder {data} is not there (or its val split is empty); "
+    if int8:
+        return base + (
+            "--int8 needs its training and val images: put the folder back, or export without --int8 and "
+            "pass --check-images DIR"
+        )
+    return base + "pass --check-images DIR (a folder of real images to check the export on)"
+
+
 def split_images(card, index, split: str, limit: int, why: str) -> CheckImages:
     """Up to `limit` images of a run's split (spread over it), decoded through the image cache, with labels."""
     from smallvision.data.cache import decoded_images
@@ -511,7 +522,11 @@ def export_model(
     dest = destination(model_dir, format, out)
     network, card = load_model(model_dir)
     sha, card_sha = runtime.file_sha256(model_dir / WEIGHTS_FILE), runtime.file_sha256(model_dir / CARD_FILE)
-    val = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export") if index is not None else None
+    val = None
+    if index is not None:
+        if not index.split("val"):
+            raise SmallvisionError(f"{model_dir}: {data_missing_hint(index.root, int8)}")
+        val = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export")
     if check_images is not None:
         check = load_check_images(card, Path(check_images))
     elif val is not None:

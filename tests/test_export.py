@@ -381,3 +381,22 @@ def test_too_few_check_images_are_refused(models, shapes_data, tmp_path, count):
     with pytest.raises(SmallvisionError, match=rf"only {count} readable check image\(s\) found; at least 8 are needed"):
         smallvision.export(models("scratch"), out=dest, check_images=folder)
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_run_whose_data_folder_moved_points_to_check_images(models, tmp_path, int8):
+    """The run folder's config.yaml names a data folder that is gone: say so and name --check-images."""
+    trained = models("scratch")
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for name in ("model.safetensors", "smallvision.json"):
+        (run / "model" / name).write_bytes((trained / name).read_bytes())
+    config = (trained.parent / "config.yaml").read_text()
+    data = re.search(r"^  path: (.+)$", config, re.M).group(1)
+    moved = tmp_path / "moved-away"
+    (run / "config.yaml").write_text(config.replace(data, str(moved)))
+    expected = f"the run's data folder {moved} is not there (or its val split is empty); "
+    expected += "--int8 needs its training and val images" if int8 else "pass --check-images DIR"
+    with pytest.raises(SmallvisionError, match=re.escape(expected)):
+        smallvision.export(run / "model", int8=int8)
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["model.safetensors", "smallvision.json"]
