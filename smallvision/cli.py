@@ -312,7 +312,11 @@ def export(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/ folder)")],
     format: Annotated[str, Opt("--format", help="onnx or torchscript")] = "onnx",
     out: Annotated[
-        Path | None, Opt(help="Write the export here (export.json beside it); default: inside MODEL_DIR")
+        Path | None,
+        Opt(
+            help="Write the export here: a .onnx (.pt for torchscript) file, or an existing folder (default name); "
+            "export.json beside it; default: inside MODEL_DIR"
+        ),
     ] = None,
     int8: Annotated[
         bool,
