@@ -107,8 +107,8 @@ def main() -> None:
     print(
         f"export (fp32 + int8, both checked) {export_s:.1f} s; fp32 check: {record['onnx']['check']['images']} val "
         f"images, max |prob diff| {record['onnx']['check']['max_abs_diff']:.2e}; int8 drop "
-        f"{q['accuracy_drop_points']:.2f} points (tolerance {q['check']['tolerance']:g}), calibrated on "
-        f"{q['calibration']['images']} training images"
+        f"{q['accuracy_drop_points']:.2f} points (tolerance {q['check']['accuracy_tolerance_points']:g}), "
+        f"calibrated on {q['calibration']['images']} training images"
     )
 
 

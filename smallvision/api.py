@@ -719,11 +719,16 @@ def export(
     MODEL_DIR/model.onnx (or `out`) and export.json beside it; returns {"path", "export_json", "record"} (and
     "int8_path").
     """
-    from smallvision.exporting import export_model
+    from smallvision.exporting import data_missing_hint, export_model
 
     run_config = _run_config(Path(model_dir))
-    needed = run_config is not None and (check_images is None or int8)
-    index = _scan(make_config(config=run_config)) if needed else None
+    index = None
+    if run_config is not None and (check_images is None or int8):
+        cfg = make_config(config=run_config)
+        try:
+            index = _scan(cfg)
+        except SmallvisionError as e:
+            raise SmallvisionError(f"{model_dir}: {data_missing_hint(cfg.data.path, int8)} ({e})") from e
     return export_model(
         model_dir,
         format,

@@ -415,7 +415,11 @@ def export(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/ folder)")],
     format: Annotated[str, Opt("--format", help="onnx or torchscript")] = "onnx",
     out: Annotated[
-        Path | None, Opt(help="Write the export here (export.json beside it); default: inside MODEL_DIR")
+        Path | None,
+        Opt(
+            help="Write the export here: a .onnx (.pt for torchscript) file, or an existing folder (default name); "
+            "export.json beside it; default: inside MODEL_DIR"
+        ),
     ] = None,
     int8: Annotated[
         bool,
@@ -448,7 +452,8 @@ def export(
     entry, check = record[format], record[format]["check"]
     typer.echo(f"{format}: {result['path']} ({entry['size_bytes'] / 1e6:.1f} MB)")
     typer.echo(
-        f"check: {check['images']} images ({check['source']}): top-1 agreement {check['top1_agreement']:.4f}, "
+        f"check against {check['compared_with']}: {check['images']} images ({check['source']}): "
+        f"top-1 agreement {check['top1_agreement']:.4f}, "
         f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g}): "
         + ("passed" if check["passed"] else "FAILED")
     )
@@ -460,7 +465,8 @@ def export(
         typer.echo(
             f"int8 accuracy on {q['check']['images']} val images: {q['accuracy_fp32']:.4f} (fp32 ONNX) -> "
             f"{q['accuracy_int8']:.4f} (int8), drop {q['accuracy_drop_points']:.2f} points "
-            f"(tolerance {q['check']['tolerance']:g}); top-1 agreement with fp32 {q['check']['top1_agreement']:.4f}"
+            f"(tolerance {q['check']['accuracy_tolerance_points']:g} points); "
+            f"top-1 agreement with fp32 {q['check']['top1_agreement']:.4f}"
         )
         typer.echo(
             f"images/s (onnxruntime, CPU, batch 32): fp32 {q['fp32_images_per_second']:.0f}, "

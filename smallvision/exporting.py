@@ -8,10 +8,14 @@ probability differs by more than FP32_TOLERANCE; otherwise nothing is left at th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +34,7 @@ FORMATS = ("onnx", "torchscript")
 PIXEL_SCALE = 255.0  # uint8 -> [0, 1], as smallvision.prediction feeds the network; the check holds exports to it
 FP32_TOLERANCE = 1e-4
 MAX_CHECK_IMAGES = 1000
+MIN_CHECK_IMAGES = 8  # top-1 agreement on one or two images says little about an export
 CALIBRATION_IMAGES = 200  # training images int8 ranges are calibrated on (spread over the split)
 INT8_TOLERANCE = 1.0  # accuracy points int8 may lose on the val split before it is refused
 BATCH = 32
@@ -95,19 +100,29 @@ def pytorch_probabilities(network: nn.Module, images: np.ndarray) -> np.ndarray:
     return probabilities(network, images, batch_size=BATCH)
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, tolerance: float) -> dict[str, Any]:
-    """The check record of an export's probabilities against the reference's on the same images."""
+PYTORCH = "the PyTorch model"
+FP32_EXPORT = "the checked fp32 ONNX export"
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, compared_with: str) -> dict[str, Any]:
+    """How an export's probabilities agree with `compared_with`'s (the reference) on the same images."""
     agree = reference.argmax(1) == candidate.argmax(1)
-    diff = float(np.abs(reference.astype(np.float64) - candidate).max())
     return {
         "images": len(reference),
         "source": check.source,
+        "compared_with": compared_with,
         "top1_agreement": float(agree.mean()),
         "top1_differ": int((~agree).sum()),
-        "max_abs_diff": diff,
-        "tolerance": tolerance,
-        "passed": bool(agree.all() and diff <= tolerance),
+        "max_abs_diff": float(np.abs(reference.astype(np.float64) - candidate).max()),
     }
+
+
+def fp32_check(reference: np.ndarray, candidate: np.ndarray, check: CheckImages) -> dict[str, Any]:
+    """The check record of an fp32 export against the PyTorch model: every top-1 equal, probabilities within 1e-4."""
+    result = compare(reference, candidate, check, PYTORCH)
+    result["tolerance"] = FP32_TOLERANCE  # a probability difference
+    result["passed"] = bool(result["top1_differ"] == 0 and result["max_abs_diff"] <= FP32_TOLERANCE)
+    return result
 
 
 def _refuse_if_failed(result: dict[str, Any], what: str, dest: Path) -> None:
@@ -133,6 +148,28 @@ def _example(card) -> torch.Tensor:
     return torch.zeros(2, card.image_size, card.image_size, 3, dtype=torch.uint8)
 
 
+class ExporterError(SmallvisionError):
+    """torch's exporter (torch.onnx.export or torch.jit.trace) could not convert the model; nothing was written."""
+
+
+@contextlib.contextmanager
+def _exporter_errors(exporter: str, card, other_format: str) -> Iterator[None]:
+    """Turn an exporter's failure (a deep torch traceback) into an ExporterError naming the model and the way out."""
+    try:
+        yield
+    except Exception as e:  # torch.export, dynamo and the tracer raise many unrelated types
+        names = "+".join(b.name for b in card.backbones) or "none"
+        cause = e
+        while cause.__cause__ is not None:  # torch.onnx wraps torch.export's error, which names the construct
+            cause = cause.__cause__
+        first = (re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip().splitlines() or [""])[0][:300]
+        raise ExporterError(
+            f"{exporter} could not convert this {card.recipe} model (backbone(s): {names}): {type(cause).__name__}: "
+            f"{first}; nothing was written. Try `--format {other_format}` instead, and report it with the model's "
+            "smallvision.json"
+        ) from e
+
+
 def write_onnx(network: nn.Module, card, path: Path) -> None:
     """Export the uint8 wrapper of `network` to one self-contained .onnx file with a dynamic batch axis.
 
@@ -142,7 +179,7 @@ def write_onnx(network: nn.Module, card, path: Path) -> None:
     import onnx
 
     wrapper = Uint8Classifier(network).eval()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _exporter_errors("torch.onnx.export", card, "torchscript"):
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
         program = torch.onnx.export(
             wrapper,
@@ -164,10 +201,16 @@ def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, refere
     with atomic.atomic_path(dest) as tmp:
         write_onnx(network, card, tmp)
         seconds = time.perf_counter() - start
-        result = compare(reference, run_onnx(tmp, check.images), check, FP32_TOLERANCE)
+        result = fp32_check(reference, run_onnx(tmp, check.images), check)
         _refuse_if_failed(result, "ONNX", dest)
-        size = tmp.stat().st_size
-    return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
+        size, sha = tmp.stat().st_size, runtime.file_sha256(tmp)
+    return {
+        "file": dest.name,
+        "file_sha256": sha,
+        "check": result,
+        "size_bytes": size,
+        "export_seconds": round(seconds, 3),
+    }
 
 
 def write_torchscript(network: nn.Module, card, path: Path) -> None:
@@ -178,7 +221,8 @@ def write_torchscript(network: nn.Module, card, path: Path) -> None:
     """
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))
-        traced = torch.jit.trace(Uint8Classifier(network).eval(), _example(card))
+        with _exporter_errors("torch.jit.trace", card, "onnx"):
+            traced = torch.jit.trace(Uint8Classifier(network).eval(), _example(card))
         torch.jit.save(traced, str(path), _extra_files=metadata(card))
 
 
@@ -199,10 +243,16 @@ def export_torchscript(
     with atomic.atomic_path(dest) as tmp:
         write_torchscript(network, card, tmp)
         seconds = time.perf_counter() - start
-        result = compare(reference, run_torchscript(tmp, check.images), check, FP32_TOLERANCE)
+        result = fp32_check(reference, run_torchscript(tmp, check.images), check)
         _refuse_if_failed(result, "TorchScript", dest)
-        size = tmp.stat().st_size
-    return {"file": dest.name, "check": result, "size_bytes": size, "export_seconds": round(seconds, 3)}
+        size, sha = tmp.stat().st_size, runtime.file_sha256(tmp)
+    return {
+        "file": dest.name,
+        "file_sha256": sha,
+        "check": result,
+        "size_bytes": size,
+        "export_seconds": round(seconds, 3),
+    }
 
 
 class Int8RefusedError(SmallvisionError):
@@ -244,8 +294,6 @@ def write_int8(fp32: Path, card, path: Path, calibration: np.ndarray) -> None:
     onnxruntime's recommended CPU form: quant_pre_process (shape inference and graph optimization) first, then
     quantize_static calibrated on real training images.
     """
-    import tempfile
-
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -278,11 +326,12 @@ def export_int8(
         before, after = run_onnx(fp32, val.images), run_onnx(tmp, val.images)
         acc_fp32, acc_int8 = accuracy(before, val.labels), accuracy(after, val.labels)
         drop = (acc_fp32 - acc_int8) * 100
-        result = compare(before, after, val, tolerance)
+        result = compare(before, after, val, FP32_EXPORT)
+        result["accuracy_tolerance_points"] = tolerance
         result["passed"] = bool(drop <= tolerance)
         result["criterion"] = (
-            "accuracy drop on the val split, in points, at most the tolerance; top-1 agreement and max_abs_diff "
-            "compare the int8 export with the checked fp32 export"
+            "accuracy drop on the val split, in points, at most accuracy_tolerance_points; top-1 agreement and "
+            "max_abs_diff compare the int8 export with the checked fp32 ONNX export"
         )
         if not result["passed"]:
             raise Int8RefusedError(
@@ -292,6 +341,7 @@ def export_int8(
             )
         entry = {
             "file": dest.name,
+            "file_sha256": runtime.file_sha256(tmp),
             "check": result,
             "accuracy_fp32": acc_fp32,
             "accuracy_int8": acc_int8,
@@ -320,15 +370,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def record_export(json_path: Path, model_sha256: str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Merge format entries into export.json (entries of another model's weights are dropped as stale)."""
+def record_export(
+    json_path: Path, model_sha256: str, card_sha256: str, entries: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Merge format entries into export.json (entries of another model's weights are dropped as stale).
+
+    Each entry keeps the sha256 of the card (smallvision.json: classes) it was checked with, beside its file's.
+    """
     record = runtime.read_export_json(json_path)
     if record.get("model_sha256") != model_sha256:
         record = {}
     record["model_sha256"] = model_sha256
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     for key, entry in entries.items():
-        record[key] = {**entry, "exported_at": stamp, "versions": versions()}
+        record[key] = {**entry, "card_sha256": card_sha256, "exported_at": stamp, "versions": versions()}
     atomic.write_json(json_path, record)
     return record
 
@@ -352,6 +407,17 @@ def load_check_images(card, folder: Path) -> CheckImages:
         raise SmallvisionError(f"--check-images {folder}: none of its {len(paths)} image files could be read")
     note = f", {skipped} unreadable skipped" if skipped else ""
     return CheckImages(np.stack(images), f"{len(images)} images under {folder}{note}")
+
+
+def data_missing_hint(data: str | Path, int8: bool) -> str:
+    """What to do when a run's data folder is gone or its val split is empty: check on other images instead."""
+    base = f"the run's data folder {data} is not there (or its val split is empty); "
+    if int8:
+        return base + (
+            "--int8 needs its training and val images: put the folder back, or export without --int8 and "
+            "pass --check-images DIR"
+        )
+    return base + "pass --check-images DIR (a folder of real images to check the export on)"
 
 
 def split_images(card, index, split: str, limit: int, why: str) -> CheckImages:
@@ -384,6 +450,45 @@ def _spread(seq: list, limit: int) -> list:
     return [seq[i] for i in picks]
 
 
+def _nearest_existing(path: Path) -> Path:
+    """`path` itself or its closest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def destination(model_dir: Path, format: str, out: str | Path | None) -> Path:
+    """Where an export goes: `out` (a file, or a folder to hold the default name) else the model folder's default.
+
+    Refused before any work: a suffix that is not the format's, a non-default name inside the model folder (its
+    export.json is keyed by format and find_export reads the default names), and a location that cannot be written.
+    """
+    default = runtime.ONNX_FILE if format == "onnx" else runtime.TORCHSCRIPT_FILE
+    dest = model_dir / default if out is None else Path(out)
+    if dest.is_dir():
+        dest = dest / default
+    suffix, other = (".onnx", "torchscript") if format == "onnx" else (".pt", "onnx")
+    if dest.suffix != suffix:
+        raise SmallvisionError(
+            f"--out {out}: a --format {format} export is a {suffix} file, and {dest.name!r} ends in "
+            f"{dest.suffix or 'no suffix'!r}; name it *{suffix} (or pass --format {other} if that is what you want)"
+        )
+    if dest.parent.resolve() == model_dir.resolve() and dest.name != default:
+        raise SmallvisionError(
+            f"--out {dest}: inside the model folder the {format} export is named {default} (its export.json and "
+            f"`smallvision serve`/`predict --onnx` read that name); leave --out out, or write outside {model_dir}"
+        )
+    folder = _nearest_existing(dest.parent)
+    if not folder.is_dir():
+        raise SmallvisionError(f"--out {dest}: {folder} is a file, not a folder; pick a location in a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SmallvisionError(f"--out {dest}: cannot write in {folder} ({e.strerror}); pick a writable place") from e
+    return dest
+
+
 def export_model(
     model_dir: str | Path,
     format: str = "onnx",
@@ -399,7 +504,7 @@ def export_model(
     The check images are `check_images` when given, else the val split of the run's `index` (its DatasetIndex).
     `int8` also quantizes the ONNX export, calibrated on the run's training images and measured on its val split.
     """
-    from smallvision.models.folder import WEIGHTS_FILE, load_model
+    from smallvision.models.folder import CARD_FILE, WEIGHTS_FILE, load_model
 
     model_dir = Path(model_dir)
     if format not in FORMATS:
@@ -414,11 +519,14 @@ def export_model(
             "so there are no known training images to calibrate on and no validation split to measure the "
             "accuracy drop on; export the model inside its run folder (runs/NAME/model) to quantize it"
         )
+    dest = destination(model_dir, format, out)
     network, card = load_model(model_dir)
-    sha = runtime.file_sha256(model_dir / WEIGHTS_FILE)
-    default = runtime.ONNX_FILE if format == "onnx" else runtime.TORCHSCRIPT_FILE
-    dest = Path(out) if out is not None else model_dir / default
-    val = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export") if index is not None else None
+    sha, card_sha = runtime.file_sha256(model_dir / WEIGHTS_FILE), runtime.file_sha256(model_dir / CARD_FILE)
+    val = None
+    if index is not None:
+        if not index.split("val"):
+            raise SmallvisionError(f"{model_dir}: {data_missing_hint(index.root, int8)}")
+        val = split_images(card, index, "val", MAX_CHECK_IMAGES, "checking the export")
     if check_images is not None:
         check = load_check_images(card, Path(check_images))
     elif val is not None:
@@ -428,16 +536,22 @@ def export_model(
             f"{model_dir}: no run folder beside it (no {model_dir.resolve().parent / 'config.yaml'}), so its "
             "validation images are unknown; give real images to check the export on with --check-images DIR"
         )
+    if len(check.images) < MIN_CHECK_IMAGES:
+        raise SmallvisionError(
+            f"{check.source}: only {len(check.images)} readable check image(s) found; at least {MIN_CHECK_IMAGES} "
+            "are needed, since top-1 agreement on so few says little about whether the export matches the model; "
+            "give a folder with more images with --check-images DIR"
+        )
     reference = pytorch_probabilities(network, check.images)
     writer = export_onnx if format == "onnx" else export_torchscript
     json_path = dest.parent / runtime.EXPORT_JSON
-    record = record_export(json_path, sha, {format: writer(network, card, dest, check, reference)})
+    record = record_export(json_path, sha, card_sha, {format: writer(network, card, dest, check, reference)})
     result = {"path": str(dest), "export_json": str(json_path), "record": record}
     if int8:
         calibration = split_images(card, index, "train", CALIBRATION_IMAGES, "int8 calibration")
         int8_dest = dest.with_name(dest.name.removesuffix(".onnx") + ".int8.onnx")
         tolerance = INT8_TOLERANCE if int8_tolerance is None else int8_tolerance
         entry = export_int8(dest, card, int8_dest, calibration, val, tolerance)
-        result["record"] = record_export(json_path, sha, {"int8": entry})
+        result["record"] = record_export(json_path, sha, card_sha, {"int8": entry})
         result["int8_path"] = str(int8_dest)
     return result

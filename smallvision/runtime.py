@@ -18,7 +18,8 @@ EXPORT_JSON = "export.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
-WEIGHTS_FILE = "model.safetensors"  # the same name as models.folder.WEIGHTS_FILE, which imports pydantic models
+WEIGHTS_FILE = "model.safetensors"  # the same names as models.folder's, which imports pydantic models
+CARD_FILE = "smallvision.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 METADATA_FORMAT_VERSION = "1"
@@ -135,7 +136,11 @@ def read_export_json(path: str | Path) -> dict[str, Any]:
 
 
 def find_export(model_dir: str | Path, int8: bool = False) -> Path:
-    """The model folder's checked model.onnx (or model.int8.onnx), refused when unchecked, failed or stale."""
+    """The model folder's checked model.onnx (or model.int8.onnx), refused when unchecked, failed or stale.
+
+    Stale: the sha256 of model.safetensors, smallvision.json (classes) or the export file itself differs from the
+    one export.json recorded when the check passed, so the checked file is not what would run.
+    """
     model_dir = Path(model_dir)
     key, name = ("int8", INT8_FILE) if int8 else ("onnx", ONNX_FILE)
     flag = " --int8" if int8 else ""
@@ -147,9 +152,17 @@ def find_export(model_dir: str | Path, int8: bool = False) -> Path:
         raise SmallvisionError(f"{model_dir}: no checked {name} export; {fix}")
     if entry.get("file") != name or not (entry.get("check") or {}).get("passed"):
         raise SmallvisionError(f"{path}: its check against the PyTorch model did not pass; {fix}")
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise SmallvisionError(f"{model_dir}: {WEIGHTS_FILE} is missing, so {name} cannot be matched to the model")
-    if record.get("model_sha256") != file_sha256(weights):
-        raise SmallvisionError(f"{path}: stale export ({WEIGHTS_FILE} changed after it was exported); {fix}")
+    weights, card = model_dir / WEIGHTS_FILE, model_dir / CARD_FILE
+    for needed in (weights, card):
+        if not needed.is_file():
+            raise SmallvisionError(f"{model_dir}: {needed.name} is missing, so {name} cannot be matched to the model")
+    for what, recorded, current in (
+        (WEIGHTS_FILE, record.get("model_sha256"), weights),
+        (CARD_FILE, entry.get("card_sha256"), card),
+        (name, entry.get("file_sha256"), path),
+    ):
+        if recorded != file_sha256(current):
+            raise SmallvisionError(
+                f"{path}: stale export ({what} changed after it was exported, or export.json predates its hash); {fix}"
+            )
     return path

@@ -121,6 +121,7 @@ def test_onnx_round_trip_agrees_with_pytorch(models, shapes_data, kind):
     check = result["record"]["onnx"]["check"]
     assert check["passed"] and check["images"] == 30 and check["top1_agreement"] == 1.0
     assert check["max_abs_diff"] <= 1e-4 and "val split" in check["source"]
+    assert check["compared_with"] == "the PyTorch model" and check["tolerance"] == 1e-4  # a probability difference
     _assert_round_trip(model_dir, _val_images(shapes_data, smallvision.load(model_dir)[1].image_size)[1])
 
 
@@ -138,6 +139,7 @@ def test_torchscript_round_trip(models, shapes_data):
     result = smallvision.export(model_dir, format="torchscript")
     entry = result["record"]["torchscript"]
     assert entry["file"] == "model.torchscript.pt" and entry["check"]["passed"] and entry["check"]["images"] == 30
+    assert entry["check"]["compared_with"] == "the PyTorch model" and entry["check"]["tolerance"] == 1e-4
     network, card = smallvision.load(model_dir)
     _, images = _val_images(shapes_data, card.image_size)
     extra = {"smallvision.classes": "", "smallvision.image_size": ""}
@@ -198,6 +200,10 @@ def test_int8_on_a_real_run_reports_accuracy_size_and_speed(hymenoptera_int8):
     assert onnx_check["passed"] and onnx_check["images"] == 153 and onnx_check["max_abs_diff"] <= 1e-4
     assert q["file"] == "model.int8.onnx" and result["int8_path"] == str(model_dir / "model.int8.onnx")
     assert q["check"]["images"] == 153 and "val split" in q["check"]["source"]
+    # int8's tolerance is accuracy points on the val split, its agreement figures against the fp32 export: named so
+    assert q["check"]["compared_with"] == "the checked fp32 ONNX export" and "tolerance" not in q["check"]
+    assert q["check"]["accuracy_tolerance_points"] == 5.0 and onnx_check["compared_with"] == "the PyTorch model"
+    assert {"top1_agreement", "max_abs_diff", "images", "source", "passed"} <= q["check"].keys()
     assert q["calibration"]["images"] == 200 and "train split" in q["calibration"]["source"]
     # The fp32 export agrees with PyTorch on every top-1, so its accuracy is the saved model's, as evaluate says.
     evaluated = smallvision.evaluate(model_dir, shared_dataset("hymenoptera"))
@@ -233,7 +239,7 @@ def test_cli_export_prints_the_check_and_writes_export_json(models, shapes_data,
     assert record["model_sha256"] == runtime.file_sha256(models("scratch") / "model.safetensors")
     assert record["onnx"]["file"] == "shapes.onnx" and check["passed"] and check["images"] == 18
     assert f"onnx: {dest}" in done.stdout
-    assert f"check: 18 images ({check['source']}): top-1 agreement 1.0000" in done.stdout
+    assert f"check against the PyTorch model: 18 images ({check['source']}): top-1 agreement 1.0000" in done.stdout
     assert f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance 0.0001): passed" in done.stdout
     assert f"record: {dest.parent / 'export.json'}" in done.stdout
 
@@ -254,3 +260,143 @@ def test_options_that_cannot_apply_are_refused(models, tmp_path, options, messag
     with pytest.raises(SmallvisionError, match=re.escape(message)):
         smallvision.export(models("scratch"), out=dest, **options)
     assert not dest.parent.exists()
+
+
+def _bare_model_folder(models, tmp_path: Path) -> Path:
+    """A copy of the scratch model folder with no run beside it (checked on --check-images)."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("model.safetensors", "smallvision.json"):
+        (model_dir / name).write_bytes((models("scratch") / name).read_bytes())
+    return model_dir
+
+
+def test_find_export_refuses_a_replaced_export_file_or_an_edited_card(models, shapes_data, tmp_path):
+    """export.json hashes the export file and smallvision.json too: either changed means the check is not for it."""
+    model_dir = _bare_model_folder(models, tmp_path)
+    record = smallvision.export(model_dir, check_images=shapes_data / "test")["record"]
+    onnx_path, card_path = model_dir / "model.onnx", model_dir / "smallvision.json"
+    assert record["onnx"]["file_sha256"] == runtime.file_sha256(onnx_path)
+    assert record["onnx"]["card_sha256"] == runtime.file_sha256(card_path)
+    assert runtime.find_export(model_dir) == onnx_path
+
+    exported = onnx_path.read_bytes()
+    onnx_path.write_bytes(exported[:-1] + bytes([exported[-1] ^ 1]))  # another file under the checked name
+    with pytest.raises(SmallvisionError, match=r"stale export \(model.onnx changed.*run `smallvision export"):
+        runtime.find_export(model_dir)
+    onnx_path.write_bytes(exported)
+    assert runtime.find_export(model_dir) == onnx_path
+
+    card = json.loads(card_path.read_text())
+    card["classes"][0] = "renamed"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(SmallvisionError, match=r"stale export \(smallvision.json changed.*run `smallvision export"):
+        runtime.find_export(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("format", "name", "message"),
+    [
+        ("onnx", "model.pt", "a --format onnx export is a .onnx file, and 'model.pt' ends in '.pt'"),
+        ("torchscript", "model.onnx", "a --format torchscript export is a .pt file, and 'model.onnx' ends in '.onnx'"),
+        ("onnx", "model", "'model' ends in 'no suffix'; name it *.onnx"),
+    ],
+)
+def test_out_suffix_must_match_the_format(models, tmp_path, format, name, message):
+    with pytest.raises(SmallvisionError, match=re.escape(message)):
+        smallvision.export(models("scratch"), format, out=tmp_path / "out" / name)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch marks torch.jit deprecated; the format is still asked for
+def test_out_an_existing_folder_gets_the_default_name(models, shapes_data, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    result = smallvision.export(models("scratch"), "torchscript", out=folder, check_images=shapes_data / "test")
+    assert result["path"] == str(folder / "model.torchscript.pt") and result["export_json"] == str(
+        folder / "export.json"
+    )
+    assert json.loads((folder / "export.json").read_text())["torchscript"]["file"] == "model.torchscript.pt"
+    assert sorted(p.name for p in folder.iterdir()) == ["export.json", "model.torchscript.pt"]
+
+
+def test_out_where_nothing_can_be_written_is_refused_before_any_work(models, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SmallvisionError, match=re.escape(f"{blocker} is a file, not a folder")):
+        smallvision.export(models("scratch"), out=blocker / "sub" / "model.onnx")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_out_inside_the_model_folder_must_use_the_default_name(models):
+    """export.json there is keyed by format and find_export reads model.onnx: another name would shadow a good one."""
+    model_dir = models("scratch")
+    before = sorted(p.name for p in model_dir.iterdir())
+    with pytest.raises(SmallvisionError, match=r"inside the model folder the onnx export is named model\.onnx"):
+        smallvision.export(model_dir, out=model_dir / "other.onnx")
+    with pytest.raises(SmallvisionError, match=r"the onnx export is named model\.onnx"):
+        smallvision.export(model_dir, out=model_dir / "model.int8.onnx")
+    assert sorted(p.name for p in model_dir.iterdir()) == before
+
+
+def _data_dependent_forward(self, images: torch.Tensor) -> torch.Tensor:
+    """A branch on a pixel value: torch.export cannot capture it in one graph."""
+    x = images.permute(0, 3, 1, 2).float() / 255
+    if x.mean() > 0.5:
+        x = x.flip(3)
+    return self.network(x).softmax(dim=1)
+
+
+def _non_tensor_forward(self, images: torch.Tensor) -> float:
+    """A Python number out: torch.jit.trace can only trace tensor outputs."""
+    return float(images.float().mean())
+
+
+@pytest.mark.parametrize(
+    ("format", "forward", "message"),
+    [
+        ("onnx", _data_dependent_forward, r"torch\.onnx\.export could not convert this scratch model "),
+        ("torchscript", _non_tensor_forward, r"torch\.jit\.trace could not convert this scratch model "),
+    ],
+)
+def test_exporter_failures_name_the_model_and_the_other_format(models, monkeypatch, tmp_path, format, forward, message):
+    monkeypatch.setattr(exporting.Uint8Classifier, "forward", forward)
+    other = "torchscript" if format == "onnx" else "onnx"
+    dest = tmp_path / "out" / ("model.onnx" if format == "onnx" else "model.torchscript.pt")
+    with pytest.raises(exporting.ExporterError, match=message + r"\(backbone\(s\): small_cnn\): ") as e:
+        smallvision.export(models("scratch"), format, out=dest)
+    assert f"Try `--format {other}` instead" in str(e.value) and "nothing was written" in str(e.value)
+    assert "\x1b[" not in str(e.value)
+    assert sorted(p.name for p in dest.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("count", [1, 7])
+def test_too_few_check_images_are_refused(models, shapes_data, tmp_path, count):
+    """One image agreeing says little: fewer than 8 is refused, saying how many were found."""
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in sorted((shapes_data / "test").rglob("*.png"))[:count]:
+        (folder / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    dest = tmp_path / "out" / "model.onnx"
+    with pytest.raises(SmallvisionError, match=rf"only {count} readable check image\(s\) found; at least 8 are needed"):
+        smallvision.export(models("scratch"), out=dest, check_images=folder)
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_run_whose_data_folder_moved_points_to_check_images(models, tmp_path, int8):
+    """The run folder's config.yaml names a data folder that is gone: say so and name --check-images."""
+    trained = models("scratch")
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for name in ("model.safetensors", "smallvision.json"):
+        (run / "model" / name).write_bytes((trained / name).read_bytes())
+    config = (trained.parent / "config.yaml").read_text()
+    data = re.search(r"^  path: (.+)$", config, re.M).group(1)
+    moved = tmp_path / "moved-away"
+    (run / "config.yaml").write_text(config.replace(data, str(moved)))
+    expected = f"the run's data folder {moved} is not there (or its val split is empty); "
+    expected += "--int8 needs its training and val images" if int8 else "pass --check-images DIR"
+    with pytest.raises(SmallvisionError, match=re.escape(expected)):
+        smallvision.export(run / "model", int8=int8)
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["model.safetensors", "smallvision.json"]
