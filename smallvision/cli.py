@@ -378,6 +378,9 @@ def serve(
     max_bytes: Annotated[int, Opt(help=SERVE_HELP["max_bytes"])] = SERVE_DEFAULTS.max_bytes,
     max_pixels: Annotated[int, Opt(help=SERVE_HELP["max_pixels"])] = SERVE_DEFAULTS.max_pixels,
     top_k: Annotated[int, Opt("--top-k", help=SERVE_HELP["top_k"])] = SERVE_DEFAULTS.top_k,
+    threads: Annotated[
+        int | None, Opt(help="onnxruntime threads for the model (default: onnxruntime's choice)", show_default=False)
+    ] = None,
 ) -> None:
     """Serve a model over HTTP: POST /predict, a try-a-picture page at /, API docs at /docs (exports it if needed)."""
     from smallvision import api
@@ -394,6 +397,7 @@ def serve(
         max_bytes=max_bytes,
         max_pixels=max_pixels,
         top_k=top_k,
+        threads=threads,
     )
 
 
