@@ -497,7 +497,8 @@ def write_predictions(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write predictions (from `iter_predictions`, streamed batch by batch; or a list) to a CSV and/or JSON file
-    ("-": stdout); each file appears atomically when complete. Returns {"images", "unreadable", "written"}."""
+    ("-": stdout); each file appears atomically when complete. Returns {"images", "unreadable",
+    "unlisted_folders", "written"}."""
     from smallvision.prediction import Predictions
     from smallvision.prediction_files import write_predictions as write
 

@@ -278,18 +278,27 @@ def predict(
     int8: Annotated[bool, Opt("--int8", help="With --onnx: run the checked int8 export (export --int8)")] = False,
     imagenet: Annotated[bool, Opt("--imagenet", help="Use the bundled backbone's ImageNet head")] = False,
     tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged")] = False,
-    backbone: Annotated[str, Opt(help="Backbone for --imagenet")] = "efficientnet_lite0",
+    backbone: Annotated[
+        str | None, Opt(help="Backbone for --imagenet (default efficientnet_lite0)", show_default=False)
+    ] = None,
 ) -> None:
     """Top-k classes with probabilities for images or folders: a table, or any number of images streamed to --csv or
     --json (a progress bar on stderr; unreadable files become rows with an error)."""
     from smallvision import api
 
     _setup_logging(True)
+    if top_k < 1:
+        raise SmallvisionError(f"--top-k {top_k}: give 1 or more classes per image")
     if imagenet:
         if onnx or int8:
             flag = "--onnx" if onnx else "--int8"
             raise SmallvisionError(f"{flag} cannot apply with --imagenet: the ImageNet head has no ONNX export")
-        preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone, tta=tta)
+        preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone or "efficientnet_lite0", tta=tta)
+    elif backbone is not None:
+        raise SmallvisionError(
+            f"--backbone {backbone} applies only with --imagenet: a saved model's backbone is part of MODEL_DIR; "
+            "drop --backbone or add --imagenet"
+        )
     else:
         if len(paths) < 2:
             raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
@@ -302,8 +311,11 @@ def predict(
                 typer.echo(f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top))
         return
     done = api.write_predictions(preds, csv=csv_path, json=json_path, progress=sys.stderr.isatty())
+    from smallvision.prediction_files import summary
+
     typer.echo(
-        f"{done['images']} images, {done['unreadable']} unreadable; wrote {', '.join(done['written'])}", err=True
+        f"{summary(done['images'], done['unreadable'], done['unlisted_folders'])}; wrote {', '.join(done['written'])}",
+        err=True,
     )
 
 
