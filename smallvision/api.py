@@ -587,7 +587,8 @@ def write_predictions(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write predictions (from `iter_predictions`, streamed batch by batch; or a list) to a CSV and/or JSON file
-    ("-": stdout); each file appears atomically when complete. Returns {"images", "unreadable", "written"}."""
+    ("-": stdout); each file appears atomically when complete. Returns {"images", "unreadable",
+    "unlisted_folders", "written"}."""
     from smallvision.prediction import Predictions
     from smallvision.prediction_files import write_predictions as write
 
@@ -819,7 +820,11 @@ def _checked_export(model_dir: Path, int8: bool) -> Path:
         lines = [line for line in lines if line]
         errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
         error = (errors or lines or [f"exit status {done.returncode}"])[-1]
-        raise SmallvisionError(f"cannot serve {model_dir}: `smallvision {' '.join(command[3:])}` failed: {error}")
+        own = f"smallvision export {model_dir}{' --int8' if int8 else ''} --check-images DIR"
+        raise SmallvisionError(
+            f"cannot serve {model_dir}: `smallvision {' '.join(command[3:])}` failed: {error}. Run `{own}` first "
+            "(DIR: a folder of real images to check the export on), then serve"
+        )
     if done.stdout.strip():
         log.info("%s", done.stdout.strip())
     return find_export(model_dir, int8=int8)
@@ -843,7 +848,11 @@ def serve(
     import uvicorn
 
     from smallvision.serving import create_app
+    from smallvision.serving.options import ServeOptions
 
+    ServeOptions(**limits)  # refuse a bad limit now, not after a minute of exporting
+    if threads is not None and threads < 1:
+        raise SmallvisionError(f"--threads (threads) = {threads} is out of range: it must be at least 1")
     model_dir = Path(model_dir)
     _checked_export(model_dir, int8)
     app = create_app(model_dir, int8=int8, threads=threads, **limits)

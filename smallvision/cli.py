@@ -381,18 +381,27 @@ def predict(
     ] = False,
     imagenet: Annotated[bool, Opt("--imagenet", help="Use the bundled backbone's ImageNet head; default: off")] = False,
     tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged; default: off")] = False,
-    backbone: Annotated[str, Opt(help="Backbone for --imagenet")] = "efficientnet_lite0",
+    backbone: Annotated[
+        str | None, Opt(help="Backbone for --imagenet; default: efficientnet_lite0", show_default=False)
+    ] = None,
 ) -> None:
     """Classify images or folders: top-k classes with probabilities. A table, or any number of images streamed to
     --csv or --json (a progress bar on stderr; unreadable files become rows with an error)."""
     from smallvision import api
 
     _setup_logging(True)
+    if top_k < 1:
+        raise SmallvisionError(f"--top-k {top_k}: give 1 or more classes per image")
     if imagenet:
         if onnx or int8:
             flag = "--onnx" if onnx else "--int8"
             raise SmallvisionError(f"{flag} cannot apply with --imagenet: the ImageNet head has no ONNX export")
-        preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone, tta=tta)
+        preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone or "efficientnet_lite0", tta=tta)
+    elif backbone is not None:
+        raise SmallvisionError(
+            f"--backbone {backbone} applies only with --imagenet: a saved model's backbone is part of MODEL_DIR; "
+            "drop --backbone or add --imagenet"
+        )
     else:
         if len(paths) < 2:
             raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
@@ -405,8 +414,11 @@ def predict(
                 typer.echo(f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top))
         return
     done = api.write_predictions(preds, csv=csv_path, json=json_path, progress=sys.stderr.isatty())
+    from smallvision.prediction_files import summary
+
     typer.echo(
-        f"{done['images']} images, {done['unreadable']} unreadable; wrote {', '.join(done['written'])}", err=True
+        f"{summary(done['images'], done['unreadable'], done['unlisted_folders'])}; wrote {', '.join(done['written'])}",
+        err=True,
     )
 
 
@@ -478,17 +490,22 @@ def export(
 @app.command()
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/)")],
-    host: Annotated[str, Opt(help="Address to bind; other machines can reach anything but 127.0.0.1")] = "127.0.0.1",
-    port: Annotated[int, Opt(help="TCP port")] = 8000,
-    int8: Annotated[bool, Opt("--int8", help="Serve the checked int8 export (model.int8.onnx)")] = False,
+    host: Annotated[
+        str, Opt(help="Address to bind; other machines can reach anything but 127.0.0.1; default: 127.0.0.1")
+    ] = "127.0.0.1",
+    port: Annotated[int, Opt(help="TCP port; default: 8000")] = 8000,
+    int8: Annotated[bool, Opt("--int8", help="Serve the checked int8 export (model.int8.onnx); default: off")] = False,
     max_batch: Annotated[int, Opt(help=SERVE_HELP["max_batch"])] = SERVE_DEFAULTS.max_batch,
     max_wait_ms: Annotated[float, Opt(help=SERVE_HELP["max_wait_ms"])] = SERVE_DEFAULTS.max_wait_ms,
     queue: Annotated[int, Opt(help=SERVE_HELP["queue_size"])] = SERVE_DEFAULTS.queue_size,
     max_bytes: Annotated[int, Opt(help=SERVE_HELP["max_bytes"])] = SERVE_DEFAULTS.max_bytes,
     max_pixels: Annotated[int, Opt(help=SERVE_HELP["max_pixels"])] = SERVE_DEFAULTS.max_pixels,
     top_k: Annotated[int, Opt("--top-k", help=SERVE_HELP["top_k"])] = SERVE_DEFAULTS.top_k,
+    threads: Annotated[
+        int | None, Opt(help="onnxruntime threads for the model (default: onnxruntime's choice)", show_default=False)
+    ] = None,
 ) -> None:
-    """Serve a model over HTTP: POST /predict, a try-a-picture page at /, API docs at /docs (exports it if needed)."""
+    """Serve a model over HTTP. POST /predict, a try-a-picture page at /, API docs at /docs (exports it if needed)."""
     from smallvision import api
 
     _setup_logging(False)
@@ -503,6 +520,7 @@ def serve(
         max_bytes=max_bytes,
         max_pixels=max_pixels,
         top_k=top_k,
+        threads=threads,
     )
 
 

@@ -24,6 +24,7 @@ class Prediction:
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    folder: bool = False  # the row stands for a folder that could not be listed (its images were skipped)
 
     def to_dict(self) -> dict:
         """Plain values for JSON output."""
@@ -35,10 +36,25 @@ class Prediction:
         return out
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """Image files under `folder` in sorted path order, listing one folder at a time (what sorted(rglob) gives)."""
-    with os.scandir(folder) as entries:
-        ordered = sorted(entries, key=lambda e: e.name)
+@dataclass(frozen=True)
+class UnlistedFolder:
+    """A folder that could not be listed (no permission, vanished, path too long): reported, its images skipped."""
+
+    path: Path
+    reason: str
+
+
+def _walk(folder: Path) -> Iterator[Path | UnlistedFolder]:
+    """Image files under `folder` in sorted path order, listing one folder at a time (what sorted(rglob) gives).
+
+    A folder that cannot be listed is yielded as an UnlistedFolder, so the caller reports it and goes on.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            ordered = sorted(entries, key=lambda e: e.name)
+    except OSError as e:
+        yield UnlistedFolder(folder, e.strerror or str(e))
+        return
     for entry in ordered:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(Path(entry.path))
@@ -46,8 +62,9 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Image files named directly, plus every image under named folders (sorted), listed lazily."""
+def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path | UnlistedFolder]:
+    """Image files named directly, plus every image under named folders (sorted), listed lazily; a folder that
+    cannot be listed comes as an UnlistedFolder in its place."""
     named = [Path(p) for p in paths]
     for p in named:
         if not p.exists():
@@ -56,9 +73,15 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly, plus every image under named folders (sorted), as a list."""
+    """Image files named directly, plus every image under named folders (sorted), as a list (unlisted folders are
+    logged and skipped)."""
     paths = list(paths)
-    out = list(iter_image_files(paths))
+    out = []
+    for item in iter_image_files(paths):
+        if isinstance(item, UnlistedFolder):
+            log.warning("skipped folder %s: cannot list it (%s)", item.path, item.reason)
+        else:
+            out.append(item)
     if not out:
         raise SmallvisionError(f"no image files found in {', '.join(map(str, paths))}")
     return out
@@ -92,10 +115,17 @@ def probabilities(model, images: np.ndarray, *, tta: bool = False, batch_size: i
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[Prediction], list[int], np.ndarray]:
+def _decode_batch(
+    paths: list[Path | UnlistedFolder], image_size: int
+) -> tuple[list[Prediction], list[int], np.ndarray]:
     """Decode one batch of files: their predictions (errors filled in), the readable ones' slots and pixels."""
     preds, slots, images = [], [], []
     for path in paths:
+        if isinstance(path, UnlistedFolder):
+            error = f"folder could not be listed ({path.reason}); its images were skipped"
+            preds.append(Prediction(str(path.path), error=error, folder=True))
+            log.warning("skipped folder %s: %s", path.path, error)
+            continue
         preds.append(Prediction(str(path)))
         try:
             images.append(decode_file(path, image_size))
@@ -146,8 +176,10 @@ class Predictions:
         batch_size: int = 32,
         prefetch: bool = True,
     ) -> None:
+        if top_k < 1:
+            raise SmallvisionError(f"top_k (--top-k) = {top_k}: give 1 or more classes per image")
         self.classes = list(classes)
-        self.k = max(1, min(top_k, len(self.classes)))
+        self.k = min(top_k, len(self.classes))
         self.image_size = image_size
         self._probabilities = probabilities
         self._paths = [Path(p) for p in paths]

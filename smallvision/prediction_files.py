@@ -91,7 +91,7 @@ def write_predictions(
         raise SmallvisionError("--csv - and --json - both ask for stdout; send one of them to a file")
     if len(targets) == 2 and Path(csv_path).resolve() == Path(json_path).resolve():
         raise SmallvisionError(f"--csv and --json both name {csv_path}; give them different paths")
-    images = unreadable = 0
+    images = unreadable = unlisted = 0
     with contextlib.ExitStack() as stack:
         sinks: list[_CsvSink | _JsonSink] = []
         streams: list[TextIO] = []
@@ -107,15 +107,25 @@ def write_predictions(
                 sink.write(batch)
             for stream in streams:
                 stream.flush()
-            images += len(batch)
-            unreadable += sum(p.error is not None for p in batch)
+            folders = sum(p.folder for p in batch)
+            unlisted += folders
+            images += len(batch) - folders
+            unreadable += sum(p.error is not None for p in batch) - folders
             if bar is not None:
                 bar.update(len(batch))
         for sink in sinks:
             sink.close()
     written = [str(t) for t in targets]
-    log.info("%d images, %d unreadable; wrote %s", images, unreadable, ", ".join(written))
-    return {"images": images, "unreadable": unreadable, "written": written}
+    log.info("%s; wrote %s", summary(images, unreadable, unlisted), ", ".join(written))
+    return {"images": images, "unreadable": unreadable, "unlisted_folders": unlisted, "written": written}
+
+
+def summary(images: int, unreadable: int, unlisted: int) -> str:
+    """'N images, M unreadable' and, when some folders could not be listed, how many (their images were skipped)."""
+    text = f"{images} images, {unreadable} unreadable"
+    if unlisted:
+        text += f", {unlisted} folder{'s' if unlisted > 1 else ''} could not be listed (their images were skipped)"
+    return text
 
 
 @contextlib.contextmanager

@@ -113,6 +113,60 @@ def test_refusals_name_the_options(model_dir, photos, tmp_path):
         smallvision.write_predictions(stream, csv=tmp_path)
     with pytest.raises(smallvision.SmallvisionError, match="no image files found"):
         smallvision.iter_predictions(model_dir, tmp_path)
+    with pytest.raises(smallvision.SmallvisionError, match=r"top_k \(--top-k\) = 0: give 1 or more"):
+        smallvision.iter_predictions(model_dir, photos, top_k=0)
+    backbone = cli("predict", model_dir, photos / "coffee.jpg", "--backbone", "resnet18")
+    assert backbone.returncode == 1 and "--backbone resnet18 applies only with --imagenet" in backbone.stderr
+    zero = cli("predict", model_dir, photos / "coffee.jpg", "--top-k", "0")
+    assert zero.returncode == 1 and "--top-k 0: give 1 or more" in zero.stderr, zero.stderr
+
+
+def _too_long_to_list(root: Path) -> None:
+    """Folders nested so deep that their path passes PATH_MAX: listing them fails (ENAMETOOLONG) even for root."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(20):  # 20 x 251 characters > 4096
+            name = "d" * 250
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+
+
+def _no_permission(root: Path) -> None:
+    """A folder its owner cannot read (chmod 000); skipped where that does not stop the reader (running as root)."""
+    root.chmod(0)
+    if os.access(root, os.R_OK):
+        root.chmod(0o755)
+        pytest.skip("running as root: chmod 000 does not stop listing (the PATH_MAX case covers it)")
+
+
+@pytest.mark.parametrize("make_unlistable", [_too_long_to_list, _no_permission], ids=["path-too-long", "chmod-000"])
+def test_a_folder_that_cannot_be_listed_is_reported_and_the_run_goes_on(model_dir, photos, tmp_path, make_unlistable):
+    root = tmp_path / "photos"
+    (root / "deep").mkdir(parents=True)
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        shutil.copy(photos / name, root / name)
+    (root / "zz").mkdir()
+    shutil.copy(photos / "rocket.jpg", root / "zz" / "rocket.jpg")
+    make_unlistable(root / "deep")
+    try:
+        preds = smallvision.predict(model_dir, root, top_k=1)
+        folders = [p for p in preds if p.error]
+        assert [p.folder for p in preds].count(True) == len(folders) == 1, preds
+        assert folders[0].path.startswith(str(root / "deep")) and "folder could not be listed" in folders[0].error
+        assert sorted(Path(p.path).name for p in preds if not p.error) == ["astronaut.jpg", "coffee.jpg", "rocket.jpg"]
+        done = cli("predict", model_dir, root, "--csv", tmp_path / "p.csv")
+        assert done.returncode == 0, done.stderr
+        assert "3 images, 0 unreadable, 1 folder could not be listed (their images were skipped)" in done.stderr
+        assert "skipped folder" in done.stderr  # the warning names it as the run goes
+        with open(tmp_path / "p.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["error"] != "" for r in rows].count(True) == 1 and len(rows) == 4
+    finally:
+        (root / "deep").chmod(0o755)
 
 
 def test_rows_come_out_before_the_last_file_is_read(model_dir, tmp_path):
@@ -136,7 +190,8 @@ def test_progress_bar_json_file_and_list_input(model_dir, photos, tmp_path, caps
         json=tmp_path / "p.json",
         progress=True,
     )
-    assert done == {"images": 12, "unreadable": 2, "written": [str(tmp_path / "p.csv"), str(tmp_path / "p.json")]}
+    written = [str(tmp_path / "p.csv"), str(tmp_path / "p.json")]
+    assert done == {"images": 12, "unreadable": 2, "unlisted_folders": 0, "written": written}
     assert "12/12" in capsys.readouterr().err
     preds = smallvision.predict(model_dir, photos, top_k=3)
     with open(tmp_path / "p.json") as f:

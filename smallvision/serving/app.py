@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,10 @@ from smallvision.serving.uploads import (
 )
 
 _DEFAULTS = ServeOptions()
+
+log = logging.getLogger(__name__)
+
+DECODE_THREADS = 4  # the most images decoded at once: each may take ~4 bytes x max_pixels while it decodes
 
 # The request body /predict takes, for the OpenAPI schema (the body is read by hand, to enforce the byte limit while
 # reading and to keep uploads in memory, so FastAPI cannot infer it).
@@ -119,9 +124,12 @@ def create_app(
     report = beside if beside.is_file() else None
     info = _model_info(model_dir, classifier, int8, report, options)
     batcher = MicroBatcher(classifier.probabilities, max_batch, max_wait_ms, queue_size)
-    # Decoding runs in a pool as wide as the CPU, not one thread per request: under a burst, images are decoded a few
-    # at a time and reach the queue steadily, instead of all at once and late.
-    decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="smallvision-decode")
+    # Decoding runs in a pool as wide as the CPU (at most DECODE_THREADS), not one thread per request: under a burst,
+    # images are decoded a few at a time and reach the queue steadily, instead of all at once and late; and at most
+    # that many full-size images (up to max_pixels each) are in memory decoded at once.
+    decoder = ThreadPoolExecutor(
+        max_workers=min(os.cpu_count() or 1, DECODE_THREADS), thread_name_prefix="smallvision-decode"
+    )
     page = {name: _page(name) for name in ("index.html", "page.css", "page.js")}
     started = time.time()
     admitted = [0]  # requests being read, decoded or waiting for the model: at most queue_size, so memory is bounded
@@ -182,7 +190,11 @@ def create_app(
         else:
             uploads = [Upload("<body>", body)]
         if len(uploads) > queue_size:
-            raise UploadError(413, f"{len(uploads)} images in one request; this server takes at most {queue_size}")
+            raise UploadError(
+                413,
+                f"{len(uploads)} images in one request; this server takes at most {queue_size} (--queue): "
+                "send them in several requests",
+            )
         size = classifier.image_size
         loop = asyncio.get_running_loop()
         images = await asyncio.gather(
@@ -218,6 +230,9 @@ def create_app(
             return JSONResponse({"detail": e.message}, status_code=e.status)
         except Overloaded as e:
             return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "1"})
+        except Exception as e:  # the model (or a decoder) failed: this request gets a JSON 500, the server goes on
+            log.exception("predict failed")
+            return JSONResponse({"detail": f"the server failed on this request: {e}"}, status_code=500)
         k = top_k or options.top_k
         tops = classifier.top_k(np.stack(probs), k)
         predictions = [

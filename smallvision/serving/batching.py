@@ -139,7 +139,9 @@ class MicroBatcher:
             start = time.perf_counter()
             try:
                 probs = await loop.run_in_executor(self._executor, self.model, np.stack([j.image for j in jobs]))
-            except Exception as e:  # the model failed: every request in the batch gets the error, the worker goes on
+                if len(probs) != len(jobs):
+                    raise RuntimeError(f"the model answered {len(probs)} rows for a batch of {len(jobs)} images")
+            except Exception as e:  # any failure: every request in the batch gets the error, the worker goes on
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(e)

@@ -19,6 +19,16 @@ HELP = {
     "top_k": "Classes returned per image when a request gives no ?top_k=",
 }
 
+# The `smallvision serve` flag of each option, so an error names what the user typed.
+FLAGS = {
+    "max_batch": "--max-batch",
+    "max_wait_ms": "--max-wait-ms",
+    "queue_size": "--queue",
+    "max_bytes": "--max-bytes",
+    "max_pixels": "--max-pixels",
+    "top_k": "--top-k",
+}
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -32,7 +42,7 @@ class ServeOptions:
     top_k: int = 5
 
     def __post_init__(self) -> None:
-        """Refuse values that cannot apply, naming the option and its range."""
+        """Refuse values that cannot apply, naming the option (its CLI flag and field) and its range."""
         ranges = {
             "max_batch": (1, 1024),
             "max_wait_ms": (0, 1000),
@@ -44,4 +54,6 @@ class ServeOptions:
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if not low <= value <= high:
-                raise SmallvisionError(f"{name} = {value} is out of range: it must be between {low} and {high}")
+                raise SmallvisionError(
+                    f"{FLAGS[name]} ({name}) = {value} is out of range: it must be between {low} and {high}"
+                )

@@ -34,7 +34,7 @@ class Upload:
     """One image as sent: its name (the file name, or a stand-in) and its bytes."""
 
     name: str
-    data: bytes
+    data: bytes | memoryview  # a multipart part is a view into the request body, not a copy of it
 
 
 def media_type(header: str | None) -> str:
@@ -73,13 +73,18 @@ def _too_many_bytes(max_bytes: int) -> str:
 
 
 async def read_body(chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
-    """The whole body, stopped with 413 as soon as it passes the limit (a Content-Length can lie or be absent)."""
-    body = bytearray()
+    """The whole body, stopped with 413 as soon as it passes the limit (a Content-Length can lie or be absent).
+
+    The chunks are joined once at the end: the body is copied once, not grown and then copied again.
+    """
+    received: list[bytes] = []
+    length = 0
     async for chunk in chunks:
-        body += chunk
-        if len(body) > max_bytes:
+        received.append(chunk)
+        length += len(chunk)
+        if length > max_bytes:
             raise UploadError(413, _too_many_bytes(max_bytes))
-    return bytes(body)
+    return b"".join(received)
 
 
 def _disposition(value: bytes) -> dict[str, str]:
@@ -103,7 +108,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
     ended = []
 
     def on_part_begin() -> None:
-        parts.append({"headers": {}, "data": bytearray()})
+        parts.append({"headers": {}, "data": []})
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header[0] += data[start:end]
@@ -116,7 +121,8 @@ def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
         header[:] = [b"", b""]
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1]["data"] += data[start:end]
+        # A slice of the body is kept as a range (no copy); the parser's own buffers (a boundary look-alike) as bytes.
+        parts[-1]["data"].append((start, end) if data is body else bytes(data[start:end]))
 
     callbacks = {
         "on_part_begin": on_part_begin,
@@ -146,10 +152,18 @@ def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
         kind = media_type(part["headers"].get(b"content-type", b"").decode("latin-1"))
         if kind and not (kind.startswith("image/") or kind in RAW_TYPES):
             raise UploadError(415, f"{name}: content type {kind!r} is not an image type (image/*)")
-        uploads.append(Upload(name, bytes(part["data"])))
+        uploads.append(Upload(name, _part_data(body, part["data"])))
     if not uploads:
         raise UploadError(400, "no images in the request: send one or more files in the field 'files'")
     return uploads
+
+
+def _part_data(body: bytes, pieces: list[tuple[int, int] | bytes]) -> bytes | memoryview:
+    """A part's bytes: a view into the body when they are one range of it (the usual case), else joined."""
+    if len(pieces) == 1 and isinstance(pieces[0], tuple):
+        start, end = pieces[0]
+        return memoryview(body)[start:end]
+    return b"".join(body[p[0] : p[1]] if isinstance(p, tuple) else p for p in pieces)
 
 
 def check_pixels(upload: Upload, max_pixels: int) -> None:
@@ -174,6 +188,7 @@ def decode_image(upload: Upload, size: int, max_pixels: int) -> np.ndarray:
     """The upload as the model's uint8 [size, size, 3] input, exactly as `smallvision.predict` decodes a file."""
     if not upload.data:
         raise UploadError(400, f"{upload.name}: empty upload (0 bytes)")
+    upload = Upload(upload.name, bytes(upload.data))  # a part's own copy only while it decodes (pool-wide at most)
     check_pixels(upload, max_pixels)
     try:
         return decode_bytes(upload.data, size, upload.name)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import threading
 from pathlib import Path
 
 import httpx
@@ -44,9 +48,10 @@ def test_page_shows_the_apis_top_class_for_each_uploaded_picture(served, browser
     picked = [served.images[0], served.images[-1]]  # an ant and a bee, picked together
     browser.get(f"{served.url}/")
     wait = WebDriverWait(browser, 60)
-    wait.until(lambda d: "validation accuracy" in d.find_element(By.ID, "model-line").text)
+    wait.until(lambda d: re.search(r"validation accuracy \d+\.\d%", d.find_element(By.ID, "model-line").text))
     assert "ants, bees" in browser.find_element(By.ID, "classes").text
-    assert "top-1 agreement 100.0%" in browser.find_element(By.ID, "export-line").text
+    export_line = browser.find_element(By.ID, "export-line").text
+    assert "checked against the PyTorch model" in export_line and "top-1 agreement 100.0%" in export_line
     assert browser.find_element(By.ID, "report-link").is_displayed()
     browser.find_element(By.ID, "picker").send_keys("\n".join(str(p) for p in picked))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card[data-state='done']")) == len(picked))
@@ -67,3 +72,47 @@ def test_page_shows_the_apis_top_class_for_each_uploaded_picture(served, browser
     browser.get(f"{served.url}/docs")  # Swagger UI renders from the package's own files (the machine is offline)
     title = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
     assert "smallvision" in title[0].text
+
+
+def test_page_shows_the_http_status_of_a_plain_text_error_and_the_checks_comparison(served, browser, tmp_path):
+    """A proxy in front answers /predict with a plain-text 502; export.json's check names what it was compared with."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from smallvision.serving import create_app
+    from tests.serving.conftest import free_port, wait_until_up
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(served.model_dir, model_dir)
+    record = json.loads((model_dir / "export.json").read_text())
+    record["onnx"]["check"]["compared_with"] = "the checked fp32 ONNX export"  # what an int8 check records
+    (model_dir / "export.json").write_text(json.dumps(record))
+    outer = FastAPI()
+
+    @outer.post("/predict")
+    async def bad_gateway() -> PlainTextResponse:
+        return PlainTextResponse("Bad Gateway", status_code=502)
+
+    outer.mount("/", create_app(model_dir))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(url, None, None, timeout=30)
+        browser.get(f"{url}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: "checked against" in d.find_element(By.ID, "export-line").text)
+        assert "checked against the checked fp32 ONNX export on" in browser.find_element(By.ID, "export-line").text
+        browser.find_element(By.ID, "picker").send_keys(str(served.images[0]))
+        card = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card[data-state='error']"))[0]
+        status = card.find_element(By.CSS_SELECTOR, ".status").text
+        assert status.startswith("Not classified: HTTP 502"), status
+        assert "Unexpected token" not in status
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -42,6 +44,24 @@ def _png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (120, 160, 200)).save(buf, "PNG")
     return buf.getvalue()
+
+
+@contextmanager
+def _running(app):
+    """The app served by uvicorn in a thread on a free port; its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, None, None, timeout=30)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def _as_dict(top: list) -> dict[str, float]:
@@ -113,34 +133,43 @@ def test_every_bad_input_gets_its_status_and_message_and_the_server_goes_on(serv
     assert raw(jpeg).status_code == 200
 
 
-def test_concurrent_requests_are_batched(served):
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
+    images = served.images  # distinct real photos: an answer sent to the wrong request would show
+    local = {p.path: dict(p.top) for p in smallvision.predict(served.model_dir, images, top_k=2)}
     before = httpx.get(f"{served.url}/health").json()
-    bodies = [p.read_bytes() for p in served.images] * 3
+    start = threading.Barrier(len(images))
 
-    def one(body: bytes) -> int:
-        headers = {"content-type": "image/jpeg"}
-        return httpx.post(f"{served.url}/predict", content=body, headers=headers, timeout=60).status_code
+    def one(path) -> httpx.Response:
+        body = path.read_bytes()
+        start.wait()
+        return httpx.post(
+            f"{served.url}/predict?top_k=2", content=body, headers={"content-type": "image/jpeg"}, timeout=60
+        )
 
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        statuses = list(pool.map(one, bodies))
-    assert statuses == [200] * len(bodies)
+    with ThreadPoolExecutor(len(images)) as pool:
+        answers = list(pool.map(one, images))
     after = httpx.get(f"{served.url}/health").json()
-    assert after["images"] - before["images"] == len(bodies)
-    assert after["batches"] - before["batches"] < len(bodies)  # some requests shared a model call
-    assert after["largest_batch"] > 1
+    for path, answer in zip(images, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        top = answer.json()["predictions"][0]["top"]
+        expected = local[str(path)]
+        assert top[0]["class"] == max(expected, key=expected.get), path
+        assert all(abs(_as_dict(top)[c] - expected[c]) < 1e-4 for c in expected), (path, top, expected)
+    assert len({round(local[str(p)]["bees"], 4) for p in images}) == len(images)  # every image's answer differs
+    assert after["images"] - before["images"] == len(images)
+    assert after["batches"] - before["batches"] < len(images)  # some requests shared a model call
+    grown = {
+        int(size): count - before["batch_sizes"].get(size, 0)
+        for size, count in after["batch_sizes"].items()
+        if count > before["batch_sizes"].get(size, 0)
+    }
+    assert max(grown) > 1, grown  # a batch of several images ran during this burst
+    assert sum(size * count for size, count in grown.items()) == len(images), grown
 
 
 def test_a_tiny_queue_under_a_burst_answers_503_fast_and_keeps_serving(model_dir, served):
     app = create_app(model_dir, max_batch=1, max_wait_ms=0, queue_size=1)
-    port = free_port()
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url, None, None, timeout=30)
+    with _running(app) as url:
         body = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in served.images[:1]]
 
         def one(_: int) -> tuple[int, float, str]:
@@ -160,9 +189,30 @@ def test_a_tiny_queue_under_a_burst_answers_503_fast_and_keeps_serving(model_dir
         assert health["rejected_requests"] == len(refused)
         assert health["queue"] == {"waiting": 0, "in_progress": 0, "size": 1}
         assert httpx.post(f"{url}/predict", files=body, timeout=60).status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+
+
+def test_a_failing_model_call_answers_its_batch_with_a_json_500_and_the_worker_goes_on(served):
+    app = create_app(served.model_dir, max_wait_ms=50)
+    real = app.state.classifier.probabilities
+    calls = []
+
+    def one_row_short_once(images):
+        """The real classifier's answer, one row short on the first call (a model that breaks its contract)."""
+        calls.append(len(images))
+        probs = real(images)
+        return probs[:-1] if len(calls) == 1 else probs
+
+    app.state.batcher.model = one_row_short_once
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in served.images[:3]]
+    with _running(app) as url:
+        failed = httpx.post(f"{url}/predict", files=files, timeout=15)
+        assert failed.status_code == 500, failed.text
+        assert "2 rows for a batch of 3 images" in failed.json()["detail"]
+        again = httpx.post(f"{url}/predict", files=files, timeout=15)
+        assert again.status_code == 200, again.text
+        assert [p["name"] for p in again.json()["predictions"]] == [p.name for p in served.images[:3]]
+        assert httpx.get(f"{url}/health").json()["batches"] == 1  # the failed batch is not counted as answered
+    assert calls[0] == 3
 
 
 def test_model_docs_page_and_report_answer_offline(served):
@@ -201,15 +251,36 @@ def test_serve_exported_first_printed_its_url_and_never_imported_torch(served):
 def test_create_app_refuses_a_folder_without_a_checked_export_and_bad_limits(model_dir, tmp_path):
     with pytest.raises(SmallvisionError, match="smallvision export"):
         create_app(tmp_path)
-    with pytest.raises(SmallvisionError, match="max_batch = 0 is out of range"):
+    with pytest.raises(SmallvisionError, match=r"--max-batch \(max_batch\) = 0 is out of range"):
         ServeOptions(max_batch=0)
     with pytest.raises(SmallvisionError, match="max_pixels"):
         create_app(model_dir, max_pixels=10**9)
 
 
-def test_serve_stops_with_the_export_error(tmp_path):
-    with pytest.raises(SmallvisionError, match=r"smallvision export .* failed: .*not a model folder"):
+def test_serve_stops_with_the_export_error_and_runnable_advice(tmp_path):
+    with pytest.raises(SmallvisionError, match=r"smallvision export .* failed: .*not a model folder") as caught:
         smallvision.serve(tmp_path, port=free_port())
+    assert f"Run `smallvision export {tmp_path} --check-images DIR` first" in str(caught.value)
+
+
+def test_serve_refuses_bad_limits_before_exporting_naming_the_flag(model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from smallvision.cli import app
+
+    fresh = tmp_path / "model"
+    shutil.copytree(model_dir, fresh, ignore=shutil.ignore_patterns("*.onnx", "export.json"))
+    for flags, named in (
+        (["--top-k", "0"], "--top-k (top_k) = 0"),
+        (["--max-batch", "5000"], "--max-batch (max_batch) = 5000"),
+        (["--queue", "0"], "--queue (queue_size) = 0"),
+        (["--threads", "0"], "--threads (threads) = 0"),
+    ):
+        start = time.perf_counter()
+        done = CliRunner().invoke(app, ["serve", str(fresh), "--port", str(free_port()), *flags])
+        assert isinstance(done.exception, SmallvisionError), (flags, done.output)
+        assert named in str(done.exception) and time.perf_counter() - start < 5, flags
+    assert not (fresh / "export.json").exists()  # refused before the automatic export ran
 
 
 def test_the_app_mounts_inside_another_fastapi_service(served):
@@ -231,3 +302,61 @@ def test_the_cli_reads_the_servers_defaults_without_importing_fastapi():
     code = f"import sys, smallvision.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"  # `smallvision --help` stays fast
+
+
+def test_multipart_parts_are_views_into_the_body_not_copies(served):
+    from smallvision.serving.uploads import parse_multipart
+
+    request = httpx.Request(
+        "POST", "http://x/predict", files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in served.images[:3]]
+    )
+    body = request.read()
+    uploads = parse_multipart(body, request.headers["content-type"])
+    assert [bytes(u.data) for u in uploads] == [p.read_bytes() for p in served.images[:3]]
+    assert all(isinstance(u.data, memoryview) and u.data.obj is body for u in uploads)
+
+
+def _raw_http(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send bytes as they are (no client fixing them up) and read the status and body of the answer."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_bad_requests_of_every_shape_get_their_status_and_the_server_goes_on(served):
+    url = f"{served.url}/predict"
+    jpeg = served.images[0].read_bytes()
+    tiny = _png(8, 8)
+
+    too_many = httpx.post(url, files=[("files", (f"{i}.png", tiny, "image/png")) for i in range(65)], timeout=60)
+    assert too_many.status_code == 413, too_many.text
+    assert "65 images in one request" in too_many.json()["detail"] and "--queue" in too_many.json()["detail"]
+
+    one_bad = [("files", ("ant.jpg", jpeg, "image/jpeg")), ("files", ("notes.jpg", b"not a picture", "image/jpeg"))]
+    answer = httpx.post(url, files=one_bad, timeout=60)
+    assert answer.status_code == 400 and answer.json()["detail"].startswith("notes.jpg: not an image"), answer.text
+
+    request = httpx.Request("POST", url, files=[("files", ("ant.jpg", jpeg, "image/jpeg"))])
+    body, content_type = request.read(), request.headers["content-type"]
+    cut = httpx.post(url, content=body[: len(body) // 2], headers={"content-type": content_type}, timeout=60)
+    assert cut.status_code == 400 and "truncated multipart" in cut.json()["detail"], cut.text
+    no_boundary = httpx.post(url, content=body, headers={"content-type": "multipart/form-data"}, timeout=60)
+    assert no_boundary.status_code == 400 and "without a boundary" in no_boundary.json()["detail"], no_boundary.text
+
+    host = served.url.removeprefix("http://")
+    for length in (b"abc", b"-5", b"12, 13"):
+        status, reply = _raw_http(
+            served.url,
+            b"POST /predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: " + length + b"\r\nConnection: close\r\n\r\n" + jpeg[:100],
+        )
+        assert status == 400, (length, reply)
+    assert httpx.post(url, content=jpeg, headers={"content-type": "image/jpeg"}, timeout=60).status_code == 200

@@ -25,7 +25,8 @@ async function describeModel() {
     const check = model.export && model.export.check;
     if (check) {
       document.getElementById("export-line").textContent =
-        `Served from ${model.export.file}, checked against the PyTorch model on ${check.images} images: ` +
+        `Served from ${model.export.file}, checked against ${check.compared_with || "the PyTorch model"} on ` +
+        `${check.images} images: ` +
         `top-1 agreement ${(100 * check.top1_agreement).toFixed(1)}%, largest probability difference ` +
         `${Number(check.max_abs_diff).toExponential(1)}`;
     }
@@ -66,8 +67,14 @@ async function classify(file) {
   form.append("files", file, file.name);
   try {
     const response = await fetch("predict", { method: "POST", body: form });
-    const answer = await response.json();
-    if (!response.ok) throw new Error(answer.detail || `HTTP ${response.status}`);
+    const text = await response.text();
+    let answer = null;
+    try { answer = JSON.parse(text); } catch { answer = null; }  // a proxy's or a crash's plain-text error page
+    if (!response.ok) {
+      const why = answer && answer.detail ? answer.detail : (response.statusText || "not a JSON answer");
+      throw new Error(`HTTP ${response.status}: ${why}`);
+    }
+    if (!answer) throw new Error(`HTTP ${response.status}: the answer is not JSON`);
     showTop(card, answer.predictions[0].top);
   } catch (error) {
     card.dataset.state = "error";
