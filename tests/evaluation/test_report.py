@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import smallvision
 from smallvision.errors import SmallvisionError
-from tests.conftest import shared_dataset
+from tests.conftest import shared_dataset, skip_unless_ci
 from tests.runs import assert_figures_not_blank, first_conv_kernels
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -79,7 +79,7 @@ def compared(shapes_data, tmp_path_factory, session_cache):
 def browser():
     """Headless Chromium through Debian's chromedriver (Selenium Manager never downloads anything)."""
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("Debian's chromium and chromedriver are not installed in /usr/bin (.ci/run installs them)")
+        skip_unless_ci("Debian's chromium and chromedriver are not installed in /usr/bin (.ci/run installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

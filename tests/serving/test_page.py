@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import skip_unless_ci
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
@@ -22,7 +24,7 @@ def browser(tmp_path, monkeypatch):
     """Headless Debian chromium driven through Debian's chromedriver; Selenium Manager never downloads anything."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if missing:
-        pytest.skip(f"{', '.join(missing)} absent: .ci/run installs Debian's chromium and chromium-driver")
+        skip_unless_ci(f"{', '.join(missing)} absent: .ci/run installs Debian's chromium and chromium-driver")
     monkeypatch.setenv("SE_OFFLINE", "true")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
