@@ -122,3 +122,12 @@ def test_lightning_stages_show_one_tqdm_bar_named_after_the_stage(shapes_data, t
     shown = captured.out + captured.err
     assert "scratch epoch 1/2" in shown and "scratch epoch 2/2" in shown
     assert "Validation" not in shown and "━" not in shown  # no validation bar; no Rich bar (its bar glyph)
+
+
+def test_a_run_without_test_metrics_but_a_test_split_says_it_was_held_back(run, tmp_path):
+    """A run trained by compare: data.counts has a test split, metrics has none (compare tests only its chosen run)."""
+    from smallvision.evaluation.report import HELD_BACK
+
+    metrics = {k: v for k, v in run.metrics.items() if k != "test"}
+    page = smallvision.TrainResult(tmp_path, run.model_dir, metrics)._repr_html_()
+    assert HELD_BACK in page and "no test split:" not in page

@@ -69,6 +69,8 @@ def _verdict(label: str, split: dict[str, Any], details: list[str]) -> str:
 
 def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
     """A finished run: test accuracy (else validation), macro F1, recipe/backbone, time, confusion matrix, links."""
+    from smallvision.evaluation.report import HELD_BACK, test_held_back
+
     name = "test" if "test" in metrics else "val"
     split = metrics[name]
     details = [
@@ -78,7 +80,11 @@ def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
     if name == "test":
         details.append(f"validation accuracy {metrics['val_accuracy']:.1%} (n={metrics['val']['n']})")
     else:
-        details.append("no test split: this is the validation split the best epoch was chosen on")
+        details.append(
+            f"{HELD_BACK}; this is the validation split the best epoch was chosen on"
+            if test_held_back(metrics)
+            else "no test split: this is the validation split the best epoch was chosen on"
+        )
     report = Path(run_dir) / "report.html"
     links = [_link(report, "full report")] if report.is_file() else []
     links.append(_link(model_dir, "model folder"))

@@ -37,6 +37,14 @@ def headline_split(metrics: dict[str, Any]) -> str:
     return "test" if "test" in metrics else "val"
 
 
+HELD_BACK = "test split held back: compare evaluates only the chosen run on it (see the compare page)"
+
+
+def test_held_back(metrics: dict[str, Any]) -> bool:
+    """Whether the data has a test split the run was not scored on (compare scores only its chosen run there)."""
+    return "test" not in metrics and "test" in metrics.get("data", {}).get("counts", {})
+
+
 def chosen_row(history: list[dict], best_epoch: int | None, notes: list[str]) -> int | None:
     """The 1-based row of the history whose weights the run kept: `best_epoch` counts within the last stage, or
     within the first when the recipe's notes say it kept the stage-1 (features) model."""
@@ -436,6 +444,8 @@ def _verdict(run_dir: Path, m: dict[str, Any]) -> str:
     where = (
         "the test split, evaluated once after choosing on validation"
         if split == "test"
+        else f"the validation split ({HELD_BACK}; this is the split the model was chosen on)"
+        if test_held_back(m)
         else "the validation split (there is no test split: this is the split the model was chosen on)"
     )
     facts = [["macro F1", f"{s['f1_macro']:.3f}"]]
@@ -615,8 +625,9 @@ def write_compare_report(out: str | Path) -> Path:
         headline = (
             f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
             f'{_pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> '
-            f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: there is no test "
-            "split to confirm it.</div>"
+            f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: "
+            + html.escape(results.get("test_note", "there is no test split to confirm it"))
+            + ".</div>"
         )
     overlap = [r["run"] for r in rows if r["run"] != best and r["val_ci95"][1] >= lo]
     facts = [

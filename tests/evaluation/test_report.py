@@ -338,3 +338,25 @@ def test_auto_sentence_reads_the_recorded_plan_and_the_recipes_notes(tmp_path, p
     history = [{"stage": "features"}] * 4 + [{"stage": "finetune"}] * 3
     kept_first = "kept the" in note
     assert chosen_row(history, 2, [note]) == (2 if kept_first else 6)
+
+
+def test_a_compare_run_says_its_test_split_was_held_back_and_the_compare_page_says_why_no_test(compared, tmp_path):
+    """Compare's runs have a test split in data.counts but no test metrics; a failed test evaluation shows its note."""
+    from smallvision.evaluation.report import HELD_BACK, write_report
+
+    out, _, result = compared
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "runs" / result["best"], run_dir)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "test" not in m and "test" in m["data"]["counts"]
+    page = write_report(run_dir).read_text()
+    assert HELD_BACK in page and "there is no test split" not in page
+    cmp_dir = tmp_path / "cmp"
+    shutil.copytree(out, cmp_dir)
+    results = json.loads((cmp_dir / "results.json").read_text())
+    results.pop("best_test", None)
+    results["test_note"] = "no test split evaluated (a made-up failure)"
+    (cmp_dir / "results.json").write_text(json.dumps(results))
+    page = write_report(cmp_dir).read_text()
+    assert "chosen on: no test split evaluated (a made-up failure)." in page
+    assert "there is no test split to confirm it" not in page
