@@ -49,6 +49,7 @@ def test_train_result_renders_the_verdict_the_confusion_figure_and_a_link(run, m
     assert "recipe <b>features</b>" in page and "backbone <b>efficientnet_lite0</b>" in page
     assert f"{m['seconds']:.1f} s" in page
     assert _images(page) == [(run.run_dir / "figures" / "confusion.png").read_bytes()]
+    assert "<p>Confusion matrix (test)</p>" in page  # the figure is drawn on the headline split, test here
     assert "run/report.html" in _links(page) and (run.run_dir / "report.html").is_file()
 
 
