@@ -413,27 +413,32 @@ def _data_check(check: dict[str, int] | None, root: str) -> str:
 
 
 def auto_sentence(m: dict[str, Any], run_dir: Path) -> str | None:
-    """What `auto` chose and why, in one sentence, from its recorded plan (checkpoints/auto_plan.json) and the
-    notes the recipe wrote; None for the other recipes."""
+    """What `auto` chose and why, in one sentence: the decision from the notes the recipe wrote in metrics.json,
+    the numbers from its recorded plan (checkpoints/auto_plan.json) when present; None for the other recipes."""
     if m.get("recipe") != "auto":
         return None
     notes = m.get("notes", [])
     plan_file = run_dir / "checkpoints" / "auto_plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+    kept_features = next((n for n in notes if n.startswith("auto: kept the features model")), None)
     outcome = next(
         (n.removeprefix("auto: ") for n in notes if n.startswith(("auto: chose", "auto: kept the stage-1"))), None
     )
-    if plan is None:
-        return "auto trained the features head only; no fine-tuning plan was recorded" + (
-            f" ({outcome})." if outcome else "."
-        )
+    if kept_features is None and outcome is None and plan is None:
+        return "auto recorded no decision: neither its notes nor checkpoints/auto_plan.json say whether it fine-tuned."
     why = (
         f"fine-tuning was estimated at {plan['estimate_seconds']:.0f} s with {max(plan['seconds_left'], 0):.0f} s "
         f"of its {plan['time_budget']:g} s --time-budget left"
+        if plan is not None
+        else None
     )
-    if not plan["finetune"]:
+    if kept_features is not None or (outcome is None and not plan["finetune"]):
+        if why is None:
+            return kept_features.replace("auto: kept the features model; ", "auto kept the features model: ") + "."
         return f"auto kept the features model: {why}, too little to fine-tune."
-    return f"auto fine-tuned, since {why}; then it {outcome or 'kept the fine-tuned model'}."
+    if outcome is None:
+        return f"auto planned to fine-tune, since {why}; its notes record no outcome."
+    return f"auto fine-tuned, since {why}; then it {outcome}." if why else f"auto fine-tuned; then it {outcome}."
 
 
 def _verdict(run_dir: Path, m: dict[str, Any]) -> str:

@@ -360,3 +360,27 @@ def test_a_compare_run_says_its_test_split_was_held_back_and_the_compare_page_sa
     page = write_report(cmp_dir).read_text()
     assert "chosen on: no test split evaluated (a made-up failure)." in page
     assert "there is no test split to confirm it" not in page
+
+
+@pytest.mark.parametrize(
+    ("note", "expected"),
+    [
+        (
+            "auto: chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone",
+            "auto fine-tuned; then it chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone.",
+        ),
+        (
+            "auto: kept the features model; fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30",
+            "auto kept the features model: fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30.",
+        ),
+        (
+            "stage features: best epoch 3",
+            "auto recorded no decision: neither its notes nor checkpoints/auto_plan.json say whether it fine-tuned.",
+        ),
+    ],
+)
+def test_auto_sentence_without_its_plan_file_says_what_the_notes_say(tmp_path, note, expected):
+    """auto_plan.json deleted: the sentence comes from the recipe's notes and never claims what they do not say."""
+    from smallvision.evaluation.report import auto_sentence
+
+    assert auto_sentence({"recipe": "auto", "notes": ["stage features: ...", note]}, tmp_path) == expected
