@@ -57,6 +57,19 @@ def chosen_row(history: list[dict], best_epoch: int | None, notes: list[str]) ->
     return offset + best_epoch
 
 
+def confused_hits(
+    labels: np.ndarray, probs: np.ndarray, classes: list[str], pairs: list, limit: int = 4 * PER_PAIR
+) -> list[np.ndarray]:
+    """Per (true, predicted, count) pair, the indices of up to `limit` of its images, most confident in the wrong
+    class first: the ones the most-confused figure shows, so only those are decoded."""
+    pred = probs.argmax(1)
+    out = []
+    for t, p, _ in pairs:
+        hits = np.flatnonzero((labels == classes.index(t)) & (pred == classes.index(p)))
+        out.append(hits[np.argsort(-probs[hits, classes.index(p)], kind="stable")][:limit])
+    return out
+
+
 def _predictions_csv(path: Path, paths: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
     """Every held-out image's true class, prediction, confidence and probabilities: the numbers behind the figures."""
     import csv
@@ -98,11 +111,7 @@ def figures_for_run(
     if probs is not None:
         _predictions_csv(Path(run_dir) / f"predictions_{split}.csv", paths, labels, probs, classes)
         if len(labels) > 16:  # decode only what the figures show, not the whole split
-            pred = probs.argmax(1)
-            confused = [
-                np.flatnonzero((labels == classes.index(t)) & (pred == classes.index(p)))[: 4 * PER_PAIR]
-                for t, p, _ in summary[split]["most_confused"][:CONFUSED_PAIRS]
-            ]
+            confused = confused_hits(labels, probs, classes, summary[split]["most_confused"][:CONFUSED_PAIRS])
             shown = [worst(labels, probs), np.linspace(0, len(labels) - 1, 4).astype(int), [0], *confused]
             keep = np.unique(np.concatenate(shown)).astype(int)
             probs = probs[keep]

@@ -384,3 +384,14 @@ def test_auto_sentence_without_its_plan_file_says_what_the_notes_say(tmp_path, n
     from smallvision.evaluation.report import auto_sentence
 
     assert auto_sentence({"recipe": "auto", "notes": ["stage features: ...", note]}, tmp_path) == expected
+
+
+def test_confused_hits_keep_the_most_confident_mistakes_of_each_pair():
+    """40 cats taken for dogs with rising confidence: the 16 decoded are the 16 most confident, most confident first."""
+    from smallvision.evaluation.report import confused_hits
+
+    p_dog = np.linspace(0.55, 0.95, 40)
+    probs = np.stack([1 - p_dog, p_dog], axis=1)
+    labels = np.zeros(40, dtype=np.int64)
+    (hits,) = confused_hits(labels, probs, ["cat", "dog"], [["cat", "dog", 40]])
+    assert hits.tolist() == list(range(39, 23, -1))
