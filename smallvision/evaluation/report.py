@@ -377,6 +377,30 @@ def _figure(run_dir: Path, stem: str, caption: str = "", css: str = "") -> str:
     return f'<figure id="fig-{stem}"{cls}><figcaption>{text}</figcaption>{_img(png, FIGURES.get(stem, stem))}</figure>'
 
 
+def missing_figures(run_dir: Path, m: dict[str, Any], history: list[dict]) -> list[str]:
+    """The figures every run with a report gets (curves with a history, reliability with calibration bins) that are
+    not in RUN_DIR/figures/ and were not reported as failed when drawn."""
+    errors = m.get("figure_errors", {})
+    if "figures" in errors:  # the worker failed before any figure: that notice already says so
+        return []
+    expected = ["confusion", "per_class"]
+    expected += ["curves"] if history else []
+    expected += ["reliability"] if "calibration_bins" in m[headline_split(m)] else []
+    return [stem for stem in expected if stem not in errors and not (run_dir / "figures" / f"{stem}.png").is_file()]
+
+
+def _missing_notice(run_dir: Path, missing: list[str]) -> str:
+    """A notice naming the expected figures that are not in RUN_DIR/figures/, and how to get them back."""
+    if not missing:
+        return ""
+    names = ", ".join(FIGURES[stem] for stem in missing)
+    return (
+        f'<div id="figures-missing" class="notice warn"><b>Figures missing:</b> {html.escape(names)} (not in '
+        f"<code>{html.escape(str(run_dir / 'figures'))}</code>): they were deleted, or the run was trained without "
+        "its report. Retrain the run to draw them again.</div>"
+    )
+
+
 def _figure_errors(errors: dict[str, str], log_file: bool) -> str:
     """A notice naming the figures that could not be drawn, and why."""
     if not errors:
@@ -450,7 +474,7 @@ def auto_sentence(m: dict[str, Any], run_dir: Path) -> str | None:
     return f"auto fine-tuned, since {why}; then it {outcome}." if why else f"auto fine-tuned; then it {outcome}."
 
 
-def _verdict(run_dir: Path, m: dict[str, Any]) -> str:
+def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
     split = headline_split(m)
     s = m[split]
     lo, hi = accuracy_interval(s)
@@ -486,6 +510,7 @@ def _verdict(run_dir: Path, m: dict[str, Any]) -> str:
         + (f'<p class="auto" id="auto">{html.escape(auto)}</p>' if auto else "")
         + _data_check(m.get("data_check"), m.get("data", {}).get("root", ""))
         + _figure_errors(m.get("figure_errors", {}), (run_dir / "report-worker.log").is_file())
+        + _missing_notice(run_dir, missing)
         + "</div>"
     )
     return f'<section id="verdict" class="verdict">{card}{_figure(run_dir, "confusion", "", "cm")}</section>'
@@ -516,10 +541,19 @@ def write_report(run_dir: str | Path) -> Path:
     skipped = data.get("skipped", [])
     history = _history(run_dir)
     kept = chosen_row(history, m.get("best_epoch"), m.get("notes", []))
+    missing = missing_figures(run_dir, m, history)
+    if missing:
+        log.warning(
+            "warning: %s: figure(s) missing from %s: %s; they were deleted, or the run was trained without its "
+            "report: retrain the run to draw them again",
+            run_dir / "report.html",
+            run_dir / "figures",
+            ", ".join(missing),
+        )
     on = f"on the {'test' if split == 'test' else 'validation'} split (n={s['n']})"
     confused = s.get("most_confused", [])[:10]
     body = [
-        _verdict(run_dir, m),
+        _verdict(run_dir, m, missing),
         '<section id="next"><h2>Training and mistakes</h2>',
         _figure(
             run_dir,

@@ -395,3 +395,19 @@ def test_confused_hits_keep_the_most_confident_mistakes_of_each_pair():
     labels = np.zeros(40, dtype=np.int64)
     (hits,) = confused_hits(labels, probs, ["cat", "dog"], [["cat", "dog", 40]])
     assert hits.tolist() == list(range(39, 23, -1))
+
+
+def test_a_rebuilt_report_names_the_figures_that_are_missing(run, tmp_path, caplog):
+    """`smallvision report RUN_DIR` after figures were deleted: a notice and a warning name them, not a silent gap."""
+    from smallvision.evaluation.report import write_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.run_dir, run_dir)
+    assert 'id="figures-missing"' not in write_report(run_dir).read_text()
+    (run_dir / "figures" / "confusion.png").unlink()
+    (run_dir / "figures" / "curves.png").unlink()
+    with caplog.at_level("WARNING", logger="smallvision.evaluation.report"):
+        page = write_report(run_dir).read_text()
+    notice = re.search(r'<div id="figures-missing"[^>]*>(.*?)</div>', page).group(1)
+    assert "Confusion matrix, Training curves" in notice and "Retrain" in notice
+    assert "confusion, curves" in caplog.text and "retrain" in caplog.text
