@@ -49,6 +49,7 @@ def test_train_result_renders_the_verdict_the_confusion_figure_and_a_link(run, m
     assert "recipe <b>features</b>" in page and "backbone <b>efficientnet_lite0</b>" in page
     assert f"{m['seconds']:.1f} s" in page
     assert _images(page) == [(run.run_dir / "figures" / "confusion.png").read_bytes()]
+    assert "<p>Confusion matrix (test)</p>" in page  # the figure is drawn on the headline split, test here
     assert "run/report.html" in _links(page) and (run.run_dir / "report.html").is_file()
 
 
@@ -122,3 +123,12 @@ def test_lightning_stages_show_one_tqdm_bar_named_after_the_stage(shapes_data, t
     shown = captured.out + captured.err
     assert "scratch epoch 1/2" in shown and "scratch epoch 2/2" in shown
     assert "Validation" not in shown and "━" not in shown  # no validation bar; no Rich bar (its bar glyph)
+
+
+def test_a_run_without_test_metrics_but_a_test_split_says_it_was_held_back(run, tmp_path):
+    """A run trained by compare: data.counts has a test split, metrics has none (compare tests only its chosen run)."""
+    from smallvision.evaluation.report import HELD_BACK
+
+    metrics = {k: v for k, v in run.metrics.items() if k != "test"}
+    page = smallvision.TrainResult(tmp_path, run.model_dir, metrics)._repr_html_()
+    assert HELD_BACK in page and "no test split:" not in page

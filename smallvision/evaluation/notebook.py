@@ -49,11 +49,13 @@ def confusion_table(cm: list[list[int]], classes: list[str]) -> str:
 
 
 def _confusion(run_dir: Path | None, split: dict[str, Any], split_name: str, classes: list[str]) -> str:
-    """The run's confusion figure (validation) embedded when it exists, else the table of the `split` shown."""
+    """The run's confusion figure (drawn on `split_name`, the run's headline split) embedded when it exists, else the
+    table of the `split` shown."""
     figure = Path(run_dir) / "figures" / "confusion.png" if run_dir is not None else None
     if figure is not None and figure.is_file():
         data = base64.b64encode(figure.read_bytes()).decode()
-        return f'<p>Confusion matrix (validation)</p><img src="data:image/png;base64,{data}" alt="confusion matrix">'
+        label = "validation" if split_name == "val" else split_name
+        return f'<p>Confusion matrix ({_esc(label)})</p><img src="data:image/png;base64,{data}" alt="confusion matrix">'
     if "confusion_matrix" not in split:
         return ""
     return f"<p>Confusion matrix ({_esc(split_name)})</p>" + confusion_table(split["confusion_matrix"], classes)
@@ -69,7 +71,9 @@ def _verdict(label: str, split: dict[str, Any], details: list[str]) -> str:
 
 def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
     """A finished run: test accuracy (else validation), macro F1, recipe/backbone, time, confusion matrix, links."""
-    name = "test" if "test" in metrics else "val"
+    from smallvision.evaluation.report import HELD_BACK, headline_split, test_held_back
+
+    name = headline_split(metrics)  # the split the run's figures, confusion.png included, are drawn on
     split = metrics[name]
     details = [
         f"recipe <b>{_esc(metrics['recipe'])}</b> · backbone <b>{_esc(metrics['backbone'])}</b> · "
@@ -78,7 +82,11 @@ def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
     if name == "test":
         details.append(f"validation accuracy {metrics['val_accuracy']:.1%} (n={metrics['val']['n']})")
     else:
-        details.append("no test split: this is the validation split the best epoch was chosen on")
+        details.append(
+            f"{HELD_BACK}; this is the validation split the best epoch was chosen on"
+            if test_held_back(metrics)
+            else "no test split: this is the validation split the best epoch was chosen on"
+        )
     report = Path(run_dir) / "report.html"
     links = [_link(report, "full report")] if report.is_file() else []
     links.append(_link(model_dir, "model folder"))

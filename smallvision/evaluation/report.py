@@ -37,6 +37,14 @@ def headline_split(metrics: dict[str, Any]) -> str:
     return "test" if "test" in metrics else "val"
 
 
+HELD_BACK = "test split held back: compare evaluates only the chosen run on it (see the compare page)"
+
+
+def test_held_back(metrics: dict[str, Any]) -> bool:
+    """Whether the data has a test split the run was not scored on (compare scores only its chosen run there)."""
+    return "test" not in metrics and "test" in metrics.get("data", {}).get("counts", {})
+
+
 def chosen_row(history: list[dict], best_epoch: int | None, notes: list[str]) -> int | None:
     """The 1-based row of the history whose weights the run kept: `best_epoch` counts within the last stage, or
     within the first when the recipe's notes say it kept the stage-1 (features) model."""
@@ -47,6 +55,19 @@ def chosen_row(history: list[dict], best_epoch: int | None, notes: list[str]) ->
     stage = stages[0] if kept_first else stages[-1]
     offset = next(i for i, row in enumerate(history) if row.get("stage", "") == stage)
     return offset + best_epoch
+
+
+def confused_hits(
+    labels: np.ndarray, probs: np.ndarray, classes: list[str], pairs: list, limit: int = 4 * PER_PAIR
+) -> list[np.ndarray]:
+    """Per (true, predicted, count) pair, the indices of up to `limit` of its images, most confident in the wrong
+    class first: the ones the most-confused figure shows, so only those are decoded."""
+    pred = probs.argmax(1)
+    out = []
+    for t, p, _ in pairs:
+        hits = np.flatnonzero((labels == classes.index(t)) & (pred == classes.index(p)))
+        out.append(hits[np.argsort(-probs[hits, classes.index(p)], kind="stable")][:limit])
+    return out
 
 
 def _predictions_csv(path: Path, paths: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
@@ -90,11 +111,7 @@ def figures_for_run(
     if probs is not None:
         _predictions_csv(Path(run_dir) / f"predictions_{split}.csv", paths, labels, probs, classes)
         if len(labels) > 16:  # decode only what the figures show, not the whole split
-            pred = probs.argmax(1)
-            confused = [
-                np.flatnonzero((labels == classes.index(t)) & (pred == classes.index(p)))[: 4 * PER_PAIR]
-                for t, p, _ in summary[split]["most_confused"][:CONFUSED_PAIRS]
-            ]
+            confused = confused_hits(labels, probs, classes, summary[split]["most_confused"][:CONFUSED_PAIRS])
             shown = [worst(labels, probs), np.linspace(0, len(labels) - 1, 4).astype(int), [0], *confused]
             keep = np.unique(np.concatenate(shown)).astype(int)
             probs = probs[keep]
@@ -360,6 +377,30 @@ def _figure(run_dir: Path, stem: str, caption: str = "", css: str = "") -> str:
     return f'<figure id="fig-{stem}"{cls}><figcaption>{text}</figcaption>{_img(png, FIGURES.get(stem, stem))}</figure>'
 
 
+def missing_figures(run_dir: Path, m: dict[str, Any], history: list[dict]) -> list[str]:
+    """The figures every run with a report gets (curves with a history, reliability with calibration bins) that are
+    not in RUN_DIR/figures/ and were not reported as failed when drawn."""
+    errors = m.get("figure_errors", {})
+    if "figures" in errors:  # the worker failed before any figure: that notice already says so
+        return []
+    expected = ["confusion", "per_class"]
+    expected += ["curves"] if history else []
+    expected += ["reliability"] if "calibration_bins" in m[headline_split(m)] else []
+    return [stem for stem in expected if stem not in errors and not (run_dir / "figures" / f"{stem}.png").is_file()]
+
+
+def _missing_notice(run_dir: Path, missing: list[str]) -> str:
+    """A notice naming the expected figures that are not in RUN_DIR/figures/, and how to get them back."""
+    if not missing:
+        return ""
+    names = ", ".join(FIGURES[stem] for stem in missing)
+    return (
+        f'<div id="figures-missing" class="notice warn"><b>Figures missing:</b> {html.escape(names)} (not in '
+        f"<code>{html.escape(str(run_dir / 'figures'))}</code>): they were deleted, or the run was trained without "
+        "its report. Retrain the run to draw them again.</div>"
+    )
+
+
 def _figure_errors(errors: dict[str, str], log_file: bool) -> str:
     """A notice naming the figures that could not be drawn, and why."""
     if not errors:
@@ -405,30 +446,35 @@ def _data_check(check: dict[str, int] | None, root: str) -> str:
 
 
 def auto_sentence(m: dict[str, Any], run_dir: Path) -> str | None:
-    """What `auto` chose and why, in one sentence, from its recorded plan (checkpoints/auto_plan.json) and the
-    notes the recipe wrote; None for the other recipes."""
+    """What `auto` chose and why, in one sentence: the decision from the notes the recipe wrote in metrics.json,
+    the numbers from its recorded plan (checkpoints/auto_plan.json) when present; None for the other recipes."""
     if m.get("recipe") != "auto":
         return None
     notes = m.get("notes", [])
     plan_file = run_dir / "checkpoints" / "auto_plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+    kept_features = next((n for n in notes if n.startswith("auto: kept the features model")), None)
     outcome = next(
         (n.removeprefix("auto: ") for n in notes if n.startswith(("auto: chose", "auto: kept the stage-1"))), None
     )
-    if plan is None:
-        return "auto trained the features head only; no fine-tuning plan was recorded" + (
-            f" ({outcome})." if outcome else "."
-        )
+    if kept_features is None and outcome is None and plan is None:
+        return "auto recorded no decision: neither its notes nor checkpoints/auto_plan.json say whether it fine-tuned."
     why = (
         f"fine-tuning was estimated at {plan['estimate_seconds']:.0f} s with {max(plan['seconds_left'], 0):.0f} s "
         f"of its {plan['time_budget']:g} s --time-budget left"
+        if plan is not None
+        else None
     )
-    if not plan["finetune"]:
+    if kept_features is not None or (outcome is None and not plan["finetune"]):
+        if why is None:
+            return kept_features.replace("auto: kept the features model; ", "auto kept the features model: ") + "."
         return f"auto kept the features model: {why}, too little to fine-tune."
-    return f"auto fine-tuned, since {why}; then it {outcome or 'kept the fine-tuned model'}."
+    if outcome is None:
+        return f"auto planned to fine-tune, since {why}; its notes record no outcome."
+    return f"auto fine-tuned, since {why}; then it {outcome}." if why else f"auto fine-tuned; then it {outcome}."
 
 
-def _verdict(run_dir: Path, m: dict[str, Any]) -> str:
+def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
     split = headline_split(m)
     s = m[split]
     lo, hi = accuracy_interval(s)
@@ -436,6 +482,8 @@ def _verdict(run_dir: Path, m: dict[str, Any]) -> str:
     where = (
         "the test split, evaluated once after choosing on validation"
         if split == "test"
+        else f"the validation split ({HELD_BACK}; this is the split the model was chosen on)"
+        if test_held_back(m)
         else "the validation split (there is no test split: this is the split the model was chosen on)"
     )
     facts = [["macro F1", f"{s['f1_macro']:.3f}"]]
@@ -462,6 +510,7 @@ def _verdict(run_dir: Path, m: dict[str, Any]) -> str:
         + (f'<p class="auto" id="auto">{html.escape(auto)}</p>' if auto else "")
         + _data_check(m.get("data_check"), m.get("data", {}).get("root", ""))
         + _figure_errors(m.get("figure_errors", {}), (run_dir / "report-worker.log").is_file())
+        + _missing_notice(run_dir, missing)
         + "</div>"
     )
     return f'<section id="verdict" class="verdict">{card}{_figure(run_dir, "confusion", "", "cm")}</section>'
@@ -492,10 +541,19 @@ def write_report(run_dir: str | Path) -> Path:
     skipped = data.get("skipped", [])
     history = _history(run_dir)
     kept = chosen_row(history, m.get("best_epoch"), m.get("notes", []))
+    missing = missing_figures(run_dir, m, history)
+    if missing:
+        log.warning(
+            "warning: %s: figure(s) missing from %s: %s; they were deleted, or the run was trained without its "
+            "report: retrain the run to draw them again",
+            run_dir / "report.html",
+            run_dir / "figures",
+            ", ".join(missing),
+        )
     on = f"on the {'test' if split == 'test' else 'validation'} split (n={s['n']})"
     confused = s.get("most_confused", [])[:10]
     body = [
-        _verdict(run_dir, m),
+        _verdict(run_dir, m, missing),
         '<section id="next"><h2>Training and mistakes</h2>',
         _figure(
             run_dir,
@@ -615,8 +673,9 @@ def write_compare_report(out: str | Path) -> Path:
         headline = (
             f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
             f'{_pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> '
-            f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: there is no test "
-            "split to confirm it.</div>"
+            f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: "
+            + html.escape(results.get("test_note", "there is no test split to confirm it"))
+            + ".</div>"
         )
     overlap = [r["run"] for r in rows if r["run"] != best and r["val_ci95"][1] >= lo]
     facts = [

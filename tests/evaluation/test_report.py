@@ -338,3 +338,76 @@ def test_auto_sentence_reads_the_recorded_plan_and_the_recipes_notes(tmp_path, p
     history = [{"stage": "features"}] * 4 + [{"stage": "finetune"}] * 3
     kept_first = "kept the" in note
     assert chosen_row(history, 2, [note]) == (2 if kept_first else 6)
+
+
+def test_a_compare_run_says_its_test_split_was_held_back_and_the_compare_page_says_why_no_test(compared, tmp_path):
+    """Compare's runs have a test split in data.counts but no test metrics; a failed test evaluation shows its note."""
+    from smallvision.evaluation.report import HELD_BACK, write_report
+
+    out, _, result = compared
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "runs" / result["best"], run_dir)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "test" not in m and "test" in m["data"]["counts"]
+    page = write_report(run_dir).read_text()
+    assert HELD_BACK in page and "there is no test split" not in page
+    cmp_dir = tmp_path / "cmp"
+    shutil.copytree(out, cmp_dir)
+    results = json.loads((cmp_dir / "results.json").read_text())
+    results.pop("best_test", None)
+    results["test_note"] = "no test split evaluated (a made-up failure)"
+    (cmp_dir / "results.json").write_text(json.dumps(results))
+    page = write_report(cmp_dir).read_text()
+    assert "chosen on: no test split evaluated (a made-up failure)." in page
+    assert "there is no test split to confirm it" not in page
+
+
+@pytest.mark.parametrize(
+    ("note", "expected"),
+    [
+        (
+            "auto: chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone",
+            "auto fine-tuned; then it chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone.",
+        ),
+        (
+            "auto: kept the features model; fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30",
+            "auto kept the features model: fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30.",
+        ),
+        (
+            "stage features: best epoch 3",
+            "auto recorded no decision: neither its notes nor checkpoints/auto_plan.json say whether it fine-tuned.",
+        ),
+    ],
+)
+def test_auto_sentence_without_its_plan_file_says_what_the_notes_say(tmp_path, note, expected):
+    """auto_plan.json deleted: the sentence comes from the recipe's notes and never claims what they do not say."""
+    from smallvision.evaluation.report import auto_sentence
+
+    assert auto_sentence({"recipe": "auto", "notes": ["stage features: ...", note]}, tmp_path) == expected
+
+
+def test_confused_hits_keep_the_most_confident_mistakes_of_each_pair():
+    """40 cats taken for dogs with rising confidence: the 16 decoded are the 16 most confident, most confident first."""
+    from smallvision.evaluation.report import confused_hits
+
+    p_dog = np.linspace(0.55, 0.95, 40)
+    probs = np.stack([1 - p_dog, p_dog], axis=1)
+    labels = np.zeros(40, dtype=np.int64)
+    (hits,) = confused_hits(labels, probs, ["cat", "dog"], [["cat", "dog", 40]])
+    assert hits.tolist() == list(range(39, 23, -1))
+
+
+def test_a_rebuilt_report_names_the_figures_that_are_missing(run, tmp_path, caplog):
+    """`smallvision report RUN_DIR` after figures were deleted: a notice and a warning name them, not a silent gap."""
+    from smallvision.evaluation.report import write_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.run_dir, run_dir)
+    assert 'id="figures-missing"' not in write_report(run_dir).read_text()
+    (run_dir / "figures" / "confusion.png").unlink()
+    (run_dir / "figures" / "curves.png").unlink()
+    with caplog.at_level("WARNING", logger="smallvision.evaluation.report"):
+        page = write_report(run_dir).read_text()
+    notice = re.search(r'<div id="figures-missing"[^>]*>(.*?)</div>', page).group(1)
+    assert "Confusion matrix, Training curves" in notice and "Retrain" in notice
+    assert "confusion, curves" in caplog.text and "retrain" in caplog.text
