@@ -171,3 +171,19 @@ def test_an_mlflow_run_leaves_the_process_as_it_found_it_and_a_failed_end_is_rec
         assert mlflow.get_tracking_uri() == mine
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_compare_refuses_a_tracker_before_anything_trains(shapes_data, tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(SmallvisionError, match=r"logger=mlflow \(--logger.*do not log to experiment trackers yet"):
+        smallvision.compare(shapes_data, recipes="features", out=out, logger="mlflow", image_size=32, epochs=1)
+    assert not (out / "runs").exists()
+
+
+def test_train_help_shows_the_logger_choices():
+    from typer.testing import CliRunner
+
+    from smallvision.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"], terminal_width=120)
+    assert result.exit_code == 0 and "--logger [none|tensorboard|mlflow]" in result.output, result.output
