@@ -29,6 +29,17 @@ def _ours(record: logging.LogRecord) -> bool:
     return record.name == PACKAGE or record.name.startswith(PACKAGE + ".")
 
 
+def _level_before(name: str, package_level: int) -> int:
+    """The level that gated logger `name` before a RunLog set the package's: its own or a parent's below the package,
+    else the package's; the user's handlers see only what they saw without a RunLog."""
+    logger = logging.getLogger(name)
+    while logger.name != PACKAGE and logger.parent is not None:
+        if logger.level:
+            return logger.level
+        logger = logger.parent
+    return package_level
+
+
 class RunLog(logging.Handler):
     """Open with `with RunLog() as run_log:`; `run_log.attach(path)` starts the file (buffered records first)."""
 
@@ -71,7 +82,7 @@ class RunLog(logging.Handler):
             self._level = package.level
             package.setLevel(logging.INFO)
             quiet = logging.Filter()
-            quiet.filter = lambda r: not (_ours(r) and r.levelno < before)  # the user's handlers see what they did
+            quiet.filter = lambda r: not (_ours(r) and r.levelno < _level_before(r.name, before))
             for handler in others + package.handlers:
                 handler.addFilter(quiet)
                 self._quieted.append((handler, quiet))
