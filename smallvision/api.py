@@ -255,7 +255,7 @@ def train(
 
 def _train(data, resume, progress, evaluate_test, report, strict, start, worker, run_log, kwargs) -> TrainResult | None:
     from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.trackers import log_final, make_logger, process_state
+    from smallvision.training.trackers import log_final, make_logger, process_state, remember
 
     if resume is not None:
         saved = Path(resume) / "config.yaml"
@@ -280,6 +280,8 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
         if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
             atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
             run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
+        if tracker is not None:
+            remember(tracker, run_dir)  # --resume continues this tracker run
         status = "failed"
         try:  # the tracker's run is closed on every path, "failed" unless everything was logged
             if tracker is not None:

@@ -187,3 +187,26 @@ def test_train_help_shows_the_logger_choices():
 
     result = CliRunner().invoke(app, ["train", "--help"], terminal_width=120)
     assert result.exit_code == 0 and "--logger [none|tensorboard|mlflow]" in result.output, result.output
+
+
+def test_a_resumed_mlflow_run_continues_the_same_mlflow_run(shapes_data, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from smallvision import api
+
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(api, "_train_run", interrupted)  # stopped once the run folder and its tracker exist
+        with pytest.raises(KeyboardInterrupt):
+            smallvision.train(shapes_data, recipe="features", image_size=32, epochs=1, out=out, logger="mlflow")
+    smallvision.train(resume=out, progress=False, report=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((out / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("smallvision").experiment_id])
+    assert [r.info.run_id for r in runs] == [metrics["tracker"]["run_id"]]  # one MLflow run, not a second
+    assert runs[0].info.status == "FINISHED" and "final/val_accuracy" in runs[0].data.metrics

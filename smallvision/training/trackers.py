@@ -8,6 +8,7 @@ history.csv's, stage by stage.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -44,8 +45,14 @@ def _require(kind: str) -> None:
         ) from e
 
 
+def _saved_run(run_dir: Path) -> Path:
+    """Where an MLflow run's id is kept, so that `--resume` continues the same MLflow run."""
+    return Path(run_dir) / "checkpoints" / "tracker.json"
+
+
 def make_logger(kind: str, run_dir: Path):
-    """A Lightning logger writing under `run_dir` (None for 'none'); refused when its package is missing."""
+    """A Lightning logger writing under `run_dir` (None for 'none'); refused when its package is missing; an MLflow
+    logger continues the run recorded in checkpoints/tracker.json (a resumed run)."""
     if kind == "none":
         return None
     _require(kind)
@@ -59,7 +66,23 @@ def make_logger(kind: str, run_dir: Path):
     logging.getLogger(_LIGHTNING_MLFLOW).setLevel(logging.ERROR)  # "experiment ... creating it"
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return MLFlowLogger(experiment_name="smallvision", run_name=Path(run_dir).name, tracking_uri=folder.as_uri())
+    saved = _saved_run(run_dir)
+    run_id = json.loads(saved.read_text())["run_id"] if saved.is_file() else None
+    return MLFlowLogger(
+        experiment_name="smallvision", run_name=Path(run_dir).name, tracking_uri=folder.as_uri(), run_id=run_id
+    )
+
+
+def remember(logger, run_dir: Path) -> None:
+    """Record an MLflow run's id in checkpoints/tracker.json (once the run folder is started) for `--resume`."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from smallvision import atomic
+
+    saved = _saved_run(run_dir)
+    if isinstance(logger, MLFlowLogger) and not saved.is_file():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(saved, json.dumps({"run_id": logger.run_id}))
 
 
 @contextmanager
