@@ -255,7 +255,7 @@ def train(
 
 def _train(data, resume, progress, evaluate_test, report, strict, start, worker, run_log, kwargs) -> TrainResult | None:
     from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.trackers import make_logger
+    from smallvision.training.trackers import log_final, make_logger, process_state, remember
 
     if resume is not None:
         saved = Path(resume) / "config.yaml"
@@ -275,23 +275,26 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
     index = _scan(cfg)
     _refuse_unused_split_options(values.get("data", {}), index)
     check_summary = _precheck(index, strict)
-    tracker = make_logger(cfg.trainer.logger, run_dir) if is_rank_zero() else None  # a missing package: refused now
-    if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
-        atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
-        run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
-    if tracker is not None:
-        tracker.log_hyperparams(cfg.model_dump(mode="json"))
-    try:
-        result = _train_run(cfg, index, run_dir, progress, evaluate_test, report, start, worker, check_summary, tracker)
-    except BaseException:
+    with process_state(cfg.trainer.logger):  # MLflow's global URI and environment are the user's again after
+        tracker = make_logger(cfg.trainer.logger, run_dir) if is_rank_zero() else None  # a missing package: refused
+        if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
+            atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
+            run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
         if tracker is not None:
-            tracker.finalize("failed")
-        raise
-    if tracker is not None:
-        from smallvision.training.trackers import log_final
-
-        log_final(tracker, cfg.model_dump(mode="json"), result.metrics)
-        tracker.finalize("success")
+            remember(tracker, run_dir)  # --resume continues this tracker run
+        status = "failed"
+        try:  # the tracker's run is closed on every path, "failed" unless everything was logged
+            if tracker is not None:
+                tracker.log_hyperparams(cfg.model_dump(mode="json"))
+            result = _train_run(
+                cfg, index, run_dir, progress, evaluate_test, report, start, worker, check_summary, tracker
+            )
+            if tracker is not None:
+                log_final(tracker, cfg.model_dump(mode="json"), result.metrics)
+            status = "success"
+        finally:
+            if tracker is not None:
+                tracker.finalize(status)
     return result
 
 

@@ -16,6 +16,7 @@ from smallvision.config import PANELS, field_help, option_panel
 from smallvision.errors import SmallvisionError
 from smallvision.serving.options import HELP as SERVE_HELP
 from smallvision.serving.options import ServeOptions
+from smallvision.training.trackers import TRACKERS
 
 SERVE_DEFAULTS = ServeOptions()
 
@@ -23,10 +24,10 @@ Opt = typer.Option
 DATA, TRAINING, RUN = PANELS[0], PANELS[2], PANELS[-1]  # the panels of the options that are not config fields
 
 
-def _opt(path: str, *flags: str):
+def _opt(path: str, *flags: str, **extra):
     """A train option whose help is the config field's description (which states the default) and whose --help panel
     is the field's: one source."""
-    return Opt(*flags, help=field_help(path), show_default=False, rich_help_panel=option_panel(path))
+    return Opt(*flags, help=field_help(path), show_default=False, rich_help_panel=option_panel(path), **extra)
 
 
 class GroupedCommand(typer.core.TyperCommand):
@@ -141,7 +142,7 @@ def train(
     precision: Annotated[str | None, _opt("trainer.precision")] = None,
     workers: Annotated[int | None, _opt("trainer.workers")] = None,
     memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
-    logger: Annotated[str | None, _opt("trainer.logger")] = None,
+    logger: Annotated[str | None, _opt("trainer.logger", metavar="[" + "|".join(TRACKERS) + "]")] = None,
     seed: Annotated[int | None, _opt("seed")] = None,
     out: Annotated[Path | None, _opt("out")] = None,
     strict: Annotated[

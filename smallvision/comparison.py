@@ -101,7 +101,14 @@ def _check_plan(run_dir: Path, data: str | Path, plan: Plan, common: dict[str, A
     from smallvision import api
 
     options = {k: v for k, v in common.items() if k not in ("report", "strict")}  # train's, not the config's
-    asked = _resolved(api.make_config(data, recipe=plan.recipe, **options, **plan.options))
+    cfg = api.make_config(data, recipe=plan.recipe, **options, **plan.options)
+    if cfg.trainer.logger != "none":  # the chosen run's test evaluation happens after its run: it would be missing
+        raise SmallvisionError(
+            f"compare: logger={cfg.trainer.logger} (--logger, trainer.logger) is refused: compare's runs do not log to "
+            "experiment trackers yet. Compare with logger='none', then train the chosen configuration with "
+            f"smallvision train --logger {cfg.trainer.logger}"
+        )
+    asked = _resolved(cfg)
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return

@@ -134,3 +134,79 @@ def test_logger_none_writes_no_tracker_files(shapes_data, tmp_path):
     metrics = _train(shapes_data, out, "features", "none")
     assert "tracker" not in metrics
     assert not (out / "tensorboard").exists() and not (out / "mlruns").exists()
+
+
+def test_an_mlflow_run_leaves_the_process_as_it_found_it_and_a_failed_end_is_recorded(
+    shapes_data, tmp_path, monkeypatch
+):
+    import logging
+    import os
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from smallvision.training import trackers
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mine = (tmp_path / "my-mlruns").as_uri()
+    mlflow.set_tracking_uri(mine)  # the user's own choice, before and after smallvision's run
+    lightning_log = logging.getLogger("lightning.pytorch.loggers.mlflow")
+    level = lightning_log.level
+    try:
+        _train(shapes_data, tmp_path / "ok", "features", "mlflow", epochs=1)
+        assert mlflow.get_tracking_uri() == mine and os.environ["MLFLOW_TRACKING_URI"] == mine
+        assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ and lightning_log.level == level
+
+        def broken(*args, **kwargs):
+            raise OSError("disk full while logging the final metrics")
+
+        monkeypatch.setattr(trackers, "log_final", broken)
+        with pytest.raises(OSError, match="disk full"):
+            _train(shapes_data, tmp_path / "failed", "features", "mlflow", epochs=1)
+        client = MlflowClient((tmp_path / "failed" / "mlruns").as_uri())
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        (run,) = client.search_runs([client.get_experiment_by_name("smallvision").experiment_id])
+        assert run.info.status == "FAILED"  # not left RUNNING
+        assert mlflow.get_tracking_uri() == mine
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_compare_refuses_a_tracker_before_anything_trains(shapes_data, tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(SmallvisionError, match=r"logger=mlflow \(--logger.*do not log to experiment trackers yet"):
+        smallvision.compare(shapes_data, recipes="features", out=out, logger="mlflow", image_size=32, epochs=1)
+    assert not (out / "runs").exists()
+
+
+def test_train_help_shows_the_logger_choices():
+    from typer.testing import CliRunner
+
+    from smallvision.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"], terminal_width=120)
+    assert result.exit_code == 0 and "--logger [none|tensorboard|mlflow]" in result.output, result.output
+
+
+def test_a_resumed_mlflow_run_continues_the_same_mlflow_run(shapes_data, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from smallvision import api
+
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(api, "_train_run", interrupted)  # stopped once the run folder and its tracker exist
+        with pytest.raises(KeyboardInterrupt):
+            smallvision.train(shapes_data, recipe="features", image_size=32, epochs=1, out=out, logger="mlflow")
+    smallvision.train(resume=out, progress=False, report=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((out / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("smallvision").experiment_id])
+    assert [r.info.run_id for r in runs] == [metrics["tracker"]["run_id"]]  # one MLflow run, not a second
+    assert runs[0].info.status == "FINISHED" and "final/val_accuracy" in runs[0].data.metrics

@@ -8,8 +8,11 @@ history.csv's, stage by stage.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ log = logging.getLogger(__name__)
 TRACKERS = ("none", "tensorboard", "mlflow")
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 _MODULE = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+_MLFLOW_ENV = ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI")  # set_tracking_uri also sets MLFLOW_TRACKING_URI
+_LIGHTNING_MLFLOW = "lightning.pytorch.loggers.mlflow"
 
 
 def tracker_folder(kind: str, run_dir: Path) -> Path:
@@ -40,8 +45,14 @@ def _require(kind: str) -> None:
         ) from e
 
 
+def _saved_run(run_dir: Path) -> Path:
+    """Where an MLflow run's id is kept, so that `--resume` continues the same MLflow run."""
+    return Path(run_dir) / "checkpoints" / "tracker.json"
+
+
 def make_logger(kind: str, run_dir: Path):
-    """A Lightning logger writing under `run_dir` (None for 'none'); refused when its package is missing."""
+    """A Lightning logger writing under `run_dir` (None for 'none'); refused when its package is missing; an MLflow
+    logger continues the run recorded in checkpoints/tracker.json (a resumed run)."""
     if kind == "none":
         return None
     _require(kind)
@@ -52,10 +63,53 @@ def make_logger(kind: str, run_dir: Path):
         return TensorBoardLogger(save_dir=folder.parent, name=folder.name, version="", default_hp_metric=False)
     # MLflow >= 3.x keeps its file store in maintenance mode behind this opt-in; a user's own setting wins.
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "experiment ... creating it"
+    logging.getLogger(_LIGHTNING_MLFLOW).setLevel(logging.ERROR)  # "experiment ... creating it"
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return MLFlowLogger(experiment_name="smallvision", run_name=Path(run_dir).name, tracking_uri=folder.as_uri())
+    saved = _saved_run(run_dir)
+    run_id = json.loads(saved.read_text())["run_id"] if saved.is_file() else None
+    return MLFlowLogger(
+        experiment_name="smallvision", run_name=Path(run_dir).name, tracking_uri=folder.as_uri(), run_id=run_id
+    )
+
+
+def remember(logger, run_dir: Path) -> None:
+    """Record an MLflow run's id in checkpoints/tracker.json (once the run folder is started) for `--resume`."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from smallvision import atomic
+
+    saved = _saved_run(run_dir)
+    if isinstance(logger, MLFlowLogger) and not saved.is_file():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(saved, json.dumps({"run_id": logger.run_id}))
+
+
+@contextmanager
+def process_state(kind: str) -> Iterator[None]:
+    """Restore, when the run ends, what an MLflow tracker changes for the whole process: MLflow's environment
+    variables, its global tracking URI (Lightning's MLFlowLogger points it at the run folder) and a logger's level."""
+    if kind != "mlflow":
+        yield
+        return
+    try:
+        import mlflow
+    except ImportError:  # make_logger refuses it, naming the extra
+        yield
+        return
+    env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    uri = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    level = logging.getLogger(_LIGHTNING_MLFLOW).level
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri)
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        logging.getLogger(_LIGHTNING_MLFLOW).setLevel(level)
 
 
 def log_epoch(logger, row: dict[str, Any]) -> None:
