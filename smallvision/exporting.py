@@ -195,14 +195,14 @@ def write_onnx(network: nn.Module, card, path: Path) -> None:
     onnx.save_model(proto, str(path))
 
 
-def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray) -> dict[str, Any]:
-    """Write `dest` (.onnx) only if onnxruntime agrees with the PyTorch model on the check images; its record."""
+def _export_checked(write, run, what: str, network: nn.Module, card, dest: Path, check: CheckImages, reference):
+    """Write `dest` with `write` only if `run` on the written file agrees with the PyTorch model; its record."""
     start = time.perf_counter()
     with atomic.atomic_path(dest) as tmp:
-        write_onnx(network, card, tmp)
+        write(network, card, tmp)
         seconds = time.perf_counter() - start
-        result = fp32_check(reference, run_onnx(tmp, check.images), check)
-        _refuse_if_failed(result, "ONNX", dest)
+        result = fp32_check(reference, run(tmp, check.images), check)
+        _refuse_if_failed(result, what, dest)
         size, sha = tmp.stat().st_size, runtime.file_sha256(tmp)
     return {
         "file": dest.name,
@@ -211,6 +211,11 @@ def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, refere
         "size_bytes": size,
         "export_seconds": round(seconds, 3),
     }
+
+
+def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray) -> dict[str, Any]:
+    """Write `dest` (.onnx) only if onnxruntime agrees with the PyTorch model on the check images; its record."""
+    return _export_checked(write_onnx, run_onnx, "ONNX", network, card, dest, check, reference)
 
 
 def write_torchscript(network: nn.Module, card, path: Path) -> None:
@@ -239,20 +244,7 @@ def export_torchscript(
     network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray
 ) -> dict[str, Any]:
     """Write `dest` (.pt) only if the reloaded TorchScript module agrees with the PyTorch model; its record."""
-    start = time.perf_counter()
-    with atomic.atomic_path(dest) as tmp:
-        write_torchscript(network, card, tmp)
-        seconds = time.perf_counter() - start
-        result = fp32_check(reference, run_torchscript(tmp, check.images), check)
-        _refuse_if_failed(result, "TorchScript", dest)
-        size, sha = tmp.stat().st_size, runtime.file_sha256(tmp)
-    return {
-        "file": dest.name,
-        "file_sha256": sha,
-        "check": result,
-        "size_bytes": size,
-        "export_seconds": round(seconds, 3),
-    }
+    return _export_checked(write_torchscript, run_torchscript, "TorchScript", network, card, dest, check, reference)
 
 
 class Int8RefusedError(SmallvisionError):
