@@ -308,7 +308,8 @@ def _train_run(
     from smallvision.training.recipes import RECIPES
 
     d = cfg.data
-    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress, logger=tracker)
+    timed = {"start": start} if cfg.recipe.name == "auto" else {}  # auto's budget counts from the call's start
+    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress, logger=tracker, **timed)
     if not is_rank_zero():
         return None
     log.info("%s", index.table())
@@ -333,7 +334,7 @@ def _train_run(
         "val_loss": metrics["val"]["loss"],
         "classes": index.classes,
         "recipe": cfg.recipe.name,
-        "backbone": cfg.model.backbone,
+        "backbone": "+".join(b.name for b in outcome.backbones),
         "weights": weights,
         "device": device,
         "world_size": world,
@@ -366,7 +367,7 @@ def _train_run(
     model_dir = run_dir / "model"
     card = ModelCard(
         classes=index.classes,
-        image_size=d.image_size,
+        image_size=outcome.image_size or d.image_size,
         resize=RESIZE_POLICY,
         backbones=outcome.backbones,
         head=outcome.head,

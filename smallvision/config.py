@@ -30,7 +30,8 @@ class DataConfig(_Strict):
         default=None,
         ge=16,
         le=1024,
-        description="square input size in pixels; default: 150 for scratch, else the first backbone's native size "
+        description="square input size in pixels; default: auto chooses it from the data (see its plan), 150 for "
+        "scratch, else the first backbone's native size "
         f"({NATIVE_SIZE['efficientnet_lite0']} for efficientnet_lite0, the features default; "
         f"{NATIVE_SIZE['efficientnet_lite2']} for efficientnet_lite2, the other recipes' default; 224 for other "
         "timm backbones)",
@@ -56,8 +57,9 @@ class ModelConfig(_Strict):
 
     backbone: str | None = Field(
         default=None,
-        description="timm backbone (join several with '+'), or small_cnn/residual_cnn for scratch; default: small_cnn "
-        "for scratch, efficientnet_lite0 for features, efficientnet_lite2 for the others",
+        description="timm backbone (join several with '+'), or small_cnn/residual_cnn for scratch; default: auto "
+        "chooses among small_cnn and efficientnet_lite0/1/2 from the data, small_cnn for scratch, efficientnet_lite0 "
+        "for features, efficientnet_lite2 for the others",
     )
     weights: str | None = Field(
         default=None,
@@ -190,7 +192,10 @@ class RecipeConfig(_Strict):
         default=0.7, gt=0, le=1, description="each lower unfrozen block trains at this times the rate above it"
     )
     time_budget: float = Field(
-        default=600.0, gt=0, description="seconds the run may take; auto fine-tunes only if its estimate fits"
+        default=600.0,
+        gt=0,
+        description="seconds the whole run may take; auto plans its candidates, fine-tuning rounds and test-time "
+        "augmentation to fit it, from throughput measured on warm-up batches",
     )
     init_from: str | None = Field(
         default=None,
@@ -317,7 +322,9 @@ APPLIES: dict[str, Applies] = {
         TOP_BLOCKS, "only finetune and auto unfreeze top blocks (unfreeze trains every block, the others none)"
     ),
     "recipe.unfreeze_from": Applies(
-        TOP_BLOCKS, "only finetune and auto unfreeze top blocks (unfreeze trains every block, the others none)"
+        ("finetune",),
+        "only finetune unfreezes from a named block (auto plans its rounds' blocks; --unfreeze-blocks sets its "
+        "first round)",
     ),
     "recipe.finetune_lr": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
     "recipe.finetune_epochs": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
@@ -468,7 +475,7 @@ def _blocks(cfg: RunConfig) -> str | None:
 
 def _decay(cfg: RunConfig) -> str | None:
     r = cfg.recipe
-    if r.name in TOP_BLOCKS and r.unfreeze_from is None and r.unfreeze_blocks == 1:
+    if r.name == "finetune" and r.unfreeze_from is None and r.unfreeze_blocks == 1:
         return "with one unfrozen block (--unfreeze-blocks 1) there is no lower block for the decay to slow"
     return None
 
@@ -541,11 +548,11 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
     if not scratch and any(n in SCRATCH_BACKBONES for n in names):
         raise SmallvisionError(f"backbone {cfg.model.backbone!r} has no pretrained weights; use --recipe scratch")
     m, r = cfg.model, cfg.recipe
-    if m.backbone is None:
+    if m.backbone is None and name != "auto":  # auto chooses its candidates from the data (training/auto.py)
         _resolve(m, "backbone", DEFAULT_BACKBONE.get(name, "efficientnet_lite2"))
     if m.hidden is None:
         _resolve(m, "hidden", 512 if m.backbones[0] == "small_cnn" else 0)
-    if cfg.data.image_size is None:
+    if cfg.data.image_size is None and name != "auto":
         _resolve(cfg.data, "image_size", 150 if scratch else NATIVE_SIZE.get(m.backbones[0], 224))
     if r.epochs is None:
         _resolve(r, "epochs", DEFAULT_EPOCHS.get(name, EPOCHS))

@@ -103,8 +103,10 @@ def figures_for_run(
     from smallvision.config import build_config, load_config
     from smallvision.data.cache import decoded_images
     from smallvision.evaluation.plots import worst
+    from smallvision.models.folder import read_card
 
     cfg = build_config(load_config(config), str(config))
+    size = read_card(model_dir).image_size  # auto chooses the size; the model records the one it trained at
     labels = np.asarray(labels, dtype=np.int64)
     keep = np.arange(len(labels))
     held_out = (labels, probs) if probs is not None else None
@@ -115,9 +117,7 @@ def figures_for_run(
             shown = [worst(labels, probs), np.linspace(0, len(labels) - 1, 4).astype(int), [0], *confused]
             keep = np.unique(np.concatenate(shown)).astype(int)
             probs = probs[keep]
-    images, failed = decoded_images(
-        [Path(paths[i]) for i in keep], [digests[i] for i in keep], cfg.data.image_size, progress=False
-    )
+    images, failed = decoded_images([Path(paths[i]) for i in keep], [digests[i] for i in keep], size, progress=False)
     ok = [pos for pos in range(len(keep)) if pos not in failed]
     labels = labels[keep][ok]
     probs = probs[ok] if probs is not None else None
@@ -125,7 +125,7 @@ def figures_for_run(
     if cfg.recipe.name != "features":
         from smallvision.data.transforms import train_transform
 
-        transform = train_transform(cfg.recipe.augment, cfg.data.image_size)
+        transform = train_transform(cfg.recipe.augment, size)
     return run_figures(
         Path(run_dir),
         Path(model_dir),

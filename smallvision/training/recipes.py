@@ -36,6 +36,7 @@ class RecipeOutcome:
     cache: dict[str, int] = field(default_factory=dict)
     trainable: list[str] = field(default_factory=list)
     world_size: int = 1  # processes that really trained (Lightning's world size); the features path runs one
+    image_size: int | None = None  # the input size the model was trained at, when the recipe chose it (auto)
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -378,7 +379,7 @@ def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: boo
 
 
 def _two_stage(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool, whole: bool, budget_check: bool, logger
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool, whole: bool, logger
 ) -> RecipeOutcome:
     """Stage 1: head on cached features. Stage 2: unfreeze the top blocks (or everything) at a lower lr."""
     import lightning as L
@@ -386,7 +387,6 @@ def _two_stage(
     from smallvision.models.backbone import freeze
     from smallvision.training.fit import run_stage
 
-    start = time.perf_counter()
     notes: list[str] = []
     fs = _feature_stage(cfg, index, progress, notes, logger)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -406,18 +406,6 @@ def _two_stage(
 
     features_state = copy.deepcopy(model.state_dict())
     views = _activation_views(cfg, model, data, notes, progress)
-    if budget_check:
-        plan = _auto_plan(cfg, model, data, views, start, run_dir, notes)
-        model.load_state_dict(features_state)  # the timed steps ran BatchNorm in training mode
-        if not plan["finetune"]:
-            notes.append(
-                f"auto: kept the features model; fine-tuning would take ~{plan['estimate_seconds']:.0f} s, more than "
-                f"the {max(plan['seconds_left'], 0):.0f} s left of --time-budget {plan['time_budget']:g}"
-            )
-            model.requires_grad_(False)
-            return _finish(
-                model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), _feature_probs(fs)
-            )
     groups = _param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
     stage_dir = run_dir / "checkpoints" / stage
     res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, stage_dir, progress, views=views, logger=logger)
@@ -438,11 +426,6 @@ def _two_stage(
             model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), _feature_probs(fs)
         )
         return replace(outcome, world_size=res.world_size)  # the fine-tuning stage ran, on this many processes
-    if budget_check:
-        notes.append(
-            f"auto: chose the fine-tuned model: val accuracy {res.best_accuracy:.4f} vs "
-            f"{fs.best_accuracy:.4f} for features alone"
-        )
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
     probs = views.probabilities() if views is not None else None
     outcome = _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)
@@ -497,40 +480,6 @@ def _activation_views(cfg: RunConfig, model, data, notes: list[str], progress: b
 
 def _cache(fs: _FeatureStage) -> dict:
     return {"computed": fs.cached.computed, "reused": fs.cached.unique - fs.cached.computed}
-
-
-PLAN_FILE = "auto_plan.json"
-
-
-def _auto_plan(cfg: RunConfig, model, data, views, start: float, run_dir: Path, notes: list[str]) -> dict:
-    """`auto`'s fine-tune decision: made once by rank 0, recorded in checkpoints/auto_plan.json, reused on resume.
-
-    A rerun of the same folder and every DDP rank thus follow the same plan, whatever a clock would say now.
-    """
-    from smallvision.training.distributed import rank_zero_decision
-
-    r = cfg.recipe
-
-    def decide() -> dict:
-        estimate = _estimate_seconds(model, data, cfg, views)
-        left = r.time_budget - (time.perf_counter() - start)
-        return {
-            "finetune": estimate["seconds"] <= left,
-            "estimate_seconds": round(estimate["seconds"], 3),
-            "seconds_left": round(left, 3),
-            "time_budget": r.time_budget,
-            **{k: v for k, v in estimate.items() if k != "seconds"},
-        }
-
-    path = run_dir / "checkpoints" / PLAN_FILE
-    plan, recorded = rank_zero_decision(path, decide)
-    choice = "fine-tune" if plan["finetune"] else "keep the features model"
-    notes.append(
-        f"auto: {'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: {choice} "
-        f"(estimated {plan['estimate_seconds']:.1f} s on {plan['device']} at {plan['precision']}, "
-        f"{plan['seconds_left']:.1f} s of --time-budget {plan['time_budget']:g} left when decided)"
-    )
-    return plan
 
 
 def _estimate_seconds(model, data, cfg: RunConfig, views=None, warmup: int = 2, timed: int = 3) -> dict:
@@ -611,19 +560,23 @@ def run_finetune(
     cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
 ) -> RecipeOutcome:
     """`finetune`: head on cached features, then the top N blocks + head at a lower, per-group learning rate."""
-    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=False, logger=logger)
+    return _two_stage(cfg, index, run_dir, progress, whole=False, logger=logger)
 
 
 def run_unfreeze(
     cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
 ) -> RecipeOutcome:
     """`unfreeze`: head on cached features, then the whole network at a low learning rate."""
-    return _two_stage(cfg, index, run_dir, progress, whole=True, budget_check=False, logger=logger)
+    return _two_stage(cfg, index, run_dir, progress, whole=True, logger=logger)
 
 
-def run_auto(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None) -> RecipeOutcome:
-    """`auto`: features first; fine-tune the top blocks when the time budget allows, keep it only if it helps."""
-    return _two_stage(cfg, index, run_dir, progress, whole=False, budget_check=True, logger=logger)
+def run_auto(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
+) -> RecipeOutcome:
+    """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (training/auto.py)."""
+    from smallvision.training.auto import run_auto as auto
+
+    return auto(cfg, index, run_dir, progress, logger, start)
 
 
 RECIPES = {

@@ -1,0 +1,622 @@
+"""`auto`: read the data, plan within the time budget up front, run the plan, and choose everything on validation.
+
+1. Read the data (data/profile.py): images, classes, balance, native sizes, colour. Small or grayscale images also
+   get the ImageNet-distance probe (training/probe.py): pretrained features against a from-scratch CNN on a sample.
+2. Plan (`make_plan`): the candidates (a from-scratch CNN at the native size; efficientnet_lite2/0/1 features at one
+   shared size, so their probabilities can be averaged), the fine-tuning rounds and test-time augmentation, each
+   costed from throughput measured on warm-up batches (training/costs.py). The richest plan whose estimate fits the
+   budget is chosen, printed, and recorded in checkpoints/auto_plan.json; a rerun and every `--resume` follow it.
+3. Run it: every candidate, then fine-tuning rounds while validation improves (more epochs at half the learning
+   rate, then one more block at a quarter), then an average of candidates and flipped views, each kept only if it
+   beats what it would replace on validation. The test split is only evaluated once, by the caller, at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from smallvision.config import RunConfig
+from smallvision.data.scan import DatasetIndex
+from smallvision.errors import SmallvisionError
+from smallvision.training import recipes
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "auto_plan.json"
+PLAN_VERSION = 2
+PRETRAINED = ("efficientnet_lite2", "efficientnet_lite0", "efficientnet_lite1")  # by accuracy for its cost
+SCRATCH = "small_cnn"
+SAFETY = 0.8  # share of the budget the plan's estimates may fill: estimates err, Lightning and saving take time
+RESERVED = 15.0  # seconds kept for scanning, saving the model, evaluation and the report
+PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
+SCRATCH_EPOCHS = 40
+SCRATCH_PATIENCE = 10
+# (backbones, augmented views cached per training image, fine-tuning rounds), richest first; the plan takes the first
+# that fits the budget, with test-time augmentation if it also fits.
+LEVELS: tuple[tuple[tuple[str, ...], int, int], ...] = (
+    (("efficientnet_lite2", "efficientnet_lite0", "efficientnet_lite1"), 4, 3),
+    (("efficientnet_lite2", "efficientnet_lite0"), 4, 3),
+    (("efficientnet_lite2", "efficientnet_lite0"), 2, 2),
+    (("efficientnet_lite2",), 2, 1),
+    (("efficientnet_lite0",), 2, 1),
+    (("efficientnet_lite0",), 1, 1),
+    (("efficientnet_lite0",), 0, 0),
+)
+SMALL_SIZES = (192, 160, 128)  # the features-only fallbacks for folders too large for the levels above
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+
+
+def _counts(index: DatasetIndex) -> dict[str, int]:
+    out = {"train": 0, "val": 0, "test": 0}
+    for it in index.items:
+        out[it.split] += 1
+    return out
+
+
+def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_views: bool, batch: int) -> float:
+    train_batches = math.ceil(n["train"] / batch)
+    val_batches = math.ceil(n["val"] / batch)
+    seconds = epochs * (train_batches * fig["step_seconds"] + val_batches * fig["val_batch_seconds"])
+    if new_views and fig["bottom_images_per_second"] > 0:
+        seconds += (n["train"] * max(views, 1) + 2 * (n["val"] + n["test"])) / fig["bottom_images_per_second"]
+    return seconds
+
+
+def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[dict]:
+    """Fine-tuning rounds: the top blocks, then as many epochs more at half the rate, then one block more."""
+    r = cfg.recipe
+    shapes = [(blocks, 1.0), (blocks, 0.5), (blocks + 1, 0.25)]
+    return [{"blocks": b, "epochs": r.finetune_epochs, "lr": r.finetune_lr * f} for b, f in shapes[:count]]
+
+
+def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dict:
+    """The richest plan whose estimated seconds fit the budget: its steps, their estimates and what decides them."""
+    from smallvision.models.weights import resolve_weights
+
+    r = cfg.recipe
+    n = _counts(index)
+    total = sum(n.values())
+    budget = r.time_budget
+    available = SAFETY * budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0)
+    given_backbone = "model.backbone" in cfg.model.model_fields_set
+    given_size = cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None
+    views_given = r.cached_views if "cached_views" in r.model_fields_set else None
+    mpix = profile.width * profile.height / 1e6
+    decode_one = costs.decode() * max(mpix, 0.01) / max(1, costs.machine["cores"] or 1)
+    why: list[str] = [profile.sentence()]
+
+    scratch = None
+    use_pretrained = True
+    if probe is not None:
+        why.append(probe.sentence())
+        if probe.scratch_accuracy >= probe.ncm_accuracy - 0.05:
+            size = given_size or max(32, min(128, profile.short_side["p50"]))
+            fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm)
+            per_epoch = (
+                math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
+                + math.ceil(n["val"] / r.batch_size) * fig["val_batch_seconds"]
+            )
+            scratch = {"size": size, "epochs": SCRATCH_EPOCHS, "patience": SCRATCH_PATIENCE, "epoch_seconds": per_epoch}
+            scratch["seconds"] = total * decode_one + per_epoch * SCRATCH_EPOCHS
+            use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
+        else:
+            why.append("the from-scratch CNN is no candidate: pretrained features are clearly ahead")
+    elif profile.tiny or profile.grayscale >= 0.5:
+        why.append("a from-scratch CNN was not probed")
+    else:
+        why.append("colour photos of ordinary size: the pretrained backbones are the candidates")
+    # a backbone the user named (joined ones too) is the only pretrained candidate
+    levels = [((cfg.model.backbone,), v, k) for _, v, k in LEVELS[3:]] if given_backbone else list(LEVELS)
+
+    def fits(level, size, tta) -> dict | None:
+        backbones, views, rounds = level
+        views = views_given if views_given is not None else views
+        steps = []
+        if scratch is not None:
+            steps.append({"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]})
+        steps.append({"step": f"decode {total:,} images at {size} px", "seconds": total * decode_one})
+        feature_ips = {}
+        for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
+            parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
+            feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
+            seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
+            steps.append({"step": f"{name} features at {size} px + head", "seconds": seconds})
+        slowest = min(backbones, key=lambda b: feature_ips[b])
+        plan_rounds = _rounds(cfg, r.unfreeze_blocks, rounds) if "+" not in slowest else []
+        spec = resolve_weights(slowest, cfg.model.weights)
+        tta_seconds = 2 * (n["val"] + n["test"]) * 3 / min(feature_ips.values())
+        last_blocks = None
+        for i, rnd in enumerate(plan_rounds, 1):
+            fig = costs.finetune(spec, size, rnd["blocks"])
+            new = rnd["blocks"] != last_blocks
+            last_blocks = rnd["blocks"]
+            rnd["seconds"] = _round_seconds(fig, n, rnd["epochs"], views, new, r.batch_size)
+            what = "more epochs" if not new else f"top {rnd['blocks']} block(s)"
+            steps.append({"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g}", "seconds": rnd["seconds"]})
+        if tta:
+            steps.append({"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds})
+        estimate = sum(s["seconds"] for s in steps)
+        if estimate > available:
+            return None
+        return {
+            "backbones": list(backbones),
+            "size": size,
+            "views": views,
+            "rounds": plan_rounds,
+            "tta": tta,
+            "tta_seconds": tta_seconds if tta else 0.0,
+            "steps": steps,
+            "estimate_seconds": estimate,
+        }
+
+    chosen = None
+    if use_pretrained:
+        for level in levels:
+            size = given_size or (260 if "efficientnet_lite2" in level[0] else 224)
+            for tta in (True, False):
+                chosen = chosen or fits(level, size, tta)
+        if chosen is None:
+            for size in (given_size,) if given_size else SMALL_SIZES:
+                chosen = chosen or fits(levels[-1][:1] + (0, 0), size, False)
+    if chosen is None and not use_pretrained:
+        tta_seconds = 2 * (n["val"] + n["test"]) * scratch["epoch_seconds"] / max(1, n["train"] + n["val"])
+        chosen = {
+            "backbones": [],
+            "size": scratch["size"],
+            "views": 0,
+            "rounds": [],
+            "tta": True,
+            "tta_seconds": tta_seconds,
+        }
+        chosen["steps"] = [
+            {"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]},
+            {"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds},
+        ]
+        chosen["estimate_seconds"] = scratch["seconds"]
+    train_cap = None
+    if chosen is None:  # nothing fits: features of the smallest, fastest backbone on a sample of the training images
+        smallest = (given_size or SMALL_SIZES[-1],)
+        backbone = cfg.model.backbone if given_backbone else "efficientnet_lite0"
+        ips = costs.features(resolve_weights(backbone, cfg.model.weights), smallest[0])
+        held = 2 * (n["val"] + n["test"]) / ips + (n["val"] + n["test"]) * decode_one
+        train_cap = max(len(index.classes) * 5, int((available - held) / (1 / ips + decode_one)))
+        train_cap = min(train_cap, n["train"])
+        seconds = held + train_cap * (1 / ips + decode_one)
+        chosen = {
+            "backbones": [backbone],
+            "size": smallest[0],
+            "views": 0,
+            "rounds": [],
+            "tta": False,
+            "tta_seconds": 0.0,
+            "steps": [
+                {
+                    "step": f"{backbone} features at {smallest[0]} px on {train_cap:,} sampled training images",
+                    "seconds": seconds,
+                }
+            ],
+            "estimate_seconds": seconds,
+        }
+        why.append(
+            f"even features alone of {n['train']:,} training images would not fit --time-budget {budget:g}: "
+            f"the head trains on a sample of {train_cap:,}"
+        )
+    if not chosen["rounds"] and chosen["backbones"] and train_cap is None:
+        why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {budget:g} s")
+    return {
+        "version": PLAN_VERSION,
+        "time_budget": budget,
+        "seed": cfg.seed,
+        "images": n,
+        "profile": profile.to_dict(),
+        "probe": probe.to_dict() if probe is not None else None,
+        "scratch": scratch,
+        **chosen,
+        "train_cap": train_cap,
+        "why": why,
+        "machine": costs.machine,
+        "costs": {k: costs.figures[k] for k in sorted(costs.figures)},
+        "measured": costs.measured,
+    }
+
+
+def plan_table(plan: dict) -> str:
+    """The plan as the log shows it before the expensive work starts."""
+    lines = [f"auto plan (--time-budget {plan['time_budget']:g} s; estimates from timed warm-up batches):"]
+    for s in plan["steps"]:
+        lines.append(f"  {s['seconds']:7.0f} s  {s['step']}")
+    lines.append(
+        f"  {plan['estimate_seconds']:7.0f} s  in all (at most {SAFETY:.0%} of the budget, the rest kept spare)"
+    )
+    lines.append(
+        "  decided on validation: the best candidate; each further round only if the last one improved; "
+        "averaging candidates and flipped views only if it beats each alone"
+    )
+    lines.extend(f"  why: {w}" for w in plan["why"])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- running it
+
+
+@dataclass
+class Candidate:
+    """One model auto trained: its network, its probabilities on every split, and how it got there."""
+
+    name: str
+    cfg: RunConfig
+    model: object
+    specs: list | None
+    probs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    history: list[dict]
+    best_epoch: int
+    trainable: list[str]
+    size: int
+    flipped: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def val(self) -> float:
+        """Validation accuracy of this candidate's probabilities."""
+        return _accuracy(self.probs["val"], self.labels["val"])
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")
+
+
+def _member_cfg(cfg: RunConfig, recipe: str, backbone: str, size: int, **recipe_values) -> RunConfig:
+    """The run's config as one candidate's recipe sees it: the user's options that recipe applies, plus auto's."""
+    from smallvision.config import APPLIES, build_config, user_set
+
+    values: dict = {}
+    for path, value in user_set(cfg).items():
+        if path.startswith("data.") or recipe in APPLIES[path].recipes:
+            section = values
+            *parents, leaf = path.split(".")
+            for p in parents:
+                section = section.setdefault(p, {})
+            section[leaf] = value
+    values.setdefault("data", {})["image_size"] = size
+    values.setdefault("model", {})["backbone"] = backbone
+    values.setdefault("recipe", {}).update({"name": recipe, **recipe_values})
+    member = build_config(values, origin="auto")
+    member.out = cfg.out
+    member.seed = cfg.seed
+    return member
+
+
+def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
+    """The index with at most `cap` training images, taken stratified by class (val and test untouched)."""
+    if cap is None:
+        return index
+    from sklearn.model_selection import train_test_split
+
+    train = [it for it in index.items if it.split == "train"]
+    if cap >= len(train):
+        return index
+    keep, _ = train_test_split(train, train_size=cap, stratify=[it.label for it in train], random_state=seed)
+    kept = {id(it) for it in keep}
+    sub = copy.copy(index)
+    sub.items = [it for it in index.items if it.split != "train" or id(it) in kept]
+    return sub
+
+
+def _features_candidate(cfg, name, size, index, progress, notes, logger) -> Candidate:
+    cand_cfg = _member_cfg(cfg, "features", name, size)
+    fs = recipes._feature_stage(cand_cfg, index, progress, notes, logger)
+    model = recipes._pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
+    model.requires_grad_(False)
+    history = [{**row, "stage": f"features {name}"} for row in fs.history]
+    labels = {s: y for s, (_, y) in fs.by_split.items()}
+    return Candidate(
+        f"{name} features",
+        cand_cfg,
+        model,
+        fs.specs,
+        recipes._feature_probs(fs),
+        labels,
+        history,
+        fs.best_epoch,
+        ["head"],
+        size,
+    )
+
+
+def _scratch_candidate(cfg, plan, index, run_dir, progress, notes, logger) -> Candidate:
+    from smallvision.models.backbone import scratch_backbone
+    from smallvision.models.head import Head, ImageClassifier
+
+    s = plan["scratch"]
+    cand_cfg = _member_cfg(cfg, "scratch", SCRATCH, s["size"], epochs=s["epochs"], patience=s["patience"])
+    out = recipes.run_scratch(cand_cfg, index, run_dir, progress, logger)
+    notes.extend(out.notes)
+    backbone = scratch_backbone(SCRATCH, s["size"], cand_cfg.model.batch_norm)
+    model = ImageClassifier(
+        [backbone], Head(backbone.net.num_features, len(index.classes), cand_cfg.model.dropout, cand_cfg.model.hidden)
+    )
+    model.load_state_dict(out.state)
+    model.requires_grad_(False)
+    history = [{**row, "stage": "scratch"} for row in out.history]
+    return Candidate(
+        f"{SCRATCH} from scratch",
+        cand_cfg,
+        model,
+        None,
+        out.probs,
+        out.labels,
+        history,
+        out.best_epoch,
+        ["all"],
+        s["size"],
+    )
+
+
+def _guard(run_dir: Path, name: str, start: float, seconds: float, budget: float) -> dict:
+    """Whether an optional step still fits the budget by the clock; recorded, so a resume decides the same."""
+    from smallvision.training.distributed import rank_zero_decision
+
+    def decide() -> dict:
+        elapsed = time.perf_counter() - start
+        return {"run": elapsed + seconds <= budget, "elapsed": round(elapsed, 1), "estimate": round(seconds, 1)}
+
+    return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
+
+
+def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger) -> Candidate | None:
+    """Fine-tuning rounds on the best pretrained candidate, each only while the last one improved validation."""
+    from smallvision.models.backbone import freeze
+    from smallvision.training.fit import run_stage
+
+    r = cfg.recipe
+    tune_cfg = _member_cfg(cfg, "finetune", base.cfg.model.backbone, base.size, cached_views=plan["views"])
+    data = recipes._images(tune_cfg, index, progress)
+    model = copy.deepcopy(base.model).requires_grad_(True)
+    best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
+    history, blocks, views = list(base.history), None, None
+    for i, rnd in enumerate(plan["rounds"], 1):
+        guard = _guard(run_dir, f"round{i}", start, rnd["seconds"], r.time_budget)
+        if not guard["run"]:
+            notes.append(
+                f"auto: stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
+                f"was estimated at {guard['estimate']:.0f} s, past --time-budget {r.time_budget:g}"
+            )
+            break
+        if rnd["blocks"] != blocks:
+            blocks = rnd["blocks"]
+            trainable = freeze(model.backbones[0], blocks)
+            views = recipes._activation_views(tune_cfg, model, data, notes, progress)
+        groups = recipes._param_groups(model, {0: trainable}, r.lr, rnd["lr"], r.layer_decay)
+        stage = f"finetune{i}"
+        res = run_stage(
+            stage,
+            model,
+            groups,
+            data,
+            tune_cfg,
+            rnd["epochs"],
+            run_dir / "checkpoints" / stage,
+            progress,
+            views=views,
+            logger=logger,
+        )
+        history += [{**row, "stage": stage} for row in res.history]
+        improved = res.best_accuracy > best_val
+        notes.append(
+            f"auto: fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
+            f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
+            + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here")
+        )
+        if not improved:
+            model.load_state_dict(best_state)
+            break
+        best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
+        probs = views.probabilities() if views is not None else None
+        if probs is None:
+            from smallvision.prediction import probabilities
+
+            probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
+        names = ["head"] + [f"backbones.0.{t}" for t in trainable]
+        best = Candidate(
+            f"{base.cfg.model.backbone} fine-tuned",
+            tune_cfg,
+            copy.deepcopy(model).requires_grad_(False),
+            base.specs,
+            probs,
+            {s: y for s, (_, y) in data.items()},
+            list(history),
+            res.best_epoch,
+            names,
+            base.size,
+        )
+    return best
+
+
+def _flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> None:
+    """The candidate's probabilities on left-right flipped images of `splits` (fp32, as the saved model runs)."""
+    from smallvision.data.cache import decoded_images
+    from smallvision.prediction import probabilities
+
+    for split in splits:
+        if split in cand.flipped or split not in cand.probs:
+            continue
+        items = [it for it in index.items if it.split == split]
+        images, failed = decoded_images(
+            [it.path for it in items], [it.digest for it in items], cand.size, progress=False
+        )
+        if failed:
+            raise SmallvisionError(f"{len(failed)} {split} image(s) no longer decode; run again")
+        cand.flipped[split] = probabilities(cand.model, np.ascontiguousarray(images[:, :, ::-1]))
+
+
+def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir, start, budget) -> tuple:
+    """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest."""
+    ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    best = ranked[0]
+    members, val = [best], best.val
+    listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
+    notes.append(f"auto: chose {best.name} among the candidates on validation ({listing})")
+    same = [c for c in ranked if c.size == best.size]
+    for k in (2, 3):
+        for combo in itertools.combinations(same, k):
+            p = sum(c.probs["val"] for c in combo) / k
+            acc = _accuracy(p, best.labels["val"])
+            if acc > val + 1e-9:
+                members, val = list(combo), acc
+    if len(members) > 1:
+        notes.append(
+            f"auto: averaged the probabilities of {' and '.join(c.name for c in members)}: val accuracy {val:.4f}, "
+            f"above each alone ({', '.join(f'{c.val:.4f}' for c in members)})"
+        )
+    elif len(same) > 1:
+        notes.append(f"auto: no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
+    tta = False
+    if plan["tta"]:
+        guard = _guard(run_dir, "tta", start, plan["tta_seconds"], budget)
+        if guard["run"]:
+            for c in members:
+                _flipped(c, index, ("val",))
+            p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
+            acc = _accuracy(p, best.labels["val"])
+            tta = acc > val + 1e-9
+            notes.append(
+                "auto: test-time augmentation (averaging each image with its mirror image) "
+                + (
+                    f"kept: val accuracy {acc:.4f} against {val:.4f} without"
+                    if tta
+                    else f"not kept: val accuracy {acc:.4f}, not above {val:.4f} without"
+                )
+            )
+            if tta:
+                val = acc
+        else:
+            notes.append(f"auto: test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
+    return members, tta
+
+
+def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> recipes.RecipeOutcome:
+    """One saved model for the chosen members (an ensemble when several) and its probabilities on every split."""
+    from smallvision.models.head import ensemble
+
+    lead = members[0]
+    if tta:
+        for c in members:
+            _flipped(c, index, tuple(s for s in ("val", "test") if s in c.probs))
+    probs = {}
+    for split in [s for s in lead.probs if s != "train" or not tta]:  # flipped train images are never needed
+        parts = [(c.probs[split] + c.flipped[split]) / 2 if tta else c.probs[split] for c in members]
+        probs[split] = sum(parts) / len(parts)
+    if len(members) > 1:
+        model = ensemble([c.model for c in members], tta="hflip" if tta else None)
+    else:
+        model = copy.deepcopy(lead.model)
+        model.tta = "hflip" if tta else None
+    cards, trainable, offset = [], [], 0
+    for c in members:
+        cards += recipes._cards(c.model, c.specs, c.cfg)
+        for t in c.trainable:
+            if t.startswith("backbones."):
+                _, i, rest = t.split(".", 2)
+                t = f"backbones.{int(i) + offset}.{rest}"
+            trainable.append(t)
+        offset += len(c.model.backbones)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    outcome = recipes.RecipeOutcome(
+        state,
+        cards,
+        _head_card(model, members),
+        lead.history,
+        lead.best_epoch,
+        probs,
+        lead.labels,
+        notes,
+        {},
+        sorted(set(trainable)),
+    )
+    outcome.image_size = lead.size
+    outcome.tta = "hflip" if tta else None
+    return outcome
+
+
+def _head_card(model, members: list[Candidate]):
+    from smallvision.models.folder import HeadCard, HeadMember
+
+    def plain(c: Candidate) -> dict:
+        linear = c.model.head.layers[1]
+        return {"in_features": linear.in_features, "hidden": recipes._hidden(c.model), "dropout": c.cfg.model.dropout}
+
+    if len(members) == 1:
+        return HeadCard(**plain(members[0]))
+    groups, offset = [], 0
+    for c in members:
+        groups.append(list(range(offset, offset + len(c.model.backbones))))
+        offset += len(c.model.backbones)
+    return HeadCard(
+        in_features=sum(plain(c)["in_features"] for c in members),
+        members=[HeadMember(backbones=g, **plain(c)) for g, c in zip(groups, members, strict=True)],
+    )
+
+
+def run_auto(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
+) -> recipes.RecipeOutcome:
+    """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (see the module doc)."""
+    from smallvision.data.profile import profile_data
+    from smallvision.training.costs import Costs
+    from smallvision.training.distributed import rank_zero_decision
+    from smallvision.training.fit import resolve_precision
+    from smallvision.training.probe import imagenet_distance
+
+    start = start if start is not None else time.perf_counter()
+    budget = cfg.recipe.time_budget
+    given_backbone = "backbone" in cfg.model.model_fields_set
+
+    def decide() -> dict:
+        profile = profile_data(index, cfg.seed)
+        probe = None
+        if (profile.tiny or profile.grayscale >= 0.5) and not given_backbone:
+            size = max(32, min(128, profile.short_side["p50"]))
+            probe = imagenet_distance(
+                index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
+            )
+        costs = Costs(resolve_precision(cfg.trainer.precision))
+        return make_plan(cfg, index, profile, probe, costs)
+
+    path = run_dir / "checkpoints" / PLAN_FILE
+    plan, recorded = rank_zero_decision(path, decide)
+    if plan.get("version") != PLAN_VERSION:
+        raise SmallvisionError(f"{path} was written by another version of auto; start a new run folder")
+    log.info("%s", plan_table(plan))
+    notes = [
+        f"auto: {'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: "
+        + "; ".join(f"{s['step']} ~{s['seconds']:.0f} s" for s in plan["steps"])
+        + f" (estimated {plan['estimate_seconds']:.0f} s of --time-budget {budget:g})"
+    ]
+    notes += [f"auto: {w}" for w in plan["why"]]
+    work = _sampled(index, plan["train_cap"], cfg.seed)
+    cands: list[Candidate] = []
+    if plan["scratch"] is not None:
+        cands.append(_scratch_candidate(cfg, plan, work, run_dir, progress, notes, logger))
+    for name in plan["backbones"]:
+        cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger))
+    pretrained = [c for c in cands if c.specs]
+    if plan["rounds"] and pretrained:
+        base = max(pretrained, key=lambda c: c.val)
+        tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger)
+        if tuned is not None:
+            cands.append(tuned)
+    members, tta = _choose(cands, plan, work, notes, run_dir, start, budget)
+    if work is not index:  # held-out images that failed to decode were dropped from the sample's index only
+        kept = {it.digest for it in work.items}
+        index.drop({it.digest: "unreadable" for it in index.items if it.split != "train" and it.digest not in kept})
+    return _outcome(members, tta, work, notes)

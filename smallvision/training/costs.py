@@ -1,0 +1,192 @@
+"""What each of `auto`'s steps costs on this machine: measured once on warm-up batches, then read from the cache.
+
+Every figure is timed at the precision the run trains and extracts features at, after one untimed warm-up batch (it
+pays for allocation, kernel selection and tracing). The figures are kept per machine (CPU or GPU model, threads,
+torch version) in the user cache, so the same data, seed and budget give the same plan on the same machine: a second
+run reads the figures the first one measured instead of timing a machine that may be busier now.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from smallvision import atomic
+from smallvision.data.cache import cache_root, key_of
+
+log = logging.getLogger(__name__)
+
+BATCH = 32  # the batch every figure is timed at (the recipes' default batch size)
+
+
+def machine() -> dict:
+    """What the timings depend on: processor or GPU model, threads, torch version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }
+
+
+class Costs:
+    """Measured seconds of the planned steps' units, cached per machine; `measured` lists what this run timed."""
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+        self.machine = machine()
+        self.path = cache_root() / "costs" / f"{key_of({**self.machine, 'precision': precision})}.json"
+        try:
+            self.figures: dict[str, dict] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.figures = {}
+        self.measured: list[str] = []
+        self.built: dict[str, object] = {}  # backbones built while timing, offered to the feature pass
+
+    def _get(self, key: str, measure: Callable[[], dict]) -> dict:
+        if key not in self.figures:
+            figure = {k: float(f"{v:.3g}") for k, v in measure().items()}
+            self.figures[key] = figure
+            self.measured.append(key)
+            try:
+                atomic.write_json(self.path, self.figures)
+            except OSError as e:  # a read-only cache only costs the next run its measuring time
+                log.debug("could not record step costs in %s: %s", self.path, e)
+        return self.figures[key]
+
+    def features(self, spec, size: int) -> float:
+        """Images per second through `spec`'s backbone at `size` in the feature pass's fast form."""
+
+        def measure() -> dict:
+            import torch
+
+            from smallvision.models.backbone import build_backbone
+            from smallvision.training.features import feature_form, feature_precision
+
+            backbone = build_backbone(spec, "avg")
+            self.built[spec.fingerprint + spec.backbone] = backbone
+            form = feature_form(backbone, size, BATCH, self.precision)
+            x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+            return {"images_per_second": BATCH / _timed(lambda: form(x), feature_precision(self.precision))}
+
+        return self._get(f"features/{spec.backbone}/{size}", measure)["images_per_second"]
+
+    def finetune(self, spec, size: int, blocks: int) -> dict:
+        """Fine-tuning the top `blocks` groups: frozen-part images/s (the activation cache) and seconds per batch."""
+
+        def measure() -> dict:
+            from smallvision.models.backbone import build_backbone, freeze
+            from smallvision.models.head import Head, ImageClassifier
+            from smallvision.models.inference import inference_form
+            from smallvision.training.activations import _Bottom, boundary_split, compute_views
+
+            backbone = build_backbone(spec, "avg")
+            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
+            freeze(backbone, blocks)
+            split, _ = boundary_split(model, size)
+            arithmetic = "bf16" if self.precision == "bf16-mixed" else "fp32"
+            if split is None:
+                return {"bottom_images_per_second": 0.0, **_train_step(model, size, self.precision)}
+            bottom = inference_form(_Bottom(backbone, split.chain[: split.k]), (3, size, size), BATCH, arithmetic)
+            import torch
+
+            x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+            ips = BATCH / _timed(lambda: bottom(x), arithmetic)
+            rng = np.random.default_rng(0)
+            fake = {
+                s: (rng.integers(0, 255, (BATCH, size, size, 3), dtype=np.uint8), np.arange(BATCH) % 2)
+                for s in ("train", "val")
+            }
+            views = compute_views(split, fake, None, 0, arithmetic, 0, progress=False)
+            return {"bottom_images_per_second": ips, **_train_step(views.model, size, self.precision, views)}
+
+        return self._get(f"finetune/{spec.backbone}/{size}/{blocks}", measure)
+
+    def scratch(self, name: str, size: int, batch_norm: bool) -> dict:
+        """Seconds per training batch and per validation batch of a from-scratch CNN at `size`."""
+
+        def measure() -> dict:
+            from smallvision.models.backbone import scratch_backbone
+            from smallvision.models.head import Head, ImageClassifier
+
+            backbone = scratch_backbone(name, size, batch_norm)
+            model = ImageClassifier(
+                [backbone], Head(backbone.net.num_features, 2, 0.5, 512 if name == "small_cnn" else 0)
+            )
+            return _train_step(model, size, self.precision)
+
+        return self._get(f"scratch/{name}/{size}/{int(batch_norm)}", measure)
+
+    def decode(self) -> float:
+        """Seconds to decode and resize one megapixel of JPEG on one core."""
+
+        def measure() -> dict:
+            import io
+
+            from PIL import Image
+
+            from smallvision.data.decode import decode_bytes
+
+            rng = np.random.default_rng(0)
+            pixels = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+            data = buf.getvalue()
+            decode_bytes(data, 224)
+            t0 = time.perf_counter()
+            for _ in range(8):
+                decode_bytes(data, 224)
+            return {"seconds_per_megapixel": (time.perf_counter() - t0) / 8 / (640 * 480 / 1e6)}
+
+        return self._get("decode", measure)["seconds_per_megapixel"]
+
+
+def _timed(step: Callable[[], object], arithmetic: str) -> float:
+    """Seconds of one call of `step` after one untimed warm-up call (synchronised on a GPU)."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and "cuda" in arithmetic else (lambda: None)
+    with torch.inference_mode():
+        step()
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+    return time.perf_counter() - t0
+
+
+def _train_step(model, size: int, precision: str, views=None) -> dict:
+    """Seconds per training and validation batch, timed as the recipes' estimate times them (warmed up)."""
+    from smallvision.config import build_config
+    from smallvision.training.recipes import _estimate_seconds
+
+    rng = np.random.default_rng(0)
+    data = {
+        s: (rng.integers(0, 255, (BATCH, size, size, 3), dtype=np.uint8), np.arange(BATCH) % 2)
+        for s in ("train", "val")
+    }
+    cfg = build_config(
+        {
+            "data": {"path": ".", "image_size": size},
+            "recipe": {"name": "finetune", "batch_size": BATCH},
+            "trainer": {"precision": precision},
+        }
+    )
+    est = _estimate_seconds(model, data, cfg, views, warmup=1, timed=2)
+    return {"step_seconds": est["step_seconds"], "val_batch_seconds": est["val_batch_seconds"]}
