@@ -1,4 +1,4 @@
-"""The quick-start demo: scikit-learn's handwritten digits as class folders of PNGs, then the default recipe."""
+"""The quick-start demo: scikit-learn's handwritten digits as class folders of PNGs, then the default `auto`."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ def write_digits(root: Path) -> Path:
 
 
 def main() -> None:
-    """Build the demo data, train with the bundled pretrained backbone, and say where everything is."""
+    """Build the demo data, train with the default recipe (auto reads the data and plans), say where everything is."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = write_digits(DEMO / "digits")
     out = DEMO / "run"
     shutil.rmtree(out, ignore_errors=True)
-    result = smallvision.train(data, recipe="features", image_size=96, test_fraction=0.1, out=out)
+    result = smallvision.train(data, test_fraction=0.1, out=out)
     print(result.summary())
     print(f"\nResults are in {out}/ (report.html, model/, metrics.json, history.csv, config.yaml, figures/).")
     print(f"Try: .venv/bin/smallvision predict {out / 'model'} {data / 'digit_3'}/0003.png")

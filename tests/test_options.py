@@ -44,7 +44,7 @@ def test_hidden_zero_means_no_hidden_layer_even_for_small_cnn(shapes_data, tmp_p
         ("finetune", {"recipe": {"cached_views": 0}, "trainer": {"memory_budget": 2}}, "--memory-budget"),
         ("frozen", {"trainer": {"workers": 2}}, "--workers"),
         ("finetune", {"recipe": {"unfreeze_blocks": 2, "unfreeze_from": "blocks.5"}}, "--unfreeze-blocks"),
-        ("auto", {"recipe": {"layer_decay": 0.5}}, "--layer-decay"),
+        ("finetune", {"recipe": {"layer_decay": 0.5}}, "--layer-decay"),
         ("scratch", {"recipe": {"augment": {"fill_mode": "wrap"}}}, "--fill-mode"),
         ("scratch", {"model": {"backbone": "residual_cnn", "batch_norm": True}}, "--batch-norm"),
         ("scratch", {"model": {"backbone": "small_cnn+residual_cnn"}}, "--backbone"),

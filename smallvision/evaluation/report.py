@@ -445,33 +445,34 @@ def _data_check(check: dict[str, int] | None, root: str) -> str:
     )
 
 
-def auto_sentence(m: dict[str, Any], run_dir: Path) -> str | None:
-    """What `auto` chose and why, in one sentence: the decision from the notes the recipe wrote in metrics.json,
-    the numbers from its recorded plan (checkpoints/auto_plan.json) when present; None for the other recipes."""
+def auto_decisions(m: dict[str, Any], run_dir: Path) -> list[str]:
+    """What `auto` planned and chose, one sentence per decision (its "auto: " notes in metrics.json), the plan's
+    estimate against the run's measured seconds first; empty for the other recipes."""
     if m.get("recipe") != "auto":
-        return None
-    notes = m.get("notes", [])
+        return []
+    notes = [n.removeprefix("auto: ") for n in m.get("notes", []) if n.startswith("auto: ")]
     plan_file = run_dir / "checkpoints" / "auto_plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
-    kept_features = next((n for n in notes if n.startswith("auto: kept the features model")), None)
-    outcome = next(
-        (n.removeprefix("auto: ") for n in notes if n.startswith(("auto: chose", "auto: kept the stage-1"))), None
-    )
-    if kept_features is None and outcome is None and plan is None:
-        return "auto recorded no decision: neither its notes nor checkpoints/auto_plan.json say whether it fine-tuned."
-    why = (
-        f"fine-tuning was estimated at {plan['estimate_seconds']:.0f} s with {max(plan['seconds_left'], 0):.0f} s "
-        f"of its {plan['time_budget']:g} s --time-budget left"
-        if plan is not None
-        else None
-    )
-    if kept_features is not None or (outcome is None and not plan["finetune"]):
-        if why is None:
-            return kept_features.replace("auto: kept the features model; ", "auto kept the features model: ") + "."
-        return f"auto kept the features model: {why}, too little to fine-tune."
-    if outcome is None:
-        return f"auto planned to fine-tune, since {why}; its notes record no outcome."
-    return f"auto fine-tuned, since {why}; then it {outcome}." if why else f"auto fine-tuned; then it {outcome}."
+    out = [n for n in notes if not n.startswith(("plan recorded in", "reused the plan recorded in"))]
+    if plan is not None and "steps" in plan:
+        took = f"; the run took {m['seconds']:.0f} s" if "seconds" in m else ""
+        steps = "; ".join(s["step"] for s in plan["steps"])
+        out.insert(
+            0,
+            f"The plan, made before the expensive work from throughput timed on warm-up batches: {steps} "
+            f"(estimated {plan['estimate_seconds']:.0f} s of its {plan['time_budget']:g} s --time-budget{took}).",
+        )
+    elif not out:
+        out.append("auto recorded no plan and no decision (no checkpoints/auto_plan.json, no auto notes).")
+    return [s if s.endswith(".") else s + "." for s in out]
+
+
+def _auto_section(m: dict[str, Any], run_dir: Path) -> str:
+    decisions = auto_decisions(m, run_dir)
+    if not decisions:
+        return ""
+    items = "".join(f"<li>{html.escape(d)}</li>" for d in decisions)
+    return f'<section id="auto-decisions"><h2>How auto chose</h2><ul class="notes">{items}</ul></section>'
 
 
 def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
@@ -500,14 +501,14 @@ def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
         ["classes", f"{len(m['classes'])}: {', '.join(m['classes'][:8])}{' ...' if len(m['classes']) > 8 else ''}"],
     ]
     dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
-    auto = auto_sentence(m, run_dir)
+    auto = next((d for d in auto_decisions(m, run_dir) if d.startswith("chose ")), None)
     card = (
         f'<div class="card" id="verdict-card"><div class="label">{name}</div>'
         f'<div class="big" id="headline">{_pct(s["accuracy"])}</div>'
         f'<div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> on <b>n={s["n"]}</b> images of {where}; '
         f"one image is {100 / max(s['n'], 1):.1f} points.</div>"
         f'<dl class="facts">{dl}</dl>'
-        + (f'<p class="auto" id="auto">{html.escape(auto)}</p>' if auto else "")
+        + (f'<p class="auto" id="auto">auto {html.escape(auto)} <a href="#auto-decisions">Why</a></p>' if auto else "")
         + _data_check(m.get("data_check"), m.get("data", {}).get("root", ""))
         + _figure_errors(m.get("figure_errors", {}), (run_dir / "report-worker.log").is_file())
         + _missing_notice(run_dir, missing)
@@ -554,6 +555,7 @@ def write_report(run_dir: str | Path) -> Path:
     confused = s.get("most_confused", [])[:10]
     body = [
         _verdict(run_dir, m, missing),
+        _auto_section(m, run_dir),
         '<section id="next"><h2>Training and mistakes</h2>',
         _figure(
             run_dir,

@@ -38,6 +38,8 @@ SAFETY = 0.8  # share of the budget the plan's estimates may fill: estimates err
 RESERVED = 15.0  # seconds kept for scanning, saving the model, evaluation and the report
 PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
 SCRATCH_EPOCHS = 40
+SCRATCH_MIN_EPOCHS = 5
+SCRATCH_SHARE = 0.4  # of the plan's seconds, beside pretrained candidates
 SCRATCH_PATIENCE = 10
 # (backbones, augmented views cached per training image, fine-tuning rounds), richest first; the plan takes the first
 # that fits the budget, with test-time augmentation if it also fits.
@@ -91,6 +93,8 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
     given_backbone = "model.backbone" in cfg.model.model_fields_set
     given_size = cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None
     views_given = r.cached_views if "cached_views" in r.model_fields_set else None
+    if views_given is None and not r.augment.augments():
+        views_given = 1  # without augmentation each image has one view, the image itself
     mpix = profile.width * profile.height / 1e6
     decode_one = costs.decode() * max(mpix, 0.01) / max(1, costs.machine["cores"] or 1)
     why: list[str] = [profile.sentence()]
@@ -106,9 +110,17 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
                 math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
                 + math.ceil(n["val"] / r.batch_size) * fig["val_batch_seconds"]
             )
-            scratch = {"size": size, "epochs": SCRATCH_EPOCHS, "patience": SCRATCH_PATIENCE, "epoch_seconds": per_epoch}
-            scratch["seconds"] = total * decode_one + per_epoch * SCRATCH_EPOCHS
             use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
+            share = SCRATCH_SHARE if use_pretrained else 1.0  # alone it may take the whole plan
+            epochs = int(max(SCRATCH_MIN_EPOCHS, min(SCRATCH_EPOCHS, share * available // max(per_epoch, 1e-6))))
+            patience = SCRATCH_PATIENCE if epochs > SCRATCH_PATIENCE else None
+            scratch = {"size": size, "epochs": epochs, "patience": patience, "epoch_seconds": per_epoch}
+            scratch["seconds"] = total * decode_one + per_epoch * epochs
+            why.append(
+                f"a from-scratch {SCRATCH} at the native {size} px is a candidate ({epochs} epochs at most, stopping "
+                f"after {SCRATCH_PATIENCE} without progress)"
+                + ("" if use_pretrained else "; the pretrained backbones are not, being clearly behind it")
+            )
         else:
             why.append("the from-scratch CNN is no candidate: pretrained features are clearly ahead")
     elif profile.tiny or profile.grayscale >= 0.5:
@@ -116,7 +128,8 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
     else:
         why.append("colour photos of ordinary size: the pretrained backbones are the candidates")
     # a backbone the user named (joined ones too) is the only pretrained candidate
-    levels = [((cfg.model.backbone,), v, k) for _, v, k in LEVELS[3:]] if given_backbone else list(LEVELS)
+    levels = [((cfg.model.backbone,), v, k) for v, k in ((4, 3), (2, 2), (2, 1), (1, 1), (0, 0))]
+    levels = levels if given_backbone else list(LEVELS)
 
     def fits(level, size, tta) -> dict | None:
         backbones, views, rounds = level
@@ -182,7 +195,7 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             {"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]},
             {"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds},
         ]
-        chosen["estimate_seconds"] = scratch["seconds"]
+        chosen["estimate_seconds"] = scratch["seconds"] + tta_seconds
     train_cap = None
     if chosen is None:  # nothing fits: features of the smallest, fastest backbone on a sample of the training images
         smallest = (given_size or SMALL_SIZES[-1],)
@@ -208,8 +221,14 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             "estimate_seconds": seconds,
         }
         why.append(
-            f"even features alone of {n['train']:,} training images would not fit --time-budget {budget:g}: "
-            f"the head trains on a sample of {train_cap:,}"
+            f"--time-budget {budget:g} s is too small for fine-tuning or even for features of all "
+            f"{n['train']:,} training images: only {backbone} features at {smallest[0]} px of {train_cap:,} sampled "
+            f"training images (and all of val/test) run, estimated at {seconds:.0f} s"
+            + (
+                f", which is still more than the {max(available, 0):.0f} s the budget leaves"
+                if seconds > available
+                else ""
+            )
         )
     if not chosen["rounds"] and chosen["backbones"] and train_cap is None:
         why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {budget:g} s")
@@ -506,8 +525,6 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
 
 def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> recipes.RecipeOutcome:
     """One saved model for the chosen members (an ensemble when several) and its probabilities on every split."""
-    from smallvision.models.head import ensemble
-
     lead = members[0]
     if tta:
         for c in members:
@@ -517,6 +534,8 @@ def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> re
         parts = [(c.probs[split] + c.flipped[split]) / 2 if tta else c.probs[split] for c in members]
         probs[split] = sum(parts) / len(parts)
     if len(members) > 1:
+        from smallvision.models.head import ensemble
+
         model = ensemble([c.model for c in members], tta="hflip" if tta else None)
     else:
         model = copy.deepcopy(lead.model)
@@ -549,7 +568,7 @@ def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> re
 
 
 def _head_card(model, members: list[Candidate]):
-    from smallvision.models.folder import HeadCard, HeadMember
+    from smallvision.models.folder import HeadCard
 
     def plain(c: Candidate) -> dict:
         linear = c.model.head.layers[1]
@@ -557,6 +576,8 @@ def _head_card(model, members: list[Candidate]):
 
     if len(members) == 1:
         return HeadCard(**plain(members[0]))
+    from smallvision.models.folder import HeadMember
+
     groups, offset = [], 0
     for c in members:
         groups.append(list(range(offset, offset + len(c.model.backbones))))

@@ -1,10 +1,9 @@
-"""`auto` decides whether to fine-tune once, from a warmed-up estimate at the training precision, records the
-decision in the run folder, and every rank and every resume follows that record."""
+"""The timing and decision plumbing under `auto`'s plan: warmed-up estimates at the training precision, and one
+decision recorded in the run folder that every rank and every resume follows (the plan itself: test_auto.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 import smallvision
@@ -20,7 +18,6 @@ from smallvision.config import build_config
 from smallvision.errors import SmallvisionError
 from smallvision.training import recipes
 from smallvision.training.distributed import rank_zero_decision
-from smallvision.training.fit import resolve_precision
 
 FAST = {"image_size": 64, "epochs": 3, "finetune_epochs": 2, "progress": False, "report": False}
 LITE0 = {**FAST, "backbone": "efficientnet_lite0"}
@@ -28,37 +25,6 @@ LITE0 = {**FAST, "backbone": "efficientnet_lite0"}
 
 def _plan(run_dir: Path) -> dict:
     return json.loads((run_dir / "checkpoints" / "auto_plan.json").read_text())
-
-
-def test_auto_records_its_plan_and_a_resume_follows_it_whatever_the_clock_says_now(shapes_data, tmp_path, monkeypatch):
-    a = smallvision.train(shapes_data, out=tmp_path / "a", time_budget=3600, **LITE0)
-    plan = _plan(a.run_dir)
-    assert plan["finetune"] is True and plan["estimate_seconds"] <= plan["seconds_left"]
-    assert (
-        plan["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-        and plan["precision"] == resolve_precision("auto")
-        and plan["warmup_steps"] >= 1
-    )
-    assert any("plan recorded in" in n and "fine-tune" in n for n in a.notes)
-    trainable = smallvision.load(a.model_dir)[1].trainable
-    assert trainable != ["head"] or any("kept the stage-1" in n for n in a.notes)
-
-    first_model = tmp_path / "first.safetensors"
-    shutil.copy(a.model_dir / "model.safetensors", first_model)
-    # interrupted after the plan, before fine-tuning finished: no results, no fine-tuning checkpoints
-    for name in ("metrics.json", "history.csv"):
-        (a.run_dir / name).unlink()
-    shutil.rmtree(a.run_dir / "model")
-    shutil.rmtree(a.run_dir / "checkpoints" / "finetune")
-    slow = {"seconds": 1e9, "device": "cpu", "precision": "32-true"}  # a clock that would now say: no time
-    monkeypatch.setattr(recipes, "_estimate_seconds", lambda *args, **kwargs: slow)
-    b = smallvision.train(resume=a.run_dir, progress=False, report=False)
-    assert any("reused the plan recorded in" in n for n in b.notes)
-    assert _plan(a.run_dir) == plan
-    assert smallvision.load(b.model_dir)[1].trainable == trainable
-    ours = load_file(str(b.model_dir / "model.safetensors"))
-    theirs = load_file(str(first_model))
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)  # the same model as if never interrupted
 
 
 class _Probe(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -114,18 +113,6 @@ def test_joined_backbones_end_to_end(shapes_data, tmp_path):
     assert card.head.in_features == 2 * 1280
     preds = smallvision.predict(r.model_dir, shapes_data / "test", top_k=1)
     assert len(preds) == 18 and all(p.top for p in preds)
-
-
-def test_auto_explains_its_choice(shapes_data, tmp_path):
-    r = smallvision.train(shapes_data, out=tmp_path / "run", **FAST)
-    assert r.metrics["recipe"] == "auto"
-    assert any(n.startswith("auto: ") for n in r.notes)
-    tight = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=0.01, **FAST)
-    assert any("more than the" in n and "--time-budget" in n for n in tight.notes)
-    assert smallvision.load(tight.model_dir)[1].trainable == ["head"]
-    plan = json.loads((tight.run_dir / "checkpoints" / "auto_plan.json").read_text())
-    assert plan["finetune"] is False and plan["estimate_seconds"] > plan["seconds_left"]
-    assert not (tight.run_dir / "checkpoints" / "finetune").exists()
 
 
 def _two_classes(shapes_data: Path, root: Path) -> Path:

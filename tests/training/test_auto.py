@@ -1,0 +1,239 @@
+"""`auto` reads the data, prints and records a plan that fits its budget, follows it on a rerun and a resume, and
+keeps only what validation supports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import smallvision
+from smallvision.config import build_config
+from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.training import auto
+
+FAST = {"image_size": 64, "epochs": 3, "finetune_epochs": 2, "progress": False, "report": False}
+
+
+def _plan(run_dir: Path) -> dict:
+    return json.loads((run_dir / "checkpoints" / "auto_plan.json").read_text())
+
+
+def _weights(model_dir: Path) -> dict:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def first(shapes_data, tmp_path_factory):
+    """One auto run on the shapes (its plan printed to the log) that the tests below compare against."""
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep(level=logging.INFO)
+    logger = logging.getLogger("smallvision")
+    logger.addHandler(handler)
+    try:
+        result = smallvision.train(shapes_data, out=tmp_path_factory.mktemp("auto") / "a", **FAST)
+    finally:
+        logger.removeHandler(handler)
+    return result, records
+
+
+def test_the_plan_is_printed_before_the_work_and_recorded(first):
+    result, records = first
+    plan = _plan(result.run_dir)
+    shown = next(r for r in records if r.startswith("auto plan"))
+    assert records.index(shown) < next(i for i, r in enumerate(records) if r.startswith("data:"))
+    for step in plan["steps"]:
+        assert step["step"] in shown and step["seconds"] >= 0
+    assert plan["estimate_seconds"] == pytest.approx(sum(s["seconds"] for s in plan["steps"]))
+    assert plan["estimate_seconds"] <= auto.SAFETY * plan["time_budget"]
+    assert plan["profile"]["images"] == 120 and plan["images"] == {"train": 72, "val": 30, "test": 18}
+    assert plan["costs"] and all(k in plan["costs"] for k in plan["measured"])
+    # every candidate the plan named ran, and the notes say what was chosen among them and why
+    chose = next(n for n in result.notes if n.startswith("auto: chose "))
+    for name in plan["backbones"]:
+        assert f"{name} features" in chose
+    card = smallvision.load(result.model_dir)[1]
+    assert result.metrics["backbone"] == "+".join(b.name for b in card.backbones)
+    assert card.image_size == plan["size"] or card.image_size == (plan["scratch"] or {}).get("size")
+
+
+def test_the_same_seed_gives_the_same_plan_and_the_same_model(first, shapes_data, tmp_path):
+    result, _ = first
+    again = smallvision.train(shapes_data, out=tmp_path / "b", **FAST)
+    a, b = _plan(result.run_dir), _plan(again.run_dir)
+    assert b["measured"] == []  # the second run read the step costs the first one measured on this machine
+    assert {k: v for k, v in a.items() if k != "measured"} == {k: v for k, v in b.items() if k != "measured"}
+    ours, theirs = _weights(again.model_dir), _weights(result.model_dir)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert again.metrics["val_accuracy"] == result.metrics["val_accuracy"]
+
+
+def test_a_resumed_run_keeps_its_plan_whatever_the_clock_says_now(first, shapes_data, tmp_path, monkeypatch):
+    result, _ = first
+    run = tmp_path / "resumed"
+    shutil.copytree(result.run_dir, run)
+    for name in ("metrics.json", "history.csv"):
+        (run / name).unlink()
+    shutil.rmtree(run / "model")
+    for stage in (run / "checkpoints").glob("finetune*"):
+        shutil.rmtree(stage)  # interrupted before fine-tuning finished
+    plan = _plan(run)
+
+    def slow(self, *args, **kwargs):
+        raise AssertionError("a resumed run timed its steps again instead of following its recorded plan")
+
+    from smallvision.training.costs import Costs
+
+    monkeypatch.setattr(Costs, "features", slow)
+    resumed = smallvision.train(resume=run, progress=False, report=False)
+    assert any("reused the plan recorded in" in n for n in resumed.notes)
+    assert _plan(run) == plan
+    ours, theirs = _weights(resumed.model_dir), _weights(result.model_dir)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_budget_far_too_small_is_honoured_and_explained(shapes_data, tmp_path):
+    r = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=1, **FAST)
+    plan = _plan(r.run_dir)
+    assert plan["rounds"] == [] and plan["backbones"] == ["efficientnet_lite0"] and plan["scratch"] is None
+    assert plan["train_cap"] is not None and plan["train_cap"] < 72
+    assert any("too small for fine-tuning" in w for w in plan["why"])
+    assert any("too small for fine-tuning" in n for n in r.notes)
+    assert not list((r.run_dir / "checkpoints").glob("finetune*"))
+    assert smallvision.load(r.model_dir)[1].trainable == ["head"]
+
+
+class _Costs:
+    """Fixed step costs (images/s and seconds per batch) standing in for a machine's measured ones."""
+
+    machine = {"cores": 2}
+    measured: list[str] = []
+
+    def __init__(self, ips: dict[str, float]) -> None:
+        self.ips = ips
+        self.figures = {"fixed": {"from": "test"}}
+
+    def decode(self) -> float:
+        return 0.02
+
+    def features(self, spec, size: int) -> float:
+        return self.ips[spec.backbone] * (224 / size) ** 2
+
+    def finetune(self, spec, size: int, blocks: int) -> dict:
+        ips = self.features(spec, size)
+        return {"bottom_images_per_second": ips * 1.2, "step_seconds": 32 / ips, "val_batch_seconds": 16 / ips}
+
+    def scratch(self, name: str, size: int, batch_norm: bool) -> dict:
+        return {"step_seconds": 0.03, "val_batch_seconds": 0.01}
+
+
+class _Profile:
+    def __init__(self, images: int, side: int) -> None:
+        self.images, self.width, self.height = images, side, side
+        self.short_side = {"p10": side, "p50": side, "p90": side}
+        self.grayscale, self.tiny = 0.0, side <= 64
+
+    def to_dict(self) -> dict:
+        return {"images": self.images}
+
+    def sentence(self) -> str:
+        return f"{self.images} images"
+
+
+def _index(n: int, classes: int = 6) -> DatasetIndex:
+    items = [
+        ImageItem(Path(f"/x/{i}.jpg"), i % classes, "val" if i % 5 == 0 else "train", f"{i:08x}") for i in range(n)
+    ]
+    return DatasetIndex(Path("/x"), "folders", [f"c{c}" for c in range(classes)], items)
+
+
+COSTS = {"efficientnet_lite0": 186.0, "efficientnet_lite1": 105.0, "efficientnet_lite2": 70.0}
+
+
+@pytest.mark.parametrize("images", [400, 5_000, 20_000, 200_000])
+def test_large_folders_scale_the_plan_down_and_it_always_fits(images):
+    cfg = build_config({"data": {"path": "x"}})
+    plan = auto.make_plan(cfg, _index(images), _Profile(images, 150), None, _Costs(COSTS))
+    assert plan["estimate_seconds"] <= auto.SAFETY * cfg.recipe.time_budget
+    if images == 400:
+        assert len(plan["backbones"]) == 3 and len(plan["rounds"]) == 3 and plan["tta"]
+    if images == 20_000:
+        assert "efficientnet_lite1" not in plan["backbones"] and plan["train_cap"] is None
+    if images == 200_000:
+        assert plan["train_cap"] is not None and plan["train_cap"] < 0.8 * images
+        assert any("too small" in w for w in plan["why"])
+    smaller = auto.make_plan(cfg, _index(images // 2), _Profile(images // 2, 150), None, _Costs(COSTS))
+    assert _richness(smaller) >= _richness(plan)  # fewer images never get a poorer plan
+
+
+def _richness(plan: dict) -> tuple:
+    return (plan["train_cap"] is None, len(plan["backbones"]), len(plan["rounds"]), plan["tta"])
+
+
+class _Probe:
+    def __init__(self, ncm: float, scratch: float) -> None:
+        self.ncm_accuracy, self.scratch_accuracy = ncm, scratch
+
+    def to_dict(self) -> dict:
+        return {"ncm": self.ncm_accuracy, "scratch": self.scratch_accuracy}
+
+    def sentence(self) -> str:
+        return "probe"
+
+
+@pytest.mark.parametrize(
+    "ncm,scratch,has_scratch,has_pretrained",
+    [(0.6, 0.95, True, False), (0.8, 0.78, True, True), (0.9, 0.4, False, True)],
+)
+def test_the_probe_decides_the_candidates(ncm, scratch, has_scratch, has_pretrained):
+    cfg = build_config({"data": {"path": "x"}})
+    plan = auto.make_plan(cfg, _index(1_800, 10), _Profile(1_800, 32), _Probe(ncm, scratch), _Costs(COSTS))
+    assert (plan["scratch"] is not None) == has_scratch
+    assert bool(plan["backbones"]) == has_pretrained
+    if has_scratch:
+        assert plan["scratch"]["size"] == 32 and plan["scratch"]["epochs"] >= auto.SCRATCH_MIN_EPOCHS
+
+
+def _tiny_digits(root: Path, per_class: int = 24) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts: dict[int, int] = {}
+    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        folder = root / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (255 - img / 16.0 * 255).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_a_tiny_image_folder_gets_a_scratch_candidate_at_its_native_size(tmp_path):
+    from smallvision.api import _scan
+    from smallvision.data.profile import profile_data
+    from smallvision.training.costs import Costs
+    from smallvision.training.probe import imagenet_distance
+
+    data = _tiny_digits(tmp_path / "digits")
+    cfg = build_config({"data": {"path": str(data)}})
+    index = _scan(cfg)
+    profile = profile_data(index)
+    assert profile.tiny and profile.grayscale == 1.0
+    probe = imagenet_distance(index, scratch_size=32, seed=0)
+    plan = auto.make_plan(cfg, index, profile, probe, Costs("32-true"))
+    assert plan["scratch"] is not None and plan["scratch"]["size"] == 32
+    assert any("from-scratch small_cnn at the native 32 px is a candidate" in w for w in plan["why"])
