@@ -348,7 +348,7 @@ def _train_run(
         "notes": outcome.notes,
         "feature_cache": outcome.cache,
         "data_check": check_summary,
-        "tta": False,
+        "tta": outcome.tta or False,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -376,6 +376,7 @@ def _train_run(
         },
         trainable=outcome.trainable,
         versions=package_versions(),
+        tta=outcome.tta,
     )
     save_state(outcome.state, card, model_dir)
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
@@ -647,7 +648,8 @@ def evaluate(
     probs = probabilities(model, images, tta=tta)
     metrics = classification_metrics(labels, probs, card.classes)
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
-    values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "skipped": skipped, **metrics}
+    values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "model_tta": card.tta}
+    values.update(skipped=skipped, **metrics)
     backbone = "+".join(b.name for b in card.backbones)
     shown = {"recipe": card.recipe, "backbone": backbone, "seconds": time.perf_counter() - start}
     run_config = _run_config(Path(model_dir))
