@@ -558,8 +558,8 @@ def iter_predictions(
     if onnx:
         if tta:
             raise SmallvisionError(
-                "tta (--tta) cannot apply with onnx (--onnx): the ONNX export has no test-time augmentation; "
-                "drop one of them"
+                "tta (--tta) cannot apply with onnx (--onnx): the ONNX export has no flips + crops test-time "
+                "augmentation (a model's own flip TTA is in it already); drop one of them"
             )
         from smallvision.runtime import OnnxClassifier, find_export
 

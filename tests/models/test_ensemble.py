@@ -13,7 +13,7 @@ import smallvision
 from smallvision.data.decode import decode_file
 from smallvision.errors import SmallvisionError
 from smallvision.models.backbone import scratch_backbone
-from smallvision.models.folder import ensemble_card, load_model, save_model
+from smallvision.models.folder import ensemble_card, load_model, save_model, save_state
 from smallvision.models.head import EnsembleHead, Head, ImageClassifier, ensemble
 from smallvision.prediction import expand_paths, probabilities
 
@@ -37,11 +37,12 @@ def members(shapes_data, tmp_path_factory):
 
 
 def _joined(member_dirs, folder, tta=None):
-    """Load the members, join them, save the ensemble with the folder API; its folder."""
+    """Load the members, join them, save the ensemble with the folder API (with tta, as a run saves a state dict
+    and a card that names no first convolution); its folder."""
     loaded = [load_model(d) for d in member_dirs]
     model = ensemble([m for m, _ in loaded], tta=tta)
     card = ensemble_card(model, [c for _, c in loaded], recipe="auto", tta=tta)
-    return save_model(model, card, folder)
+    return save_state(model.state_dict(), card, folder) if tta else save_model(model, card, folder)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_evaluate_scores_the_ensemble_and_says_it_carries_tta(joined_tta, shapes
     assert m["accuracy"] == pytest.approx(float((probabilities(model, images).argmax(1) == labels).mean()))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_exports_of_a_tta_ensemble_pass_their_check_and_run_alike(joined_tta, shapes_data, test_images, tmp_path, fmt):
     import shutil
 
@@ -186,6 +187,7 @@ def test_report_figures_draw_for_an_ensemble_whose_first_backbone_is_from_scratc
     assert _kernels(joined_tta, tmp_path / "kernels.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_the_fast_inference_form_of_a_tta_ensemble_agrees(joined_tta, test_images):
     from smallvision.models.inference import inference_form
 
@@ -232,7 +234,16 @@ def test_members_of_different_input_sizes_or_bad_tta_are_refused():
         ensemble(models)
     with pytest.raises(ValueError, match="tta 'vflip' unknown"):
         ImageClassifier([small], Head(small.net.num_features, 3), tta="vflip")
-    two = ensemble([models[0], ImageClassifier([small], Head(small.net.num_features, 3))])
-    assert len(two.backbones) == 1 and two.head.groups == [[0], [0]]  # the same module is shared, not repeated
-    out = two.eval()(torch.rand(2, 3, 32, 32))
-    assert torch.allclose(out.softmax(1).sum(1), torch.ones(2)) and torch.isfinite(out).all()
+
+    import copy
+
+    residual = scratch_backbone("residual_cnn", 32, True)
+    joined = ImageClassifier([small, residual], Head(small.net.num_features + residual.net.num_features, 3, hidden=8))
+    alone = ImageClassifier([copy.deepcopy(small)], Head(small.net.num_features, 3))
+    both = ensemble([joined, alone]).eval()
+    assert len(both.backbones) == 2 and both.head.groups == [[0, 1], [0]]  # the equal small_cnn runs once
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = (joined.eval()(x).softmax(1) + alone.eval()(x).softmax(1)) / 2
+        out = both(x)
+    assert torch.allclose(out.softmax(1), expected, atol=1e-6) and torch.isfinite(out).all()
