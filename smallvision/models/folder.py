@@ -235,18 +235,18 @@ def ensemble_card(model, cards: list[ModelCard], **fields: Any) -> ModelCard:
                     trainable.update(f"backbones.{i}.{name}" for name, _ in block_groups(model.backbones[i]))
                 elif entry.startswith(prefix):
                     trainable.add(f"backbones.{i}.{entry.removeprefix(prefix)}")
-    card = ModelCard(
-        classes=first.classes,
-        image_size=first.image_size,
-        resize=first.resize,
-        backbones=backbones,
-        head=head_card(model.head),
-        recipe="ensemble",
-        trainable=sorted(trainable),
-        versions=package_versions(),
-        tta=model.tta,
-    )
-    return card.model_copy(update=fields)
+    values = {
+        "classes": first.classes,
+        "image_size": first.image_size,
+        "resize": first.resize,
+        "backbones": backbones,
+        "head": head_card(model.head),
+        "recipe": "ensemble",
+        "trainable": sorted(trainable),
+        "versions": package_versions(),
+        "tta": model.tta,
+    }
+    return ModelCard(**{**values, **fields})
 
 
 def load_model(folder: str | Path):
