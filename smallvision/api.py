@@ -349,7 +349,7 @@ def _train_run(
         "notes": outcome.notes,
         "feature_cache": outcome.cache,
         "data_check": check_summary,
-        "tta": False,
+        "tta": outcome.tta or False,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -377,6 +377,7 @@ def _train_run(
         },
         trainable=outcome.trainable,
         versions=package_versions(),
+        tta=outcome.tta,
     )
     save_state(outcome.state, card, model_dir)
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
@@ -558,8 +559,8 @@ def iter_predictions(
     if onnx:
         if tta:
             raise SmallvisionError(
-                "tta (--tta) cannot apply with onnx (--onnx): the ONNX export has no test-time augmentation; "
-                "drop one of them"
+                "tta (--tta) cannot apply with onnx (--onnx): the ONNX export has no flips + crops test-time "
+                "augmentation (a model's own flip TTA is in it already); drop one of them"
             )
         from smallvision.runtime import OnnxClassifier, find_export
 
@@ -648,7 +649,8 @@ def evaluate(
     probs = probabilities(model, images, tta=tta)
     metrics = classification_metrics(labels, probs, card.classes)
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
-    values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "skipped": skipped, **metrics}
+    values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "model_tta": card.tta}
+    values.update(skipped=skipped, **metrics)
     backbone = "+".join(b.name for b in card.backbones)
     shown = {"recipe": card.recipe, "backbone": backbone, "seconds": time.perf_counter() - start}
     run_config = _run_config(Path(model_dir))

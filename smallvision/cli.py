@@ -289,7 +289,8 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return
-    typer.echo(f"{m['data']} [{m['split']}] n={m['n']} tta={'on' if tta else 'off'}")
+    own = f" (the model applies its own {m['model_tta']} tta)" if m.get("model_tta") else ""
+    typer.echo(f"{m['data']} [{m['split']}] n={m['n']} tta={'on' if tta else 'off'}{own}")
     typer.echo(f"split: {m['split']}: {m['split_reason']}")
     typer.echo(f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro F1 {m['f1_macro']:.4f}")
     typer.echo(m["report"])

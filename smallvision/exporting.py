@@ -72,6 +72,7 @@ def metadata(card) -> dict[str, str]:
         "recipe": card.recipe,
         "backbones": [b.name for b in card.backbones],
         "head": card.head.model_dump(),
+        "tta": card.tta,
         "metrics": card.metrics,
         "versions": card.versions,
     }

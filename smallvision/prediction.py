@@ -100,18 +100,29 @@ def _views(x, tta: bool) -> list:
 
 
 def probabilities(model, images: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities for uint8 NHWC images; with `tta`, averaged over flipped and cropped views."""
+    """Class probabilities for uint8 NHWC images; with `tta`, averaged over flipped and cropped views.
+
+    A model that flips itself (ImageClassifier tta "hflip") runs its views unflipped under `tta`: the views hold
+    the mirror images already, so the result is the same and each view runs once.
+    """
     import torch
 
     model.eval()
+    own = getattr(model, "tta", None)
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
-            x = x.float().div_(255)
-            views = _views(x, tta)
-            p = sum(model(v.contiguous(memory_format=torch.channels_last)).float().softmax(1) for v in views)
-            out.append((p / len(views)).numpy())
+    try:
+        if tta and own:
+            model.tta = None
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+                x = x.float().div_(255)
+                views = _views(x, tta)
+                p = sum(model(v.contiguous(memory_format=torch.channels_last)).float().softmax(1) for v in views)
+                out.append((p / len(views)).numpy())
+    finally:
+        if own:
+            model.tta = own
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

@@ -28,6 +28,24 @@ def _output_shapes(backbone, groups, image_size: int) -> dict[str, tuple]:
     return shapes
 
 
+def _labels(card) -> list[str]:
+    """Each backbone's name in tables; numbered (name#i) when a name repeats (an ensemble of two lite0s)."""
+    names = [b.name for b in card.backbones]
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _ensemble_line(card) -> str | None:
+    """One line saying what an ensemble averages and which test-time augmentation the model applies (None: plain)."""
+    parts = []
+    if card.head.members:
+        labels = _labels(card)
+        members = "; ".join("+".join(labels[i] for i in m.backbones) for m in card.head.members)
+        parts.append(f"ensemble of {len(card.head.members)} heads, probabilities averaged: {members}")
+    if card.tta:
+        parts.append(f"test-time augmentation {card.tta} (applied by the model itself)")
+    return " · ".join(parts) or None
+
+
 def summary(model_dir: str | Path, image_size: int | None = None) -> str:
     """A text table of a saved model's block groups: output shape (for inputs of `image_size`, by default the
     model's own), parameters, and whether they trained."""
@@ -40,14 +58,14 @@ def summary(model_dir: str | Path, image_size: int | None = None) -> str:
     size = card.image_size if image_size is None else image_size
     trained = set(card.trainable)
     rows: list[tuple[str, str, int, bool]] = []
-    for i, (backbone, bcard) in enumerate(zip(model.backbones, card.backbones, strict=True)):
+    for i, (backbone, label) in enumerate(zip(model.backbones, _labels(card), strict=True)):
         everything = "all" in trained
         groups = block_groups(backbone)
         shapes = _output_shapes(backbone, groups, size)
         for name, mods in groups:
             n = sum(p.numel() for m in mods for p in m.parameters())
             shape = "x".join(map(str, shapes.get(name, ())))
-            rows.append((f"{bcard.name}:{name}", shape, n, everything or f"backbones.{i}.{name}" in trained))
+            rows.append((f"{label}:{name}", shape, n, everything or f"backbones.{i}.{name}" in trained))
     rows.append(("head", str(len(card.classes)), sum(p.numel() for p in model.head.parameters()), True))
     width = max(len(r[0]) for r in rows)
     lines = [
@@ -55,6 +73,8 @@ def summary(model_dir: str | Path, image_size: int | None = None) -> str:
         f"output shapes for {size}x{size} inputs" + ("" if size == card.image_size else " (as asked)"),
         f"{'block group'.ljust(width)}  {'output':>14}  {'params':>12}  status",
     ]
+    if (line := _ensemble_line(card)) is not None:
+        lines.insert(1, line)
     lines += [
         f"{name.ljust(width)}  {shape:>14}  {n:>12,}  {'trained' if t else 'frozen'}" for name, shape, n, t in rows
     ]
@@ -81,10 +101,10 @@ def weights_check(model_dir: str | Path) -> str:
         f"{'block group':<40} {'mean |change|':>14} {'max |change|':>14}  before = after?  status",
     ]
     flagged = 0
-    for i, (backbone, bcard) in enumerate(zip(model.backbones, card.backbones, strict=True)):
+    for i, (backbone, bcard, label) in enumerate(zip(model.backbones, card.backbones, _labels(card), strict=True)):
         source = bcard.weights.get("source")
         if source not in ("bundled", "file", "hub"):
-            lines.append(f"{bcard.name}: trained from scratch; there are no 'before' weights to compare")
+            lines.append(f"{label}: trained from scratch; there are no 'before' weights to compare")
             continue
         try:
             spec = resolve_weights(
@@ -92,10 +112,10 @@ def weights_check(model_dir: str | Path) -> str:
             )
             before = build_backbone(spec, bcard.pool)
         except SmallvisionError as e:
-            lines.append(f"{bcard.name}: cannot rebuild the pretrained weights to compare ({e})")
+            lines.append(f"{label}: cannot rebuild the pretrained weights to compare ({e})")
             continue
         if spec.fingerprint != bcard.weights.get("fingerprint"):
-            lines.append(f"{bcard.name}: note: the weights source changed since training ({spec.detail})")
+            lines.append(f"{label}: note: the weights source changed since training ({spec.detail})")
         after_groups = dict(block_groups(backbone))
         for name, mods_before in block_groups(before):
             diffs = []
@@ -108,8 +128,7 @@ def weights_check(model_dir: str | Path) -> str:
             status = "trained" if was_trained else ("frozen" if same else "FROZEN BUT MOVED")
             flagged += int(not was_trained and not same)
             lines.append(
-                f"{bcard.name + ':' + name:<40} {float(d.mean()):>14.3g} {float(d.max()):>14.3g}  "
-                f"{str(same):<15}  {status}"
+                f"{label + ':' + name:<40} {float(d.mean()):>14.3g} {float(d.max()):>14.3g}  {str(same):<15}  {status}"
             )
     lines.append("all frozen layers unchanged" if not flagged else f"{flagged} frozen group(s) moved: check the recipe")
     return "\n".join(lines)

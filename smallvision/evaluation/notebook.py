@@ -103,7 +103,8 @@ def evaluation_html(result: dict[str, Any], classes: list[str], card: dict[str, 
     details = [
         f"split <b>{_esc(result['split'])}</b>: {_esc(result['split_reason'])}",
         f"recipe <b>{_esc(card['recipe'])}</b> · backbone <b>{_esc(card['backbone'])}</b> · "
-        f"{card['seconds']:.1f} s" + (" · test-time augmentation" if result.get("tta") else ""),
+        f"{card['seconds']:.1f} s"
+        + (" · test-time augmentation" if result.get("tta") or result.get("model_tta") else ""),
     ]
     if result.get("skipped"):
         details.append(f"{len(result['skipped'])} unreadable image(s) skipped")

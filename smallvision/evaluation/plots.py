@@ -242,27 +242,36 @@ def _spatial(net, t):
 def gradcam_maps(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps (N, H, W) in [0, 1] for the predicted classes, and those classes.
 
-    The map is the first backbone's last feature map, timm's `forward_features` output (before any pooling or head
-    layer: MobileNetV3's conv_head comes after the pooling), weighted by the predicted logit's mean gradient.
+    The map is the first timm backbone's last feature map, timm's `forward_features` output (before any pooling or
+    head layer: MobileNetV3's conv_head comes after the pooling), weighted by the predicted logit's mean gradient
+    (for an ensemble, the gradient of its averaged log-probability; the model's own flip TTA is left out).
     """
     import torch
 
     from smallvision.errors import SmallvisionError
 
-    first, others = model.backbones[0], list(model.backbones[1:])
+    backbones = list(model.backbones)
+    pick = next(
+        (i for i, b in enumerate(backbones) if hasattr(b.net, "forward_features") and hasattr(b.net, "forward_head")),
+        None,
+    )
+    if pick is None:
+        raise SmallvisionError(
+            f"Grad-CAM does not apply to {type(backbones[0].net).__name__}: it has no timm feature map"
+        )
+    first = backbones[pick]
     net = first.net
-    if not hasattr(net, "forward_features") or not hasattr(net, "forward_head"):
-        raise SmallvisionError(f"Grad-CAM does not apply to {type(net).__name__}: it has no timm feature map")
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         fmap = net.forward_features(first.normalize(x))
-        rest = [b(x) for b in others]
+        others = {i: b(x) for i, b in enumerate(backbones) if i != pick}
+        pred = model(x).argmax(1)
     fmap.requires_grad_(True)  # gradients only through the pooling and the heads, whatever is frozen
     with torch.enable_grad():
         feats = net.forward_head(fmap, pre_logits=True).flatten(1)
-        logits = model.head(torch.cat([feats, *rest], dim=1).float())
-        pred = logits.argmax(1)
+        joined = [feats if i == pick else others[i] for i in range(len(backbones))]
+        logits = model.head(torch.cat(joined, dim=1).float())
         (grad,) = torch.autograd.grad(logits.gather(1, pred[:, None]).sum(), fmap)
     act, grad = _spatial(net, fmap.detach()), _spatial(net, grad)
     if act is None:

@@ -7,7 +7,7 @@ import json
 import logging
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,13 +33,25 @@ class BackboneCard(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class HeadMember(BaseModel):
+    """One member of an ensemble head: the backbones it reads (indices into the card's backbones) and its head."""
+
+    model_config = ConfigDict(extra="forbid")
+    backbones: list[int] = Field(min_length=1)
+    in_features: int = Field(gt=0)
+    hidden: int = Field(default=0, ge=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
 class HeadCard(BaseModel):
-    """The classifier head of a saved model."""
+    """The classifier head of a saved model: one head on the joined features, or (members) an ensemble of heads
+    whose probabilities are averaged; then in_features is the joined width and hidden/dropout are unused."""
 
     model_config = ConfigDict(extra="forbid")
     in_features: int = Field(gt=0)
     hidden: int = Field(default=0, ge=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    members: list[HeadMember] = Field(default_factory=list)
 
 
 class ModelCard(BaseModel):
@@ -60,6 +72,8 @@ class ModelCard(BaseModel):
     # The weight of the network's first convolution by module order (safetensors keeps no order): the tensor the
     # first-layer kernels figure shows, read without building the network. None in folders saved before it existed.
     first_conv: str | None = None
+    # Test-time augmentation the network applies itself in eval mode (predict, evaluate, export, serve all see it).
+    tta: Literal["hflip"] | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -154,11 +168,85 @@ def read_card(folder: str | Path) -> ModelCard:
 def build_from_card(card: ModelCard):
     """The network a card describes, with no weights loaded."""
     from smallvision.models.backbone import bare_backbone
-    from smallvision.models.head import Head, ImageClassifier
+    from smallvision.models.head import EnsembleHead, Head, ImageClassifier, static_feature_dim
 
     backbones = [bare_backbone(b.name, b.pool, b.mean, b.std, b.options) for b in card.backbones]
-    head = Head(card.head.in_features, len(card.classes), card.head.dropout, card.head.hidden)
-    return ImageClassifier(backbones, head)
+    classes = len(card.classes)
+    if not card.head.members:
+        return ImageClassifier(backbones, Head(card.head.in_features, classes, card.head.dropout, card.head.hidden))
+    dims = [static_feature_dim(b) or b.feature_dim(card.image_size) for b in backbones]
+    for k, m in enumerate(card.head.members):
+        if any(not 0 <= i < len(backbones) for i in m.backbones):
+            raise SmallvisionError(
+                f"{CARD_FILE}: head member {k} reads backbones {m.backbones}, but the card lists {len(backbones)}"
+            )
+        if sum(dims[i] for i in m.backbones) != m.in_features:
+            raise SmallvisionError(
+                f"{CARD_FILE}: head member {k} reads {m.in_features} features, but its backbones {m.backbones} give "
+                f"{sum(dims[i] for i in m.backbones)}; the card was edited or mixed from two models"
+            )
+    heads = [Head(m.in_features, classes, m.dropout, m.hidden) for m in card.head.members]
+    groups = [m.backbones for m in card.head.members]
+    return ImageClassifier(backbones, EnsembleHead(heads, groups, dims), tta=card.tta)
+
+
+def head_card(head) -> HeadCard:
+    """The card of a head module (a Head, or an EnsembleHead and its members), read from its layers."""
+    from smallvision.models.head import EnsembleHead
+
+    def plain(h) -> dict:
+        linears = [m for m in h.layers if hasattr(m, "out_features")]
+        hidden = linears[0].out_features if len(linears) > 1 else 0
+        return {"in_features": linears[0].in_features, "hidden": hidden, "dropout": float(h.layers[0].p)}
+
+    if not isinstance(head, EnsembleHead):
+        return HeadCard(**plain(head))
+    members = [HeadMember(backbones=g, **plain(h)) for h, g in zip(head.heads, head.groups, strict=True)]
+    return HeadCard(in_features=sum(head.dims), members=members)
+
+
+def ensemble_card(model, cards: list[ModelCard], **fields: Any) -> ModelCard:
+    """The card of `smallvision.models.head.ensemble(members)`, from the members' cards (in the same order).
+
+    Backbone cards follow the ensemble's (shared backbones once), each member's trained groups are renamed to the
+    ensemble's backbone indices, and `fields` (recipe, metrics, tta, ...) override the rest.
+    """
+    from smallvision.models.backbone import block_groups
+
+    if len(cards) != len(model.head.groups):
+        raise SmallvisionError(f"{len(cards)} member card(s) for an ensemble of {len(model.head.groups)} members")
+    first = cards[0]
+    for k, c in enumerate(cards[1:], start=1):
+        for what in ("classes", "image_size", "resize"):
+            if getattr(c, what) != getattr(first, what):
+                raise SmallvisionError(
+                    f"ensemble member {k} has {what} {getattr(c, what)!r}, member 0 {getattr(first, what)!r}; "
+                    "members must be trained on the same classes and images"
+                )
+    backbones: list[BackboneCard | None] = [None] * len(model.backbones)
+    trainable = {"head"}
+    for c, group in zip(cards, model.head.groups, strict=True):
+        for j, i in enumerate(group):
+            if backbones[i] is None:
+                backbones[i] = c.backbones[j]
+            for entry in c.trainable:
+                prefix = f"backbones.{j}."
+                if entry == "all":
+                    trainable.update(f"backbones.{i}.{name}" for name, _ in block_groups(model.backbones[i]))
+                elif entry.startswith(prefix):
+                    trainable.add(f"backbones.{i}.{entry.removeprefix(prefix)}")
+    values = {
+        "classes": first.classes,
+        "image_size": first.image_size,
+        "resize": first.resize,
+        "backbones": backbones,
+        "head": head_card(model.head),
+        "recipe": "ensemble",
+        "trainable": sorted(trainable),
+        "versions": package_versions(),
+        "tta": model.tta,
+    }
+    return ModelCard(**{**values, **fields})
 
 
 def load_model(folder: str | Path):
@@ -170,11 +258,17 @@ def load_model(folder: str | Path):
     weights = Path(folder) / WEIGHTS_FILE
     if not weights.is_file():
         raise SmallvisionError(f"{folder}: {WEIGHTS_FILE} is missing; the model folder is incomplete")
-    model = build_from_card(card)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise SmallvisionError(f"{weights}: unreadable safetensors file ({e}); re-save the model") from e
+    return build_model(card, state, str(weights)), card
+
+
+def build_model(card: ModelCard, state: dict, where: str = WEIGHTS_FILE):
+    """The network a card describes with `state` (a full state dict) loaded, in eval mode; `where` names the source
+    of the weights in errors."""
+    model = build_from_card(card)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -186,8 +280,8 @@ def load_model(folder: str | Path):
             if keys
         )
         raise SmallvisionError(
-            f"{weights} does not match {CARD_FILE} ({detail}); the folder was edited or mixed from two models"
+            f"{where} does not match {CARD_FILE} ({detail}); the folder was edited or mixed from two models"
         )
     model.load_state_dict(state)
     model.eval()
-    return model, card
+    return model

@@ -23,6 +23,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, image_size: int, batch_norm: bool = False, widths=(32, 64, 128, 128)) -> None:
         super().__init__()
+        self.image_size = image_size  # flattened features: the one input size this network takes
         stages, cin = [], 3
         for w in widths:
             stages.append(nn.Sequential(*_conv(cin, w, batch_norm), nn.MaxPool2d(2)))
@@ -72,6 +73,7 @@ class ResidualCNN(nn.Module):
 
     def __init__(self, image_size: int, batch_norm: bool = True, widths=(32, 64, 128, 256)) -> None:
         super().__init__()
+        self.image_size = None  # pooled features: any input size runs
         self.stem = nn.Sequential(*_conv(3, widths[0], True), nn.MaxPool2d(2))
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):

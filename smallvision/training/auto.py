@@ -525,6 +525,9 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
 
 def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> recipes.RecipeOutcome:
     """One saved model for the chosen members (an ensemble when several) and its probabilities on every split."""
+    from smallvision.models.backbone import block_groups
+    from smallvision.models.folder import head_card
+
     lead = members[0]
     if tta:
         for c in members:
@@ -540,51 +543,32 @@ def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> re
     else:
         model = copy.deepcopy(lead.model)
         model.tta = "hflip" if tta else None
-    cards, trainable, offset = [], [], 0
-    for c in members:
-        cards += recipes._cards(c.model, c.specs, c.cfg)
+    groups = model.head.groups if len(members) > 1 else [list(range(len(model.backbones)))]
+    cards: list = [None] * len(model.backbones)  # an ensemble shares equal backbones (a frozen one) among members
+    trainable = {"head"}
+    for c, group in zip(members, groups, strict=True):
+        for j, card in enumerate(recipes._cards(c.model, c.specs, c.cfg)):
+            cards[group[j]] = cards[group[j]] or card
         for t in c.trainable:
-            if t.startswith("backbones."):
-                _, i, rest = t.split(".", 2)
-                t = f"backbones.{int(i) + offset}.{rest}"
-            trainable.append(t)
-        offset += len(c.model.backbones)
+            if t == "all":
+                trainable.update(f"backbones.{i}.{name}" for i in group for name, _ in block_groups(model.backbones[i]))
+            elif t.startswith("backbones."):
+                _, j, rest = t.split(".", 2)
+                trainable.add(f"backbones.{group[int(j)]}.{rest}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    outcome = recipes.RecipeOutcome(
+    return recipes.RecipeOutcome(
         state,
         cards,
-        _head_card(model, members),
+        head_card(model.head),
         lead.history,
         lead.best_epoch,
         probs,
         lead.labels,
         notes,
         {},
-        sorted(set(trainable)),
-    )
-    outcome.image_size = lead.size
-    outcome.tta = "hflip" if tta else None
-    return outcome
-
-
-def _head_card(model, members: list[Candidate]):
-    from smallvision.models.folder import HeadCard
-
-    def plain(c: Candidate) -> dict:
-        linear = c.model.head.layers[1]
-        return {"in_features": linear.in_features, "hidden": recipes._hidden(c.model), "dropout": c.cfg.model.dropout}
-
-    if len(members) == 1:
-        return HeadCard(**plain(members[0]))
-    from smallvision.models.folder import HeadMember
-
-    groups, offset = [], 0
-    for c in members:
-        groups.append(list(range(offset, offset + len(c.model.backbones))))
-        offset += len(c.model.backbones)
-    return HeadCard(
-        in_features=sum(plain(c)["in_features"] for c in members),
-        members=[HeadMember(backbones=g, **plain(c)) for g, c in zip(groups, members, strict=True)],
+        sorted(trainable),
+        image_size=lead.size,
+        tta="hflip" if tta else None,
     )
 
 

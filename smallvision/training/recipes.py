@@ -14,7 +14,7 @@ import numpy as np
 from smallvision.config import RunConfig
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
-from smallvision.models.folder import BackboneCard, HeadCard
+from smallvision.models.folder import BackboneCard, HeadCard, head_card
 from smallvision.models.weights import WeightsSpec, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class RecipeOutcome:
     trainable: list[str] = field(default_factory=list)
     world_size: int = 1  # processes that really trained (Lightning's world size); the features path runs one
     image_size: int | None = None  # the input size the model was trained at, when the recipe chose it (auto)
+    tta: str | None = None  # test-time augmentation the saved model applies itself ("hflip"), chosen on validation
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -279,17 +280,11 @@ def _finish(model, cfg, data, specs, history, best_epoch, notes, trainable, cach
     if probs is None:
         probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
     labels = {s: y for s, (_, y) in data.items()}
-    in_features = model.head.layers[1].in_features
-    head_card = HeadCard(in_features=in_features, hidden=_hidden(model), dropout=cfg.model.dropout)
+    head = head_card(model.head)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return RecipeOutcome(
-        state, _cards(model, specs, cfg), head_card, history, best_epoch, probs, labels, notes, cache or {}, trainable
+        state, _cards(model, specs, cfg), head, history, best_epoch, probs, labels, notes, cache or {}, trainable
     )
-
-
-def _hidden(model) -> int:
-    linears = [m for m in model.head.layers if hasattr(m, "out_features")]
-    return linears[0].out_features if len(linears) > 1 else 0
 
 
 def _frozen_summary(model) -> str:
