@@ -34,8 +34,9 @@ PLAN_FILE = "auto_plan.json"
 PLAN_VERSION = 2
 PRETRAINED = ("efficientnet_lite2", "efficientnet_lite0", "efficientnet_lite1")  # by accuracy for its cost
 SCRATCH = "small_cnn"
+HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
 SAFETY = 0.8  # share of the budget the plan's estimates may fill: estimates err, Lightning and saving take time
-RESERVED = 15.0  # seconds kept for scanning, saving the model, evaluation and the report
+RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's first run), saving, the report
 PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
 SCRATCH_EPOCHS = 40
 SCRATCH_MIN_EPOCHS = 5
@@ -332,23 +333,26 @@ def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
 
 
 def _features_candidate(cfg, name, size, index, progress, notes, logger) -> Candidate:
-    cand_cfg = _member_cfg(cfg, "features", name, size)
-    fs = recipes._feature_stage(cand_cfg, index, progress, notes, logger)
+    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation."""
+    lrs = (cfg.recipe.lr,) if "lr" in cfg.recipe.model_fields_set else HEAD_LRS
+    tried = []
+    for lr in lrs:
+        cand_cfg = _member_cfg(cfg, "features", name, size, lr=lr)
+        stage_notes: list[str] = []
+        fs = recipes._feature_stage(cand_cfg, index, progress, stage_notes, logger)
+        probs = recipes._feature_probs(fs)
+        labels = {s: y for s, (_, y) in fs.by_split.items()}
+        tried.append((_accuracy(probs["val"], labels["val"]), lr, cand_cfg, fs, probs, labels, stage_notes))
+    val, lr, cand_cfg, fs, probs, labels, stage_notes = max(tried, key=lambda t: t[0])  # ties: the first lr
+    notes.extend(stage_notes)
+    if len(tried) > 1:
+        shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
+        notes.append(f"auto: {name} head on cached features: kept lr {lr:g} on validation ({shown})")
     model = recipes._pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
     model.requires_grad_(False)
     history = [{**row, "stage": f"features {name}"} for row in fs.history]
-    labels = {s: y for s, (_, y) in fs.by_split.items()}
     return Candidate(
-        f"{name} features",
-        cand_cfg,
-        model,
-        fs.specs,
-        recipes._feature_probs(fs),
-        labels,
-        history,
-        fs.best_epoch,
-        ["head"],
-        size,
+        f"{name} features", cand_cfg, model, fs.specs, probs, labels, history, fs.best_epoch, ["head"], size
     )
 
 
@@ -415,7 +419,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
             blocks = rnd["blocks"]
             trainable = freeze(model.backbones[0], blocks)
             views = recipes._activation_views(tune_cfg, model, data, notes, progress)
-        groups = recipes._param_groups(model, {0: trainable}, r.lr, rnd["lr"], r.layer_decay)
+        groups = recipes._param_groups(model, {0: trainable}, base.cfg.recipe.lr, rnd["lr"], r.layer_decay)
         stage = f"finetune{i}"
         res = run_stage(
             stage,
@@ -430,7 +434,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
             logger=logger,
         )
         history += [{**row, "stage": stage} for row in res.history]
-        improved = res.best_accuracy > best_val
+        improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
         notes.append(
             f"auto: fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
             f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
