@@ -174,14 +174,18 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
         }
 
     chosen = None
-    if use_pretrained:
-        for level in levels:
-            size = given_size or (260 if "efficientnet_lite2" in level[0] else 224)
-            for tta in (True, False):
-                chosen = chosen or fits(level, size, tta)
-        if chosen is None:
-            for size in (given_size,) if given_size else SMALL_SIZES:
-                chosen = chosen or fits(levels[-1][:1] + (0, 0), size, False)
+    rungs = []  # the ladder, richest first: (level, size, tta)
+    for level in levels if use_pretrained else []:
+        rungs += [
+            (level, given_size or (260 if "efficientnet_lite2" in level[0] else 224), tta) for tta in (True, False)
+        ]
+    for size in ((given_size,) if given_size else SMALL_SIZES) if use_pretrained else ():
+        rungs.append((levels[-1][:1] + (0, 0), size, False))
+    for rung, (level, size, tta) in enumerate(rungs):
+        chosen = fits(level, size, tta)
+        if chosen is not None:
+            chosen["rung"] = rung
+            break
     if chosen is None and not use_pretrained:
         tta_seconds = 2 * (n["val"] + n["test"]) * scratch["epoch_seconds"] / max(1, n["train"] + n["val"])
         chosen = {
@@ -197,6 +201,7 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             {"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds},
         ]
         chosen["estimate_seconds"] = scratch["seconds"] + tta_seconds
+        chosen["rung"] = 0
     train_cap = None
     if chosen is None:  # nothing fits: features of the smallest, fastest backbone on a sample of the training images
         smallest = (given_size or SMALL_SIZES[-1],)
@@ -220,6 +225,7 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
                 }
             ],
             "estimate_seconds": seconds,
+            "rung": len(rungs),
         }
         why.append(
             f"--time-budget {budget:g} s is too small for fine-tuning or even for features of all "
