@@ -8,7 +8,8 @@ Each row is `python -m smallvision train FOLDER --out TMP --time-budget B` in a 
 examples/demo.py's write_digits), `hymenoptera`, `monkeys10`, `food5_64px` (../shared/data; a missing one is skipped)
 and `synthetic20k` (20,000 generated 150 px JPEG photos of 6 textured shapes on natural-looking backgrounds, written
 once; generation is not timed). Generated data lives in ~/.cache/smallvision-bench. The load average is recorded
-before and after every run: on a shared machine the seconds mean little without it.
+before and after every run, and the run's CPU seconds (its processes and theirs): on a shared machine the wall
+seconds mean little without them.
 --compare adds, per folder and on the same split, `smallvision compare FOLDER --recipes features,scratch,finetune`
 and (digits, food5_64px) a `--recipe scratch` run at the native image size; the best validation accuracy among them
 is "the best single recipe". --auto-from reuses the auto rows of an earlier result file instead of rerunning them.
@@ -21,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -182,11 +184,17 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes and theirs: what a run cost, whatever the load."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cli(args: list[str], log_path: Path, max_seconds: float | None) -> dict:
     """Run `python -m smallvision ARGS` in a fresh process as a user would: wall seconds, exit status, killed?"""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "smallvision", *args]
-    before = load()
+    before, cpu0 = load(), _children_cpu()
     t0 = time.perf_counter()
     with log_path.open("w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -200,9 +208,10 @@ def run_cli(args: list[str], log_path: Path, max_seconds: float | None) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             rc, killed = proc.wait(), True
-    wall = round(time.perf_counter() - t0, 1)
+    wall, cpu = round(time.perf_counter() - t0, 1), round(_children_cpu() - cpu0, 1)
     status = f"killed at {wall:.0f} s" if killed else ("ok" if rc == 0 else f"failed (exit {rc}; see {log_path.name})")
-    return {"command": " ".join(cmd[1:]), "wall_s": wall, "status": status, "load_before": before, "load_after": load()}
+    row = {"command": " ".join(cmd[1:]), "wall_s": wall, "cpu_s": cpu, "status": status}
+    return row | {"load_before": before, "load_after": load()}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -324,9 +333,13 @@ def main() -> None:
         path.write_text(json.dumps(rows, indent=2) + "\n")  # kept row by row: a killed benchmark keeps its rows
     if not rows:
         sys.exit("no folder had data; nothing to show")
-    columns = ["folder", "images", "budget", "wall_s", "within_budget", "val", "test", "target", "met", "status"]
-    columns += ["best single (val, s)", "auto >= it"] if args.compare else []
-    columns += ["load_before", "load_after"]
+    columns = ["folder", "images", "budget", "wall_s", "cpu_s", "within_budget", "val", "test", "target", "met"]
+    columns += [
+        "status",
+        *(["best single (val, s)", "auto >= it"] if args.compare else []),
+        "load_before",
+        "load_after",
+    ]
     emit(rows, path, columns)
 
 
