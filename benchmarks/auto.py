@@ -1,0 +1,347 @@
+"""Benchmark the default recipe (`auto`) as a user runs it: wall seconds against --time-budget, accuracy against
+issue 13's targets, and (with --compare) against the best single recipe that `smallvision compare` finds.
+
+Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/auto.py [--label NAME] [--folders digits hymenoptera ...]
+     [--budget 600] [--compare] [--auto-from benchmarks/results/auto-NAME.json] [--max-seconds 1800]
+Each row is `python -m smallvision train FOLDER --out TMP --time-budget B` in a fresh process (digits adds the demo's
+`--test-fraction 0.1`), timed around the process, start included. Folders: `digits` (the demo's data, written by
+examples/demo.py's write_digits), `hymenoptera`, `monkeys10`, `food5_64px` (../shared/data; a missing one is skipped)
+and `synthetic20k` (20,000 generated 150 px JPEG photos of 6 textured shapes on natural-looking backgrounds, written
+once; generation is not timed). Generated data lives in ~/.cache/smallvision-bench. The load average is recorded
+before and after every run, and the run's CPU seconds (its processes and theirs): on a shared machine the wall
+seconds mean little without them.
+--compare adds, per folder and on the same split, `smallvision compare FOLDER --recipes features,scratch,finetune`
+and (digits, food5_64px) a `--recipe scratch` run at the native image size; the best validation accuracy among them
+is "the best single recipe". --auto-from reuses the auto rows of an earlier result file instead of rerunning them.
+Writes benchmarks/results/auto-NAME.json after every row and the run logs under benchmarks/results/auto-NAME-logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tables import RESULTS, emit
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "smallvision-bench"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+SPLIT = {"digits": ["--test-fraction", "0.1"]}  # the demo's split; the other folders bring their own
+NATIVE = {"digits": 32, "food5_64px": 64}  # folders whose native size gets its own scratch run with --compare
+FOLDERS = ["digits", "hymenoptera", "monkeys10", "food5_64px", "synthetic20k"]
+SYNTH_SIZE, SYNTH_CLASSES, SYNTH_IMAGES = 150, ("circle", "ring", "square", "triangle", "star", "cross"), 20_000
+GRID = np.mgrid[0:SYNTH_SIZE, 0:SYNTH_SIZE].astype(np.float32)
+
+
+def _test(want: float, strict: bool = False):
+    return lambda r: (
+        r["test_accuracy"] is not None and (r["test_accuracy"] > want if strict else r["test_accuracy"] >= want)
+    )
+
+
+def _val(want: float, strict: bool = False):
+    return lambda r: (
+        r["val_accuracy"] is not None and (r["val_accuracy"] > want if strict else r["val_accuracy"] >= want)
+    )
+
+
+# issue 13's accuracy (and digits' time) targets; every row must also end within its budget + 10%
+TARGETS = {
+    "digits": ("test >= 0.97, wall < 120 s", [_test(0.97), lambda r: r["wall_s"] < 120]),
+    "hymenoptera": ("val >= 0.97", [_val(0.97)]),
+    "monkeys10": ("val >= 0.996", [_val(0.996)]),
+    "food5_64px": ("test > 0.68, val > 0.769", [_test(0.68, strict=True), _val(0.769, strict=True)]),
+    "synthetic20k": ("within budget", []),
+}
+
+
+def write_digits(root: Path) -> Path:
+    """The demo's digits folder, written by examples/demo.py's own function (so the data is the demo's)."""
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "examples" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.write_digits(root)
+
+
+def _shape_points(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """The polygon outline of a square, triangle, star or cross of radius r, rotated by `angle` radians."""
+    if kind == "square":
+        radii, n = [r] * 4, 4
+    elif kind == "triangle":
+        radii, n = [r] * 3, 3
+    elif kind == "star":
+        radii, n = [r if i % 2 == 0 else r * 0.45 for i in range(10)], 10
+    else:  # cross: 12 corners of a plus sign with arms a third of its width
+        a = r / 3
+        pts = [
+            (a, r),
+            (a, a),
+            (r, a),
+            (r, -a),
+            (a, -a),
+            (a, -r),
+            (-a, -r),
+            (-a, -a),
+            (-r, -a),
+            (-r, a),
+            (-a, a),
+            (-a, r),
+        ]
+        c, s = np.cos(angle), np.sin(angle)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+    return [
+        (cx + q * np.cos(angle + 2 * np.pi * i / n), cy + q * np.sin(angle + 2 * np.pi * i / n))
+        for i, q in enumerate(radii)
+    ]
+
+
+def _photo(label: int, rng: np.random.Generator) -> Image.Image:
+    """One 'photo': a textured shape of the class (any colour, size, angle, place) on a blotchy, noisy background
+    with soft clutter blobs, blur and brightness that vary; the shape's outline is all that tells the classes apart."""
+    n = SYNTH_SIZE
+    yy, xx = GRID
+    coarse = Image.fromarray(rng.integers(20, 236, (4, 4, 3), dtype=np.uint8)).resize((n, n), Image.BICUBIC)
+    fine = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize((n, n), Image.BICUBIC)
+    bg = 0.75 * np.asarray(coarse, np.float32) + 0.25 * np.asarray(fine, np.float32)
+    for _ in range(int(rng.integers(1, 4))):  # clutter: soft blobs of another colour
+        bx, by, br = rng.uniform(0, n), rng.uniform(0, n), rng.uniform(8, 30)
+        weight = np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * br**2))[..., None]
+        bg = bg * (1 - 0.7 * weight) + rng.uniform(0, 255, 3) * 0.7 * weight
+    img = Image.fromarray(
+        np.clip(bg + rng.uniform(4, 14) * rng.standard_normal(bg.shape, dtype=np.float32), 0, 255).astype(np.uint8)
+    )
+
+    kind = SYNTH_CLASSES[label]
+    r = rng.uniform(0.18, 0.40) * n
+    cx, cy = rng.uniform(r * 0.7, n - r * 0.7, 2)
+    mask = Image.new("L", (n, n), 0)
+    draw = ImageDraw.Draw(mask)
+    if kind in ("circle", "ring"):
+        rx, ry = r * rng.uniform(0.85, 1.0), r * rng.uniform(0.85, 1.0)
+        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=255)
+        if kind == "ring":
+            hole = rng.uniform(0.45, 0.65)
+            draw.ellipse((cx - rx * hole, cy - ry * hole, cx + rx * hole, cy + ry * hole), fill=0)
+    else:
+        draw.polygon(_shape_points(kind, cx, cy, r, rng.uniform(0, 2 * np.pi)), fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)  # texture: stripes between two colours, plus grain
+    theta, freq = rng.uniform(0, np.pi), rng.uniform(0.02, 0.2)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.uniform(0, 6.3))
+    texture = c1 + (c2 - c1) * stripes[..., None] + 10 * rng.standard_normal((n, n, 3), dtype=np.float32)
+    fill = Image.fromarray(np.clip(texture, 0, 255).astype(np.uint8))
+    img = Image.composite(fill, img, mask)
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+    gain = rng.uniform(0.7, 1.25)
+    return Image.fromarray(np.clip(np.asarray(img, np.float32) * gain, 0, 255).astype(np.uint8))
+
+
+def write_synthetic(root: Path, count: int = SYNTH_IMAGES, seed: int = 0) -> Path:
+    """Write `count` 150 px JPEG photos, classes in turn, each deterministic from (seed, its index); done once."""
+    if (root / ".complete").exists():
+        return root
+    t0 = time.perf_counter()
+    for name in SYNTH_CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        label = i % len(SYNTH_CLASSES)
+        path = root / SYNTH_CLASSES[label] / f"{i:05d}.jpg"
+        _photo(label, rng).save(path, quality=int(rng.integers(70, 95)))
+    (root / ".complete").write_text(f"{count} images, seed {seed}\n")
+    print(f"wrote {count} images to {root} in {time.perf_counter() - t0:.0f} s (not timed)", flush=True)
+    return root
+
+
+def folder_path(name: str) -> Path | None:
+    """The folder's path (generated ones written first), or None when its data is missing."""
+    if name == "digits":
+        return write_digits(CACHE / "digits")
+    if name == "synthetic20k":
+        return write_synthetic(CACHE / "synthetic20k")
+    path = SHARED / name
+    return path if path.is_dir() else None
+
+
+def count_images(path: Path) -> int:
+    return sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes and theirs: what a run cost, whatever the load."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cli(args: list[str], log_path: Path, max_seconds: float | None) -> dict:
+    """Run `python -m smallvision ARGS` in a fresh process as a user would: wall seconds, exit status, killed?"""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "smallvision", *args]
+    before, cpu0 = load(), _children_cpu()
+    t0 = time.perf_counter()
+    with log_path.open("w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        killed = False
+        try:
+            rc = proc.wait(timeout=max_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc, killed = proc.wait(), True
+    wall, cpu = round(time.perf_counter() - t0, 1), round(_children_cpu() - cpu0, 1)
+    status = f"killed at {wall:.0f} s" if killed else ("ok" if rc == 0 else f"failed (exit {rc}; see {log_path.name})")
+    row = {"command": " ".join(cmd[1:]), "wall_s": wall, "cpu_s": cpu, "status": status}
+    return row | {"load_before": before, "load_after": load()}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_auto(name: str, path: Path, budget: float, logs: Path, max_seconds: float | None) -> dict:
+    """One `auto` row: the run, its accuracy, its recorded plan and notes, and the targets it meets."""
+    with tempfile.TemporaryDirectory(prefix="smallvision-bench-") as tmp:
+        out = Path(tmp) / "run"
+        args = ["train", str(path), "--out", str(out), "--time-budget", f"{budget:g}", *SPLIT.get(name, [])]
+        row = run_cli(args, logs / f"{name}-auto.log", max_seconds)
+        metrics = _read_json(out / "metrics.json") or {}
+        plan = _read_json(out / "checkpoints" / "auto_plan.json")
+    row |= {
+        "val_accuracy": metrics.get("val_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "run_seconds": metrics.get("seconds"),
+        "best_epoch": metrics.get("best_epoch"),
+        "backbone": metrics.get("backbone"),
+        "notes": metrics.get("notes"),
+        "auto_plan": plan,
+    }
+    return row
+
+
+def run_compare(name: str, path: Path, logs: Path, max_seconds: float | None) -> dict:
+    """The single recipes on the same split: `compare` of features, scratch and finetune (runs it finished are kept
+    when it is killed), plus a scratch run at the native size; the best on validation."""
+    split = SPLIT.get(name, [])
+    sweep = ["--sweep", "data.test_fraction=" + split[1]] if split else []  # compare has no --test-fraction
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="smallvision-bench-") as tmp:
+        out = Path(tmp) / "compare"
+        args = ["compare", str(path), "--recipes", "features,scratch,finetune", "--out", str(out), *sweep]
+        job = run_cli(args, logs / f"{name}-compare.log", max_seconds)
+        for run_dir in sorted((out / "runs").glob("*")):
+            m = _read_json(run_dir / "metrics.json")
+            runs.append(
+                {
+                    "run": run_dir.name,
+                    "val_accuracy": m and m["val_accuracy"],
+                    "seconds": m and round(m["seconds"], 1),
+                    "status": "ok" if m else "unfinished",
+                }
+            )
+        summary = _read_json(out / "results.json") or {}
+        compare = job | {"best": summary.get("best"), "best_test_accuracy": summary.get("best_test_accuracy")}
+        if name in NATIVE:
+            native = Path(tmp) / "native"
+            size = NATIVE[name]
+            args = ["train", str(path), "--recipe", "scratch", "--image-size", str(size), "--out", str(native), *split]
+            job = run_cli(args, logs / f"{name}-scratch{size}.log", max_seconds)
+            m = _read_json(native / "metrics.json") or {}
+            runs.append(
+                job
+                | {
+                    "run": f"scratch@{size}",
+                    "val_accuracy": m.get("val_accuracy"),
+                    "test_accuracy": m.get("test_accuracy"),
+                    "seconds": m.get("seconds") and round(m["seconds"], 1),
+                }
+            )
+    done = [r for r in runs if r["val_accuracy"] is not None]
+    best = max(done, key=lambda r: r["val_accuracy"]) if done else None
+    return {"compare": compare, "runs": runs, "best": best}
+
+
+def judge(row: dict, budget: float) -> None:
+    """Add the table's verdict columns to an auto row."""
+    row["within_budget"] = "yes" if row["status"] == "ok" and row["wall_s"] <= 1.1 * budget else "no"
+    target, checks = TARGETS[row["folder"]]
+    ok = row["status"] == "ok" and row["within_budget"] == "yes" and all(check(row) for check in checks)
+    row["target"], row["met"] = target, "met" if ok else "missed"
+    row["val"] = "-" if row.get("val_accuracy") is None else f"{row['val_accuracy']:.4f}"
+    row["test"] = "-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.4f}"
+    best = (row.get("single") or {}).get("best")
+    if "single" in row:
+        row["best single (val, s)"] = (
+            f"{best['val_accuracy']:.4f} {best['run']} ({best['seconds']:.0f} s)" if best else "-"
+        )
+        beats = best and row.get("val_accuracy") is not None and row["val_accuracy"] >= best["val_accuracy"]
+        row["auto >= it"] = "yes" if beats else "no"
+
+
+def main() -> None:
+    """Run `auto` (and with --compare the single recipes) on each folder; print the table; write JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--label", default="run", help="results go to benchmarks/results/auto-LABEL.json")
+    ap.add_argument("--folders", nargs="+", default=FOLDERS[:4], choices=FOLDERS, help="default: the four real ones")
+    ap.add_argument("--budget", type=float, default=600.0, help="--time-budget of every auto run (seconds)")
+    ap.add_argument("--compare", action="store_true", help="also run the single recipes on the same split")
+    ap.add_argument("--auto-from", type=Path, help="take the auto rows from this earlier result file")
+    ap.add_argument("--max-seconds", type=float, help="kill any one run after this many seconds (default: never)")
+    args = ap.parse_args()
+    path = RESULTS / f"auto-{args.label}.json"
+    logs = RESULTS / f"auto-{args.label}-logs"
+    earlier = {r["folder"]: r for r in json.loads(args.auto_from.read_text())} if args.auto_from else {}
+    rows: list[dict] = []
+    for name in args.folders:
+        data = folder_path(name)
+        if data is None:
+            print(f"{name}: no data at {SHARED / name}; skipping this row", flush=True)
+            continue
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        if name in earlier:
+            row = {k: v for k, v in earlier[name].items() if k not in ("single", "best single (val, s)", "auto >= it")}
+        else:
+            print(f"{name}: auto, --time-budget {args.budget:g} ...", flush=True)
+            row = {"folder": name, "images": count_images(data), "budget": args.budget, "started_utc": started}
+            row |= run_auto(name, data, args.budget, logs, args.max_seconds)
+        if args.compare:
+            print(f"{name}: single recipes ...", flush=True)
+            row["single"] = run_compare(name, data, logs, args.max_seconds)
+        judge(row, row["budget"])
+        rows.append(row)
+        print(f"{name}: {row['status']}, {row['wall_s']} s, val {row['val']}, test {row['test']}", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n")  # kept row by row: a killed benchmark keeps its rows
+    if not rows:
+        sys.exit("no folder had data; nothing to show")
+    columns = ["folder", "images", "budget", "wall_s", "cpu_s", "within_budget", "val", "test", "target", "met"]
+    columns += [
+        "status",
+        *(["best single (val, s)", "auto >= it"] if args.compare else []),
+        "load_before",
+        "load_after",
+    ]
+    emit(rows, path, columns)
+
+
+if __name__ == "__main__":
+    main()
