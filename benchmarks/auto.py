@@ -2,8 +2,9 @@
 issue 13's targets, and (with --compare) against the best single recipe that `smallvision compare` finds.
 
 Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/auto.py [--label NAME] [--folders digits hymenoptera ...]
-     [--budget 600] [--compare] [--auto-from benchmarks/results/auto-NAME.json] [--max-seconds 1800]
-Each row is `python -m smallvision train FOLDER --out TMP --time-budget B` in a fresh process (digits adds the demo's
+     [--budget 600] [--compare] [--auto-from benchmarks/results/auto-NAME.json] [--max-seconds 1800] [--cold]
+Each row is `python -m smallvision train FOLDER --out TMP --time-budget B` in a fresh process (--cold: with an empty
+SMALLVISION_CACHE_DIR, so decoding, features and step timing all count; digits adds the demo's
 `--test-fraction 0.1`), timed around the process, start included. Folders: `digits` (the demo's data, written by
 examples/demo.py's write_digits), `hymenoptera`, `monkeys10`, `food5_64px` (../shared/data; a missing one is skipped)
 and `synthetic20k` (20,000 generated 150 px JPEG photos of 6 textured shapes on natural-looking backgrounds, written
@@ -190,7 +191,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_cli(args: list[str], log_path: Path, max_seconds: float | None) -> dict:
+def run_cli(args: list[str], log_path: Path, max_seconds: float | None, cache: Path | None = None) -> dict:
     """Run `python -m smallvision ARGS` in a fresh process as a user would: wall seconds, exit status, killed?"""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "smallvision", *args]
@@ -199,8 +200,9 @@ def run_cli(args: list[str], log_path: Path, max_seconds: float | None) -> dict:
     with log_path.open("w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
+        env = {**os.environ, "SMALLVISION_CACHE_DIR": str(cache)} if cache is not None else None
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
         killed = False
         try:
@@ -218,12 +220,13 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_auto(name: str, path: Path, budget: float, logs: Path, max_seconds: float | None) -> dict:
+def run_auto(name: str, path: Path, budget: float, logs: Path, max_seconds: float | None, cold: bool) -> dict:
     """One `auto` row: the run, its accuracy, its recorded plan and notes, and the targets it meets."""
     with tempfile.TemporaryDirectory(prefix="smallvision-bench-") as tmp:
         out = Path(tmp) / "run"
         args = ["train", str(path), "--out", str(out), "--time-budget", f"{budget:g}", *SPLIT.get(name, [])]
-        row = run_cli(args, logs / f"{name}-auto.log", max_seconds)
+        cache = Path(tmp) / "cache" if cold else None  # nothing decoded, no features, no step costs measured before
+        row = run_cli(args, logs / f"{name}-auto.log", max_seconds, cache) | {"cold_cache": cold}
         metrics = _read_json(out / "metrics.json") or {}
         plan = _read_json(out / "checkpoints" / "auto_plan.json")
     row |= {
@@ -304,6 +307,9 @@ def main() -> None:
     ap.add_argument("--folders", nargs="+", default=FOLDERS[:4], choices=FOLDERS, help="default: the four real ones")
     ap.add_argument("--budget", type=float, default=600.0, help="--time-budget of every auto run (seconds)")
     ap.add_argument("--compare", action="store_true", help="also run the single recipes on the same split")
+    ap.add_argument(
+        "--cold", action="store_true", help="each auto run starts from an empty cache, as a new user's first run"
+    )
     ap.add_argument("--auto-from", type=Path, help="take the auto rows from this earlier result file")
     ap.add_argument("--max-seconds", type=float, help="kill any one run after this many seconds (default: never)")
     args = ap.parse_args()
@@ -322,7 +328,7 @@ def main() -> None:
         else:
             print(f"{name}: auto, --time-budget {args.budget:g} ...", flush=True)
             row = {"folder": name, "images": count_images(data), "budget": args.budget, "started_utc": started}
-            row |= run_auto(name, data, args.budget, logs, args.max_seconds)
+            row |= run_auto(name, data, args.budget, logs, args.max_seconds, args.cold)
         if args.compare:
             print(f"{name}: single recipes ...", flush=True)
             row["single"] = run_compare(name, data, logs, args.max_seconds)

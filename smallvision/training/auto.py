@@ -38,10 +38,9 @@ HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds
 SAFETY = 0.8  # share of the budget the plan's estimates may fill: estimates err, Lightning and saving take time
 RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's first run), saving, the report
 PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
-SCRATCH_EPOCHS = 40
+SCRATCH_EPOCHS = 30  # the cosine schedule runs to its end (the best epoch is kept): early stopping cut it short
 SCRATCH_MIN_EPOCHS = 5
 SCRATCH_SHARE = 0.4  # of the plan's seconds, beside pretrained candidates
-SCRATCH_PATIENCE = 10
 # (backbones, augmented views cached per training image, fine-tuning rounds), richest first; the plan takes the first
 # that fits the budget, with test-time augmentation if it also fits.
 LEVELS: tuple[tuple[tuple[str, ...], int, int], ...] = (
@@ -114,12 +113,14 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
             share = SCRATCH_SHARE if use_pretrained else 1.0  # alone it may take the whole plan
             epochs = int(max(SCRATCH_MIN_EPOCHS, min(SCRATCH_EPOCHS, share * available // max(per_epoch, 1e-6))))
-            patience = SCRATCH_PATIENCE if epochs > SCRATCH_PATIENCE else None
-            scratch = {"size": size, "epochs": epochs, "patience": patience, "epoch_seconds": per_epoch}
-            scratch["seconds"] = total * decode_one + per_epoch * epochs
+            # alone, a second network from another seed is a candidate too: averaging two is the cheapest gain left
+            runs = 2 if not use_pretrained and 2 * per_epoch * epochs <= available else 1
+            seeds = [cfg.seed + i for i in range(runs)]
+            scratch = {"size": size, "epochs": epochs, "seeds": seeds, "epoch_seconds": per_epoch}
+            scratch["seconds"] = total * decode_one + per_epoch * epochs * runs
             why.append(
-                f"a from-scratch {SCRATCH} at the native {size} px is a candidate ({epochs} epochs at most, stopping "
-                f"after {SCRATCH_PATIENCE} without progress)"
+                f"a from-scratch {SCRATCH} at the native {size} px is a candidate ({epochs} epochs, the best kept"
+                + (f"; {runs} of them, seeds {', '.join(map(str, seeds))})" if runs > 1 else ")")
                 + ("" if use_pretrained else "; the pretrained backbones are not, being clearly behind it")
             )
         else:
@@ -362,33 +363,30 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger) -> Cand
     )
 
 
-def _scratch_candidate(cfg, plan, index, run_dir, progress, notes, logger) -> Candidate:
+def _scratch_candidates(cfg, plan, index, run_dir, progress, notes, logger) -> list[Candidate]:
+    """The planned from-scratch CNNs at the native size, one per planned seed."""
     from smallvision.models.backbone import scratch_backbone
     from smallvision.models.head import Head, ImageClassifier
 
     s = plan["scratch"]
-    cand_cfg = _member_cfg(cfg, "scratch", SCRATCH, s["size"], epochs=s["epochs"], patience=s["patience"])
-    out = recipes.run_scratch(cand_cfg, index, run_dir, progress, logger)
-    notes.extend(out.notes)
-    backbone = scratch_backbone(SCRATCH, s["size"], cand_cfg.model.batch_norm)
-    model = ImageClassifier(
-        [backbone], Head(backbone.net.num_features, len(index.classes), cand_cfg.model.dropout, cand_cfg.model.hidden)
-    )
-    model.load_state_dict(out.state)
-    model.requires_grad_(False)
-    history = [{**row, "stage": "scratch"} for row in out.history]
-    return Candidate(
-        f"{SCRATCH} from scratch",
-        cand_cfg,
-        model,
-        None,
-        out.probs,
-        out.labels,
-        history,
-        out.best_epoch,
-        ["all"],
-        s["size"],
-    )
+    out = []
+    for i, seed in enumerate(s["seeds"]):
+        cand_cfg = _member_cfg(cfg, "scratch", SCRATCH, s["size"], epochs=s["epochs"])
+        cand_cfg.seed = seed
+        stage = "scratch" if i == 0 else f"scratch{i + 1}"
+        run = recipes.run_scratch(cand_cfg, index, run_dir, progress, logger, stage=stage)
+        notes.extend(run.notes)
+        backbone = scratch_backbone(SCRATCH, s["size"], cand_cfg.model.batch_norm)
+        head = Head(backbone.net.num_features, len(index.classes), cand_cfg.model.dropout, cand_cfg.model.hidden)
+        model = ImageClassifier([backbone], head)
+        model.load_state_dict(run.state)
+        model.requires_grad_(False)
+        name = f"{SCRATCH} from scratch" + (f" (seed {seed})" if len(s["seeds"]) > 1 else "")
+        history = [{**row, "stage": stage} for row in run.history]
+        out.append(
+            Candidate(name, cand_cfg, model, None, run.probs, run.labels, history, run.best_epoch, ["all"], s["size"])
+        )
+    return out
 
 
 def _guard(run_dir: Path, name: str, start: float, seconds: float, budget: float) -> dict:
@@ -621,7 +619,7 @@ def run_auto(
     work = _sampled(index, plan["train_cap"], cfg.seed)
     cands: list[Candidate] = []
     if plan["scratch"] is not None:
-        cands.append(_scratch_candidate(cfg, plan, work, run_dir, progress, notes, logger))
+        cands += _scratch_candidates(cfg, plan, work, run_dir, progress, notes, logger)
     for name in plan["backbones"]:
         cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger))
     pretrained = [c for c in cands if c.specs]

@@ -294,7 +294,7 @@ def _frozen_summary(model) -> str:
 
 
 def run_scratch(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, stage: str = "scratch"
 ) -> RecipeOutcome:
     """`scratch`: a small CNN from random init, trained end to end (augmentation and dropout as configured)."""
     import lightning as L
@@ -312,7 +312,7 @@ def run_scratch(
         f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
         f"dropout {cfg.model.dropout}; {_frozen_summary(model)}"
     ]
-    return _one_stage(cfg, model, data, notes, "scratch", list(model.parameters()), None, run_dir, progress, logger)
+    return _one_stage(cfg, model, data, notes, stage, list(model.parameters()), None, run_dir, progress, logger)
 
 
 def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, progress: bool, logger) -> RecipeOutcome:
