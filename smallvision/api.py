@@ -415,7 +415,9 @@ def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outco
             history=outcome.history,
             summary=summary,
             classes=index.classes,
-            gradcam=cfg.recipe.name not in ("scratch", "features"),  # features never needs the network again
+            # features never needs the network again; Grad-CAM needs a pretrained (timm) backbone
+            gradcam=cfg.recipe.name not in ("scratch", "features")
+            and any(b.weights.get("source") != "random" for b in outcome.backbones),
         )
     except SmallvisionError as e:  # the worker failed before any figure (or died): none of them is drawn
         errors = {"figures": str(e)}

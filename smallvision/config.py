@@ -528,10 +528,12 @@ def _resolve(section: BaseModel, name: str, value: Any) -> None:
     section.model_fields_set.discard(name)
 
 
-def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
+def build_config(values: dict[str, Any], origin: str = "config", conditions: bool = True) -> RunConfig:
     """Validate nested plain values into a RunConfig with every recipe-dependent default filled in.
 
     An option the user set that the chosen recipe cannot apply (APPLIES, CONDITIONS) is refused, never ignored.
+    `conditions=False` builds one step of a run whose options were checked against its own recipe already (auto's
+    candidates: an option auto applies in one step changes nothing in another).
     """
     try:
         cfg = RunConfig.model_validate(values)
@@ -564,6 +566,8 @@ def build_config(values: dict[str, Any], origin: str = "config") -> RunConfig:
         _resolve(r, "finetune_lr", r.lr / 10)
     for path in given:
         applies = APPLIES[path]
+        if name in applies.recipes and not conditions:
+            continue
         reason = applies.why if name not in applies.recipes else (CONDITIONS.get(path, lambda _: None)(cfg))
         if reason:
             raise SmallvisionError(f"option {option_flag(path)} ({path}) does not apply to recipe {name}: {reason}")

@@ -501,14 +501,18 @@ def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
         ["classes", f"{len(m['classes'])}: {', '.join(m['classes'][:8])}{' ...' if len(m['classes']) > 8 else ''}"],
     ]
     dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
-    auto = next((d for d in auto_decisions(m, run_dir) if d.startswith("chose ")), None)
+    auto = next((d for d in auto_decisions(m, run_dir) if d.startswith("final model: ")), None)
     card = (
         f'<div class="card" id="verdict-card"><div class="label">{name}</div>'
         f'<div class="big" id="headline">{_pct(s["accuracy"])}</div>'
         f'<div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> on <b>n={s["n"]}</b> images of {where}; '
         f"one image is {100 / max(s['n'], 1):.1f} points.</div>"
         f'<dl class="facts">{dl}</dl>'
-        + (f'<p class="auto" id="auto">auto {html.escape(auto)} <a href="#auto-decisions">Why</a></p>' if auto else "")
+        + (
+            f'<p class="auto" id="auto">auto\'s {html.escape(auto)} <a href="#auto-decisions">Why</a></p>'
+            if auto
+            else ""
+        )
         + _data_check(m.get("data_check"), m.get("data", {}).get("root", ""))
         + _figure_errors(m.get("figure_errors", {}), (run_dir / "report-worker.log").is_file())
         + _missing_notice(run_dir, missing)

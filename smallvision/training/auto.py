@@ -8,7 +8,8 @@
    budget is chosen, printed, and recorded in checkpoints/auto_plan.json; a rerun and every `--resume` follow it.
 3. Run it: every candidate, then fine-tuning rounds while validation improves (more epochs at half the learning
    rate, then one more block at a quarter), then an average of candidates and flipped views, each kept only if it
-   beats what it would replace on validation. The test split is only evaluated once, by the caller, at the end.
+   beats what it would replace on validation. Test probabilities are computed alongside but never looked at here:
+   the caller reports them once, for the final model only (they are what the saved model computes).
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from smallvision.config import RunConfig
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.training import recipes
+from smallvision.training.costs import BATCH
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "auto_plan.json"
 PLAN_VERSION = 2
-PRETRAINED = ("efficientnet_lite2", "efficientnet_lite0", "efficientnet_lite1")  # by accuracy for its cost
 SCRATCH = "small_cnn"
 HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
+TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
 SAFETY = 0.8  # share of the budget the plan's estimates may fill: estimates err, Lightning and saving take time
 RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's first run), saving, the report
 PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
@@ -90,7 +92,7 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
     total = sum(n.values())
     budget = r.time_budget
     available = SAFETY * budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0)
-    given_backbone = "model.backbone" in cfg.model.model_fields_set
+    given_backbone = "backbone" in cfg.model.model_fields_set
     given_size = cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None
     views_given = r.cached_views if "cached_views" in r.model_fields_set else None
     if views_given is None and not r.augment.augments():
@@ -107,8 +109,8 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             size = given_size or max(32, min(128, profile.short_side["p50"]))
             fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm)
             per_epoch = (
-                math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
-                + math.ceil(n["val"] / r.batch_size) * fig["val_batch_seconds"]
+                math.ceil(n["train"] / BATCH) * fig["step_seconds"]
+                + math.ceil(n["val"] / BATCH) * fig["val_batch_seconds"]
             )
             use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
             share = SCRATCH_SHARE if use_pretrained else 1.0  # alone it may take the whole plan
@@ -155,7 +157,7 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             fig = costs.finetune(spec, size, rnd["blocks"])
             new = rnd["blocks"] != last_blocks
             last_blocks = rnd["blocks"]
-            rnd["seconds"] = _round_seconds(fig, n, rnd["epochs"], views, new, r.batch_size)
+            rnd["seconds"] = _round_seconds(fig, n, rnd["epochs"], views, new, BATCH)
             what = "more epochs" if not new else f"top {rnd['blocks']} block(s)"
             steps.append({"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g}", "seconds": rnd["seconds"]})
         if tta:
@@ -203,7 +205,15 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
         ]
         chosen["estimate_seconds"] = scratch["seconds"] + tta_seconds
         chosen["rung"] = 0
+        if chosen["estimate_seconds"] > available:
+            why.append(
+                f"--time-budget {budget:g} s is too small even for {SCRATCH_MIN_EPOCHS} epochs of the from-scratch CNN "
+                f"(~{chosen['estimate_seconds']:.0f} s): only those run"
+            )
     train_cap = None
+    if chosen is None and scratch is not None and use_pretrained:
+        why.append("the from-scratch CNN is dropped: with the pretrained candidates it does not fit the budget")
+        scratch = None
     if chosen is None:  # nothing fits: features of the smallest, fastest backbone on a sample of the training images
         smallest = (given_size or SMALL_SIZES[-1],)
         backbone = cfg.model.backbone if given_backbone else "efficientnet_lite0"
@@ -252,7 +262,7 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
         "train_cap": train_cap,
         "why": why,
         "machine": costs.machine,
-        "costs": {k: costs.figures[k] for k in sorted(costs.figures)},
+        "costs": {k: costs.figures[k] for k in costs.used},  # the figures this plan read, not the whole cache
         "measured": costs.measured,
     }
 
@@ -317,7 +327,7 @@ def _member_cfg(cfg: RunConfig, recipe: str, backbone: str, size: int, **recipe_
     values.setdefault("data", {})["image_size"] = size
     values.setdefault("model", {})["backbone"] = backbone
     values.setdefault("recipe", {}).update({"name": recipe, **recipe_values})
-    member = build_config(values, origin="auto")
+    member = build_config(values, origin="auto", conditions=False)  # checked against auto already
     member.out = cfg.out
     member.seed = cfg.seed
     return member
@@ -332,10 +342,14 @@ def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
     train = [it for it in index.items if it.split == "train"]
     if cap >= len(train):
         return index
-    keep, _ = train_test_split(train, train_size=cap, stratify=[it.label for it in train], random_state=seed)
+    try:
+        keep, _ = train_test_split(train, train_size=cap, stratify=[it.label for it in train], random_state=seed)
+    except ValueError:  # a class too small to stratify: a plain seeded sample
+        keep, _ = train_test_split(train, train_size=cap, random_state=seed)
     kept = {id(it) for it in keep}
     sub = copy.copy(index)
     sub.items = [it for it in index.items if it.split != "train" or id(it) in kept]
+    sub.skipped, sub.notes = list(index.skipped), list(index.notes)
     return sub
 
 
@@ -389,13 +403,19 @@ def _scratch_candidates(cfg, plan, index, run_dir, progress, notes, logger) -> l
     return out
 
 
+def _now() -> float:
+    """The clock auto's budget checks read (one place, so a test can move it)."""
+    return time.perf_counter()
+
+
 def _guard(run_dir: Path, name: str, start: float, seconds: float, budget: float) -> dict:
     """Whether an optional step still fits the budget by the clock; recorded, so a resume decides the same."""
     from smallvision.training.distributed import rank_zero_decision
 
     def decide() -> dict:
-        elapsed = time.perf_counter() - start
-        return {"run": elapsed + seconds <= budget, "elapsed": round(elapsed, 1), "estimate": round(seconds, 1)}
+        elapsed = _now() - start
+        fits = elapsed + seconds <= budget - TAIL
+        return {"run": fits, "elapsed": round(elapsed, 1), "estimate": round(seconds, 1)}
 
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
 
@@ -493,7 +513,12 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
     members, val = [best], best.val
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
     notes.append(f"auto: chose {best.name} among the candidates on validation ({listing})")
-    same = [c for c in ranked if c.size == best.size]
+    # averaged only with candidates fed the same images (size) whose splits hold the same images in the same order
+    same = [
+        c
+        for c in ranked
+        if c.size == best.size and all(np.array_equal(c.labels[s], best.labels[s]) for s in best.probs)
+    ]
     for k in (2, 3):
         for combo in itertools.combinations(same, k):
             p = sum(c.probs["val"] for c in combo) / k
@@ -528,6 +553,11 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
                 val = acc
         else:
             notes.append(f"auto: test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
+    notes.append(
+        f"auto: final model: {' averaged with '.join(c.name for c in members)}"
+        + (", each image averaged with its mirror image" if tta else "")
+        + f", val accuracy {val:.4f}"
+    )
     return members, tta
 
 
@@ -590,7 +620,7 @@ def run_auto(
     from smallvision.training.fit import resolve_precision
     from smallvision.training.probe import imagenet_distance
 
-    start = start if start is not None else time.perf_counter()
+    start = start if start is not None else _now()
     budget = cfg.recipe.time_budget
     given_backbone = "backbone" in cfg.model.model_fields_set
 
@@ -608,7 +638,10 @@ def run_auto(
     path = run_dir / "checkpoints" / PLAN_FILE
     plan, recorded = rank_zero_decision(path, decide)
     if plan.get("version") != PLAN_VERSION:
-        raise SmallvisionError(f"{path} was written by another version of auto; start a new run folder")
+        raise SmallvisionError(
+            f"{path} was written by an earlier version of auto, which this one cannot continue; start a new run: "
+            f"smallvision train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
+        )
     log.info("%s", plan_table(plan))
     notes = [
         f"auto: {'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: "

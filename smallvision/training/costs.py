@@ -30,6 +30,7 @@ def machine() -> dict:
     import torch
 
     cpu = platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
@@ -38,7 +39,7 @@ def machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cores": cores,
         "threads": torch.get_num_threads(),
         "gpu": gpu,
         "torch": torch.__version__,
@@ -56,10 +57,12 @@ class Costs:
             self.figures: dict[str, dict] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.figures = {}
-        self.measured: list[str] = []
-        self.built: dict[str, object] = {}  # backbones built while timing, offered to the feature pass
+        self.measured: list[str] = []  # timed by this run (the rest were read from the cache)
+        self.used: list[str] = []  # every figure the plan read, in the order it read them
 
     def _get(self, key: str, measure: Callable[[], dict]) -> dict:
+        if key not in self.used:
+            self.used.append(key)
         if key not in self.figures:
             figure = {k: float(f"{v:.3g}") for k, v in measure().items()}
             self.figures[key] = figure
@@ -80,7 +83,6 @@ class Costs:
             from smallvision.training.features import feature_form, feature_precision
 
             backbone = build_backbone(spec, "avg")
-            self.built[spec.fingerprint + spec.backbone] = backbone
             form = feature_form(backbone, size, BATCH, self.precision)
             x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
             return {"images_per_second": BATCH / _timed(lambda: form(x), feature_precision(self.precision))}

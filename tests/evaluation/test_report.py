@@ -304,40 +304,38 @@ def test_compare_sweep_tests_only_the_best_and_rerun_skips(compared, shapes_data
     assert 'href="runs/features_dropout=0/report.html"' in page
 
 
-@pytest.mark.parametrize(
-    ("plan", "note", "expected"),
-    [
-        (
-            {"finetune": False, "estimate_seconds": 17.8, "seconds_left": -82.6, "time_budget": 30.0},
-            "auto: kept the features model; fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30",
-            "auto kept the features model: fine-tuning was estimated at 18 s with 0 s of its 30 s --time-budget left, "
-            "too little to fine-tune.",
-        ),
-        (
-            {"finetune": True, "estimate_seconds": 40.2, "seconds_left": 550.0, "time_budget": 600.0},
-            "auto: chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone",
-            "auto fine-tuned, since fine-tuning was estimated at 40 s with 550 s of its 600 s --time-budget left; then "
-            "it chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone.",
-        ),
-        (
-            {"finetune": True, "estimate_seconds": 40.2, "seconds_left": 550.0, "time_budget": 600.0},
-            "auto: kept the stage-1 (features) model: val accuracy 0.9500; finetune reached 0.9300",
-            "auto fine-tuned, since fine-tuning was estimated at 40 s with 550 s of its 600 s --time-budget left; then "
-            "it kept the stage-1 (features) model: val accuracy 0.9500; finetune reached 0.9300.",
-        ),
-    ],
-)
-def test_auto_sentence_reads_the_recorded_plan_and_the_recipes_notes(tmp_path, plan, note, expected):
-    """The notes are the strings recipes.py writes (the first case is the one a real hymenoptera auto run wrote)."""
-    from smallvision.evaluation.report import auto_sentence, chosen_row
+def test_auto_decisions_are_one_sentence_each_after_the_plan_against_the_runs_seconds(tmp_path):
+    """The notes are the strings training/auto.py writes; the plan is the shape of its auto_plan.json."""
+    from smallvision.evaluation.report import auto_decisions, chosen_row
 
+    plan = {
+        "time_budget": 600.0,
+        "estimate_seconds": 412.4,
+        "steps": [{"step": "efficientnet_lite2 features at 260 px + head", "seconds": 129.0}],
+    }
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "auto_plan.json").write_text(json.dumps(plan))
-    assert auto_sentence({"recipe": "auto", "notes": ["stage features: ...", note]}, tmp_path) == expected
-    assert auto_sentence({"recipe": "features", "notes": [note]}, tmp_path) is None
-    history = [{"stage": "features"}] * 4 + [{"stage": "finetune"}] * 3
-    kept_first = "kept the" in note
-    assert chosen_row(history, 2, [note]) == (2 if kept_first else 6)
+    notes = [
+        "auto: plan recorded in /x/checkpoints/auto_plan.json: ...",
+        "stage features: best epoch 3",
+        "auto: chose efficientnet_lite2 features among the candidates on validation (efficientnet_lite2 features 0.9)",
+        "auto: final model: efficientnet_lite2 features, val accuracy 0.9000",
+    ]
+    got = auto_decisions({"recipe": "auto", "notes": notes, "seconds": 431.7}, tmp_path)
+    assert got == [
+        "The plan, made before the expensive work from throughput timed on warm-up batches: efficientnet_lite2 "
+        "features at 260 px + head (estimated 412 s of its 600 s --time-budget; the run took 432 s).",
+        "chose efficientnet_lite2 features among the candidates on validation (efficientnet_lite2 features 0.9).",
+        "final model: efficientnet_lite2 features, val accuracy 0.9000.",
+    ]
+    assert auto_decisions({"recipe": "features", "notes": notes}, tmp_path) == []
+    (tmp_path / "checkpoints" / "auto_plan.json").unlink()
+    assert auto_decisions({"recipe": "auto", "notes": ["stage features: best epoch 3"]}, tmp_path) == [
+        "auto recorded no plan and no decision (no checkpoints/auto_plan.json, no auto notes)."
+    ]
+    # auto's history ends with the stage whose weights it kept: the kept row counts within that last stage
+    history = [{"stage": "features efficientnet_lite2"}] * 4 + [{"stage": "finetune1"}] * 3
+    assert chosen_row(history, 2, notes) == 6
 
 
 def test_a_compare_run_says_its_test_split_was_held_back_and_the_compare_page_says_why_no_test(compared, tmp_path):
@@ -360,30 +358,6 @@ def test_a_compare_run_says_its_test_split_was_held_back_and_the_compare_page_sa
     page = write_report(cmp_dir).read_text()
     assert "chosen on: no test split evaluated (a made-up failure)." in page
     assert "there is no test split to confirm it" not in page
-
-
-@pytest.mark.parametrize(
-    ("note", "expected"),
-    [
-        (
-            "auto: chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone",
-            "auto fine-tuned; then it chose the fine-tuned model: val accuracy 0.9500 vs 0.9300 for features alone.",
-        ),
-        (
-            "auto: kept the features model; fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30",
-            "auto kept the features model: fine-tuning would take ~18 s, more than the 0 s left of --time-budget 30.",
-        ),
-        (
-            "stage features: best epoch 3",
-            "auto recorded no decision: neither its notes nor checkpoints/auto_plan.json say whether it fine-tuned.",
-        ),
-    ],
-)
-def test_auto_sentence_without_its_plan_file_says_what_the_notes_say(tmp_path, note, expected):
-    """auto_plan.json deleted: the sentence comes from the recipe's notes and never claims what they do not say."""
-    from smallvision.evaluation.report import auto_sentence
-
-    assert auto_sentence({"recipe": "auto", "notes": ["stage features: ...", note]}, tmp_path) == expected
 
 
 def test_confused_hits_keep_the_most_confident_mistakes_of_each_pair():
