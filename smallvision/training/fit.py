@@ -56,12 +56,14 @@ def run_stage(
     progress: bool,
     views=None,
     logger=None,
+    max_seconds: float | None = None,
 ) -> StageResult:
     """Train `model` (its trainable groups at their lrs) for one stage; load the best weights back into it.
 
     A stage that finished before (its done.json exists) is not run again: its best weights are loaded. One that was
     interrupted resumes from its last checkpoint. With `views` (an ActivationViews) the stage trains on cached
     boundary activations instead of images. `logger` (a Lightning logger) gets each epoch's row as it ends.
+    `max_seconds` stops training when that much time has passed (Lightning's max_time; auto's budget guard).
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -122,6 +124,7 @@ def run_stage(
         callbacks.append(StageBar(name))
     trainer = L.Trainer(
         max_epochs=epochs,
+        max_time={"seconds": max(1.0, max_seconds)} if max_seconds is not None else None,
         accelerator="auto",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",

@@ -294,7 +294,13 @@ def _frozen_summary(model) -> str:
 
 
 def run_scratch(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, stage: str = "scratch"
+    cfg: RunConfig,
+    index: DatasetIndex,
+    run_dir: Path,
+    progress: bool = True,
+    logger=None,
+    stage: str = "scratch",
+    max_seconds: float | None = None,
 ) -> RecipeOutcome:
     """`scratch`: a small CNN from random init, trained end to end (augmentation and dropout as configured)."""
     import lightning as L
@@ -312,10 +318,13 @@ def run_scratch(
         f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
         f"dropout {cfg.model.dropout}; {_frozen_summary(model)}"
     ]
-    return _one_stage(cfg, model, data, notes, stage, list(model.parameters()), None, run_dir, progress, logger)
+    params = list(model.parameters())
+    return _one_stage(cfg, model, data, notes, stage, params, None, run_dir, progress, logger, max_seconds)
 
 
-def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, progress: bool, logger) -> RecipeOutcome:
+def _one_stage(
+    cfg, model, data, notes, stage, params, specs, run_dir: Path, progress: bool, logger, max_seconds=None
+) -> RecipeOutcome:
     """Apply --init-from, train `params` at the recipe's lr for one stage, and package the outcome.
 
     A pretrained model (`specs`) trains on cached activations of its frozen part where they fit in memory.
@@ -330,10 +339,24 @@ def _one_stage(cfg, model, data, notes, stage, params, specs, run_dir: Path, pro
     views = _activation_views(cfg, model, data, notes, progress) if specs is not None else None
     groups = [{"params": params, "lr": r.lr, "name": stage}]
     stage_dir = run_dir / "checkpoints" / stage
-    res = run_stage(stage, model, groups, data, cfg, r.epochs, stage_dir, progress, views=views, logger=logger)
+    res = run_stage(
+        stage,
+        model,
+        groups,
+        data,
+        cfg,
+        r.epochs,
+        stage_dir,
+        progress,
+        views=views,
+        logger=logger,
+        max_seconds=max_seconds,
+    )
+    ran = len(res.history)
+    cut = f", stopped by the clock after {ran} (--time-budget)" if ran < r.epochs and not r.patience else ""
     notes.append(
         f"stage {stage}: {r.optimizer} with the {r.schedule_for('network')} schedule; best epoch {res.best_epoch} of "
-        f"{r.epochs} (val accuracy {res.best_accuracy:.4f})"
+        f"{r.epochs}{cut} (val accuracy {res.best_accuracy:.4f})"
     )
     trainable = ["all"] if specs is None else ["head"]
     probs = views.probabilities() if views is not None else None
