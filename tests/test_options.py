@@ -396,8 +396,12 @@ def test_default_image_size_in_the_help_is_what_each_recipe_uses():
     from smallvision.config import field_help
 
     for recipe in RECIPES:
-        size = build_config({"data": {"path": "x"}, "recipe": {"name": recipe}}).data.image_size
-        backbone = build_config({"data": {"path": "x"}, "recipe": {"name": recipe}}).model.backbone
+        cfg = build_config({"data": {"path": "x"}, "recipe": {"name": recipe}})
+        size, backbone = cfg.data.image_size, cfg.model.backbone
+        if recipe == "auto":  # chosen from the data when it plans, and the help says so
+            assert size is None and backbone is None
+            assert "auto chooses it from the data" in field_help("data.image_size")
+            continue
         assert f"{size} for {backbone}" in field_help("data.image_size") or recipe == "scratch", recipe
     assert "260 for efficientnet_lite2" in field_help("data.image_size")
 

@@ -115,10 +115,11 @@ class _Costs:
 
     machine = {"cores": 2}
     measured: list[str] = []
+    used: list[str] = []
+    figures: dict = {}
 
     def __init__(self, ips: dict[str, float]) -> None:
         self.ips = ips
-        self.figures = {"fixed": {"from": "test"}}
 
     def decode(self) -> float:
         return 0.02
