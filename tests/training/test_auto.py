@@ -74,7 +74,7 @@ def test_the_same_seed_gives_the_same_plan_and_the_same_model(first, shapes_data
     assert again.metrics["val_accuracy"] == result.metrics["val_accuracy"]
 
 
-def test_a_resumed_run_keeps_its_plan_whatever_the_clock_says_now(first, shapes_data, tmp_path, monkeypatch):
+def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, shapes_data, tmp_path, monkeypatch):
     result = first
     run = tmp_path / "resumed"
     shutil.copytree(result.run_dir, run)
@@ -84,6 +84,8 @@ def test_a_resumed_run_keeps_its_plan_whatever_the_clock_says_now(first, shapes_
     for stage in (run / "checkpoints").glob("finetune*"):
         shutil.rmtree(stage)  # interrupted before fine-tuning finished
     plan = _plan(run)
+    checks = {p.name: p.read_text() for p in (run / "checkpoints").glob("auto_*.json")}  # the recorded clock checks
+    assert "auto_plan.json" in checks and len(checks) > 1
 
     def slow(self, *args, **kwargs):
         raise AssertionError("a resumed run timed its steps again instead of following its recorded plan")
@@ -91,10 +93,10 @@ def test_a_resumed_run_keeps_its_plan_whatever_the_clock_says_now(first, shapes_
     from smallvision.training.costs import Costs
 
     monkeypatch.setattr(Costs, "features", slow)
-    monkeypatch.setattr(auto, "_now", lambda: 1e12)  # a clock far past any budget: the recorded checks still hold
     resumed = smallvision.train(resume=run, progress=False, report=False)
     assert any("reused the plan recorded in" in n for n in resumed.notes)
     assert _plan(run) == plan
+    assert {p.name: p.read_text() for p in (run / "checkpoints").glob("auto_*.json")} == checks
     ours, theirs = _weights(resumed.model_dir), _weights(result.model_dir)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
