@@ -99,7 +99,8 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
     if views_given is None and not r.augment.augments():
         views_given = 1  # without augmentation each image has one view, the image itself
     mpix = profile.width * profile.height / 1e6
-    decode_one = costs.decode() * max(mpix, 0.01) / max(1, costs.machine["cores"] or 1)
+    fig = costs.decode()
+    decode_one = fig["seconds_per_image"] + fig["seconds_per_megapixel"] * mpix  # wall, the decode pool included
     why: list[str] = [profile.sentence()]
 
     scratch = None
@@ -431,6 +432,13 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
     from smallvision.training.fit import run_stage
 
     r = cfg.recipe
+    first = _guard(run_dir, "round1", start, plan["rounds"][0]["seconds"], r.time_budget)
+    if not first["run"]:  # before loading every image for it
+        notes.append(
+            f"auto: stopped fine-tuning before round 1: {first['elapsed']:.0f} s had passed and the round was "
+            f"estimated at {first['estimate']:.0f} s, past --time-budget {r.time_budget:g}"
+        )
+        return None
     tune_cfg = _member_cfg(cfg, "finetune", base.cfg.model.backbone, base.size, cached_views=plan["views"])
     data = recipes._images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)

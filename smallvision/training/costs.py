@@ -23,6 +23,7 @@ from smallvision.data.cache import cache_root, key_of
 log = logging.getLogger(__name__)
 
 BATCH = 32  # the batch every figure is timed at (the recipes' default batch size)
+DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
 
 
 def machine() -> dict:
@@ -138,28 +139,43 @@ class Costs:
 
         return self._get(f"scratch/{name}/{size}/{int(batch_norm)}", measure)
 
-    def decode(self) -> float:
-        """Seconds to decode and resize one megapixel of JPEG on one core."""
+    def decode(self) -> dict:
+        """Wall seconds per image to decode, resize and cache JPEG files as the runs do (the thread pool included):
+        a fixed part per file and a part per megapixel, fitted from a 150 px and a 640x480 batch."""
 
         def measure() -> dict:
-            import io
+            import tempfile
+            from pathlib import Path
 
             from PIL import Image
 
-            from smallvision.data.decode import decode_bytes
+            from smallvision.data.cache import decoded_images
 
             rng = np.random.default_rng(0)
-            pixels = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-            data = buf.getvalue()
-            decode_bytes(data, 224)
-            t0 = time.perf_counter()
-            for _ in range(8):
-                decode_bytes(data, 224)
-            return {"seconds_per_megapixel": (time.perf_counter() - t0) / 8 / (640 * 480 / 1e6)}
+            seconds = {}
+            with tempfile.TemporaryDirectory(prefix="smallvision-costs-") as tmp:
+                before = os.environ.get("SMALLVISION_CACHE_DIR")
+                os.environ["SMALLVISION_CACHE_DIR"] = str(Path(tmp) / "cache")  # timed into a throwaway store
+                try:
+                    for w, h in ((150, 150), (640, 480)):
+                        paths = []
+                        for i in range(DECODE_FILES):
+                            path = Path(tmp) / f"{w}-{i}.jpg"
+                            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+                            paths.append(path)
+                        t0 = time.perf_counter()
+                        decoded_images(paths, [f"{w}-{i}" for i in range(DECODE_FILES)], 224, progress=False)
+                        seconds[w * h / 1e6] = (time.perf_counter() - t0) / DECODE_FILES
+                finally:
+                    if before is None:
+                        os.environ.pop("SMALLVISION_CACHE_DIR", None)
+                    else:
+                        os.environ["SMALLVISION_CACHE_DIR"] = before
+            (small, t_small), (big, t_big) = sorted(seconds.items())
+            per_mpix = max(0.0, (t_big - t_small) / (big - small))
+            return {"seconds_per_image": max(1e-5, t_small - per_mpix * small), "seconds_per_megapixel": per_mpix}
 
-        return self._get("decode", measure)["seconds_per_megapixel"]
+        return self._get("decode/files", measure)
 
 
 def _timed(step: Callable[[], object], arithmetic: str, timed: int = 3) -> float:

@@ -123,8 +123,8 @@ class _Costs:
     def __init__(self, ips: dict[str, float]) -> None:
         self.ips = ips
 
-    def decode(self) -> float:
-        return 0.02
+    def decode(self) -> dict:
+        return {"seconds_per_image": 0.002, "seconds_per_megapixel": 0.01}
 
     def features(self, spec, size: int) -> float:
         return self.ips[spec.backbone] * (224 / size) ** 2
