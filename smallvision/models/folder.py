@@ -205,14 +205,31 @@ def head_card(head) -> HeadCard:
     return HeadCard(in_features=sum(head.dims), members=members)
 
 
+def ensemble_layout(model, groups: list[list[int]], members: list[tuple[list, list[str]]]) -> tuple[list, list[str]]:
+    """The backbone cards (a shared backbone once) and trained groups of `model`, from each member's (backbone cards,
+    trained groups), renamed from the member's backbone indices to the model's through `groups`."""
+    from smallvision.models.backbone import block_groups
+
+    backbones: list = [None] * len(model.backbones)
+    trainable = {"head"}
+    for (cards, trained), group in zip(members, groups, strict=True):
+        for j, i in enumerate(group):
+            backbones[i] = backbones[i] or cards[j]
+            for entry in trained:
+                prefix = f"backbones.{j}."
+                if entry == "all":
+                    trainable.update(f"backbones.{i}.{name}" for name, _ in block_groups(model.backbones[i]))
+                elif entry.startswith(prefix):
+                    trainable.add(f"backbones.{i}.{entry.removeprefix(prefix)}")
+    return backbones, sorted(trainable)
+
+
 def ensemble_card(model, cards: list[ModelCard], **fields: Any) -> ModelCard:
     """The card of `smallvision.models.head.ensemble(members)`, from the members' cards (in the same order).
 
     Backbone cards follow the ensemble's (shared backbones once), each member's trained groups are renamed to the
     ensemble's backbone indices, and `fields` (recipe, metrics, tta, ...) override the rest.
     """
-    from smallvision.models.backbone import block_groups
-
     if len(cards) != len(model.head.groups):
         raise SmallvisionError(f"{len(cards)} member card(s) for an ensemble of {len(model.head.groups)} members")
     first = cards[0]
@@ -223,18 +240,7 @@ def ensemble_card(model, cards: list[ModelCard], **fields: Any) -> ModelCard:
                     f"ensemble member {k} has {what} {getattr(c, what)!r}, member 0 {getattr(first, what)!r}; "
                     "members must be trained on the same classes and images"
                 )
-    backbones: list[BackboneCard | None] = [None] * len(model.backbones)
-    trainable = {"head"}
-    for c, group in zip(cards, model.head.groups, strict=True):
-        for j, i in enumerate(group):
-            if backbones[i] is None:
-                backbones[i] = c.backbones[j]
-            for entry in c.trainable:
-                prefix = f"backbones.{j}."
-                if entry == "all":
-                    trainable.update(f"backbones.{i}.{name}" for name, _ in block_groups(model.backbones[i]))
-                elif entry.startswith(prefix):
-                    trainable.add(f"backbones.{i}.{entry.removeprefix(prefix)}")
+    backbones, trainable = ensemble_layout(model, model.head.groups, [(c.backbones, c.trainable) for c in cards])
     values = {
         "classes": first.classes,
         "image_size": first.image_size,
@@ -242,7 +248,7 @@ def ensemble_card(model, cards: list[ModelCard], **fields: Any) -> ModelCard:
         "backbones": backbones,
         "head": head_card(model.head),
         "recipe": "ensemble",
-        "trainable": sorted(trainable),
+        "trainable": trainable,
         "versions": package_versions(),
         "tta": model.tta,
     }

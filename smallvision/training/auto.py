@@ -432,12 +432,17 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
     from smallvision.training.fit import run_stage
 
     r = cfg.recipe
-    first = _guard(run_dir, "round1", start, plan["rounds"][0]["seconds"], r.time_budget)
-    if not first["run"]:  # before loading every image for it
-        notes.append(
-            f"auto: stopped fine-tuning before round 1: {first['elapsed']:.0f} s had passed and the round was "
-            f"estimated at {first['estimate']:.0f} s, past --time-budget {r.time_budget:g}"
-        )
+
+    def fits(i: int, rnd: dict) -> bool:
+        guard = _guard(run_dir, f"round{i}", start, rnd["seconds"], r.time_budget)
+        if not guard["run"]:
+            notes.append(
+                f"auto: stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
+                f"was estimated at {guard['estimate']:.0f} s, past --time-budget {r.time_budget:g}"
+            )
+        return guard["run"]
+
+    if not fits(1, plan["rounds"][0]):  # checked before loading every image for it
         return None
     tune_cfg = _member_cfg(cfg, "finetune", base.cfg.model.backbone, base.size, cached_views=plan["views"])
     data = recipes._images(tune_cfg, index, progress)
@@ -445,12 +450,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
     best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
     history, blocks, views = list(base.history), None, None
     for i, rnd in enumerate(plan["rounds"], 1):
-        guard = _guard(run_dir, f"round{i}", start, rnd["seconds"], r.time_budget)
-        if not guard["run"]:
-            notes.append(
-                f"auto: stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
-                f"was estimated at {guard['estimate']:.0f} s, past --time-budget {r.time_budget:g}"
-            )
+        if i > 1 and not fits(i, rnd):
             break
         if rnd["blocks"] != blocks:
             blocks = rnd["blocks"]
@@ -583,8 +583,7 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
 
 def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> recipes.RecipeOutcome:
     """One saved model for the chosen members (an ensemble when several) and its probabilities on every split."""
-    from smallvision.models.backbone import block_groups
-    from smallvision.models.folder import head_card
+    from smallvision.models.folder import ensemble_layout, head_card
 
     lead = members[0]
     if tta:
@@ -602,17 +601,8 @@ def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> re
         model = copy.deepcopy(lead.model)
         model.tta = "hflip" if tta else None
     groups = model.head.groups if len(members) > 1 else [list(range(len(model.backbones)))]
-    cards: list = [None] * len(model.backbones)  # an ensemble shares equal backbones (a frozen one) among members
-    trainable = {"head"}
-    for c, group in zip(members, groups, strict=True):
-        for j, card in enumerate(recipes._cards(c.model, c.specs, c.cfg)):
-            cards[group[j]] = cards[group[j]] or card
-        for t in c.trainable:
-            if t == "all":
-                trainable.update(f"backbones.{i}.{name}" for i in group for name, _ in block_groups(model.backbones[i]))
-            elif t.startswith("backbones."):
-                _, j, rest = t.split(".", 2)
-                trainable.add(f"backbones.{group[int(j)]}.{rest}")
+    parts = [(recipes._cards(c.model, c.specs, c.cfg), c.trainable) for c in members]
+    cards, trainable = ensemble_layout(model, groups, parts)  # equal backbones (a frozen one) shared among members
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return recipes.RecipeOutcome(
         state,
@@ -624,7 +614,7 @@ def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> re
         lead.labels,
         notes,
         {},
-        sorted(trainable),
+        trainable,
         image_size=lead.size,
         tta="hflip" if tta else None,
     )
