@@ -204,12 +204,13 @@ class Runs:
         import torch.utils.data
 
         from smallvision import api
-        from smallvision.training import activations
+        from smallvision.training import activations, fit
         from smallvision.training.recipes import RECIPES
 
-        record: dict[str, Any] = {"workers": set(), "views": 0}
+        record: dict[str, Any] = {"workers": set(), "views": 0, "stages": []}
         loader_init = torch.utils.data.DataLoader.__init__
         compute_views = activations.compute_views
+        run_stage = fit.run_stage
 
         def spy_loader(self_, *args, **kwargs):
             loader_init(self_, *args, **kwargs)
@@ -219,9 +220,15 @@ class Runs:
             record["views"] += 1
             return compute_views(*args, **kwargs)
 
+        def spy_stage(*args, **kwargs):  # every stage that trained, the ones auto did not choose included
+            result = run_stage(*args, **kwargs)
+            record["stages"].append([{k: v for k, v in row.items() if k != "time"} for row in result.history])
+            return result
+
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(torch.utils.data.DataLoader, "__init__", spy_loader)
             mp.setattr(activations, "compute_views", spy_views)
+            mp.setattr(fit, "run_stage", spy_stage)
             try:
                 cfg = build_config(_nest(self.options(recipe, extra)))
                 index = api._scan(cfg)
@@ -245,6 +252,8 @@ def _differs(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return True
     if a["history"] != b["history"] or a["state"].keys() != b["state"].keys():
+        return True
+    if a["stages"] != b["stages"]:
         return True
     if any(not torch.equal(a["state"][k], b["state"][k]) for k in a["state"]):
         return True
