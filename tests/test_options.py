@@ -16,7 +16,16 @@ import pytest
 import torch
 
 import smallvision
-from smallvision.config import APPLIES, RECIPES, TWO_STAGE, build_config, leaf_fields, option_flag, user_set
+from smallvision.config import (
+    APPLIES,
+    FINE_TUNING,
+    RECIPES,
+    TWO_STAGE,
+    build_config,
+    leaf_fields,
+    option_flag,
+    user_set,
+)
 from smallvision.errors import SmallvisionError
 
 
@@ -220,9 +229,9 @@ class Runs:
             record["views"] += 1
             return compute_views(*args, **kwargs)
 
-        def spy_stage(*args, **kwargs):  # every stage that trained, the ones auto did not choose included
-            result = run_stage(*args, **kwargs)
-            record["stages"].append([{k: v for k, v in row.items() if k != "time"} for row in result.history])
+        def spy_stage(name, *args, **kwargs):  # every stage that trained, the ones auto did not choose included
+            result = run_stage(name, *args, **kwargs)
+            record["stages"].append((name, [{k: v for k, v in row.items() if k != "time"} for row in result.history]))
             return result
 
         with pytest.MonkeyPatch.context() as mp:
@@ -253,11 +262,19 @@ def _differs(a: dict, b: dict) -> bool:
         return True
     if a["history"] != b["history"] or a["state"].keys() != b["state"].keys():
         return True
-    if a["stages"] != b["stages"]:
-        return True
     if any(not torch.equal(a["state"][k], b["state"][k]) for k in a["state"]):
         return True
     return any(not np.array_equal(a["probs"][s], b["probs"][s]) for s in a["probs"])
+
+
+def _tuned(run: dict) -> list:
+    """The fine-tuning stages a run trained (auto's too when it kept another candidate)."""
+    return [stage for stage in run["stages"] if stage[0].startswith("finetune")]
+
+
+def _fine_tuning_only(path: str, recipe: str) -> bool:
+    """Options that auto (its backbone given, so no probe and no from-scratch candidate) reads only to fine-tune."""
+    return recipe == "auto" and (path.startswith("recipe.augment.") or path.removeprefix("recipe.") in FINE_TUNING)
 
 
 def _context(probe: Probe, recipe: str) -> dict[str, Any]:
@@ -295,6 +312,9 @@ def _changed(path: str, recipe: str, runs: Runs, tmp: Path) -> bool:
         return before["views"] == 1 and after["views"] == 0 and _differs(before, after)
     if probe.kind == "workers":
         return before["workers"] == {0} and after["workers"] == {value}
+    if _fine_tuning_only(path, recipe):  # auto may keep its features head: the fine-tuning it ran must differ
+        _differs(before, after)  # (raises on a failed run)
+        return bool(_tuned(before)) and _tuned(before) != _tuned(after)
     return _differs(before, after)
 
 
@@ -364,6 +384,14 @@ def runs(datasets, tmp_path_factory) -> Runs:
 @pytest.mark.parametrize("path", sorted(p for p, a in APPLIES.items() if "features" in a.recipes))
 def test_every_option_changes_a_features_run(path, runs, tmp_path):
     assert _changed(path, "features", runs, tmp_path), f"{option_flag(path)} changed nothing on recipe features"
+
+
+@pytest.mark.slow
+def test_the_same_options_twice_change_nothing(runs):
+    """The control for the probes below: a rerun differs in neither its model nor what it fine-tuned."""
+    first, again = runs.run("auto", {}), runs._run("auto", {})
+    assert _tuned(first), "auto's base run fine-tuned nothing: its fine-tuning probes would prove nothing"
+    assert not _differs(first, again) and _tuned(first) == _tuned(again)
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from smallvision.training.costs import BATCH
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "auto_plan.json"
-PLAN_VERSION = 2
+PLAN_VERSION = 3  # 3: fine-tuning rounds start at three tenths of --lr (2: a tenth)
 SCRATCH = "small_cnn"
 HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
 TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
@@ -152,13 +152,12 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             steps.append({"step": f"{name} features at {size} px + head", "seconds": seconds})
         slowest = min(backbones, key=lambda b: feature_ips[b])
         plan_rounds = _rounds(cfg, r.unfreeze_blocks, rounds) if "+" not in slowest else []
-        spec = resolve_weights(slowest, cfg.model.weights)
         # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
         # against the clock when the run gets there
         tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
         last_blocks = None
         for i, rnd in enumerate(plan_rounds, 1):
-            fig = costs.finetune(spec, size, rnd["blocks"])
+            fig = costs.finetune(resolve_weights(slowest, cfg.model.weights), size, rnd["blocks"])
             new = rnd["blocks"] != last_blocks
             last_blocks = rnd["blocks"]
             rnd["seconds"] = _round_seconds(fig, n, rnd["epochs"], views, new, BATCH)
@@ -253,7 +252,13 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             )
         )
     if not chosen["rounds"] and chosen["backbones"] and train_cap is None:
-        why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {budget:g} s")
+        if any("+" in b for b in chosen["backbones"]):
+            why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
+        else:
+            why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {budget:g} s")
+    unused = _unused_options(cfg, chosen["rounds"], scratch)
+    if unused:
+        why.append(f"{', '.join(unused)} set but not applied: this plan has no step that uses them")
     return {
         "version": PLAN_VERSION,
         "time_budget": budget,
@@ -269,6 +274,20 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
         "costs": {k: costs.figures[k] for k in costs.used},  # the figures this plan read, not the whole cache
         "measured": costs.measured,
     }
+
+
+def _unused_options(cfg: RunConfig, rounds: list, scratch: dict | None) -> list[str]:
+    """The options the user set that only fine-tuning (augmentation: fine-tuning or a from-scratch CNN) reads, when
+    the plan has none of those steps: known only once the data and budget are read, so said, not refused."""
+    from smallvision.config import FINE_TUNING, option_flag, user_set
+
+    unused = []
+    for path in user_set(cfg):
+        tuning = path.removeprefix("recipe.") in FINE_TUNING
+        augment = path.startswith("recipe.augment.")
+        if (tuning and not rounds) or (augment and not rounds and scratch is None):
+            unused.append(option_flag(path))
+    return unused
 
 
 def plan_table(plan: dict) -> str:
@@ -444,7 +463,10 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
 
     if not fits(1, plan["rounds"][0]):  # checked before loading every image for it
         return None
-    tune_cfg = _member_cfg(cfg, "finetune", base.cfg.model.backbone, base.size, cached_views=plan["views"])
+    first_lr = plan["rounds"][0]["lr"]  # the member's recorded rate is the one its first round trains at
+    tune_cfg = _member_cfg(
+        cfg, "finetune", base.cfg.model.backbone, base.size, cached_views=plan["views"], finetune_lr=first_lr
+    )
     data = recipes._images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)
     best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None

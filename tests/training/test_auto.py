@@ -231,3 +231,36 @@ def test_a_tiny_image_folder_gets_a_scratch_candidate_at_its_native_size(tmp_pat
     plan = auto.make_plan(cfg, index, profile, probe, _Costs(COSTS))
     assert plan["scratch"] is not None and plan["scratch"]["size"] == 32
     assert any("from-scratch small_cnn at the native 32 px is a candidate" in w for w in plan["why"])
+
+
+@pytest.mark.parametrize("recipe,first_lr", [({}, 3e-4), ({"lr": 2e-3}, 6e-4), ({"finetune_lr": 5e-5}, 5e-5)])
+def test_fine_tuning_rounds_start_at_three_tenths_of_the_lr_unless_the_user_sets_theirs(recipe, first_lr):
+    cfg = build_config({"data": {"path": "x"}, "recipe": recipe})
+    plan = auto.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    assert [r["lr"] for r in plan["rounds"]] == pytest.approx([first_lr, first_lr / 2, first_lr / 4])
+
+
+def test_fine_tuning_options_a_plan_cannot_use_are_named():
+    values = {"data": {"path": "x"}, "recipe": {"finetune_epochs": 3, "augment": {"rotation_range": 20.0}}}
+    tight = auto.make_plan(
+        build_config({**values, "recipe": {**values["recipe"], "time_budget": 1}}),
+        _index(400),
+        _Profile(400, 150),
+        None,
+        _Costs(COSTS),
+    )
+    said = [w for w in tight["why"] if "set but not applied" in w]
+    assert tight["rounds"] == [] and said and "--finetune-epochs" in said[0] and "--rotation-range" in said[0]
+    roomy = auto.make_plan(build_config(values), _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    assert roomy["rounds"] and not any("set but not applied" in w for w in roomy["why"])
+
+
+def test_a_joined_backbone_runs_its_features_and_says_it_is_not_fine_tuned(shapes_data, tmp_path):
+    joined = "efficientnet_lite0+efficientnet_lite1"
+    r = smallvision.train(shapes_data, out=tmp_path / "joined", backbone=joined, **FAST)
+    plan = _plan(r.run_dir)
+    assert plan["backbones"] == [joined] and plan["rounds"] == []
+    assert any("not a joined one" in w for w in plan["why"])
+    assert any("--finetune-epochs set but not applied" in n for n in r.notes)
+    model, card = smallvision.load(r.model_dir)
+    assert len(card.backbones) == 2 and card.trainable == ["head"] and len(model.backbones) == 2
