@@ -196,7 +196,7 @@ class Runs:
     """Real tiny runs of a recipe, memoised by options; each records what really ran besides its results."""
 
     def __init__(self, datasets: dict[str, Path], tmp: Path) -> None:
-        self.datasets, self.tmp, self.seen = datasets, tmp, {}
+        self.datasets, self.tmp, self.seen, self.started = datasets, tmp, {}, 0
 
     def options(self, recipe: str, extra: dict[str, Any]) -> dict[str, Any]:
         flat = {**_base(recipe), **extra}
@@ -241,7 +241,8 @@ class Runs:
             try:
                 cfg = build_config(_nest(self.options(recipe, extra)))
                 index = api._scan(cfg)
-                run_dir = self.tmp / f"run{len(self.seen)}"
+                self.started += 1  # a folder per run: one holding a recorded auto plan would be followed
+                run_dir = self.tmp / f"run{self.started}"
                 outcome = RECIPES[recipe](cfg, index, run_dir, progress=False)
             except SmallvisionError as e:
                 return {"error": str(e)}
@@ -274,7 +275,8 @@ def _tuned(run: dict) -> list:
 
 def _fine_tuning_only(path: str, recipe: str) -> bool:
     """Options that auto (its backbone given, so no probe and no from-scratch candidate) reads only to fine-tune."""
-    return recipe == "auto" and (path.startswith("recipe.augment.") or path.removeprefix("recipe.") in FINE_TUNING)
+    tuning = path.startswith("recipe.augment.") or path.removeprefix("recipe.") in FINE_TUNING
+    return recipe == "auto" and (tuning or path == "trainer.memory_budget")
 
 
 def _context(probe: Probe, recipe: str) -> dict[str, Any]:
@@ -309,7 +311,8 @@ def _changed(path: str, recipe: str, runs: Runs, tmp: Path) -> bool:
     if probe.kind == "error":
         return "error" in after and "error" not in before
     if probe.kind == "cache":
-        return before["views"] == 1 and after["views"] == 0 and _differs(before, after)
+        changed = _tuned(before) != _tuned(after) if _fine_tuning_only(path, recipe) else _differs(before, after)
+        return before["views"] == 1 and after["views"] == 0 and changed
     if probe.kind == "workers":
         return before["workers"] == {0} and after["workers"] == {value}
     if _fine_tuning_only(path, recipe):  # auto may keep its features head: the fine-tuning it ran must differ
