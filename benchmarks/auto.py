@@ -11,7 +11,7 @@ and `synthetic20k` (20,000 generated 150 px JPEG photos of 6 textured shapes on 
 once; generation is not timed). Generated data lives in ~/.cache/smallvision-bench. The load average is recorded
 before and after every run, and the run's CPU seconds (its processes and theirs): on a shared machine the wall
 seconds mean little without them.
---compare adds, per folder and on the same split, `smallvision compare FOLDER --recipes features,scratch,finetune`
+--compare adds, per folder and on the same split, `smallvision compare FOLDER --recipes features,finetune,scratch`
 and (digits, food5_64px) a `--recipe scratch` run at the native image size; the best validation accuracy among them
 is "the best single recipe". --auto-from reuses the auto rows of an earlier result file instead of rerunning them.
 Writes benchmarks/results/auto-NAME.json after every row and the run logs under benchmarks/results/auto-NAME-logs/.
@@ -249,7 +249,8 @@ def run_compare(name: str, path: Path, logs: Path, max_seconds: float | None) ->
     runs = []
     with tempfile.TemporaryDirectory(prefix="smallvision-bench-") as tmp:
         out = Path(tmp) / "compare"
-        args = ["compare", str(path), "--recipes", "features,scratch,finetune", "--out", str(out), *sweep]
+        # cheapest first: a compare stopped by --max-seconds keeps the runs that finished
+        args = ["compare", str(path), "--recipes", "features,finetune,scratch", "--out", str(out), *sweep]
         job = run_cli(args, logs / f"{name}-compare.log", max_seconds)
         for run_dir in sorted((out / "runs").glob("*")):
             m = _read_json(run_dir / "metrics.json")
