@@ -256,9 +256,13 @@ class Runs:
         return record
 
 
-def _differs(a: dict, b: dict) -> bool:
+def _succeeded(a: dict, b: dict) -> None:
     errors = [r["error"] for r in (a, b) if "error" in r]
     assert not errors, f"a run that should have changed failed instead: {errors}"
+
+
+def _differs(a: dict, b: dict) -> bool:
+    _succeeded(a, b)
     if a.keys() != b.keys():
         return True
     if a["history"] != b["history"] or a["state"].keys() != b["state"].keys():
@@ -277,6 +281,15 @@ def _fine_tuning_only(path: str, recipe: str) -> bool:
     """Options that auto (its backbone given, so no probe and no from-scratch candidate) reads only to fine-tune."""
     tuning = path.startswith("recipe.augment.") or path.removeprefix("recipe.") in FINE_TUNING
     return recipe == "auto" and (tuning or path == "trainer.memory_budget")
+
+
+def _changed_what_reads_it(path: str, recipe: str, before: dict, after: dict) -> bool:
+    """The model changed; for an option auto reads only to fine-tune, the fine-tuning it ran (its features head may
+    still be the one kept)."""
+    if not _fine_tuning_only(path, recipe):
+        return _differs(before, after)
+    _succeeded(before, after)
+    return bool(_tuned(before)) and _tuned(before) != _tuned(after)
 
 
 def _context(probe: Probe, recipe: str) -> dict[str, Any]:
@@ -311,14 +324,10 @@ def _changed(path: str, recipe: str, runs: Runs, tmp: Path) -> bool:
     if probe.kind == "error":
         return "error" in after and "error" not in before
     if probe.kind == "cache":
-        changed = _tuned(before) != _tuned(after) if _fine_tuning_only(path, recipe) else _differs(before, after)
-        return before["views"] == 1 and after["views"] == 0 and changed
+        return before["views"] == 1 and after["views"] == 0 and _changed_what_reads_it(path, recipe, before, after)
     if probe.kind == "workers":
         return before["workers"] == {0} and after["workers"] == {value}
-    if _fine_tuning_only(path, recipe):  # auto may keep its features head: the fine-tuning it ran must differ
-        _differs(before, after)  # (raises on a failed run)
-        return bool(_tuned(before)) and _tuned(before) != _tuned(after)
-    return _differs(before, after)
+    return _changed_what_reads_it(path, recipe, before, after)
 
 
 def _saved_model(recipe: str, runs: Runs, tmp: Path) -> Path:

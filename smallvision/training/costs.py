@@ -146,6 +146,7 @@ class Costs:
         def measure() -> dict:
             import tempfile
             from pathlib import Path
+            from unittest import mock
 
             from PIL import Image
 
@@ -153,24 +154,19 @@ class Costs:
 
             rng = np.random.default_rng(0)
             seconds = {}
-            with tempfile.TemporaryDirectory(prefix="smallvision-costs-") as tmp:
-                before = os.environ.get("SMALLVISION_CACHE_DIR")
-                os.environ["SMALLVISION_CACHE_DIR"] = str(Path(tmp) / "cache")  # timed into a throwaway store
-                try:
-                    for w, h in ((150, 150), (640, 480)):
-                        paths = []
-                        for i in range(DECODE_FILES):
-                            path = Path(tmp) / f"{w}-{i}.jpg"
-                            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
-                            paths.append(path)
-                        t0 = time.perf_counter()
-                        decoded_images(paths, [f"{w}-{i}" for i in range(DECODE_FILES)], 224, progress=False)
-                        seconds[w * h / 1e6] = (time.perf_counter() - t0) / DECODE_FILES
-                finally:
-                    if before is None:
-                        os.environ.pop("SMALLVISION_CACHE_DIR", None)
-                    else:
-                        os.environ["SMALLVISION_CACHE_DIR"] = before
+            with (
+                tempfile.TemporaryDirectory(prefix="smallvision-costs-") as tmp,
+                mock.patch.dict(os.environ, {"SMALLVISION_CACHE_DIR": str(Path(tmp) / "cache")}),  # a throwaway store
+            ):
+                for w, h in ((150, 150), (640, 480)):
+                    paths = []
+                    for i in range(DECODE_FILES):
+                        path = Path(tmp) / f"{w}-{i}.jpg"
+                        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+                        paths.append(path)
+                    t0 = time.perf_counter()
+                    decoded_images(paths, [f"{w}-{i}" for i in range(DECODE_FILES)], 224, progress=False)
+                    seconds[w * h / 1e6] = (time.perf_counter() - t0) / DECODE_FILES
             (small, t_small), (big, t_big) = sorted(seconds.items())
             per_mpix = max(0.0, (t_big - t_small) / (big - small))
             return {"seconds_per_image": max(1e-5, t_small - per_mpix * small), "seconds_per_megapixel": per_mpix}
