@@ -38,14 +38,24 @@ class TrainResult:
 
     def summary(self) -> str:
         """A one-screen summary of the run."""
+        from smallvision.evaluation.report import headline_values, selection_words, validation_caveat
+
         m = self.metrics
         lines = [
             f"recipe {m['recipe']} · backbone {m['backbone']} · weights {m['weights']} · device {m['device']}",
             *self.notes,
-            f"val accuracy {m['val_accuracy']:.4f}  val loss {m['val_loss']:.4f}  (n={m['val']['n']})",
         ]
+        val = f"val accuracy {m['val_accuracy']:.4f}  val loss {m['val_loss']:.4f}  (n={m['val']['n']})"
         if "test_accuracy" in m:
-            lines.append(f"test accuracy {m['test_accuracy']:.4f}  (n={m['test']['n']}, evaluated once)")
+            words = selection_words(m.get("selection"))
+            lines += [
+                f"test accuracy {m['test_accuracy']:.4f}  (n={m['test']['n']}, evaluated once after choosing on "
+                "validation: the estimate to quote)",
+                val + (f"  selected: {words}" if words else ""),
+            ]
+        else:
+            caveat = validation_caveat(headline_values(m))
+            lines += [val] + ([f"  {caveat}"] if caveat else [])
         lines += [
             f"time {m['seconds']:.1f} s",
             f"model:   {self.model_dir}",
@@ -303,6 +313,7 @@ def _train_run(
 ) -> TrainResult | None:
     """Run the recipe, then (rank 0) evaluate, save the model and write metrics.json, history.csv and the report."""
     from smallvision.data.decode import RESIZE_POLICY
+    from smallvision.evaluation.report import headline_values
     from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.distributed import is_rank_zero
     from smallvision.training.recipes import RECIPES
@@ -363,6 +374,8 @@ def _train_run(
     if "test" in metrics:
         summary["test_accuracy"] = metrics["test"]["accuracy"]
     summary.update(metrics)
+    by = outcome.selection or {"epoch": len(outcome.history)}  # every recipe keeps its best epoch on validation
+    summary["selection"] = {"split": "val", "choices": sum(by.values()), "by": by}
 
     model_dir = run_dir / "model"
     card = ModelCard(
@@ -372,9 +385,7 @@ def _train_run(
         backbones=outcome.backbones,
         head=outcome.head,
         recipe=cfg.recipe.name,
-        metrics={
-            k: summary[k] for k in ("val_accuracy", "val_loss") + (("test_accuracy",) if "test" in metrics else ())
-        },
+        metrics=headline_values(summary),
         trainable=outcome.trainable,
         versions=package_versions(),
         tta=outcome.tta,

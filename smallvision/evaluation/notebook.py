@@ -71,7 +71,14 @@ def _verdict(label: str, split: dict[str, Any], details: list[str]) -> str:
 
 def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
     """A finished run: test accuracy (else validation), macro F1, recipe/backbone, time, confusion matrix, links."""
-    from smallvision.evaluation.report import HELD_BACK, headline_split, test_held_back
+    from smallvision.evaluation.report import (
+        HELD_BACK,
+        headline_split,
+        headline_values,
+        selection_words,
+        test_held_back,
+        validation_caveat,
+    )
 
     name = headline_split(metrics)  # the split the run's figures, confusion.png included, are drawn on
     split = metrics[name]
@@ -79,11 +86,18 @@ def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
         f"recipe <b>{_esc(metrics['recipe'])}</b> · backbone <b>{_esc(metrics['backbone'])}</b> · "
         f"{_esc(metrics['device'])} · {metrics['seconds']:.1f} s",
     ]
+    words = selection_words(metrics.get("selection"))
+    caveat = validation_caveat(headline_values(metrics))
     if name == "test":
-        details.append(f"validation accuracy {metrics['val_accuracy']:.1%} (n={metrics['val']['n']})")
+        details.append(
+            f"validation accuracy {metrics['val_accuracy']:.1%} (n={metrics['val']['n']})"
+            + (f", {_esc(words)}" if words else "")
+        )
     else:
         details.append(
-            f"{HELD_BACK}; this is the validation split the best epoch was chosen on"
+            _esc(caveat)
+            if caveat
+            else f"{HELD_BACK}; this is the validation split the best epoch was chosen on"
             if test_held_back(metrics)
             else "no test split: this is the validation split the best epoch was chosen on"
         )

@@ -45,6 +45,73 @@ def test_held_back(metrics: dict[str, Any]) -> bool:
     return "test" not in metrics and "test" in metrics.get("data", {}).get("counts", {})
 
 
+CHOICE_WORDS = {
+    "head_lr": "head learning rate",
+    "candidate": "candidate",
+    "finetune_round": "fine-tuning round",
+    "average": "average of candidates",
+    "tta": "flipped views",
+}
+UNTOUCHED = (
+    "for an untouched estimate, hold out a test split: --test-fraction 0.2 (or a test/ folder beside train/ and val/)"
+)
+
+
+def selection_words(selection: dict[str, Any] | None) -> str:
+    """What the validation number is the best of (metrics.json's `selection`), in words; empty when nothing was
+    chosen on it (one epoch, no choice) or the run predates the record."""
+    by = (selection or {}).get("by", {})
+    if set(by) == {"epoch"}:
+        return f"the best of {by['epoch']} epochs on it" if by["epoch"] > 1 else ""
+    if not by:
+        return ""
+    kinds = ", ".join(f"{CHOICE_WORDS.get(k, k)} {n}" for k, n in by.items())
+    return f"the best of {selection['choices']} choices made on it ({kinds}), each network at its best epoch there"
+
+
+def headline_values(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a model card keeps of its run (metrics.json): accuracies, split sizes and what selected the
+    validation number, so the server's header says what the report says."""
+    out = {"val_accuracy": metrics["val"]["accuracy"], "val_loss": metrics["val"]["loss"], "val_n": metrics["val"]["n"]}
+    if "test" in metrics:
+        out |= {"test_accuracy": metrics["test"]["accuracy"], "test_n": metrics["test"]["n"]}
+    elif test_held_back(metrics):
+        out["test_held_back"] = True
+    if "selection" in metrics:
+        out["selection"] = metrics["selection"]
+    return out
+
+
+def validation_caveat(values: dict[str, Any]) -> str:
+    """Why a validation headline flatters the model and how to get an untouched estimate (headline_values' dict);
+    empty when nothing was selected on validation."""
+    words = selection_words(values.get("selection"))
+    if not words:
+        return ""
+    hint = HELD_BACK if values.get("test_held_back") else UNTOUCHED
+    return f"selected on this split, so it flatters the model: {words}; {hint}"
+
+
+def headline(values: dict[str, Any]) -> str:
+    """One line for a model's accuracy (headline_values' dict, a model card's metrics): the untouched test split's
+    when there is one, else validation's with how it was selected."""
+    if not isinstance(values.get("val_accuracy"), float | int):
+        return "no accuracy recorded"
+
+    def n(split: str) -> str:
+        return f" (n={values[split + '_n']})" if split + "_n" in values else ""
+
+    val = _pct(values["val_accuracy"])
+    if "test_accuracy" in values:
+        words = selection_words(values.get("selection"))
+        return (
+            f"test accuracy {_pct(values['test_accuracy'])}{n('test')}, untouched until the model was chosen; "
+            f"validation {val}{n('val')}" + (f", {words}" if words else "")
+        )
+    caveat = validation_caveat(values)
+    return f"validation accuracy {val}{n('val')}" + (f", {caveat}" if caveat else "")
+
+
 def chosen_row(history: list[dict], best_epoch: int | None, notes: list[str]) -> int | None:
     """The 1-based row of the history whose weights the run kept: `best_epoch` counts within the last stage, or
     within the first when the recipe's notes say it kept the stage-1 (features) model."""
@@ -475,23 +542,35 @@ def _auto_section(m: dict[str, Any], run_dir: Path) -> str:
     return f'<section id="auto-decisions"><h2>How auto chose</h2><ul class="notes">{items}</ul></section>'
 
 
+def _where(m: dict[str, Any], split: str) -> tuple[str, str]:
+    """The headline split in words, and (for a validation headline) a notice of what was chosen on it and how to get
+    an untouched estimate."""
+    if split == "test":
+        return "the test split, evaluated once after choosing on validation", ""
+    caveat = validation_caveat(headline_values(m))
+    if caveat:
+        return (
+            "the validation split",
+            f'<div class="notice warn" id="selection">{html.escape(caveat[0].upper() + caveat[1:])}.</div>',
+        )
+    if test_held_back(m):
+        return f"the validation split ({HELD_BACK}; this is the split the model was chosen on)", ""
+    return "the validation split (there is no test split: this is the split the model was chosen on)", ""
+
+
 def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
     split = headline_split(m)
     s = m[split]
     lo, hi = accuracy_interval(s)
     name = "Test accuracy" if split == "test" else "Validation accuracy"
-    where = (
-        "the test split, evaluated once after choosing on validation"
-        if split == "test"
-        else f"the validation split ({HELD_BACK}; this is the split the model was chosen on)"
-        if test_held_back(m)
-        else "the validation split (there is no test split: this is the split the model was chosen on)"
-    )
+    where, notice = _where(m, split)
     facts = [["macro F1", f"{s['f1_macro']:.3f}"]]
     if split == "test":
         v = m["val"]
         vlo, vhi = accuracy_interval(v)
-        facts.append(["validation", f"{_pct(v['accuracy'])} ({_pct(vlo)} to {_pct(vhi)}, n={v['n']})"])
+        words = selection_words(m.get("selection"))
+        shown = f"{_pct(v['accuracy'])} ({_pct(vlo)} to {_pct(vhi)}, n={v['n']})"
+        facts.append(["validation", shown + (f", {words}" if words else "")])
     if "ece" in s:
         facts.append(["calibration", f"ECE {s['ece']:.3f} (15 bins)"])
     facts += [
@@ -507,7 +586,8 @@ def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
         f'<div class="big" id="headline">{_pct(s["accuracy"])}</div>'
         f'<div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> on <b>n={s["n"]}</b> images of {where}; '
         f"one image is {100 / max(s['n'], 1):.1f} points.</div>"
-        f'<dl class="facts">{dl}</dl>'
+        + notice
+        + f'<dl class="facts">{dl}</dl>'
         + (
             f'<p class="auto" id="auto">auto\'s {html.escape(auto)} <a href="#auto-decisions">Why</a></p>'
             if auto

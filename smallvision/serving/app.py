@@ -70,7 +70,9 @@ def _page(name: str) -> bytes:
 
 
 def _model_info(model_dir: Path, classifier: OnnxClassifier, int8: bool, report: Path | None, options) -> dict:
-    """What GET /model answers: the classes, input size, recipe, validation metrics and the export's check."""
+    """What GET /model answers: the classes, input size, recipe, metrics, the page's headline and the export's check."""
+    from smallvision.evaluation.report import headline
+
     card = classifier.card
     record = read_export_json(model_dir / EXPORT_JSON)
     entry = record.get("int8" if int8 else "onnx") or {}
@@ -83,6 +85,7 @@ def _model_info(model_dir: Path, classifier: OnnxClassifier, int8: bool, report:
         "backbones": card.get("backbones"),
         "head": card.get("head"),
         "metrics": card.get("metrics", {}),
+        "headline": headline(card.get("metrics", {})),  # the page's header: test accuracy first, else what chose val
         "export": {
             "file": classifier.path.name,
             "format": "onnx int8" if int8 else "onnx",

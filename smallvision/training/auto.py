@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -377,7 +378,7 @@ def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
     return sub
 
 
-def _features_candidate(cfg, name, size, index, progress, notes, logger) -> Candidate:
+def _features_candidate(cfg, name, size, index, progress, notes, logger, choices: Counter) -> Candidate:
     """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation."""
     lrs = (cfg.recipe.lr,) if "lr" in cfg.recipe.model_fields_set else HEAD_LRS
     tried = []
@@ -391,6 +392,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger) -> Cand
     val, lr, cand_cfg, fs, probs, labels, stage_notes = max(tried, key=lambda t: t[0])  # ties: the first lr
     notes.extend(stage_notes)
     if len(tried) > 1:
+        choices["head_lr"] += 1
         shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
         notes.append(f"auto: {name} head on cached features: kept lr {lr:g} on validation ({shown})")
     model = recipes._pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
@@ -445,7 +447,7 @@ def _guard(run_dir: Path, name: str, start: float, seconds: float, budget: float
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
 
 
-def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger) -> Candidate | None:
+def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, choices) -> Candidate | None:
     """Fine-tuning rounds on the best pretrained candidate, each only while the last one improved validation."""
     from smallvision.models.backbone import freeze
     from smallvision.training.fit import run_stage
@@ -495,6 +497,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
         )
         history += [{**row, "stage": stage} for row in res.history]
         improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
+        choices["finetune_round"] += 1
         notes.append(
             f"auto: fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
             f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
@@ -548,13 +551,16 @@ def _flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> N
         cand.flipped[split] = torch.from_numpy(logits).float().softmax(1).numpy()
 
 
-def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir, start, budget) -> tuple:
-    """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest."""
+def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir, start, budget, choices) -> tuple:
+    """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
+    every comparison on validation is counted in `choices`."""
     ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
     best = ranked[0]
     members, val = [best], best.val
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
     notes.append(f"auto: chose {best.name} among the candidates on validation ({listing})")
+    if len(cands) > 1:
+        choices["candidate"] += 1
     # averaged only with candidates fed the same images (size) whose splits hold the same images in the same order
     same = [
         c
@@ -565,6 +571,7 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
         for combo in itertools.combinations(same, k):
             p = sum(c.probs["val"] for c in combo) / k
             acc = _accuracy(p, best.labels["val"])
+            choices["average"] += 1
             if acc > val + 1e-9:
                 members, val = list(combo), acc
     if len(members) > 1:
@@ -583,6 +590,7 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
             p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
             acc = _accuracy(p, best.labels["val"])
             tta = acc > val + 1e-9
+            choices["tta"] += 1
             notes.append(
                 "auto: test-time augmentation (averaging each image with its mirror image) "
                 + (
@@ -683,18 +691,21 @@ def run_auto(
     notes += [f"auto: {w}" for w in plan["why"]]
     work = _sampled(index, plan["train_cap"], cfg.seed)
     cands: list[Candidate] = []
+    choices: Counter[str] = Counter()  # every decision made on validation, by kind: what the val number was chosen by
     if plan["scratch"] is not None:
         cands += _scratch_candidates(cfg, plan, work, run_dir, start, progress, notes, logger)
     for name in plan["backbones"]:
-        cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger))
+        cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger, choices))
     pretrained = [c for c in cands if c.specs]
     if plan["rounds"] and pretrained:
         base = max(pretrained, key=lambda c: c.val)
-        tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger)
+        tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, choices)
         if tuned is not None:
             cands.append(tuned)
-    members, tta = _choose(cands, plan, work, notes, run_dir, start, budget)
+    members, tta = _choose(cands, plan, work, notes, run_dir, start, budget, choices)
     if work is not index:  # held-out images that failed to decode were dropped from the sample's index only
         kept = {it.digest for it in work.items}
         index.drop({it.digest: "unreadable" for it in index.items if it.split != "train" and it.digest not in kept})
-    return _outcome(members, tta, work, notes)
+    outcome = _outcome(members, tta, work, notes)
+    outcome.selection = dict(choices)
+    return outcome

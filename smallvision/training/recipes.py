@@ -38,6 +38,9 @@ class RecipeOutcome:
     world_size: int = 1  # processes that really trained (Lightning's world size); the features path runs one
     image_size: int | None = None  # the input size the model was trained at, when the recipe chose it (auto)
     tta: str | None = None  # test-time augmentation the saved model applies itself ("hflip"), chosen on validation
+    # decisions made on validation, by kind (auto's head rates, candidates, rounds, averages, flips); beyond them
+    # every recipe keeps its best epoch on validation
+    selection: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:

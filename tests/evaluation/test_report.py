@@ -187,6 +187,52 @@ def test_hymenoptera_report_in_chromium_and_its_aucs_are_sklearns(hymenoptera_ru
     assert 0 <= m["ece"] <= 1 and len(m["calibration_bins"]) >= 1
 
 
+def test_a_validation_headline_says_what_was_chosen_on_it_and_how_to_get_an_untouched_estimate(hymenoptera_run):
+    """No test split: the report's verdict, the terminal summary and metrics.json say the validation number is the
+    best of the epochs in history.csv and name --test-fraction."""
+    run_dir = hymenoptera_run.run_dir
+    epochs = len(_history_rows(run_dir))
+    assert hymenoptera_run.metrics["selection"] == {"split": "val", "choices": epochs, "by": {"epoch": epochs}}
+    said = f"the best of {epochs} epochs on it"
+    page = (run_dir / "report.html").read_text()
+    verdict = page[page.index('id="verdict-card"') : page.index("</dl>")]
+    notice = re.search(r'<div class="notice warn" id="selection">(.*?)</div>', verdict).group(1)
+    assert notice.startswith("Selected on this split, so it flatters the model") and said in notice
+    assert "--test-fraction 0.2" in notice
+    lines = hymenoptera_run.summary().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("val accuracy"))
+    assert said in lines[at + 1] and "--test-fraction 0.2" in lines[at + 1]
+
+
+def test_a_test_headline_says_what_validation_was_chosen_among(run):
+    """With a test split the verdict, the summary and the model card's headline (the served page's header) lead with
+    it; validation's number says it was selected."""
+    from smallvision.evaluation.report import headline
+
+    epochs = len(_history_rows(run.run_dir))  # both stages of finetune: the kept weights are the best of them all
+    assert run.metrics["selection"] == {"split": "val", "choices": epochs, "by": {"epoch": epochs}} and epochs == 6
+    page = (run.run_dir / "report.html").read_text()
+    verdict = page[page.index('id="verdict-card"') : page.index("</dl>")]
+    assert re.search(rf"<dt>validation</dt><dd>[^<]*n=30\), the best of {epochs} epochs on it</dd>", verdict)
+    assert 'id="selection"' not in verdict
+    lines = run.summary().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("test accuracy"))
+    assert lines[at + 1].startswith("val accuracy") and lines[at + 1].endswith(
+        f"selected: the best of {epochs} epochs on it"
+    )
+    assert "--test-fraction" not in "\n".join(lines)
+    card = smallvision.load(run.model_dir)[1].metrics  # what the server's header reads
+    assert card["test_accuracy"] == run.metrics["test_accuracy"] and card["selection"] == run.metrics["selection"]
+    assert headline(card) == (
+        f"test accuracy {100 * run.metrics['test_accuracy']:.1f}% (n=18), untouched until the model was chosen; "
+        f"validation {100 * run.metrics['val_accuracy']:.1f}% (n=30), the best of {epochs} epochs on it"
+    )
+
+
+def _history_rows(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader((run_dir / "history.csv").open()))
+
+
 def test_report_rebuilt_from_files_shows_a_leak_on_the_first_screen(hymenoptera_run, browser, tmp_path):
     from smallvision.evaluation.report import write_report
 

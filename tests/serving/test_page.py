@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import smallvision
 from tests.conftest import skip_unless_ci
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,6 +53,8 @@ def test_page_shows_the_apis_top_class_for_each_uploaded_picture(served, browser
     browser.get(f"{served.url}/")
     wait = WebDriverWait(browser, 60)
     wait.until(lambda d: re.search(r"validation accuracy \d+\.\d%", d.find_element(By.ID, "model-line").text))
+    headline = httpx.get(f"{served.url}/model").json()["headline"]
+    assert "--test-fraction" in headline and headline in browser.find_element(By.ID, "model-line").text
     assert "ants, bees" in browser.find_element(By.ID, "classes").text
     export_line = browser.find_element(By.ID, "export-line").text
     assert "checked against the PyTorch model" in export_line and "top-1 agreement 100.0%" in export_line
@@ -78,14 +82,12 @@ def test_page_shows_the_apis_top_class_for_each_uploaded_picture(served, browser
 
 def test_page_shows_the_http_status_of_a_plain_text_error_and_the_checks_comparison(served, browser, tmp_path):
     """A proxy in front answers /predict with a plain-text 502; export.json's check names what it was compared with."""
-    import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import PlainTextResponse
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from smallvision.serving import create_app
-    from tests.serving.conftest import free_port, wait_until_up
 
     model_dir = tmp_path / "model"
     shutil.copytree(served.model_dir, model_dir)
@@ -99,13 +101,7 @@ def test_page_shows_the_http_status_of_a_plain_text_error_and_the_checks_compari
         return PlainTextResponse("Bad Gateway", status_code=502)
 
     outer.mount("/", create_app(model_dir))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(url, None, None, timeout=30)
+    with _serving(outer) as url:
         browser.get(f"{url}/")
         wait = WebDriverWait(browser, 60)
         wait.until(lambda d: "checked against" in d.find_element(By.ID, "export-line").text)
@@ -115,6 +111,55 @@ def test_page_shows_the_http_status_of_a_plain_text_error_and_the_checks_compari
         status = card.find_element(By.CSS_SELECTOR, ".status").text
         assert status.startswith("Not classified: HTTP 502"), status
         assert "Unexpected token" not in status
+
+
+def test_the_header_quotes_validation_with_what_was_chosen_on_it_when_there_is_no_test_split(served):
+    """few_bees has no test split: GET /model's headline, the page's header, says validation's number is the best of
+    the epochs in the run's history.csv and how to get an untouched estimate."""
+    info = httpx.get(f"{served.url}/model").json()
+    epochs = len((served.model_dir.parent / "history.csv").read_text().splitlines()) - 1
+    assert info["metrics"]["selection"] == {"split": "val", "choices": epochs, "by": {"epoch": epochs}}
+    headline = info["headline"]
+    assert headline.startswith(f"validation accuracy {100 * info['metrics']['val_accuracy']:.1f}% (n=10), selected on")
+    assert f"the best of {epochs} epochs on it" in headline and "--test-fraction 0.2" in headline
+    assert "model.headline" in httpx.get(f"{served.url}/page.js").text
+
+
+@pytest.mark.slow
+def test_the_header_quotes_the_untouched_test_split_when_there_is_one(shapes_data, tmp_path):
+    """A model trained with a test split: its served header leads with the test accuracy the run measured, and says
+    what the validation number was chosen among (slow: training and exporting its own model, a minute under load;
+    tests/evaluation/test_report.py checks the same line from a test-split run's card in the default suite)."""
+    from smallvision.serving import create_app
+
+    run = smallvision.train(
+        shapes_data, recipe="features", image_size=64, epochs=3, out=tmp_path / "run", report=False, progress=False
+    )
+    smallvision.export(run.model_dir)
+    with _serving(create_app(run.model_dir)) as url:
+        headline = httpx.get(f"{url}/model").json()["headline"]
+    m = run.metrics
+    assert headline == (
+        f"test accuracy {100 * m['test_accuracy']:.1f}% (n=18), untouched until the model was chosen; "
+        f"validation {100 * m['val_accuracy']:.1f}% (n=30), the best of 3 epochs on it"
+    )
+
+
+@contextmanager
+def _serving(app):
+    """`app` served by uvicorn in a thread on a free port; its URL."""
+    import uvicorn
+
+    from tests.serving.conftest import free_port, wait_until_up
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(url, None, None, timeout=30)
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=30)

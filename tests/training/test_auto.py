@@ -60,6 +60,40 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert card.image_size == plan["size"] or card.image_size == (plan["scratch"] or {}).get("size")
 
 
+def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_path):
+    """Every decision auto made on validation is counted once in metrics.json and the model card; the terminal summary
+    and the report quote the untouched test split first and that count beside validation's number."""
+    from math import comb
+
+    from smallvision.evaluation.report import write_report
+
+    notes, plan = first.notes, _plan(first.run_dir)
+    chose = next(n for n in notes if n.startswith("auto: chose "))
+    candidates = chose[chose.index("(") + 1 : -1].split(", ")  # all at one size here, so every pair and trio averaged
+    expected = {
+        "head_lr": len(plan["backbones"]),  # two head rates tried per backbone (--lr not set)
+        "finetune_round": sum(n.startswith("auto: fine-tuning round ") for n in notes),
+        "candidate": 1,
+        "average": comb(len(candidates), 2) + comb(len(candidates), 3),
+        "tta": sum(n.startswith("auto: test-time augmentation (") for n in notes),
+    }
+    expected = {k: v for k, v in expected.items() if v}
+    selection = first.metrics["selection"]
+    assert selection == {"split": "val", "choices": sum(expected.values()), "by": expected}
+    assert json.loads((first.run_dir / "metrics.json").read_text())["selection"] == selection
+    card = smallvision.load(first.model_dir)[1].metrics
+    assert card["selection"] == selection and card["test_accuracy"] == first.metrics["test_accuracy"]
+    said = f"the best of {selection['choices']} choices made on it (head learning rate {expected['head_lr']}, "
+    lines = first.summary().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("test accuracy"))
+    assert lines[at + 1].startswith("val accuracy") and said in lines[at + 1]
+    run_dir = tmp_path / "run"
+    shutil.copytree(first.run_dir, run_dir)
+    page = write_report(run_dir).read_text()
+    verdict = page[page.index('id="verdict-card"') : page.index("</dl>")]
+    assert ">Test accuracy<" in verdict and said in verdict
+
+
 def test_the_same_seed_gives_the_same_plan_and_the_same_model(first, shapes_data, tmp_path):
     result = first
     again = smallvision.train(shapes_data, out=tmp_path / "b", **FAST)

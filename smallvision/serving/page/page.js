@@ -17,10 +17,8 @@ async function describeModel() {
   try {
     const response = await fetch("model");
     const model = await response.json();
-    const accuracy = model.metrics && typeof model.metrics.val_accuracy === "number"
-      ? `validation accuracy ${(100 * model.metrics.val_accuracy).toFixed(1)}%` : "no validation accuracy recorded";
     document.getElementById("model-line").textContent =
-      `${model.name}: ${model.recipe || "model"} at ${model.image_size} px, ${accuracy}`;
+      `${model.name}: ${model.recipe || "model"} at ${model.image_size} px, ${model.headline}`;
     document.getElementById("classes").textContent = `Classes: ${model.classes.join(", ")}`;
     const check = model.export && model.export.check;
     if (check) {
