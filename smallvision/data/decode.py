@@ -25,7 +25,29 @@ warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 class ImageDecodeError(SmallvisionError):
-    """A file that is not a usable image; the message says why."""
+    """A file that is not a usable image; the message says why.
+
+    `transient`: the failure says nothing about the file's content (it could not be read, memory ran out), so a
+    cache must not remember it: a later run tries again.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self._transient = transient
+
+    @property
+    def transient(self) -> bool:
+        """True when a later attempt on the same bytes may succeed (a read error, or memory running out)."""
+        return self._transient or isinstance(self.__cause__, MemoryError)
+
+
+def decoder_version() -> str:
+    """The decoder a remembered decode failure holds for: Pillow, its codecs and its pixel limit (read at each call)."""
+    import PIL
+    from PIL import features
+
+    codecs = ", ".join(f"{c} {features.version(c)}" for c in ("jpg", "zlib", "libtiff", "webp"))
+    return f"Pillow {PIL.__version__} ({codecs}), limit {Image.MAX_IMAGE_PIXELS} px"
 
 
 def content_digest(data: bytes) -> str:
@@ -85,5 +107,5 @@ def decode_file(path: str | Path, size: int) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ImageDecodeError(f"{path}: cannot read file ({e.strerror or e})") from e
+        raise ImageDecodeError(f"{path}: cannot read file ({e.strerror or e})", transient=True) from e
     return decode_bytes(data, size, str(path))
