@@ -214,7 +214,7 @@ def fill_store(
     for start in range(0, len(positions), chunk):
         part = positions[start : start + chunk]
         rows, failed = compute(part)
-        transient = getattr(failed, "transient", set())
+        transient = failed.transient if isinstance(failed, Failures) else set()
         ok_keys = [keys[p] for p in part if p not in failed]
         store.put(ok_keys, rows, {keys[p]: reason for p, reason in failed.items() if p not in transient})
         passing.update({keys[p]: failed[p] for p in transient})
@@ -233,7 +233,7 @@ def decoded_images(
     paths: Sequence[Path], digests: Sequence[str], size: int, *, progress: bool = True
 ) -> tuple[np.ndarray, Failures]:
     """Decode each file once per (content, size): (uint8 N_ok x size x size x 3, {position: failure reason})."""
-    store, compute = _image_filler(paths, size, progress)
+    store, compute = _image_filler(paths, digests, size, progress)
     passing = fill_store(store, digests, compute)
     failures = Failures(
         {pos: reason for pos, d in enumerate(digests) if (reason := store.failure(d) or passing.get(d)) is not None},
@@ -245,13 +245,13 @@ def decoded_images(
 
 def cache_images(paths: Sequence[Path], digests: Sequence[str], size: int, *, progress: bool = True) -> int:
     """Fill the image cache for these files without loading them all (memory stays at one chunk); return failures."""
-    store, compute = _image_filler(paths, size, progress)
+    store, compute = _image_filler(paths, digests, size, progress)
     passing = fill_store(store, digests, compute)
     return sum(store.failure(d) is not None or d in passing for d in digests)
 
 
-def _image_filler(paths: Sequence[Path], size: int, progress: bool):
-    """The image store for `size` and the function that decodes positions of `paths` into it."""
+def _image_filler(paths: Sequence[Path], digests: Sequence[str], size: int, progress: bool):
+    """The image store for `size` and the function that decodes positions of `paths` (with those `digests`) into it."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -263,7 +263,7 @@ def _image_filler(paths: Sequence[Path], size: int, progress: bool):
     def compute(positions: list[int]) -> tuple[np.ndarray, Failures]:
         def one(pos: int) -> np.ndarray | ImageDecodeError:
             try:
-                return decode_file(paths[pos], size)
+                return decode_file(paths[pos], size, digests[pos])
             except ImageDecodeError as e:
                 return e
 

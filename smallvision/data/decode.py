@@ -101,11 +101,16 @@ def decode_bytes(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
         raise ImageDecodeError(f"{name}: unreadable image data ({type(e).__name__}: {e})") from e
 
 
-def decode_file(path: str | Path, size: int) -> np.ndarray:
-    """Decode an image file into a (size, size, 3) uint8 array."""
+def decode_file(path: str | Path, size: int, digest: str | None = None) -> np.ndarray:
+    """Decode an image file into a (size, size, 3) uint8 array; given its content `digest`, only those bytes (all a
+    cache keyed by it may store: a file rewritten since it was scanned, or a short read, is a transient error)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"{path}: cannot read file ({e.strerror or e})", transient=True) from e
+    if digest is not None and content_digest(data) != digest:
+        raise ImageDecodeError(
+            f"{path}: read other bytes than when it was scanned (changed, or a short read)", transient=True
+        )
     return decode_bytes(data, size, str(path))

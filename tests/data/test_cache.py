@@ -41,11 +41,22 @@ def _once(monkeypatch, owner, name: str, error: BaseException, when) -> None:
     monkeypatch.setattr(owner, name, patched)
 
 
-@pytest.mark.parametrize("cause", ["read error", "out of memory"])
+@pytest.mark.parametrize("cause", ["read error", "short read", "out of memory"])
 def test_a_transient_failure_is_reported_once_and_decoded_next_run(images, monkeypatch, caplog, cause):
     paths, digests = images
     if cause == "read error":  # the disk fails this file's read once
         _once(monkeypatch, Path, "read_bytes", OSError(errno.EIO, "Input/output error"), lambda a: a[0] == paths[0])
+    elif cause == "short read":  # the disk returns half of this file's bytes once, and no error
+        real_read, cut = Path.read_bytes, []
+
+        def read_bytes(self: Path) -> bytes:
+            data = real_read(self)
+            if self == paths[0] and not cut:
+                cut.append(self)
+                return data[: len(data) // 2]
+            return data
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
     else:  # the decoder runs out of memory on this file's bytes once
         first = paths[0].read_bytes()
         _once(monkeypatch, Image, "open", MemoryError(), lambda a: a[0].getvalue() == first)
