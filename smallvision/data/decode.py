@@ -25,7 +25,29 @@ warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 class ImageDecodeError(SmallvisionError):
-    """A file that is not a usable image; the message says why."""
+    """A file that is not a usable image; the message says why.
+
+    `transient`: the failure says nothing about the file's content (it could not be read, memory ran out), so a
+    cache must not remember it: a later run tries again.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self._transient = transient
+
+    @property
+    def transient(self) -> bool:
+        """True when a later attempt on the same bytes may succeed (a read error, or memory running out)."""
+        return self._transient or isinstance(self.__cause__, MemoryError)
+
+
+def decoder_version() -> str:
+    """The decoder a remembered decode failure holds for: Pillow, its codecs and its pixel limit (read at each call)."""
+    import PIL
+    from PIL import features
+
+    codecs = ", ".join(f"{c} {features.version(c)}" for c in ("jpg", "zlib", "libtiff", "webp"))
+    return f"Pillow {PIL.__version__} ({codecs}), limit {Image.MAX_IMAGE_PIXELS} px"
 
 
 def content_digest(data: bytes) -> str:
@@ -79,11 +101,16 @@ def decode_bytes(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
         raise ImageDecodeError(f"{name}: unreadable image data ({type(e).__name__}: {e})") from e
 
 
-def decode_file(path: str | Path, size: int) -> np.ndarray:
-    """Decode an image file into a (size, size, 3) uint8 array."""
+def decode_file(path: str | Path, size: int, digest: str | None = None) -> np.ndarray:
+    """Decode an image file into a (size, size, 3) uint8 array; given its content `digest`, only those bytes (all a
+    cache keyed by it may store: a file rewritten since it was scanned, or a short read, is a transient error)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ImageDecodeError(f"{path}: cannot read file ({e.strerror or e})") from e
+        raise ImageDecodeError(f"{path}: cannot read file ({e.strerror or e})", transient=True) from e
+    if digest is not None and content_digest(data) != digest:
+        raise ImageDecodeError(
+            f"{path}: read other bytes than when it was scanned (changed, or a short read)", transient=True
+        )
     return decode_bytes(data, size, str(path))

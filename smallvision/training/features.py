@@ -15,7 +15,7 @@ from importlib.metadata import version
 
 import numpy as np
 
-from smallvision.data.cache import ShardedStore, cache_root, decoded_images, fill_store, key_of
+from smallvision.data.cache import Failures, ShardedStore, cache_root, decoded_images, fill_store, key_of
 from smallvision.data.decode import RESIZE_POLICY
 from smallvision.data.scan import ImageItem
 from smallvision.models.weights import WeightsSpec
@@ -162,23 +162,21 @@ def cached_features(
                 if building is not None:
                     state["backbone"], state["form"] = building.result()
             feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
-            return feats, {positions[i]: reason for i, reason in failed.items()}
+            reasons = {positions[i]: reason for i, reason in failed.items()}
+            return feats, Failures(reasons, transient=[positions[i] for i in failed.transient])
 
+        store.verify(digests)  # a corrupt shard is deleted here, so its rows count as computed below
         before = len(set(store.missing(digests)))
-        fill_store(store, digests, compute)
+        passing = fill_store(store, digests, compute)
         computed = max(computed, before)
-        failures.update({d: r for d in digests if (r := store.failure(d)) is not None})
+        failures.update({d: r for d in digests if (r := store.failure(d) or passing.get(d)) is not None})
         per_backbone.append(store)
         if "backbone" in state:
             built[spec.fingerprint + spec.backbone] = state["backbone"]
 
     good = [it for it in items if it.digest not in failures]
-    parts = []
-    for store in per_backbone:
-        arr = store.get([it.digest for it in good])
-        if arr is None:
-            raise RuntimeError("feature cache changed while reading it; run again")
-        parts.append(np.asarray(arr, dtype=np.float32))
+    keys = [it.digest for it in good]
+    parts = [np.asarray(store.read(keys), dtype=np.float32) for store in per_backbone] if keys else []
     feats = np.concatenate(parts, axis=1) if parts else np.zeros((0, 0), np.float32)
     return CachedFeatures(good, feats, failures, computed, len(set(digests)), built)
 

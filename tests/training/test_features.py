@@ -15,7 +15,7 @@ from PIL import Image
 import smallvision
 from smallvision.data.cache import ShardedStore, fill_store
 from tests.conftest import shared_dataset
-from tests.imagegen import make_split_dataset
+from tests.imagegen import make_class_folder, make_split_dataset
 from tests.runs import history_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,3 +123,38 @@ def test_unicode_and_space_laden_names_train_and_predict(tmp_path):
     assert r.metrics["data"]["counts"]["train"] == {"ñandú bird": 4, "蜜蜂": 5}
     (pred,) = smallvision.predict(r.model_dir, odd, top_k=2)
     assert pred.path == str(odd) and {c for c, _ in pred.top} == {"ñandú bird", "蜜蜂"}
+
+
+def test_corrupt_feature_shard_and_unreadable_file_are_rebuilt_and_retried(tmp_path, fresh_cache, monkeypatch, caplog):
+    from smallvision.data.scan import scan
+    from smallvision.models.weights import resolve_weights
+    from smallvision.training.features import cached_features
+
+    items = scan(make_class_folder(tmp_path / "data", per_class=2)).items
+    spec = resolve_weights("efficientnet_lite0")
+    real_read, flaky = Path.read_bytes, items[0].path
+
+    def read_bytes(self: Path) -> bytes:
+        if self == flaky and not fired:
+            fired.append(self)
+            raise OSError(5, "Input/output error")
+        return real_read(self)
+
+    fired: list[Path] = []
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    first = cached_features(items, [spec], 32, "avg", precision="32-true", progress=False)
+    assert list(first.failures) == [items[0].digest] and len(first.items) == 5
+    shards = sorted((fresh_cache / "features").rglob("shard-*.npy"))
+    for shard in shards:
+        raw = bytearray(shard.read_bytes())
+        raw[-1] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="smallvision.data.cache"):
+        again = cached_features(items, [spec], 32, "avg", precision="32-true", progress=False, built=first.built)
+    assert again.failures == {} and again.computed == 6, "the file is read again, the corrupt shard rebuilt"
+    assert np.allclose(again.features[1:], first.features, atol=1e-5)
+    assert all(any(s.name in r.getMessage() and "rebuilt" in r.getMessage() for r in caplog.records) for s in shards)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="smallvision.data.cache"):
+        last = cached_features(items, [spec], 32, "avg", precision="32-true", progress=False)
+    assert last.computed == 0 and not caplog.records and np.array_equal(last.features, again.features)
