@@ -153,6 +153,9 @@ def run_compare(
 ) -> dict[str, Any]:
     """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once.
 
+    Every run trains on one split: the first run's, recorded as COMPARE_DIR/split.csv; the chosen run's test split is
+    read from its own split.csv (the same one).
+
     `run_log` gets the compare's log lines and warnings in COMPARE_DIR/compare.log (each run keeps its own run.log).
     """
     from smallvision import api
@@ -169,6 +172,7 @@ def run_compare(
         out.mkdir(parents=True, exist_ok=True)
         run_log.attach(out / "compare.log")
     rows, histories = [], {}
+    record = out / "split.csv"  # the first run's split: every later run trains on it, even if the folder changes
     seconds: dict[str, list[float]] = {}  # the finished runs' seconds, by recipe
     for number, plan in enumerate(todo, 1):
         run_dir = out / "runs" / plan.name
@@ -179,8 +183,11 @@ def run_compare(
             resume = run_dir if (run_dir / "config.yaml").exists() else None
             left = time_left(todo[number - 1 :], seconds)
             log.info("run %d/%d: %s%s — %s", number, len(todo), "resuming " if resume else "", shown, left)
-            kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **common, **plan.options}
+            shared = {"split_from": record} if record.is_file() else {}
+            kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **shared, **common, **plan.options}
             api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
+        if not record.is_file() and (run_dir / "split.csv").is_file():
+            atomic.write_bytes(record, (run_dir / "split.csv").read_bytes())
         m = api.read_metrics(run_dir)
         seconds.setdefault(plan.recipe, []).append(m["seconds"])
         rows.append(

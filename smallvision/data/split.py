@@ -141,21 +141,28 @@ class SplitChanges:
     missing: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     root: Path = Path()
+    classes: list[str] = field(default_factory=list)  # what the new items' labels index
 
     def new_paths(self) -> list[str]:
         """The new files' paths, relative to the data root."""
         return [_relative(it.path, self.root) for it in self.new]
 
-    def describe(self) -> str:
-        """One line naming what changed since the record was written (empty when nothing did)."""
+    def new_line(self) -> str:
+        """How many files are new since training, and the first few (empty when none)."""
+        return f"{len(self.new)} file(s) new since training ({_listing(self.new_paths())})" if self.new else ""
+
+    def lost_line(self) -> str:
+        """Which recorded files are missing or changed content (empty when none)."""
         parts = []
-        if self.new:
-            parts.append(f"{len(self.new)} file(s) new since training ({_listing(self.new_paths())})")
         if self.missing:
             parts.append(f"{len(self.missing)} recorded file(s) missing ({_listing(self.missing)})")
         if self.changed:
             parts.append(f"{len(self.changed)} recorded file(s) changed content ({_listing(self.changed)})")
         return "; ".join(parts)
+
+    def describe(self) -> str:
+        """One line naming what changed since the record was written (empty when nothing did)."""
+        return "; ".join(p for p in (self.new_line(), self.lost_line()) if p)
 
     def as_dict(self) -> dict[str, list[str]]:
         """The changes as plain lists of relative paths (for JSON)."""
@@ -174,7 +181,7 @@ def recorded_index(rows: list[dict[str, str]], found: DatasetIndex, record: Path
         if by_digest.get(row["digest"]) != "train":
             by_digest[row["digest"]] = row["split"]
     classes = sorted({row["label"] for row in rows})
-    changes = SplitChanges(record, root=found.root)
+    changes = SplitChanges(record, root=found.root, classes=found.classes)
     items, seen = [], set()
     for it in found.items:
         rel = _relative(it.path, found.root)
@@ -191,3 +198,13 @@ def recorded_index(rows: list[dict[str, str]], found: DatasetIndex, record: Path
     changes.missing = [row["path"] for row in rows if row["path"] not in seen]
     note = f"split as recorded in {record} ({len(rows)} files)"
     return dataclasses.replace(found, classes=classes, items=items, notes=[note]), changes
+
+
+def with_new(index: DatasetIndex, changes: SplitChanges, split: str) -> DatasetIndex:
+    """The index with the files new since the record added to `split` (classes extended by any new class folder)."""
+    classes = sorted(set(index.classes) | {changes.classes[it.label] for it in changes.new})
+    items = [dataclasses.replace(it, label=classes.index(index.classes[it.label])) for it in index.items]
+    items += [
+        dataclasses.replace(it, split=split, label=classes.index(changes.classes[it.label])) for it in changes.new
+    ]
+    return dataclasses.replace(index, classes=classes, items=items)
