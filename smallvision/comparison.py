@@ -142,6 +142,27 @@ def time_left(plans_left: list[Plan], seconds: dict[str, list[float]]) -> str:
     return f"about {_duration(total)} left"
 
 
+def _train_plan(plan: Plan, numbered: str, left: str, run_dir: Path, data, progress: bool, common: dict) -> None:
+    """Train one planned run on the compare's recorded split (resuming it when interrupted), or skip it when finished.
+
+    The first run's split.csv becomes COMPARE_DIR/split.csv, and every later run trains on it, even when photos were
+    added to the folder meanwhile."""
+    from smallvision import api
+
+    record = run_dir.parents[1] / "split.csv"
+    shown = " ".join([plan.recipe, *(f"{k}={v}" for k, v in plan.options.items())])
+    if (run_dir / "metrics.json").exists():
+        log.info("%s: %s finished before; skipping it", numbered, shown)
+    else:
+        resume = run_dir if (run_dir / "config.yaml").exists() else None
+        log.info("%s: %s%s — %s", numbered, "resuming " if resume else "", shown, left)
+        shared = {"split_from": record} if record.is_file() else {}
+        kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **shared, **common, **plan.options}
+        api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
+    if not record.is_file() and (run_dir / "split.csv").is_file():
+        atomic.write_bytes(record, (run_dir / "split.csv").read_bytes())
+
+
 def run_compare(
     data: str | Path,
     out: str | Path,
@@ -172,22 +193,11 @@ def run_compare(
         out.mkdir(parents=True, exist_ok=True)
         run_log.attach(out / "compare.log")
     rows, histories = [], {}
-    record = out / "split.csv"  # the first run's split: every later run trains on it, even if the folder changes
     seconds: dict[str, list[float]] = {}  # the finished runs' seconds, by recipe
     for number, plan in enumerate(todo, 1):
         run_dir = out / "runs" / plan.name
-        shown = " ".join([plan.recipe, *(f"{k}={v}" for k, v in plan.options.items())])
-        if (run_dir / "metrics.json").exists():
-            log.info("run %d/%d: %s finished before; skipping it", number, len(todo), shown)
-        else:
-            resume = run_dir if (run_dir / "config.yaml").exists() else None
-            left = time_left(todo[number - 1 :], seconds)
-            log.info("run %d/%d: %s%s — %s", number, len(todo), "resuming " if resume else "", shown, left)
-            shared = {"split_from": record} if record.is_file() else {}
-            kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **shared, **common, **plan.options}
-            api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
-        if not record.is_file() and (run_dir / "split.csv").is_file():
-            atomic.write_bytes(record, (run_dir / "split.csv").read_bytes())
+        left = time_left(todo[number - 1 :], seconds)
+        _train_plan(plan, f"run {number}/{len(todo)}", left, run_dir, data, progress, common)
         m = api.read_metrics(run_dir)
         seconds.setdefault(plan.recipe, []).append(m["seconds"])
         rows.append(
