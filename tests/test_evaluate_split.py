@@ -135,6 +135,9 @@ def test_resume_refuses_when_a_recorded_file_changed(single_folder_run, tmp_path
     with pytest.raises(SmallvisionError) as e:
         api.train(resume=_unfinished(run_dir), progress=False, report=False)
     assert f"1 recorded file(s) missing ({train[0]})" in str(e.value) and "put those files back" in str(e.value)
+    (run_dir / "split.csv").write_text("path,split\nx.png,train\n")  # not a record smallvision wrote: named
+    with pytest.raises(SmallvisionError, match=r"split.csv: not a split record smallvision wrote"):
+        api.train(resume=run_dir, progress=False, report=False)
     (run_dir / "split.csv").unlink()  # a run started before splits were recorded cannot continue on its split
     with pytest.raises(SmallvisionError, match=r"no split.csv there .*--out NEW_FOLDER"):
         api.train(resume=run_dir, progress=False, report=False)

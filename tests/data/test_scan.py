@@ -98,6 +98,13 @@ def test_identical_content_lands_in_one_split(tmp_path):
     assert len(splits) == 40 and all(len(s) == 1 for s in splits.values())
 
 
+def test_a_class_the_fraction_would_empty_keeps_its_training_minimum(tmp_path):
+    """The hash rule may pick every image of a small class; the highest-hash ones go back to train."""
+    make_class_folder(tmp_path, 2, classes=("a", "b"), seed=1)
+    index = scan(tmp_path, SplitPlan(val_fraction=0.9, seed=0))
+    assert _counts(index, "train") == {"a": 1, "b": 1} and _counts(index, "val") == {"a": 1, "b": 1}
+
+
 def test_too_small_class_is_a_clear_error(tmp_path):
     make_class_folder(tmp_path, 10, classes=("big", "other"), seed=1)
     make_class_folder(tmp_path, 3, classes=("tiny",), seed=2)
