@@ -756,7 +756,7 @@ def _own_split(run_config: Path, found, split: str | None, include_new: bool):
 
 
 def _recorded_split(run_dir: Path, found, fix: str):
-    """The run's recorded split over the folder `found` as scanned now, and what changed since (logged)."""
+    """The run's recorded split over the folder `found` as scanned now, and what changed since."""
     from smallvision.data.split import read_record, recorded_index
 
     record = run_dir / "split.csv"
@@ -765,10 +765,7 @@ def _recorded_split(run_dir: Path, found, fix: str):
             f"{run_dir}: no split.csv, so the run's split is unknown (an older smallvision trained it without "
             f"recording its split, and carving again today would give another one); {fix}"
         )
-    index, changes = recorded_index(read_record(record), found, record)
-    if changes.describe():
-        log.warning("warning: %s: %s", found.root, changes.describe())
-    return index, changes
+    return recorded_index(read_record(record), found, record)
 
 
 def _other_folder(found, split: str | None, run_config: Path | None, run_data: Path | None, model_dir: Path):
@@ -842,7 +839,11 @@ def export(
         except SmallvisionError as e:
             raise SmallvisionError(f"{model_dir}: {data_missing_hint(cfg.data.path, int8)} ({e})") from e
         fix = "retrain it to export with --int8" if int8 else "pass --check-images DIR to check the export on"
-        index = _recorded_split(run_config.parent, found, fix)[0]
+        index, changes = _recorded_split(run_config.parent, found, fix)
+        if changes.describe():
+            log.warning(
+                "warning: %s: %s; the export is checked on the run's recorded split", found.root, changes.describe()
+            )
     return export_model(
         model_dir,
         format,

@@ -385,7 +385,7 @@ def test_too_few_check_images_are_refused(models, shapes_data, tmp_path, count):
     assert not dest.exists()
 
 
-def test_the_check_uses_the_run_s_recorded_val_split_not_photos_added_since(models, shapes_data, tmp_path):
+def test_the_check_uses_the_run_s_recorded_val_split_not_photos_added_since(models, shapes_data, tmp_path, caplog):
     """Photos added to the run's data folder after training stay out of the export's check; a run with no
     split.csv (an older smallvision) is refused, naming --check-images."""
     trained = models("scratch").parent
@@ -395,7 +395,7 @@ def test_the_check_uses_the_run_s_recorded_val_split_not_photos_added_since(mode
     config.write_text(config.read_text().replace(str(shapes_data), str(data)))
     make_class_folder(data / "val", 4, seed=21)  # 12 val photos added since training
     check = smallvision.export(run / "model")["record"]["onnx"]["check"]
-    assert check["images"] == 30 and check["passed"]
+    assert check["images"] == 30 and check["passed"] and "12 file(s) new since training (val/circle/" in caplog.text
     (run / "split.csv").unlink()
     with pytest.raises(SmallvisionError, match=r"no split.csv.*pass --check-images DIR"):
         smallvision.export(run / "model")
