@@ -74,10 +74,13 @@ def carve(items: list[ImageItem], classes: list[str], plan: SplitPlan, test: boo
     notes = []
     for k, (split, fraction, minimum) in enumerate(steps):
         reserve = plan.min_train_per_class + sum(m for _, _, m in steps[k + 1 :])
+        by_class: dict[int, list[str]] = {c: [] for c in range(len(classes))}
+        for it in items:
+            if it.split == "train":
+                by_class[it.label].append(it.digest)
         chosen: set[str] = set()
         for c, name in enumerate(classes):
-            digests = [it.digest for it in items if it.split == "train" and it.label == c]
-            chosen.update(_pick(digests, fraction, minimum, reserve, plan.seed, split, name))
+            chosen.update(_pick(by_class[c], fraction, minimum, reserve, plan.seed, split, name))
         for it in items:
             if it.split == "train" and it.digest in chosen:
                 it.split = split
