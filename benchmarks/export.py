@@ -22,7 +22,8 @@ from tables import RESULTS, emit
 
 import smallvision
 from smallvision import exporting, runtime
-from smallvision.api import _run_config, _scan, make_config
+from smallvision.data.scan import scan
+from smallvision.data.split import read_record, recorded_index
 from smallvision.models.inference import inference_form, run_batches
 from smallvision.prediction import probabilities
 
@@ -63,7 +64,9 @@ def main() -> None:
     export_s = time.perf_counter() - start
     record = result["record"]
     network, card = smallvision.load(model_dir)
-    val = exporting.split_images(card, _scan(make_config(config=_run_config(model_dir))), "val", 10_000, "benchmark")
+    split_csv = model_dir.parent / "split.csv"  # the run's own val split, as export's check reads it
+    index = recorded_index(read_record(split_csv), scan(DATA, carve=False), split_csv)[0]
+    val = exporting.split_images(card, index, "val", 10_000, "benchmark")
 
     # smallvision's fast form is made for a frozen backbone (the features path): the head stays fp32 after it.
     fast = inference_form(network.backbones[0], (3, card.image_size, card.image_size), BATCH)

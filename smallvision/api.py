@@ -242,11 +242,14 @@ def train(
     evaluate_test: bool = True,
     report: bool = True,
     strict: bool = False,
+    split_from: str | Path | None = None,
     **kwargs: Any,
 ) -> TrainResult | None:
     """Train a classifier on a folder of class folders; write the run folder; return its results.
 
-    `resume=RUN_DIR` continues an interrupted run from its checkpoints with its recorded config. Under torchrun
+    `resume=RUN_DIR` continues an interrupted run from its checkpoints with its recorded config and split
+    (RUN_DIR/split.csv), refused when a recorded file is missing or changed. `split_from` trains on the split recorded
+    in that split.csv instead of carving one (compare's runs share one split). Under torchrun
     only rank 0 writes results and gets a TrainResult; the other ranks get None. `evaluate_test=False` leaves the
     test split untouched (compare tests only the run it chooses); `report=False` skips figures and report.html.
     Identical files in two splits are a warning, or with `strict` an error.
@@ -255,15 +258,17 @@ def train(
 
     start = time.perf_counter()
     if not is_rank_zero():
-        return _train(data, resume, progress, evaluate_test, report, strict, start, None, None, kwargs)
+        return _train(data, resume, split_from, progress, evaluate_test, report, strict, start, None, None, kwargs)
     from smallvision.evaluation.worker import ReportWorker
     from smallvision.runlog import RunLog
 
     with RunLog() as run_log, ReportWorker() as worker:
-        return _train(data, resume, progress, evaluate_test, report, strict, start, worker, run_log, kwargs)
+        return _train(data, resume, split_from, progress, evaluate_test, report, strict, start, worker, run_log, kwargs)
 
 
-def _train(data, resume, progress, evaluate_test, report, strict, start, worker, run_log, kwargs) -> TrainResult | None:
+def _train(
+    data, resume, split_from, progress, evaluate_test, report, strict, start, worker, run_log, kwargs
+) -> TrainResult | None:
     from smallvision.training.distributed import is_rank_zero
     from smallvision.training.trackers import log_final, make_logger, process_state, remember
 
@@ -279,15 +284,20 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
                 f"--config {saved} --out NEW_FOLDER (plus the options to change)"
             )
         kwargs = {**kwargs, "config": saved, "out": resume}
+        split_from = _resume_record(Path(resume), split_from)
     values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
     cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
-    index = _scan(cfg)
+    index = _scan(cfg) if split_from is None else _train_on_record(cfg, Path(split_from), resume is not None)
     _refuse_unused_split_options(values.get("data", {}), index)
     check_summary = _precheck(index, strict)
     with process_state(cfg.trainer.logger):  # MLflow's global URI and environment are the user's again after
         tracker = make_logger(cfg.trainer.logger, run_dir) if is_rank_zero() else None  # a missing package: refused
         if is_rank_zero():  # only now: a start that fails on its data leaves no unfinished run to --resume
+            if resume is None:  # before config.yaml: a run folder with a config always has its split
+                from smallvision.data.split import write_record
+
+                write_record(index, run_dir / "split.csv")
             atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
             run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
         if tracker is not None:
@@ -306,6 +316,39 @@ def _train(data, resume, progress, evaluate_test, report, strict, start, worker,
             if tracker is not None:
                 tracker.finalize(status)
     return result
+
+
+def _resume_record(run_dir: Path, split_from: str | Path | None) -> Path:
+    """The split record a resumed run trains on: its own split.csv, refused when absent or when another is given."""
+    if split_from is not None:
+        raise SmallvisionError(f"--resume {run_dir} trains on the run's own split.csv; it cannot take split_from too")
+    record = run_dir / "split.csv"
+    if not record.is_file():
+        raise SmallvisionError(
+            f"--resume {run_dir}: no split.csv there (the run was started by an older smallvision, which did not "
+            "record its split, and today's carving differs), so the run cannot continue on its own split. Start a "
+            f"new run: smallvision train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
+        )
+    return record
+
+
+def _train_on_record(cfg: RunConfig, record: Path, resume: bool):
+    """The index of a split record over the data folder as it is now, refused when a recorded file is missing or
+    changed (the run would train or select on another split); files new since are named and left out."""
+    from smallvision.data.scan import scan
+    from smallvision.data.split import read_record, recorded_index
+
+    index, changes = recorded_index(read_record(record), scan(cfg.data.path, carve=False), record)
+    if changes.missing or changes.changed:
+        what = f"--resume {Path(cfg.out)}" if resume else f"training on the split recorded in {record}"
+        raise SmallvisionError(
+            f"{what}: the data folder {cfg.data.path} changed since the split was recorded: {changes.describe()}. "
+            "The run would train on another split than it was started on; put those files back as they were, or "
+            "start a new run (smallvision train --config RUN/config.yaml --out NEW_FOLDER)"
+        )
+    if changes.new:
+        log.warning("warning: %s: left out, the run keeps its recorded split (%s)", changes.describe(), record)
+    return index
 
 
 def _train_run(
@@ -625,15 +668,17 @@ def evaluate(
     split: str | None = None,
     tta: bool = False,
     config: str | Path | None = None,
+    include_new: bool = False,
 ) -> Evaluation:
     """Metrics of a saved model on a folder of class folders (classes matched by name), never on its training images
     unless asked.
 
-    The run's config (`config`, else the config.yaml of the model's run folder) repeats the run's split plan on its
-    own data folder: its test split is evaluated, else its val split. A folder with test/ or val/ folders gives
-    those. Another single folder is scored whole only when none of its images is in the run's training split
-    (compared by content). `split` asks for one split (train, val, test) or "all" (every image). The result says
-    which split and why.
+    On the run's own data folder (or with `config`, a run's config.yaml) the split recorded in the run folder's
+    split.csv is used: its test split is evaluated, else its val split. Files new since training are named and left
+    out unless `include_new`; recorded files now missing or changed are named. A folder with test/ or val/ folders
+    gives those. Another single folder is scored whole only when none of its images is in the run's recorded
+    training split (compared by content). `split` asks for one split (train, val, test) or "all" (every image). The
+    result says which split and why; "split_changes" lists the new, missing and changed files.
     """
     from smallvision.data.cache import decoded_images
     from smallvision.evaluation.metrics import classification_metrics
@@ -641,9 +686,14 @@ def evaluate(
 
     if split not in (None, "all", "train", "val", "test"):
         raise SmallvisionError(f"split {split!r}: use train, val, test or all")
+    if include_new and split == "all":
+        raise SmallvisionError(
+            "--include-new adds the files new since training to the run's own split; --split all scores every image "
+            "already: drop one of them"
+        )
     start = time.perf_counter()
     model, card = load(model_dir)
-    index, chosen, why = _evaluation_split(Path(model_dir), Path(data), split, config)
+    index, chosen, why, changes = _evaluation_split(Path(model_dir), Path(data), split, config, include_new)
     unknown = [c for c in index.classes if c not in card.classes]
     if unknown:
         raise SmallvisionError(
@@ -664,53 +714,100 @@ def evaluate(
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
     values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "model_tta": card.tta}
     values.update(skipped=skipped, **metrics)
+    values["split_changes"] = None if changes is None else {**changes.as_dict(), "new_included": include_new}
     backbone = "+".join(b.name for b in card.backbones)
     shown = {"recipe": card.recipe, "backbone": backbone, "seconds": time.perf_counter() - start}
     run_config = _run_config(Path(model_dir))
     return Evaluation(values, card.classes, shown, run_config.parent if run_config is not None else None)
 
 
-def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: str | Path | None):
-    """(index, split name, why): which images of `data` to score, refusing to score training images unsaid."""
+def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: str | Path | None, include_new: bool):
+    """(index, split name, why, changes): which images of `data` to score, refusing to score training images unsaid.
+
+    The run's own folder gets its recorded split (split.csv), never a re-carved one; `changes` says which files are
+    new since training, missing or changed (None when no record was read)."""
     from smallvision.data.scan import scan
 
     run_config = Path(config) if config is not None else _run_config(model_dir)
     found = scan(data, carve=False)
     if split == "all":
-        return found, "all", "every image, as asked (split 'all'): any training images are scored too"
+        return found, "all", "every image, as asked (split 'all'): any training images are scored too", None
     run_data = None
     if run_config is not None:
         saved = (load_config(run_config).get("data") or {}).get("path")
         run_data = Path(saved).expanduser() if saved else None
-        own = config is not None or (run_data is not None and _same_folder(run_data, data, found.root))
-        if own:
-            index = _scan(make_config(data, config=run_config))
-            present = {it.split for it in index.items}
-            chosen = split or next((s for s in ("test", "val") if s in present), "val")
-            return index, chosen, f"the run's own {chosen} split ({run_config} repeats the split made for training)"
+        if config is not None or (run_data is not None and _same_folder(run_data, data, found.root)):
+            return _own_split(run_config, found, split, include_new)
+    if include_new:
+        raise SmallvisionError(
+            f"--include-new adds the files new since training to the run's own split, and {data} is not the run's "
+            f"data folder ({run_data or 'no run config found'}); leave --include-new out, or pass --config "
+            "RUN/config.yaml to evaluate that run's split on this folder"
+        )
+    return (*_other_folder(found, split, run_config, run_data, model_dir), None)
+
+
+def _own_split(run_config: Path, found, split: str | None, include_new: bool):
+    """The run's recorded split of its own data folder: (index, split name, why, changes)."""
+    from smallvision.data.split import with_new
+
+    fix = "pass --split all to score every image (training images included), or evaluate a folder it never saw"
+    index, changes = _recorded_split(run_config.parent, found, fix)
+    present = {it.split for it in index.items}
+    chosen = split or next((s for s in ("test", "val") if s in present), "val")
+    why = f"the run's own {chosen} split, as recorded in {changes.record} at the start of training"
+    if changes.lost_line():
+        why += f"; {changes.lost_line()}: not scored as recorded"
+    if changes.new and include_new:
+        index = with_new(index, changes, chosen)
+        why += f"; plus {changes.new_line()}, as asked (--include-new)"
+    elif changes.new:
+        why += f"; {changes.new_line()} left out (--include-new scores them too)"
+    return index, chosen, why, changes
+
+
+def _recorded_split(run_dir: Path, found, fix: str):
+    """The run's recorded split over the folder `found` as scanned now, and what changed since."""
+    from smallvision.data.split import read_record, recorded_index
+
+    record = run_dir / "split.csv"
+    if not record.is_file():
+        raise SmallvisionError(
+            f"{run_dir}: no split.csv, so the run's split is unknown (an older smallvision trained it without "
+            f"recording its split, and carving again today would give another one); {fix}"
+        )
+    return recorded_index(read_record(record), found, record)
+
+
+def _other_folder(found, split: str | None, run_config: Path | None, run_data: Path | None, model_dir: Path):
+    """(index, split name, why) for a folder that is not the run's own: its split folders, or all of it when no
+    image in it trained the model (by content, from the run's split.csv)."""
+    from smallvision.data.split import read_record
+
     present = {it.split for it in found.items}
     if split is not None:
         return found, split, f"the folder's {split} images, as asked"
     held_out = next((s for s in ("test", "val") if s in present), None)
     if held_out is not None:
         return found, held_out, f"the folder's {held_out}/ folder"
-    if run_data is not None and run_data.exists():
-        trained = {it.digest for it in _scan(make_config(run_data, config=run_config)).split("train")}
+    record = run_config.parent / "split.csv" if run_config is not None else None
+    if record is not None and record.is_file():
+        trained = {row["digest"] for row in read_record(record) if row["split"] == "train"}
         seen = [it for it in found.items if it.digest in trained]
         if not seen:
-            return found, "all", f"every image: none is in the training split of the run ({run_config}), by content"
+            return found, "all", f"every image: none is in the training split of the run ({record}), by content"
         raise SmallvisionError(
-            f"{data}: {len(seen)} of its {len(found.items)} images trained this model (e.g. {seen[0].path}); "
+            f"{found.root}: {len(seen)} of its {len(found.items)} images trained this model (e.g. {seen[0].path}); "
             f"evaluate the run's own data folder {run_data} to score its held-out split, remove those images, "
             "or pass --split all to score every image anyway"
         )
     why = (
         f"no config.yaml in {model_dir.resolve().parent}"
         if run_config is None
-        else f"{run_config} names the data folder {run_data}, which is not there to compare with"
+        else f"no split.csv in {run_config.parent} (a run from an older smallvision did not record its split)"
     )
     raise SmallvisionError(
-        f"{data} is one folder of class folders and nothing says which of its images trained the model ({why}); "
+        f"{found.root} is one folder of class folders and nothing says which of its images trained the model ({why}); "
         "pass --config RUN/config.yaml to evaluate that run's own test/val split on it, or --split all to score "
         "every image, training images included"
     )
@@ -733,9 +830,10 @@ def export(
 ) -> dict[str, Any]:
     """Export a saved model (ONNX or TorchScript), checked against the PyTorch model on real images first.
 
-    The check runs on the images under `check_images` when given, else on the run's validation split (the model
-    folder's run folder repeats its split). `int8` adds a statically quantized ONNX file, calibrated on the run's
-    training images and refused when its val accuracy falls more than `int8_tolerance` points (default 1). Writes
+    The check runs on the images under `check_images` when given, else on the run's validation split (as recorded
+    in the run folder's split.csv; files new since training are left out). `int8` adds a statically quantized ONNX
+    file, calibrated on the run's recorded training images and refused when its val accuracy falls more than
+    `int8_tolerance` points (default 1). Writes
     MODEL_DIR/model.onnx (or `out`) and export.json beside it; returns {"path", "export_json", "record"} (and
     "int8_path").
     """
@@ -744,11 +842,19 @@ def export(
     run_config = _run_config(Path(model_dir))
     index = None
     if run_config is not None and (check_images is None or int8):
+        from smallvision.data.scan import scan
+
         cfg = make_config(config=run_config)
         try:
-            index = _scan(cfg)
+            found = scan(cfg.data.path, carve=False)
         except SmallvisionError as e:
             raise SmallvisionError(f"{model_dir}: {data_missing_hint(cfg.data.path, int8)} ({e})") from e
+        fix = "retrain it to export with --int8" if int8 else "pass --check-images DIR to check the export on"
+        index, changes = _recorded_split(run_config.parent, found, fix)
+        if changes.describe():
+            log.warning(
+                "warning: %s: %s; the export is checked on the run's recorded split", found.root, changes.describe()
+            )
     return export_model(
         model_dir,
         format,

@@ -277,6 +277,14 @@ def evaluate(
         Path | None, Opt(help="The run's config.yaml (default: the one in the model's run folder), for its split")
     ] = None,
     tta: Annotated[bool, Opt("--tta", help="Test-time augmentation: flips + crops averaged; default: off")] = False,
+    include_new: Annotated[
+        bool,
+        Opt(
+            "--include-new",
+            help="Also score the files added to the run's data folder since training (named either way); "
+            "default: off, the run's recorded split only",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, Opt("--json", help="Print all metrics as JSON; default: a summary and the per-class table")
     ] = False,
@@ -285,7 +293,7 @@ def evaluate(
     from smallvision import api
 
     _setup_logging(True)
-    m = api.evaluate(model_dir, data, split=split, tta=tta, config=config)
+    m = api.evaluate(model_dir, data, split=split, tta=tta, config=config, include_new=include_new)
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return

@@ -142,6 +142,27 @@ def time_left(plans_left: list[Plan], seconds: dict[str, list[float]]) -> str:
     return f"about {_duration(total)} left"
 
 
+def _train_plan(plan: Plan, numbered: str, left: str, run_dir: Path, data, progress: bool, common: dict) -> None:
+    """Train one planned run on the compare's recorded split (resuming it when interrupted), or skip it when finished.
+
+    The first run's split.csv becomes COMPARE_DIR/split.csv, and every later run trains on it, even when photos were
+    added to the folder meanwhile."""
+    from smallvision import api
+
+    record = run_dir.parents[1] / "split.csv"
+    shown = " ".join([plan.recipe, *(f"{k}={v}" for k, v in plan.options.items())])
+    if (run_dir / "metrics.json").exists():
+        log.info("%s: %s finished before; skipping it", numbered, shown)
+    else:
+        resume = run_dir if (run_dir / "config.yaml").exists() else None
+        log.info("%s: %s%s — %s", numbered, "resuming " if resume else "", shown, left)
+        shared = {"split_from": record} if record.is_file() else {}
+        kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **shared, **common, **plan.options}
+        api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
+    if not record.is_file() and (run_dir / "split.csv").is_file():
+        atomic.write_bytes(record, (run_dir / "split.csv").read_bytes())
+
+
 def run_compare(
     data: str | Path,
     out: str | Path,
@@ -152,6 +173,9 @@ def run_compare(
     **common: Any,
 ) -> dict[str, Any]:
     """Train every planned run (skipping finished ones, resuming interrupted ones), then test the best once.
+
+    Every run trains on one split: the first run's, recorded as COMPARE_DIR/split.csv; the chosen run's test split is
+    read from its own split.csv (the same one).
 
     `run_log` gets the compare's log lines and warnings in COMPARE_DIR/compare.log (each run keeps its own run.log).
     """
@@ -172,15 +196,8 @@ def run_compare(
     seconds: dict[str, list[float]] = {}  # the finished runs' seconds, by recipe
     for number, plan in enumerate(todo, 1):
         run_dir = out / "runs" / plan.name
-        shown = " ".join([plan.recipe, *(f"{k}={v}" for k, v in plan.options.items())])
-        if (run_dir / "metrics.json").exists():
-            log.info("run %d/%d: %s finished before; skipping it", number, len(todo), shown)
-        else:
-            resume = run_dir if (run_dir / "config.yaml").exists() else None
-            left = time_left(todo[number - 1 :], seconds)
-            log.info("run %d/%d: %s%s — %s", number, len(todo), "resuming " if resume else "", shown, left)
-            kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **common, **plan.options}
-            api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
+        left = time_left(todo[number - 1 :], seconds)
+        _train_plan(plan, f"run {number}/{len(todo)}", left, run_dir, data, progress, common)
         m = api.read_metrics(run_dir)
         seconds.setdefault(plan.recipe, []).append(m["seconds"])
         rows.append(

@@ -40,3 +40,19 @@ def test_compare_refuses_an_option_one_recipe_cannot_apply_before_anything_train
     with pytest.raises(SmallvisionError, match=r"does not apply to recipe features"):
         api.compare(data, recipes="scratch,features", sweep=["batch_norm=true"], out=out, image_size=32, epochs=1)
     assert not (out / "runs").exists()  # scratch was not trained first only to fail on features
+
+
+@pytest.mark.slow  # three features runs and two compare pages (~80 s on this shared 2-core machine)
+def test_compare_runs_share_one_recorded_split_when_the_folder_changes(tmp_path):
+    """Photos added between two compares with one --out: the later run trains on the first run's split, and the
+    chosen run is tested on that split, new photos left out."""
+    data = make_class_folder(tmp_path / "data", 8, classes=("circle", "square"), seed=5)
+    kw = {"recipes": "features", "out": tmp_path / "cmp", "image_size": 32, "test_fraction": 0.25, "progress": False}
+    api.compare(data, sweep={"epochs": [2]}, **kw)
+    record = (tmp_path / "cmp" / "split.csv").read_text()
+    make_class_folder(data, 3, classes=("circle", "square"), seed=6)
+    second = api.compare(data, sweep={"epochs": [2, 3]}, **kw)
+    runs = tmp_path / "cmp" / "runs"
+    assert (runs / "features_epochs=2" / "split.csv").read_text() == record
+    assert (runs / "features_epochs=3" / "split.csv").read_text() == record and "_6_" not in record
+    assert second["best_test"]["n"] == sum(line.split(",")[2] == "test" for line in record.splitlines()[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.models.folder import save_model
 from smallvision.prediction import probabilities
 from tests.conftest import shared_dataset
+from tests.imagegen import make_class_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"capture_output": True, "text": True, "cwd": ROOT, "timeout": 600}
@@ -381,6 +383,22 @@ def test_too_few_check_images_are_refused(models, shapes_data, tmp_path, count):
     with pytest.raises(SmallvisionError, match=rf"only {count} readable check image\(s\) found; at least 8 are needed"):
         smallvision.export(models("scratch"), out=dest, check_images=folder)
     assert not dest.exists()
+
+
+def test_the_check_uses_the_run_s_recorded_val_split_not_photos_added_since(models, shapes_data, tmp_path, caplog):
+    """Photos added to the run's data folder after training stay out of the export's check; a run with no
+    split.csv (an older smallvision) is refused, naming --check-images."""
+    trained = models("scratch").parent
+    data = shutil.copytree(shapes_data, tmp_path / "data")
+    run = shutil.copytree(trained, tmp_path / "run")
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace(str(shapes_data), str(data)))
+    make_class_folder(data / "val", 4, seed=21)  # 12 val photos added since training
+    check = smallvision.export(run / "model")["record"]["onnx"]["check"]
+    assert check["images"] == 30 and check["passed"] and "12 file(s) new since training (val/circle/" in caplog.text
+    (run / "split.csv").unlink()
+    with pytest.raises(SmallvisionError, match=r"no split.csv.*pass --check-images DIR"):
+        smallvision.export(run / "model")
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -1,4 +1,4 @@
-"""Find the images and classes in a folder (or zip), choose the splits, and say what was found."""
+"""Find the images and classes in a folder (or zip), choose the splits (carved by data/split.py), say what was found."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from smallvision.data.decode import content_digest, is_image_name
+from smallvision.data.split import SplitPlan
+from smallvision.data.split import carve as carve_split
 from smallvision.errors import SmallvisionError
 
 log = logging.getLogger(__name__)
@@ -33,18 +33,6 @@ class ImageItem:
     label: int
     split: str
     digest: str
-
-
-@dataclass
-class SplitPlan:
-    """How to carve splits out of a folder that does not provide them."""
-
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    min_train_per_class: int = 1
-    min_val_per_class: int = 1
-    min_test_per_class: int = 1
-    seed: int = 0
 
 
 @dataclass
@@ -201,22 +189,6 @@ def _read_digest(path: Path, skipped: list[tuple[Path, str]]) -> str | None:
         return None
 
 
-def _carve(labels: np.ndarray, fraction: float, minimum: int, seed: int, split: str, classes: list[str]) -> set[int]:
-    """Pick a stratified, seeded subset: per class max(minimum, round(fraction * n)) positions."""
-    rng = np.random.default_rng(seed)
-    chosen: set[int] = set()
-    for c in range(len(classes)):
-        pos = np.flatnonzero(labels == c)
-        n = max(minimum, int(round(fraction * len(pos))))
-        if n > len(pos):
-            raise SmallvisionError(
-                f"class {classes[c]!r} has {len(pos)} image(s) left, too few for {n} in the {split} split; "
-                f"add images, lower --min-{split}-per-class, or lower the {split} fraction"
-            )
-        chosen.update(rng.permutation(pos)[:n].tolist())
-    return chosen
-
-
 def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) -> DatasetIndex:
     """Scan a dataset folder or zip: classes, files (with content keys) and train/val/test splits.
 
@@ -284,21 +256,5 @@ def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) ->
     else:
         layout = "one folder of class folders"
     if carve and "val" not in split_dirs:
-        fractions = [("val", plan.val_fraction, plan.min_val_per_class)]
-        if not split_dirs and plan.test_fraction > 0:
-            fractions.insert(0, ("test", plan.test_fraction, plan.min_test_per_class))
-        for offset, (split, fraction, minimum) in enumerate(fractions):
-            train_pos = [i for i, it in enumerate(items) if it.split == "train"]
-            labels = np.array([items[i].label for i in train_pos])
-            chosen = _carve(labels, fraction, minimum, plan.seed + offset, split, classes)
-            for j in chosen:
-                items[train_pos[j]].split = split
-            notes.append(f"{split} split carved from train: {fraction:.0%} per class (stratified, seed {plan.seed})")
-        counts = Counter(it.label for it in items if it.split == "train")
-        short = [classes[c] for c in range(len(classes)) if counts.get(c, 0) < plan.min_train_per_class]
-        if short:
-            raise SmallvisionError(
-                f"class(es) {', '.join(short)} keep fewer than {plan.min_train_per_class} training images after "
-                "the split; add images or lower --min-train-per-class"
-            )
+        notes = carve_split(items, classes, plan, test=not split_dirs)
     return DatasetIndex(root=root, layout=layout, classes=classes, items=items, skipped=skipped, notes=notes)

@@ -1,0 +1,213 @@
+"""A folder's split: stable hash-based carving, and the record of it (split.csv) that a run keeps and re-reads.
+
+A carved file's split depends only on its content digest and the seed, so adding or removing other images never
+moves it; the record lets evaluate, export, --resume and compare use the run's own split, never a re-carved one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from smallvision import atomic
+from smallvision.errors import SmallvisionError
+
+if TYPE_CHECKING:
+    from smallvision.data.scan import DatasetIndex, ImageItem
+
+COLUMNS = ("path", "digest", "split", "label")
+RECORD_NAME = "split.csv"
+SHOWN = 5  # paths named in a message before "..."
+
+
+@dataclass
+class SplitPlan:
+    """How to carve splits out of a folder that does not provide them."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    min_train_per_class: int = 1
+    min_val_per_class: int = 1
+    min_test_per_class: int = 1
+    seed: int = 0
+
+
+def unit(seed: int, split: str, digest: str) -> float:
+    """A file's place in [0, 1) for one split: a hash of (seed, split, content digest), so nothing else moves it."""
+    h = hashlib.blake2b(f"{seed}:{split}:{digest}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64
+
+
+def _pick(digests: list[str], fraction: float, minimum: int, reserve: int, seed: int, split: str, name: str) -> list:
+    """One class's carved digests: those with u < fraction; topped up to `minimum` files with the lowest-u ones, and
+    trimmed (highest u first) to leave `reserve` files behind when it can. Always a lowest-u prefix of the class."""
+    if minimum > len(digests):
+        raise SmallvisionError(
+            f"class {name!r} has {len(digests)} image(s) left, too few for {minimum} in the {split} split; "
+            f"add images, or lower --min-{split}-per-class"
+        )
+    files = Counter(digests)
+    u = {d: unit(seed, split, d) for d in files}
+    ranked = sorted(files, key=u.__getitem__)
+    taken = list(itertools.accumulate((files[d] for d in ranked), initial=0))  # files in ranked[:k]
+    k = sum(1 for d in ranked if u[d] < fraction)
+    while taken[k] < minimum:
+        k += 1
+    while k > 0 and taken[k - 1] >= minimum and len(digests) - taken[k] < reserve:
+        k -= 1
+    return ranked[:k]
+
+
+def carve(items: list[ImageItem], classes: list[str], plan: SplitPlan, test: bool) -> list[str]:
+    """Move training items to val (and first to test when `test` and a test fraction is set), per class by hash;
+    identical content moves together. Returns the notes that say how."""
+    steps = [("val", plan.val_fraction, plan.min_val_per_class)]
+    if test and plan.test_fraction > 0:
+        steps.insert(0, ("test", plan.test_fraction, plan.min_test_per_class))
+    notes = []
+    for k, (split, fraction, minimum) in enumerate(steps):
+        reserve = plan.min_train_per_class + sum(m for _, _, m in steps[k + 1 :])
+        by_class: dict[int, list[str]] = {c: [] for c in range(len(classes))}
+        for it in items:
+            if it.split == "train":
+                by_class[it.label].append(it.digest)
+        chosen: set[str] = set()
+        for c, name in enumerate(classes):
+            chosen.update(_pick(by_class[c], fraction, minimum, reserve, plan.seed, split, name))
+        for it in items:
+            if it.split == "train" and it.digest in chosen:
+                it.split = split
+        notes.append(
+            f"{split} split carved from train: {fraction:.0%} per class (hash-based, stratified per class, "
+            f"seed {plan.seed}; at least {minimum} per class)"
+        )
+    counts = Counter(it.label for it in items if it.split == "train")
+    short = [classes[c] for c in range(len(classes)) if counts.get(c, 0) < plan.min_train_per_class]
+    if short:
+        raise SmallvisionError(
+            f"class(es) {', '.join(short)} keep fewer than {plan.min_train_per_class} training images after "
+            "the split; add images or lower --min-train-per-class"
+        )
+    return notes
+
+
+def _relative(path: Path, root: Path) -> str:
+    """A file's path relative to the data root (POSIX form), absolute when it lies outside."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def write_record(index: DatasetIndex, target: str | Path) -> None:
+    """Write the index's split as CSV (path, digest, split, label), atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for it in index.items:
+        writer.writerow([_relative(it.path, index.root), it.digest, it.split, index.classes[it.label]])
+    atomic.write_text(target, buf.getvalue())
+
+
+def read_record(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a split record, refusing a file that is not one."""
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SmallvisionError(f"{path}: cannot read the run's split record ({e})") from e
+    if not rows or any(set(COLUMNS) - set(row) or row["split"] not in ("train", "val", "test") for row in rows):
+        raise SmallvisionError(
+            f"{path}: not a split record smallvision wrote (it needs rows with columns {', '.join(COLUMNS)} and "
+            "splits train/val/test); restore it from the run, or start a new run"
+        )
+    return rows
+
+
+def _listing(paths: list[str]) -> str:
+    return ", ".join(paths[:SHOWN]) + (", ..." if len(paths) > SHOWN else "")
+
+
+@dataclass
+class SplitChanges:
+    """How a folder differs from a run's split record: files new since, recorded files missing or changed."""
+
+    record: Path
+    new: list[ImageItem] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    root: Path = Path()
+    classes: list[str] = field(default_factory=list)  # what the new items' labels index
+
+    def new_paths(self) -> list[str]:
+        """The new files' paths, relative to the data root."""
+        return [_relative(it.path, self.root) for it in self.new]
+
+    def new_line(self) -> str:
+        """How many files are new since training, and the first few (empty when none)."""
+        return f"{len(self.new)} file(s) new since training ({_listing(self.new_paths())})" if self.new else ""
+
+    def lost_line(self) -> str:
+        """Which recorded files are missing or changed content (empty when none)."""
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} recorded file(s) missing ({_listing(self.missing)})")
+        if self.changed:
+            parts.append(f"{len(self.changed)} recorded file(s) changed content ({_listing(self.changed)})")
+        return "; ".join(parts)
+
+    def describe(self) -> str:
+        """One line naming what changed since the record was written (empty when nothing did)."""
+        return "; ".join(p for p in (self.new_line(), self.lost_line()) if p)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """The changes as plain lists of relative paths (for JSON)."""
+        return {"new": self.new_paths(), "missing": self.missing, "changed": self.changed}
+
+
+def recorded_index(rows: list[dict[str, str]], found: DatasetIndex, record: Path) -> tuple[DatasetIndex, SplitChanges]:
+    """The run's split of the files found now (as scanned with carve=False), and what changed since the record.
+
+    A file keeps its recorded split; a file at a new path whose content is recorded gets that content's split
+    (training first); any other file is new since training and left out of the index.
+    """
+    by_path = {row["path"]: row for row in rows}
+    by_digest: dict[str, str] = {}
+    for row in rows:
+        if by_digest.get(row["digest"]) != "train":
+            by_digest[row["digest"]] = row["split"]
+    classes = sorted({row["label"] for row in rows})
+    changes = SplitChanges(record, root=found.root, classes=found.classes)
+    items, seen = [], set()
+    for it in found.items:
+        rel = _relative(it.path, found.root)
+        seen.add(rel)
+        row = by_path.get(rel)
+        if row is not None and row["digest"] != it.digest:
+            changes.changed.append(rel)
+        split = row["split"] if row is not None and row["digest"] == it.digest else by_digest.get(it.digest)
+        name = found.classes[it.label]
+        if split is None or name not in classes:
+            changes.new.append(it)
+        else:
+            items.append(dataclasses.replace(it, split=split, label=classes.index(name)))
+    changes.missing = [row["path"] for row in rows if row["path"] not in seen]
+    note = f"split as recorded in {record} ({len(rows)} files)"
+    return dataclasses.replace(found, classes=classes, items=items, notes=[note]), changes
+
+
+def with_new(index: DatasetIndex, changes: SplitChanges, split: str) -> DatasetIndex:
+    """The index with the files new since the record added to `split` (classes extended by any new class folder)."""
+    classes = sorted(set(index.classes) | {changes.classes[it.label] for it in changes.new})
+    items = [dataclasses.replace(it, label=classes.index(index.classes[it.label])) for it in index.items]
+    items += [
+        dataclasses.replace(it, split=split, label=classes.index(changes.classes[it.label])) for it in changes.new
+    ]
+    return dataclasses.replace(index, classes=classes, items=items)
