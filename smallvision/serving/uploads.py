@@ -5,6 +5,7 @@ Nothing here touches the file system: bodies are read into memory (bounded by th
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -71,18 +72,27 @@ def _too_many_bytes(max_bytes: int) -> str:
     return f"request body over this server's limit of {max_bytes} bytes (--max-bytes); send fewer or smaller images"
 
 
-async def read_body(chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
-    """The whole body, stopped with 413 as soon as it passes the limit (a Content-Length can lie or be absent).
+async def read_body(chunks: AsyncIterator[bytes], max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, stopped with 413 as soon as it passes the limit (a Content-Length can lie or be absent), and
+    with 408 when it has not all arrived within `timeout_s` (a stalled or trickling client holds nothing longer).
 
     The chunks are joined once at the end: the body is copied once, not grown and then copied again.
     """
     received: list[bytes] = []
     length = 0
-    async for chunk in chunks:
-        received.append(chunk)
-        length += len(chunk)
-        if length > max_bytes:
-            raise UploadError(413, _too_many_bytes(max_bytes))
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in chunks:
+                received.append(chunk)
+                length += len(chunk)
+                if length > max_bytes:
+                    raise UploadError(413, _too_many_bytes(max_bytes))
+    except TimeoutError:
+        raise UploadError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (--body-timeout; {length} bytes came): "
+            "send it at once",
+        ) from None
     return b"".join(received)
 
 
@@ -94,8 +104,12 @@ def _disposition(value: bytes) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("utf-8", "replace") for k, v in params.items()}
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
-    """The image parts of a multipart/form-data body (fields 'files' or 'file'), in order."""
+def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Upload]:
+    """The image parts of a multipart/form-data body (fields 'files' or 'file'), in order.
+
+    python-multipart's streaming parser stops at the part past `max_parts` (413): a body of thousands of empty parts
+    costs no more than `max_parts` of them. It is plain Python, so the server runs it off the event loop.
+    """
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -107,6 +121,12 @@ def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
     ended = []
 
     def on_part_begin() -> None:
+        if len(parts) == max_parts:
+            raise UploadError(
+                413,
+                f"more than {max_parts} images in one request; this server takes at most {max_parts} (--queue): "
+                "send them in several requests",
+            )
         parts.append({"headers": {}, "data": []})
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
