@@ -185,24 +185,30 @@ def _part_data(body: bytes, pieces: list[tuple[int, int] | bytes]) -> bytes | me
     return b"".join(body[p[0] : p[1]] if isinstance(p, tuple) else p for p in pieces)
 
 
-def check_pixels(upload: Upload, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than `max_pixels` pixels, before any pixel is decoded.
+def check_pixels(upload: Upload, max_pixels: int, size: int | None = None) -> int:
+    """Refuse an image whose header declares more than `max_pixels` pixels, before any pixel is decoded; the pixels
+    its decode holds (a JPEG decodes at the reduced scale `size` allows; 0 when Pillow cannot open it: decode_image
+    says why).
 
     It leaves the warning filters alone (decode threads run it at once; warnings.catch_warnings is not thread-safe):
     Pillow's bomb warning is an error by data/decode.py's filter, and either form of it means over the limit.
     """
     try:
-        width, height = Image.open(io.BytesIO(upload.data)).size
+        im = Image.open(io.BytesIO(upload.data))
+        width, height = im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(413, f"{upload.name}: image over Pillow's decompression-bomb limit; refused") from None
     except Exception:  # not an image Pillow can open: decode_image's ImageDecodeError says why
-        return
+        return 0
     if width * height > max_pixels:
         raise UploadError(
             413,
             f"{upload.name}: {width}x{height} = {width * height} pixels is over this server's limit of "
             f"{max_pixels} pixels (--max-pixels); send a smaller image",
         )
+    if size is not None and im.format == "JPEG":
+        im.draft(None, (size, size))  # what decode_bytes asks for; only the header is read
+    return im.size[0] * im.size[1]
 
 
 def decode_image(upload: Upload, size: int, max_pixels: int) -> np.ndarray:
