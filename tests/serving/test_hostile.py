@@ -113,3 +113,25 @@ def test_a_body_of_thousands_of_empty_parts_is_refused_at_the_part_over_the_limi
     assert answers[0].status_code == 413, answers[0].text
     assert max(waits) < 0.5, sorted(waits)[-5:]  # /health never waited on the parse
     assert "more than 64 images in one request" in answers[0].json()["detail"]  # refused at part 65, not after all
+
+
+def test_an_ordinary_photo_is_not_kept_waiting_behind_decompression_heavy_images(model_dir, served):
+    app = create_app(model_dir)
+    heavy = [("files", (f"{i}.png", _png(2200), "image/png")) for i in range(12)]  # 4.8 MP each: the large lane
+    jpeg = served.images[0].read_bytes()
+    heavy_done: list[float] = []
+    with running(app) as url:
+        start = time.perf_counter()
+        sender = threading.Thread(
+            target=lambda: heavy_done.append(httpx.post(f"{url}/predict", files=heavy, timeout=120).status_code)
+        )
+        sender.start()
+        while httpx.get(f"{url}/health").json()["queue"]["decoding"] == 0:
+            time.sleep(0.01)
+        asked = time.perf_counter()
+        answer = httpx.post(f"{url}/predict", content=jpeg, headers={"content-type": "image/jpeg"}, timeout=120)
+        waited = time.perf_counter() - asked
+        sender.join()
+        heavy_took = time.perf_counter() - start
+    assert answer.status_code == 200 and heavy_done == [200], (answer.text, heavy_done)
+    assert waited < heavy_took / 4, (waited, heavy_took)  # not queued behind the heavy request's decodes
