@@ -156,19 +156,18 @@ def peak_rss(pid: int) -> tuple[int, int]:
 
 def readme_bound(baseline: int, reading: int, image_size: int) -> int:
     """The README's memory bound for these limits, over the process's resident memory before any load: bodies being
-    read and in progress (each up to --max-bytes), the images decoding at once (DECODE_BYTES_PER_PIXEL x
-    --max-pixels each) and the queued images at the model's input size."""
+    read and admitted (each up to --max-bytes), a copy of an image's bytes per decode thread, the images decoding at
+    once (DECODE_BYTES_PER_PIXEL x LARGE_PIXELS in the ordinary lane, x --max-pixels in the large one) and the queued
+    images at the model's input size."""
     from smallvision.data.decode import DECODE_BYTES_PER_PIXEL
     from smallvision.serving.app import DECODE_THREADS
+    from smallvision.serving.decoding import LARGE_PIXELS
 
-    decoding = min(os.cpu_count() or 1, DECODE_THREADS)
-    bodies = (reading + LIMITS["queue"]) * LIMITS["max_bytes"]
-    return (
-        baseline
-        + bodies
-        + decoding * DECODE_BYTES_PER_PIXEL * LIMITS["max_pixels"]
-        + LIMITS["queue"] * (image_size**2 * 3)
-    )
+    ordinary = min(os.cpu_count() or 1, DECODE_THREADS)
+    large = max(1, ordinary // 2)
+    bodies = (reading + LIMITS["queue"] + ordinary + large) * LIMITS["max_bytes"]
+    decoding = DECODE_BYTES_PER_PIXEL * (ordinary * LARGE_PIXELS + large * LIMITS["max_pixels"])
+    return baseline + bodies + decoding + LIMITS["queue"] * image_size**2 * 3
 
 
 def summary(name: str, result: dict, quiet_p99: float | None) -> dict:
