@@ -159,6 +159,11 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Uplo
         raise UploadError(400, f"malformed multipart/form-data body ({e})") from e
     if not ended:
         raise UploadError(400, "truncated multipart/form-data body (no closing boundary)")
+    return _uploads(body, parts)
+
+
+def _uploads(body: bytes, parts: list[dict]) -> list[Upload]:
+    """The parsed parts as uploads: each must be a file in 'files' (or 'file') with an image (or unnamed) type."""
     uploads = []
     for number, part in enumerate(parts, 1):
         params = _disposition(part["headers"].get(b"content-disposition", b""))
