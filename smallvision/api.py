@@ -968,7 +968,7 @@ def serve(
 
     Runs the folder's checked ONNX export (exported first, in a subprocess, when it has none or it is stale).
     `limits` are smallvision.serving.options.ServeOptions fields (max_batch, max_wait_ms, queue_size, max_bytes,
-    max_pixels, top_k). It binds 127.0.0.1 unless `host` says otherwise.
+    max_pixels, top_k, body_timeout_s). It binds 127.0.0.1 unless `host` says otherwise.
     """
     import uvicorn
 

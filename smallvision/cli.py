@@ -511,6 +511,7 @@ def serve(
     max_bytes: Annotated[int, Opt(help=SERVE_HELP["max_bytes"])] = SERVE_DEFAULTS.max_bytes,
     max_pixels: Annotated[int, Opt(help=SERVE_HELP["max_pixels"])] = SERVE_DEFAULTS.max_pixels,
     top_k: Annotated[int, Opt("--top-k", help=SERVE_HELP["top_k"])] = SERVE_DEFAULTS.top_k,
+    body_timeout: Annotated[float, Opt(help=SERVE_HELP["body_timeout_s"])] = SERVE_DEFAULTS.body_timeout_s,
     threads: Annotated[
         int | None, Opt(help="onnxruntime threads for the model (default: onnxruntime's choice)", show_default=False)
     ] = None,
@@ -530,6 +531,7 @@ def serve(
         max_bytes=max_bytes,
         max_pixels=max_pixels,
         top_k=top_k,
+        body_timeout_s=body_timeout,
         threads=threads,
     )
 

@@ -14,6 +14,12 @@ from smallvision.errors import SmallvisionError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 RESIZE_POLICY = "shorter-side-bicubic-center-crop"
+# Peak memory of decode_bytes, in bytes per pixel of the image: the decoded source (at most 4 bytes a pixel: Pillow
+# keeps RGB as RGBX) plus its RGB conversion (4), or the source plus its EXIF rotation; measured by
+# tests/data/test_decode.py::test_decoding_a_large_png_peaks_within_the_stated_bound for each kind of PNG.
+DECODE_BYTES_PER_PIXEL = 8
+BAND_PIXELS = 1 << 16  # pixels to_rgb converts at a time: its working copies of a band stay near 1 MB
+_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 # Set once, not around each decode: warnings.catch_warnings swaps the process-wide filter list (not thread-safe, says
 # Python's manual), and images decode in several threads at once (data/cache.py) and while a backbone is traced in
@@ -61,13 +67,31 @@ def is_image_name(path: Path) -> bool:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode (L, P, RGBA, CMYK, I;16, ...) to RGB; transparency goes on white."""
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    """Convert any Pillow mode (L, P, RGBA, CMYK, I;16, ...) to RGB; transparency goes on white.
+
+    The conversion runs band by band into one RGB image, so its peak memory is the source plus the result (at most
+    DECODE_BYTES_PER_PIXEL together) instead of the three or four whole-image copies a one-shot conversion makes.
+    """
+    if im.mode == "RGB":
+        return im
+    peak = None
+    if im.mode in _INTEGER_MODES:
+        peak = 65535.0 if (im.getextrema()[1] or 0) > 255 else 255.0
+    out = Image.new("RGB", im.size)
+    rows = max(1, BAND_PIXELS // max(1, im.width))
+    for top in range(0, im.height, rows):
+        box = (0, top, im.width, min(top + rows, im.height))
+        out.paste(_band_to_rgb(im.crop(box), peak), box)
+    return out
+
+
+def _band_to_rgb(im: Image.Image, peak: float | None) -> Image.Image:
+    """One band of an image as RGB: 16-bit and float modes scaled by the whole image's `peak`, alpha on white."""
+    if peak is not None:
         arr = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
         arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
+    if im.mode == "P" and "transparency" in im.info:  # a band keeps the palette and its transparency
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")
@@ -84,7 +108,7 @@ def decode_bytes(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
         im = Image.open(io.BytesIO(data))
         if im.format == "JPEG":
             im.draft(None, (size, size))
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # not a copy when there is nothing to rotate
         im = to_rgb(im)
         w, h = im.size
         side = min(w, h)

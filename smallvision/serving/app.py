@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from smallvision.runtime import EXPORT_JSON, OnnxClassifier, find_export, read_export_json
 from smallvision.serving.batching import MicroBatcher, Overloaded
+from smallvision.serving.decoding import Decoder
 from smallvision.serving.options import ServeOptions
 from smallvision.serving.uploads import (
     Upload,
     UploadError,
     body_kind,
     check_length,
-    decode_image,
     parse_multipart,
     read_body,
 )
@@ -37,7 +36,7 @@ _DEFAULTS = ServeOptions()
 
 log = logging.getLogger(__name__)
 
-DECODE_THREADS = 4  # the most images decoded at once: each may take ~4 bytes x max_pixels while it decodes
+DECODE_THREADS = 4  # the most images decoded at once: each peaks at DECODE_BYTES_PER_PIXEL x max_pixels
 
 # The request body /predict takes, for the OpenAPI schema (the body is read by hand, to enforce the byte limit while
 # reading and to keep uploads in memory, so FastAPI cannot infer it).
@@ -94,7 +93,8 @@ def _model_info(model_dir: Path, classifier: OnnxClassifier, int8: bool, report:
         },
         "report": "/report" if report is not None else None,
         "limits": {
-            k: getattr(options, k) for k in ("max_batch", "max_wait_ms", "queue_size", "max_bytes", "max_pixels")
+            k: getattr(options, k)
+            for k in ("max_batch", "max_wait_ms", "queue_size", "max_bytes", "max_pixels", "body_timeout_s")
         },
     }
 
@@ -109,6 +109,7 @@ def create_app(
     max_bytes: int = _DEFAULTS.max_bytes,
     max_pixels: int = _DEFAULTS.max_pixels,
     top_k: int = _DEFAULTS.top_k,
+    body_timeout_s: float = _DEFAULTS.body_timeout_s,
     threads: int | None = None,
 ) -> FastAPI:
     """A FastAPI app serving the model folder's checked ONNX export (model.int8.onnx with `int8`).
@@ -120,28 +121,30 @@ def create_app(
 
     from smallvision import __version__
 
-    options = ServeOptions(max_batch, max_wait_ms, queue_size, max_bytes, max_pixels, top_k)
+    options = ServeOptions(max_batch, max_wait_ms, queue_size, max_bytes, max_pixels, top_k, body_timeout_s)
     model_dir = Path(model_dir)
     classifier = OnnxClassifier.load(find_export(model_dir, int8=int8), threads=threads, spin=False)
     beside = model_dir.resolve().parent / "report.html"  # the run's report, when the model folder is a run's model/
     report = beside if beside.is_file() else None
     info = _model_info(model_dir, classifier, int8, report, options)
     batcher = MicroBatcher(classifier.probabilities, max_batch, max_wait_ms, queue_size)
-    # Decoding runs in a pool as wide as the CPU (at most DECODE_THREADS), not one thread per request: under a burst,
-    # images are decoded a few at a time and reach the queue steadily, instead of all at once and late; and at most
-    # that many full-size images (up to max_pixels each) are in memory decoded at once.
-    decoder = ThreadPoolExecutor(
-        max_workers=min(os.cpu_count() or 1, DECODE_THREADS), thread_name_prefix="smallvision-decode"
-    )
+    # Parsing and decoding run in a pool as wide as the CPU (at most DECODE_THREADS), not one thread per request and
+    # not on the event loop: under a burst, images are decoded a few at a time and reach the queue steadily, instead
+    # of all at once and late; at most that many full-size images (up to max_pixels each) are in memory decoded at
+    # once; and /health answers while a large multipart body is parsed.
+    decoder = Decoder(min(os.cpu_count() or 1, DECODE_THREADS), classifier.image_size, max_pixels)
     page = {name: _page(name) for name in ("index.html", "page.css", "page.js")}
     started = time.time()
-    admitted = [0]  # requests being read, decoded or waiting for the model: at most queue_size, so memory is bounded
+    # Requests whose body is in and that are parsed, decoded or wait for the model: at most queue_size, so memory is
+    # bounded. A request takes its place only once its body is in, so clients that trickle their bodies hold none.
+    admitted = [0]
+    reading = [0]  # requests whose body is being received (each at most max_bytes, for at most body_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
         batcher.close()
-        decoder.shutdown(wait=False, cancel_futures=True)
+        decoder.close()
 
     app = FastAPIOffline(
         title=f"smallvision: {info['name']}",
@@ -177,7 +180,14 @@ def create_app(
             "status": "ok",
             "model": classifier.path.name,
             "uptime_s": round(time.time() - started, 3),
-            "queue": {"waiting": batcher.waiting, "in_progress": admitted[0], "size": queue_size},
+            "queue": {
+                "waiting": batcher.waiting,
+                "in_progress": admitted[0],
+                "reading": reading[0],
+                "decoding": decoder.running,
+                "size": queue_size,
+            },
+            "decoded_images": decoder.started,
             **batcher.stats.to_dict(),
         }
 
@@ -185,25 +195,14 @@ def create_app(
     async def model() -> dict[str, Any]:
         return info
 
-    async def _answer(request: Request, kind: str) -> tuple[list[Upload], list[np.ndarray]]:
-        """Read, parse and decode a request's images, then wait for the model's answer for each."""
-        body = await read_body(request.stream(), max_bytes)
+    async def _answer(body: bytes, content_type: str, kind: str) -> tuple[list[Upload], list[np.ndarray]]:
+        """Parse and decode a request's images (off the event loop), then wait for the model's answer for each."""
         if kind == "multipart":
-            uploads = parse_multipart(body, request.headers["content-type"])
+            loop = asyncio.get_running_loop()
+            uploads = await loop.run_in_executor(decoder.pool, parse_multipart, body, content_type, queue_size)
         else:
             uploads = [Upload("<body>", body)]
-        if len(uploads) > queue_size:
-            raise UploadError(
-                413,
-                f"{len(uploads)} images in one request; this server takes at most {queue_size} (--queue): "
-                "send them in several requests",
-            )
-        size = classifier.image_size
-        loop = asyncio.get_running_loop()
-        images = await asyncio.gather(
-            *(loop.run_in_executor(decoder, decode_image, u, size, max_pixels) for u in uploads)
-        )
-        return uploads, await batcher.predict(images)
+        return uploads, await batcher.predict(await decoder.decode_all(uploads))
 
     @app.post(
         "/predict",
@@ -211,7 +210,8 @@ def create_app(
         description=(
             "Send images as multipart/form-data in the field `files` (repeat it for several; `file` works too), or "
             "one image as the raw body with an image/* content type. Errors: 400 not an image, corrupt or empty; "
-            "413 over the byte or pixel limit; 415 wrong content type; 503 queue full (retry)."
+            "408 body not received in time; 413 over the byte, image-count or pixel limit; 415 wrong content type; "
+            "503 queue full (retry)."
         ),
         openapi_extra=_PREDICT_BODY,
     )
@@ -222,15 +222,21 @@ def create_app(
         try:
             kind = body_kind(request.headers.get("content-type"))
             check_length(request.headers.get("content-length"), max_bytes)
-            if batcher.full() or admitted[0] >= queue_size:  # refused before its body is read: overload answers fast
+            reading[0] += 1
+            try:
+                body = await read_body(request.stream(), max_bytes, options.body_timeout_s)
+            finally:
+                reading[0] -= 1
+            if batcher.full() or admitted[0] >= queue_size:  # refused before any parsing: overload answers fast
                 raise batcher.refuse(1)
             admitted[0] += 1
             try:
-                uploads, probs = await _answer(request, kind)
+                uploads, probs = await _answer(body, request.headers["content-type"], kind)
             finally:
                 admitted[0] -= 1
         except UploadError as e:
-            return JSONResponse({"detail": e.message}, status_code=e.status)
+            closing = {"Connection": "close"} if e.status in (408, 413) else None  # its body may still be arriving
+            return JSONResponse({"detail": e.message}, status_code=e.status, headers=closing)
         except Overloaded as e:
             return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "1"})
         except Exception as e:  # the model (or a decoder) failed: this request gets a JSON 500, the server goes on

@@ -17,6 +17,7 @@ HELP = {
     "max_bytes": "Largest request body in bytes (all its images); past it, 413",
     "max_pixels": "Largest image in pixels (width x height, read from its header before decoding); past it, 413",
     "top_k": "Classes returned per image when a request gives no ?top_k=",
+    "body_timeout_s": "Longest time, in seconds, to receive a request's body; a stalled or trickling upload gets 408",
 }
 
 # The `smallvision serve` flag of each option, so an error names what the user typed.
@@ -27,6 +28,7 @@ FLAGS = {
     "max_bytes": "--max-bytes",
     "max_pixels": "--max-pixels",
     "top_k": "--top-k",
+    "body_timeout_s": "--body-timeout",
 }
 
 
@@ -40,6 +42,7 @@ class ServeOptions:
     max_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 40_000_000
     top_k: int = 5
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         """Refuse values that cannot apply, naming the option (its CLI flag and field) and its range."""
@@ -50,6 +53,7 @@ class ServeOptions:
             "max_bytes": (1, 1 << 30),
             "max_pixels": (1, PILLOW_MAX_PIXELS),
             "top_k": (1, 1000),
+            "body_timeout_s": (0.01, 3600),
         }
         for name, (low, high) in ranges.items():
             value = getattr(self, name)

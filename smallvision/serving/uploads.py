@@ -5,8 +5,8 @@ Nothing here touches the file system: bodies are read into memory (bounded by th
 
 from __future__ import annotations
 
+import asyncio
 import io
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -72,18 +72,27 @@ def _too_many_bytes(max_bytes: int) -> str:
     return f"request body over this server's limit of {max_bytes} bytes (--max-bytes); send fewer or smaller images"
 
 
-async def read_body(chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
-    """The whole body, stopped with 413 as soon as it passes the limit (a Content-Length can lie or be absent).
+async def read_body(chunks: AsyncIterator[bytes], max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, stopped with 413 as soon as it passes the limit (a Content-Length can lie or be absent), and
+    with 408 when it has not all arrived within `timeout_s` (a stalled or trickling client holds nothing longer).
 
     The chunks are joined once at the end: the body is copied once, not grown and then copied again.
     """
     received: list[bytes] = []
     length = 0
-    async for chunk in chunks:
-        received.append(chunk)
-        length += len(chunk)
-        if length > max_bytes:
-            raise UploadError(413, _too_many_bytes(max_bytes))
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in chunks:
+                received.append(chunk)
+                length += len(chunk)
+                if length > max_bytes:
+                    raise UploadError(413, _too_many_bytes(max_bytes))
+    except TimeoutError:
+        raise UploadError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (--body-timeout; {length} bytes came): "
+            "send it at once",
+        ) from None
     return b"".join(received)
 
 
@@ -95,8 +104,12 @@ def _disposition(value: bytes) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("utf-8", "replace") for k, v in params.items()}
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
-    """The image parts of a multipart/form-data body (fields 'files' or 'file'), in order."""
+def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Upload]:
+    """The image parts of a multipart/form-data body (fields 'files' or 'file'), in order.
+
+    python-multipart's streaming parser stops at the part past `max_parts` (413): a body of thousands of empty parts
+    costs no more than `max_parts` of them. It is plain Python, so the server runs it off the event loop.
+    """
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -108,6 +121,12 @@ def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
     ended = []
 
     def on_part_begin() -> None:
+        if len(parts) == max_parts:
+            raise UploadError(
+                413,
+                f"more than {max_parts} images in one request; this server takes at most {max_parts} (--queue): "
+                "send them in several requests",
+            )
         parts.append({"headers": {}, "data": []})
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -140,6 +159,11 @@ def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
         raise UploadError(400, f"malformed multipart/form-data body ({e})") from e
     if not ended:
         raise UploadError(400, "truncated multipart/form-data body (no closing boundary)")
+    return _uploads(body, parts)
+
+
+def _uploads(body: bytes, parts: list[dict]) -> list[Upload]:
+    """The parsed parts as uploads: each must be a file in 'files' (or 'file') with an image (or unnamed) type."""
     uploads = []
     for number, part in enumerate(parts, 1):
         params = _disposition(part["headers"].get(b"content-disposition", b""))
@@ -166,22 +190,30 @@ def _part_data(body: bytes, pieces: list[tuple[int, int] | bytes]) -> bytes | me
     return b"".join(body[p[0] : p[1]] if isinstance(p, tuple) else p for p in pieces)
 
 
-def check_pixels(upload: Upload, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than `max_pixels` pixels, before any pixel is decoded."""
+def check_pixels(upload: Upload, max_pixels: int, size: int | None = None) -> int:
+    """Refuse an image whose header declares more than `max_pixels` pixels, before any pixel is decoded; the pixels
+    its decode holds (a JPEG decodes at the reduced scale `size` allows; 0 when Pillow cannot open it: decode_image
+    says why).
+
+    It leaves the warning filters alone (decode threads run it at once; warnings.catch_warnings is not thread-safe):
+    Pillow's bomb warning is an error by data/decode.py's filter, and either form of it means over the limit.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            width, height = Image.open(io.BytesIO(upload.data)).size
-    except Image.DecompressionBombError:
+        im = Image.open(io.BytesIO(upload.data))
+        width, height = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(413, f"{upload.name}: image over Pillow's decompression-bomb limit; refused") from None
     except Exception:  # not an image Pillow can open: decode_image's ImageDecodeError says why
-        return
+        return 0
     if width * height > max_pixels:
         raise UploadError(
             413,
             f"{upload.name}: {width}x{height} = {width * height} pixels is over this server's limit of "
             f"{max_pixels} pixels (--max-pixels); send a smaller image",
         )
+    if size is not None and im.format == "JPEG":
+        im.draft(None, (size, size))  # what decode_bytes asks for; only the header is read
+    return im.size[0] * im.size[1]
 
 
 def decode_image(upload: Upload, size: int, max_pixels: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,65 @@ def test_decompression_bomb_is_refused(monkeypatch):
 def test_unreadable_path_names_the_file(tmp_path):
     with pytest.raises(ImageDecodeError, match="missing.png"):
         decode_file(tmp_path / "missing.png", 16)
+
+
+# Peak resident memory (VmHWM, the kernel's high-water mark of this process; ru_maxrss would carry the parent's
+# across exec) grown by one decode, in a fresh process.
+_PEAK = """
+import re, sys
+from smallvision.data.decode import decode_bytes
+def peak():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+decode_bytes(open(sys.argv[2], "rb").read(), 8)  # the decoders' own first-use allocations, outside the measure
+data = open(sys.argv[1], "rb").read()
+before = peak()
+decode_bytes(data, 224)
+print(peak() - before)
+"""
+
+
+@pytest.mark.parametrize("kind", ["RGBA rotated by EXIF", "I;16"])
+def test_decoding_a_large_png_peaks_within_the_stated_bound(kind, tmp_path):
+    """A 4-megapixel PNG of a few KB (the shape of a decompression-heavy upload) peaks within the bound the README
+    and the server's limits state: DECODE_BYTES_PER_PIXEL x pixels, plus a few MB for a band and the decoder."""
+    import subprocess
+    import sys
+
+    from smallvision.data.decode import DECODE_BYTES_PER_PIXEL
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak memory is read from /proc/self/status (Linux)")
+
+    side = 2000
+    if kind == "I;16":
+        im, exif = Image.new("I;16", (side, side), 40000), Image.Exif()
+    else:
+        im, exif = Image.new("RGBA", (side, side), (9, 200, 30, 128)), Image.Exif()
+        exif[0x0112] = 6
+    (tmp_path / "big.png").write_bytes(_bytes(im, "PNG", exif=exif))
+    (tmp_path / "small.png").write_bytes(_bytes(im.resize((16, 16)), "PNG", exif=exif))
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(tmp_path / "big.png"), str(tmp_path / "small.png")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    grown = int(done.stdout)
+    assert grown > 4 * side * side  # the measure sees the decode: its source alone is 4 bytes a pixel (RGBX or I;16's)
+    assert grown <= DECODE_BYTES_PER_PIXEL * side * side + 4 * 2**20, (kind, grown / side**2)
+
+
+def test_band_by_band_conversion_gives_the_pixels_a_whole_image_conversion_gives(monkeypatch):
+    import smallvision.data.decode as decode
+
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (61, 83, 4), dtype=np.uint8), "RGBA"),  # partial alpha everywhere
+        Image.fromarray(rng.integers(0, 65536, (61, 83), dtype=np.uint16)),
+        Image.fromarray(rng.integers(0, 256, (61, 83, 3), dtype=np.uint8), "RGB").convert("P"),
+    ]
+    images[2].info["transparency"] = 7
+    whole = [np.asarray(decode.to_rgb(im)) for im in images]
+    monkeypatch.setattr(decode, "BAND_PIXELS", 100)  # one or two rows a band
+    for im, expected in zip(images, whole, strict=True):
+        assert np.array_equal(np.asarray(decode.to_rgb(im)), expected), im.mode

@@ -7,7 +7,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +54,24 @@ def wait_until_up(url: str, process: subprocess.Popen | None, log: Path | None, 
             pass
         time.sleep(0.1)
     pytest.fail(f"the server at {url} did not answer /health in {timeout} s")
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """The app served by uvicorn in a thread on a free port of 127.0.0.1; its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, None, None, timeout=30)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="package")

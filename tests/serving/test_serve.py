@@ -12,7 +12,6 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -22,7 +21,7 @@ import smallvision
 from smallvision.errors import SmallvisionError
 from smallvision.serving import create_app
 from smallvision.serving.options import ServeOptions
-from tests.serving.conftest import free_port, wait_until_up
+from tests.serving.conftest import free_port, running
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -44,24 +43,6 @@ def _png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (120, 160, 200)).save(buf, "PNG")
     return buf.getvalue()
-
-
-@contextmanager
-def _running(app):
-    """The app served by uvicorn in a thread on a free port; its URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url, None, None, timeout=30)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _as_dict(top: list) -> dict[str, float]:
@@ -169,7 +150,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
 
 def test_a_tiny_queue_under_a_burst_answers_503_fast_and_keeps_serving(model_dir, served):
     app = create_app(model_dir, max_batch=1, max_wait_ms=0, queue_size=1)
-    with _running(app) as url:
+    with running(app) as url:
         body = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in served.images[:1]]
 
         def one(_: int) -> tuple[int, float, str]:
@@ -187,7 +168,7 @@ def test_a_tiny_queue_under_a_burst_answers_503_fast_and_keeps_serving(model_dir
         assert sorted(t for t, _ in refused)[len(refused) // 2] < 2.0  # refused at once, not after queueing
         health = httpx.get(f"{url}/health").json()
         assert health["rejected_requests"] == len(refused)
-        assert health["queue"] == {"waiting": 0, "in_progress": 0, "size": 1}
+        assert health["queue"] == {"waiting": 0, "in_progress": 0, "reading": 0, "decoding": 0, "size": 1}
         assert httpx.post(f"{url}/predict", files=body, timeout=60).status_code == 200
 
 
@@ -204,7 +185,7 @@ def test_a_failing_model_call_answers_its_batch_with_a_json_500_and_the_worker_g
 
     app.state.batcher.model = one_row_short_once
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in served.images[:3]]
-    with _running(app) as url:
+    with running(app) as url:
         failed = httpx.post(f"{url}/predict", files=files, timeout=15)
         assert failed.status_code == 500, failed.text
         assert "2 rows for a batch of 3 images" in failed.json()["detail"]
@@ -311,7 +292,7 @@ def test_multipart_parts_are_views_into_the_body_not_copies(served):
         "POST", "http://x/predict", files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in served.images[:3]]
     )
     body = request.read()
-    uploads = parse_multipart(body, request.headers["content-type"])
+    uploads = parse_multipart(body, request.headers["content-type"], 64)
     assert [bytes(u.data) for u in uploads] == [p.read_bytes() for p in served.images[:3]]
     assert all(isinstance(u.data, memoryview) and u.data.obj is body for u in uploads)
 
@@ -338,7 +319,7 @@ def test_bad_requests_of_every_shape_get_their_status_and_the_server_goes_on(ser
 
     too_many = httpx.post(url, files=[("files", (f"{i}.png", tiny, "image/png")) for i in range(65)], timeout=60)
     assert too_many.status_code == 413, too_many.text
-    assert "65 images in one request" in too_many.json()["detail"] and "--queue" in too_many.json()["detail"]
+    assert "more than 64 images in one request" in too_many.json()["detail"] and "--queue" in too_many.json()["detail"]
 
     one_bad = [("files", ("ant.jpg", jpeg, "image/jpeg")), ("files", ("notes.jpg", b"not a picture", "image/jpeg"))]
     answer = httpx.post(url, files=one_bad, timeout=60)
