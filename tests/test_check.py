@@ -109,3 +109,16 @@ def test_planted_label_flips_are_found(tmp_path):
     flagged = {f["paths"][0] for f in report["findings"] if f["kind"] == "probably mislabeled"}
     assert len(flagged & flipped) >= 22, f"found {len(flagged & flipped)} of 24 flips"
     assert len(flagged - flipped) <= 2, sorted(flagged - flipped)
+
+
+@pytest.mark.slow  # trains the features recipe on the demo's 1,797 digits
+def test_demo_report_first_screen_raises_no_false_alarm(tmp_path):
+    """The report a newcomer opens first after `make demo` shows the data check as clean, not thousands of copies."""
+    from examples.demo import write_digits
+
+    data = write_digits(tmp_path / "digits")
+    out = tmp_path / "run"
+    r = smallvision.train(data, recipe="features", test_fraction=0.1, image_size=32, epochs=1, out=out, progress=False)
+    assert r.metrics["data_check"] == {}
+    page = (out / "report.html").read_text()
+    assert '<div id="data-check" class="notice ok">' in page and "near-duplicate" not in page
