@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,20 @@ def exact_duplicates(items: list[ImageItem], classes: list[str]) -> list[Finding
     return out
 
 
+class Rows:
+    """Images made one at a time, as the `(image,)` rows cleanvision reads from a torchvision dataset: nothing held,
+    and files read our way (cleanvision's own file reader raises IndexError on an LA-mode PNG)."""
+
+    def __init__(self, n: int, image: Callable[[int], Any]) -> None:
+        self.n, self.image = n, image
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[Any]:
+        return (self.image(i),)
+
+
 def _quiet(progress: bool) -> contextlib.AbstractContextManager:
     """Silence cleanvision's progress bars (tqdm on stderr, whatever `verbose` says) unless progress is wanted."""
     return contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
@@ -65,7 +80,7 @@ def near_duplicates(items: list[ImageItem], images: np.ndarray, *, progress: boo
     from PIL import Image
 
     with _quiet(progress):
-        lab = Imagelab(torchvision_dataset=[(Image.fromarray(im),) for im in images], verbose=False)
+        lab = Imagelab(torchvision_dataset=Rows(len(images), lambda i: Image.fromarray(images[i])), verbose=False)
         lab.find_issues(issue_types={"near_duplicates": {}}, n_jobs=1, verbose=False)
     out = []
     for group in lab.info["near_duplicates"]["sets"]:
@@ -90,24 +105,15 @@ PROPERTY_ISSUES = {
 }
 
 
-class Pictures:
-    """Files at full size as training reads them (EXIF-rotated; L or RGB) in the `(image,)` rows cleanvision reads
-    from a torchvision dataset: its own file reader fails on modes such as LA."""
+def read_as_trained(path: Path) -> Any:
+    """A file at full size as training reads it (EXIF-rotated; L kept, any other mode made RGB), as a PIL image."""
+    from PIL import Image, ImageOps
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
+    from smallvision.data.decode import to_rgb
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Any]:
-        from PIL import Image, ImageOps
-
-        from smallvision.data.decode import to_rgb
-
-        with Image.open(self.paths[i]) as im:
-            im = ImageOps.exif_transpose(im)
-            return (im if im.mode in ("L", "RGB") else to_rgb(im),)
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im if im.mode in ("L", "RGB") else to_rgb(im)
 
 
 def image_issues(items: list[ImageItem], *, progress: bool = False) -> list[Finding]:
@@ -117,7 +123,7 @@ def image_issues(items: list[ImageItem], *, progress: bool = False) -> list[Find
     from cleanvision import Imagelab
 
     with _quiet(progress):
-        lab = Imagelab(torchvision_dataset=Pictures([it.path for it in items]), verbose=False)
+        lab = Imagelab(torchvision_dataset=Rows(len(items), lambda i: read_as_trained(items[i].path)), verbose=False)
         lab.find_issues(issue_types={name: {} for name in PROPERTY_ISSUES}, n_jobs=1, verbose=False)
     out = []
     for name, kind in PROPERTY_ISSUES.items():
