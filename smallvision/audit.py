@@ -166,15 +166,17 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray) -> np.ndarray | None
 
 
 def mislabeled(items: list[ImageItem], probs: np.ndarray, classes: list[str]) -> list[Finding]:
-    """cleanlab's label issues (confident learning on out-of-fold probabilities), most confident first."""
+    """cleanlab's label issues (confident learning on out-of-fold probabilities), most confident first; each says how
+    often the out-of-fold model agrees with the folders, since its doubts are only as good as that."""
     from cleanlab.filter import find_label_issues
 
     y = np.array([it.label for it in items])
     ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    trust = f"(that model agrees with {100 * float((probs.argmax(axis=1) == y).mean()):.0f}% of the folders)"
     out = []
     for i in ranked:
         pred, p_label = int(probs[i].argmax()), float(probs[i, y[i]])
-        detail = f"out-of-fold: {classes[pred]} {probs[i, pred]:.2f}, its folder {classes[y[i]]} {p_label:.2f}"
+        detail = f"out-of-fold: {classes[pred]} {probs[i, pred]:.2f}, its folder {classes[y[i]]} {p_label:.2f} {trust}"
         out.append(Finding("probably mislabeled", 1 - p_label, [str(items[i].path)], detail))
     return out
 
