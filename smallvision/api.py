@@ -526,7 +526,7 @@ def check(
 ) -> dict[str, Any]:
     """Audit a dataset: unreadable files, duplicates, near-duplicates, imbalance, probably mislabeled images.
 
-    Findings come ranked by suspicion (0..1); `content=False` skips the backbone-based checks.
+    Findings come ranked by suspicion (0..1); `content=False` skips the backbone-based checks and image properties.
     """
     from smallvision.audit import check_index
 

@@ -1,11 +1,14 @@
-"""Audit a dataset before training (`smallvision check`): unreadable files, duplicates (exact and near), class
-imbalance, and images that are probably mislabeled or do not belong (out-of-fold predictions and outliers on cached
-backbone features)."""
+"""Audit a dataset before training (`smallvision check`): unreadable files, exact duplicates, near-duplicates and
+image-property issues (cleanvision), class imbalance, and images that are probably mislabeled (cleanlab on out-of-fold
+predictions) or do not belong (outliers) on cached backbone features."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from smallvision.data.scan import DatasetIndex, ImageItem
 
 log = logging.getLogger(__name__)
 
-THUMB = 32  # decoded size for the near-duplicate hash
+THUMB = 32  # decoded size for the near-duplicate hash (phash resizes to 32x32 itself)
 
 
 @dataclass
@@ -50,51 +53,92 @@ def exact_duplicates(items: list[ImageItem], classes: list[str]) -> list[Finding
     return out
 
 
-def _average_hash(images: np.ndarray) -> np.ndarray:
-    gray = images.astype(np.float32).mean(axis=3)
-    n, h, w = gray.shape
-    small = gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, 64)
-    return small > small.mean(axis=1, keepdims=True)
+class Rows:
+    """Images made one at a time, as the `(image,)` rows cleanvision reads from a torchvision dataset: nothing held,
+    and files read our way (cleanvision's own file reader raises IndexError on an LA-mode PNG)."""
+
+    def __init__(self, n: int, image: Callable[[int], Any]) -> None:
+        self.n, self.image = n, image
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[Any]:
+        return (self.image(i),)
 
 
-def _close_pairs(bits: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """Pairs (i < j) of 64-bit hashes within `max_distance` bits, without comparing every pair.
+def _quiet(progress: bool) -> contextlib.AbstractContextManager:
+    """Silence cleanvision's progress bars (tqdm on stderr, whatever `verbose` says) unless progress is wanted."""
+    return contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
 
-    Pigeonhole: hashes that differ in at most `max_distance` bits agree exactly on at least one of
-    `max_distance + 1` disjoint bit chunks, so only rows that share a chunk value are compared (near-linear for
-    real data; all-pairs comparison took 26 G comparisons and 655 MB blocks at 20k images).
-    """
-    n_chunks = max_distance + 1
-    edges = np.linspace(0, bits.shape[1], n_chunks + 1).astype(int)
-    weights = [1 << np.arange(b - a, dtype=np.uint64) for a, b in zip(edges, edges[1:], strict=False)]
-    pairs: set[tuple[int, int]] = set()
-    for (a, b), w in zip(zip(edges, edges[1:], strict=False), weights, strict=True):
-        keys = bits[:, a:b].astype(np.uint64) @ w
-        order = np.argsort(keys, kind="stable")
-        bounds = np.flatnonzero(np.diff(keys[order])) + 1
-        for group in np.split(order, bounds):
-            if len(group) > 1:
-                i, j = np.triu_indices(len(group), 1)
-                low, high = np.minimum(group[i], group[j]), np.maximum(group[i], group[j])
-                pairs.update(zip(low.tolist(), high.tolist(), strict=True))
+
+def near_duplicates(items: list[ImageItem], images: np.ndarray, *, progress: bool = False) -> list[Finding]:
+    """Groups of different files that look the same: equal cleanvision perceptual hashes of the cached thumbnails."""
+    if len(items) < 2:
+        return []
+    from cleanvision import Imagelab
+    from PIL import Image
+
+    with _quiet(progress):
+        lab = Imagelab(torchvision_dataset=Rows(len(images), lambda i: Image.fromarray(images[i])), verbose=False)
+        lab.find_issues(issue_types={"near_duplicates": {}}, n_jobs=1, verbose=False)
     out = []
-    for i, j in sorted(pairs):
-        d = int((bits[i] != bits[j]).sum())
-        if d <= max_distance:
-            out.append((i, j, d))
+    for group in lab.info["near_duplicates"]["sets"]:
+        same = [items[i] for i in group]
+        if len({it.digest for it in same}) < 2:
+            continue
+        cross = len({it.split for it in same}) > 1 or len({it.label for it in same}) > 1
+        where = "different splits or classes" if cross else "same class and split"
+        detail = f"{len(same)} files with one perceptual hash ({where})"
+        out.append(Finding("near-duplicate", 0.6 if cross else 0.2, [str(it.path) for it in same], detail))
     return out
 
 
-def near_duplicates(items: list[ImageItem], images: np.ndarray, max_distance: int = 3) -> list[Finding]:
-    """Different files that look the same (64-bit average hash within `max_distance` bits)."""
+PROPERTY_ISSUES = {
+    "dark": "dark image",
+    "light": "light image",
+    "blurry": "blurry image",
+    "low_information": "low-information image",
+    "odd_aspect_ratio": "odd aspect ratio",
+    "odd_size": "odd size",
+    "grayscale": "grayscale image",
+}
+
+
+def read_as_trained(path: Path) -> Any:
+    """A file at full size as training reads it (EXIF-rotated; L kept, any other mode made RGB), as a PIL image."""
+    from PIL import Image, ImageOps
+
+    from smallvision.data.decode import to_rgb
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im if im.mode in ("L", "RGB") else to_rgb(im)
+
+
+def image_issues(items: list[ImageItem], *, progress: bool = False) -> list[Finding]:
+    """cleanvision's per-image property issues (dark, blurry, odd size...), except traits of most of the data set."""
+    if not items:
+        return []
+    from cleanvision import Imagelab
+
+    with _quiet(progress):
+        lab = Imagelab(torchvision_dataset=Rows(len(items), lambda i: read_as_trained(items[i].path)), verbose=False)
+        lab.find_issues(issue_types={name: {} for name in PROPERTY_ISSUES}, n_jobs=1, verbose=False)
     out = []
-    for i, j, d in _close_pairs(_average_hash(images), max_distance):
-        a, b = items[i], items[j]
-        if a.digest != b.digest:
-            cross = a.split != b.split or a.label != b.label
-            where = "different split or class" if cross else "same class and split"
-            detail = f"hash distance {d} ({where})"
-            out.append(Finding("near-duplicate", 0.6 if cross else 0.2, [str(a.path), str(b.path)], detail))
+    for name, kind in PROPERTY_ISSUES.items():
+        flagged = lab.issues[lab.issues[f"is_{name}_issue"]]
+        if 2 * len(flagged) > len(items):
+            log.info(
+                "data check: %d of %d images are %s: a trait of this data set, not reported per image",
+                len(flagged),
+                len(items),
+                kind.removesuffix(" image"),
+            )
+            continue
+        for i, score in flagged[f"{name}_score"].items():
+            detail = f"cleanvision's {name} score {score:.2f} (low is worse)"
+            out.append(Finding(kind, 0.25, [str(items[i].path)], detail))
     return out
 
 
@@ -109,36 +153,40 @@ def imbalance(items: list[ImageItem], classes: list[str], ratio: float = 3.0) ->
     ]
 
 
-def suspects(items: list[ImageItem], features: np.ndarray, classes: list[str], top: int = 20) -> list[Finding]:
-    """Images whose out-of-fold prediction disagrees with their folder, or that sit far from their class."""
+def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Each image's class probabilities from a logistic regression that never saw it (None: too few per class)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+    folds = int(min(5, np.bincount(y).min()))
+    if folds < 2:
+        return None
+    cv = StratifiedKFold(folds, shuffle=True, random_state=0)
+    return cross_val_predict(LogisticRegression(max_iter=2000), x, y, method="predict_proba", cv=cv)
+
+
+def mislabeled(items: list[ImageItem], probs: np.ndarray, classes: list[str]) -> list[Finding]:
+    """cleanlab's label issues (confident learning on out-of-fold probabilities), most confident first; each says how
+    often the out-of-fold model agrees with the folders, since its doubts are only as good as that."""
+    from cleanlab.filter import find_label_issues
+
+    y = np.array([it.label for it in items])
+    ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    trust = f"(that model agrees with {100 * float((probs.argmax(axis=1) == y).mean()):.0f}% of the folders)"
+    out = []
+    for i in ranked:
+        pred, p_label = int(probs[i].argmax()), float(probs[i, y[i]])
+        detail = f"out-of-fold: {classes[pred]} {probs[i, pred]:.2f}, its folder {classes[y[i]]} {p_label:.2f} {trust}"
+        out.append(Finding("probably mislabeled", 1 - p_label, [str(items[i].path)], detail))
+    return out
+
+
+def suspects(items: list[ImageItem], features: np.ndarray, classes: list[str], top: int = 20) -> list[Finding]:
+    """Images whose label cleanlab doubts (out-of-fold predictions), or that sit far from their class."""
     y = np.array([it.label for it in items])
     x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    folds = int(min(5, np.bincount(y).min()))
-    out = []
-    if folds >= 2:
-        probs = cross_val_predict(
-            LogisticRegression(max_iter=2000),
-            x,
-            y,
-            method="predict_proba",
-            cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-        )
-        p_label = probs[np.arange(len(y)), y]
-        for i in np.argsort(p_label)[:top]:
-            if p_label[i] < 0.5:
-                pred = int(probs[i].argmax())
-                out.append(
-                    Finding(
-                        "probably mislabeled",
-                        float(1 - p_label[i]),
-                        [str(items[i].path)],
-                        f"out-of-fold: {classes[pred]} {probs[i, pred]:.2f}, "
-                        f"its folder {classes[y[i]]} {p_label[i]:.2f}",
-                    )
-                )
+    probs = out_of_fold_probabilities(x, y)
+    out = mislabeled(items, probs, classes) if probs is not None else []
     centroids = np.stack([x[y == c].mean(axis=0) for c in range(len(classes))])
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     dist = 1 - (x * centroids[y]).sum(axis=1)
@@ -173,8 +221,10 @@ def check_index(
     findings += [Finding("skipped", 0.5, [str(p)], reason) for p, reason in index.skipped]
     good = [it for pos, it in enumerate(items) if pos not in failed]
     findings += exact_duplicates(good, index.classes)
-    findings += near_duplicates(good, thumbs)
+    findings += near_duplicates(good, thumbs, progress=progress)
     findings += imbalance(good, index.classes)
+    if content:
+        findings += image_issues(good, progress=progress)
     if content and len(good) >= 4:
         from smallvision.models.weights import resolve_weights
         from smallvision.training.features import cached_features

@@ -250,7 +250,13 @@ def inspect(
 def check(
     data: Annotated[Path, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")],
     as_json: Annotated[bool, Opt("--json", help="Print the findings as JSON; default: a table")] = False,
-    content: Annotated[bool, Opt("--content/--no-content", help="Backbone-based mislabel/outlier checks")] = True,
+    content: Annotated[
+        bool,
+        Opt(
+            "--content/--no-content",
+            help="Backbone-based mislabel/outlier checks; cleanvision's image properties (dark, blurry, odd size)",
+        ),
+    ] = True,
     limit: Annotated[int, Opt(help="Rows in the table")] = 30,
 ) -> None:
     """Audit a dataset before training. Unreadable files, duplicates, imbalance, probably mislabeled images (ranked)."""

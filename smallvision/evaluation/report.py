@@ -488,7 +488,7 @@ CHECK_WORDS = {
     "duplicate across splits": "identical file(s) in two splits: a leak that inflates the scores",
     "duplicate across classes": "identical file(s) under two classes",
     "duplicate within class": "duplicate file(s) within a class",
-    "near-duplicate": "near-duplicate pair(s)",
+    "near-duplicate": "group(s) of near-duplicate images",
     "class imbalance": "class(es) much smaller than the largest",
     "unreadable": "unreadable file(s)",
     "skipped": "file(s) skipped",
