@@ -121,6 +121,29 @@ def test_both_stages_of_finetune_are_logged(shapes_data, tmp_path):
         _same(logged[tag], expected, tag)
 
 
+def test_auto_logs_each_stage_under_its_history_name_and_the_values_each_candidate_ran(shapes_data, tmp_path):
+    # the default recipe; a budget this small plans heads on efficientnet_lite0 features only, one per learning rate
+    run_dir = tmp_path / "run"
+    options = {"backbone": "efficientnet_lite0", "time_budget": 1, "image_size": 32, "epochs": 4}
+    smallvision.train(shapes_data, out=run_dir, logger="tensorboard", progress=False, report=False, **options)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    scalars, hparams = _tensorboard(run_dir)
+    stages = {tag.rsplit("/", 1)[0] for tag in scalars if not tag.startswith("final/")}
+    assert stages == {"features efficientnet_lite0 lr 0.001", "features efficientnet_lite0 lr 0.003"}
+    for stage in stages:  # one curve per stage: each epoch logged once, not two heads on the same tags
+        assert [step for step, _ in scalars[f"{stage}/val_accuracy"]] == [1, 2, 3, 4], stage
+    for tag, expected in _history(run_dir).items():  # the kept head's curve is history.csv's
+        _same(scalars[tag], expected, tag)
+    _check_final(scalars, metrics)
+    (chosen,) = metrics["candidates"]
+    (stage,) = chosen["stages"]
+    kept = float(stage["stage"].rsplit(" ", 1)[1])
+    assert hparams["recipe/name"] == "auto" and hparams["candidates/1/name"] == chosen["name"]
+    own = f"candidates/1/stages/{stage['stage']}/recipe/lr"  # a value its candidates share is logged once, above
+    assert hparams.get(own, hparams.get("recipe/lr")) == pytest.approx(kept)  # not the default 0.001 when 0.003 ran
+    assert hparams["model/hidden"] == 0 and hparams["data/image_size"] == 32
+
+
 def test_a_missing_tracker_package_is_refused_naming_the_extra(shapes_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mlflow were not installed: importing it fails
     out = tmp_path / "run"

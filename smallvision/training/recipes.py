@@ -38,6 +38,7 @@ class RecipeOutcome:
     world_size: int = 1  # processes that really trained (Lightning's world size); the features path runs one
     image_size: int | None = None  # the input size the model was trained at, when the recipe chose it (auto)
     tta: str | None = None  # test-time augmentation the saved model applies itself ("hflip"), chosen on validation
+    resolved: dict | None = None  # config.yaml's resolved values when the run's own config does not hold them (auto)
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -100,7 +101,10 @@ class _FeatureStage:
     by_split: dict
 
 
-def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger) -> _FeatureStage:
+def _feature_stage(
+    cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger, stage: str = "features"
+) -> _FeatureStage:
+    """A dense head on cached features of the frozen backbone(s); its epochs logged and recorded as `stage`."""
     import torch
 
     from smallvision.models.head import Head
@@ -150,10 +154,10 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
         class_weights=r.class_weights,
         patience=r.patience,
         progress=progress,
-        on_epoch=lambda row: log_epoch(logger, {**row, "stage": "features"}),
+        on_epoch=lambda row: log_epoch(logger, {**row, "stage": stage}),
     )
     for row in result.history:
-        row["stage"] = "features"
+        row["stage"] = stage
     best = result.history[result.best_epoch - 1]["val_accuracy"]
     ran = len(result.history)
     stop = f", stopped after {ran} (--patience {r.patience})" if result.stopped_early else ""
