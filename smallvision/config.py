@@ -587,11 +587,11 @@ def refusal(cfg: RunConfig, path: str, conditions: bool = True) -> str | None:
 
 
 def unapplied(given: dict[str, Any], stages: list[RunConfig]) -> list[str]:
-    """The dotted paths in `given` (the options a user set) that no stage of `stages` applied: a stage applies one when
-    its recipe applies it (`refusal`) and it ran with the user's value; options only `auto` itself reads are applied
-    by its plan."""
+    """The dotted paths in `given` (the options a user set), in APPLIES order, that no stage of `stages` applied: a
+    stage applies one when its recipe applies it (`refusal`) and it ran with the user's value; options only `auto`
+    itself reads are applied by its plan."""
     out = []
-    for path, value in given.items():
+    for path, value in sorted(given.items(), key=lambda kv: list(APPLIES).index(kv[0])):  # the options' own order
         if path == "recipe.name" or APPLIES[path].recipes == ("auto",):  # auto itself read them: its plan ran
             continue
         ran = any(refusal(cfg, path) is None and _value(cfg, path) == value for cfg in stages)

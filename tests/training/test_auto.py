@@ -102,7 +102,8 @@ def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, s
 
 
 def test_a_budget_far_too_small_is_honoured_and_explained(shapes_data, tmp_path):
-    r = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=1, **FAST)
+    unused = {"momentum": 0.8, "warmup_epochs": 2.0, "memory_budget": 2.0}  # heads only: one-cycle, no cache
+    r = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=1, optimizer="sgd", **unused, **FAST)
     plan = _plan(r.run_dir)
     assert plan["rounds"] == [] and plan["backbones"] == ["efficientnet_lite0"] and plan["scratch"] is None
     assert plan["train_cap"] is not None and plan["train_cap"] < 72
@@ -110,6 +111,10 @@ def test_a_budget_far_too_small_is_honoured_and_explained(shapes_data, tmp_path)
     assert any("too small for fine-tuning" in n for n in r.notes)
     assert not list((r.run_dir / "checkpoints").glob("finetune*"))
     assert smallvision.load(r.model_dir)[1].trainable == ["head"]
+    (after,) = [n for n in r.notes if "no stage that ran uses them" in n]  # --optimizer ran: the sgd heads
+    assert (
+        after == "auto: --momentum, --warmup-epochs, --memory-budget set but not applied: no stage that ran uses them"
+    )
 
 
 class _Costs:
