@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smallvision import runclock
 from smallvision.config import APPLIES, RunConfig, nested, option_flag, stage_values, unapplied, user_set
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
@@ -718,7 +720,6 @@ def run_auto(
     cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
 ) -> recipes.RecipeOutcome:
     """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (see the module doc)."""
-    from smallvision import runclock
     from smallvision.data.profile import profile_data
     from smallvision.training.costs import Costs
     from smallvision.training.distributed import rank_zero_decision
@@ -774,9 +775,7 @@ def run_auto(
     if work is not index:  # held-out images that failed to decode were dropped from the sample's index only
         kept = {it.digest for it in work.items}
         index.drop({it.digest: "unreadable" for it in index.items if it.split != "train" and it.digest not in kept})
-    outcome = _outcome(members, tta, work, notes)
-    outcome.resolved = resolved_values(cfg, members, cands)
-    return outcome
+    return dataclasses.replace(_outcome(members, tta, work, notes), resolved=resolved_values(cfg, members, cands))
 
 
 def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candidate]) -> dict:
