@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smallvision import atomic
-from smallvision.config import RunConfig, build_config, dump_config, load_config
+from smallvision import atomic, runclock
+from smallvision.config import RunConfig, build_config, dump_config, load_config, read_resolved
 from smallvision.errors import SmallvisionError
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def _train(
     data, resume, split_from, progress, evaluate_test, report, strict, start, worker, run_log, kwargs
 ) -> TrainResult | None:
     from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.trackers import log_final, make_logger, process_state, remember
+    from smallvision.training.trackers import log_final, make_logger, process_state, remember, tracker_params
 
     if resume is not None:
         saved = Path(resume) / "config.yaml"
@@ -288,6 +288,9 @@ def _train(
     values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
     cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
+    own_start = start
+    earlier = runclock.earlier_seconds(run_dir) if resume is not None and is_rank_zero() else 0.0
+    start -= earlier  # `seconds` and auto's budget count the run's earlier processes too
     index = _scan(cfg) if split_from is None else _train_on_record(cfg, Path(split_from), resume is not None)
     _refuse_unused_split_options(values.get("data", {}), index)
     check_summary = _precheck(index, strict)
@@ -299,22 +302,25 @@ def _train(
 
                 write_record(index, run_dir / "split.csv")
             atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
+            runclock.begin(run_dir, earlier)
             run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
         if tracker is not None:
             remember(tracker, run_dir)  # --resume continues this tracker run
         status = "failed"
         try:  # the tracker's run is closed on every path, "failed" unless everything was logged
-            if tracker is not None:
+            if tracker is not None and cfg.recipe.name != "auto":  # auto's values are known once its stages ran
                 tracker.log_hyperparams(cfg.model_dump(mode="json"))
             result = _train_run(
                 cfg, index, run_dir, progress, evaluate_test, report, start, worker, check_summary, tracker
             )
             if tracker is not None:
-                log_final(tracker, cfg.model_dump(mode="json"), result.metrics)
+                log_final(tracker, tracker_params(read_resolved(run_dir / "config.yaml")), result.metrics)
             status = "success"
         finally:
             if tracker is not None:
                 tracker.finalize(status)
+            if is_rank_zero():
+                runclock.end(run_dir, time.perf_counter() - own_start)
     return result
 
 
@@ -367,6 +373,9 @@ def _train_run(
     if not is_rank_zero():
         return None
     log.info("%s", index.table())
+    if outcome.resolved is not None:  # what the recipe's stages ran with (auto's candidates), not the run's defaults
+        saved = run_dir / "config.yaml"
+        atomic.write_text(saved, dump_config(load_config(saved), outcome.resolved))
     for note in outcome.notes:
         log.debug("%s", note)
 
@@ -404,6 +413,7 @@ def _train_run(
         "feature_cache": outcome.cache,
         "data_check": check_summary,
         "tta": outcome.tta or False,
+        **({"candidates": outcome.resolved["candidates"]} if outcome.resolved else {}),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

@@ -571,13 +571,64 @@ def build_config(values: dict[str, Any], origin: str = "config", conditions: boo
     if r.finetune_lr is None and name in TWO_STAGE:
         _resolve(r, "finetune_lr", r.lr * (AUTO_FINETUNE_SHARE if name == "auto" else 0.1))
     for path in given:
-        applies = APPLIES[path]
-        if name in applies.recipes and not conditions:
-            continue
-        reason = applies.why if name not in applies.recipes else (CONDITIONS.get(path, lambda _: None)(cfg))
+        reason = refusal(cfg, path, conditions)
         if reason:
             raise SmallvisionError(f"option {option_flag(path)} ({path}) does not apply to recipe {name}: {reason}")
     return cfg
+
+
+def refusal(cfg: RunConfig, path: str, conditions: bool = True) -> str | None:
+    """Why `cfg`'s recipe cannot apply the field at `path` (APPLIES, then CONDITIONS), or None when it applies it:
+    the one rule behind refusing an option up front and naming, after an auto run, what no stage that ran applied."""
+    applies = APPLIES[path]
+    if cfg.recipe.name not in applies.recipes:
+        return applies.why or f"only {', '.join(applies.recipes)} apply it"
+    return CONDITIONS[path](cfg) if conditions and path in CONDITIONS else None
+
+
+def unapplied(given: dict[str, Any], stages: list[RunConfig]) -> list[str]:
+    """The dotted paths in `given` (the options a user set), in APPLIES order, that no stage of `stages` applied: a
+    stage applies one when its recipe applies it (`refusal`) and it ran with the user's value; options only `auto`
+    itself reads are applied by its plan."""
+    out = []
+    for path, value in sorted(given.items(), key=lambda kv: list(APPLIES).index(kv[0])):  # the options' own order
+        if path == "recipe.name" or APPLIES[path].recipes == ("auto",):  # auto itself read them: its plan ran
+            continue
+        ran = any(refusal(cfg, path) is None and _value(cfg, path) == value for cfg in stages)
+        if not ran:
+            out.append(path)
+    return out
+
+
+def _value(cfg: BaseModel, path: str) -> Any:
+    """The value of the field at dotted `path`."""
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def stage_values(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved value of every field `cfg`'s recipe applies (APPLIES), by dotted path, as YAML writes it."""
+    dumped = cfg.model_dump(mode="json")
+    return {path: _value_in(dumped, path) for path in APPLIES if refusal(cfg, path, conditions=False) is None}
+
+
+def _value_in(values: dict, path: str) -> Any:
+    for part in path.split("."):
+        values = values[part]
+    return values
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted paths and their values as nested sections (what RunConfig validates and YAML shows)."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        section = out
+        *parents, leaf = path.split(".")
+        for p in parents:
+            section = section.setdefault(p, {})
+        section[leaf] = value
+    return out
 
 
 RESOLVED_KEY = "resolved"
@@ -608,8 +659,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def dump_config(values: dict[str, Any], resolved: RunConfig) -> str:
-    """A run's config.yaml: the values that were set (what `--config` repeats), then every resolved value to read."""
+def read_resolved(path: str | Path) -> dict[str, Any]:
+    """A run's config.yaml `resolved:` section: every value the run used, as the file shows it."""
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))[RESOLVED_KEY]
+
+
+def dump_config(values: dict[str, Any], resolved: RunConfig | dict[str, Any]) -> str:
+    """A run's config.yaml: the values that were set (what `--config` repeats), then every resolved value to read
+    (`auto`'s, once it ran: the values common to its candidates, then each candidate's own; training/auto.py)."""
     import yaml
 
     try:
@@ -628,5 +687,8 @@ def dump_config(values: dict[str, Any], resolved: RunConfig) -> str:
         header
         + yaml.safe_dump(user, sort_keys=False)
         + note
-        + yaml.safe_dump({RESOLVED_KEY: resolved.model_dump(mode="json")}, sort_keys=False)
+        + yaml.safe_dump(
+            {RESOLVED_KEY: resolved if isinstance(resolved, dict) else resolved.model_dump(mode="json")},
+            sort_keys=False,
+        )
     )

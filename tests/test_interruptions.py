@@ -64,6 +64,7 @@ def test_training_killed_at_a_random_epoch_resumes_to_the_same_model(shapes_data
     ckpt = out / "checkpoints" / "scratch" / "last.ckpt"
     _kill_when(proc, ckpt.exists, random.Random(seed).uniform(0.0, 1.0))  # 40 epochs take ~2.5 s here
     assert not (out / "metrics.json").exists()
+    ckpt_time = ckpt.stat().st_mtime
     for path in (out / "checkpoints" / "scratch").glob("*.ckpt"):
         torch.load(path, map_location="cpu", weights_only=True)  # complete, and tensors only
     done = _run(["train", "--resume", str(out), "-q"])
@@ -81,6 +82,11 @@ def test_training_killed_at_a_random_epoch_resumes_to_the_same_model(shapes_data
     )
     again = _run(["train", "--resume", str(out)])
     assert again.returncode == 1 and "already holds a finished run" in again.stderr
+    # the killed process counts until the newest file it left; metrics.json's seconds count both processes
+    killed, resumed = json.loads((out / "checkpoints" / "clock.json").read_text())["processes"]
+    assert killed["seconds"] is None and resumed["earlier"] >= ckpt_time - killed["started"] - 0.01
+    seconds = json.loads((out / "metrics.json").read_text())["seconds"]
+    assert resumed["earlier"] < seconds <= resumed["earlier"] + resumed["seconds"]
 
 
 def _valid_cache(cache: Path) -> int:
@@ -146,3 +152,41 @@ def test_compare_killed_midway_continues_without_redoing_finished_runs(shapes_da
     assert done.returncode == 0, done.stderr
     assert first.stat().st_mtime_ns == stamp
     assert (out / "results.csv").read_text().count("\n") == 3
+
+
+def test_a_resumed_run_counts_the_seconds_of_its_earlier_processes(shapes_data, tmp_path, monkeypatch):
+    import smallvision
+    from smallvision import api
+
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        time.sleep(2.0)  # two seconds of work, then Ctrl-C
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(api, "_train_run", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            smallvision.train(shapes_data, recipe="features", image_size=32, epochs=1, out=out, progress=False)
+    t0 = time.time()
+    smallvision.train(resume=out, progress=False, report=False)
+    this_process = (out / "metrics.json").stat().st_mtime - t0  # at most, when it wrote metrics.json
+    assert json.loads((out / "metrics.json").read_text())["seconds"] > this_process + 1.9  # and the 2 s before
+
+
+def test_a_killed_process_counts_until_the_newest_file_it_wrote(tmp_path):
+    from smallvision import runclock
+
+    runclock.begin(tmp_path, 0.0)
+    started = json.loads((tmp_path / "checkpoints" / "clock.json").read_text())["processes"][0]["started"]
+    last = tmp_path / "checkpoints" / "stage" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    time.sleep(0.2)
+    last.write_bytes(b"checkpoint")  # its last checkpoint; then it was killed (no end recorded)
+    worked = last.stat().st_mtime - started
+    assert worked >= 0.19 and runclock.earlier_seconds(tmp_path) == pytest.approx(worked)
+    runclock.begin(tmp_path, runclock.earlier_seconds(tmp_path))
+    (tmp_path / "run.log").write_text("written by the second process")  # not counted for the first
+    runclock.end(tmp_path, 3.0)
+    assert runclock.earlier_seconds(tmp_path) == pytest.approx(worked + 3.0)
+    assert runclock.spent_before(tmp_path) == pytest.approx(worked, abs=1e-3)  # what the second process began with

@@ -65,6 +65,17 @@ def _mlflow(run_dir: Path, metrics: dict):
     return run, history
 
 
+def _number(text: str):
+    """An MLflow parameter (stored as text) as the number it was, when it was one."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
 def _same(logged: list[tuple[int, float]], expected: list[tuple[int, float]], tag: str) -> None:
     assert [s for s, _ in logged] == [s for s, _ in expected], tag
     for (_, a), (_, b) in zip(logged, expected, strict=True):
@@ -119,6 +130,34 @@ def test_both_stages_of_finetune_are_logged(shapes_data, tmp_path):
     assert {t.split("/")[0] for t in history} == {"features", "finetune"}
     for tag, expected in history.items():
         _same(logged[tag], expected, tag)
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", pytest.param("mlflow", marks=pytest.mark.slow)])
+def test_auto_logs_each_stage_under_its_history_name_and_the_values_each_candidate_ran(kind, shapes_data, tmp_path):
+    # the default recipe; a budget this small plans heads on efficientnet_lite0 features only, one per learning rate
+    run_dir = tmp_path / "run"
+    options = {"backbone": "efficientnet_lite0", "time_budget": 1, "image_size": 32, "epochs": 4}
+    smallvision.train(shapes_data, out=run_dir, logger=kind, progress=False, report=False, **options)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if kind == "tensorboard":
+        scalars, hparams = _tensorboard(run_dir)
+    else:
+        run, scalars = _mlflow(run_dir, metrics)
+        hparams = {k: _number(v) for k, v in run.data.params.items()}
+    stages = {tag.rsplit("/", 1)[0] for tag in scalars if not tag.startswith("final/")}
+    assert stages == {"features efficientnet_lite0 lr 0.001", "features efficientnet_lite0 lr 0.003"}
+    for stage in stages:  # one curve per stage: each epoch logged once, not two heads on the same tags
+        assert [step for step, _ in scalars[f"{stage}/val_accuracy"]] == [1, 2, 3, 4], stage
+    for tag, expected in _history(run_dir).items():  # the kept head's curve is history.csv's
+        _same(scalars[tag], expected, tag)
+    _check_final(scalars, metrics)
+    (chosen,) = metrics["candidates"]
+    (stage,) = chosen["stages"]
+    kept = float(stage["stage"].rsplit(" ", 1)[1])
+    assert hparams["recipe/name"] == "auto" and hparams["candidates/1/name"] == chosen["name"]
+    own = f"candidates/1/stages/{stage['stage']}/recipe/lr"  # a value its candidates share is logged once, above
+    assert hparams.get(own, hparams.get("recipe/lr")) == pytest.approx(kept)  # not the default 0.001 when 0.003 ran
+    assert hparams["model/hidden"] == 0 and hparams["data/image_size"] == 32
 
 
 def test_a_missing_tracker_package_is_refused_naming_the_extra(shapes_data, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ without building a network. Loading (`load_state_into`) checks every tensor's sh
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -66,6 +67,13 @@ class WeightsSpec:
 
 
 def _file_fingerprint(path: Path) -> str:
+    """The file's content hash, computed once per process while its size and modification time stay the same."""
+    st = Path(path).stat()
+    return _content_hash(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

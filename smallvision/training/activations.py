@@ -220,9 +220,19 @@ class ViewShuffle(Sampler[int]):
 def estimate_bytes(split: BoundarySplit, size: int, images: dict[str, int], views: int, precision: str) -> int:
     """Host memory the activations will take (as compute_views stores them): per-image boundary size x (views + 1)
     training images in view_dtype(precision), + 1 per held-out image in HELD_DTYPE."""
+    return cache_bytes(boundary_values(split, size), images, views, precision)
+
+
+def boundary_values(split: BoundarySplit, size: int) -> int:
+    """Values per image the frozen part below `split`'s boundary outputs at `size` (one cached view's size)."""
     bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k]).eval()
     with torch.inference_mode():
-        per_image = bottom(torch.zeros(1, 3, size, size)).numel()
+        return bottom(torch.zeros(1, 3, size, size)).numel()
+
+
+def cache_bytes(per_image: int, images: dict[str, int], views: int, precision: str) -> int:
+    """Host memory of `per_image` boundary values for `images` (count per split) with `views` augmented views of each
+    training image (0: none), as compute_views stores them; auto's plan costs its rounds with it."""
     held = sum(n for s, n in images.items() if s != "train")
     train = images["train"] * (views + 1) * torch.empty(0, dtype=view_dtype(precision)).element_size()
     return per_image * (train + held * torch.empty(0, dtype=HELD_DTYPE).element_size())

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from smallvision.config import RunConfig
+from smallvision import runclock
+from smallvision.config import APPLIES, RunConfig, nested, option_flag, stage_values, unapplied, user_set
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.training import recipes
-from smallvision.training.costs import BATCH
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,26 @@ def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_vi
     return seconds
 
 
+def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: dict, views: int, n: dict, new: bool) -> tuple:
+    """Seconds of a fine-tuning round as it will run, at --batch-size, and how: on cached activations when they fit
+    --memory-budget (as recipes._activation_views decides), else on full images, every step the whole network."""
+    from smallvision.training.activations import cache_bytes
+
+    batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
+    values = costs.activations(spec, size, rnd["blocks"]) if views else 0
+    how = "on full images (--cached-views 0)" if not views else "on full images (no cacheable boundary)"
+    if values:
+        arithmetic = "bf16" if costs.precision == "bf16-mixed" else "fp32"
+        need = cache_bytes(values, n, views if cfg.recipe.augment.augments() else 0, arithmetic)
+        if need <= budget * 1e9:
+            fig = costs.finetune(spec, size, rnd["blocks"], batch)
+            seconds = _round_seconds(fig, n, rnd["epochs"], views, new, batch)
+            return seconds, f"on cached activations ({need / 1e9:.2g} GB)"
+        how = f"on full images (cached activations: {need / 1e9:.2g} GB, over --memory-budget {budget:g} GB)"
+    fig = {**costs.finetune_images(spec, size, rnd["blocks"], batch), "bottom_images_per_second": 0}
+    return _round_seconds(fig, n, rnd["epochs"], views, False, batch), how
+
+
 def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[dict]:
     """Fine-tuning rounds: the top blocks, then as many epochs more at half the rate, then one block more."""
     r = cfg.recipe
@@ -85,15 +106,16 @@ def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[dict]:
     return [{"blocks": b, "epochs": r.finetune_epochs, "lr": r.finetune_lr * f} for b, f in shapes[:count]]
 
 
-def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dict:
-    """The richest plan whose estimated seconds fit the budget: its steps, their estimates and what decides them."""
+def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float = 0.0) -> dict:
+    """The richest plan whose estimated seconds fit the budget less the `spent` seconds of the run's earlier
+    processes (a resumed run planned only now): its steps, their estimates and what decides them."""
     from smallvision.models.weights import resolve_weights
 
     r = cfg.recipe
     n = _counts(index)
     total = sum(n.values())
     budget = r.time_budget
-    available = SAFETY * budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0)
+    available = SAFETY * budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0) - spent
     given_backbone = "backbone" in cfg.model.model_fields_set
     given_size = cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None
     views_given = r.cached_views if "cached_views" in r.model_fields_set else None
@@ -103,6 +125,8 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
     fig = costs.decode()
     decode_one = fig["seconds_per_image"] + fig["seconds_per_megapixel"] * mpix  # wall, the decode pool included
     why: list[str] = [profile.sentence()]
+    if spent > 0:
+        why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {budget:g} s (--resume)")
 
     scratch = None
     use_pretrained = True
@@ -110,10 +134,10 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
         why.append(probe.sentence())
         if probe.scratch_accuracy >= probe.ncm_accuracy - 0.05:
             size = given_size or max(32, min(128, profile.short_side["p50"]))
-            fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm)
+            fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm, r.batch_size)
             per_epoch = (
-                math.ceil(n["train"] / BATCH) * fig["step_seconds"]
-                + math.ceil(n["val"] / BATCH) * fig["val_batch_seconds"]
+                math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
+                + math.ceil(n["val"] / r.batch_size) * fig["val_batch_seconds"]
             )
             use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
             share = SCRATCH_SHARE if use_pretrained else 1.0  # alone it may take the whole plan
@@ -158,12 +182,14 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
         tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
         last_blocks = None
         for i, rnd in enumerate(plan_rounds, 1):
-            fig = costs.finetune(resolve_weights(slowest, cfg.model.weights), size, rnd["blocks"])
             new = rnd["blocks"] != last_blocks
             last_blocks = rnd["blocks"]
-            rnd["seconds"] = _round_seconds(fig, n, rnd["epochs"], views, new, BATCH)
+            spec = resolve_weights(slowest, cfg.model.weights)
+            rnd["seconds"], how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
             what = "more epochs" if not new else f"top {rnd['blocks']} block(s)"
-            steps.append({"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g}", "seconds": rnd["seconds"]})
+            steps.append(
+                {"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g} {how}", "seconds": rnd["seconds"]}
+            )
         if tta:
             steps.append({"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds})
         estimate = sum(s["seconds"] for s in steps)
@@ -257,9 +283,9 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
             why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
         else:
             why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {budget:g} s")
-    unused = _unused_options(cfg, chosen["rounds"], scratch)
+    unused = unapplied(user_set(cfg), _planned_stages(cfg, chosen, scratch))
     if unused:
-        why.append(f"{', '.join(unused)} set but not applied: this plan has no step that uses them")
+        why.append(f"{', '.join(map(option_flag, unused))} set but not applied: this plan has no step that uses them")
     return {
         "version": PLAN_VERSION,
         "time_budget": budget,
@@ -277,18 +303,16 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs) -> dic
     }
 
 
-def _unused_options(cfg: RunConfig, rounds: list, scratch: dict | None) -> list[str]:
-    """The options the user set that only fine-tuning (augmentation: fine-tuning or a from-scratch CNN) reads, when
-    the plan has none of those steps: known only once the data and budget are read, so said, not refused."""
-    from smallvision.config import FINE_TUNING, option_flag, user_set
-
-    unused = []
-    for path in user_set(cfg):
-        tuning = path.removeprefix("recipe.") in FINE_TUNING
-        augment = path.startswith("recipe.augment.")
-        if (tuning and not rounds) or (augment and not rounds and scratch is None):
-            unused.append(option_flag(path))
-    return unused
+def _planned_stages(cfg: RunConfig, chosen: dict, scratch: dict | None) -> list[RunConfig]:
+    """The config of every stage the plan will run (each head rate, each round): which options the plan applies is
+    known only once the data and budget are read, so an option no stage applies is said, not refused."""
+    stages = [_scratch_cfg(cfg, scratch, seed) for seed in scratch["seeds"]] if scratch is not None else []
+    for name in chosen["backbones"]:
+        stages += [_member_cfg(cfg, "features", name, chosen["size"], lr=lr) for lr in _head_lrs(cfg)]
+    for rnd in chosen["rounds"]:
+        base = _member_cfg(cfg, "features", chosen["backbones"][0], chosen["size"], lr=_head_lrs(cfg)[0])
+        stages.append(_round_cfg(cfg, base, chosen["views"], rnd))
+    return stages
 
 
 def plan_table(plan: dict) -> str:
@@ -326,6 +350,7 @@ class Candidate:
     trainable: list[str]
     size: int
     flipped: dict[str, np.ndarray] = field(default_factory=dict)
+    stages: list[tuple[str, RunConfig]] = field(default_factory=list)  # (history.csv's stage, the config it ran)
 
     @property
     def val(self) -> float:
@@ -339,16 +364,9 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def _member_cfg(cfg: RunConfig, recipe: str, backbone: str, size: int, **recipe_values) -> RunConfig:
     """The run's config as one candidate's recipe sees it: the user's options that recipe applies, plus auto's."""
-    from smallvision.config import APPLIES, build_config, user_set
+    from smallvision.config import build_config
 
-    values: dict = {}
-    for path, value in user_set(cfg).items():
-        if path.startswith("data.") or recipe in APPLIES[path].recipes:
-            section = values
-            *parents, leaf = path.split(".")
-            for p in parents:
-                section = section.setdefault(p, {})
-            section[leaf] = value
+    values = nested({p: v for p, v in user_set(cfg).items() if p.startswith("data.") or recipe in APPLIES[p].recipes})
     values.setdefault("data", {})["image_size"] = size
     values.setdefault("model", {})["backbone"] = backbone
     values.setdefault("recipe", {}).update({"name": recipe, **recipe_values})
@@ -356,6 +374,36 @@ def _member_cfg(cfg: RunConfig, recipe: str, backbone: str, size: int, **recipe_
     member.out = cfg.out
     member.seed = cfg.seed
     return member
+
+
+def _head_lrs(cfg: RunConfig) -> tuple[float, ...]:
+    """The head learning rates tried on cached features: --lr when set, else HEAD_LRS."""
+    return (cfg.recipe.lr,) if "lr" in cfg.recipe.model_fields_set else HEAD_LRS
+
+
+def _scratch_cfg(cfg: RunConfig, s: dict, seed: int) -> RunConfig:
+    """The config a planned from-scratch CNN trains with: the native size, its planned epochs, its seed."""
+    member = _member_cfg(cfg, "scratch", SCRATCH, s["size"], epochs=s["epochs"])
+    member.seed = seed
+    return member
+
+
+def _round_cfg(cfg: RunConfig, base: RunConfig, views: int, rnd: dict) -> RunConfig:
+    """The config a fine-tuning round trains with: the base candidate's head (backbone, size, rate, epochs) and the
+    round's blocks, rate and epochs."""
+    r = base.recipe
+    return _member_cfg(
+        cfg,
+        "finetune",
+        base.model.backbone,
+        base.data.image_size,
+        cached_views=views,
+        lr=r.lr,
+        epochs=r.epochs,
+        finetune_lr=rnd["lr"],
+        finetune_epochs=rnd["epochs"],
+        unfreeze_blocks=rnd["blocks"],
+    )
 
 
 def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
@@ -378,32 +426,53 @@ def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
     return sub
 
 
-def _features_candidate(cfg, name, size, index, progress, notes, logger, choices: Counter) -> Candidate:
-    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation."""
-    lrs = (cfg.recipe.lr,) if "lr" in cfg.recipe.model_fields_set else HEAD_LRS
+@dataclass
+class Tally:
+    """What a run did, for its record: the config of every stage that ran (kept or not) and each decision made on
+    validation, by kind (what the headline validation number was chosen among)."""
+
+    ran: list[RunConfig] = field(default_factory=list)
+    choices: Counter[str] = field(default_factory=Counter)
+
+
+def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally) -> Candidate:
+    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation. Each
+    head rate is its own stage (history.csv, the tracker): `features NAME`, `features NAME lr RATE` when several."""
+    lrs = _head_lrs(cfg)
     tried = []
     for lr in lrs:
         cand_cfg = _member_cfg(cfg, "features", name, size, lr=lr)
+        stage = f"features {name}" + (f" lr {lr:g}" if len(lrs) > 1 else "")
         stage_notes: list[str] = []
-        fs = recipes._feature_stage(cand_cfg, index, progress, stage_notes, logger)
+        fs = recipes._feature_stage(cand_cfg, index, progress, stage_notes, logger, stage)
+        tally.ran.append(cand_cfg)
         probs = recipes._feature_probs(fs)
         labels = {s: y for s, (_, y) in fs.by_split.items()}
-        tried.append((_accuracy(probs["val"], labels["val"]), lr, cand_cfg, fs, probs, labels, stage_notes))
-    val, lr, cand_cfg, fs, probs, labels, stage_notes = max(tried, key=lambda t: t[0])  # ties: the first lr
+        tried.append((_accuracy(probs["val"], labels["val"]), lr, cand_cfg, fs, probs, labels, stage_notes, stage))
+    val, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first lr
     notes.extend(stage_notes)
     if len(tried) > 1:
-        choices["head_lr"] += 1
+        tally.choices["head_lr"] += 1
         shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
         notes.append(f"auto: {name} head on cached features: kept lr {lr:g} on validation ({shown})")
     model = recipes._pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
     model.requires_grad_(False)
-    history = [{**row, "stage": f"features {name}"} for row in fs.history]
     return Candidate(
-        f"{name} features", cand_cfg, model, fs.specs, probs, labels, history, fs.best_epoch, ["head"], size
+        f"{name} features",
+        cand_cfg,
+        model,
+        fs.specs,
+        probs,
+        labels,
+        fs.history,
+        fs.best_epoch,
+        ["head"],
+        size,
+        stages=[(stage, cand_cfg)],
     )
 
 
-def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logger) -> list[Candidate]:
+def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logger, tally: Tally) -> list[Candidate]:
     """The planned from-scratch CNNs at the native size, one per planned seed."""
     from smallvision.models.backbone import scratch_backbone
     from smallvision.models.head import Head, ImageClassifier
@@ -411,11 +480,11 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
     s = plan["scratch"]
     out = []
     for i, seed in enumerate(s["seeds"]):
-        cand_cfg = _member_cfg(cfg, "scratch", SCRATCH, s["size"], epochs=s["epochs"])
-        cand_cfg.seed = seed
+        cand_cfg = _scratch_cfg(cfg, s, seed)
         stage = "scratch" if i == 0 else f"scratch{i + 1}"
         left = cfg.recipe.time_budget - TAIL - (_now() - start)  # the clock stops a network the estimate misjudged
         run = recipes.run_scratch(cand_cfg, index, run_dir, progress, logger, stage=stage, max_seconds=left)
+        tally.ran.append(cand_cfg)
         notes.extend(run.notes)
         backbone = scratch_backbone(SCRATCH, s["size"], cand_cfg.model.batch_norm)
         head = Head(backbone.net.num_features, len(index.classes), cand_cfg.model.dropout, cand_cfg.model.hidden)
@@ -425,7 +494,19 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
         name = f"{SCRATCH} from scratch" + (f" (seed {seed})" if len(s["seeds"]) > 1 else "")
         history = [{**row, "stage": stage} for row in run.history]
         out.append(
-            Candidate(name, cand_cfg, model, None, run.probs, run.labels, history, run.best_epoch, ["all"], s["size"])
+            Candidate(
+                name,
+                cand_cfg,
+                model,
+                None,
+                run.probs,
+                run.labels,
+                history,
+                run.best_epoch,
+                ["all"],
+                s["size"],
+                stages=[(stage, cand_cfg)],
+            )
         )
     return out
 
@@ -447,7 +528,7 @@ def _guard(run_dir: Path, name: str, start: float, seconds: float, budget: float
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
 
 
-def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, choices) -> Candidate | None:
+def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally) -> Candidate | None:
     """Fine-tuning rounds on the best pretrained candidate, each only while the last one improved validation."""
     from smallvision.models.backbone import freeze
     from smallvision.training.fit import run_stage
@@ -465,39 +546,40 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
 
     if not fits(1, plan["rounds"][0]):  # checked before loading every image for it
         return None
-    first_lr = plan["rounds"][0]["lr"]  # the member's recorded rate is the one its first round trains at
-    tune_cfg = _member_cfg(
-        cfg, "finetune", base.cfg.model.backbone, base.size, cached_views=plan["views"], finetune_lr=first_lr
-    )
+    tune_cfg = _round_cfg(cfg, base.cfg, plan["views"], plan["rounds"][0])
     data = recipes._images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)
     best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
-    history, blocks, views = list(base.history), None, None
+    history, blocks, views, stages = list(base.history), None, None, list(base.stages)
     for i, rnd in enumerate(plan["rounds"], 1):
         if i > 1 and not fits(i, rnd):
             break
+        round_cfg = _round_cfg(cfg, base.cfg, plan["views"], rnd)
         if rnd["blocks"] != blocks:
             blocks = rnd["blocks"]
             trainable = freeze(model.backbones[0], blocks)
             views = recipes._activation_views(tune_cfg, model, data, notes, progress)
-        groups = recipes._param_groups(model, {0: trainable}, base.cfg.recipe.lr, rnd["lr"], r.layer_decay)
+        rr = round_cfg.recipe
+        groups = recipes._param_groups(model, {0: trainable}, rr.lr, rr.finetune_lr, rr.layer_decay)
         stage = f"finetune{i}"
         res = run_stage(
             stage,
             model,
             groups,
             data,
-            tune_cfg,
-            rnd["epochs"],
+            round_cfg,
+            rr.finetune_epochs,
             run_dir / "checkpoints" / stage,
             progress,
             views=views,
             logger=logger,
             max_seconds=r.time_budget - TAIL - (_now() - start),  # the clock stops a round the estimate misjudged
         )
+        tally.ran.append(round_cfg)
         history += [{**row, "stage": stage} for row in res.history]
+        stages.append((stage, round_cfg))
         improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
-        choices["finetune_round"] += 1
+        tally.choices["finetune_round"] += 1
         notes.append(
             f"auto: fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
             f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
@@ -524,6 +606,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
             res.best_epoch,
             names,
             base.size,
+            stages=list(stages),
         )
     return best
 
@@ -673,7 +756,7 @@ def run_auto(
                 index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
             )
         costs = Costs(resolve_precision(cfg.trainer.precision))
-        return make_plan(cfg, index, profile, probe, costs)
+        return make_plan(cfg, index, profile, probe, costs, spent=runclock.spent_before(run_dir))
 
     path = run_dir / "checkpoints" / PLAN_FILE
     plan, recorded = rank_zero_decision(path, decide)
@@ -691,21 +774,53 @@ def run_auto(
     notes += [f"auto: {w}" for w in plan["why"]]
     work = _sampled(index, plan["train_cap"], cfg.seed)
     cands: list[Candidate] = []
-    choices: Counter[str] = Counter()  # every decision made on validation, by kind: what the val number was chosen by
+    tally = Tally()  # the config of every stage that ran, kept or not, and each choice made on validation
     if plan["scratch"] is not None:
-        cands += _scratch_candidates(cfg, plan, work, run_dir, start, progress, notes, logger)
+        cands += _scratch_candidates(cfg, plan, work, run_dir, start, progress, notes, logger, tally)
     for name in plan["backbones"]:
-        cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger, choices))
+        cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger, tally))
     pretrained = [c for c in cands if c.specs]
     if plan["rounds"] and pretrained:
         base = max(pretrained, key=lambda c: c.val)
-        tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, choices)
+        tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, tally)
         if tuned is not None:
             cands.append(tuned)
-    members, tta = _choose(cands, plan, work, notes, run_dir, start, budget, choices)
+    members, tta = _choose(cands, plan, work, notes, run_dir, start, budget, tally.choices)
+    unused = unapplied(user_set(cfg), tally.ran)
+    if unused:
+        notes.append(f"auto: {', '.join(map(option_flag, unused))} set but not applied: no stage that ran uses them")
     if work is not index:  # held-out images that failed to decode were dropped from the sample's index only
         kept = {it.digest for it in work.items}
         index.drop({it.digest: "unreadable" for it in index.items if it.split != "train" and it.digest not in kept})
     outcome = _outcome(members, tta, work, notes)
-    outcome.selection = dict(choices)
-    return outcome
+    return dataclasses.replace(outcome, resolved=resolved_values(cfg, members, cands), selection=dict(tally.choices))
+
+
+def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candidate]) -> dict:
+    """config.yaml's `resolved:` for auto, from the configs its stages trained with: every value its candidates'
+    stages share (and auto's own options), then each candidate, the chosen one(s) first, with its stages' own values."""
+    chosen = {id(c) for c in members}
+    ordered = members + [c for c in sorted(cands, key=lambda c: -c.val) if id(c) not in chosen]
+    flats = [stage_values(s) for c in ordered for _, s in c.stages]
+    own = stage_values(cfg)
+    common = {}
+    for path in APPLIES:
+        if path == "recipe.name" or APPLIES[path].recipes == ("auto",):
+            common[path] = own[path]
+            continue
+        seen = [f[path] for f in flats if path in f]
+        if seen and all(v == seen[0] for v in seen):
+            common[path] = seen[0]
+    candidates = [
+        {
+            "name": c.name,
+            "chosen": id(c) in chosen,
+            "val_accuracy": round(c.val, 4),
+            "stages": [
+                {"stage": stage, **nested({p: v for p, v in stage_values(s).items() if common.get(p, ()) != v})}
+                for stage, s in c.stages
+            ],
+        }
+        for c in ordered
+    ]
+    return {**nested(common), "candidates": candidates}

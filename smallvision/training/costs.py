@@ -22,7 +22,7 @@ from smallvision.data.cache import cache_root, key_of
 
 log = logging.getLogger(__name__)
 
-BATCH = 32  # the batch every figure is timed at (the recipes' default batch size)
+BATCH = 32  # the recipes' default batch size; a figure timed at another (--batch-size) says so in its key
 DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
 
 
@@ -90,8 +90,9 @@ class Costs:
 
         return self._get(f"features/{spec.backbone}/{size}", measure)["images_per_second"]
 
-    def finetune(self, spec, size: int, blocks: int) -> dict:
-        """Fine-tuning the top `blocks` groups on cached activations: seconds per training and validation batch.
+    def finetune(self, spec, size: int, blocks: int, batch: int = BATCH) -> dict:
+        """Fine-tuning the top `blocks` groups on cached activations: seconds per training and validation batch of
+        `batch` images.
 
         The activation cache runs the frozen part in the feature pass's fast form, so it is costed at the features'
         images/s (the whole backbone: a little more than the frozen part costs).
@@ -109,23 +110,55 @@ class Costs:
             freeze(backbone, blocks)
             split, _ = boundary_split(model, size)
             if split is None:  # trained on images: every step runs the whole network
-                return _train_step(model, size, self.precision)
-            x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+                return _train_step(model, size, self.precision, batch=batch)
+            x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
             with torch.inference_mode():
                 acts = _Bottom(backbone, split.chain[: split.k]).eval()(x)
-            labels = np.arange(BATCH) % 2
+            labels = np.arange(batch) % 2
             views = ActivationViews(
                 split, acts[None].clone(), {"train": labels, "val": labels}, {"val": acts.clone()}, False
             )
-            return _train_step(views.model, size, self.precision, views)
+            return _train_step(views.model, size, self.precision, views, batch)
 
         return {
-            **self._get(f"finetune/{spec.backbone}/{size}/{blocks}", measure),
+            **self._get(f"finetune/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure),
             "bottom_images_per_second": self.features(spec, size),
         }
 
-    def scratch(self, name: str, size: int, batch_norm: bool) -> dict:
-        """Seconds per training batch and per validation batch of a from-scratch CNN at `size`."""
+    def finetune_images(self, spec, size: int, blocks: int, batch: int = BATCH) -> dict:
+        """Fine-tuning the top `blocks` groups on full images (no activation cache: it is off or over
+        --memory-budget): seconds per training and validation batch, every step running the whole network."""
+
+        def measure() -> dict:
+            from smallvision.models.backbone import build_backbone, freeze
+            from smallvision.models.head import Head, ImageClassifier
+
+            backbone = build_backbone(spec, "avg")
+            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
+            freeze(backbone, blocks)
+            return _train_step(model, size, self.precision, batch=batch)
+
+        return self._get(f"finetune-images/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure)
+
+    def activations(self, spec, size: int, blocks: int) -> int:
+        """Values per image at the boundary below the top `blocks` groups (what the activation cache stores per view;
+        0 when the network has no such boundary and fine-tunes on images)."""
+
+        def measure() -> dict:
+            from smallvision.models.backbone import build_backbone, freeze
+            from smallvision.models.head import Head, ImageClassifier
+            from smallvision.training.activations import boundary_split, boundary_values
+
+            backbone = build_backbone(spec, "avg")
+            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
+            freeze(backbone, blocks)
+            split, _ = boundary_split(model, size)
+            return {"values_per_image": boundary_values(split, size) if split is not None else 0}
+
+        return int(self._get(f"activations/{spec.backbone}/{size}/{blocks}", measure)["values_per_image"])
+
+    def scratch(self, name: str, size: int, batch_norm: bool, batch: int = BATCH) -> dict:
+        """Seconds per training batch and per validation batch (of `batch` images) of a from-scratch CNN at `size`."""
 
         def measure() -> dict:
             from smallvision.models.backbone import scratch_backbone
@@ -135,9 +168,9 @@ class Costs:
             model = ImageClassifier(
                 [backbone], Head(backbone.net.num_features, 2, 0.5, 512 if name == "small_cnn" else 0)
             )
-            return _train_step(model, size, self.precision)
+            return _train_step(model, size, self.precision, batch=batch)
 
-        return self._get(f"scratch/{name}/{size}/{int(batch_norm)}", measure)
+        return self._get(f"scratch/{name}/{size}/{int(batch_norm)}{_at(batch)}", measure)
 
     def decode(self) -> dict:
         """Wall seconds per image to decode, resize and cache JPEG files as the runs do (the thread pool included):
@@ -176,6 +209,11 @@ class Costs:
         return self._get("decode/files", measure)
 
 
+def _at(batch: int) -> str:
+    """A figure's key suffix for its batch: none at BATCH (the keys figures cached before had), else /bN."""
+    return "" if batch == BATCH else f"/b{batch}"
+
+
 def _timed(step: Callable[[], object], arithmetic: str, timed: int = 3) -> float:
     """Median seconds of `timed` calls of `step` after one untimed warm-up call (synchronised on a GPU)."""
     import torch
@@ -193,20 +231,20 @@ def _timed(step: Callable[[], object], arithmetic: str, timed: int = 3) -> float
     return float(np.median(seconds))
 
 
-def _train_step(model, size: int, precision: str, views=None) -> dict:
-    """Seconds per training and validation batch, timed as the recipes' estimate times them (warmed up)."""
+def _train_step(model, size: int, precision: str, views=None, batch: int = BATCH) -> dict:
+    """Seconds per training and validation batch of `batch` images, timed as the recipes' estimate times them."""
     from smallvision.config import build_config
     from smallvision.training.recipes import _estimate_seconds
 
     rng = np.random.default_rng(0)
     data = {
-        s: (rng.integers(0, 255, (BATCH, size, size, 3), dtype=np.uint8), np.arange(BATCH) % 2)
+        s: (rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8), np.arange(batch) % 2)
         for s in ("train", "val")
     }
     cfg = build_config(
         {
             "data": {"path": ".", "image_size": size},
-            "recipe": {"name": "finetune", "batch_size": BATCH},
+            "recipe": {"name": "finetune", "batch_size": batch},
             "trainer": {"precision": precision},
         }
     )

@@ -41,6 +41,7 @@ class RecipeOutcome:
     # decisions made on validation, by kind (auto's head rates, candidates, rounds, averages, flips); beyond them
     # every recipe keeps its best epoch on validation
     selection: dict[str, int] = field(default_factory=dict)
+    resolved: dict | None = None  # config.yaml's resolved values when the run's own config does not hold them (auto)
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -103,7 +104,10 @@ class _FeatureStage:
     by_split: dict
 
 
-def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger) -> _FeatureStage:
+def _feature_stage(
+    cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger, stage: str = "features"
+) -> _FeatureStage:
+    """A dense head on cached features of the frozen backbone(s); its epochs logged and recorded as `stage`."""
     import torch
 
     from smallvision.models.head import Head
@@ -153,10 +157,10 @@ def _feature_stage(cfg: RunConfig, index: DatasetIndex, progress: bool, notes: l
         class_weights=r.class_weights,
         patience=r.patience,
         progress=progress,
-        on_epoch=lambda row: log_epoch(logger, {**row, "stage": "features"}),
+        on_epoch=lambda row: log_epoch(logger, {**row, "stage": stage}),
     )
     for row in result.history:
-        row["stage"] = "features"
+        row["stage"] = stage
     best = result.history[result.best_epoch - 1]["val_accuracy"]
     ran = len(result.history)
     stop = f", stopped after {ran} (--patience {r.patience})" if result.stopped_early else ""

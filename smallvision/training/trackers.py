@@ -133,14 +133,31 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def tracker_params(resolved: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml's resolved values as the trackers' hyperparameters: nested sections, with auto's candidates keyed
+    by their rank (1: the chosen one) and their stages by history.csv's stage name (`candidates/1/...`)."""
+    out = {k: v for k, v in resolved.items() if k != "candidates"}
+    if "candidates" in resolved:
+        out["candidates"] = {
+            str(i): {
+                **{k: v for k, v in c.items() if k != "stages"},
+                "stages": {st["stage"]: {k: v for k, v in st.items() if k != "stage"} for st in c["stages"]},
+            }
+            for i, c in enumerate(resolved["candidates"], 1)
+        }
+    return out
+
+
 def log_final(logger, params: dict[str, Any], summary: dict[str, Any]) -> None:
-    """Log the final metrics; TensorBoard gets them with the hyperparameters, which its HPARAMS view pairs."""
+    """Log the hyperparameters and the final metrics; TensorBoard gets them together, which its HPARAMS view pairs
+    (MLflow keeps a parameter logged at the start when its value is the same)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     final = final_metrics(summary)
     if isinstance(logger, TensorBoardLogger):  # its hparams summary is written only together with metrics
         logger.log_hyperparams(params, metrics=final, step=0)
     else:
+        logger.log_hyperparams(params)
         logger.log_metrics(final, step=0)
 
 

@@ -136,7 +136,8 @@ def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, s
 
 
 def test_a_budget_far_too_small_is_honoured_and_explained(shapes_data, tmp_path):
-    r = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=1, **FAST)
+    unused = {"momentum": 0.8, "warmup_epochs": 2.0, "memory_budget": 2.0}  # heads only: one-cycle, no cache
+    r = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=1, optimizer="sgd", **unused, **FAST)
     plan = _plan(r.run_dir)
     assert plan["rounds"] == [] and plan["backbones"] == ["efficientnet_lite0"] and plan["scratch"] is None
     assert plan["train_cap"] is not None and plan["train_cap"] < 72
@@ -144,6 +145,9 @@ def test_a_budget_far_too_small_is_honoured_and_explained(shapes_data, tmp_path)
     assert any("too small for fine-tuning" in n for n in r.notes)
     assert not list((r.run_dir / "checkpoints").glob("finetune*"))
     assert smallvision.load(r.model_dir)[1].trainable == ["head"]
+    (after,) = [n for n in r.notes if "no stage that ran uses them" in n]  # not --optimizer: the sgd heads ran
+    flags = "--momentum, --warmup-epochs, --finetune-epochs, --memory-budget"  # FAST's --finetune-epochs too
+    assert after == f"auto: {flags} set but not applied: no stage that ran uses them"
 
 
 class _Costs:
@@ -153,9 +157,11 @@ class _Costs:
     measured: list[str] = []
     used: list[str] = []
     figures: dict = {}
+    precision = "32-true"
 
     def __init__(self, ips: dict[str, float]) -> None:
         self.ips = ips
+        self.batches: set[int] = set()  # the batch sizes the plan asked figures at
 
     def decode(self) -> dict:
         return {"seconds_per_image": 0.002, "seconds_per_megapixel": 0.01}
@@ -163,12 +169,26 @@ class _Costs:
     def features(self, spec, size: int) -> float:
         return self.ips[spec.backbone] * (224 / size) ** 2
 
-    def finetune(self, spec, size: int, blocks: int) -> dict:
+    def finetune(self, spec, size: int, blocks: int, batch: int = 32) -> dict:
+        self.batches.add(batch)
         ips = self.features(spec, size)
-        return {"bottom_images_per_second": ips * 1.2, "step_seconds": 32 / ips, "val_batch_seconds": 16 / ips}
+        return {
+            "bottom_images_per_second": ips * 1.2,
+            "step_seconds": batch / ips,
+            "val_batch_seconds": batch / ips / 2,
+        }
 
-    def scratch(self, name: str, size: int, batch_norm: bool) -> dict:
-        return {"step_seconds": 0.03, "val_batch_seconds": 0.01}
+    def finetune_images(self, spec, size: int, blocks: int, batch: int = 32) -> dict:
+        self.batches.add(batch)
+        ips = self.features(spec, size)  # every step runs the whole network: several times the cached step
+        return {"step_seconds": 4 * batch / ips, "val_batch_seconds": 1.5 * batch / ips}
+
+    def activations(self, spec, size: int, blocks: int) -> int:
+        return 80 * (size // 16) ** 2  # efficientnet_lite's boundary below its top block: 80 channels at 1/16
+
+    def scratch(self, name: str, size: int, batch_norm: bool, batch: int = 32) -> dict:
+        self.batches.add(batch)
+        return {"step_seconds": 0.03 * batch / 32, "val_batch_seconds": 0.01 * batch / 32}
 
 
 class _Profile:
@@ -298,3 +318,134 @@ def test_a_joined_backbone_runs_its_features_and_says_it_is_not_fine_tuned(shape
     assert any("--finetune-epochs set but not applied" in n for n in r.notes)
     model, card = smallvision.load(r.model_dir)
     assert len(card.backbones) == 2 and card.trainable == ["head"] and len(model.backbones) == 2
+
+
+def test_options_no_planned_stage_applies_are_named_from_the_stages_themselves():
+    # a heads-only plan: one-cycle cycles sgd's momentum itself and has no warm-up; no stage caches activations
+    recipe = {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 2.0, "time_budget": 1}
+    values = {"data": {"path": "x"}, "recipe": recipe, "trainer": {"memory_budget": 2.0}}
+    plan = auto.make_plan(build_config(values), _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    said = [w for w in plan["why"] if "set but not applied" in w]
+    assert plan["rounds"] == [] and plan["scratch"] is None and len(said) == 1
+    named = said[0].split(" set but")[0].split(", ")
+    assert sorted(named) == ["--memory-budget", "--momentum", "--warmup-epochs"]  # --optimizer ran: sgd heads
+    roomy = auto.make_plan(
+        build_config({**values, "recipe": {**recipe, "time_budget": 600}}),
+        _index(400),
+        _Profile(400, 150),
+        None,
+        _Costs(COSTS),
+    )
+    assert roomy["rounds"] and not any("set but not applied" in w for w in roomy["why"])  # the rounds apply them
+
+
+def _stage_value(resolved: dict, stage: dict, path: str):
+    """A stage's resolved value at dotted `path`: its own, else the value its run's candidates share."""
+    *sections, leaf = path.split(".")
+    own, common = stage, resolved
+    for s in sections:
+        own, common = own.get(s, {}), common.get(s, {})
+    return own[leaf] if leaf in own else common[leaf]
+
+
+def test_config_yaml_metrics_and_tracker_values_are_what_each_candidate_ran(first):
+    import csv
+    import re
+
+    from smallvision.config import read_resolved
+
+    resolved = read_resolved(first.run_dir / "config.yaml")
+    cands = resolved["candidates"]
+    assert first.metrics["candidates"] == cands  # metrics.json holds the same record
+    final = next(n for n in first.notes if n.startswith("auto: final model: "))
+    chosen = [c for c in cands if c["chosen"]]
+    assert cands[: len(chosen)] == chosen and all(c["name"] in final for c in chosen)  # the chosen one(s) first
+    among = next(n for n in first.notes if n.startswith("auto: chose ")).split("on validation (")[1].rstrip(")")
+    listed = dict((name, float(v)) for name, v in re.findall(r"(.+?) (\d\.\d{4})(?:, |$)", among))
+    assert {c["name"]: c["val_accuracy"] for c in cands} == listed  # every candidate that ran, and only those
+    for c in cands:
+        head = c["stages"][0]
+        kept = re.search(
+            rf"auto: {c['name'].split()[0]} head on cached features: kept lr (\S+) ", " ".join(first.notes)
+        )
+        assert _stage_value(resolved, head, "recipe.lr") == float(kept.group(1))  # not the default 0.001
+        assert _stage_value(resolved, head, "recipe.name") == "features"
+        assert _stage_value(resolved, head, "data.image_size") == 64 and resolved["recipe"]["name"] == "auto"
+    ran = list(dict.fromkeys(row["stage"] for row in csv.DictReader((first.run_dir / "history.csv").open())))
+    assert [s["stage"] for s in chosen[0]["stages"]] == ran  # the chosen candidate's stages are history.csv's
+    for c in cands:
+        for rnd in c["stages"][1:]:  # fine-tuning rounds: their own blocks, rate and epochs
+            i = int(rnd["stage"].removeprefix("finetune"))
+            planned = _plan(first.run_dir)["rounds"][i - 1]
+            assert _stage_value(resolved, rnd, "recipe.finetune_lr") == pytest.approx(planned["lr"])
+            assert _stage_value(resolved, rnd, "recipe.unfreeze_blocks") == planned["blocks"]
+    report = (first.run_dir / "config.yaml").read_text()
+    assert "candidates:" in report and "hidden: 512" not in report
+
+
+def test_the_resolved_record_of_a_scratch_and_a_features_candidate_holds_their_own_values(tmp_path):
+    import yaml
+
+    from smallvision.config import dump_config, load_config
+
+    cfg = build_config({"data": {"path": "x"}})
+    labels = {"val": np.array([0, 1])}
+    scratch_cfg = auto._scratch_cfg(cfg, {"size": 32, "epochs": 7, "seeds": [0]}, 0)
+    head_cfg = auto._member_cfg(cfg, "features", "efficientnet_lite0", 32, lr=3e-3)
+    scratch = auto.Candidate(
+        "small_cnn from scratch", scratch_cfg, None, None, {"val": np.eye(2)}, labels, [], 5, ["all"], 32
+    )
+    scratch.stages = [("scratch", scratch_cfg)]
+    head = auto.Candidate(
+        "efficientnet_lite0 features", head_cfg, None, [], {"val": np.eye(2)[::-1]}, labels, [], 3, ["head"], 32
+    )
+    head.stages = [("features efficientnet_lite0", head_cfg)]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config({"data": {"path": "x"}}, auto.resolved_values(cfg, [scratch], [head, scratch])))
+    resolved = yaml.safe_load(saved.read_text())["resolved"]
+    assert load_config(saved) == {"data": {"path": "x"}}  # loading still ignores it
+    first, second = resolved["candidates"]
+    assert first["name"] == "small_cnn from scratch" and first["chosen"] and not second["chosen"]
+    (s,), (h,) = first["stages"], second["stages"]
+    assert _stage_value(resolved, s, "model.hidden") == 512 and _stage_value(resolved, s, "recipe.epochs") == 7
+    assert _stage_value(resolved, h, "model.hidden") == 0 and _stage_value(resolved, h, "recipe.lr") == 3e-3
+    assert _stage_value(resolved, s, "recipe.lr") == 1e-3 and _stage_value(resolved, h, "recipe.epochs") == 30
+    assert "hidden" not in resolved["model"] and "lr" not in resolved["recipe"]  # they differ: each says its own
+    assert resolved["data"]["image_size"] == 32 and resolved["recipe"]["time_budget"] == 600
+    assert "finetune_lr" not in resolved["recipe"]  # no stage that ran fine-tuned
+
+
+def test_rounds_are_costed_as_they_will_run_under_the_memory_budget_and_batch_size():
+    def plan(**values):
+        sections = {"recipe": {}, "trainer": {}}
+        for key, value in values.items():
+            sections["trainer" if key == "memory_budget" else "recipe"][key] = value
+        costs = _Costs(COSTS)
+        made = auto.make_plan(
+            build_config({"data": {"path": "x"}, **sections}), _index(400), _Profile(400, 150), None, costs
+        )
+        return made, costs
+
+    cached, _ = plan()
+    assert cached["rounds"] and all(
+        "on cached activations" in s["step"] for s in cached["steps"] if "round" in s["step"]
+    )
+    # the same rounds when the cache cannot fit: costed on full images, as _activation_views will run them
+    full, _ = plan(memory_budget=0.01, time_budget=3000)
+    rounds = [s for s in full["steps"] if "round" in s["step"]]
+    assert rounds and all("on full images" in s["step"] and "over --memory-budget 0.01 GB" in s["step"] for s in rounds)
+    same = [r for r in cached["rounds"] if r["blocks"] in {f["blocks"] for f in full["rounds"]}]
+    assert min(r["seconds"] for r in full["rounds"]) > max(r["seconds"] for r in same)  # slower, and said so
+    assert "on full images" in auto.plan_table(full)  # what the log prints before the work
+    big, costs = plan(batch_size=64)
+    assert costs.batches == {64}  # timed at the batch the run trains at, not at 32
+    _, default = plan()
+    assert default.batches == {32}
+
+
+def test_a_plan_made_after_a_resume_fits_what_is_left_of_the_budget():
+    cfg = build_config({"data": {"path": "x"}})
+    fresh = auto.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    late = auto.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS), spent=400.0)
+    assert late["estimate_seconds"] <= auto.SAFETY * 600 - auto.RESERVED - 400 < fresh["estimate_seconds"]
+    assert late["rung"] > fresh["rung"] and any("earlier process(es) took 400 s" in w for w in late["why"])
