@@ -169,8 +169,16 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
         if scratch is not None:
             steps.append({"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]})
         steps.append({"step": f"decode {total:,} images at {size} px", "seconds": total * decode_one})
+
+        # a rung is dropped as soon as its steps so far overrun: timing the rest on a first run would spend the budget
+        # on steps that cannot run (estimates only add up, so the rung chosen is the same)
+        def over() -> bool:
+            return sum(s["seconds"] for s in steps) > available
+
         feature_ips = {}
         for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
+            if over():
+                return None
             parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
             feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
             seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
@@ -182,6 +190,8 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
         tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
         last_blocks = None
         for i, rnd in enumerate(plan_rounds, 1):
+            if over():
+                return None
             new = rnd["blocks"] != last_blocks
             last_blocks = rnd["blocks"]
             spec = resolve_weights(slowest, cfg.model.weights)
@@ -350,6 +360,7 @@ class Candidate:
     trainable: list[str]
     size: int
     flipped: dict[str, np.ndarray] = field(default_factory=dict)
+    form: object | None = None  # the model's checked fast form for flipped views, built once (seconds each)
     stages: list[tuple[str, RunConfig]] = field(default_factory=list)  # (history.csv's stage, the config it ran)
 
     @property
@@ -622,7 +633,8 @@ def _flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> N
     todo = [s for s in splits if s not in cand.flipped and s in cand.probs]
     if not todo:
         return
-    form = inference_form(cand.model, (3, cand.size, cand.size), 32, "fp32")
+    if cand.form is None:  # val is flipped to choose, then test for the kept model: trace and check it once
+        cand.form = inference_form(cand.model, (3, cand.size, cand.size), 32, "fp32")
     for split in todo:
         items = [it for it in index.items if it.split == split]
         images, failed = decoded_images(
@@ -630,7 +642,7 @@ def _flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> N
         )
         if failed:
             raise SmallvisionError(f"{len(failed)} {split} image(s) no longer decode; run again")
-        logits = run_batches(form, np.ascontiguousarray(images[:, :, ::-1]), progress=False)
+        logits = run_batches(cand.form, np.ascontiguousarray(images[:, :, ::-1]), progress=False)
         cand.flipped[split] = torch.from_numpy(logits).float().softmax(1).numpy()
 
 

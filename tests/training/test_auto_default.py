@@ -22,7 +22,7 @@ def photos96(tmp_path_factory) -> Path:
     rng = np.random.default_rng(3)
     for kind in SHAPES:
         (root / kind).mkdir()
-        for i in range(12):
+        for i in range(8):
             shape_image(kind, rng, 96).save(root / kind / f"{kind}{i}.png")
     return root
 
@@ -36,7 +36,9 @@ def test_an_averaged_flipped_default_model_reports_what_evaluate_gets(photos96, 
         return float((probs.argmax(1) == labels).mean()) + next(wins)
 
     monkeypatch.setattr(auto, "_accuracy", later_wins)
-    r = smallvision.train(photos96, out=tmp_path / "run", test_fraction=0.2, progress=False, report=False)
+    r = smallvision.train(
+        photos96, out=tmp_path / "run", test_fraction=0.25, finetune_epochs=1, progress=False, report=False
+    )
     plan = (r.run_dir / "checkpoints" / auto.PLAN_FILE).read_text()
     assert '"size": 260' in plan and "efficientnet_lite2" in plan  # auto's own size and backbones, none given
     card = smallvision.load(r.model_dir)[1]
