@@ -288,7 +288,7 @@ def _train(
     values, cfg = _configure(data, **{"config": None, **kwargs})
     run_dir = _run_dir(cfg, resume is not None)
     cfg.out = os.path.abspath(run_dir)  # the resolved config names the folder chosen
-    own_start = start
+    own_start, wall_start = start, time.time() - (time.perf_counter() - start)
     earlier = runclock.earlier_seconds(run_dir) if resume is not None and is_rank_zero() else 0.0
     start -= earlier  # `seconds` and auto's budget count the run's earlier processes too
     index = _scan(cfg) if split_from is None else _train_on_record(cfg, Path(split_from), resume is not None)
@@ -302,7 +302,7 @@ def _train(
 
                 write_record(index, run_dir / "split.csv")
             atomic.write_text(run_dir / "config.yaml", dump_config(values, cfg))
-            runclock.begin(run_dir, earlier)
+            runclock.begin(run_dir, earlier, wall_start)
             run_log.attach(run_dir / "run.log")  # the log lines so far, later ones and Python's warnings
         if tracker is not None:
             remember(tracker, run_dir)  # --resume continues this tracker run

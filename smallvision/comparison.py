@@ -163,6 +163,19 @@ def _train_plan(plan: Plan, numbered: str, left: str, run_dir: Path, data, progr
         atomic.write_bytes(record, (run_dir / "split.csv").read_bytes())
 
 
+def _refuse_split_sweep(grid: dict[str, list[Any]]) -> None:
+    """Every run of a compare trains on one recorded split, so a swept carving option could not change it: refused."""
+    from smallvision.data.split import CARVING_OPTIONS
+
+    swept = [k for k in grid if k.rpartition(".")[2].replace("-", "_") in CARVING_OPTIONS]
+    if swept:
+        raise SmallvisionError(
+            f"--sweep {', '.join(swept)}: every run of a compare trains on the split the first run recorded "
+            "(COMPARE_DIR/split.csv), so a swept split option would change nothing after the first run. Give it "
+            "once for the whole compare (--val-fraction 0.3), or run one compare per value"
+        )
+
+
 def run_compare(
     data: str | Path,
     out: str | Path,
@@ -186,6 +199,7 @@ def run_compare(
     out = Path(out)
     start = time.perf_counter()
     grid = sweep or {}
+    _refuse_split_sweep(grid)
     todo = plans(recipes, grid)
     for plan in todo:  # before anything trains: every plan valid, no folder of another configuration reused
         _check_plan(out / "runs" / plan.name, data, plan, common)

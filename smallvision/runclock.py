@@ -8,18 +8,26 @@ counts until the newest file it left in the run folder (its last checkpoint, log
 from __future__ import annotations
 
 import json
-import time
+import logging
 from pathlib import Path
 
 from smallvision import atomic
+
+log = logging.getLogger(__name__)
 
 CLOCK_FILE = Path("checkpoints") / "clock.json"
 
 
 def _read(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / CLOCK_FILE
+    if not path.exists():
+        return []
     try:
-        return json.loads((Path(run_dir) / CLOCK_FILE).read_text())["processes"]
-    except (OSError, ValueError, KeyError):
+        return json.loads(path.read_text())["processes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning(
+            "warning: %s cannot be read (%s): the run's earlier processes are not counted in its seconds", path, e
+        )
         return []
 
 
@@ -44,9 +52,10 @@ def earlier_seconds(run_dir: Path) -> float:
     return total
 
 
-def begin(run_dir: Path, earlier: float) -> None:
-    """Record this process as the run's latest, with the seconds its earlier processes took."""
-    processes = _read(run_dir) + [{"started": time.time(), "earlier": round(earlier, 3), "seconds": None}]
+def begin(run_dir: Path, earlier: float, started: float) -> None:
+    """Record this process as the run's latest, started at `started` (wall clock, before it wrote anything in the
+    run folder, so its files never count as a killed predecessor's), with the seconds its earlier processes took."""
+    processes = _read(run_dir) + [{"started": started, "earlier": round(earlier, 3), "seconds": None}]
     path = Path(run_dir) / CLOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, json.dumps({"processes": processes}, indent=1))

@@ -42,6 +42,14 @@ def test_compare_refuses_an_option_one_recipe_cannot_apply_before_anything_train
     assert not (out / "runs").exists()  # scratch was not trained first only to fail on features
 
 
+def test_compare_refuses_a_swept_split_option_that_its_one_recorded_split_would_ignore(tmp_path):
+    data = make_class_folder(tmp_path / "data", 6, classes=("circle", "square"), seed=5)
+    out = tmp_path / "cmp"
+    with pytest.raises(SmallvisionError, match=r"--sweep val_fraction: every run of a compare trains on the split"):
+        api.compare(data, recipes="features", sweep=["val_fraction=0.2,0.4"], out=out, image_size=32, epochs=1)
+    assert not (out / "runs").exists()
+
+
 @pytest.mark.slow  # three features runs and two compare pages (~80 s on this shared 2-core machine)
 def test_compare_runs_share_one_recorded_split_when_the_folder_changes(tmp_path):
     """Photos added between two compares with one --out: the later run trains on the first run's split, and the

@@ -102,6 +102,11 @@ def test_photos_added_after_training_are_named_and_left_out(single_folder_run, t
     changed = api.evaluate(run_dir / "model", photos)
     assert changed["split_changes"]["missing"] == [recorded[0]] and changed["split_changes"]["changed"] == [recorded[1]]
     assert changed["n"] == len(recorded) - 2 and "1 recorded file(s) missing" in changed["split_reason"]
+    trained = next(r["path"] for r in _rows(run_dir) if r["split"] == "train")  # a training photo overwritten:
+    shutil.copy(photos / m["split_changes"]["new"][1], photos / trained)  # its old content trained the model
+    included = api.evaluate(run_dir / "model", photos, include_new=True)
+    assert trained in included["split_changes"]["changed"] and trained not in included["split_changes"]["new"]
+    assert included["n"] == len(recorded) - 2 + 6  # the six new photos, never the changed training photo
 
 
 def test_cli_evaluate_include_new(single_folder_run, tmp_path):

@@ -177,7 +177,7 @@ def test_a_resumed_run_counts_the_seconds_of_its_earlier_processes(shapes_data, 
 def test_a_killed_process_counts_until_the_newest_file_it_wrote(tmp_path):
     from smallvision import runclock
 
-    runclock.begin(tmp_path, 0.0)
+    runclock.begin(tmp_path, 0.0, time.time())
     started = json.loads((tmp_path / "checkpoints" / "clock.json").read_text())["processes"][0]["started"]
     last = tmp_path / "checkpoints" / "stage" / "last.ckpt"
     last.parent.mkdir(parents=True)
@@ -185,8 +185,12 @@ def test_a_killed_process_counts_until_the_newest_file_it_wrote(tmp_path):
     last.write_bytes(b"checkpoint")  # its last checkpoint; then it was killed (no end recorded)
     worked = last.stat().st_mtime - started
     assert worked >= 0.19 and runclock.earlier_seconds(tmp_path) == pytest.approx(worked)
-    runclock.begin(tmp_path, runclock.earlier_seconds(tmp_path))
-    (tmp_path / "run.log").write_text("written by the second process")  # not counted for the first
+    second = time.time()  # the resumed process starts, reads the clock, rewrites config.yaml, then records itself
+    earlier = runclock.earlier_seconds(tmp_path)
+    time.sleep(0.05)
+    (tmp_path / "config.yaml").write_text("rewritten by the second process")  # not counted for the first
+    runclock.begin(tmp_path, earlier, second)
+    (tmp_path / "run.log").write_text("written by the second process")
     runclock.end(tmp_path, 3.0)
     assert runclock.earlier_seconds(tmp_path) == pytest.approx(worked + 3.0)
     assert runclock.spent_before(tmp_path) == pytest.approx(worked, abs=1e-3)  # what the second process began with

@@ -39,6 +39,9 @@ class SplitPlan:
     seed: int = 0
 
 
+CARVING_OPTIONS = ("val_fraction", "test_fraction", "min_train_per_class", "min_val_per_class", "min_test_per_class")
+
+
 def unit(seed: int, split: str, digest: str) -> float:
     """A file's place in [0, 1) for one split: a hash of (seed, split, content digest), so nothing else moves it."""
     h = hashlib.blake2b(f"{seed}:{split}:{digest}".encode(), digest_size=8).digest()
@@ -176,7 +179,8 @@ def recorded_index(rows: list[dict[str, str]], found: DatasetIndex, record: Path
     """The run's split of the files found now (as scanned with carve=False), and what changed since the record.
 
     A file keeps its recorded split; a file at a new path whose content is recorded gets that content's split
-    (training first); any other file is new since training and left out of the index.
+    (training first); a recorded file whose content changed is named and left out; any other file is new since
+    training and left out of the index.
     """
     by_path = {row["path"]: row for row in rows}
     by_digest: dict[str, str] = {}
@@ -190,10 +194,13 @@ def recorded_index(rows: list[dict[str, str]], found: DatasetIndex, record: Path
         rel = _relative(it.path, found.root)
         seen.add(rel)
         row = by_path.get(rel)
-        if row is not None and row["digest"] != it.digest:
+        changed = row is not None and row["digest"] != it.digest
+        if changed:
             changes.changed.append(rel)
-        split = row["split"] if row is not None and row["digest"] == it.digest else by_digest.get(it.digest)
+        split = row["split"] if row is not None and not changed else by_digest.get(it.digest)
         name = found.classes[it.label]
+        if changed and split is None:
+            continue  # its old content may have trained the model: named as changed, never scored (not even as new)
         if split is None or name not in classes:
             changes.new.append(it)
         else:
