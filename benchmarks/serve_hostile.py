@@ -6,10 +6,10 @@ minute), as benchmarks/serve.py does. One `smallvision serve` process on 127.0.0
 so that slow clients are cut during the run), two phases of --seconds each:
 - quiet: one well-behaved client (closed loop, hymenoptera's validation JPEGs as raw bodies) and a /health prober
   (every 50 ms);
-- hostile: the same two, while at once --slow connections trickle a byte a second of a declared 1 MB body (each
-  reconnects when cut), and one client each loops on: 2 MB of 20k empty multipart parts; 16 decompression-heavy
-  10-megapixel PNGs (40 KB each, RGB and RGBA) in one request; garbage (random bytes as a JPEG, a multipart of
-  random parts, and one bad part before 63 of those PNGs).
+- hostile: the same two, while at once, from a second process (as from another machine), --slow connections
+  trickle a byte a second of a declared 1 MB body (each reconnects when cut), and one client each loops on: 2 MB of
+  20k empty multipart parts; 16 decompression-heavy 10-megapixel PNGs (40 KB each, RGB and RGBA) in one request;
+  garbage (random bytes as a JPEG, a multipart of random parts, and one bad part before 63 of those PNGs).
 Targets: the well-behaved client's p99 within 3x of the quiet p99, /health always under 100 ms, the server's peak
 RSS (VmHWM) within the bound the README states for these limits, no crash and no 500.
 """
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import io
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -129,23 +130,44 @@ def hostile_requests(pngs: list[bytes]) -> dict[str, list[tuple[bytes, dict]]]:
     }
 
 
-async def phase(url: str, bodies: list[bytes], seconds: float, hostile: dict | None, slow: int) -> dict:
-    """One phase: the well-behaved client and the prober, with the hostile clients when `hostile` is given."""
+async def hostile_clients(url: str, hostile: dict, slow: int, seconds: float) -> dict:
+    """The slow connections and the hostile clients until `seconds` have passed: their answers' statuses by kind."""
     until = time.perf_counter() + seconds
-    counts = {kind: Counter() for kind in ("slow", *(hostile or {}))}
-    bad_limits = httpx.Limits(max_connections=8)
-    async with (
-        httpx.AsyncClient(timeout=120) as good,
-        httpx.AsyncClient(timeout=120) as health,
-        httpx.AsyncClient(timeout=120, limits=bad_limits) as bad,
-    ):
+    counts = {kind: Counter() for kind in ("slow", *hostile)}
+    host, port = url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=8)) as bad:
+        tasks = [trickler(host, int(port), until, counts["slow"]) for _ in range(slow)]
+        tasks += [attacker(bad, f"{url}/predict", reqs, until, counts[k]) for k, reqs in hostile.items()]
+        await asyncio.gather(*tasks)
+    return {k: dict(v) for k, v in counts.items() if v}
+
+
+def hostile_process(url: str, hostile: dict, slow: int, seconds: float, ready, results) -> None:
+    """Run the hostile clients in their own process (another laptop), so that their work never delays the
+    well-behaved client's own event loop: what is measured is the server."""
+    ready.set()
+    results.put(asyncio.run(hostile_clients(url, hostile, slow, seconds)))
+
+
+async def phase(url: str, bodies: list[bytes], seconds: float, hostile: dict | None, slow: int) -> dict:
+    """One phase: the well-behaved client and the prober, with the hostile clients (in a child process) when
+    `hostile` is given."""
+    counts: dict = {}
+    if hostile is not None:
+        spawn = multiprocessing.get_context("spawn")
+        ready, results = spawn.Event(), spawn.Queue()
+        child = spawn.Process(target=hostile_process, args=(url, hostile, slow, seconds + 2.0, ready, results))
+        child.start()
+        await asyncio.to_thread(ready.wait, 60)
+        await asyncio.sleep(1.0)  # the attack under way before the measurement starts
+    until = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=120) as good, httpx.AsyncClient(timeout=120) as health:
         tasks = [well_behaved(good, f"{url}/predict", bodies, until), prober(health, f"{url}/health", until)]
-        if hostile is not None:
-            host, port = url.removeprefix("http://").split(":")
-            tasks += [trickler(host, int(port), until, counts["slow"]) for _ in range(slow)]
-            tasks += [attacker(bad, f"{url}/predict", reqs, until, counts[k]) for k, reqs in hostile.items()]
         done = await asyncio.gather(*tasks)
-    return {"good": done[0], "health": done[1], "counts": {k: dict(v) for k, v in counts.items() if v}}
+    if hostile is not None:
+        counts = await asyncio.to_thread(results.get, True, 120)
+        child.join(30)
+    return {"good": done[0], "health": done[1], "counts": counts}
 
 
 def peak_rss(pid: int) -> tuple[int, int]:

@@ -525,9 +525,8 @@ def _precheck(index, strict: bool) -> dict[str, Any]:
         if strict:
             raise SmallvisionError(message + "; remove the copies, or train without --strict")
         log.warning("warning: %s", message)
-    if report["summary"]:
-        found = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
-        log.info("data check: %s (details: smallvision check %s)", found, index.root)
+    found = ", ".join(f"{k} {v}" for k, v in report["summary"].items()) or "nothing found in files, copies or balance"
+    log.info("data check: %s (details and content checks: smallvision check %s)", found, index.root)
     return report["summary"]
 
 
