@@ -57,7 +57,8 @@ def reference(shapes_data, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# A second kill point runs with the slow tests: the first covers the path, each costs a whole training run.
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_training_killed_at_a_random_epoch_resumes_to_the_same_model(shapes_data, reference, tmp_path, seed):
     out = tmp_path / "run"
     proc = _start(_scratch(shapes_data, out))
@@ -112,7 +113,8 @@ def features_reference(shapes_data, tmp_path_factory):
     return json.loads((tmp / "ref" / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# A second kill point runs with the slow tests: the first covers the path, each costs a whole training run.
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_feature_caching_killed_midway_leaves_a_valid_cache_and_finishes_the_same(
     shapes_data, features_reference, tmp_path, seed
 ):

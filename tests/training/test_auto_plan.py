@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import smallvision
+from smallvision import atomic
 from smallvision.config import build_config
 from smallvision.errors import SmallvisionError
 from smallvision.training import recipes
@@ -72,7 +73,7 @@ def test_other_ranks_follow_rank_zeros_recorded_decision(tmp_path, monkeypatch):
     def rank_zero_later() -> None:
         time.sleep(0.3)
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"finetune": False}))
+        atomic.write_json(path, {"finetune": False})  # as rank 0 records it: a reader never sees a half-written file
 
     def never() -> dict:
         raise AssertionError("rank 1 decided by itself")
