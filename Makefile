@@ -20,6 +20,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check smallvision tests benchmarks examples
 	$(VENV)/bin/ruff format --check smallvision tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format smallvision tests benchmarks examples

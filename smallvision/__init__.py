@@ -19,8 +19,8 @@ from smallvision.api import (
     write_predictions,
 )
 from smallvision.errors import SmallvisionError
+from smallvision.version import __version__  # noqa: F401  (smallvision.__version__, as packages have)
 
-__version__ = "0.1.0"
 __all__ = [
     "SmallvisionError",
     "TrainResult",

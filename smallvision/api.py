@@ -365,11 +365,11 @@ def _train_run(
     from smallvision.evaluation.report import headline_values
     from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.recipes import RECIPES
+    from smallvision.training.registry import recipe_runner
 
     d = cfg.data
     timed = {"start": start} if cfg.recipe.name == "auto" else {}  # auto's budget counts from the call's start
-    outcome = RECIPES[cfg.recipe.name](cfg, index, run_dir, progress=progress, logger=tracker, **timed)
+    outcome = recipe_runner(cfg.recipe.name)(cfg, index, run_dir, progress=progress, logger=tracker, **timed)
     if not is_rank_zero():
         return None
     log.info("%s", index.table())
@@ -559,14 +559,16 @@ def compare(
     Writes COMPARE_DIR/results.csv, results.md, figures/, report.html and runs/<run>/; finished runs are skipped
     and interrupted ones resumed when the same compare is run again, and refused when left by other settings.
     """
-    from smallvision.comparison import parse_sweep, run_compare
+    from smallvision.comparison import Steps, parse_sweep, run_compare
     from smallvision.runlog import RunLog
 
     names = [r.strip() for r in recipes.split(",")] if isinstance(recipes, str) else list(recipes)
     grid = parse_sweep(sweep) if isinstance(sweep, list) else (sweep or {})
     out = Path(out) if out else Path("runs") / f"{Path(data).stem}-compare"
     with RunLog() as run_log:
-        return Comparison(run_compare(data, out, names, grid, progress=progress, run_log=run_log, **common))
+        steps = Steps(make_config=make_config, train=train, read_metrics=read_metrics, evaluate=evaluate)
+        result = run_compare(data, out, names, steps, grid, progress=progress, run_log=run_log, **common)
+        return Comparison(result)
 
 
 def report(folder: str | Path) -> Path:

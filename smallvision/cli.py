@@ -64,7 +64,7 @@ app = typer.Typer(
 
 def _print_version(asked: bool) -> None:
     if asked:
-        from smallvision import __version__
+        from smallvision.version import __version__
 
         typer.echo(f"smallvision {__version__}")
         raise typer.Exit()

@@ -1,6 +1,7 @@
 """Compare recipes or sweep options on one dataset and split: choose on validation, test only the chosen run.
 
-(Named comparison.py, not compare.py, so that `smallvision.compare` stays the public function.)
+(Named comparison.py, not compare.py, so that `smallvision.compare` stays the public function.) It sits below api:
+api gives it the steps it runs (`Steps`), so imports point down.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,16 @@ if TYPE_CHECKING:
     from smallvision.runlog import RunLog
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The public functions a compare runs (make_config, train, read_metrics and evaluate), given by the caller."""
+
+    make_config: Callable[..., Any]
+    train: Callable[..., Any]
+    read_metrics: Callable[[Path], dict[str, Any]]
+    evaluate: Callable[..., dict[str, Any]]
 
 
 def _value(text: str) -> Any:
@@ -95,13 +107,11 @@ def _differences(there: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _check_plan(run_dir: Path, data: str | Path, plan: Plan, common: dict[str, Any]) -> None:
+def _check_plan(steps: Steps, run_dir: Path, data: str | Path, plan: Plan, common: dict[str, Any]) -> None:
     """Validate a planned run's options (a recipe refusing one fails the compare before anything trains), and refuse
     to reuse or resume a run folder whose stored config resolves differently from this plan's."""
-    from smallvision import api
-
     options = {k: v for k, v in common.items() if k not in ("report", "strict")}  # train's, not the config's
-    cfg = api.make_config(data, recipe=plan.recipe, **options, **plan.options)
+    cfg = steps.make_config(data, recipe=plan.recipe, **options, **plan.options)
     if cfg.trainer.logger != "none":  # the chosen run's test evaluation happens after its run: it would be missing
         raise SmallvisionError(
             f"compare: logger={cfg.trainer.logger} (--logger, trainer.logger) is refused: compare's runs do not log to "
@@ -112,7 +122,7 @@ def _check_plan(run_dir: Path, data: str | Path, plan: Plan, common: dict[str, A
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    there = _resolved(api.make_config(None, config=saved))
+    there = _resolved(steps.make_config(None, config=saved))
     diff = _differences(there, asked)
     if diff:
         state = "finished" if (run_dir / "metrics.json").exists() else "unfinished"
@@ -142,13 +152,13 @@ def time_left(plans_left: list[Plan], seconds: dict[str, list[float]]) -> str:
     return f"about {_duration(total)} left"
 
 
-def _train_plan(plan: Plan, numbered: str, left: str, run_dir: Path, data, progress: bool, common: dict) -> None:
+def _train_plan(
+    steps: Steps, plan: Plan, numbered: str, left: str, run_dir: Path, data, progress: bool, common: dict
+) -> None:
     """Train one planned run on the compare's recorded split (resuming it when interrupted), or skip it when finished.
 
     The first run's split.csv becomes COMPARE_DIR/split.csv, and every later run trains on it, even when photos were
     added to the folder meanwhile."""
-    from smallvision import api
-
     record = run_dir.parents[1] / "split.csv"
     shown = " ".join([plan.recipe, *(f"{k}={v}" for k, v in plan.options.items())])
     if (run_dir / "metrics.json").exists():
@@ -158,7 +168,7 @@ def _train_plan(plan: Plan, numbered: str, left: str, run_dir: Path, data, progr
         log.info("%s: %s%s — %s", numbered, "resuming " if resume else "", shown, left)
         shared = {"split_from": record} if record.is_file() else {}
         kwargs = {} if resume else {"recipe": plan.recipe, "out": run_dir, **shared, **common, **plan.options}
-        api.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
+        steps.train(None if resume else data, resume=resume, progress=progress, evaluate_test=False, **kwargs)
     if not record.is_file() and (run_dir / "split.csv").is_file():
         atomic.write_bytes(record, (run_dir / "split.csv").read_bytes())
 
@@ -180,6 +190,7 @@ def run_compare(
     data: str | Path,
     out: str | Path,
     recipes: list[str],
+    steps: Steps,
     sweep: dict[str, list[Any]] | None = None,
     progress: bool = True,
     run_log: RunLog | None = None,
@@ -192,7 +203,6 @@ def run_compare(
 
     `run_log` gets the compare's log lines and warnings in COMPARE_DIR/compare.log (each run keeps its own run.log).
     """
-    from smallvision import api
     from smallvision.evaluation import plots
     from smallvision.evaluation.report import compare_rows
 
@@ -202,7 +212,7 @@ def run_compare(
     _refuse_split_sweep(grid)
     todo = plans(recipes, grid)
     for plan in todo:  # before anything trains: every plan valid, no folder of another configuration reused
-        _check_plan(out / "runs" / plan.name, data, plan, common)
+        _check_plan(steps, out / "runs" / plan.name, data, plan, common)
     if run_log is not None:
         out.mkdir(parents=True, exist_ok=True)
         run_log.attach(out / "compare.log")
@@ -211,8 +221,8 @@ def run_compare(
     for number, plan in enumerate(todo, 1):
         run_dir = out / "runs" / plan.name
         left = time_left(todo[number - 1 :], seconds)
-        _train_plan(plan, f"run {number}/{len(todo)}", left, run_dir, data, progress, common)
-        m = api.read_metrics(run_dir)
+        _train_plan(steps, plan, f"run {number}/{len(todo)}", left, run_dir, data, progress, common)
+        m = steps.read_metrics(run_dir)
         seconds.setdefault(plan.recipe, []).append(m["seconds"])
         rows.append(
             {
@@ -232,7 +242,7 @@ def run_compare(
     best_dir = out / "runs" / best["run"]
     summary: dict[str, Any] = {"best": best["run"], "chosen_on": "validation accuracy (ties: lower validation loss)"}
     try:
-        test = api.evaluate(best_dir / "model", data, split="test", config=best_dir / "config.yaml")
+        test = steps.evaluate(best_dir / "model", data, split="test", config=best_dir / "config.yaml")
         summary["best_test_accuracy"] = test["accuracy"]
         summary["best_test"] = {k: test[k] for k in ("n", "accuracy", "loss", "f1_macro")}
     except SmallvisionError as e:

@@ -10,9 +10,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smallvision.errors import SmallvisionError
-from smallvision.models.weights import NATIVE_SIZE
 
 SCRATCH_BACKBONES = ("small_cnn", "residual_cnn")
+# The size each bundled Lite backbone was trained at on ImageNet: a run's default image size (the config sits below
+# models, so the fact lives here, where the default is resolved).
+NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 DEFAULT_EPOCHS = {"frozen": 8}
 EPOCHS = 30
 LR = 1e-3

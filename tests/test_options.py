@@ -214,7 +214,7 @@ class Runs:
 
         from smallvision import api
         from smallvision.training import activations, fit
-        from smallvision.training.recipes import RECIPES
+        from smallvision.training.registry import recipe_runner
 
         record: dict[str, Any] = {"workers": set(), "views": 0, "stages": []}
         loader_init = torch.utils.data.DataLoader.__init__
@@ -243,7 +243,7 @@ class Runs:
                 index = api._scan(cfg)
                 self.started += 1  # a folder per run: one holding a recorded auto plan would be followed
                 run_dir = self.tmp / f"run{self.started}"
-                outcome = RECIPES[recipe](cfg, index, run_dir, progress=False)
+                outcome = recipe_runner(recipe)(cfg, index, run_dir, progress=False)
             except SmallvisionError as e:
                 return {"error": str(e)}
         record.update(

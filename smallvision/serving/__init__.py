@@ -6,7 +6,10 @@ does not import FastAPI.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smallvision.serving.app import create_app
 
 __all__ = ["create_app"]
 

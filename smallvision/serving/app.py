@@ -119,7 +119,7 @@ def create_app(
     """
     from fastapi_offline import FastAPIOffline
 
-    from smallvision import __version__
+    from smallvision.version import __version__
 
     options = ServeOptions(max_batch, max_wait_ms, queue_size, max_bytes, max_pixels, top_k, body_timeout_s)
     model_dir = Path(model_dir)

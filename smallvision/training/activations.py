@@ -105,7 +105,7 @@ def boundary_split(classifier: nn.Module, size: int) -> tuple[BoundarySplit | No
     return BoundarySplit(classifier, chain, k), ""
 
 
-class _Bottom(nn.Module):
+class FrozenBottom(nn.Module):
     """Normalization and the frozen units: images in [0, 1] to boundary activations."""
 
     def __init__(self, backbone: nn.Module, units: list[nn.Module]) -> None:
@@ -225,7 +225,7 @@ def estimate_bytes(split: BoundarySplit, size: int, images: dict[str, int], view
 
 def boundary_values(split: BoundarySplit, size: int) -> int:
     """Values per image the frozen part below `split`'s boundary outputs at `size` (one cached view's size)."""
-    bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k]).eval()
+    bottom = FrozenBottom(split.classifier.backbones[0], split.chain[: split.k]).eval()
     with torch.inference_mode():
         return bottom(torch.zeros(1, 3, size, size)).numel()
 
@@ -257,7 +257,7 @@ def compute_views(
     from smallvision.models.inference import inference_form, run_batches
 
     size = data["train"][0].shape[1]
-    bottom = _Bottom(split.classifier.backbones[0], split.chain[: split.k])
+    bottom = FrozenBottom(split.classifier.backbones[0], split.chain[: split.k])
     form = inference_form(bottom, (3, size, size), batch_size, precision, device)
     log.info("activation cache: %s, %d augmented view(s) per training image", ", ".join(form.steps), views)
     dtype = view_dtype(precision)

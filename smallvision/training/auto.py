@@ -81,7 +81,7 @@ def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_vi
 
 def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: dict, views: int, n: dict, new: bool) -> tuple:
     """Seconds of a fine-tuning round as it will run, at --batch-size, and how: on cached activations when they fit
-    --memory-budget (as recipes._activation_views decides), else on full images, every step the whole network."""
+    --memory-budget (as recipes.activation_views decides), else on full images, every step the whole network."""
     from smallvision.training.activations import cache_bytes
 
     batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
@@ -455,9 +455,9 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         cand_cfg = _member_cfg(cfg, "features", name, size, lr=lr)
         stage = f"features {name}" + (f" lr {lr:g}" if len(lrs) > 1 else "")
         stage_notes: list[str] = []
-        fs = recipes._feature_stage(cand_cfg, index, progress, stage_notes, logger, stage)
+        fs = recipes.feature_stage(cand_cfg, index, progress, stage_notes, logger, stage)
         tally.ran.append(cand_cfg)
-        probs = recipes._feature_probs(fs)
+        probs = recipes.feature_probs(fs)
         labels = {s: y for s, (_, y) in fs.by_split.items()}
         tried.append((_accuracy(probs["val"], labels["val"]), lr, cand_cfg, fs, probs, labels, stage_notes, stage))
     val, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first lr
@@ -466,7 +466,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         tally.choices["head_lr"] += 1
         shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
         notes.append(f"auto: {name} head on cached features: kept lr {lr:g} on validation ({shown})")
-    model = recipes._pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
+    model = recipes.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
     model.requires_grad_(False)
     return Candidate(
         f"{name} features",
@@ -558,7 +558,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
     if not fits(1, plan["rounds"][0]):  # checked before loading every image for it
         return None
     tune_cfg = _round_cfg(cfg, base.cfg, plan["views"], plan["rounds"][0])
-    data = recipes._images(tune_cfg, index, progress)
+    data = recipes.load_images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)
     best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
     history, blocks, views, stages = list(base.history), None, None, list(base.stages)
@@ -569,9 +569,9 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
         if rnd["blocks"] != blocks:
             blocks = rnd["blocks"]
             trainable = freeze(model.backbones[0], blocks)
-            views = recipes._activation_views(tune_cfg, model, data, notes, progress)
+            views = recipes.activation_views(tune_cfg, model, data, notes, progress)
         rr = round_cfg.recipe
-        groups = recipes._param_groups(model, {0: trainable}, rr.lr, rr.finetune_lr, rr.layer_decay)
+        groups = recipes.param_groups(model, {0: trainable}, rr.lr, rr.finetune_lr, rr.layer_decay)
         stage = f"finetune{i}"
         res = run_stage(
             stage,
@@ -726,7 +726,7 @@ def _outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> re
         model = copy.deepcopy(lead.model)
         model.tta = "hflip" if tta else None
     groups = model.head.groups if len(members) > 1 else [list(range(len(model.backbones)))]
-    parts = [(recipes._cards(c.model, c.specs, c.cfg), c.trainable) for c in members]
+    parts = [(recipes.backbone_cards(c.model, c.specs, c.cfg), c.trainable) for c in members]
     cards, trainable = ensemble_layout(model, groups, parts)  # equal backbones (a frozen one) shared among members
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return recipes.RecipeOutcome(

@@ -103,7 +103,7 @@ class Costs:
 
             from smallvision.models.backbone import build_backbone, freeze
             from smallvision.models.head import Head, ImageClassifier
-            from smallvision.training.activations import ActivationViews, _Bottom, boundary_split
+            from smallvision.training.activations import ActivationViews, FrozenBottom, boundary_split
 
             backbone = build_backbone(spec, "avg")
             model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
@@ -113,7 +113,7 @@ class Costs:
                 return _train_step(model, size, self.precision, batch=batch)
             x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
             with torch.inference_mode():
-                acts = _Bottom(backbone, split.chain[: split.k]).eval()(x)
+                acts = FrozenBottom(backbone, split.chain[: split.k]).eval()(x)
             labels = np.arange(batch) % 2
             views = ActivationViews(
                 split, acts[None].clone(), {"train": labels, "val": labels}, {"val": acts.clone()}, False
@@ -234,7 +234,7 @@ def _timed(step: Callable[[], object], arithmetic: str, timed: int = 3) -> float
 def _train_step(model, size: int, precision: str, views=None, batch: int = BATCH) -> dict:
     """Seconds per training and validation batch of `batch` images, timed as the recipes' estimate times them."""
     from smallvision.config import build_config
-    from smallvision.training.recipes import _estimate_seconds
+    from smallvision.training.recipes import estimate_stage_seconds
 
     rng = np.random.default_rng(0)
     data = {
@@ -248,5 +248,5 @@ def _train_step(model, size: int, precision: str, views=None, batch: int = BATCH
             "trainer": {"precision": precision},
         }
     )
-    est = _estimate_seconds(model, data, cfg, views, warmup=1, timed=3)
+    est = estimate_stage_seconds(model, data, cfg, views, warmup=1, timed=3)
     return {"step_seconds": est["step_seconds"], "val_batch_seconds": est["val_batch_seconds"]}

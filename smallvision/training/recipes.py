@@ -94,7 +94,7 @@ def _init_note(target: dict, source_dir: str | None) -> tuple[dict, str | None]:
 
 
 @dataclass
-class _FeatureStage:
+class FeatureStage:
     head: object
     history: list[dict]
     best_epoch: int
@@ -104,9 +104,9 @@ class _FeatureStage:
     by_split: dict
 
 
-def _feature_stage(
+def feature_stage(
     cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger, stage: str = "features"
-) -> _FeatureStage:
+) -> FeatureStage:
     """A dense head on cached features of the frozen backbone(s); its epochs logged and recorded as `stage`."""
     import torch
 
@@ -169,7 +169,7 @@ def _feature_stage(
         f"{feature_precision(cfg.trainer.precision)}; best epoch {result.best_epoch} of {r.epochs}{stop} "
         f"(val accuracy {best:.4f})"
     )
-    return _FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
+    return FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
 
 
 def _held_out_features(cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list) -> None:
@@ -203,8 +203,8 @@ def run_features(
     from smallvision.training.features import backbone_state
 
     notes = ["recipe features: only a dense head trains; the pretrained backbone is frozen and cached"]
-    fs = _feature_stage(cfg, index, progress, notes, logger)
-    probs = _feature_probs(fs)
+    fs = feature_stage(cfg, index, progress, notes, logger)
+    probs = feature_probs(fs)
     labels = {split: y for split, (_, y) in fs.by_split.items()}
     state: dict = {}
     cards = []
@@ -224,7 +224,8 @@ def run_features(
 # ---------------------------------------------------------------- end-to-end stages (Lightning)
 
 
-def _images(cfg: RunConfig, index: DatasetIndex, progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_images(cfg: RunConfig, index: DatasetIndex, progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every split's decoded images and labels at the run's size, from the image cache; unreadable files dropped."""
     from smallvision.data.cache import decoded_images
 
     items = index.items
@@ -235,7 +236,7 @@ def _images(cfg: RunConfig, index: DatasetIndex, progress: bool) -> dict[str, tu
     return _split_arrays(arr, index.items)
 
 
-def _param_groups(model, trainable: dict[int, list[str]], head_lr: float, body_lr: float, decay: float) -> list[dict]:
+def param_groups(model, trainable: dict[int, list[str]], head_lr: float, body_lr: float, decay: float) -> list[dict]:
     """Head at `head_lr`; each trainable backbone group at body_lr * decay**(depth from the top)."""
     from smallvision.models.backbone import block_groups
 
@@ -257,7 +258,9 @@ def _param_groups(model, trainable: dict[int, list[str]], head_lr: float, body_l
     return groups
 
 
-def _cards(model, specs: list[WeightsSpec] | None, cfg: RunConfig) -> list[BackboneCard]:
+def backbone_cards(model, specs: list[WeightsSpec] | None, cfg: RunConfig) -> list[BackboneCard]:
+    """What the model card records of each backbone: its name, pooling, normalization and weights (or scratch
+    options)."""
     cards = []
     for i, b in enumerate(model.backbones):
         mean = tuple(float(v) for v in b.mean.flatten())
@@ -290,7 +293,16 @@ def _finish(model, cfg, data, specs, history, best_epoch, notes, trainable, cach
     head = head_card(model.head)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return RecipeOutcome(
-        state, _cards(model, specs, cfg), head, history, best_epoch, probs, labels, notes, cache or {}, trainable
+        state,
+        backbone_cards(model, specs, cfg),
+        head,
+        history,
+        best_epoch,
+        probs,
+        labels,
+        notes,
+        cache or {},
+        trainable,
     )
 
 
@@ -316,7 +328,7 @@ def run_scratch(
     from smallvision.models.head import Head, ImageClassifier
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = _images(cfg, index, progress)
+    data = load_images(cfg, index, progress)
     name = cfg.model.backbones[0]
     backbone = scratch_backbone(name, cfg.data.image_size, cfg.model.batch_norm)
     head = Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, cfg.model.hidden)
@@ -343,7 +355,7 @@ def _one_stage(
         model.load_state_dict(kept, strict=False)
         notes.append(note)
     r = cfg.recipe
-    views = _activation_views(cfg, model, data, notes, progress) if specs is not None else None
+    views = activation_views(cfg, model, data, notes, progress) if specs is not None else None
     groups = [{"params": params, "lr": r.lr, "name": stage}]
     stage_dir = run_dir / "checkpoints" / stage
     res = run_stage(
@@ -371,7 +383,8 @@ def _one_stage(
     return replace(outcome, world_size=res.world_size)
 
 
-def _pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
+def pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
+    """The pretrained backbone(s) of `specs` under a new head (or `head`), ready for a recipe to fine-tune."""
     from smallvision.models.backbone import build_backbone
     from smallvision.models.head import Head, ImageClassifier
 
@@ -391,8 +404,8 @@ def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: boo
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     specs = resolve_specs(cfg)
-    data = _images(cfg, index, progress)
-    model = _pretrained_model(cfg, specs, len(index.classes))
+    data = load_images(cfg, index, progress)
+    model = pretrained_model(cfg, specs, len(index.classes))
     for b in model.backbones:
         freeze(b, 0)
     notes = [
@@ -413,10 +426,10 @@ def _two_stage(
     from smallvision.training.fit import run_stage
 
     notes: list[str] = []
-    fs = _feature_stage(cfg, index, progress, notes, logger)
+    fs = feature_stage(cfg, index, progress, notes, logger)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = _images(cfg, index, progress)
-    model = _pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head)
+    data = load_images(cfg, index, progress)
+    model = pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head)
     r = cfg.recipe
     trainable = {}
     for i, b in enumerate(model.backbones):
@@ -430,8 +443,8 @@ def _two_stage(
     history = list(fs.history)
 
     features_state = copy.deepcopy(model.state_dict())
-    views = _activation_views(cfg, model, data, notes, progress)
-    groups = _param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
+    views = activation_views(cfg, model, data, notes, progress)
+    groups = param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
     stage_dir = run_dir / "checkpoints" / stage
     res = run_stage(stage, model, groups, data, cfg, r.finetune_epochs, stage_dir, progress, views=views, logger=logger)
     history += res.history
@@ -448,7 +461,7 @@ def _two_stage(
         for b in model.backbones:
             freeze(b, 0)
         outcome = _finish(
-            model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), _feature_probs(fs)
+            model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), feature_probs(fs)
         )
         return replace(outcome, world_size=res.world_size)  # the fine-tuning stage ran, on this many processes
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
@@ -457,7 +470,7 @@ def _two_stage(
     return replace(outcome, world_size=res.world_size)
 
 
-def _feature_probs(fs: _FeatureStage) -> dict[str, np.ndarray]:
+def feature_probs(fs: FeatureStage) -> dict[str, np.ndarray]:
     """Every split's probabilities from the stage-1 head on the cached features (no network run)."""
     import torch
 
@@ -466,7 +479,7 @@ def _feature_probs(fs: _FeatureStage) -> dict[str, np.ndarray]:
         return {s: fs.head(torch.from_numpy(x)).softmax(1).numpy() for s, (x, _) in fs.by_split.items()}
 
 
-def _activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool):
+def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool):
     """Boundary activations for fine-tuning (see training/activations.py), or None to train on images."""
     from smallvision.data.transforms import train_transform
     from smallvision.training.activations import boundary_split, compute_views, estimate_bytes
@@ -503,11 +516,11 @@ def _activation_views(cfg: RunConfig, model, data, notes: list[str], progress: b
     return compute_views(split, data, transform if augmented else None, views, precision, cfg.seed, progress=progress)
 
 
-def _cache(fs: _FeatureStage) -> dict:
+def _cache(fs: FeatureStage) -> dict:
     return {"computed": fs.cached.computed, "reused": fs.cached.unique - fs.cached.computed}
 
 
-def _estimate_seconds(model, data, cfg: RunConfig, views=None, warmup: int = 2, timed: int = 3) -> dict:
+def estimate_stage_seconds(model, data, cfg: RunConfig, views=None, warmup: int = 2, timed: int = 3) -> dict:
     """Seconds the fine-tuning stage would take, from training steps timed as training runs them.
 
     On the training device at the training precision (the same autocast), after `warmup` untimed steps (the first
@@ -595,20 +608,10 @@ def run_unfreeze(
     return _two_stage(cfg, index, run_dir, progress, whole=True, logger=logger)
 
 
-def run_auto(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
-) -> RecipeOutcome:
-    """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (training/auto.py)."""
-    from smallvision.training.auto import run_auto as auto
-
-    return auto(cfg, index, run_dir, progress, logger, start)
-
-
 RECIPES = {
     "features": run_features,
     "scratch": run_scratch,
     "frozen": run_frozen,
     "finetune": run_finetune,
     "unfreeze": run_unfreeze,
-    "auto": run_auto,
 }

@@ -21,8 +21,8 @@ from smallvision.training.activations import (
     HELD_DTYPE,
     STORE,
     FromActivations,
+    FrozenBottom,
     ViewShuffle,
-    _Bottom,
     boundary_split,
     compute_views,
     estimate_bytes,
@@ -119,7 +119,7 @@ def test_resnet_splits_at_its_last_stage_and_agrees_with_the_full_network():
     assert split is not None, why
     assert all(any(p.requires_grad for p in u.parameters()) for u in split.chain[split.k :])
     x = torch.rand(4, 3, 64, 64)
-    bottom = _Bottom(backbone, split.chain[: split.k]).eval()
+    bottom = FrozenBottom(backbone, split.chain[: split.k]).eval()
     top = FromActivations(split).eval()
     with torch.inference_mode():
         assert torch.allclose(top(bottom(x)), model(x), atol=1e-5)

@@ -430,7 +430,7 @@ def test_rounds_are_costed_as_they_will_run_under_the_memory_budget_and_batch_si
     assert cached["rounds"] and all(
         "on cached activations" in s["step"] for s in cached["steps"] if "round" in s["step"]
     )
-    # the same rounds when the cache cannot fit: costed on full images, as _activation_views will run them
+    # the same rounds when the cache cannot fit: costed on full images, as activation_views will run them
     full, _ = plan(memory_budget=0.01, time_budget=3000)
     rounds = [s for s in full["steps"] if "round" in s["step"]]
     assert rounds and all("on full images" in s["step"] and "over --memory-budget 0.01 GB" in s["step"] for s in rounds)

@@ -58,7 +58,7 @@ def test_estimate_times_warmed_up_steps_at_the_training_precision_and_leaves_the
     )
     model = _Probe()
     before = torch.get_rng_state()
-    estimate = recipes._estimate_seconds(model, data, cfg, warmup=2, timed=3)
+    estimate = recipes.estimate_stage_seconds(model, data, cfg, warmup=2, timed=3)
     assert torch.equal(torch.get_rng_state(), before)
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
     assert model.seen == [(dtype, "cpu", True)] * 5 + [(dtype, "cpu", False)] * 4
