@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,11 @@ def mislabeled(items: list[ImageItem], probs: np.ndarray, classes: list[str]) ->
 
     y = np.array([it.label for it in items])
     ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-    trust = f"(that model agrees with {100 * float((probs.argmax(axis=1) == y).mean()):.0f}% of the folders)"
+    trust = f"(that model agrees with {100 * SINGLE_LABEL.score(probs, y):.0f}% of the folders)"
+    decided = SINGLE_LABEL.decide(probs)
     out = []
     for i in ranked:
-        pred, p_label = int(probs[i].argmax()), float(probs[i, y[i]])
+        pred, p_label = int(decided[i]), float(probs[i, y[i]])
         detail = f"out-of-fold: {classes[pred]} {probs[i, pred]:.2f}, its folder {classes[y[i]]} {p_label:.2f} {trust}"
         out.append(Finding("probably mislabeled", 1 - p_label, [str(items[i].path)], detail))
     return out

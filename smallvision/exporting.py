@@ -27,6 +27,7 @@ from torch import nn
 
 from smallvision import atomic, runtime
 from smallvision.errors import SmallvisionError
+from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Uint8Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Scale to [0, 1], move channels first, run the network (it normalizes), softmax."""
         x = images.permute(0, 3, 1, 2).float() / PIXEL_SCALE
-        return self.network(x).float().softmax(dim=1)
+        return SINGLE_LABEL.probabilities(self.network(x).float())
 
 
 def metadata(card) -> dict[str, str]:
@@ -107,7 +108,7 @@ FP32_EXPORT = "the checked fp32 ONNX export"
 
 def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, compared_with: str) -> dict[str, Any]:
     """How an export's probabilities agree with `compared_with`'s (the reference) on the same images."""
-    agree = reference.argmax(1) == candidate.argmax(1)
+    agree = SINGLE_LABEL.decide(reference) == SINGLE_LABEL.decide(candidate)
     return {
         "images": len(reference),
         "source": check.source,
@@ -277,8 +278,8 @@ def images_per_second(path: Path, images: np.ndarray) -> float:
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy of probabilities against integer labels."""
-    return float((probs.argmax(1) == labels).mean())
+    """The task's score (top-1 accuracy) of probabilities against integer labels."""
+    return SINGLE_LABEL.score(probs, labels)
 
 
 def write_int8(fp32: Path, card, path: Path, calibration: np.ndarray) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from smallvision.data.decode import ImageDecodeError, decode_file, is_image_name
 from smallvision.errors import SmallvisionError
+from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,10 @@ def probabilities(model, images: np.ndarray, *, tta: bool = False, batch_size: i
                 x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
                 x = x.float().div_(255)
                 views = _views(x, tta)
-                p = sum(model(v.contiguous(memory_format=torch.channels_last)).float().softmax(1) for v in views)
+                p = sum(
+                    SINGLE_LABEL.probabilities(model(v.contiguous(memory_format=torch.channels_last)).float())
+                    for v in views
+                )
                 out.append((p / len(views)).numpy())
     finally:
         if own:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from smallvision.task import SINGLE_LABEL
+
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """All metrics for one split, as plain JSON-ready values; confusion matrix rows are true labels."""
@@ -20,7 +22,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
 
     labels = list(range(len(classes)))
     y_true = np.asarray(y_true)
-    y_pred = probs.argmax(axis=1)
+    y_pred = SINGLE_LABEL.decide(probs)
     out: dict[str, Any] = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -79,7 +81,7 @@ def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> 
     mean over predictions of |accuracy - mean confidence| of their bin.
     """
     conf = probs.max(axis=1)
-    right = probs.argmax(axis=1) == np.asarray(y_true)
+    right = SINGLE_LABEL.correct(probs, np.asarray(y_true))
     which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
     table, ece = [], 0.0
     for b in range(bins):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from smallvision import atomic
+from smallvision.task import SINGLE_LABEL
 
 
 def _subplots(*grid: int, figsize: tuple[float, float], squeeze: bool = True):
@@ -108,8 +109,9 @@ def top_losses(
     fig, axes = _subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    decided = SINGLE_LABEL.decide(probs)
     for ax, i in zip(axes.flat, order, strict=False):
-        pred = int(probs[i].argmax())
+        pred = int(decided[i])
         ax.imshow(images[i])
         ax.set_title(
             f"true {classes[labels[i]]}\npred {classes[pred]} ({probs[i, pred]:.2f})",
@@ -132,7 +134,7 @@ def confused_pairs(
     """fastai's most_confused as pictures: one row per (true, predicted, count) pair, with up to `per_pair` of its
     images and their confidence; None when nothing was confused."""
     index = {name: i for i, name in enumerate(classes)}
-    pred = probs.argmax(1)
+    pred = SINGLE_LABEL.decide(probs)
     rows = []
     for true, predicted, count in pairs:
         hits = np.flatnonzero((labels == index[true]) & (pred == index[predicted]))
@@ -266,7 +268,7 @@ def gradcam_maps(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         fmap = net.forward_features(first.normalize(x))
         others = {i: b(x) for i, b in enumerate(backbones) if i != pick}
-        pred = model(x).argmax(1)
+        pred = SINGLE_LABEL.decide(model(x))
     fmap.requires_grad_(True)  # gradients only through the pooling and the heads, whatever is frozen
     with torch.enable_grad():
         feats = net.forward_head(fmap, pre_logits=True).flatten(1)

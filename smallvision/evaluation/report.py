@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from smallvision import atomic
+from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def confused_hits(
 ) -> list[np.ndarray]:
     """Per (true, predicted, count) pair, the indices of up to `limit` of its images, most confident in the wrong
     class first: the ones the most-confused figure shows, so only those are decoded."""
-    pred = probs.argmax(1)
+    pred = SINGLE_LABEL.decide(probs)
     out = []
     for t, p, _ in pairs:
         hits = np.flatnonzero((labels == classes.index(t)) & (pred == classes.index(p)))
@@ -145,8 +146,7 @@ def _predictions_csv(path: Path, paths: list[str], labels: np.ndarray, probs: np
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path", "true", "predicted", "confidence", *(f"p_{c}" for c in classes)])
-    for p, y, row in zip(paths, labels.tolist(), probs.tolist(), strict=True):
-        top = int(np.argmax(row))
+    for p, y, row, top in zip(paths, labels.tolist(), probs.tolist(), SINGLE_LABEL.decide(probs).tolist(), strict=True):
         writer.writerow([p, classes[y], classes[top], repr(row[top]), *map(repr, row)])
     atomic.write_text(path, buf.getvalue())
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from smallvision.errors import SmallvisionError
+from smallvision.task import SINGLE_LABEL
 
 TTA = ("hflip",)
 
@@ -27,15 +26,6 @@ class Head(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of feature vectors."""
         return self.layers(features)
-
-
-def mean_log_probs(outputs: list[torch.Tensor]) -> torch.Tensor:
-    """log(mean_k softmax(outputs_k)), computed as a log-sum-exp of log-softmaxes: never log 0, and its softmax is
-    exactly the averaged probabilities (so softmax, argmax and cross-entropy downstream keep working)."""
-    if len(outputs) == 1:
-        return outputs[0].log_softmax(1)
-    logs = torch.stack([o.float().log_softmax(1) for o in outputs])
-    return torch.logsumexp(logs, dim=0) - math.log(len(outputs))
 
 
 class EnsembleHead(nn.Module):
@@ -69,7 +59,7 @@ class EnsembleHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """log(mean of the members' softmax probabilities): softmax of it is the ensemble's probabilities."""
-        return mean_log_probs(self.member_logits(features))
+        return SINGLE_LABEL.mean_log_probabilities(self.member_logits(features))
 
 
 class ImageClassifier(nn.Module):
@@ -105,7 +95,7 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (log-probabilities for an ensemble or with test-time augmentation) for a batch of images."""
         if self.tta == "hflip" and not self.training:
-            return mean_log_probs([self.head(self.features(v).float()) for v in (x, x.flip(-1))])
+            return SINGLE_LABEL.mean_log_probabilities([self.head(self.features(v).float()) for v in (x, x.flip(-1))])
         return self.head(self.features(x).float())
 
 

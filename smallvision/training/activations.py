@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from smallvision.task import SINGLE_LABEL
+
 log = logging.getLogger(__name__)
 
 STORE = torch.device("cpu")
@@ -174,7 +176,7 @@ class ActivationViews:
         with torch.inference_mode():
             for split, acts in {"train": self.train[0], **self.others}.items():
                 parts = [
-                    model(acts[i : i + batch_size].to(device, torch.float32)).softmax(1).cpu()
+                    SINGLE_LABEL.probabilities(model(acts[i : i + batch_size].to(device, torch.float32))).cpu()
                     for i in range(0, len(acts), batch_size)
                 ]
                 out[split] = torch.cat(parts).numpy()

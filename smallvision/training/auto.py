@@ -30,6 +30,7 @@ from smallvision import runclock
 from smallvision.config import APPLIES, RunConfig, nested, option_flag, stage_values, unapplied, user_set
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
+from smallvision.task import SINGLE_LABEL
 from smallvision.training import recipes
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,8 @@ class Candidate:
 
 
 def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")
+    """The validation score every choice of auto compares (the task's selection score)."""
+    return SINGLE_LABEL.score(probs, labels)
 
 
 def _member_cfg(cfg: RunConfig, recipe: str, backbone: str, size: int, **recipe_values) -> RunConfig:
@@ -625,7 +627,6 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
 def _flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> None:
     """The candidate's probabilities on left-right flipped images of `splits`, in fp32 as the saved model runs (its
     fast form, checked against eager fp32 within 1e-4 by models/inference.py)."""
-    import torch
 
     from smallvision.data.cache import decoded_images
     from smallvision.models.inference import inference_form, run_batches
@@ -643,7 +644,7 @@ def _flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> N
         if failed:
             raise SmallvisionError(f"{len(failed)} {split} image(s) no longer decode; run again")
         logits = run_batches(cand.form, np.ascontiguousarray(images[:, :, ::-1]), progress=False)
-        cand.flipped[split] = torch.from_numpy(logits).float().softmax(1).numpy()
+        cand.flipped[split] = SINGLE_LABEL.probabilities_of(logits)
 
 
 def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir, start, budget, choices) -> tuple:

@@ -19,6 +19,7 @@ from smallvision.data.cache import Failures, ShardedStore, cache_root, decoded_i
 from smallvision.data.decode import RESIZE_POLICY
 from smallvision.data.scan import ImageItem
 from smallvision.models.weights import WeightsSpec
+from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def train_head(
         sched = make_scheduler(opt, schedule, epochs, steps_per_epoch, warmup_epochs, pct_start=HEAD_PCT_START)
     num_classes = int([m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features)
     weights = class_weight_tensor(class_weights, train[1], num_classes)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
+    loss_fn = SINGLE_LABEL.loss_module(weights, label_smoothing)
     history: list[dict] = []
     best = (-1.0, math.inf)
     best_state: dict = {}
@@ -284,13 +285,13 @@ def train_head(
             if sched is not None:
                 sched.step()
             total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yt[idx]).sum())
+            correct += int(SINGLE_LABEL.correct(logits, yt[idx]).sum())
             n += len(idx)
         head.eval()
         with torch.inference_mode():
             vlogits = head(xv)
-            vloss = float(torch.nn.functional.cross_entropy(vlogits, yv))
-            vacc = float((vlogits.argmax(1) == yv).float().mean())
+            vloss = float(SINGLE_LABEL.loss(vlogits, yv))
+            vacc = float(SINGLE_LABEL.correct(vlogits, yv).float().mean())
         history.append(
             {
                 "epoch": epoch,

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from torch import nn
 
 from smallvision.config import RecipeConfig
+from smallvision.task import SINGLE_LABEL
 from smallvision.training.schedules import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class ClassifierModule(L.LightningModule):
         self.groups = groups
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
-        self.loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=recipe.label_smoothing)
+        self.loss_fn = SINGLE_LABEL.loss_module(class_weights, recipe.label_smoothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits."""
@@ -45,7 +46,7 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
         loss = self.loss_fn(logits.float(), y)
-        acc = (logits.argmax(1) == y).float().mean()
+        acc = SINGLE_LABEL.correct(logits, y).float().mean()
         self.log(
             f"{stage}_loss",
             loss,

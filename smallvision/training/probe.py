@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def ncm_accuracy(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     x, xv = norm(x.astype(np.float64)), norm(xv.astype(np.float64))
     classes = np.unique(y)
     means = norm(np.stack([x[y == c].mean(axis=0) for c in classes]))
-    pred = classes[(xv @ means.T).argmax(axis=1)]
+    pred = classes[SINGLE_LABEL.decide(xv @ means.T)]
     return float((pred == yv).mean())
 
 
@@ -126,7 +127,7 @@ def scratch_accuracy(
     opt = make_optimizer("adamw", [{"params": list(model.parameters()), "lr": SCRATCH_LR}], 1e-4, 0.9)
     sched = make_scheduler(opt, "cosine", epochs, steps, SCRATCH_WARMUP)
     dtype = autocast_dtype(resolve_precision(precision))
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = SINGLE_LABEL.loss_module()
 
     def scaled(x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(255).contiguous(memory_format=torch.channels_last)
@@ -147,7 +148,7 @@ def scratch_accuracy(
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
         for start in range(0, len(yv), 128):
             logits = model(scaled(xv[start : start + 128]))
-            correct += int((logits.argmax(1) == yv[start : start + 128]).sum())
+            correct += int(SINGLE_LABEL.correct(logits, yv[start : start + 128]).sum())
     return correct / max(1, len(yv))
 
 

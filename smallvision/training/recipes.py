@@ -16,6 +16,7 @@ from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.models.folder import BackboneCard, HeadCard, head_card
 from smallvision.models.weights import WeightsSpec, resolve_weights
+from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -476,7 +477,9 @@ def feature_probs(fs: FeatureStage) -> dict[str, np.ndarray]:
 
     fs.head.eval()
     with torch.inference_mode():
-        return {s: fs.head(torch.from_numpy(x)).softmax(1).numpy() for s, (x, _) in fs.by_split.items()}
+        return {
+            s: SINGLE_LABEL.probabilities(fs.head(torch.from_numpy(x))).numpy() for s, (x, _) in fs.by_split.items()
+        }
 
 
 def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool):
@@ -560,7 +563,7 @@ def estimate_stage_seconds(model, data, cfg: RunConfig, views=None, warmup: int 
 
     def train_step() -> None:
         with cast():
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss = SINGLE_LABEL.loss(model(x).float(), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
