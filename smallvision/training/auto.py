@@ -107,207 +107,248 @@ def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[dict]:
     return [{"blocks": b, "epochs": r.finetune_epochs, "lr": r.finetune_lr * f} for b, f in shapes[:count]]
 
 
-def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float = 0.0) -> dict:
-    """The richest plan whose estimated seconds fit the budget less the `spent` seconds of the run's earlier
-    processes (a resumed run planned only now): its steps, their estimates and what decides them."""
-    from smallvision.models.weights import resolve_weights
+@dataclass
+class _Budget:
+    """What every part of the plan reads: the folder's counts, the seconds available and what the user fixed."""
 
+    cfg: RunConfig
+    n: dict[str, int]
+    available: float
+    decode_one: float  # seconds to decode one image (wall, the decode pool included)
+    given_size: int | None
+    given_backbone: bool
+    views_given: int | None
+    why: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(self.n.values())
+
+    @property
+    def budget(self) -> float:
+        return self.cfg.recipe.time_budget
+
+
+def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float) -> _Budget:
+    """The plan's inputs: counts, the seconds left for its steps, the options the user gave, the first reasons."""
     r = cfg.recipe
-    n = _counts(index)
-    total = sum(n.values())
-    budget = r.time_budget
-    available = SAFETY * budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0) - spent
-    given_backbone = "backbone" in cfg.model.model_fields_set
-    given_size = cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None
     views_given = r.cached_views if "cached_views" in r.model_fields_set else None
     if views_given is None and not r.augment.augments():
         views_given = 1  # without augmentation each image has one view, the image itself
-    mpix = profile.width * profile.height / 1e6
     fig = costs.decode()
-    decode_one = fig["seconds_per_image"] + fig["seconds_per_megapixel"] * mpix  # wall, the decode pool included
-    why: list[str] = [profile.sentence()]
+    why = [profile.sentence()]
     if spent > 0:
-        why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {budget:g} s (--resume)")
+        why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {r.time_budget:g} s (--resume)")
+    return _Budget(
+        cfg=cfg,
+        n=_counts(index),
+        available=SAFETY * r.time_budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0) - spent,
+        decode_one=fig["seconds_per_image"] + fig["seconds_per_megapixel"] * profile.width * profile.height / 1e6,
+        given_size=cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None,
+        given_backbone="backbone" in cfg.model.model_fields_set,
+        views_given=views_given,
+        why=why,
+    )
 
-    scratch = None
-    use_pretrained = True
-    if probe is not None:
-        why.append(probe.sentence())
-        if probe.scratch_accuracy >= probe.ncm_accuracy - 0.05:
-            size = given_size or max(32, min(128, profile.short_side["p50"]))
-            fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm, r.batch_size)
-            per_epoch = (
-                math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
-                + math.ceil(n["val"] / r.batch_size) * fig["val_batch_seconds"]
-            )
-            use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
-            share = SCRATCH_SHARE if use_pretrained else 1.0  # alone it may take the whole plan
-            epochs = int(max(SCRATCH_MIN_EPOCHS, min(SCRATCH_EPOCHS, share * available // max(per_epoch, 1e-6))))
-            # alone, a second network from another seed is a candidate too: averaging two is the cheapest gain left
-            runs = 2 if not use_pretrained and 2 * per_epoch * epochs <= available else 1
-            seeds = [cfg.seed + i for i in range(runs)]
-            scratch = {"size": size, "epochs": epochs, "seeds": seeds, "epoch_seconds": per_epoch}
-            scratch["seconds"] = total * decode_one + per_epoch * epochs * runs
-            why.append(
-                f"a from-scratch {SCRATCH} at the native {size} px is a candidate ({epochs} epochs, the best kept"
-                + (f"; {runs} of them, seeds {', '.join(map(str, seeds))})" if runs > 1 else ")")
-                + ("" if use_pretrained else "; the pretrained backbones are not, being clearly behind it")
-            )
+
+def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[dict | None, bool]:
+    """The from-scratch candidate when the probe puts it near or ahead of pretrained features (None otherwise), and
+    whether the pretrained backbones stay candidates."""
+    cfg, r, n = b.cfg, b.cfg.recipe, b.n
+    if probe is None:
+        if profile.tiny or profile.grayscale >= 0.5:
+            b.why.append("a from-scratch CNN was not probed")
         else:
-            why.append("the from-scratch CNN is no candidate: pretrained features are clearly ahead")
-    elif profile.tiny or profile.grayscale >= 0.5:
-        why.append("a from-scratch CNN was not probed")
-    else:
-        why.append("colour photos of ordinary size: the pretrained backbones are the candidates")
-    # a backbone the user named (joined ones too) is the only pretrained candidate
-    levels = [((cfg.model.backbone,), v, k) for v, k in ((4, 3), (2, 2), (2, 1), (1, 1), (0, 0))]
-    levels = levels if given_backbone else list(LEVELS)
+            b.why.append("colour photos of ordinary size: the pretrained backbones are the candidates")
+        return None, True
+    b.why.append(probe.sentence())
+    if probe.scratch_accuracy < probe.ncm_accuracy - 0.05:
+        b.why.append("the from-scratch CNN is no candidate: pretrained features are clearly ahead")
+        return None, True
+    size = b.given_size or max(32, min(128, profile.short_side["p50"]))
+    fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm, r.batch_size)
+    per_epoch = (
+        math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
+        + math.ceil(n["val"] / r.batch_size) * fig["val_batch_seconds"]
+    )
+    use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
+    share = SCRATCH_SHARE if use_pretrained else 1.0  # alone it may take the whole plan
+    epochs = int(max(SCRATCH_MIN_EPOCHS, min(SCRATCH_EPOCHS, share * b.available // max(per_epoch, 1e-6))))
+    # alone, a second network from another seed is a candidate too: averaging two is the cheapest gain left
+    runs = 2 if not use_pretrained and 2 * per_epoch * epochs <= b.available else 1
+    seeds = [cfg.seed + i for i in range(runs)]
+    scratch = {"size": size, "epochs": epochs, "seeds": seeds, "epoch_seconds": per_epoch}
+    scratch["seconds"] = b.total * b.decode_one + per_epoch * epochs * runs
+    b.why.append(
+        f"a from-scratch {SCRATCH} at the native {size} px is a candidate ({epochs} epochs, the best kept"
+        + (f"; {runs} of them, seeds {', '.join(map(str, seeds))})" if runs > 1 else ")")
+        + ("" if use_pretrained else "; the pretrained backbones are not, being clearly behind it")
+    )
+    return scratch, use_pretrained
 
-    def fits(level, size, tta) -> dict | None:
-        backbones, views, rounds = level
-        views = views_given if views_given is not None else views
-        steps = []
-        if scratch is not None:
-            steps.append({"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]})
-        steps.append({"step": f"decode {total:,} images at {size} px", "seconds": total * decode_one})
 
-        # a rung is dropped as soon as its steps so far overrun: timing the rest on a first run would spend the budget
-        # on steps that cannot run (estimates only add up, so the rung chosen is the same)
-        def over() -> bool:
-            return sum(s["seconds"] for s in steps) > available
+def _rung_plan(b: _Budget, costs, scratch: dict | None, level, size: int, tta: bool) -> dict | None:
+    """One rung of the ladder (backbones, views, rounds at `size`, flips or not) costed step by step, or None when
+    it does not fit."""
+    from smallvision.models.weights import resolve_weights
 
-        feature_ips = {}
-        for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
-            if over():
-                return None
-            parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
-            feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
-            seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
-            steps.append({"step": f"{name} features at {size} px + head", "seconds": seconds})
-        slowest = min(backbones, key=lambda b: feature_ips[b])
-        plan_rounds = _rounds(cfg, r.unfreeze_blocks, rounds) if "+" not in slowest else []
-        # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
-        # against the clock when the run gets there
-        tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
-        last_blocks = None
-        for i, rnd in enumerate(plan_rounds, 1):
-            if over():
-                return None
-            new = rnd["blocks"] != last_blocks
-            last_blocks = rnd["blocks"]
-            spec = resolve_weights(slowest, cfg.model.weights)
-            rnd["seconds"], how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
-            what = "more epochs" if not new else f"top {rnd['blocks']} block(s)"
-            steps.append(
-                {"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g} {how}", "seconds": rnd["seconds"]}
-            )
-        if tta:
-            steps.append({"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds})
-        estimate = sum(s["seconds"] for s in steps)
-        if estimate > available:
+    cfg, n = b.cfg, b.n
+    backbones, views, rounds = level
+    views = b.views_given if b.views_given is not None else views
+    steps = []
+    if scratch is not None:
+        steps.append({"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]})
+    steps.append({"step": f"decode {b.total:,} images at {size} px", "seconds": b.total * b.decode_one})
+
+    # a rung is dropped as soon as its steps so far overrun: timing the rest on a first run would spend the budget
+    # on steps that cannot run (estimates only add up, so the rung chosen is the same)
+    def over() -> bool:
+        return sum(s["seconds"] for s in steps) > b.available
+
+    feature_ips = {}
+    for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
+        if over():
             return None
-        return {
-            "backbones": list(backbones),
-            "size": size,
-            "views": views,
-            "rounds": plan_rounds,
-            "tta": tta,
-            "tta_seconds": tta_seconds if tta else 0.0,
-            "steps": steps,
-            "estimate_seconds": estimate,
-        }
+        parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
+        feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
+        seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
+        steps.append({"step": f"{name} features at {size} px + head", "seconds": seconds})
+    slowest = min(backbones, key=lambda name: feature_ips[name])
+    plan_rounds = _rounds(cfg, cfg.recipe.unfreeze_blocks, rounds) if "+" not in slowest else []
+    # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
+    # against the clock when the run gets there
+    tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
+    last_blocks = None
+    for i, rnd in enumerate(plan_rounds, 1):
+        if over():
+            return None
+        new = rnd["blocks"] != last_blocks
+        last_blocks = rnd["blocks"]
+        spec = resolve_weights(slowest, cfg.model.weights)
+        rnd["seconds"], how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
+        what = "more epochs" if not new else f"top {rnd['blocks']} block(s)"
+        steps.append({"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g} {how}", "seconds": rnd["seconds"]})
+    if tta:
+        steps.append({"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds})
+    estimate = sum(s["seconds"] for s in steps)
+    if estimate > b.available:
+        return None
+    return {
+        "backbones": list(backbones),
+        "size": size,
+        "views": views,
+        "rounds": plan_rounds,
+        "tta": tta,
+        "tta_seconds": tta_seconds if tta else 0.0,
+        "steps": steps,
+        "estimate_seconds": estimate,
+    }
 
-    chosen = None
-    rungs = []  # the ladder, richest first: (level, size, tta)
-    for level in levels if use_pretrained else []:
-        rungs += [
-            (level, given_size or (260 if "efficientnet_lite2" in level[0] else 224), tta) for tta in (True, False)
-        ]
-    for size in ((given_size,) if given_size else SMALL_SIZES) if use_pretrained else ():
-        rungs.append((levels[-1][:1] + (0, 0), size, False))
+
+def _ladder(b: _Budget, use_pretrained: bool) -> list[tuple]:
+    """The rungs to try, richest first: (level, size, tta); a backbone the user named (joined ones too) is the only
+    pretrained candidate."""
+    if not use_pretrained:
+        return []
+    levels = [((b.cfg.model.backbone,), v, k) for v, k in ((4, 3), (2, 2), (2, 1), (1, 1), (0, 0))]
+    levels = levels if b.given_backbone else list(LEVELS)
+    rungs = [
+        (level, b.given_size or (260 if "efficientnet_lite2" in level[0] else 224), tta)
+        for level in levels
+        for tta in (True, False)
+    ]
+    rungs += [(levels[-1][:1] + (0, 0), size, False) for size in ((b.given_size,) if b.given_size else SMALL_SIZES)]
+    return rungs
+
+
+def _scratch_only(b: _Budget, scratch: dict) -> dict:
+    """The plan when the from-scratch CNN is the only candidate: it, then flipped views."""
+    tta_seconds = 2 * (b.n["val"] + b.n["test"]) * scratch["epoch_seconds"] / max(1, b.n["train"] + b.n["val"])
+    chosen = {"backbones": [], "size": scratch["size"], "views": 0, "rounds": [], "tta": True}
+    chosen["tta_seconds"] = tta_seconds
+    chosen["steps"] = [
+        {"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]},
+        {"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds},
+    ]
+    chosen["estimate_seconds"] = scratch["seconds"] + tta_seconds
+    chosen["rung"] = 0
+    if chosen["estimate_seconds"] > b.available:
+        b.why.append(
+            f"--time-budget {b.budget:g} s is too small even for {SCRATCH_MIN_EPOCHS} epochs of the from-scratch CNN "
+            f"(~{chosen['estimate_seconds']:.0f} s): only those run"
+        )
+    return chosen
+
+
+def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tuple[dict, int]:
+    """When nothing fits: features of the smallest, fastest backbone on a sample of the training images, and the
+    sample's size."""
+    from smallvision.models.weights import resolve_weights
+
+    n, size = b.n, b.given_size or SMALL_SIZES[-1]
+    backbone = b.cfg.model.backbone if b.given_backbone else "efficientnet_lite0"
+    ips = costs.features(resolve_weights(backbone, b.cfg.model.weights), size)
+    held = 2 * (n["val"] + n["test"]) / ips + (n["val"] + n["test"]) * b.decode_one
+    train_cap = max(len(index.classes) * 5, int((b.available - held) / (1 / ips + b.decode_one)))
+    train_cap = min(train_cap, n["train"])
+    seconds = held + train_cap * (1 / ips + b.decode_one)
+    step = {"step": f"{backbone} features at {size} px on {train_cap:,} sampled training images", "seconds": seconds}
+    chosen = {"backbones": [backbone], "size": size, "views": 0, "rounds": [], "tta": False, "tta_seconds": 0.0}
+    chosen.update(steps=[step], estimate_seconds=seconds, rung=rung)
+    b.why.append(
+        f"--time-budget {b.budget:g} s is too small for fine-tuning or even for features of all "
+        f"{n['train']:,} training images: only {backbone} features at {size} px of {train_cap:,} sampled "
+        f"training images (and all of val/test) run, estimated at {seconds:.0f} s"
+        + (
+            f", which is still more than the {max(b.available, 0):.0f} s the budget leaves"
+            if seconds > b.available
+            else ""
+        )
+    )
+    return chosen, train_cap
+
+
+def _choose_rung(b: _Budget, index: DatasetIndex, costs, scratch: dict | None, use_pretrained: bool) -> tuple:
+    """The richest rung that fits, else the scratch-only plan, else sampled features: (chosen, scratch, train_cap)."""
+    rungs = _ladder(b, use_pretrained)
     for rung, (level, size, tta) in enumerate(rungs):
-        chosen = fits(level, size, tta)
+        chosen = _rung_plan(b, costs, scratch, level, size, tta)
         if chosen is not None:
             chosen["rung"] = rung
-            break
-    if chosen is None and not use_pretrained:
-        tta_seconds = 2 * (n["val"] + n["test"]) * scratch["epoch_seconds"] / max(1, n["train"] + n["val"])
-        chosen = {
-            "backbones": [],
-            "size": scratch["size"],
-            "views": 0,
-            "rounds": [],
-            "tta": True,
-            "tta_seconds": tta_seconds,
-        }
-        chosen["steps"] = [
-            {"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]},
-            {"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds},
-        ]
-        chosen["estimate_seconds"] = scratch["seconds"] + tta_seconds
-        chosen["rung"] = 0
-        if chosen["estimate_seconds"] > available:
-            why.append(
-                f"--time-budget {budget:g} s is too small even for {SCRATCH_MIN_EPOCHS} epochs of the from-scratch CNN "
-                f"(~{chosen['estimate_seconds']:.0f} s): only those run"
-            )
-    train_cap = None
-    if chosen is None and scratch is not None and use_pretrained:
-        why.append("the from-scratch CNN is dropped: with the pretrained candidates it does not fit the budget")
-        scratch = None
-    if chosen is None:  # nothing fits: features of the smallest, fastest backbone on a sample of the training images
-        smallest = (given_size or SMALL_SIZES[-1],)
-        backbone = cfg.model.backbone if given_backbone else "efficientnet_lite0"
-        ips = costs.features(resolve_weights(backbone, cfg.model.weights), smallest[0])
-        held = 2 * (n["val"] + n["test"]) / ips + (n["val"] + n["test"]) * decode_one
-        train_cap = max(len(index.classes) * 5, int((available - held) / (1 / ips + decode_one)))
-        train_cap = min(train_cap, n["train"])
-        seconds = held + train_cap * (1 / ips + decode_one)
-        chosen = {
-            "backbones": [backbone],
-            "size": smallest[0],
-            "views": 0,
-            "rounds": [],
-            "tta": False,
-            "tta_seconds": 0.0,
-            "steps": [
-                {
-                    "step": f"{backbone} features at {smallest[0]} px on {train_cap:,} sampled training images",
-                    "seconds": seconds,
-                }
-            ],
-            "estimate_seconds": seconds,
-            "rung": len(rungs),
-        }
-        why.append(
-            f"--time-budget {budget:g} s is too small for fine-tuning or even for features of all "
-            f"{n['train']:,} training images: only {backbone} features at {smallest[0]} px of {train_cap:,} sampled "
-            f"training images (and all of val/test) run, estimated at {seconds:.0f} s"
-            + (
-                f", which is still more than the {max(available, 0):.0f} s the budget leaves"
-                if seconds > available
-                else ""
-            )
-        )
+            return chosen, scratch, None
+    if not use_pretrained:
+        return _scratch_only(b, scratch), scratch, None
+    if scratch is not None:
+        b.why.append("the from-scratch CNN is dropped: with the pretrained candidates it does not fit the budget")
+    chosen, train_cap = _sampled_features(b, index, costs, len(rungs))
+    return chosen, None, train_cap
+
+
+def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float = 0.0) -> dict:
+    """The richest plan whose estimated seconds fit the budget less the `spent` seconds of the run's earlier
+    processes (a resumed run planned only now): its steps, their estimates and what decides them."""
+    b = _budget(cfg, index, profile, probe, costs, spent)
+    scratch, use_pretrained = _scratch_plan(b, profile, probe, costs)
+    chosen, scratch, train_cap = _choose_rung(b, index, costs, scratch, use_pretrained)
     if not chosen["rounds"] and chosen["backbones"] and train_cap is None:
-        if any("+" in b for b in chosen["backbones"]):
-            why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
+        if any("+" in name for name in chosen["backbones"]):
+            b.why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
         else:
-            why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {budget:g} s")
+            b.why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {b.budget:g} s")
     unused = unapplied(user_set(cfg), _planned_stages(cfg, chosen, scratch))
     if unused:
-        why.append(f"{', '.join(map(option_flag, unused))} set but not applied: this plan has no step that uses them")
+        b.why.append(f"{', '.join(map(option_flag, unused))} set but not applied: this plan has no step that uses them")
     return {
         "version": PLAN_VERSION,
-        "time_budget": budget,
+        "time_budget": b.budget,
         "seed": cfg.seed,
-        "images": n,
+        "images": b.n,
         "profile": profile.to_dict(),
         "probe": probe.to_dict() if probe is not None else None,
         "scratch": scratch,
         **chosen,
         "train_cap": train_cap,
-        "why": why,
+        "why": b.why,
         "machine": costs.machine,
         "costs": {k: costs.figures[k] for k in costs.used},  # the figures this plan read, not the whole cache
         "measured": costs.measured,
