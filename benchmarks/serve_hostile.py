@@ -22,6 +22,7 @@ import io
 import json
 import multiprocessing
 import os
+import queue
 import random
 import statistics
 import subprocess
@@ -156,16 +157,23 @@ async def phase(url: str, bodies: list[bytes], seconds: float, hostile: dict | N
     if hostile is not None:
         spawn = multiprocessing.get_context("spawn")
         ready, results = spawn.Event(), spawn.Queue()
-        child = spawn.Process(target=hostile_process, args=(url, hostile, slow, seconds + 2.0, ready, results))
+        args = (url, hostile, slow, seconds + 2.0, ready, results)
+        child = spawn.Process(target=hostile_process, args=args, daemon=True)
         child.start()
-        await asyncio.to_thread(ready.wait, 60)
+        if not await asyncio.to_thread(ready.wait, 60):
+            child.terminate()
+            raise SystemExit("the hostile clients' process did not start within 60 s: no attack to measure")
         await asyncio.sleep(1.0)  # the attack under way before the measurement starts
     until = time.perf_counter() + seconds
     async with httpx.AsyncClient(timeout=120) as good, httpx.AsyncClient(timeout=120) as health:
         tasks = [well_behaved(good, f"{url}/predict", bodies, until), prober(health, f"{url}/health", until)]
         done = await asyncio.gather(*tasks)
     if hostile is not None:
-        counts = await asyncio.to_thread(results.get, True, 120)
+        try:
+            counts = await asyncio.to_thread(results.get, True, 120)
+        except queue.Empty:
+            child.terminate()
+            raise SystemExit(f"the hostile clients' process gave no counts (exit code {child.exitcode})") from None
         child.join(30)
     return {"good": done[0], "health": done[1], "counts": counts}
 

@@ -1,5 +1,5 @@
-"""The package's shape: no module reaches into another's private names (ruff's PLC2701 sees `from m import _x`;
-this sees `m._x` through an imported smallvision module). Imports pointing down is import-linter's, in `make lint`."""
+"""The package's shape: no module reaches into another's private names (`from m import _x`, `m._x`). Imports pointing
+down is import-linter's, in `make lint`."""
 
 from __future__ import annotations
 
@@ -26,18 +26,24 @@ def _module_aliases(tree: ast.Module) -> dict[str, str]:
 
 
 def private_reaches(path: Path) -> list[str]:
-    """Every `module._name` in `path` where `module` is another smallvision module imported there."""
+    """Every reach in `path` into another smallvision module's private names: `module._name` through an imported
+    module (dotted `smallvision.a.b._name` too), and `from smallvision.a import _name` (relative imports too)."""
     tree = ast.parse(path.read_text())
     aliases = _module_aliases(tree)
-    return [
-        f"{path.relative_to(path.parents[1])}:{node.lineno}: {node.value.id}.{node.attr}"
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute)
-        and node.attr.startswith("_")
-        and not node.attr.startswith("__")
-        and isinstance(node.value, ast.Name)
-        and node.value.id in aliases
-    ]
+    where = f"{path.relative_to(path.parents[1])}"
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = ast.unparse(node.value)
+            if owner in aliases or owner.startswith("smallvision."):
+                hits.append(f"{where}:{node.lineno}: {owner}.{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and ((node.module or "").startswith("smallvision") or node.level):
+            hits += [
+                f"{where}:{node.lineno}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
+    return hits
 
 
 def test_no_module_reaches_into_another_modules_private_names():
@@ -48,5 +54,13 @@ def test_no_module_reaches_into_another_modules_private_names():
 def test_the_check_sees_a_private_reach(tmp_path):
     sample = tmp_path / "training" / "sample.py"
     sample.parent.mkdir()
-    sample.write_text("from smallvision.training import recipes\n\nrecipes._hidden(1)\nrecipes.public(2)\n")
-    assert private_reaches(sample) == ["training/sample.py:3: recipes._hidden"]
+    sample.write_text(
+        "import smallvision.api\nfrom smallvision.training import recipes\nfrom smallvision.api import _scan\n"
+        "from .fit import _load_weights\n\nrecipes._hidden(1)\nrecipes.public(2)\nsmallvision.api._scan(3)\n"
+    )
+    assert sorted(private_reaches(sample)) == [
+        "training/sample.py:3: from smallvision.api import _scan",
+        "training/sample.py:4: from .fit import _load_weights",
+        "training/sample.py:6: recipes._hidden",
+        "training/sample.py:8: smallvision.api._scan",
+    ]

@@ -78,8 +78,10 @@ class ModelCard(BaseModel):
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages a model depends on, for the record."""
-    out = {"python": platform.python_version()}
-    for dist in ("smallvision", "torch", "torchvision", "timm", "safetensors"):
+    from smallvision.version import __version__
+
+    out = {"python": platform.python_version(), "smallvision": __version__}
+    for dist in ("torch", "torchvision", "timm", "safetensors"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

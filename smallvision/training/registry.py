@@ -14,6 +14,9 @@ def recipe_runner(name: str) -> Callable:
         from smallvision.training.auto import run_auto
 
         return run_auto
+    from smallvision.errors import SmallvisionError
     from smallvision.training.recipes import RECIPES
 
+    if name not in RECIPES:
+        raise SmallvisionError(f"recipe {name!r}: no such recipe; choose auto or one of {', '.join(RECIPES)}")
     return RECIPES[name]
