@@ -26,6 +26,7 @@ from smallvision.data.scan import scan
 from smallvision.data.split import read_record, recorded_index
 from smallvision.models.inference import inference_form, run_batches
 from smallvision.prediction import probabilities
+from smallvision.task import SINGLE_LABEL
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 BATCH = 32
@@ -95,7 +96,7 @@ def main() -> None:
             {
                 "form": name,
                 "img_s": round(statistics.median(rates[name]), 1),
-                "val_accuracy": round(exporting.accuracy(probs, val.labels), 4),
+                "val_accuracy": round(SINGLE_LABEL.score(probs, val.labels), 4),
                 "top1_agree_eager": round(float((probs.argmax(1) == reference).mean()), 4),
                 "size_mb": round(size / 1e6, 2)
                 if size

@@ -277,11 +277,6 @@ def images_per_second(path: Path, images: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The task's score (top-1 accuracy) of probabilities against integer labels."""
-    return SINGLE_LABEL.score(probs, labels)
-
-
 def write_int8(fp32: Path, card, path: Path, calibration: np.ndarray) -> None:
     """Static int8 quantization of an fp32 export (QDQ; uint8 activations, per-channel int8 weights; MinMax ranges).
 
@@ -318,7 +313,7 @@ def export_int8(
         write_int8(fp32, card, tmp, calibration.images)
         seconds = time.perf_counter() - start
         before, after = run_onnx(fp32, val.images), run_onnx(tmp, val.images)
-        acc_fp32, acc_int8 = accuracy(before, val.labels), accuracy(after, val.labels)
+        acc_fp32, acc_int8 = SINGLE_LABEL.score(before, val.labels), SINGLE_LABEL.score(after, val.labels)
         drop = (acc_fp32 - acc_int8) * 100
         result = compare(before, after, val, FP32_EXPORT)
         result["accuracy_tolerance_points"] = tolerance
