@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix smallvision tests benchmarks examples
 
 test: lint
-	$(PY) -m pytest -m "not slow" -q --durations=15
+	$(PY) -m pytest -m "not slow" -q -n 2 --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q --durations=15

@@ -7,6 +7,10 @@ from pathlib import Path
 
 # Tests never reach timm's hub (this machine is offline): set before huggingface_hub reads it at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Under pytest-xdist (`make test` runs two workers on CI's two cores) each worker and every process it starts computes
+# on one thread: two workers at torch's default of one thread per core would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 
