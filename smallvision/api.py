@@ -18,6 +18,7 @@ import numpy as np
 from smallvision import atomic, runclock
 from smallvision.config import RunConfig, build_config, dump_config, load_config, read_resolved
 from smallvision.errors import SmallvisionError
+from smallvision.recipe_specs import spec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -308,7 +309,7 @@ def _train(
             remember(tracker, run_dir)  # --resume continues this tracker run
         status = "failed"
         try:  # the tracker's run is closed on every path, "failed" unless everything was logged
-            if tracker is not None and cfg.recipe.name != "auto":  # auto's values are known once its stages ran
+            if tracker is not None and not spec(cfg.recipe.name).plans:  # auto's are known once its stages ran
                 tracker.log_hyperparams(cfg.model_dump(mode="json"))
             result = _train_run(
                 cfg, index, run_dir, progress, evaluate_test, report, start, worker, check_summary, tracker
@@ -368,7 +369,7 @@ def _train_run(
     from smallvision.training.registry import recipe_runner
 
     d = cfg.data
-    timed = {"start": start} if cfg.recipe.name == "auto" else {}  # auto's budget counts from the call's start
+    timed = {"start": start} if spec(cfg.recipe.name).plans else {}  # auto's budget counts from the call's start
     outcome = recipe_runner(cfg.recipe.name)(cfg, index, run_dir, progress=progress, logger=tracker, **timed)
     if not is_rank_zero():
         return None
@@ -480,7 +481,7 @@ def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outco
             summary=summary,
             classes=index.classes,
             # features never needs the network again; Grad-CAM needs a pretrained (timm) backbone
-            gradcam=cfg.recipe.name not in ("scratch", "features")
+            gradcam=spec(cfg.recipe.name).gradcam
             and any(b.weights.get("source") != "random" for b in outcome.backbones),
         )
     except SmallvisionError as e:  # the worker failed before any figure (or died): none of them is drawn

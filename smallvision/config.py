@@ -10,17 +10,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smallvision.errors import SmallvisionError
+from smallvision.recipe_specs import DEFAULT_RECIPE, SPECS, RecipeSpec, in_table_order, in_words, recipes_where, spec
 
 SCRATCH_BACKBONES = ("small_cnn", "residual_cnn")
 # The size each bundled Lite backbone was trained at on ImageNet: a run's default image size (the config sits below
 # models, so the fact lives here, where the default is resolved).
 NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
-DEFAULT_EPOCHS = {"frozen": 8}
-EPOCHS = 30
 LR = 1e-3
-# auto's fine-tuning rounds start at 3e-4: at 1e-4 (a tenth, the finetune recipe's default) food5_64px's rounds were
-# still improving at their last epoch (val 0.7684 after 2 rounds), at 3e-4 they reached 0.7888 on the same cached views
-AUTO_FINETUNE_SHARE = 0.3
+RECIPES = tuple(SPECS)
+
+
+def _epochs_help() -> str:
+    """The epochs default of each recipe, from their rows: the common one last."""
+    common = max({s.epochs for s in SPECS.values()}, key=[s.epochs for s in SPECS.values()].count)
+    odd = [f"{s.epochs} for {s.name}" for s in SPECS.values() if s.epochs != common]
+    return ", ".join([*odd, f"else {common}"])
 
 
 class _Strict(BaseModel):
@@ -141,15 +145,15 @@ class AugmentConfig(_Strict):
 class RecipeConfig(_Strict):
     """How training goes: which recipe, which parts train, for how long, at which learning rate."""
 
-    name: Literal["features", "scratch", "frozen", "finetune", "unfreeze", "auto"] = Field(
-        default="auto", description="the recipe: auto, features, scratch, frozen, finetune or unfreeze"
+    name: Literal[RECIPES] = Field(  # type: ignore[valid-type]  # the names of recipe_specs.SPECS
+        default=DEFAULT_RECIPE,
+        description="the recipe: " + in_words([s.name for s in in_table_order()]).replace(" and ", " or "),
     )
     epochs: int | None = Field(
         default=None,
         ge=1,
-        description="epochs (of the head stage for finetune, unfreeze and auto); default: "
-        + ", ".join(f"{v} for {k}" for k, v in DEFAULT_EPOCHS.items())
-        + f", else {EPOCHS}",
+        description=f"epochs (of the head stage for {in_words(recipes_where('fine_tunes'))}); default: "
+        + _epochs_help(),
     )
     lr: float | None = Field(
         default=None, gt=0, description=f"learning rate of the head (scratch: the whole network); default: {LR:g}"
@@ -266,18 +270,21 @@ def _explain(e: ValidationError, origin: str) -> SmallvisionError:
     return SmallvisionError(f"{origin}: " + "; ".join(lines))
 
 
-# features is the fast recipe: lite0 (256 img/s here). The recipes that train more pick lite2 at 260 px: on
-# hymenoptera finetune reached val accuracy 0.9673 with lite2, 0.9542 lite1, 0.9412 lite0 (recipe notes, this machine).
-DEFAULT_BACKBONE = {"scratch": "small_cnn", "features": "efficientnet_lite0"}
-
 # ---------------------------------------------------------------- which recipe applies which option
+# The groups come from the recipes' rows (recipe_specs.py); the reasons name the recipes each group leaves out.
 
-RECIPES = ("features", "scratch", "frozen", "finetune", "unfreeze", "auto")
-PRETRAINED = ("features", "frozen", "finetune", "unfreeze", "auto")
-END_TO_END = ("scratch", "frozen", "finetune", "unfreeze", "auto")  # images run through the network while training
-TWO_STAGE = ("finetune", "unfreeze", "auto")
-TOP_BLOCKS = ("finetune", "auto")
-CACHING = ("frozen", "finetune", "auto")  # train blocks above a frozen part: the activation cache exists here
+PRETRAINED = recipes_where("pretrained")
+END_TO_END = recipes_where("end_to_end")  # images run through the network while training
+TWO_STAGE = recipes_where("fine_tunes")
+TOP_BLOCKS = recipes_where("top_blocks")
+NAMED_BLOCK = recipes_where("named_block")
+CACHING = recipes_where("caches_activations")  # train blocks above a frozen part: the activation cache exists here
+PLANNING = recipes_where("plans")
+
+
+def _others(group: tuple[str, ...]) -> str:
+    """The recipes outside `group`, in words."""
+    return in_words([r for r in RECIPES if r not in group])
 
 
 @dataclass(frozen=True)
@@ -288,9 +295,13 @@ class Applies:
     why: str = ""
 
 
-_NO_CACHE = "it sizes the activation cache of frozen layers below trainable blocks, which only frozen, finetune and "
-_NO_CACHE += "auto have (features caches whole-backbone features; scratch and unfreeze freeze nothing)"
-_NO_AUGMENT = "features computes each image's features once, from the unaugmented image"
+_NO_CACHE = (
+    f"it sizes the activation cache of frozen layers below trainable blocks, which only {in_words(CACHING)} have "
+    f"({_others(CACHING)} cache no activations: whole-backbone features, or nothing frozen)"
+)
+_NO_AUGMENT = f"{_others(END_TO_END)} computes each image's features once, from the unaugmented image"
+_NO_FINETUNE = f"only {in_words(TWO_STAGE)} have a fine-tuning stage"
+_ONE_PROCESS = f"{_others(END_TO_END)} trains its head on cached features in one process"
 
 # Every field of RunConfig and its sections, by dotted path (tests/test_options.py holds the list complete and proves
 # each entry: the field changes the run on the recipes named here and is refused on the others).
@@ -304,15 +315,17 @@ APPLIES: dict[str, Applies] = {
     "data.min_test_per_class": Applies(RECIPES),
     "model.backbone": Applies(RECIPES),
     "model.weights": Applies(
-        PRETRAINED, "scratch trains small_cnn/residual_cnn from random init (--init-from starts from a saved model)"
+        PRETRAINED,
+        f"{_others(PRETRAINED)} trains small_cnn/residual_cnn from random init (--init-from starts from a saved model)",
     ),
     "model.pool": Applies(
-        PRETRAINED, "scratch networks pool their own way (small_cnn flattens, residual_cnn averages)"
+        PRETRAINED, f"{_others(PRETRAINED)} networks pool their own way (small_cnn flattens, residual_cnn averages)"
     ),
     "model.dropout": Applies(RECIPES),
     "model.hidden": Applies(RECIPES),
     "model.batch_norm": Applies(
-        ("scratch",), "it builds small_cnn's conv layers; pretrained backbones keep their own normalization"
+        tuple(r for r in RECIPES if r not in PRETRAINED),
+        "it builds small_cnn's conv layers; pretrained backbones keep their own normalization",
     ),
     "recipe.name": Applies(RECIPES),
     "recipe.epochs": Applies(RECIPES),
@@ -327,18 +340,19 @@ APPLIES: dict[str, Applies] = {
     "recipe.class_weights": Applies(RECIPES),
     "recipe.patience": Applies(RECIPES),
     "recipe.unfreeze_blocks": Applies(
-        TOP_BLOCKS, "only finetune and auto unfreeze top blocks (unfreeze trains every block, the others none)"
+        TOP_BLOCKS,
+        f"only {in_words(TOP_BLOCKS)} unfreeze top blocks ({_others(TOP_BLOCKS)}: every block or none)",
     ),
     "recipe.unfreeze_from": Applies(
-        ("finetune",),
-        "only finetune unfreezes from a named block (auto plans its rounds' blocks; --unfreeze-blocks sets its "
-        "first round)",
+        NAMED_BLOCK,
+        f"only {in_words(NAMED_BLOCK)} unfreezes from a named block ({in_words(PLANNING)} plans its rounds' blocks; "
+        "--unfreeze-blocks sets its first round)",
     ),
-    "recipe.finetune_lr": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
-    "recipe.finetune_epochs": Applies(TWO_STAGE, "only finetune, unfreeze and auto have a fine-tuning stage"),
+    "recipe.finetune_lr": Applies(TWO_STAGE, _NO_FINETUNE),
+    "recipe.finetune_epochs": Applies(TWO_STAGE, _NO_FINETUNE),
     "recipe.cached_views": Applies(CACHING, _NO_CACHE),
-    "recipe.layer_decay": Applies(TWO_STAGE, "only finetune, unfreeze and auto train backbone blocks at their own lr"),
-    "recipe.time_budget": Applies(("auto",), "only auto decides by time whether to fine-tune"),
+    "recipe.layer_decay": Applies(TWO_STAGE, f"only {in_words(TWO_STAGE)} train backbone blocks at their own lr"),
+    "recipe.time_budget": Applies(PLANNING, f"only {in_words(PLANNING)} decides by time whether to fine-tune"),
     "recipe.init_from": Applies(RECIPES),
     "recipe.augment.preset": Applies(END_TO_END, _NO_AUGMENT),
     "recipe.augment.rotation_range": Applies(END_TO_END, _NO_AUGMENT),
@@ -349,10 +363,12 @@ APPLIES: dict[str, Applies] = {
     "recipe.augment.horizontal_flip": Applies(END_TO_END, _NO_AUGMENT),
     "recipe.augment.vertical_flip": Applies(END_TO_END, _NO_AUGMENT),
     "recipe.augment.fill_mode": Applies(END_TO_END, _NO_AUGMENT),
-    "trainer.devices": Applies(END_TO_END, "features trains its head on cached features in one process"),
+    "trainer.devices": Applies(END_TO_END, _ONE_PROCESS),
     "trainer.precision": Applies(RECIPES),
     "trainer.memory_budget": Applies(CACHING, _NO_CACHE),
-    "trainer.workers": Applies(END_TO_END, "features trains on in-memory cached features; no DataLoader loads images"),
+    "trainer.workers": Applies(
+        END_TO_END, f"{_others(END_TO_END)} trains on in-memory cached features; no DataLoader loads images"
+    ),
     "trainer.logger": Applies(RECIPES),
     "seed": Applies(RECIPES),
     "out": Applies(RECIPES),
@@ -429,9 +445,7 @@ def user_set(model: BaseModel, prefix: str = "") -> dict[str, Any]:
 
 def _schedules(cfg: RunConfig) -> set[str]:
     """The schedules the recipe's stages run."""
-    r = cfg.recipe
-    paths = {"features": ["head"], "scratch": ["network"], "frozen": ["network"]}.get(r.name, ["head", "network"])
-    return {r.schedule_for(p) for p in paths}
+    return {cfg.recipe.schedule_for(p) for p in spec(cfg.recipe.name).stages}
 
 
 def _momentum(cfg: RunConfig) -> str | None:
@@ -483,7 +497,7 @@ def _blocks(cfg: RunConfig) -> str | None:
 
 def _decay(cfg: RunConfig) -> str | None:
     r = cfg.recipe
-    if r.name == "finetune" and r.unfreeze_from is None and r.unfreeze_blocks == 1:
+    if spec(r.name).top_blocks and not spec(r.name).plans and r.unfreeze_from is None and r.unfreeze_blocks == 1:
         return "with one unfrozen block (--unfreeze-blocks 1) there is no lower block for the decay to slow"
     return None
 
@@ -499,8 +513,8 @@ def _batch_norm(cfg: RunConfig) -> str | None:
 
 
 def _backbone(cfg: RunConfig) -> str | None:
-    if cfg.recipe.name == "scratch" and len(cfg.model.backbones) > 1:
-        return "scratch trains one network; joined backbones need pretrained weights"
+    if not spec(cfg.recipe.name).pretrained and len(cfg.model.backbones) > 1:
+        return f"{cfg.recipe.name} trains one network; joined backbones need pretrained weights"
     return None
 
 
@@ -549,34 +563,44 @@ def build_config(values: dict[str, Any], origin: str = "config", conditions: boo
         raise _explain(e, origin) from e
     given = user_set(cfg)
     name = cfg.recipe.name
-    scratch = name == "scratch"
-    names = cfg.model.backbones if cfg.model.backbone else []
-    if scratch and names and any(n not in SCRATCH_BACKBONES for n in names):
-        raise SmallvisionError(
-            f"recipe scratch trains {' or '.join(SCRATCH_BACKBONES)}; got backbone {cfg.model.backbone!r}"
-        )
-    if not scratch and any(n in SCRATCH_BACKBONES for n in names):
-        raise SmallvisionError(f"backbone {cfg.model.backbone!r} has no pretrained weights; use --recipe scratch")
-    m, r = cfg.model, cfg.recipe
-    if m.backbone is None and name != "auto":  # auto chooses its candidates from the data (training/auto.py)
-        _resolve(m, "backbone", DEFAULT_BACKBONE.get(name, "efficientnet_lite2"))
-    if m.hidden is None:
-        _resolve(m, "hidden", 512 if m.backbones[0] == "small_cnn" else 0)
-    if cfg.data.image_size is None and name != "auto":
-        _resolve(cfg.data, "image_size", 150 if scratch else NATIVE_SIZE.get(m.backbones[0], 224))
-    if r.epochs is None:
-        _resolve(r, "epochs", DEFAULT_EPOCHS.get(name, EPOCHS))
-    if r.schedule is None and name in ("features", "scratch", "frozen"):
-        _resolve(r, "schedule", DEFAULT_SCHEDULE["head" if name == "features" else "network"])
-    if r.lr is None:
-        _resolve(r, "lr", LR)
-    if r.finetune_lr is None and name in TWO_STAGE:
-        _resolve(r, "finetune_lr", r.lr * (AUTO_FINETUNE_SHARE if name == "auto" else 0.1))
+    _check_backbones(cfg)
+    _fill_defaults(cfg, spec(name))
     for path in given:
         reason = refusal(cfg, path, conditions)
         if reason:
             raise SmallvisionError(f"option {option_flag(path)} ({path}) does not apply to recipe {name}: {reason}")
     return cfg
+
+
+def _check_backbones(cfg: RunConfig) -> None:
+    """Refuse a backbone the recipe cannot train: random-init networks for pretrained recipes, and the reverse."""
+    name, names = cfg.recipe.name, (cfg.model.backbones if cfg.model.backbone else [])
+    if not spec(name).pretrained and names and any(n not in SCRATCH_BACKBONES for n in names):
+        raise SmallvisionError(
+            f"recipe {name} trains {' or '.join(SCRATCH_BACKBONES)}; got backbone {cfg.model.backbone!r}"
+        )
+    if spec(name).pretrained and any(n in SCRATCH_BACKBONES for n in names):
+        scratch = _others(PRETRAINED)
+        raise SmallvisionError(f"backbone {cfg.model.backbone!r} has no pretrained weights; use --recipe {scratch}")
+
+
+def _fill_defaults(cfg: RunConfig, row: RecipeSpec) -> None:
+    """The defaults that depend on the recipe, from its row (a planning recipe chooses backbone and size itself)."""
+    m, r = cfg.model, cfg.recipe
+    if m.backbone is None and row.backbone is not None:
+        _resolve(m, "backbone", row.backbone)
+    if m.hidden is None:
+        _resolve(m, "hidden", 512 if m.backbones[0] == "small_cnn" else 0)
+    if cfg.data.image_size is None and not row.plans:
+        _resolve(cfg.data, "image_size", row.image_size or NATIVE_SIZE.get(m.backbones[0], 224))
+    if r.epochs is None:
+        _resolve(r, "epochs", row.epochs)
+    if r.schedule is None and len(row.stages) == 1:
+        _resolve(r, "schedule", DEFAULT_SCHEDULE[row.stages[0]])
+    if r.lr is None:
+        _resolve(r, "lr", LR)
+    if r.finetune_lr is None and row.fine_tunes:
+        _resolve(r, "finetune_lr", r.lr * row.finetune_share)
 
 
 def refusal(cfg: RunConfig, path: str, conditions: bool = True) -> str | None:
@@ -594,7 +618,7 @@ def unapplied(given: dict[str, Any], stages: list[RunConfig]) -> list[str]:
     itself reads are applied by its plan."""
     out = []
     for path, value in sorted(given.items(), key=lambda kv: list(APPLIES).index(kv[0])):  # the options' own order
-        if path == "recipe.name" or APPLIES[path].recipes == ("auto",):  # auto itself read them: its plan ran
+        if path == "recipe.name" or APPLIES[path].recipes == PLANNING:  # auto itself read them: its plan ran
             continue
         ran = any(refusal(cfg, path) is None and _value(cfg, path) == value for cfg in stages)
         if not ran:

@@ -171,6 +171,7 @@ def figures_for_run(
     from smallvision.data.cache import decoded_images
     from smallvision.evaluation.plots import worst
     from smallvision.models.folder import read_card
+    from smallvision.recipe_specs import spec
 
     cfg = build_config(load_config(config), str(config))
     size = read_card(model_dir).image_size  # auto chooses the size; the model records the one it trained at
@@ -189,7 +190,7 @@ def figures_for_run(
     labels = labels[keep][ok]
     probs = probs[ok] if probs is not None else None
     transform = None
-    if cfg.recipe.name != "features":
+    if spec(cfg.recipe.name).end_to_end:  # the augmentation preview shows what the network trained on
         from smallvision.data.transforms import train_transform
 
         transform = train_transform(cfg.recipe.augment, size)
@@ -515,7 +516,9 @@ def _data_check(check: dict[str, int] | None, root: str) -> str:
 def auto_decisions(m: dict[str, Any], run_dir: Path) -> list[str]:
     """What `auto` planned and chose, one sentence per decision (its "auto: " notes in metrics.json), the plan's
     estimate against the run's measured seconds first; empty for the other recipes."""
-    if m.get("recipe") != "auto":
+    from smallvision.recipe_specs import recipes_where
+
+    if m.get("recipe") not in recipes_where("plans"):
         return []
     notes = [n.removeprefix("auto: ") for n in m.get("notes", []) if n.startswith("auto: ")]
     plan_file = run_dir / "checkpoints" / "auto_plan.json"

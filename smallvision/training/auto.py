@@ -27,7 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from smallvision import runclock
-from smallvision.config import APPLIES, RunConfig, nested, option_flag, stage_values, unapplied, user_set
+from smallvision.config import (
+    APPLIES,
+    PLANNING,
+    RunConfig,
+    nested,
+    option_flag,
+    stage_values,
+    unapplied,
+    user_set,
+)
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.task import SINGLE_LABEL
@@ -859,7 +868,7 @@ def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candid
     own = stage_values(cfg)
     common = {}
     for path in APPLIES:
-        if path == "recipe.name" or APPLIES[path].recipes == ("auto",):
+        if path == "recipe.name" or APPLIES[path].recipes == PLANNING:
             common[path] = own[path]
             continue
         seen = [f[path] for f in flats if path in f]

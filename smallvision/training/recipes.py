@@ -611,7 +611,7 @@ def run_unfreeze(
     return _two_stage(cfg, index, run_dir, progress, whole=True, logger=logger)
 
 
-RECIPES = {
+RUNNERS = {  # the runner of each row of recipe_specs.SPECS but the planning one (training/registry.py)
     "features": run_features,
     "scratch": run_scratch,
     "frozen": run_frozen,
