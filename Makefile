@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint format bench clean
+.PHONY: venv demo test test-slow lint docs format bench clean
 
 $(STAMP): pyproject.toml smallvision/version.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format smallvision tests benchmarks examples
 	$(VENV)/bin/ruff check --fix smallvision tests benchmarks examples
 
-test: lint
+# The manual (docs/, mkdocs.yml) into site/; --strict turns a broken link or reference into an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -q
+
+test: lint docs
 	$(PY) -m pytest -m "not slow" -q -n 2 --durations=15
 
 test-slow: $(STAMP)
@@ -36,4 +40,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/features.py
 
 clean:
-	rm -rf $(VENV) runs demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs demo site .pytest_cache .ruff_cache

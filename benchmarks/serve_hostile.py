@@ -11,7 +11,7 @@ so that slow clients are cut during the run), two phases of --seconds each:
   20k empty multipart parts; 16 decompression-heavy 10-megapixel PNGs (40 KB each, RGB and RGBA) in one request;
   garbage (random bytes as a JPEG, a multipart of random parts, and one bad part before 63 of those PNGs).
 Targets: the well-behaved client's p99 within 3x of the quiet p99, /health always under 100 ms, the server's peak
-RSS (VmHWM) within the bound the README states for these limits, no crash and no 500.
+RSS (VmHWM) within the bound the manual (docs/export-and-serving.md) states for these limits, no crash and no 500.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def peak_rss(pid: int) -> tuple[int, int]:
 
 
 def readme_bound(baseline: int, reading: int, image_size: int) -> int:
-    """The README's memory bound for these limits, over the process's resident memory before any load: bodies being
+    """The manual's memory bound for these limits, over the process's resident memory before any load: bodies being
     read and admitted (each up to --max-bytes), a copy of an image's bytes per decode thread, the images decoding at
     once (DECODE_BYTES_PER_PIXEL x LARGE_PIXELS in the ordinary lane, x --max-pixels in the large one) and the queued
     images at the model's input size."""

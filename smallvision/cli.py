@@ -557,3 +557,10 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def __getattr__(name: str):
+    """`click_command`: the app as a click command, built on demand (the manual's CLI reference renders it)."""
+    if name == "click_command":
+        return typer.main.get_command(app)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

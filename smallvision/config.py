@@ -410,7 +410,7 @@ def field_help(path: str) -> str:
 
 
 def options_table() -> str:
-    """The README's option table, generated from the fields (tests/test_options.py holds README.md to it)."""
+    """The manual's option table, generated from the fields (tests/test_options.py holds docs/options.md to it)."""
     rows = ["| option | config key | what it does (default) | recipes that apply it |", "|---|---|---|---|"]
     for path, applies in APPLIES.items():
         recipes = "all" if applies.recipes == RECIPES else ", ".join(applies.recipes)

@@ -224,7 +224,8 @@ def write_torchscript(network: nn.Module, card, path: Path) -> None:
     """Trace the uint8 wrapper of `network` and save it, with the ONNX export's metadata as extra files.
 
     torch marks torch.jit deprecated (FutureWarning) in favour of torch.export; TorchScript is still what
-    libtorch (C++) and older mobile runtimes load, so the format stays, silenced here and named in the README.
+    libtorch (C++) and older mobile runtimes load, so the format stays, silenced here and named in the manual
+    (docs/export-and-serving.md).
     """
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))

@@ -14,7 +14,7 @@ class RecipeSpec:
     """What one recipe trains and which defaults and options follow from that."""
 
     name: str
-    summary: str  # what trains, in the words of the recipe table (README, docs, --help)
+    summary: str  # what trains, in the words of the recipe table (the manual's recipes page)
     pretrained: bool  # starts from pretrained weights (else small_cnn/residual_cnn from random init)
     end_to_end: bool  # images run through the network while training, so augmentation and loaders apply
     stages: tuple[str, ...]  # the schedule path of each stage: "head" on cached features, "network" end to end
@@ -115,7 +115,7 @@ def in_table_order() -> list[RecipeSpec]:
 
 
 def recipes_table() -> str:
-    """The README's recipe table, generated from the rows (tests/test_options.py holds README.md to it)."""
+    """The manual's recipe table, generated from the rows (tests/test_options.py holds docs/recipes.md to it)."""
     rows = ["| recipe | default backbone | what trains |", "|---|---|---|"]
     for s in in_table_order():
         name = f"`{s.name}`" + (" (default)" if s.name == DEFAULT_RECIPE else "")

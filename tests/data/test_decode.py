@@ -124,7 +124,7 @@ print(peak() - before)
 
 @pytest.mark.parametrize("kind", ["RGBA rotated by EXIF", "I;16"])
 def test_decoding_a_large_png_peaks_within_the_stated_bound(kind, tmp_path):
-    """A 4-megapixel PNG of a few KB (the shape of a decompression-heavy upload) peaks within the bound the README
+    """A 4-megapixel PNG of a few KB (the shape of a decompression-heavy upload) peaks within the bound the manual
     and the server's limits state: DECODE_BYTES_PER_PIXEL x pixels, plus a few MB for a band and the decoder."""
     import subprocess
     import sys
