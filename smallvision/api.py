@@ -403,6 +403,7 @@ def _train_run(
         "device": device,
         "world_size": world,
         "best_epoch": outcome.best_epoch,
+        **({"kept_stage": outcome.kept_stage} if outcome.kept_stage else {}),
         "data": {
             "root": str(index.root),
             "layout": index.layout,

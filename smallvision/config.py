@@ -39,8 +39,10 @@ class DataConfig(_Strict):
         default=None,
         ge=16,
         le=1024,
-        description="square input size in pixels; default: auto chooses it from the data (see its plan), 150 for "
-        "scratch, else the first backbone's native size "
+        description="square input size in pixels; default: "
+        + f"{in_words(recipes_where('plans'))} chooses it from the data (see its plan), "
+        + "".join(f"{r.image_size} for {r.name}, " for r in SPECS.values() if r.image_size)
+        + "else the first backbone's native size "
         f"({NATIVE_SIZE['efficientnet_lite0']} for efficientnet_lite0, the features default; "
         f"{NATIVE_SIZE['efficientnet_lite2']} for efficientnet_lite2, the other recipes' default; 224 for other "
         "timm backbones)",
@@ -341,7 +343,8 @@ APPLIES: dict[str, Applies] = {
     "recipe.patience": Applies(RECIPES),
     "recipe.unfreeze_blocks": Applies(
         TOP_BLOCKS,
-        f"only {in_words(TOP_BLOCKS)} unfreeze top blocks ({_others(TOP_BLOCKS)}: every block or none)",
+        f"only {in_words(TOP_BLOCKS)} unfreeze top blocks "
+        f"({in_words([r for r in TWO_STAGE if r not in TOP_BLOCKS])} trains every block, the others none)",
     ),
     "recipe.unfreeze_from": Applies(
         NAMED_BLOCK,

@@ -1,6 +1,7 @@
 """Every fact about a recipe in one row: config's defaults and refusals, the report and the api read it here.
 
-Adding a recipe is one row here and its runner in training/registry.py; no other module lists recipes by name.
+Adding a recipe is one row here and its runner in training/recipes.py's RUNNERS (training/registry.py maps a name to
+it); no module decides by comparing a recipe's name (tests/test_recipe_specs.py checks the tree).
 Plain data below config in the layers (config reads it), so it imports nothing of smallvision's.
 """
 
@@ -129,7 +130,7 @@ def spec(name: str) -> RecipeSpec:
 
 
 def recipes_where(fact: str) -> tuple[str, ...]:
-    """The recipes whose row has `fact` true, in table order."""
+    """The recipes whose row has `fact` true, in the rows' order."""
     return tuple(name for name, row in SPECS.items() if getattr(row, fact))
 
 

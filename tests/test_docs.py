@@ -82,6 +82,7 @@ def _run(page: Path, world: Path) -> None:
                 if not line.startswith("$ "):
                     continue  # what the command printed
                 command = line[2:].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+                assert not command.endswith("\\"), f"{page.name}: `{command}` continues on a line this test drops"
                 if command.startswith("smallvision serve "):
                     servers.append(_serve(command, port, world, env))
                     continue

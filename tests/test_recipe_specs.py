@@ -68,7 +68,7 @@ def _recipe_name_comparisons(source: str, where: str) -> list[str]:
                 literals.add(side.value)
             elif isinstance(side, ast.Tuple | ast.List | ast.Set):
                 literals |= {e.value for e in side.elts if isinstance(e, ast.Constant)}
-        if literals & names and "recipe" in ast.unparse(node):
+        if literals & names and ("recipe" in ast.unparse(node) or "name" in ast.unparse(node)):
             found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
     return found
 
@@ -77,9 +77,11 @@ def test_the_name_check_sees_the_forms_it_forbids():
     source = (
         'a = cfg.recipe.name == "features"\nb = cfg.recipe.name not in ("scratch", "frozen")\nc = x == "features"\n'
     )
+    source += 'd = name != "auto"\n'
     assert [hit.split(": ", 1)[1] for hit in _recipe_name_comparisons(source, "f.py")] == [
         "cfg.recipe.name == 'features'",
         "cfg.recipe.name not in ('scratch', 'frozen')",
+        "name != 'auto'",
     ]
 
 
@@ -90,3 +92,17 @@ def test_no_module_decides_by_a_recipes_name():
         for hit in _recipe_name_comparisons(f.read_text(), str(f.relative_to(PACKAGE.parent)))
     ]
     assert not found, "read the recipe's row (recipe_specs.spec(name)) instead:\n" + "\n".join(found)
+
+
+def test_a_changed_row_changes_what_config_resolves_and_refuses(monkeypatch):
+    """The seam holds: config reads the row when it builds, so editing one row is all a recipe's defaults need."""
+    import dataclasses
+
+    from smallvision import recipe_specs
+
+    row = dataclasses.replace(recipe_specs.SPECS["frozen"], epochs=3, backbone="efficientnet_lite0", pretrained=False)
+    monkeypatch.setitem(recipe_specs.SPECS, "frozen", row)
+    with pytest.raises(SmallvisionError, match="recipe frozen trains small_cnn or residual_cnn"):
+        build_config({"data": {"path": "x"}, "recipe": {"name": "frozen"}, "model": {"backbone": "efficientnet_lite0"}})
+    cfg = build_config({"data": {"path": "x"}, "recipe": {"name": "frozen"}, "model": {"backbone": "small_cnn"}})
+    assert cfg.recipe.epochs == 3

@@ -113,14 +113,13 @@ def headline(values: dict[str, Any]) -> str:
     return f"validation accuracy {val}{n('val')}" + (f", {caveat}" if caveat else "")
 
 
-def chosen_row(history: list[dict], best_epoch: int | None, notes: list[str]) -> int | None:
-    """The 1-based row of the history whose weights the run kept: `best_epoch` counts within the last stage, or
-    within the first when the recipe's notes say it kept the stage-1 (features) model."""
+def chosen_row(history: list[dict], best_epoch: int | None, kept_stage: str | None) -> int | None:
+    """The 1-based row of the history whose weights the run kept: `best_epoch` counts within `kept_stage`
+    (metrics.json's, recorded when a recipe kept an earlier stage's weights), else within the last stage."""
     if not history or not best_epoch:
         return None
     stages = list(dict.fromkeys(row.get("stage", "") for row in history))
-    kept_first = any("kept the stage-1" in n or "kept the features model" in n for n in notes)
-    stage = stages[0] if kept_first else stages[-1]
+    stage = kept_stage if kept_stage in stages else stages[-1]
     offset = next(i for i, row in enumerate(history) if row.get("stage", "") == stage)
     return offset + best_epoch
 
@@ -245,7 +244,7 @@ def run_figures(
         "per_class": lambda path: plots.per_class(m["per_class"], path),
     }
     if history:
-        kept = chosen_row(history, metrics.get("best_epoch"), metrics.get("notes", []))
+        kept = chosen_row(history, metrics.get("best_epoch"), metrics.get("kept_stage"))
         drawn = {"curves": lambda path: plots.curves(history, path, kept)} | drawn
     if "calibration_bins" in m:
         drawn["reliability"] = lambda path: plots.reliability(m["calibration_bins"], m["ece"], m["n"], path, ECE_BINS)
@@ -628,7 +627,7 @@ def write_report(run_dir: str | Path) -> Path:
     count_rows = [[c] + [counts[sp].get(c, 0) for sp in splits] for c in m["classes"]]
     skipped = data.get("skipped", [])
     history = _history(run_dir)
-    kept = chosen_row(history, m.get("best_epoch"), m.get("notes", []))
+    kept = chosen_row(history, m.get("best_epoch"), m.get("kept_stage"))
     missing = missing_figures(run_dir, m, history)
     if missing:
         log.warning(

@@ -43,6 +43,9 @@ class RecipeOutcome:
     # every recipe keeps its best epoch on validation
     selection: dict[str, int] = field(default_factory=dict)
     resolved: dict | None = None  # config.yaml's resolved values when the run's own config does not hold them (auto)
+    # the history stage whose best epoch the saved weights are, when not the last one (a fine-tuning stage that did
+    # worse than the head before it): metrics.json's `kept_stage`, so the report marks the right row
+    kept_stage: str | None = None
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:
@@ -464,7 +467,8 @@ def _two_stage(
         outcome = _finish(
             model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], _cache(fs), feature_probs(fs)
         )
-        return replace(outcome, world_size=res.world_size)  # the fine-tuning stage ran, on this many processes
+        # the fine-tuning stage ran, on this many processes; the weights are stage 1's
+        return replace(outcome, world_size=res.world_size, kept_stage=fs.history[0]["stage"] if fs.history else None)
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
     probs = views.probabilities() if views is not None else None
     outcome = _finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, _cache(fs), probs)

@@ -381,7 +381,9 @@ def test_auto_decisions_are_one_sentence_each_after_the_plan_against_the_runs_se
     ]
     # auto's history ends with the stage whose weights it kept: the kept row counts within that last stage
     history = [{"stage": "features efficientnet_lite2"}] * 4 + [{"stage": "finetune1"}] * 3
-    assert chosen_row(history, 2, notes) == 6
+    assert chosen_row(history, 2, None) == 6
+    # a recipe that kept an earlier stage's weights records it (metrics.json's kept_stage): the row is in that stage
+    assert chosen_row(history, 2, "features efficientnet_lite2") == 2
 
 
 def test_a_compare_run_says_its_test_split_was_held_back_and_the_compare_page_says_why_no_test(compared, tmp_path):

@@ -221,3 +221,18 @@ def test_torchrun_two_processes_each_train_on_their_own_batches_with_averaged_gr
         assert torch.equal(grad, ranks[1]["grads"][name])
         assert not torch.allclose(local[0][name], local[1][name])
         torch.testing.assert_close(grad, (local[0][name] + local[1][name]) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_a_fine_tuning_stage_that_does_worse_leaves_stage_1s_weights_and_says_which_stage_they_are(
+    shapes_data, tmp_path
+):
+    """A fine-tuning rate far too high wrecks stage 2: the head on features is kept, recorded as metrics.json's
+    kept_stage, and the report's kept row is in that first stage (not read from note text)."""
+    from smallvision.evaluation.report import chosen_row
+
+    r = smallvision.train(shapes_data, recipe="finetune", out=tmp_path / "run", finetune_lr=50.0, **LITE0)
+    history = history_rows(r.run_dir)
+    first = history[0]["stage"]
+    assert r.metrics["kept_stage"] == first and smallvision.load(r.model_dir)[1].trainable == ["head"]
+    kept = chosen_row(history, r.metrics["best_epoch"], r.metrics["kept_stage"])
+    assert history[kept - 1]["stage"] == first
