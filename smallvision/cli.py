@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import types
+import typing
+from inspect import Parameter, Signature
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
 import typer.core
 
-from smallvision.config import PANELS, field_help, option_panel
+from smallvision.config import PANELS, field_help, leaf_fields, option_flag, option_panel
 from smallvision.errors import SmallvisionError
-from smallvision.serving.options import HELP as SERVE_HELP
-from smallvision.serving.options import ServeOptions
-from smallvision.training.trackers import TRACKERS
-
-SERVE_DEFAULTS = ServeOptions()
+from smallvision.serving.options import LIMITS
 
 Opt = typer.Option
 DATA, TRAINING, RUN = PANELS[0], PANELS[2], PANELS[-1]  # the panels of the options that are not config fields
@@ -39,13 +38,15 @@ class GroupedCommand(typer.core.TyperCommand):
     """
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """Arguments, then each panel in the order of its first option, then the panel-less options (--help)."""
+        """Arguments, then the panels in config.PANELS' order (others after), then the panel-less options (--help)."""
         sections: dict[str, list[tuple[str, str]]] = {"Arguments": []}
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:
                 default = "Arguments" if param.param_type_name == "argument" else "Options"
                 sections.setdefault(getattr(param, "rich_help_panel", None) or default, []).append(record)
+        order = ["Arguments", *PANELS]
+        sections = dict(sorted(sections.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
         sections["Options"] = sections.pop("Options", [])
         for name, records in sections.items():
             if records:
@@ -90,134 +91,76 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@app.command(cls=GroupedCommand)
-def train(
-    data: Annotated[Path | None, typer.Argument(help=field_help("data.path"), show_default=False)] = None,
-    image_size: Annotated[int | None, _opt("data.image_size")] = None,
-    val_fraction: Annotated[float | None, _opt("data.val_fraction")] = None,
-    test_fraction: Annotated[float | None, _opt("data.test_fraction")] = None,
-    min_train_per_class: Annotated[int | None, _opt("data.min_train_per_class")] = None,
-    min_val_per_class: Annotated[int | None, _opt("data.min_val_per_class")] = None,
-    min_test_per_class: Annotated[int | None, _opt("data.min_test_per_class")] = None,
-    backbone: Annotated[str | None, _opt("model.backbone")] = None,
-    weights: Annotated[str | None, _opt("model.weights")] = None,
-    dropout: Annotated[float | None, _opt("model.dropout")] = None,
-    hidden: Annotated[int | None, _opt("model.hidden")] = None,
-    pool: Annotated[str | None, _opt("model.pool")] = None,
-    batch_norm: Annotated[bool | None, _opt("model.batch_norm", "--batch-norm/--no-batch-norm")] = None,
-    init_from: Annotated[str | None, _opt("recipe.init_from")] = None,
-    recipe: Annotated[str | None, _opt("recipe.name")] = None,
-    epochs: Annotated[int | None, _opt("recipe.epochs")] = None,
-    lr: Annotated[float | None, _opt("recipe.lr")] = None,
-    batch_size: Annotated[int | None, _opt("recipe.batch_size")] = None,
-    optimizer: Annotated[str | None, _opt("recipe.optimizer")] = None,
-    momentum: Annotated[float | None, _opt("recipe.momentum")] = None,
-    schedule: Annotated[str | None, _opt("recipe.schedule")] = None,
-    warmup_epochs: Annotated[float | None, _opt("recipe.warmup_epochs")] = None,
-    weight_decay: Annotated[float | None, _opt("recipe.weight_decay")] = None,
-    label_smoothing: Annotated[float | None, _opt("recipe.label_smoothing")] = None,
-    class_weights: Annotated[str | None, _opt("recipe.class_weights")] = None,
-    patience: Annotated[int | None, _opt("recipe.patience")] = None,
-    time_budget: Annotated[float | None, _opt("recipe.time_budget")] = None,
-    augment: Annotated[str | None, _opt("recipe.augment.preset")] = None,
-    rotation_range: Annotated[float | None, _opt("recipe.augment.rotation_range")] = None,
-    width_shift_range: Annotated[float | None, _opt("recipe.augment.width_shift_range")] = None,
-    height_shift_range: Annotated[float | None, _opt("recipe.augment.height_shift_range")] = None,
-    shear_range: Annotated[float | None, _opt("recipe.augment.shear_range")] = None,
-    zoom_range: Annotated[float | None, _opt("recipe.augment.zoom_range")] = None,
-    horizontal_flip: Annotated[
-        bool | None, _opt("recipe.augment.horizontal_flip", "--horizontal-flip/--no-horizontal-flip")
-    ] = None,
-    vertical_flip: Annotated[
-        bool | None, _opt("recipe.augment.vertical_flip", "--vertical-flip/--no-vertical-flip")
-    ] = None,
-    fill_mode: Annotated[str | None, _opt("recipe.augment.fill_mode")] = None,
-    unfreeze_blocks: Annotated[int | None, _opt("recipe.unfreeze_blocks")] = None,
-    unfreeze_from: Annotated[str | None, _opt("recipe.unfreeze_from")] = None,
-    finetune_lr: Annotated[float | None, _opt("recipe.finetune_lr")] = None,
-    finetune_epochs: Annotated[int | None, _opt("recipe.finetune_epochs")] = None,
-    layer_decay: Annotated[float | None, _opt("recipe.layer_decay")] = None,
-    cached_views: Annotated[int | None, _opt("recipe.cached_views")] = None,
-    devices: Annotated[int | None, _opt("trainer.devices")] = None,
-    precision: Annotated[str | None, _opt("trainer.precision")] = None,
-    workers: Annotated[int | None, _opt("trainer.workers")] = None,
-    memory_budget: Annotated[float | None, _opt("trainer.memory_budget")] = None,
-    logger: Annotated[str | None, _opt("trainer.logger", metavar="[" + "|".join(TRACKERS) + "]")] = None,
-    seed: Annotated[int | None, _opt("seed")] = None,
-    out: Annotated[Path | None, _opt("out")] = None,
-    strict: Annotated[
+def _cli_type(annotation: Any) -> tuple[type, str | None]:
+    """The command-line type of a config field's annotation, and the metavar of a field with fixed choices."""
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kind = next(a for a in typing.get_args(annotation) if a is not type(None)) if optional else annotation
+    if typing.get_origin(kind) is typing.Literal:
+        return str, "[" + "|".join(typing.get_args(kind)) + "]"
+    return kind, None
+
+
+def param_name(path: str) -> str:
+    """The Python name of the config field at `path` as a train parameter: its flag's words (--recipe: recipe)."""
+    return option_flag(path).lstrip("-").replace("-", "_").lower()
+
+
+def _field_parameter(path: str, info: Any) -> Parameter:
+    """The train parameter of one config field: its flag, type, help (the field's description) and panel from config;
+    unset stays None, so the config's own default applies."""
+    kind, metavar = _cli_type(info.annotation)
+    flag = option_flag(path)
+    if flag == "DATA":
+        declared = typer.Argument(help=field_help(path), show_default=False)
+    else:
+        flags = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,)
+        declared = _opt(path, *flags, **({"metavar": metavar} if metavar else {}))
+    return Parameter(
+        param_name(path), Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, declared]
+    )
+
+
+def _parameter(name: str, kind: Any, default: Any, declared: Any) -> Parameter:
+    return Parameter(name, Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, declared])
+
+
+TRAIN_FIELDS = {param_name(path): path for path in leaf_fields()}  # train's parameter of each config field
+TRAIN_EXTRA = [  # train's options that are not config fields
+    _parameter(
+        "strict",
         bool,
+        False,
         Opt("--strict", help="identical files in two splits are an error; default: a warning", rich_help_panel=DATA),
-    ] = False,
-    config: Annotated[
-        Path | None, Opt(help="YAML config; flags override it; default: none", rich_help_panel=RUN)
-    ] = None,
-    resume: Annotated[
-        Path | None, Opt(help="continue an interrupted run folder; default: a new run", rich_help_panel=RUN)
-    ] = None,
-    quiet: Annotated[
-        bool, Opt("--quiet", "-q", help="only warnings and the summary; default: off", rich_help_panel=RUN)
-    ] = False,
-) -> None:
+    ),
+    _parameter(
+        "config", Path | None, None, Opt(help="YAML config; flags override it; default: none", rich_help_panel=RUN)
+    ),
+    _parameter(
+        "resume",
+        Path | None,
+        None,
+        Opt(help="continue an interrupted run folder; default: a new run", rich_help_panel=RUN),
+    ),
+    _parameter(
+        "quiet",
+        bool,
+        False,
+        Opt("--quiet", "-q", help="only warnings and the summary; default: off", rich_help_panel=RUN),
+    ),
+]
+
+
+def train(**values: Any) -> None:
     """Train a classifier and write its run folder. It holds model/, metrics.json, history.csv, config.yaml, run.log
     and report.html."""
     from smallvision import api
 
+    strict, config, resume, quiet = (values.pop(p.name) for p in TRAIN_EXTRA)
     _setup_logging(quiet)
-    optional = {
-        "dropout": dropout,
-        "lr": lr,
-        "batch_size": batch_size,
-        "hidden": hidden,
-        "pool": pool,
-        "batch_norm": batch_norm,
-        "optimizer": optimizer,
-        "momentum": momentum,
-        "schedule": schedule,
-        "warmup_epochs": warmup_epochs,
-        "weight_decay": weight_decay,
-        "label_smoothing": label_smoothing,
-        "class_weights": class_weights,
-        "patience": patience,
-        "recipe.augment.preset": augment,
-        "rotation_range": rotation_range,
-        "width_shift_range": width_shift_range,
-        "height_shift_range": height_shift_range,
-        "shear_range": shear_range,
-        "zoom_range": zoom_range,
-        "horizontal_flip": horizontal_flip,
-        "vertical_flip": vertical_flip,
-        "fill_mode": fill_mode,
-        "unfreeze_blocks": unfreeze_blocks,
-        "unfreeze_from": unfreeze_from,
-        "finetune_lr": finetune_lr,
-        "finetune_epochs": finetune_epochs,
-        "layer_decay": layer_decay,
-        "time_budget": time_budget,
-        "cached_views": cached_views,
-        "memory_budget": memory_budget,
-        "init_from": init_from,
-        "devices": devices,
-        "precision": precision,
-        "workers": workers,
-        "logger": logger,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "min_train_per_class": min_train_per_class,
-        "min_val_per_class": min_val_per_class,
-        "min_test_per_class": min_test_per_class,
-    }
-    options = {k: v for k, v in optional.items() if v is not None}
+    options = {TRAIN_FIELDS[name]: value for name, value in values.items() if value is not None}
     result = api.train(
-        data,
+        options.pop("data.path", None),
         config=config,
-        recipe=recipe,
-        backbone=backbone,
-        weights=weights,
-        image_size=image_size,
-        epochs=epochs,
-        seed=seed,
-        out=out,
         resume=resume,
         strict=strict,
         progress=not quiet and sys.stderr.isatty(),
@@ -226,6 +169,13 @@ def train(
     if result is not None:
         typer.echo(result.summary())
         typer.echo(f"report:  {result.run_dir / 'report.html'}")
+
+
+# Every config field is a train option, generated from the field (its flag, type, help and panel), then the rest.
+_TRAIN_PARAMETERS = [_field_parameter(path, info) for path, info in leaf_fields().items()] + TRAIN_EXTRA
+train.__signature__ = Signature(_TRAIN_PARAMETERS)
+train.__annotations__ = {p.name: typing.get_args(p.annotation)[0] for p in _TRAIN_PARAMETERS}
+app.command(cls=GroupedCommand)(train)
 
 
 @app.command()
@@ -503,43 +453,48 @@ def export(
     typer.echo(f"record: {result['export_json']}")
 
 
-@app.command()
-def serve(
-    model_dir: Annotated[Path, typer.Argument(help="A saved model folder (a run's model/)")],
-    host: Annotated[
-        str, Opt(help="Address to bind; other machines can reach anything but 127.0.0.1; default: 127.0.0.1")
-    ] = "127.0.0.1",
-    port: Annotated[int, Opt(help="TCP port; default: 8000")] = 8000,
-    int8: Annotated[bool, Opt("--int8", help="Serve the checked int8 export (model.int8.onnx); default: off")] = False,
-    max_batch: Annotated[int, Opt(help=SERVE_HELP["max_batch"])] = SERVE_DEFAULTS.max_batch,
-    max_wait_ms: Annotated[float, Opt(help=SERVE_HELP["max_wait_ms"])] = SERVE_DEFAULTS.max_wait_ms,
-    queue: Annotated[int, Opt(help=SERVE_HELP["queue_size"])] = SERVE_DEFAULTS.queue_size,
-    max_bytes: Annotated[int, Opt(help=SERVE_HELP["max_bytes"])] = SERVE_DEFAULTS.max_bytes,
-    max_pixels: Annotated[int, Opt(help=SERVE_HELP["max_pixels"])] = SERVE_DEFAULTS.max_pixels,
-    top_k: Annotated[int, Opt("--top-k", help=SERVE_HELP["top_k"])] = SERVE_DEFAULTS.top_k,
-    body_timeout: Annotated[float, Opt(help=SERVE_HELP["body_timeout_s"])] = SERVE_DEFAULTS.body_timeout_s,
-    threads: Annotated[
-        int | None, Opt(help="onnxruntime threads for the model (default: onnxruntime's choice)", show_default=False)
-    ] = None,
-) -> None:
+def serve(**values: Any) -> None:
     """Serve a model over HTTP. POST /predict, a try-a-picture page at /, API docs at /docs (exports it if needed)."""
     from smallvision import api
 
     _setup_logging(False)
-    api.serve(
-        model_dir,
-        host=host,
-        port=port,
-        int8=int8,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        queue_size=queue,
-        max_bytes=max_bytes,
-        max_pixels=max_pixels,
-        top_k=top_k,
-        body_timeout_s=body_timeout,
-        threads=threads,
-    )
+    limits = {name: values.pop(name) for name in LIMITS}
+    api.serve(values.pop("model_dir"), **values, **limits)
+
+
+def _limit_parameter(name: str, limit: Any) -> Parameter:
+    """serve's option for one server limit: its flag, default and help from ServeOptions' field."""
+    declared = Opt(limit.metadata["flag"], help=limit.metadata["help"])
+    return _parameter(name, type(limit.default), limit.default, declared)
+
+
+# serve's options: the model, where to listen, then every server limit, generated from ServeOptions' fields.
+_SERVE_PARAMETERS = [
+    _parameter("model_dir", Path, Parameter.empty, typer.Argument(help="A saved model folder (a run's model/)")),
+    _parameter(
+        "host",
+        str,
+        "127.0.0.1",
+        Opt(
+            help="Address to bind; other machines can reach anything but 127.0.0.1; default: 127.0.0.1",
+            show_default=False,
+        ),
+    ),
+    _parameter("port", int, 8000, Opt(help="TCP port; default: 8000", show_default=False)),
+    _parameter(
+        "int8", bool, False, Opt("--int8", help="Serve the checked int8 export (model.int8.onnx); default: off")
+    ),
+    *(_limit_parameter(name, limit) for name, limit in LIMITS.items()),
+    _parameter(
+        "threads",
+        int | None,
+        None,
+        Opt(help="onnxruntime threads for the model (default: onnxruntime's choice)", show_default=False),
+    ),
+]
+serve.__signature__ = Signature(_SERVE_PARAMETERS)
+serve.__annotations__ = {p.name: typing.get_args(p.annotation)[0] for p in _SERVE_PARAMETERS}
+app.command()(serve)
 
 
 def main() -> None:

@@ -103,3 +103,18 @@ def test_no_command_description_is_cut_in_the_command_list():
     listing = _sections(CliRunner().invoke(app, ["--help"], terminal_width=80, env={"COLUMNS": "80"}).output)
     rows = listing["Commands"].splitlines()
     assert [row.split()[0] for row in rows] == list(GROUP.commands) and not [row for row in rows if "..." in row]
+
+
+def test_serve_options_are_the_server_limits_fields():
+    """Each limit is stated once (ServeOptions' field): serve's flag, default and help are the field's."""
+    from dataclasses import fields
+
+    from smallvision.serving.options import LIMITS, ServeOptions
+
+    params = {p.name: p for p in _params("serve")}
+    assert [f.name for f in fields(ServeOptions)] == list(LIMITS)
+    for name, limit in LIMITS.items():
+        assert limit.metadata["flag"] in params[name].opts, name
+        assert params[name].default == limit.default and params[name].help == limit.metadata["help"], name
+    done = CliRunner().invoke(app, ["serve", "no-such-model", "--queue", "0"])
+    assert done.exit_code != 0 and "--queue (queue_size) = 0 is out of range" in str(done.exception), done.output

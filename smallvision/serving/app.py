@@ -32,8 +32,6 @@ from smallvision.serving.uploads import (
     read_body,
 )
 
-_DEFAULTS = ServeOptions()
-
 log = logging.getLogger(__name__)
 
 DECODE_THREADS = 4  # the most images decoded at once: each peaks at DECODE_BYTES_PER_PIXEL x max_pixels
@@ -103,36 +101,32 @@ def create_app(
     model_dir: str | Path,
     *,
     int8: bool = False,
-    max_batch: int = _DEFAULTS.max_batch,
-    max_wait_ms: float = _DEFAULTS.max_wait_ms,
-    queue_size: int = _DEFAULTS.queue_size,
-    max_bytes: int = _DEFAULTS.max_bytes,
-    max_pixels: int = _DEFAULTS.max_pixels,
-    top_k: int = _DEFAULTS.top_k,
-    body_timeout_s: float = _DEFAULTS.body_timeout_s,
     threads: int | None = None,
+    **limits: float,
 ) -> FastAPI:
     """A FastAPI app serving the model folder's checked ONNX export (model.int8.onnx with `int8`).
 
-    Raises SmallvisionError when the folder has no checked, current export (run `smallvision export MODEL_DIR`) or
-    an option is out of range. `threads` bounds onnxruntime's threads (default: its own choice).
+    `limits` are ServeOptions fields (max_batch, max_wait_ms, queue_size, max_bytes, max_pixels, top_k,
+    body_timeout_s; their defaults and ranges are there). Raises SmallvisionError when the folder has no checked,
+    current export (run `smallvision export MODEL_DIR`) or a limit is out of range. `threads` bounds onnxruntime's
+    threads (default: its own choice).
     """
     from fastapi_offline import FastAPIOffline
 
     from smallvision.version import __version__
 
-    options = ServeOptions(max_batch, max_wait_ms, queue_size, max_bytes, max_pixels, top_k, body_timeout_s)
+    options = ServeOptions(**limits)
     model_dir = Path(model_dir)
     classifier = OnnxClassifier.load(find_export(model_dir, int8=int8), threads=threads, spin=False)
     beside = model_dir.resolve().parent / "report.html"  # the run's report, when the model folder is a run's model/
     report = beside if beside.is_file() else None
     info = _model_info(model_dir, classifier, int8, report, options)
-    batcher = MicroBatcher(classifier.probabilities, max_batch, max_wait_ms, queue_size)
+    batcher = MicroBatcher(classifier.probabilities, options.max_batch, options.max_wait_ms, options.queue_size)
     # Parsing and decoding run in a pool as wide as the CPU (at most DECODE_THREADS), not one thread per request and
     # not on the event loop: under a burst, images are decoded a few at a time and reach the queue steadily, instead
     # of all at once and late; at most that many full-size images (up to max_pixels each) are in memory decoded at
     # once; and /health answers while a large multipart body is parsed.
-    decoder = Decoder(min(os.cpu_count() or 1, DECODE_THREADS), classifier.image_size, max_pixels)
+    decoder = Decoder(min(os.cpu_count() or 1, DECODE_THREADS), classifier.image_size, options.max_pixels)
     page = {name: _page(name) for name in ("index.html", "page.css", "page.js")}
     started = time.time()
     # Requests whose body is in and that are parsed, decoded or wait for the model: at most queue_size, so memory is
@@ -185,7 +179,7 @@ def create_app(
                 "in_progress": admitted[0],
                 "reading": reading[0],
                 "decoding": decoder.running,
-                "size": queue_size,
+                "size": options.queue_size,
             },
             "decoded_images": decoder.started,
             **batcher.stats.to_dict(),
@@ -199,7 +193,7 @@ def create_app(
         """Parse and decode a request's images (off the event loop), then wait for the model's answer for each."""
         if kind == "multipart":
             loop = asyncio.get_running_loop()
-            uploads = await loop.run_in_executor(decoder.pool, parse_multipart, body, content_type, queue_size)
+            uploads = await loop.run_in_executor(decoder.pool, parse_multipart, body, content_type, options.queue_size)
         else:
             uploads = [Upload("<body>", body)]
         return uploads, await batcher.predict(await decoder.decode_all(uploads))
@@ -221,13 +215,13 @@ def create_app(
     ) -> JSONResponse:
         try:
             kind = body_kind(request.headers.get("content-type"))
-            check_length(request.headers.get("content-length"), max_bytes)
+            check_length(request.headers.get("content-length"), options.max_bytes)
             reading[0] += 1
             try:
-                body = await read_body(request.stream(), max_bytes, options.body_timeout_s)
+                body = await read_body(request.stream(), options.max_bytes, options.body_timeout_s)
             finally:
                 reading[0] -= 1
-            if batcher.full() or admitted[0] >= queue_size:  # refused before any parsing: overload answers fast
+            if batcher.full() or admitted[0] >= options.queue_size:  # refused before any parsing: overload answers fast
                 raise batcher.refuse(1)
             admitted[0] += 1
             try:
