@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import platform
@@ -19,6 +18,7 @@ from smallvision import atomic, runclock
 from smallvision.config import RunConfig, build_config, dump_config, load_config, read_resolved
 from smallvision.errors import SmallvisionError
 from smallvision.recipe_specs import spec
+from smallvision.results import SCHEMA_VERSION, RunSummary, decisions_json, read_summary
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -402,6 +402,7 @@ def _train_run(
         "weights": weights,
         "device": device,
         "world_size": world,
+        "schema": SCHEMA_VERSION,
         "best_epoch": outcome.best_epoch,
         **({"kept_stage": outcome.kept_stage} if outcome.kept_stage else {}),
         "data": {
@@ -412,6 +413,7 @@ def _train_run(
             "skipped": [{"path": str(p), "reason": r} for p, r in index.skipped],
         },
         "notes": outcome.notes,
+        "decisions": decisions_json(outcome.decisions),
         "feature_cache": outcome.cache,
         "data_check": check_summary,
         "tta": outcome.tta or False,
@@ -928,12 +930,12 @@ def inspect(
     return text
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """The metrics.json of a finished run."""
+def read_metrics(run_dir: str | Path) -> RunSummary:
+    """The metrics.json of a finished run (results.RunSummary: its keys, typed and versioned)."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise SmallvisionError(f"{run_dir}: no metrics.json; is this a finished run folder?")
-    return json.loads(path.read_text())
+    return read_summary(path)
 
 
 def _checked_export(model_dir: Path, int8: bool) -> Path:

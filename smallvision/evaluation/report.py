@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from smallvision import atomic
+from smallvision.results import read_summary
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -513,16 +514,16 @@ def _data_check(check: dict[str, int] | None, root: str) -> str:
 
 
 def auto_decisions(m: dict[str, Any], run_dir: Path) -> list[str]:
-    """What `auto` planned and chose, one sentence per decision (its "auto: " notes in metrics.json), the plan's
+    """What `auto` planned and chose, one sentence per decision (metrics.json's `decisions`), the plan's
     estimate against the run's measured seconds first; empty for the other recipes."""
     from smallvision.recipe_specs import recipes_where
+    from smallvision.results import decisions
 
     if m.get("recipe") not in recipes_where("plans"):
         return []
-    notes = [n.removeprefix("auto: ") for n in m.get("notes", []) if n.startswith("auto: ")]
     plan_file = run_dir / "checkpoints" / "auto_plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
-    out = [n for n in notes if not n.startswith(("plan recorded in", "reused the plan recorded in"))]
+    out = [d.text for d in decisions(m) if d.kind != "plan-file"]  # the plan itself is told from its file
     if plan is not None and "steps" in plan:
         took = f"; the run took {m['seconds']:.0f} s" if "seconds" in m else ""
         steps = "; ".join(s["step"] for s in plan["steps"])
@@ -532,7 +533,9 @@ def auto_decisions(m: dict[str, Any], run_dir: Path) -> list[str]:
             f"(estimated {plan['estimate_seconds']:.0f} s of its {plan['time_budget']:g} s --time-budget{took}).",
         )
     elif not out:
-        out.append("auto recorded no plan and no decision (no checkpoints/auto_plan.json, no auto notes).")
+        out.append(
+            "auto recorded no plan and no decision (no checkpoints/auto_plan.json, no decisions in metrics.json)."
+        )
     return [s if s.endswith(".") else s + "." for s in out]
 
 
@@ -617,7 +620,7 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").is_file() and (run_dir / "results.json").is_file():
         return write_compare_report(run_dir)
-    m = json.loads((run_dir / "metrics.json").read_text())
+    m = read_summary(run_dir / "metrics.json")
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     split = headline_split(m)
     s = m[split]
@@ -714,7 +717,7 @@ def compare_rows(out: Path, rows: list[dict]) -> list[dict]:
     """A comparison's rows with each run's validation n and 95% accuracy interval, read from its metrics.json."""
     full = []
     for r in rows:
-        m = json.loads((Path(out) / "runs" / r["run"] / "metrics.json").read_text())["val"]
+        m = read_summary(Path(out) / "runs" / r["run"] / "metrics.json")["val"]
         full.append({**r, "val_n": m["n"], "val_ci95": list(accuracy_interval(m))})
     return full
 

@@ -39,6 +39,7 @@ from smallvision.config import (
 )
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
+from smallvision.results import RunNotes
 from smallvision.task import SINGLE_LABEL
 from smallvision.training import recipes
 
@@ -517,7 +518,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
     if len(tried) > 1:
         tally.choices["head_lr"] += 1
         shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
-        notes.append(f"auto: {name} head on cached features: kept lr {lr:g} on validation ({shown})")
+        notes.decide("head-lr", f"{name} head on cached features: kept lr {lr:g} on validation ({shown})")
     model = recipes.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
     model.requires_grad_(False)
     return Candidate(
@@ -601,9 +602,10 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
     def fits(i: int, rnd: dict) -> bool:
         guard = _guard(run_dir, f"round{i}", start, rnd["seconds"], r.time_budget)
         if not guard["run"]:
-            notes.append(
-                f"auto: stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
-                f"was estimated at {guard['estimate']:.0f} s, past --time-budget {r.time_budget:g}"
+            notes.decide(
+                "stop",
+                f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
+                f"was estimated at {guard['estimate']:.0f} s, past --time-budget {r.time_budget:g}",
             )
         return guard["run"]
 
@@ -643,10 +645,11 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
         stages.append((stage, round_cfg))
         improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
         tally.choices["finetune_round"] += 1
-        notes.append(
-            f"auto: fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
+        notes.decide(
+            "round",
+            f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
             f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
-            + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here")
+            + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
         )
         if not improved:
             model.load_state_dict(best_state)
@@ -697,14 +700,14 @@ def _flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> N
         cand.flipped[split] = SINGLE_LABEL.probabilities_of(logits)
 
 
-def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir, start, budget, choices) -> tuple:
+def _choose(cands: list[Candidate], plan: dict, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
     """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
     every comparison on validation is counted in `choices`."""
     ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
     best = ranked[0]
     members, val = [best], best.val
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
-    notes.append(f"auto: chose {best.name} among the candidates on validation ({listing})")
+    notes.decide("choice", f"chose {best.name} among the candidates on validation ({listing})")
     if len(cands) > 1:
         choices["candidate"] += 1
     # averaged only with candidates fed the same images (size) whose splits hold the same images in the same order
@@ -721,12 +724,13 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
             if acc > val + 1e-9:
                 members, val = list(combo), acc
     if len(members) > 1:
-        notes.append(
-            f"auto: averaged the probabilities of {' and '.join(c.name for c in members)}: val accuracy {val:.4f}, "
-            f"above each alone ({', '.join(f'{c.val:.4f}' for c in members)})"
+        notes.decide(
+            "average",
+            f"averaged the probabilities of {' and '.join(c.name for c in members)}: val accuracy {val:.4f}, "
+            f"above each alone ({', '.join(f'{c.val:.4f}' for c in members)})",
         )
     elif len(same) > 1:
-        notes.append(f"auto: no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
+        notes.decide("average", f"no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
     tta = False
     if plan["tta"]:
         guard = _guard(run_dir, "tta", start, plan["tta_seconds"] * len(members), budget)
@@ -737,22 +741,24 @@ def _choose(cands: list[Candidate], plan: dict, index, notes: list[str], run_dir
             acc = _accuracy(p, best.labels["val"])
             tta = acc > val + 1e-9
             choices["tta"] += 1
-            notes.append(
-                "auto: test-time augmentation (averaging each image with its mirror image) "
+            notes.decide(
+                "tta",
+                "test-time augmentation (averaging each image with its mirror image) "
                 + (
                     f"kept: val accuracy {acc:.4f} against {val:.4f} without"
                     if tta
                     else f"not kept: val accuracy {acc:.4f}, not above {val:.4f} without"
-                )
+                ),
             )
             if tta:
                 val = acc
         else:
-            notes.append(f"auto: test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
-    notes.append(
-        f"auto: final model: {' averaged with '.join(c.name for c in members)}"
+            notes.decide("tta", f"test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
+    notes.decide(
+        "final",
+        f"final model: {' averaged with '.join(c.name for c in members)}"
         + (", each image averaged with its mirror image" if tta else "")
-        + f", val accuracy {val:.4f}"
+        + f", val accuracy {val:.4f}",
     )
     return members, tta
 
@@ -829,12 +835,15 @@ def run_auto(
             f"smallvision train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
         )
     log.info("%s", plan_table(plan))
-    notes = [
-        f"auto: {'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: "
+    notes = RunNotes("auto")
+    notes.decide(
+        "plan-file",
+        f"{'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: "
         + "; ".join(f"{s['step']} ~{s['seconds']:.0f} s" for s in plan["steps"])
-        + f" (estimated {plan['estimate_seconds']:.0f} s of --time-budget {budget:g})"
-    ]
-    notes += [f"auto: {w}" for w in plan["why"]]
+        + f" (estimated {plan['estimate_seconds']:.0f} s of --time-budget {budget:g})",
+    )
+    for why in plan["why"]:
+        notes.decide("plan", why)
     work = _sampled(index, plan["train_cap"], cfg.seed)
     cands: list[Candidate] = []
     tally = Tally()  # the config of every stage that ran, kept or not, and each choice made on validation
@@ -851,12 +860,19 @@ def run_auto(
     members, tta = _choose(cands, plan, work, notes, run_dir, start, budget, tally.choices)
     unused = unapplied(user_set(cfg), tally.ran)
     if unused:
-        notes.append(f"auto: {', '.join(map(option_flag, unused))} set but not applied: no stage that ran uses them")
+        notes.decide(
+            "unapplied", f"{', '.join(map(option_flag, unused))} set but not applied: no stage that ran uses them"
+        )
     if work is not index:  # held-out images that failed to decode were dropped from the sample's index only
         kept = {it.digest for it in work.items}
         index.drop({it.digest: "unreadable" for it in index.items if it.split != "train" and it.digest not in kept})
     outcome = _outcome(members, tta, work, notes)
-    return dataclasses.replace(outcome, resolved=resolved_values(cfg, members, cands), selection=dict(tally.choices))
+    return dataclasses.replace(
+        outcome,
+        resolved=resolved_values(cfg, members, cands),
+        selection=dict(tally.choices),
+        decisions=notes.decisions,
+    )
 
 
 def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candidate]) -> dict:

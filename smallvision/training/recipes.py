@@ -16,6 +16,7 @@ from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.models.folder import BackboneCard, HeadCard, head_card
 from smallvision.models.weights import WeightsSpec, resolve_weights
+from smallvision.results import Decision
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class RecipeOutcome:
     # the history stage whose best epoch the saved weights are, when not the last one (a fine-tuning stage that did
     # worse than the head before it): metrics.json's `kept_stage`, so the report marks the right row
     kept_stage: str | None = None
+    decisions: list[Decision] = field(default_factory=list)  # what the recipe chose on its own, and why (auto)
 
 
 def resolve_specs(cfg: RunConfig) -> list[WeightsSpec]:

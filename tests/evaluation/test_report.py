@@ -351,7 +351,8 @@ def test_compare_sweep_tests_only_the_best_and_rerun_skips(compared, shapes_data
 
 
 def test_auto_decisions_are_one_sentence_each_after_the_plan_against_the_runs_seconds(tmp_path):
-    """The notes are the strings training/auto.py writes; the plan is the shape of its auto_plan.json."""
+    """The decisions are what training/auto.py records (metrics.json's `decisions`); the notes' wording is never
+    read; the plan is the shape of its auto_plan.json."""
     from smallvision.evaluation.report import auto_decisions, chosen_row
 
     plan = {
@@ -361,23 +362,23 @@ def test_auto_decisions_are_one_sentence_each_after_the_plan_against_the_runs_se
     }
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "auto_plan.json").write_text(json.dumps(plan))
-    notes = [
-        "auto: plan recorded in /x/checkpoints/auto_plan.json: ...",
-        "stage features: best epoch 3",
-        "auto: chose efficientnet_lite2 features among the candidates on validation (efficientnet_lite2 features 0.9)",
-        "auto: final model: efficientnet_lite2 features, val accuracy 0.9000",
+    decisions = [
+        {"kind": "plan-file", "text": "plan recorded in /x/checkpoints/auto_plan.json: ..."},
+        {"kind": "choice", "text": "chose efficientnet_lite2 features among the candidates on validation (0.9)"},
+        {"kind": "final", "text": "final model: efficientnet_lite2 features, val accuracy 0.9000"},
     ]
-    got = auto_decisions({"recipe": "auto", "notes": notes, "seconds": 431.7}, tmp_path)
-    assert got == [
+    notes = ["stage features: best epoch 3", "auto: a note, not a decision"]
+    m = {"recipe": "auto", "notes": notes, "decisions": decisions, "seconds": 431.7}
+    assert auto_decisions(m, tmp_path) == [
         "The plan, made before the expensive work from throughput timed on warm-up batches: efficientnet_lite2 "
         "features at 260 px + head (estimated 412 s of its 600 s --time-budget; the run took 432 s).",
-        "chose efficientnet_lite2 features among the candidates on validation (efficientnet_lite2 features 0.9).",
+        "chose efficientnet_lite2 features among the candidates on validation (0.9).",
         "final model: efficientnet_lite2 features, val accuracy 0.9000.",
     ]
-    assert auto_decisions({"recipe": "features", "notes": notes}, tmp_path) == []
+    assert auto_decisions({**m, "recipe": "features"}, tmp_path) == []
     (tmp_path / "checkpoints" / "auto_plan.json").unlink()
-    assert auto_decisions({"recipe": "auto", "notes": ["stage features: best epoch 3"]}, tmp_path) == [
-        "auto recorded no plan and no decision (no checkpoints/auto_plan.json, no auto notes)."
+    assert auto_decisions({"recipe": "auto", "notes": notes}, tmp_path) == [
+        "auto recorded no plan and no decision (no checkpoints/auto_plan.json, no decisions in metrics.json)."
     ]
     # auto's history ends with the stage whose weights it kept: the kept row counts within that last stage
     history = [{"stage": "features efficientnet_lite2"}] * 4 + [{"stage": "finetune1"}] * 3

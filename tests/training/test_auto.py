@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import smallvision
 from smallvision.config import build_config
 from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.results import SCHEMA_VERSION, decisions
 from smallvision.training import auto
 
 FAST = {"image_size": 64, "epochs": 3, "finetune_epochs": 2, "progress": False, "report": False}
@@ -55,6 +56,11 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     chose = next(n for n in result.notes if n.startswith("auto: chose "))
     for name in plan["backbones"]:
         assert f"{name} features" in chose
+    # each decision is recorded beside its note, by kind, in the versioned metrics.json the report reads
+    m = smallvision.read_metrics(result.run_dir)
+    made = decisions(m)
+    assert m["schema"] == SCHEMA_VERSION and {"plan-file", "head-lr", "choice", "final"} <= {d.kind for d in made}
+    assert [f"auto: {d.text}" for d in made] == [n for n in result.notes if n.startswith("auto: ")]
     card = smallvision.load(result.model_dir)[1]
     assert result.metrics["backbone"] == "+".join(b.name for b in card.backbones)
     assert card.image_size == plan["size"] or card.image_size == (plan["scratch"] or {}).get("size")

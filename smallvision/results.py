@@ -1,0 +1,100 @@
+"""The record a finished run leaves (metrics.json) as a typed, versioned contract: what it holds, the decisions the
+run made on its own and which stage's weights it kept, read by the report, the notebook and compare instead of note
+text. Plain data beside config in the layers (it imports only errors, and only to refuse a newer file)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+# 1: runs before the record had a version (no `decisions`, no `kept_stage`); 2: both recorded.
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One choice a run made on its own, in a sentence (auto's plan, each choice it made on validation)."""
+
+    kind: str  # plan, plan-file, unapplied, head-lr, round, stop, choice, average, tta, final
+    text: str
+
+
+class RunNotes(list):
+    """A run's notes (run.log, the report's notes section) with its decisions beside them: `decide` records both,
+    so the report reads the decisions, never the notes' wording."""
+
+    def __init__(self, prefix: str, notes: list[str] = ()) -> None:
+        super().__init__(notes)
+        self.prefix = prefix
+        self.decisions: list[Decision] = []
+
+    def decide(self, kind: str, text: str) -> None:
+        """Record a decision of `kind` and note it ('auto: <text>')."""
+        self.decisions.append(Decision(kind, text))
+        self.append(f"{self.prefix}: {text}")
+
+
+class SplitMetrics(TypedDict, total=False):
+    """One split's metrics (evaluation/metrics.py): accuracy, loss, n, interval, F1s, per class, confusion."""
+
+    accuracy: float
+    loss: float
+    n: int
+    f1_macro: float
+
+
+class RunSummary(TypedDict, total=False):
+    """metrics.json: what a finished run records (api.train writes it; every reader goes through read_summary)."""
+
+    schema: int
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float
+    classes: list[str]
+    recipe: str
+    backbone: str
+    weights: str
+    device: str
+    world_size: int
+    best_epoch: int
+    kept_stage: str  # the history stage whose best epoch the weights are, when not the last
+    decisions: list[dict[str, str]]  # Decision, as JSON
+    selection: dict[str, Any]  # what the validation number was chosen among: {"split", "choices", "by"}
+    data: dict[str, Any]
+    notes: list[str]
+    feature_cache: dict[str, int]
+    data_check: dict[str, Any]
+    tta: str | bool
+    candidates: list[dict[str, Any]]
+    machine: dict[str, Any]
+    tracker: dict[str, Any]
+    seconds: float
+    val: SplitMetrics
+    test: SplitMetrics
+    figure_errors: dict[str, str]
+
+
+def decisions_json(decisions: list[Decision]) -> list[dict[str, str]]:
+    """Decisions as metrics.json holds them."""
+    return [asdict(d) for d in decisions]
+
+
+def decisions(summary: RunSummary) -> list[Decision]:
+    """The decisions a run recorded (none for runs before schema 2)."""
+    return [Decision(**d) for d in summary.get("decisions", [])]
+
+
+def read_summary(path: str | Path) -> RunSummary:
+    """A run's metrics.json, refused when a newer smallvision wrote it (its fields may mean other things)."""
+    summary: RunSummary = json.loads(Path(path).read_text())
+    version = summary.get("schema", 1)
+    if version > SCHEMA_VERSION:
+        from smallvision.errors import SmallvisionError
+
+        raise SmallvisionError(
+            f"{path}: written by a newer smallvision (metrics schema {version}; this one reads up to "
+            f"{SCHEMA_VERSION}); upgrade smallvision to read it"
+        )
+    return summary
