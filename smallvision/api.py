@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smallvision import atomic, runclock
-from smallvision.config import RunConfig, build_config, dump_config, load_config, read_resolved
+from smallvision.config import RunConfig, build_config, dump_config, load_config, option_flag, read_resolved
 from smallvision.errors import SmallvisionError
 from smallvision.recipe_specs import spec
 from smallvision.results import SCHEMA_VERSION, RunSummary, decisions_json, read_summary
@@ -277,7 +277,8 @@ def _train(
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
             raise SmallvisionError(f"--resume {resume}: no config.yaml there; is it a run folder?")
-        changed = sorted(k for k, v in kwargs.items() if v is not None) + (["DATA"] if data is not None else [])
+        shown = {k: option_flag(k) if "." in k or k in ("seed", "out") else k for k in kwargs}  # the CLI's spelling
+        changed = sorted(shown[k] for k, v in kwargs.items() if v is not None) + (["DATA"] if data is not None else [])
         if changed:  # finished stages, checkpoints and auto's plan would keep the old values: refuse, never ignore
             raise SmallvisionError(
                 f"--resume {resume} continues the run exactly as it was configured; it cannot change "
@@ -362,13 +363,9 @@ def _train_run(
     cfg: RunConfig, index, run_dir: Path, progress, evaluate_test, report, start, worker, check_summary, tracker
 ) -> TrainResult | None:
     """Run the recipe, then (rank 0) evaluate, save the model and write metrics.json, history.csv and the report."""
-    from smallvision.data.decode import RESIZE_POLICY
-    from smallvision.evaluation.report import headline_values
-    from smallvision.models.folder import ModelCard, package_versions, save_state
     from smallvision.training.distributed import is_rank_zero
     from smallvision.training.registry import recipe_runner
 
-    d = cfg.data
     timed = {"start": start} if spec(cfg.recipe.name).plans else {}  # auto's budget counts from the call's start
     outcome = recipe_runner(cfg.recipe.name)(cfg, index, run_dir, progress=progress, logger=tracker, **timed)
     if not is_rank_zero():
@@ -379,27 +376,53 @@ def _train_run(
         atomic.write_text(saved, dump_config(load_config(saved), outcome.resolved))
     for note in outcome.notes:
         log.debug("%s", note)
+    metrics = _split_metrics(worker, outcome, index, evaluate_test)
+    summary = _run_summary(cfg, index, outcome, metrics, check_summary)
+    if tracker is not None:
+        from smallvision.training.trackers import describe
 
+        summary["tracker"] = describe(cfg.trainer.logger, tracker, run_dir)
+    model_dir = run_dir / "model"
+    _save_model(cfg, index, outcome, summary, model_dir)
+    atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    atomic.write_json(run_dir / "metrics.json", summary)  # the results are safe before any figure is drawn
+    if report:
+        _report(worker, run_dir, model_dir, cfg, index, outcome, summary)
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        atomic.write_json(run_dir / "metrics.json", summary)
+        from smallvision.evaluation.report import write_report
+
+        write_report(run_dir)
+    return TrainResult(run_dir, model_dir, summary, outcome.notes)
+
+
+def _split_metrics(worker, outcome, index, evaluate_test: bool) -> dict[str, dict]:
+    """The metrics of val (and test, unless held back) in the report worker, or here when the worker died."""
     splits = [s for s in (("val", "test") if evaluate_test else ("val",)) if s in outcome.probs]
     try:
-        metrics = worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
+        return worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
     except SmallvisionError as e:  # the worker died (killed, out of memory): the trained model must not be lost
         from smallvision.evaluation.metrics import classification_metrics
 
         log.warning("warning: %s; computing the metrics in this process instead", e)
-        metrics = {s: classification_metrics(outcome.labels[s], outcome.probs[s], index.classes) for s in splits}
+        return {s: classification_metrics(outcome.labels[s], outcome.probs[s], index.classes) for s in splits}
+
+
+def _run_summary(cfg: RunConfig, index, outcome, metrics: dict[str, dict], check_summary) -> RunSummary:
+    """metrics.json's record of a finished run (results.RunSummary), before its seconds and tracker are known."""
     import torch
 
     world = outcome.world_size  # what really trained: the features path never runs distributed
     device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{world} (DDP)" if world > 1 else "")
-    weights = "; ".join(f"{b.name}: {b.weights['detail']}" for b in outcome.backbones)
-    summary: dict[str, Any] = {
+    by = outcome.selection or {"epoch": len(outcome.history)}  # every recipe keeps its best epoch on validation
+    summary: RunSummary = {
         "val_accuracy": metrics["val"]["accuracy"],
         "val_loss": metrics["val"]["loss"],
         "classes": index.classes,
         "recipe": cfg.recipe.name,
         "backbone": "+".join(b.name for b in outcome.backbones),
-        "weights": weights,
+        "weights": "; ".join(f"{b.name}: {b.weights['detail']}" for b in outcome.backbones),
         "device": device,
         "world_size": world,
         "schema": SCHEMA_VERSION,
@@ -423,21 +446,22 @@ def _train_run(
             "cpus": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         },
+        **({"test_accuracy": metrics["test"]["accuracy"]} if "test" in metrics else {}),
     }
-    if tracker is not None:
-        from smallvision.training.trackers import describe
-
-        summary["tracker"] = describe(cfg.trainer.logger, tracker, run_dir)
-    if "test" in metrics:
-        summary["test_accuracy"] = metrics["test"]["accuracy"]
     summary.update(metrics)
-    by = outcome.selection or {"epoch": len(outcome.history)}  # every recipe keeps its best epoch on validation
     summary["selection"] = {"split": "val", "choices": sum(by.values()), "by": by}
+    return summary
 
-    model_dir = run_dir / "model"
+
+def _save_model(cfg: RunConfig, index, outcome, summary: RunSummary, model_dir: Path) -> None:
+    """The model folder: weights and the card that says what they are, with the run's headline numbers."""
+    from smallvision.data.decode import RESIZE_POLICY
+    from smallvision.evaluation.report import headline_values
+    from smallvision.models.folder import ModelCard, package_versions, save_state
+
     card = ModelCard(
         classes=index.classes,
-        image_size=outcome.image_size or d.image_size,
+        image_size=outcome.image_size or cfg.data.image_size,
         resize=RESIZE_POLICY,
         backbones=outcome.backbones,
         head=outcome.head,
@@ -448,17 +472,6 @@ def _train_run(
         tta=outcome.tta,
     )
     save_state(outcome.state, card, model_dir)
-    atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    atomic.write_json(run_dir / "metrics.json", summary)  # the results are safe before any figure is drawn
-    if report:
-        _report(worker, run_dir, model_dir, cfg, index, outcome, summary)
-        summary["seconds"] = round(time.perf_counter() - start, 3)
-        atomic.write_json(run_dir / "metrics.json", summary)
-        from smallvision.evaluation.report import write_report
-
-        write_report(run_dir)
-    return TrainResult(run_dir, model_dir, summary, outcome.notes)
 
 
 def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outcome, summary: dict) -> None:

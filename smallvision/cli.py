@@ -17,7 +17,7 @@ import typer.core
 
 from smallvision.config import PANELS, field_help, leaf_fields, option_flag, option_panel
 from smallvision.errors import SmallvisionError
-from smallvision.serving.options import LIMITS
+from smallvision.serving.options import LIMITS, ServeOptions
 
 Opt = typer.Option
 DATA, TRAINING, RUN = PANELS[0], PANELS[2], PANELS[-1]  # the panels of the options that are not config fields
@@ -465,7 +465,7 @@ def serve(**values: Any) -> None:
 def _limit_parameter(name: str, limit: Any) -> Parameter:
     """serve's option for one server limit: its flag, default and help from ServeOptions' field."""
     declared = Opt(limit.metadata["flag"], help=limit.metadata["help"])
-    return _parameter(name, type(limit.default), limit.default, declared)
+    return _parameter(name, typing.get_type_hints(ServeOptions)[name], limit.default, declared)
 
 
 # serve's options: the model, where to listen, then every server limit, generated from ServeOptions' fields.

@@ -87,7 +87,8 @@ def decisions(summary: RunSummary) -> list[Decision]:
 
 
 def read_summary(path: str | Path) -> RunSummary:
-    """A run's metrics.json, refused when a newer smallvision wrote it (its fields may mean other things)."""
+    """A run's metrics.json at this schema (an older record upgraded), refused when a newer smallvision wrote it
+    (its fields may mean other things)."""
     summary: RunSummary = json.loads(Path(path).read_text())
     version = summary.get("schema", 1)
     if version > SCHEMA_VERSION:
@@ -97,4 +98,22 @@ def read_summary(path: str | Path) -> RunSummary:
             f"{path}: written by a newer smallvision (metrics schema {version}; this one reads up to "
             f"{SCHEMA_VERSION}); upgrade smallvision to read it"
         )
-    return summary
+    return _from_schema_1(summary) if version == 1 else summary
+
+
+# Schema 1 told its decisions only in notes: these are the words it used, read here once so that no reader parses
+# notes. (1: "auto: ..." notes; a fine-tuning recipe that kept its head on features said so in a note.)
+_V1_KEPT_FIRST = ("kept the stage-1", "kept the features model")
+_V1_KINDS = {"plan recorded in": "plan-file", "reused the plan recorded in": "plan-file", "final model:": "final"}
+
+
+def _from_schema_1(summary: RunSummary) -> RunSummary:
+    """A schema-1 record with the decisions and kept stage its notes told, as schema 2 records them."""
+    notes = summary.get("notes", [])
+    texts = [n.removeprefix("auto: ") for n in notes if n.startswith("auto: ")]
+    kinds = [next((k for prefix, k in _V1_KINDS.items() if t.startswith(prefix)), "note") for t in texts]
+    upgraded: RunSummary = {**summary, "schema": SCHEMA_VERSION}
+    upgraded["decisions"] = [{"kind": k, "text": t} for k, t in zip(kinds, texts, strict=True)]
+    if any(words in n for n in notes for words in _V1_KEPT_FIRST):
+        upgraded["kept_stage"] = "features"  # schema 1's fine-tuning recipes named their first stage so
+    return upgraded

@@ -107,14 +107,27 @@ def test_no_command_description_is_cut_in_the_command_list():
 
 def test_serve_options_are_the_server_limits_fields():
     """Each limit is stated once (ServeOptions' field): serve's flag, default and help are the field's."""
-    from dataclasses import fields
-
-    from smallvision.serving.options import LIMITS, ServeOptions
+    from smallvision.serving.options import LIMITS
 
     params = {p.name: p for p in _params("serve")}
-    assert [f.name for f in fields(ServeOptions)] == list(LIMITS)
     for name, limit in LIMITS.items():
         assert limit.metadata["flag"] in params[name].opts, name
         assert params[name].default == limit.default and params[name].help == limit.metadata["help"], name
     done = CliRunner().invoke(app, ["serve", "no-such-model", "--queue", "0"])
     assert done.exit_code != 0 and "--queue (queue_size) = 0 is out of range" in str(done.exception), done.output
+
+
+def test_serve_flags_reach_the_server_as_its_limits(monkeypatch):
+    """What `smallvision serve` hands to api.serve: each typed flag arrives as its ServeOptions field, the rest at
+    their defaults (a float limit takes a fraction: --body-timeout 0.5)."""
+    from smallvision import api
+    from smallvision.serving.options import ServeOptions
+
+    got = {}
+    monkeypatch.setattr(api, "serve", lambda model_dir, **kw: got.update(kw, model_dir=model_dir))
+    args = ["serve", "m", "--queue", "7", "--body-timeout", "0.5", "--max-pixels", "1000", "--int8", "--port", "9"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    limits = {k: v for k, v in got.items() if k in ServeOptions.__dataclass_fields__}
+    assert limits == {**vars(ServeOptions()), "queue_size": 7, "body_timeout_s": 0.5, "max_pixels": 1000}
+    assert got["int8"] is True and got["port"] == 9 and str(got["model_dir"]) == "m"

@@ -120,6 +120,8 @@ def chosen_row(history: list[dict], best_epoch: int | None, kept_stage: str | No
     if not history or not best_epoch:
         return None
     stages = list(dict.fromkeys(row.get("stage", "") for row in history))
+    if kept_stage is not None and kept_stage not in stages:
+        log.warning("warning: metrics.json keeps stage %r, which history.csv does not have", kept_stage)
     stage = kept_stage if kept_stage in stages else stages[-1]
     offset = next(i for i, row in enumerate(history) if row.get("stage", "") == stage)
     return offset + best_epoch
@@ -585,7 +587,10 @@ def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
         ["classes", f"{len(m['classes'])}: {', '.join(m['classes'][:8])}{' ...' if len(m['classes']) > 8 else ''}"],
     ]
     dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
-    auto = next((d for d in auto_decisions(m, run_dir) if d.startswith("final model: ")), None)
+    from smallvision.results import decisions
+
+    final = next((d.text for d in decisions(m) if d.kind == "final"), None)
+    auto = final and (final if final.endswith(".") else final + ".")
     card = (
         f'<div class="card" id="verdict-card"><div class="label">{name}</div>'
         f'<div class="big" id="headline">{_pct(s["accuracy"])}</div>'

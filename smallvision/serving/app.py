@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,31 @@ def _model_info(model_dir: Path, classifier: OnnxClassifier, int8: bool, report:
     }
 
 
+@dataclass
+class Served:
+    """What an app's routes share: the model, its batcher and decoder, the limits, and the live counters."""
+
+    model_dir: Path
+    classifier: OnnxClassifier
+    options: ServeOptions
+    batcher: MicroBatcher
+    decoder: Decoder
+    info: dict[str, Any]
+    report: Path | None
+    page: dict[str, str]
+    started: float = field(default_factory=time.time)
+    # Requests whose body is in and that are parsed, decoded or wait for the model: at most queue_size, so memory is
+    # bounded. A request takes its place only once its body is in, so clients that trickle their bodies hold none.
+    admitted: int = 0
+    reading: int = 0  # requests whose body is being received (each at most max_bytes, for at most body_timeout_s)
+
+
 def create_app(
     model_dir: str | Path,
     *,
     int8: bool = False,
     threads: int | None = None,
-    **limits: float,
+    **limits: int | float,
 ) -> FastAPI:
     """A FastAPI app serving the model folder's checked ONNX export (model.int8.onnx with `int8`).
 
@@ -115,71 +135,84 @@ def create_app(
 
     from smallvision.version import __version__
 
-    options = ServeOptions(**limits)
-    model_dir = Path(model_dir)
+    served = _served(Path(model_dir), int8, threads, ServeOptions(**limits))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        served.batcher.close()
+        served.decoder.close()
+
+    classifier = served.classifier
+    app = FastAPIOffline(
+        title=f"smallvision: {served.info['name']}",
+        description=f"Image classifier ({', '.join(classifier.classes)}) served from {classifier.path.name}.",
+        version=__version__,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.batcher = served.batcher
+    app.state.classifier = classifier
+    _page_routes(app, served)
+    _status_routes(app, served)
+    _predict_route(app, served)
+    return app
+
+
+def _served(model_dir: Path, int8: bool, threads: int | None, options: ServeOptions) -> Served:
+    """Load the checked export and build the batcher and decoder the routes share."""
     classifier = OnnxClassifier.load(find_export(model_dir, int8=int8), threads=threads, spin=False)
     beside = model_dir.resolve().parent / "report.html"  # the run's report, when the model folder is a run's model/
     report = beside if beside.is_file() else None
-    info = _model_info(model_dir, classifier, int8, report, options)
     batcher = MicroBatcher(classifier.probabilities, options.max_batch, options.max_wait_ms, options.queue_size)
     # Parsing and decoding run in a pool as wide as the CPU (at most DECODE_THREADS), not one thread per request and
     # not on the event loop: under a burst, images are decoded a few at a time and reach the queue steadily, instead
     # of all at once and late; at most that many full-size images (up to max_pixels each) are in memory decoded at
     # once; and /health answers while a large multipart body is parsed.
     decoder = Decoder(min(os.cpu_count() or 1, DECODE_THREADS), classifier.image_size, options.max_pixels)
+    info = _model_info(model_dir, classifier, int8, report, options)
     page = {name: _page(name) for name in ("index.html", "page.css", "page.js")}
-    started = time.time()
-    # Requests whose body is in and that are parsed, decoded or wait for the model: at most queue_size, so memory is
-    # bounded. A request takes its place only once its body is in, so clients that trickle their bodies hold none.
-    admitted = [0]
-    reading = [0]  # requests whose body is being received (each at most max_bytes, for at most body_timeout_s)
+    return Served(model_dir, classifier, options, batcher, decoder, info, report, page)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI):
-        yield
-        batcher.close()
-        decoder.close()
 
-    app = FastAPIOffline(
-        title=f"smallvision: {info['name']}",
-        description=f"Image classifier ({', '.join(classifier.classes)}) served from {classifier.path.name}.",
-        version=__version__,
-        redoc_url=None,
-        lifespan=lifespan,
-    )
-    app.state.batcher = batcher
-    app.state.classifier = classifier
+def _page_routes(app: FastAPI, served: Served) -> None:
+    """The try-a-picture page, its files and the run's report."""
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(page["index.html"])
+        return HTMLResponse(served.page["index.html"])
 
     @app.get("/page.css", include_in_schema=False)
     async def css() -> Response:
-        return Response(page["page.css"], media_type="text/css")
+        return Response(served.page["page.css"], media_type="text/css")
 
     @app.get("/page.js", include_in_schema=False)
     async def js() -> Response:
-        return Response(page["page.js"], media_type="text/javascript")
+        return Response(served.page["page.js"], media_type="text/javascript")
 
     @app.get("/report", include_in_schema=False)
     async def run_report() -> FileResponse:
-        if report is None:
-            raise HTTPException(404, f"the model folder {model_dir} has no run report (report.html) beside it")
-        return FileResponse(report, media_type="text/html")
+        if served.report is None:
+            raise HTTPException(404, f"the model folder {served.model_dir} has no run report (report.html) beside it")
+        return FileResponse(served.report, media_type="text/html")
+
+
+def _status_routes(app: FastAPI, served: Served) -> None:
+    """/health (liveness, the queue, batching statistics) and /model (what is served)."""
 
     @app.get("/health", summary="Liveness, queue and batching statistics")
     async def health() -> dict[str, Any]:
+        batcher, decoder = served.batcher, served.decoder
         return {
             "status": "ok",
-            "model": classifier.path.name,
-            "uptime_s": round(time.time() - started, 3),
+            "model": served.classifier.path.name,
+            "uptime_s": round(time.time() - served.started, 3),
             "queue": {
                 "waiting": batcher.waiting,
-                "in_progress": admitted[0],
-                "reading": reading[0],
+                "in_progress": served.admitted,
+                "reading": served.reading,
                 "decoding": decoder.running,
-                "size": options.queue_size,
+                "size": served.options.queue_size,
             },
             "decoded_images": decoder.started,
             **batcher.stats.to_dict(),
@@ -187,16 +220,41 @@ def create_app(
 
     @app.get("/model", summary="Classes, input size, recipe, validation metrics and the export's check")
     async def model() -> dict[str, Any]:
-        return info
+        return served.info
 
-    async def _answer(body: bytes, content_type: str, kind: str) -> tuple[list[Upload], list[np.ndarray]]:
-        """Parse and decode a request's images (off the event loop), then wait for the model's answer for each."""
-        if kind == "multipart":
-            loop = asyncio.get_running_loop()
-            uploads = await loop.run_in_executor(decoder.pool, parse_multipart, body, content_type, options.queue_size)
-        else:
-            uploads = [Upload("<body>", body)]
-        return uploads, await batcher.predict(await decoder.decode_all(uploads))
+
+async def _answer(served: Served, body: bytes, content_type: str, kind: str) -> tuple[list[Upload], list[np.ndarray]]:
+    """Parse and decode a request's images (off the event loop), then wait for the model's answer for each."""
+    if kind == "multipart":
+        loop = asyncio.get_running_loop()
+        queue = served.options.queue_size
+        uploads = await loop.run_in_executor(served.decoder.pool, parse_multipart, body, content_type, queue)
+    else:
+        uploads = [Upload("<body>", body)]
+    return uploads, await served.batcher.predict(await served.decoder.decode_all(uploads))
+
+
+async def _admitted_answer(served: Served, request: Request) -> tuple[list[Upload], list[np.ndarray]]:
+    """Receive a request's body within the limits, take a place in the queue, and get its images' probabilities."""
+    options, batcher = served.options, served.batcher
+    kind = body_kind(request.headers.get("content-type"))
+    check_length(request.headers.get("content-length"), options.max_bytes)
+    served.reading += 1
+    try:
+        body = await read_body(request.stream(), options.max_bytes, options.body_timeout_s)
+    finally:
+        served.reading -= 1
+    if batcher.full() or served.admitted >= options.queue_size:  # refused before any parsing: overload answers fast
+        raise batcher.refuse(1)
+    served.admitted += 1
+    try:
+        return await _answer(served, body, request.headers["content-type"], kind)
+    finally:
+        served.admitted -= 1
+
+
+def _predict_route(app: FastAPI, served: Served) -> None:
+    """POST /predict: every error a JSON answer with its status; the server keeps serving."""
 
     @app.post(
         "/predict",
@@ -211,23 +269,10 @@ def create_app(
     )
     async def predict(
         request: Request,
-        top_k: int | None = Query(None, ge=1, description=f"Classes per image (default {options.top_k})"),
+        top_k: int | None = Query(None, ge=1, description=f"Classes per image (default {served.options.top_k})"),
     ) -> JSONResponse:
         try:
-            kind = body_kind(request.headers.get("content-type"))
-            check_length(request.headers.get("content-length"), options.max_bytes)
-            reading[0] += 1
-            try:
-                body = await read_body(request.stream(), options.max_bytes, options.body_timeout_s)
-            finally:
-                reading[0] -= 1
-            if batcher.full() or admitted[0] >= options.queue_size:  # refused before any parsing: overload answers fast
-                raise batcher.refuse(1)
-            admitted[0] += 1
-            try:
-                uploads, probs = await _answer(body, request.headers["content-type"], kind)
-            finally:
-                admitted[0] -= 1
+            uploads, probs = await _admitted_answer(served, request)
         except UploadError as e:
             closing = {"Connection": "close"} if e.status in (408, 413) else None  # its body may still be arriving
             return JSONResponse({"detail": e.message}, status_code=e.status, headers=closing)
@@ -236,12 +281,9 @@ def create_app(
         except Exception as e:  # the model (or a decoder) failed: this request gets a JSON 500, the server goes on
             log.exception("predict failed")
             return JSONResponse({"detail": f"the server failed on this request: {e}"}, status_code=500)
-        k = top_k or options.top_k
-        tops = classifier.top_k(np.stack(probs), k)
+        tops = served.classifier.top_k(np.stack(probs), top_k or served.options.top_k)
         predictions = [
             {"name": u.name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
             for u, top in zip(uploads, tops, strict=True)
         ]
         return JSONResponse({"predictions": predictions})
-
-    return app
