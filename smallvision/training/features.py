@@ -248,19 +248,9 @@ def train_head(
     xt, yt = torch.from_numpy(train[0]), torch.from_numpy(train[1]).long()
     xv, yv = torch.from_numpy(val[0]), torch.from_numpy(val[1]).long()
     steps_per_epoch = math.ceil(len(xt) / batch_size)
-    sched = None
-    if optimizer == "adamw" and schedule == "onecycle":
-        from smallvision.training.head_optim import OneCycleAdamW
-
-        opt = OneCycleAdamW(
-            head.parameters(), lr, epochs * steps_per_epoch, weight_decay=weight_decay, pct_start=HEAD_PCT_START
-        )
-    else:
-        from smallvision.training.schedules import make_optimizer, make_scheduler
-
-        groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr}]
-        opt = make_optimizer(optimizer, groups, weight_decay, momentum)
-        sched = make_scheduler(opt, schedule, epochs, steps_per_epoch, warmup_epochs, pct_start=HEAD_PCT_START)
+    opt, sched = _head_optimizer(
+        head, optimizer, schedule, lr, epochs * steps_per_epoch, weight_decay, momentum, (epochs, warmup_epochs)
+    )
     num_classes = int([m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features)
     weights = class_weight_tensor(class_weights, train[1], num_classes)
     loss_fn = SINGLE_LABEL.loss_module(weights, label_smoothing)
@@ -272,31 +262,15 @@ def train_head(
     stopped = False
     bar = tqdm(range(1, epochs + 1), desc="head", unit="epoch") if progress else range(1, epochs + 1)
     for epoch in bar:
-        head.train()
-        order = torch.randperm(len(xt), generator=gen)
-        total, correct, n = 0.0, 0, 0
-        for start in range(0, len(xt), batch_size):
-            idx = order[start : start + batch_size]
-            logits = head(xt[idx])
-            loss = loss_fn(logits, yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.item() * len(idx)
-            correct += int(SINGLE_LABEL.correct(logits, yt[idx]).sum())
-            n += len(idx)
-        head.eval()
-        with torch.inference_mode():
-            vlogits = head(xv)
-            vloss = float(SINGLE_LABEL.loss(vlogits, yv))
-            vacc = float(SINGLE_LABEL.correct(vlogits, yv).float().mean())
+        train_loss, train_accuracy = _head_epoch(
+            head, xt, yt, torch.randperm(len(xt), generator=gen), batch_size, loss_fn, opt, sched
+        )
+        vloss, vacc = _head_eval(head, xv, yv)
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": total / n,
-                "train_accuracy": correct / n,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
                 "val_loss": vloss,
                 "val_accuracy": vacc,
                 "time": time.time(),
@@ -318,6 +292,49 @@ def train_head(
     head.load_state_dict(best_state)
     head.eval()
     return HeadResult(best_state, history, best_epoch, stopped, optimizer, schedule)
+
+
+def _head_optimizer(head, optimizer: str, schedule: str, lr: float, steps: int, weight_decay, momentum, span) -> tuple:
+    """The head's optimizer and its per-step scheduler (None: one-cycle AdamW schedules itself, no torch.optim)."""
+    if optimizer == "adamw" and schedule == "onecycle":
+        from smallvision.training.head_optim import OneCycleAdamW
+
+        return OneCycleAdamW(head.parameters(), lr, steps, weight_decay=weight_decay, pct_start=HEAD_PCT_START), None
+    from smallvision.training.schedules import make_optimizer, make_scheduler
+
+    epochs, warmup_epochs = span
+    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr}]
+    opt = make_optimizer(optimizer, groups, weight_decay, momentum)
+    return opt, make_scheduler(opt, schedule, epochs, steps // epochs, warmup_epochs, pct_start=HEAD_PCT_START)
+
+
+def _head_epoch(head, xt, yt, order, batch_size: int, loss_fn, opt, sched) -> tuple[float, float]:
+    """One epoch over the cached features in `order`: the mean training loss and accuracy."""
+    head.train()
+    total, correct, n = 0.0, 0, 0
+    for start in range(0, len(xt), batch_size):
+        idx = order[start : start + batch_size]
+        logits = head(xt[idx])
+        loss = loss_fn(logits, yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total += loss.item() * len(idx)
+        correct += int(SINGLE_LABEL.correct(logits, yt[idx]).sum())
+        n += len(idx)
+    return total / n, correct / n
+
+
+def _head_eval(head, xv, yv) -> tuple[float, float]:
+    """Validation loss and accuracy of the head on the cached val features."""
+    import torch
+
+    head.eval()
+    with torch.inference_mode():
+        vlogits = head(xv)
+        return float(SINGLE_LABEL.loss(vlogits, yv)), float(SINGLE_LABEL.correct(vlogits, yv).float().mean())
 
 
 def backbone_state(spec: WeightsSpec, pool: str, prefix: str, built=None) -> tuple[dict, tuple, tuple]:
