@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from smallvision import atomic
-from smallvision.results import read_summary
+from smallvision.results import RunSummary, read_summary
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -626,14 +626,8 @@ def write_report(run_dir: str | Path) -> Path:
     if not (run_dir / "metrics.json").is_file() and (run_dir / "results.json").is_file():
         return write_compare_report(run_dir)
     m = read_summary(run_dir / "metrics.json")
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     split = headline_split(m)
     s = m[split]
-    data = m.get("data", {})
-    counts = data.get("counts", {})
-    splits = list(counts)
-    count_rows = [[c] + [counts[sp].get(c, 0) for sp in splits] for c in m["classes"]]
-    skipped = data.get("skipped", [])
     history = _history(run_dir)
     kept = chosen_row(history, m.get("best_epoch"), m.get("kept_stage"))
     missing = missing_figures(run_dir, m, history)
@@ -646,16 +640,29 @@ def write_report(run_dir: str | Path) -> Path:
             ", ".join(missing),
         )
     on = f"on the {'test' if split == 'test' else 'validation'} split (n={s['n']})"
-    confused = s.get("most_confused", [])[:10]
     body = [
         _verdict(run_dir, m, missing),
         _auto_section(m, run_dir),
+        *_mistakes_section(run_dir, s, on, kept),
+        *_calibration_section(run_dir, s, on),
+        *_details_section(run_dir, m),
+    ]
+    data = m.get("data", {})
+    header = (
+        f"<b>smallvision run {html.escape(run_dir.name)}</b>"
+        f"<span>{html.escape(m['recipe'])} · {html.escape(m['backbone'])} · {html.escape(data.get('root', ''))}</span>"
+    )
+    path = run_dir / "report.html"
+    atomic.write_text(path, _page(f"smallvision run {run_dir.name}", header, body))
+    return path
+
+
+def _mistakes_section(run_dir: Path, s: dict, on: str, kept: int | None) -> list[str]:
+    """Training curves with the kept epoch, the most confused pairs, the top losses and Grad-CAM."""
+    confused = s.get("most_confused", [])[:10]
+    return [
         '<section id="next"><h2>Training and mistakes</h2>',
-        _figure(
-            run_dir,
-            "curves",
-            f"the run kept the weights of epoch {kept} (marked)" if kept else "",
-        ),
+        _figure(run_dir, "curves", f"the run kept the weights of epoch {kept} (marked)" if kept else ""),
         '<div class="grid2">',
         _figure(run_dir, "confused", f"{on}; the most frequent (true, predicted) pairs with examples"),
         _figure(run_dir, "top_losses", f"{on}; the highest-loss images with true, predicted and confidence"),
@@ -667,22 +674,34 @@ def write_report(run_dir: str | Path) -> Path:
         ),
         _figure(run_dir, "gradcam", "where the network looked for its prediction"),
         "</section>",
+    ]
+
+
+def _calibration_section(run_dir: Path, s: dict, on: str) -> list[str]:
+    """The reliability diagram and the ROC / precision-recall curves of the judged split."""
+    ece = f"{on}; expected calibration error {s['ece']:.3f}: bars under the diagonal are over-confident"
+    return [
         '<section id="calibration"><h2>Calibration and ranking</h2><div class="grid2">',
-        _figure(
-            run_dir,
-            "reliability",
-            f"{on}; expected calibration error {s['ece']:.3f}: bars under the diagonal are over-confident"
-            if "ece" in s
-            else "",
-        ),
+        _figure(run_dir, "reliability", ece if "ece" in s else ""),
         _figure(run_dir, "roc_pr", f"{on}; macro ROC AUC {_fmt(s.get('roc_auc_macro'))}"),
         "</div></section>",
+    ]
+
+
+def _details_section(run_dir: Path, m: RunSummary) -> list[str]:
+    """The metric tables, the data, kernels and augmentation, the run's notes, its config, versions and machine."""
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    data = m.get("data", {})
+    counts = data.get("counts", {})
+    splits = list(counts)
+    skipped = data.get("skipped", [])
+    return [
         '<section id="details"><h2>Details</h2><h3>Metrics</h3>',
         *(_split_section(sp, m[sp]) for sp in ("val", "test") if sp in m),
         _figure(run_dir, "per_class"),
         '<section id="data"><h3>Data</h3>',
         f"<p>{html.escape(data.get('root', ''))} ({html.escape(data.get('layout', ''))})</p>",
-        _table(["class", *splits], count_rows),
+        _table(["class", *splits], [[c] + [counts[sp].get(c, 0) for sp in splits] for c in m["classes"]]),
         (
             f"<p>{len(skipped)} file(s) skipped:</p>"
             + _table(["path", "reason"], [[x["path"], x["reason"]] for x in skipped])
@@ -701,13 +720,6 @@ def write_report(run_dir: str | Path) -> Path:
         '<section id="versions"><h3>Versions and machine</h3>' + _kv_table(_versions(run_dir, m)),
         "</section></section>",
     ]
-    header = (
-        f"<b>smallvision run {html.escape(run_dir.name)}</b>"
-        f"<span>{html.escape(m['recipe'])} · {html.escape(m['backbone'])} · {html.escape(data.get('root', ''))}</span>"
-    )
-    path = run_dir / "report.html"
-    atomic.write_text(path, _page(f"smallvision run {run_dir.name}", header, body))
-    return path
 
 
 def _history(run_dir: Path) -> list[dict]:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from smallvision.config import TrainerConfig
 from smallvision.errors import SmallvisionError
 
 log = logging.getLogger(__name__)
 
-TRACKERS = ("none", "tensorboard", "mlflow")
+TRACKERS = typing.get_args(TrainerConfig.model_fields["logger"].annotation)  # the config field's choices
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 _MODULE = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 _MLFLOW_ENV = ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI")  # set_tracking_uri also sets MLFLOW_TRACKING_URI
