@@ -30,7 +30,8 @@ format: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -q
 
-test: lint docs
+# The manual is built by the suite (tests/test_docs.py: mkdocs build --strict, then its pages' commands are run).
+test: lint
 	$(PY) -m pytest -m "not slow" -q -n 2 --durations=15
 
 test-slow: $(STAMP)

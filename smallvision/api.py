@@ -277,8 +277,8 @@ def _train(
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
             raise SmallvisionError(f"--resume {resume}: no config.yaml there; is it a run folder?")
-        shown = {k: option_flag(k) if "." in k or k in ("seed", "out") else k for k in kwargs}  # the CLI's spelling
-        changed = sorted(shown[k] for k, v in kwargs.items() if v is not None) + (["DATA"] if data is not None else [])
+        given = [option_flag(k) if "." in k else k for k, v in kwargs.items() if v is not None]  # the CLI's dotted
+        changed = sorted(given) + (["DATA"] if data is not None else [])
         if changed:  # finished stages, checkpoints and auto's plan would keep the old values: refuse, never ignore
             raise SmallvisionError(
                 f"--resume {resume} continues the run exactly as it was configured; it cannot change "

@@ -21,10 +21,9 @@ RECIPES = tuple(SPECS)
 
 
 def _epochs_help() -> str:
-    """The epochs default of each recipe, from their rows: the common one last."""
-    common = max({s.epochs for s in SPECS.values()}, key=[s.epochs for s in SPECS.values()].count)
-    odd = [f"{s.epochs} for {s.name}" for s in SPECS.values() if s.epochs != common]
-    return ", ".join([*odd, f"else {common}"])
+    """The epochs default of each recipe, from their rows: the rows' own default last."""
+    odd = [f"{s.epochs} for {s.name}" for s in SPECS.values() if s.epochs != RecipeSpec.epochs]
+    return ", ".join([*odd, f"else {RecipeSpec.epochs}"])
 
 
 class _Strict(BaseModel):
@@ -149,7 +148,7 @@ class RecipeConfig(_Strict):
 
     name: Literal[RECIPES] = Field(  # type: ignore[valid-type]  # the names of recipe_specs.SPECS
         default=DEFAULT_RECIPE,
-        description="the recipe: " + in_words([s.name for s in in_table_order()]).replace(" and ", " or "),
+        description="the recipe: " + in_words([s.name for s in in_table_order()], "or"),
     )
     epochs: int | None = Field(
         default=None,
@@ -284,9 +283,14 @@ CACHING = recipes_where("caches_activations")  # train blocks above a frozen par
 PLANNING = recipes_where("plans")
 
 
+def _outside(group: tuple[str, ...], among: tuple[str, ...] = RECIPES) -> tuple[str, ...]:
+    """The recipes of `among` that are not in `group`."""
+    return tuple(r for r in among if r not in group)
+
+
 def _others(group: tuple[str, ...]) -> str:
     """The recipes outside `group`, in words."""
-    return in_words([r for r in RECIPES if r not in group])
+    return in_words(_outside(group))
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,7 @@ APPLIES: dict[str, Applies] = {
     "model.dropout": Applies(RECIPES),
     "model.hidden": Applies(RECIPES),
     "model.batch_norm": Applies(
-        tuple(r for r in RECIPES if r not in PRETRAINED),
+        _outside(PRETRAINED),
         "it builds small_cnn's conv layers; pretrained backbones keep their own normalization",
     ),
     "recipe.name": Applies(RECIPES),
@@ -344,7 +348,7 @@ APPLIES: dict[str, Applies] = {
     "recipe.unfreeze_blocks": Applies(
         TOP_BLOCKS,
         f"only {in_words(TOP_BLOCKS)} unfreeze top blocks "
-        f"({in_words([r for r in TWO_STAGE if r not in TOP_BLOCKS])} trains every block, the others none)",
+        f"({in_words(_outside(TOP_BLOCKS, TWO_STAGE))} trains every block, the others none)",
     ),
     "recipe.unfreeze_from": Applies(
         NAMED_BLOCK,

@@ -134,7 +134,7 @@ def recipes_where(fact: str) -> tuple[str, ...]:
     return tuple(name for name, row in SPECS.items() if getattr(row, fact))
 
 
-def in_words(names: tuple[str, ...] | list[str]) -> str:
-    """Recipe names as a sentence lists them: 'finetune, unfreeze and auto'."""
+def in_words(names: tuple[str, ...] | list[str], last: str = "and") -> str:
+    """Recipe names as a sentence lists them: 'finetune, unfreeze and auto' (or, with `last`, '... or auto')."""
     names = list(names)
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {last} " + names[-1]

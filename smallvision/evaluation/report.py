@@ -538,7 +538,12 @@ def auto_decisions(m: dict[str, Any], run_dir: Path) -> list[str]:
         out.append(
             "auto recorded no plan and no decision (no checkpoints/auto_plan.json, no decisions in metrics.json)."
         )
-    return [s if s.endswith(".") else s + "." for s in out]
+    return [_sentence(s) for s in out]
+
+
+def _sentence(text: str) -> str:
+    """`text` ending with a full stop."""
+    return text if text.endswith(".") else text + "."
 
 
 def _auto_section(m: dict[str, Any], run_dir: Path) -> str:
@@ -590,7 +595,7 @@ def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
     from smallvision.results import decisions
 
     final = next((d.text for d in decisions(m) if d.kind == "final"), None)
-    auto = final and (final if final.endswith(".") else final + ".")
+    auto = final and _sentence(final)
     card = (
         f'<div class="card" id="verdict-card"><div class="label">{name}</div>'
         f'<div class="big" id="headline">{_pct(s["accuracy"])}</div>'

@@ -249,7 +249,7 @@ def train_head(
     xv, yv = torch.from_numpy(val[0]), torch.from_numpy(val[1]).long()
     steps_per_epoch = math.ceil(len(xt) / batch_size)
     opt, sched = _head_optimizer(
-        head, optimizer, schedule, lr, epochs * steps_per_epoch, weight_decay, momentum, (epochs, warmup_epochs)
+        head, optimizer, schedule, lr, (epochs, steps_per_epoch, warmup_epochs), weight_decay, momentum
     )
     num_classes = int([m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features)
     weights = class_weight_tensor(class_weights, train[1], num_classes)
@@ -294,18 +294,20 @@ def train_head(
     return HeadResult(best_state, history, best_epoch, stopped, optimizer, schedule)
 
 
-def _head_optimizer(head, optimizer: str, schedule: str, lr: float, steps: int, weight_decay, momentum, span) -> tuple:
-    """The head's optimizer and its per-step scheduler (None: one-cycle AdamW schedules itself, no torch.optim)."""
+def _head_optimizer(head, optimizer: str, schedule: str, lr: float, span: tuple, weight_decay, momentum) -> tuple:
+    """The head's optimizer and its per-step scheduler over `span` (epochs, steps per epoch, warm-up epochs); the
+    scheduler is None for one-cycle AdamW, which schedules itself without importing torch.optim."""
+    epochs, steps_per_epoch, warmup_epochs = span
     if optimizer == "adamw" and schedule == "onecycle":
         from smallvision.training.head_optim import OneCycleAdamW
 
+        steps = epochs * steps_per_epoch
         return OneCycleAdamW(head.parameters(), lr, steps, weight_decay=weight_decay, pct_start=HEAD_PCT_START), None
     from smallvision.training.schedules import make_optimizer, make_scheduler
 
-    epochs, warmup_epochs = span
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr}]
     opt = make_optimizer(optimizer, groups, weight_decay, momentum)
-    return opt, make_scheduler(opt, schedule, epochs, steps // epochs, warmup_epochs, pct_start=HEAD_PCT_START)
+    return opt, make_scheduler(opt, schedule, epochs, steps_per_epoch, warmup_epochs, pct_start=HEAD_PCT_START)
 
 
 def _head_epoch(head, xt, yt, order, batch_size: int, loss_fn, opt, sched) -> tuple[float, float]:
