@@ -9,19 +9,22 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tables import RESULTS, emit
 
+from smallvision.caching.features import run_backbone
 from smallvision.config import build_config
 from smallvision.data.cache import decoded_images
 from smallvision.data.scan import scan
+from smallvision.engine.stage import Tensors, stage_spec
+from smallvision.engine.trainer import fit
 from smallvision.models.backbone import build_backbone
 from smallvision.models.head import Head
 from smallvision.models.weights import resolve_weights
-from smallvision.training.features import run_backbone, train_head
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -51,20 +54,10 @@ def bench(name: str) -> dict:
         split = np.array([i.split for i in index.items])
         torch.manual_seed(0)
         head = Head(feats.shape[1], len(index.classes), cfg.model.dropout)
-        r = cfg.recipe
         t0 = time.perf_counter()
-        result = train_head(
-            head,
-            (feats[split == "train"], y[split == "train"]),
-            (feats[split == "val"], y[split == "val"]),
-            epochs=r.epochs,
-            lr=r.lr,
-            batch_size=r.batch_size,
-            weight_decay=r.weight_decay,
-            label_smoothing=r.label_smoothing,
-            seed=0,
-            progress=False,
-        )
+        train = (feats[split == "train"], y[split == "train"])
+        val = (feats[split == "val"], y[split == "val"])
+        result = fit(head, Tensors(train, val), replace(stage_spec(cfg, "features", "head"), seed=0), progress=False)
         t_head = time.perf_counter() - t0
     best = max(h["val_accuracy"] for h in result.history)
     return {

@@ -198,7 +198,7 @@ def _scan(cfg: RunConfig):
 
 
 def _run_dir(cfg: RunConfig, resume: bool) -> Path:
-    from smallvision.training.distributed import is_rank_zero, world_devices
+    from smallvision.engine.distributed import is_rank_zero, world_devices
 
     if cfg.out:
         out = Path(cfg.out)
@@ -255,7 +255,7 @@ def train(
     test split untouched (compare tests only the run it chooses); `report=False` skips figures and report.html.
     Identical files in two splits are a warning, or with `strict` an error.
     """
-    from smallvision.training.distributed import is_rank_zero
+    from smallvision.engine.distributed import is_rank_zero
 
     start = time.perf_counter()
     if not is_rank_zero():
@@ -270,8 +270,8 @@ def train(
 def _train(
     data, resume, split_from, progress, evaluate_test, report, strict, start, worker, run_log, kwargs
 ) -> TrainResult | None:
-    from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.trackers import log_final, make_logger, process_state, remember, tracker_params
+    from smallvision.engine.distributed import is_rank_zero
+    from smallvision.engine.trackers import log_final, make_logger, process_state, remember, tracker_params
 
     if resume is not None:
         saved = Path(resume) / "config.yaml"
@@ -363,8 +363,8 @@ def _train_run(
     cfg: RunConfig, index, run_dir: Path, progress, evaluate_test, report, start, worker, check_summary, tracker
 ) -> TrainResult | None:
     """Run the recipe, then (rank 0) evaluate, save the model and write metrics.json, history.csv and the report."""
-    from smallvision.training.distributed import is_rank_zero
-    from smallvision.training.registry import recipe_runner
+    from smallvision.engine.distributed import is_rank_zero
+    from smallvision.recipes.registry import recipe_runner
 
     timed = {"start": start} if spec(cfg.recipe.name).plans else {}  # auto's budget counts from the call's start
     outcome = recipe_runner(cfg.recipe.name)(cfg, index, run_dir, progress=progress, logger=tracker, **timed)
@@ -379,7 +379,7 @@ def _train_run(
     metrics = _split_metrics(worker, outcome, index, evaluate_test)
     summary = _run_summary(cfg, index, outcome, metrics, check_summary)
     if tracker is not None:
-        from smallvision.training.trackers import describe
+        from smallvision.engine.trackers import describe
 
         summary["tracker"] = describe(cfg.trainer.logger, tracker, run_dir)
     model_dir = run_dir / "model"

@@ -228,8 +228,8 @@ def check_index(
     if content:
         findings += image_issues(good, progress=progress)
     if content and len(good) >= 4:
+        from smallvision.caching.features import cached_features
         from smallvision.models.weights import resolve_weights
-        from smallvision.training.features import cached_features
 
         cached = cached_features(good, [resolve_weights(backbone)], image_size, "avg", progress=progress)
         findings += suspects(cached.items, cached.features, index.classes)

@@ -222,7 +222,7 @@ class RecipeConfig(_Strict):
         return self.schedule or DEFAULT_SCHEDULE[path]
 
 
-# The head on cached features runs one-cycle AdamW (training/head_optim.py: fast, no torch.optim import); end-to-end
+# The head on cached features runs one-cycle AdamW (engine/head_optim.py: fast, no torch.optim import); end-to-end
 # stages run cosine with warm-up.
 DEFAULT_SCHEDULE = {"head": "onecycle", "network": "cosine"}
 
@@ -701,7 +701,7 @@ def read_resolved(path: str | Path) -> dict[str, Any]:
 
 def dump_config(values: dict[str, Any], resolved: RunConfig | dict[str, Any]) -> str:
     """A run's config.yaml: the values that were set (what `--config` repeats), then every resolved value to read
-    (`auto`'s, once it ran: the values common to its candidates, then each candidate's own; training/auto.py)."""
+    (`auto`'s, once it ran: the values common to its candidates, then each candidate's own; auto/execute.py)."""
     import yaml
 
     try:

@@ -1,7 +1,7 @@
 """Every fact about a recipe in one row: config's defaults and refusals, the report and the api read it here.
 
-Adding a recipe is one row here and its runner in training/recipes.py's RUNNERS (training/registry.py maps a name to
-it); no module decides by comparing a recipe's name (tests/test_recipe_specs.py checks the tree).
+Adding a recipe is one row here and its module in recipes/ (the row names its runner; recipes/registry.py imports
+it by that name); no module decides by comparing a recipe's name (tests/test_recipe_specs.py checks the tree).
 Plain data below config in the layers (config reads it), so it imports nothing of smallvision's.
 """
 
@@ -16,6 +16,7 @@ class RecipeSpec:
 
     name: str
     summary: str  # what trains, in the words of the recipe table (the manual's recipes page)
+    runner: str  # "module:function" that runs it (a recipes.base.Recipe), imported only when the recipe runs
     pretrained: bool  # starts from pretrained weights (else small_cnn/residual_cnn from random init)
     end_to_end: bool  # images run through the network while training, so augmentation and loaders apply
     stages: tuple[str, ...]  # the schedule path of each stage: "head" on cached features, "network" end to end
@@ -44,6 +45,7 @@ SPECS: dict[str, RecipeSpec] = {
             "features",
             "the pretrained backbone runs once per image (features cached on disk, keyed by content); only a dense "
             "head trains",
+            runner="smallvision.recipes.features:run_features",
             pretrained=True,
             end_to_end=False,
             stages=("head",),
@@ -54,6 +56,7 @@ SPECS: dict[str, RecipeSpec] = {
             "scratch",
             "a small CNN from random init: `small_cnn` (Chollet's Conv 32-64-128-128 + dense 512) or `residual_cnn`; "
             "`--augment`, `--dropout`, `--batch-norm`, `--weight-decay`",
+            runner="smallvision.recipes.scratch:run_scratch",
             pretrained=False,
             end_to_end=True,
             stages=("network",),
@@ -65,6 +68,7 @@ SPECS: dict[str, RecipeSpec] = {
             "frozen",
             "frozen pretrained backbone (BatchNorm statistics frozen too) + head trained with augmentation, on cached "
             "activations",
+            runner="smallvision.recipes.frozen:run_frozen",
             pretrained=True,
             end_to_end=True,
             stages=("network",),
@@ -75,6 +79,7 @@ SPECS: dict[str, RecipeSpec] = {
             "finetune",
             "stage 1 `features`; stage 2 unfreezes the top `--unfreeze-blocks N` (or `--unfreeze-from BLOCK`) at "
             "`--finetune-lr` (default a tenth), lower blocks at geometrically lower rates, on cached activations",
+            runner="smallvision.recipes.finetune:run_finetune",
             pretrained=True,
             end_to_end=True,
             stages=("head", "network"),
@@ -86,6 +91,7 @@ SPECS: dict[str, RecipeSpec] = {
         RecipeSpec(
             "unfreeze",
             "stage 1 `features`; stage 2 the whole network at a low learning rate",
+            runner="smallvision.recipes.finetune:run_unfreeze",
             pretrained=True,
             end_to_end=True,
             stages=("head", "network"),
@@ -95,6 +101,7 @@ SPECS: dict[str, RecipeSpec] = {
             "auto",
             "reads the data, plans candidates, fine-tuning rounds and test-time augmentation within `--time-budget` up "
             "front, keeps on validation what beats the rest; see below",
+            runner="smallvision.auto.execute:run_auto",
             pretrained=True,
             end_to_end=True,
             stages=("head", "network"),

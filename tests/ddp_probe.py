@@ -16,7 +16,7 @@ import torch
 
 from smallvision.cli import app
 from smallvision.data.loader import CachedImages
-from smallvision.training.module import ClassifierModule
+from smallvision.engine.module import ClassifierModule
 
 RANK = int(os.environ["RANK"])
 OUT = Path(os.environ["DDP_PROBE_DIR"])

@@ -52,15 +52,15 @@ def test_no_module_reaches_into_another_modules_private_names():
 
 
 def test_the_check_sees_a_private_reach(tmp_path):
-    sample = tmp_path / "training" / "sample.py"
+    sample = tmp_path / "recipes" / "sample.py"
     sample.parent.mkdir()
     sample.write_text(
-        "import smallvision.api\nfrom smallvision.training import recipes\nfrom smallvision.api import _scan\n"
-        "from .fit import _load_weights\n\nrecipes._hidden(1)\nrecipes.public(2)\nsmallvision.api._scan(3)\n"
+        "import smallvision.api\nfrom smallvision.recipes import steps\nfrom smallvision.api import _scan\n"
+        "from .lightning import _load_weights\n\nsteps._hidden(1)\nsteps.public(2)\nsmallvision.api._scan(3)\n"
     )
     assert sorted(private_reaches(sample)) == [
-        "training/sample.py:3: from smallvision.api import _scan",
-        "training/sample.py:4: from .fit import _load_weights",
-        "training/sample.py:6: recipes._hidden",
-        "training/sample.py:8: smallvision.api._scan",
+        "recipes/sample.py:3: from smallvision.api import _scan",
+        "recipes/sample.py:4: from .lightning import _load_weights",
+        "recipes/sample.py:6: steps._hidden",
+        "recipes/sample.py:8: smallvision.api._scan",
     ]

@@ -43,22 +43,22 @@ def trained(shapes_data, tmp_path_factory):
 WARNING_RUN = """
 import sys, threading, warnings
 import smallvision.audit as audit
-import smallvision.training.features as features
+import smallvision.engine.loop as loop
 from smallvision.cli import main
 
 def check_index(*args, **kwargs):
     warnings.warn("check_index is deprecated", FutureWarning)
     return audit_check_index(*args, **kwargs)
 
-def train_head(*args, **kwargs):
+def fit_tensors(*args, **kwargs):
     build = threading.Thread(target=lambda: warnings.warn("torch.jit.freeze is deprecated", FutureWarning))
     build.start()
     build.join()
     warnings.warn("converting a tensor to a Python boolean might cause the trace to be incorrect", UserWarning)
-    return features_train_head(*args, **kwargs)
+    return loop_fit_tensors(*args, **kwargs)
 
 audit_check_index, audit.check_index = audit.check_index, check_index
-features_train_head, features.train_head = features.train_head, train_head
+loop_fit_tensors, loop.fit_tensors = loop.fit_tensors, fit_tensors
 sys.argv = ["smallvision", *sys.argv[1:]]
 main()
 """

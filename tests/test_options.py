@@ -87,7 +87,7 @@ class Probe:
 
 
 def _precision_probe() -> Probe:
-    from smallvision.training.fit import resolve_precision
+    from smallvision.engine.precision import resolve_precision
 
     return Probe("bf16-mixed" if resolve_precision("auto") == "32-true" else "32-true")
 
@@ -213,13 +213,14 @@ class Runs:
         import torch.utils.data
 
         from smallvision import api
-        from smallvision.training import activations, fit
-        from smallvision.training.registry import recipe_runner
+        from smallvision.caching import activations
+        from smallvision.engine import lightning
+        from smallvision.recipes.registry import recipe_runner
 
         record: dict[str, Any] = {"workers": set(), "views": 0, "stages": []}
         loader_init = torch.utils.data.DataLoader.__init__
         compute_views = activations.compute_views
-        run_stage = fit.run_stage
+        fit_lightning = lightning.fit_lightning
 
         def spy_loader(self_, *args, **kwargs):
             loader_init(self_, *args, **kwargs)
@@ -229,15 +230,17 @@ class Runs:
             record["views"] += 1
             return compute_views(*args, **kwargs)
 
-        def spy_stage(name, *args, **kwargs):  # every stage that trained, the ones auto did not choose included
-            result = run_stage(name, *args, **kwargs)
-            record["stages"].append((name, [{k: v for k, v in row.items() if k != "time"} for row in result.history]))
+        def spy_stage(model, data, spec, *args, **kwargs):  # every stage that trained, auto's unchosen ones too
+            result = fit_lightning(model, data, spec, *args, **kwargs)
+            record["stages"].append(
+                (spec.name, [{k: v for k, v in row.items() if k != "time"} for row in result.history])
+            )
             return result
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(torch.utils.data.DataLoader, "__init__", spy_loader)
             mp.setattr(activations, "compute_views", spy_views)
-            mp.setattr(fit, "run_stage", spy_stage)
+            mp.setattr(lightning, "fit_lightning", spy_stage)
             try:
                 cfg = build_config(_nest(self.options(recipe, extra)))
                 index = api._scan(cfg)

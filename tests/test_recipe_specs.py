@@ -4,22 +4,27 @@ name with a literal (a fact about a recipe lives in its row, so a new recipe is 
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
 from smallvision.config import APPLIES, RECIPES, build_config, refusal
 from smallvision.errors import SmallvisionError
-from smallvision.recipe_specs import SPECS, recipes_where
-from smallvision.training.recipes import RUNNERS
-from smallvision.training.registry import recipe_runner
+from smallvision.recipe_specs import SPECS
+from smallvision.recipes.registry import recipe_runner
 
 PACKAGE = Path(__file__).resolve().parents[1] / "smallvision"
 
 
-def test_every_row_has_a_runner_and_every_runner_a_row():
-    assert set(RUNNERS) | set(recipes_where("plans")) == set(SPECS) == set(RECIPES)
-    assert all(callable(recipe_runner(name)) for name in SPECS)
+def test_every_row_names_a_runner_in_its_own_package():
+    assert set(SPECS) == set(RECIPES)
+    for name, row in SPECS.items():
+        runner = recipe_runner(name)
+        package = "smallvision.auto" if row.plans else "smallvision.recipes"
+        assert runner.__module__.startswith(package + "."), (name, runner.__module__)
+        assert list(inspect.signature(runner).parameters)[:5] == ["cfg", "index", "run_dir", "progress", "logger"]
+    assert recipe_runner("finetune") is not recipe_runner("unfreeze")
     with pytest.raises(SmallvisionError, match="no such recipe"):
         recipe_runner("nope")
 

@@ -184,7 +184,7 @@ def test_an_mlflow_run_leaves_the_process_as_it_found_it_and_a_failed_end_is_rec
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from smallvision.training import trackers
+    from smallvision.engine import trackers
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

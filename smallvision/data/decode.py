@@ -23,7 +23,7 @@ _INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 # Set once, not around each decode: warnings.catch_warnings swaps the process-wide filter list (not thread-safe, says
 # Python's manual), and images decode in several threads at once (data/cache.py) and while a backbone is traced in
-# another (training/features.py). Overlapping swaps restore stale lists: seen here, a cold run's torch.jit.freeze
+# another (caching/features.py). Overlapping swaps restore stale lists: seen here, a cold run's torch.jit.freeze
 # FutureWarning reached the terminal past the tracer's own filter (2 of 2 runs at one time, 0 of 4 later: timing),
 # and a test's UserWarnings stayed ignored for the rest of its process.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF/TIFF tags: pixels may decode

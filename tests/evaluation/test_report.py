@@ -351,7 +351,7 @@ def test_compare_sweep_tests_only_the_best_and_rerun_skips(compared, shapes_data
 
 
 def test_auto_decisions_are_one_sentence_each_after_the_plan_against_the_runs_seconds(tmp_path):
-    """The decisions are what training/auto.py records (metrics.json's `decisions`); the notes' wording is never
+    """The decisions are what auto/execute.py records (metrics.json's `decisions`); the notes' wording is never
     read; the plan is the shape of its auto_plan.json."""
     from smallvision.evaluation.report import auto_decisions, chosen_row
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from smallvision.engine.lightning import _load_weights
 from smallvision.errors import SmallvisionError
 from smallvision.models.backbone import scratch_backbone
 from smallvision.models.folder import ModelCard, load_model, save_model
 from smallvision.models.head import Head, ImageClassifier
-from smallvision.training.fit import _load_weights
 from tests.hostile import malicious_pickle
 
 

@@ -123,10 +123,10 @@ def test_weights_file_holding_the_bundled_lite_weights_gets_their_normalization(
     from safetensors.torch import save_file
 
     from smallvision import api
+    from smallvision.caching.features import cached_features
     from smallvision.data.scan import scan
     from smallvision.models.backbone import build_backbone
     from smallvision.models.folder import read_card
-    from smallvision.training.features import cached_features
 
     bundled = W.resolve_weights("efficientnet_lite0")
     with_head = W.load_pretrained(bundled, keep_classifier=True).state_dict()  # timm's names, classifier included

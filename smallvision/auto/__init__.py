@@ -1,0 +1,1 @@
+"""`auto`: read the data, plan within the budget, run the plan, and choose on validation."""

@@ -1,0 +1,252 @@
+"""What each of `auto`'s steps costs on this machine: measured once on warm-up batches, then read from the cache.
+
+Every figure is timed at the precision the run trains and extracts features at, after one untimed warm-up batch (it
+pays for allocation, kernel selection and tracing). The figures are kept per machine (CPU or GPU model, threads,
+torch version) in the user cache, so the same data, seed and budget give the same plan on the same machine: a second
+run reads the figures the first one measured instead of timing a machine that may be busier now.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from smallvision import atomic
+from smallvision.data.cache import cache_root, key_of
+
+log = logging.getLogger(__name__)
+
+BATCH = 32  # the recipes' default batch size; a figure timed at another (--batch-size) says so in its key
+DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
+
+
+def machine() -> dict:
+    """What the timings depend on: processor or GPU model, threads, torch version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }
+
+
+class Costs:
+    """Measured seconds of the planned steps' units, cached per machine; `measured` lists what this run timed."""
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+        self.machine = machine()
+        self.path = cache_root() / "costs" / f"{key_of({**self.machine, 'precision': precision})}.json"
+        try:
+            self.figures: dict[str, dict] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.figures = {}
+        self.measured: list[str] = []  # timed by this run (the rest were read from the cache)
+        self.used: list[str] = []  # every figure the plan read, in the order it read them
+
+    def _get(self, key: str, measure: Callable[[], dict]) -> dict:
+        if key not in self.used:
+            self.used.append(key)
+        if key not in self.figures:
+            figure = {k: float(f"{v:.3g}") for k, v in measure().items()}
+            self.figures[key] = figure
+            self.measured.append(key)
+            try:
+                atomic.write_json(self.path, self.figures)
+            except OSError as e:  # a read-only cache only costs the next run its measuring time
+                log.debug("could not record step costs in %s: %s", self.path, e)
+        return self.figures[key]
+
+    def features(self, spec, size: int) -> float:
+        """Images per second through `spec`'s backbone at `size` in the feature pass's fast form."""
+
+        def measure() -> dict:
+            import torch
+
+            from smallvision.caching.features import feature_form, feature_precision
+            from smallvision.models.backbone import build_backbone
+
+            backbone = build_backbone(spec, "avg")
+            form = feature_form(backbone, size, BATCH, self.precision)
+            x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+            return {"images_per_second": BATCH / _timed(lambda: form(x), feature_precision(self.precision))}
+
+        return self._get(f"features/{spec.backbone}/{size}", measure)["images_per_second"]
+
+    def finetune(self, spec, size: int, blocks: int, batch: int = BATCH) -> dict:
+        """Fine-tuning the top `blocks` groups on cached activations: seconds per training and validation batch of
+        `batch` images.
+
+        The activation cache runs the frozen part in the feature pass's fast form, so it is costed at the features'
+        images/s (the whole backbone: a little more than the frozen part costs).
+        """
+
+        def measure() -> dict:
+            import torch
+
+            from smallvision.caching.activations import ActivationViews, FrozenBottom, boundary_split
+            from smallvision.models.backbone import build_backbone, freeze
+            from smallvision.models.head import Head, ImageClassifier
+
+            backbone = build_backbone(spec, "avg")
+            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
+            freeze(backbone, blocks)
+            split, _ = boundary_split(model, size)
+            if split is None:  # trained on images: every step runs the whole network
+                return _train_step(model, size, self.precision, batch=batch)
+            x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+            with torch.inference_mode():
+                acts = FrozenBottom(backbone, split.chain[: split.k]).eval()(x)
+            labels = np.arange(batch) % 2
+            views = ActivationViews(
+                split, acts[None].clone(), {"train": labels, "val": labels}, {"val": acts.clone()}, False
+            )
+            return _train_step(views.model, size, self.precision, views, batch)
+
+        return {
+            **self._get(f"finetune/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure),
+            "bottom_images_per_second": self.features(spec, size),
+        }
+
+    def finetune_images(self, spec, size: int, blocks: int, batch: int = BATCH) -> dict:
+        """Fine-tuning the top `blocks` groups on full images (no activation cache: it is off or over
+        --memory-budget): seconds per training and validation batch, every step running the whole network."""
+
+        def measure() -> dict:
+            from smallvision.models.backbone import build_backbone, freeze
+            from smallvision.models.head import Head, ImageClassifier
+
+            backbone = build_backbone(spec, "avg")
+            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
+            freeze(backbone, blocks)
+            return _train_step(model, size, self.precision, batch=batch)
+
+        return self._get(f"finetune-images/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure)
+
+    def activations(self, spec, size: int, blocks: int) -> int:
+        """Values per image at the boundary below the top `blocks` groups (what the activation cache stores per view;
+        0 when the network has no such boundary and fine-tunes on images)."""
+
+        def measure() -> dict:
+            from smallvision.caching.activations import boundary_split, boundary_values
+            from smallvision.models.backbone import build_backbone, freeze
+            from smallvision.models.head import Head, ImageClassifier
+
+            backbone = build_backbone(spec, "avg")
+            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
+            freeze(backbone, blocks)
+            split, _ = boundary_split(model, size)
+            return {"values_per_image": boundary_values(split, size) if split is not None else 0}
+
+        return int(self._get(f"activations/{spec.backbone}/{size}/{blocks}", measure)["values_per_image"])
+
+    def scratch(self, name: str, size: int, batch_norm: bool, batch: int = BATCH) -> dict:
+        """Seconds per training batch and per validation batch (of `batch` images) of a from-scratch CNN at `size`."""
+
+        def measure() -> dict:
+            from smallvision.models.backbone import scratch_backbone
+            from smallvision.models.head import Head, ImageClassifier
+
+            backbone = scratch_backbone(name, size, batch_norm)
+            model = ImageClassifier(
+                [backbone], Head(backbone.net.num_features, 2, 0.5, 512 if name == "small_cnn" else 0)
+            )
+            return _train_step(model, size, self.precision, batch=batch)
+
+        return self._get(f"scratch/{name}/{size}/{int(batch_norm)}{_at(batch)}", measure)
+
+    def decode(self) -> dict:
+        """Wall seconds per image to decode, resize and cache JPEG files as the runs do (the thread pool included):
+        a fixed part per file and a part per megapixel, fitted from a 150 px and a 640x480 batch."""
+
+        def measure() -> dict:
+            import tempfile
+            from pathlib import Path
+            from unittest import mock
+
+            from PIL import Image
+
+            from smallvision.data.cache import decoded_images
+            from smallvision.data.decode import content_digest
+
+            rng = np.random.default_rng(0)
+            seconds = {}
+            with (
+                tempfile.TemporaryDirectory(prefix="smallvision-costs-") as tmp,
+                mock.patch.dict(os.environ, {"SMALLVISION_CACHE_DIR": str(Path(tmp) / "cache")}),  # a throwaway store
+            ):
+                for w, h in ((150, 150), (640, 480)):
+                    paths = []
+                    for i in range(DECODE_FILES):
+                        path = Path(tmp) / f"{w}-{i}.jpg"
+                        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+                        paths.append(path)
+                    digests = [content_digest(p.read_bytes()) for p in paths]  # the cache checks the bytes it decodes
+                    t0 = time.perf_counter()
+                    decoded_images(paths, digests, 224, progress=False)
+                    seconds[w * h / 1e6] = (time.perf_counter() - t0) / DECODE_FILES
+            (small, t_small), (big, t_big) = sorted(seconds.items())
+            per_mpix = max(0.0, (t_big - t_small) / (big - small))
+            return {"seconds_per_image": max(1e-5, t_small - per_mpix * small), "seconds_per_megapixel": per_mpix}
+
+        return self._get("decode/files", measure)
+
+
+def _at(batch: int) -> str:
+    """A figure's key suffix for its batch: none at BATCH (the keys figures cached before had), else /bN."""
+    return "" if batch == BATCH else f"/b{batch}"
+
+
+def _timed(step: Callable[[], object], arithmetic: str, timed: int = 3) -> float:
+    """Median seconds of `timed` calls of `step` after one untimed warm-up call (synchronised on a GPU)."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and "cuda" in arithmetic else (lambda: None)
+    seconds = []
+    with torch.inference_mode():
+        step()
+        sync()
+        for _ in range(timed):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            seconds.append(time.perf_counter() - t0)
+    return float(np.median(seconds))
+
+
+def _train_step(model, size: int, precision: str, views=None, batch: int = BATCH) -> dict:
+    """Seconds per training and validation batch of `batch` images, timed as the recipes' estimate times them."""
+    from smallvision.config import build_config
+    from smallvision.engine.timing import estimate_stage_seconds
+
+    rng = np.random.default_rng(0)
+    data = {
+        s: (rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8), np.arange(batch) % 2)
+        for s in ("train", "val")
+    }
+    cfg = build_config(
+        {
+            "data": {"path": ".", "image_size": size},
+            "recipe": {"name": "finetune", "batch_size": batch},
+            "trainer": {"precision": precision},
+        }
+    )
+    est = estimate_stage_seconds(model, data, cfg, views, warmup=1, timed=3)
+    return {"step_seconds": est["step_seconds"], "val_batch_seconds": est["val_batch_seconds"]}

@@ -1,0 +1,348 @@
+"""`auto`: read the data, plan within the time budget up front, run the plan, and choose everything on validation.
+
+1. Read the data (data/profile.py): images, classes, balance, native sizes, colour. Small or grayscale images also
+   get the ImageNet-distance probe (auto/probe.py): pretrained features against a from-scratch CNN on a sample.
+2. Plan (`make_plan`): the candidates (a from-scratch CNN at the native size; efficientnet_lite2/0/1 features at one
+   shared size, so their probabilities can be averaged), the fine-tuning rounds and test-time augmentation, each
+   costed from throughput measured on warm-up batches (auto/costs.py). The richest plan whose estimate fits the
+   budget is chosen, printed, and recorded in checkpoints/auto_plan.json; a rerun and every `--resume` follow it.
+3. Run it: every candidate, then fine-tuning rounds while validation improves (more epochs at half the learning
+   rate, then one more block at a quarter), then an average of candidates and flipped views, each kept only if it
+   beats what it would replace on validation. Test probabilities are computed alongside but never looked at here:
+   the caller reports them once, for the final model only (they are what the saved model computes).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smallvision import runclock
+from smallvision.auto import select
+from smallvision.auto.clock import budget_check, now
+from smallvision.auto.plan import (
+    PLAN_FILE,
+    PLAN_VERSION,
+    SCRATCH,
+    TAIL,
+    head_lrs,
+    make_plan,
+    member_config,
+    plan_table,
+    round_config,
+    scratch_config,
+)
+from smallvision.auto.select import Candidate, choose, final_outcome
+from smallvision.config import APPLIES, PLANNING, RunConfig, nested, option_flag, stage_values, unapplied, user_set
+from smallvision.data.scan import DatasetIndex
+from smallvision.errors import SmallvisionError
+from smallvision.recipes import steps
+from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.scratch import run_scratch
+from smallvision.results import RunNotes
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+
+
+# ---------------------------------------------------------------------------------------------------- running it
+
+
+def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
+    """The index with at most `cap` training images, taken stratified by class (val and test untouched)."""
+    if cap is None:
+        return index
+    from sklearn.model_selection import train_test_split
+
+    train = [it for it in index.items if it.split == "train"]
+    if cap >= len(train):
+        return index
+    try:
+        keep, _ = train_test_split(train, train_size=cap, stratify=[it.label for it in train], random_state=seed)
+    except ValueError:  # a class too small to stratify: a plain seeded sample
+        keep, _ = train_test_split(train, train_size=cap, random_state=seed)
+    kept = {id(it) for it in keep}
+    sub = copy.copy(index)
+    sub.items = [it for it in index.items if it.split != "train" or id(it) in kept]
+    sub.skipped, sub.notes = list(index.skipped), list(index.notes)
+    return sub
+
+
+@dataclass
+class Tally:
+    """What a run did, for its record: the config of every stage that ran (kept or not) and each decision made on
+    validation, by kind (what the headline validation number was chosen among)."""
+
+    ran: list[RunConfig] = field(default_factory=list)
+    choices: Counter[str] = field(default_factory=Counter)
+
+
+def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally) -> Candidate:
+    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation. Each
+    head rate is its own stage (history.csv, the tracker): `features NAME`, `features NAME lr RATE` when several."""
+    lrs = head_lrs(cfg)
+    tried = []
+    for lr in lrs:
+        cand_cfg = member_config(cfg, "features", name, size, lr=lr)
+        stage = f"features {name}" + (f" lr {lr:g}" if len(lrs) > 1 else "")
+        stage_notes: list[str] = []
+        fs = steps.feature_stage(cand_cfg, index, progress, stage_notes, logger, stage)
+        tally.ran.append(cand_cfg)
+        probs = steps.feature_probs(fs)
+        labels = {s: y for s, (_, y) in fs.by_split.items()}
+        tried.append(
+            (select.accuracy(probs["val"], labels["val"]), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
+        )
+    val, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first lr
+    notes.extend(stage_notes)
+    if len(tried) > 1:
+        tally.choices["head_lr"] += 1
+        shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
+        notes.decide("head-lr", f"{name} head on cached features: kept lr {lr:g} on validation ({shown})")
+    model = steps.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
+    model.requires_grad_(False)
+    return Candidate(
+        f"{name} features",
+        cand_cfg,
+        model,
+        fs.specs,
+        probs,
+        labels,
+        fs.history,
+        fs.best_epoch,
+        ["head"],
+        size,
+        stages=[(stage, cand_cfg)],
+    )
+
+
+def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logger, tally: Tally) -> list[Candidate]:
+    """The planned from-scratch CNNs at the native size, one per planned seed."""
+    from smallvision.models.backbone import scratch_backbone
+    from smallvision.models.head import Head, ImageClassifier
+
+    s = plan["scratch"]
+    out = []
+    for i, seed in enumerate(s["seeds"]):
+        cand_cfg = scratch_config(cfg, s, seed)
+        stage = "scratch" if i == 0 else f"scratch{i + 1}"
+        left = cfg.recipe.time_budget - TAIL - (now() - start)  # the clock stops a network the estimate misjudged
+        run = run_scratch(cand_cfg, index, run_dir, progress, logger, stage=stage, max_seconds=left)
+        tally.ran.append(cand_cfg)
+        notes.extend(run.notes)
+        backbone = scratch_backbone(SCRATCH, s["size"], cand_cfg.model.batch_norm)
+        head = Head(backbone.net.num_features, len(index.classes), cand_cfg.model.dropout, cand_cfg.model.hidden)
+        model = ImageClassifier([backbone], head)
+        model.load_state_dict(run.state)
+        model.requires_grad_(False)
+        name = f"{SCRATCH} from scratch" + (f" (seed {seed})" if len(s["seeds"]) > 1 else "")
+        history = [{**row, "stage": stage} for row in run.history]
+        out.append(
+            Candidate(
+                name,
+                cand_cfg,
+                model,
+                None,
+                run.probs,
+                run.labels,
+                history,
+                run.best_epoch,
+                ["all"],
+                s["size"],
+                stages=[(stage, cand_cfg)],
+            )
+        )
+    return out
+
+
+def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally) -> Candidate | None:
+    """Fine-tuning rounds on the best pretrained candidate, each only while the last one improved validation."""
+    from smallvision.engine.stage import stage_spec
+    from smallvision.engine.trainer import fit
+    from smallvision.models.backbone import freeze
+
+    r = cfg.recipe
+
+    def fits(i: int, rnd: dict) -> bool:
+        guard = budget_check(run_dir, f"round{i}", start, rnd["seconds"], r.time_budget)
+        if not guard["run"]:
+            notes.decide(
+                "stop",
+                f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
+                f"was estimated at {guard['estimate']:.0f} s, past --time-budget {r.time_budget:g}",
+            )
+        return guard["run"]
+
+    if not fits(1, plan["rounds"][0]):  # checked before loading every image for it
+        return None
+    tune_cfg = round_config(cfg, base.cfg, plan["views"], plan["rounds"][0])
+    data = steps.load_images(tune_cfg, index, progress)
+    model = copy.deepcopy(base.model).requires_grad_(True)
+    best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
+    history, blocks, views, stages = list(base.history), None, None, list(base.stages)
+    for i, rnd in enumerate(plan["rounds"], 1):
+        if i > 1 and not fits(i, rnd):
+            break
+        round_cfg = round_config(cfg, base.cfg, plan["views"], rnd)
+        if rnd["blocks"] != blocks:
+            blocks = rnd["blocks"]
+            trainable = freeze(model.backbones[0], blocks)
+            views = steps.activation_views(tune_cfg, model, data, notes, progress)
+        rr = round_cfg.recipe
+        groups = steps.param_groups(model, {0: trainable}, rr.lr, rr.finetune_lr, rr.layer_decay)
+        stage = f"finetune{i}"
+        left = r.time_budget - TAIL - (now() - start)  # the clock stops a round the estimate misjudged
+        spec = stage_spec(round_cfg, stage, "network", epochs=rr.finetune_epochs, max_seconds=left)
+        res = fit(
+            model,
+            steps.image_data(round_cfg, data, views),
+            spec,
+            groups=groups,
+            stage_dir=run_dir / "checkpoints" / stage,
+            progress=progress,
+            on_epoch=steps.epoch_logger(logger),
+        )
+        tally.ran.append(round_cfg)
+        history += [{**row, "stage": stage} for row in res.history]
+        stages.append((stage, round_cfg))
+        improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
+        tally.choices["finetune_round"] += 1
+        notes.decide(
+            "round",
+            f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
+            f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
+            + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
+        )
+        if not improved:
+            model.load_state_dict(best_state)
+            break
+        best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
+        probs = views.probabilities() if views is not None else None
+        if probs is None:
+            from smallvision.prediction import probabilities
+
+            probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
+        names = ["head"] + [f"backbones.0.{t}" for t in trainable]
+        best = Candidate(
+            f"{base.cfg.model.backbone} fine-tuned",
+            tune_cfg,
+            copy.deepcopy(model).requires_grad_(False),
+            base.specs,
+            probs,
+            {s: y for s, (_, y) in data.items()},
+            list(history),
+            res.best_epoch,
+            names,
+            base.size,
+            stages=list(stages),
+        )
+    return best
+
+
+def run_auto(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
+) -> RecipeOutcome:
+    """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (see the module doc)."""
+    from smallvision.auto.costs import Costs
+    from smallvision.auto.probe import imagenet_distance
+    from smallvision.data.profile import profile_data
+    from smallvision.engine.distributed import rank_zero_decision
+    from smallvision.engine.precision import resolve_precision
+
+    start = start if start is not None else now()
+    budget = cfg.recipe.time_budget
+    given_backbone = "backbone" in cfg.model.model_fields_set
+
+    def decide() -> dict:
+        profile = profile_data(index, cfg.seed)
+        probe = None
+        if (profile.tiny or profile.grayscale >= 0.5) and not given_backbone:
+            size = max(32, min(128, profile.short_side["p50"]))
+            probe = imagenet_distance(
+                index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
+            )
+        costs = Costs(resolve_precision(cfg.trainer.precision))
+        return make_plan(cfg, index, profile, probe, costs, spent=runclock.spent_before(run_dir))
+
+    path = run_dir / "checkpoints" / PLAN_FILE
+    plan, recorded = rank_zero_decision(path, decide)
+    if plan.get("version") != PLAN_VERSION:
+        raise SmallvisionError(
+            f"{path} was written by an earlier version of auto, which this one cannot continue; start a new run: "
+            f"smallvision train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
+        )
+    log.info("%s", plan_table(plan))
+    notes = RunNotes("auto")
+    notes.decide(
+        "plan-file",
+        f"{'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: "
+        + "; ".join(f"{s['step']} ~{s['seconds']:.0f} s" for s in plan["steps"])
+        + f" (estimated {plan['estimate_seconds']:.0f} s of --time-budget {budget:g})",
+    )
+    for why in plan["why"]:
+        notes.decide("plan", why)
+    work = _sampled(index, plan["train_cap"], cfg.seed)
+    cands: list[Candidate] = []
+    tally = Tally()  # the config of every stage that ran, kept or not, and each choice made on validation
+    if plan["scratch"] is not None:
+        cands += _scratch_candidates(cfg, plan, work, run_dir, start, progress, notes, logger, tally)
+    for name in plan["backbones"]:
+        cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger, tally))
+    pretrained = [c for c in cands if c.specs]
+    if plan["rounds"] and pretrained:
+        base = max(pretrained, key=lambda c: c.val)
+        tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, tally)
+        if tuned is not None:
+            cands.append(tuned)
+    members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally.choices)
+    unused = unapplied(user_set(cfg), tally.ran)
+    if unused:
+        notes.decide(
+            "unapplied", f"{', '.join(map(option_flag, unused))} set but not applied: no stage that ran uses them"
+        )
+    if work is not index:  # held-out images that failed to decode were dropped from the sample's index only
+        kept = {it.digest for it in work.items}
+        index.drop({it.digest: "unreadable" for it in index.items if it.split != "train" and it.digest not in kept})
+    outcome = final_outcome(members, tta, work, notes)
+    return dataclasses.replace(
+        outcome,
+        resolved=resolved_values(cfg, members, cands),
+        selection=dict(tally.choices),
+        decisions=notes.decisions,
+    )
+
+
+def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candidate]) -> dict:
+    """config.yaml's `resolved:` for auto, from the configs its stages trained with: every value its candidates'
+    stages share (and auto's own options), then each candidate, the chosen one(s) first, with its stages' own values."""
+    chosen = {id(c) for c in members}
+    ordered = members + [c for c in sorted(cands, key=lambda c: -c.val) if id(c) not in chosen]
+    flats = [stage_values(s) for c in ordered for _, s in c.stages]
+    own = stage_values(cfg)
+    common = {}
+    for path in APPLIES:
+        if path == "recipe.name" or APPLIES[path].recipes == PLANNING:
+            common[path] = own[path]
+            continue
+        seen = [f[path] for f in flats if path in f]
+        if seen and all(v == seen[0] for v in seen):
+            common[path] = seen[0]
+    candidates = [
+        {
+            "name": c.name,
+            "chosen": id(c) in chosen,
+            "val_accuracy": round(c.val, 4),
+            "stages": [
+                {"stage": stage, **nested({p: v for p, v in stage_values(s).items() if common.get(p, ()) != v})}
+                for stage, s in c.stages
+            ],
+        }
+        for c in ordered
+    ]
+    return {**nested(common), "candidates": candidates}

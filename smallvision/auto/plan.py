@@ -1,0 +1,427 @@
+"""auto's plan, made up front from the data, the measured costs and the budget: which candidates, at which size,
+which fine-tuning rounds and whether test-time augmentation; and the config each planned stage trains with."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from smallvision.config import APPLIES, RunConfig, nested, option_flag, unapplied, user_set
+from smallvision.data.scan import DatasetIndex
+
+log = logging.getLogger(__name__)
+
+
+PLAN_FILE = "auto_plan.json"
+
+
+PLAN_VERSION = 3  # 3: fine-tuning rounds start at three tenths of --lr (2: a tenth)
+
+
+SCRATCH = "small_cnn"
+
+
+HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
+
+
+TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
+
+
+SAFETY = 0.9  # share of the budget the plan's estimates may fill: estimates err, Lightning and saving take time
+
+
+RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's first run), saving, the report
+
+
+PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
+
+
+SCRATCH_EPOCHS = 30  # the cosine schedule runs to its end (the best epoch is kept): early stopping cut it short
+
+
+SCRATCH_MIN_EPOCHS = 5
+
+
+SCRATCH_SHARE = 0.4  # of the plan's seconds, beside pretrained candidates
+
+
+# (backbones, augmented views cached per training image, fine-tuning rounds), richest first; the plan takes the first
+# that fits the budget, with test-time augmentation if it also fits.
+LEVELS: tuple[tuple[tuple[str, ...], int, int], ...] = (
+    (("efficientnet_lite2", "efficientnet_lite0", "efficientnet_lite1"), 4, 3),
+    (("efficientnet_lite2", "efficientnet_lite0"), 4, 3),
+    (("efficientnet_lite2", "efficientnet_lite0"), 2, 2),
+    (("efficientnet_lite2",), 2, 2),
+    (("efficientnet_lite2",), 2, 1),
+    (("efficientnet_lite0",), 2, 1),
+    (("efficientnet_lite0",), 1, 1),
+    (("efficientnet_lite0",), 0, 0),
+)
+
+
+SMALL_SIZES = (192, 160, 128)  # the features-only fallbacks for folders too large for the levels above
+
+
+def _counts(index: DatasetIndex) -> dict[str, int]:
+    out = {"train": 0, "val": 0, "test": 0}
+    for it in index.items:
+        out[it.split] += 1
+    return out
+
+
+def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_views: bool, batch: int) -> float:
+    train_batches = math.ceil(n["train"] / batch)
+    val_batches = math.ceil(n["val"] / batch)
+    seconds = epochs * (train_batches * fig["step_seconds"] + val_batches * fig["val_batch_seconds"])
+    if new_views and fig["bottom_images_per_second"] > 0:
+        seconds += (n["train"] * max(views, 1) + 2 * (n["val"] + n["test"])) / fig["bottom_images_per_second"]
+    return seconds
+
+
+def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: dict, views: int, n: dict, new: bool) -> tuple:
+    """Seconds of a fine-tuning round as it will run, at --batch-size, and how: on cached activations when they fit
+    --memory-budget (as steps.activation_views decides), else on full images, every step the whole network."""
+    from smallvision.caching.activations import cache_bytes
+
+    batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
+    values = costs.activations(spec, size, rnd["blocks"]) if views else 0
+    how = "on full images (--cached-views 0)" if not views else "on full images (no cacheable boundary)"
+    if values:
+        arithmetic = "bf16" if costs.precision == "bf16-mixed" else "fp32"
+        need = cache_bytes(values, n, views if cfg.recipe.augment.augments() else 0, arithmetic)
+        if need <= budget * 1e9:
+            fig = costs.finetune(spec, size, rnd["blocks"], batch)
+            seconds = _round_seconds(fig, n, rnd["epochs"], views, new, batch)
+            return seconds, f"on cached activations ({need / 1e9:.2g} GB)"
+        how = f"on full images (cached activations: {need / 1e9:.2g} GB, over --memory-budget {budget:g} GB)"
+    fig = {**costs.finetune_images(spec, size, rnd["blocks"], batch), "bottom_images_per_second": 0}
+    return _round_seconds(fig, n, rnd["epochs"], views, False, batch), how
+
+
+def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[dict]:
+    """Fine-tuning rounds: the top blocks, then as many epochs more at half the rate, then one block more."""
+    r = cfg.recipe
+    shapes = [(blocks, 1.0), (blocks, 0.5), (blocks + 1, 0.25)]
+    return [{"blocks": b, "epochs": r.finetune_epochs, "lr": r.finetune_lr * f} for b, f in shapes[:count]]
+
+
+@dataclass
+class _Budget:
+    """What every part of the plan reads: the folder's counts, the seconds available and what the user fixed."""
+
+    cfg: RunConfig
+    n: dict[str, int]
+    available: float
+    decode_one: float  # seconds to decode one image (wall, the decode pool included)
+    given_size: int | None
+    given_backbone: bool
+    views_given: int | None
+    why: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(self.n.values())
+
+    @property
+    def budget(self) -> float:
+        return self.cfg.recipe.time_budget
+
+
+def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float) -> _Budget:
+    """The plan's inputs: counts, the seconds left for its steps, the options the user gave, the first reasons."""
+    r = cfg.recipe
+    views_given = r.cached_views if "cached_views" in r.model_fields_set else None
+    if views_given is None and not r.augment.augments():
+        views_given = 1  # without augmentation each image has one view, the image itself
+    fig = costs.decode()
+    why = [profile.sentence()]
+    if spent > 0:
+        why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {r.time_budget:g} s (--resume)")
+    return _Budget(
+        cfg=cfg,
+        n=_counts(index),
+        available=SAFETY * r.time_budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0) - spent,
+        decode_one=fig["seconds_per_image"] + fig["seconds_per_megapixel"] * profile.width * profile.height / 1e6,
+        given_size=cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None,
+        given_backbone="backbone" in cfg.model.model_fields_set,
+        views_given=views_given,
+        why=why,
+    )
+
+
+def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[dict | None, bool]:
+    """The from-scratch candidate when the probe puts it near or ahead of pretrained features (None otherwise), and
+    whether the pretrained backbones stay candidates."""
+    cfg, r, n = b.cfg, b.cfg.recipe, b.n
+    if probe is None:
+        if profile.tiny or profile.grayscale >= 0.5:
+            b.why.append("a from-scratch CNN was not probed")
+        else:
+            b.why.append("colour photos of ordinary size: the pretrained backbones are the candidates")
+        return None, True
+    b.why.append(probe.sentence())
+    if probe.scratch_accuracy < probe.ncm_accuracy - 0.05:
+        b.why.append("the from-scratch CNN is no candidate: pretrained features are clearly ahead")
+        return None, True
+    size = b.given_size or max(32, min(128, profile.short_side["p50"]))
+    fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm, r.batch_size)
+    per_epoch = (
+        math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
+        + math.ceil(n["val"] / r.batch_size) * fig["val_batch_seconds"]
+    )
+    use_pretrained = probe.scratch_accuracy < probe.ncm_accuracy + 0.10
+    share = SCRATCH_SHARE if use_pretrained else 1.0  # alone it may take the whole plan
+    epochs = int(max(SCRATCH_MIN_EPOCHS, min(SCRATCH_EPOCHS, share * b.available // max(per_epoch, 1e-6))))
+    # alone, a second network from another seed is a candidate too: averaging two is the cheapest gain left
+    runs = 2 if not use_pretrained and 2 * per_epoch * epochs <= b.available else 1
+    seeds = [cfg.seed + i for i in range(runs)]
+    scratch = {"size": size, "epochs": epochs, "seeds": seeds, "epoch_seconds": per_epoch}
+    scratch["seconds"] = b.total * b.decode_one + per_epoch * epochs * runs
+    b.why.append(
+        f"a from-scratch {SCRATCH} at the native {size} px is a candidate ({epochs} epochs, the best kept"
+        + (f"; {runs} of them, seeds {', '.join(map(str, seeds))})" if runs > 1 else ")")
+        + ("" if use_pretrained else "; the pretrained backbones are not, being clearly behind it")
+    )
+    return scratch, use_pretrained
+
+
+def _rung_plan(b: _Budget, costs, scratch: dict | None, level, size: int, tta: bool) -> dict | None:
+    """One rung of the ladder (backbones, views, rounds at `size`, flips or not) costed step by step, or None when
+    it does not fit."""
+    from smallvision.models.weights import resolve_weights
+
+    cfg, n = b.cfg, b.n
+    backbones, views, rounds = level
+    views = b.views_given if b.views_given is not None else views
+    steps = []
+    if scratch is not None:
+        steps.append({"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]})
+    steps.append({"step": f"decode {b.total:,} images at {size} px", "seconds": b.total * b.decode_one})
+
+    # a rung is dropped as soon as its steps so far overrun: timing the rest on a first run would spend the budget
+    # on steps that cannot run (estimates only add up, so the rung chosen is the same)
+    def over() -> bool:
+        return sum(s["seconds"] for s in steps) > b.available
+
+    feature_ips = {}
+    for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
+        if over():
+            return None
+        parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
+        feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
+        seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
+        steps.append({"step": f"{name} features at {size} px + head", "seconds": seconds})
+    slowest = min(backbones, key=lambda name: feature_ips[name])
+    plan_rounds = _rounds(cfg, cfg.recipe.unfreeze_blocks, rounds) if "+" not in slowest else []
+    # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
+    # against the clock when the run gets there
+    tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
+    last_blocks = None
+    for i, rnd in enumerate(plan_rounds, 1):
+        if over():
+            return None
+        new = rnd["blocks"] != last_blocks
+        last_blocks = rnd["blocks"]
+        spec = resolve_weights(slowest, cfg.model.weights)
+        rnd["seconds"], how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
+        what = "more epochs" if not new else f"top {rnd['blocks']} block(s)"
+        steps.append({"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g} {how}", "seconds": rnd["seconds"]})
+    if tta:
+        steps.append({"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds})
+    estimate = sum(s["seconds"] for s in steps)
+    if estimate > b.available:
+        return None
+    return {
+        "backbones": list(backbones),
+        "size": size,
+        "views": views,
+        "rounds": plan_rounds,
+        "tta": tta,
+        "tta_seconds": tta_seconds if tta else 0.0,
+        "steps": steps,
+        "estimate_seconds": estimate,
+    }
+
+
+def _ladder(b: _Budget, use_pretrained: bool) -> list[tuple]:
+    """The rungs to try, richest first: (level, size, tta); a backbone the user named (joined ones too) is the only
+    pretrained candidate."""
+    if not use_pretrained:
+        return []
+    levels = [((b.cfg.model.backbone,), v, k) for v, k in ((4, 3), (2, 2), (2, 1), (1, 1), (0, 0))]
+    levels = levels if b.given_backbone else list(LEVELS)
+    rungs = [
+        (level, b.given_size or (260 if "efficientnet_lite2" in level[0] else 224), tta)
+        for level in levels
+        for tta in (True, False)
+    ]
+    rungs += [(levels[-1][:1] + (0, 0), size, False) for size in ((b.given_size,) if b.given_size else SMALL_SIZES)]
+    return rungs
+
+
+def _scratch_only(b: _Budget, scratch: dict) -> dict:
+    """The plan when the from-scratch CNN is the only candidate: it, then flipped views."""
+    tta_seconds = 2 * (b.n["val"] + b.n["test"]) * scratch["epoch_seconds"] / max(1, b.n["train"] + b.n["val"])
+    chosen = {"backbones": [], "size": scratch["size"], "views": 0, "rounds": [], "tta": True}
+    chosen["tta_seconds"] = tta_seconds
+    chosen["steps"] = [
+        {"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]},
+        {"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds},
+    ]
+    chosen["estimate_seconds"] = scratch["seconds"] + tta_seconds
+    chosen["rung"] = 0
+    if chosen["estimate_seconds"] > b.available:
+        b.why.append(
+            f"--time-budget {b.budget:g} s is too small even for {SCRATCH_MIN_EPOCHS} epochs of the from-scratch CNN "
+            f"(~{chosen['estimate_seconds']:.0f} s): only those run"
+        )
+    return chosen
+
+
+def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tuple[dict, int]:
+    """When nothing fits: features of the smallest, fastest backbone on a sample of the training images, and the
+    sample's size."""
+    from smallvision.models.weights import resolve_weights
+
+    n, size = b.n, b.given_size or SMALL_SIZES[-1]
+    backbone = b.cfg.model.backbone if b.given_backbone else "efficientnet_lite0"
+    ips = costs.features(resolve_weights(backbone, b.cfg.model.weights), size)
+    held = 2 * (n["val"] + n["test"]) / ips + (n["val"] + n["test"]) * b.decode_one
+    train_cap = max(len(index.classes) * 5, int((b.available - held) / (1 / ips + b.decode_one)))
+    train_cap = min(train_cap, n["train"])
+    seconds = held + train_cap * (1 / ips + b.decode_one)
+    step = {"step": f"{backbone} features at {size} px on {train_cap:,} sampled training images", "seconds": seconds}
+    chosen = {"backbones": [backbone], "size": size, "views": 0, "rounds": [], "tta": False, "tta_seconds": 0.0}
+    chosen.update(steps=[step], estimate_seconds=seconds, rung=rung)
+    b.why.append(
+        f"--time-budget {b.budget:g} s is too small for fine-tuning or even for features of all "
+        f"{n['train']:,} training images: only {backbone} features at {size} px of {train_cap:,} sampled "
+        f"training images (and all of val/test) run, estimated at {seconds:.0f} s"
+        + (
+            f", which is still more than the {max(b.available, 0):.0f} s the budget leaves"
+            if seconds > b.available
+            else ""
+        )
+    )
+    return chosen, train_cap
+
+
+def _choose_rung(b: _Budget, index: DatasetIndex, costs, scratch: dict | None, use_pretrained: bool) -> tuple:
+    """The richest rung that fits, else the scratch-only plan, else sampled features: (chosen, scratch, train_cap)."""
+    rungs = _ladder(b, use_pretrained)
+    for rung, (level, size, tta) in enumerate(rungs):
+        chosen = _rung_plan(b, costs, scratch, level, size, tta)
+        if chosen is not None:
+            chosen["rung"] = rung
+            return chosen, scratch, None
+    if not use_pretrained:
+        return _scratch_only(b, scratch), scratch, None
+    if scratch is not None:
+        b.why.append("the from-scratch CNN is dropped: with the pretrained candidates it does not fit the budget")
+    chosen, train_cap = _sampled_features(b, index, costs, len(rungs))
+    return chosen, None, train_cap
+
+
+def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float = 0.0) -> dict:
+    """The richest plan whose estimated seconds fit the budget less the `spent` seconds of the run's earlier
+    processes (a resumed run planned only now): its steps, their estimates and what decides them."""
+    b = _budget(cfg, index, profile, probe, costs, spent)
+    scratch, use_pretrained = _scratch_plan(b, profile, probe, costs)
+    chosen, scratch, train_cap = _choose_rung(b, index, costs, scratch, use_pretrained)
+    if not chosen["rounds"] and chosen["backbones"] and train_cap is None:
+        if any("+" in name for name in chosen["backbones"]):
+            b.why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
+        else:
+            b.why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {b.budget:g} s")
+    unused = unapplied(user_set(cfg), _planned_stages(cfg, chosen, scratch))
+    if unused:
+        b.why.append(f"{', '.join(map(option_flag, unused))} set but not applied: this plan has no step that uses them")
+    return {
+        "version": PLAN_VERSION,
+        "time_budget": b.budget,
+        "seed": cfg.seed,
+        "images": b.n,
+        "profile": profile.to_dict(),
+        "probe": probe.to_dict() if probe is not None else None,
+        "scratch": scratch,
+        **chosen,
+        "train_cap": train_cap,
+        "why": b.why,
+        "machine": costs.machine,
+        "costs": {k: costs.figures[k] for k in costs.used},  # the figures this plan read, not the whole cache
+        "measured": costs.measured,
+    }
+
+
+def _planned_stages(cfg: RunConfig, chosen: dict, scratch: dict | None) -> list[RunConfig]:
+    """The config of every stage the plan will run (each head rate, each round): which options the plan applies is
+    known only once the data and budget are read, so an option no stage applies is said, not refused."""
+    stages = [scratch_config(cfg, scratch, seed) for seed in scratch["seeds"]] if scratch is not None else []
+    for name in chosen["backbones"]:
+        stages += [member_config(cfg, "features", name, chosen["size"], lr=lr) for lr in head_lrs(cfg)]
+    for rnd in chosen["rounds"]:
+        base = member_config(cfg, "features", chosen["backbones"][0], chosen["size"], lr=head_lrs(cfg)[0])
+        stages.append(round_config(cfg, base, chosen["views"], rnd))
+    return stages
+
+
+def plan_table(plan: dict) -> str:
+    """The plan as the log shows it before the expensive work starts."""
+    lines = [f"auto plan (--time-budget {plan['time_budget']:g} s; estimates from timed warm-up batches):"]
+    for s in plan["steps"]:
+        lines.append(f"  {s['seconds']:7.0f} s  {s['step']}")
+    share = plan["estimate_seconds"] / plan["time_budget"]
+    lines.append(
+        f"  {plan['estimate_seconds']:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})"
+    )
+    lines.append(
+        "  decided on validation: the best candidate; each further round only if the last one improved; "
+        "averaging candidates and flipped views only if it beats each alone"
+    )
+    lines.extend(f"  why: {w}" for w in plan["why"])
+    return "\n".join(lines)
+
+
+def member_config(cfg: RunConfig, recipe: str, backbone: str, size: int, **recipe_values) -> RunConfig:
+    """The run's config as one candidate's recipe sees it: the user's options that recipe applies, plus auto's."""
+    from smallvision.config import build_config
+
+    values = nested({p: v for p, v in user_set(cfg).items() if p.startswith("data.") or recipe in APPLIES[p].recipes})
+    values.setdefault("data", {})["image_size"] = size
+    values.setdefault("model", {})["backbone"] = backbone
+    values.setdefault("recipe", {}).update({"name": recipe, **recipe_values})
+    member = build_config(values, origin="auto", conditions=False)  # checked against auto already
+    member.out = cfg.out
+    member.seed = cfg.seed
+    return member
+
+
+def head_lrs(cfg: RunConfig) -> tuple[float, ...]:
+    """The head learning rates tried on cached features: --lr when set, else HEAD_LRS."""
+    return (cfg.recipe.lr,) if "lr" in cfg.recipe.model_fields_set else HEAD_LRS
+
+
+def scratch_config(cfg: RunConfig, s: dict, seed: int) -> RunConfig:
+    """The config a planned from-scratch CNN trains with: the native size, its planned epochs, its seed."""
+    member = member_config(cfg, "scratch", SCRATCH, s["size"], epochs=s["epochs"])
+    member.seed = seed
+    return member
+
+
+def round_config(cfg: RunConfig, base: RunConfig, views: int, rnd: dict) -> RunConfig:
+    """The config a fine-tuning round trains with: the base candidate's head (backbone, size, rate, epochs) and the
+    round's blocks, rate and epochs."""
+    r = base.recipe
+    return member_config(
+        cfg,
+        "finetune",
+        base.model.backbone,
+        base.data.image_size,
+        cached_views=views,
+        lr=r.lr,
+        epochs=r.epochs,
+        finetune_lr=rnd["lr"],
+        finetune_epochs=rnd["epochs"],
+        unfreeze_blocks=rnd["blocks"],
+    )

@@ -1,0 +1,176 @@
+"""auto's choices on validation: the candidates it trained, which of them (or which average) is kept, and flipped
+views."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from smallvision.auto.clock import budget_check
+from smallvision.config import RunConfig
+from smallvision.data.scan import DatasetIndex
+from smallvision.errors import SmallvisionError
+from smallvision.recipes import steps
+from smallvision.recipes.base import RecipeOutcome
+from smallvision.results import RunNotes
+from smallvision.task import SINGLE_LABEL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One model auto trained: its network, its probabilities on every split, and how it got there."""
+
+    name: str
+    cfg: RunConfig
+    model: object
+    specs: list | None
+    probs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    history: list[dict]
+    best_epoch: int
+    trainable: list[str]
+    size: int
+    flipped: dict[str, np.ndarray] = field(default_factory=dict)
+    form: object | None = None  # the model's checked fast form for flipped views, built once (seconds each)
+    stages: list[tuple[str, RunConfig]] = field(default_factory=list)  # (history.csv's stage, the config it ran)
+
+    @property
+    def val(self) -> float:
+        """Validation accuracy of this candidate's probabilities."""
+        return accuracy(self.probs["val"], self.labels["val"])
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The validation score every choice of auto compares (the task's selection score)."""
+    return SINGLE_LABEL.score(probs, labels)
+
+
+def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> None:
+    """The candidate's probabilities on left-right flipped images of `splits`, in fp32 as the saved model runs (its
+    fast form, checked against eager fp32 within 1e-4 by models/inference.py)."""
+
+    from smallvision.data.cache import decoded_images
+    from smallvision.models.inference import inference_form, run_batches
+
+    todo = [s for s in splits if s not in cand.flipped and s in cand.probs]
+    if not todo:
+        return
+    if cand.form is None:  # val is flipped to choose, then test for the kept model: trace and check it once
+        cand.form = inference_form(cand.model, (3, cand.size, cand.size), 32, "fp32")
+    for split in todo:
+        items = [it for it in index.items if it.split == split]
+        images, failed = decoded_images(
+            [it.path for it in items], [it.digest for it in items], cand.size, progress=False
+        )
+        if failed:
+            raise SmallvisionError(f"{len(failed)} {split} image(s) no longer decode; run again")
+        logits = run_batches(cand.form, np.ascontiguousarray(images[:, :, ::-1]), progress=False)
+        cand.flipped[split] = SINGLE_LABEL.probabilities_of(logits)
+
+
+def choose(cands: list[Candidate], plan: dict, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
+    """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
+    every comparison on validation is counted in `choices`."""
+    ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    best = ranked[0]
+    members, val = [best], best.val
+    listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
+    notes.decide("choice", f"chose {best.name} among the candidates on validation ({listing})")
+    if len(cands) > 1:
+        choices["candidate"] += 1
+    # averaged only with candidates fed the same images (size) whose splits hold the same images in the same order
+    same = [
+        c
+        for c in ranked
+        if c.size == best.size and all(np.array_equal(c.labels[s], best.labels[s]) for s in best.probs)
+    ]
+    for k in (2, 3):
+        for combo in itertools.combinations(same, k):
+            p = sum(c.probs["val"] for c in combo) / k
+            acc = accuracy(p, best.labels["val"])
+            choices["average"] += 1
+            if acc > val + 1e-9:
+                members, val = list(combo), acc
+    if len(members) > 1:
+        notes.decide(
+            "average",
+            f"averaged the probabilities of {' and '.join(c.name for c in members)}: val accuracy {val:.4f}, "
+            f"above each alone ({', '.join(f'{c.val:.4f}' for c in members)})",
+        )
+    elif len(same) > 1:
+        notes.decide("average", f"no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
+    tta = False
+    if plan["tta"]:
+        guard = budget_check(run_dir, "tta", start, plan["tta_seconds"] * len(members), budget)
+        if guard["run"]:
+            for c in members:
+                flipped(c, index, ("val",))
+            p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
+            acc = accuracy(p, best.labels["val"])
+            tta = acc > val + 1e-9
+            choices["tta"] += 1
+            notes.decide(
+                "tta",
+                "test-time augmentation (averaging each image with its mirror image) "
+                + (
+                    f"kept: val accuracy {acc:.4f} against {val:.4f} without"
+                    if tta
+                    else f"not kept: val accuracy {acc:.4f}, not above {val:.4f} without"
+                ),
+            )
+            if tta:
+                val = acc
+        else:
+            notes.decide("tta", f"test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
+    notes.decide(
+        "final",
+        f"final model: {' averaged with '.join(c.name for c in members)}"
+        + (", each image averaged with its mirror image" if tta else "")
+        + f", val accuracy {val:.4f}",
+    )
+    return members, tta
+
+
+def final_outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> RecipeOutcome:
+    """One saved model for the chosen members (an ensemble when several) and its probabilities on every split."""
+    from smallvision.models.folder import ensemble_layout, head_card
+
+    lead = members[0]
+    if tta:
+        for c in members:
+            flipped(c, index, tuple(s for s in ("val", "test") if s in c.probs))
+    probs = {}
+    for split in [s for s in lead.probs if s != "train" or not tta]:  # flipped train images are never needed
+        parts = [(c.probs[split] + c.flipped[split]) / 2 if tta else c.probs[split] for c in members]
+        probs[split] = sum(parts) / len(parts)
+    if len(members) > 1:
+        from smallvision.models.head import ensemble
+
+        model = ensemble([c.model for c in members], tta="hflip" if tta else None)
+    else:
+        model = copy.deepcopy(lead.model)
+        model.tta = "hflip" if tta else None
+    groups = model.head.groups if len(members) > 1 else [list(range(len(model.backbones)))]
+    parts = [(steps.backbone_cards(c.model, c.specs, c.cfg), c.trainable) for c in members]
+    cards, trainable = ensemble_layout(model, groups, parts)  # equal backbones (a frozen one) shared among members
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return RecipeOutcome(
+        state,
+        cards,
+        head_card(model.head),
+        lead.history,
+        lead.best_epoch,
+        probs,
+        lead.labels,
+        notes,
+        {},
+        trainable,
+        image_size=lead.size,
+        tta="hflip" if tta else None,
+    )

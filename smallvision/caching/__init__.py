@@ -1,0 +1,1 @@
+"""What a frozen network computes once and reuses: pooled features per image, boundary activations per view."""

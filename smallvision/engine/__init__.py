@@ -1,0 +1,1 @@
+"""One training stage, two backends: a plain tensor loop for heads on cached features, Lightning for the rest."""

@@ -1,0 +1,105 @@
+"""`finetune` and `unfreeze`: a head on cached features, then the top blocks (or everything) at a lower rate."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from smallvision.config import RunConfig
+from smallvision.data.scan import DatasetIndex
+from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.steps import (
+    activation_views,
+    cache_counts,
+    epoch_logger,
+    feature_probs,
+    feature_stage,
+    finish,
+    frozen_summary,
+    image_data,
+    load_images,
+    param_groups,
+    pretrained_model,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _two_stage(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool, whole: bool, logger
+) -> RecipeOutcome:
+    """Stage 1: head on cached features. Stage 2: unfreeze the top blocks (or everything) at a lower lr."""
+    import lightning as L
+
+    from smallvision.engine.stage import stage_spec
+    from smallvision.engine.trainer import fit
+    from smallvision.models.backbone import freeze
+
+    notes: list[str] = []
+    fs = feature_stage(cfg, index, progress, notes, logger)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_images(cfg, index, progress)
+    model = pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head)
+    r = cfg.recipe
+    trainable = {}
+    for i, b in enumerate(model.backbones):
+        trainable[i] = freeze(b, None) if whole else freeze(b, r.unfreeze_blocks, r.unfreeze_from)
+    what = "the whole backbone trains" if whole else f"blocks {', '.join(trainable[0])} train"
+    stage = "unfreeze" if whole else "finetune"
+    notes.append(
+        f"stage {stage}: {what} at lr {r.finetune_lr:g} (lower groups x{r.layer_decay} each), the head at lr "
+        f"{r.lr:g}; {frozen_summary(model)}"
+    )
+    history = list(fs.history)
+
+    features_state = copy.deepcopy(model.state_dict())
+    views = activation_views(cfg, model, data, notes, progress)
+    groups = param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
+    spec = stage_spec(cfg, stage, "network", epochs=r.finetune_epochs)
+    res = fit(
+        model,
+        image_data(cfg, data, views),
+        spec,
+        groups=groups,
+        stage_dir=run_dir / "checkpoints" / stage,
+        progress=progress,
+        on_epoch=epoch_logger(logger),
+    )
+    history += res.history
+    notes.append(
+        f"stage {stage}: best epoch {res.best_epoch} of {r.finetune_epochs} (val accuracy {res.best_accuracy:.4f})"
+    )
+    best_epoch = res.best_epoch
+    if res.best_accuracy < fs.best_accuracy:
+        model.load_state_dict(features_state)
+        notes.append(
+            f"{cfg.recipe.name}: kept the stage-1 (features) model: val accuracy {fs.best_accuracy:.4f}; "
+            f"{stage} reached {res.best_accuracy:.4f}"
+        )
+        for b in model.backbones:
+            freeze(b, 0)
+        outcome = finish(
+            model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], cache_counts(fs), feature_probs(fs)
+        )
+        # the fine-tuning stage ran, on this many processes; the weights are stage 1's
+        return replace(outcome, world_size=res.world_size, kept_stage=fs.history[0]["stage"] if fs.history else None)
+    trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
+    probs = views.probabilities() if views is not None else None
+    outcome = finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, cache_counts(fs), probs)
+    return replace(outcome, world_size=res.world_size)
+
+
+def run_finetune(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
+) -> RecipeOutcome:
+    """`finetune`: head on cached features, then the top N blocks + head at a lower, per-group learning rate."""
+    return _two_stage(cfg, index, run_dir, progress, whole=False, logger=logger)
+
+
+def run_unfreeze(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
+) -> RecipeOutcome:
+    """`unfreeze`: head on cached features, then the whole network at a low learning rate."""
+    return _two_stage(cfg, index, run_dir, progress, whole=True, logger=logger)

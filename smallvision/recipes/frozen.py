@@ -1,0 +1,39 @@
+"""`frozen`: the pretrained backbone frozen, the head trained end to end with augmentation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from smallvision.config import RunConfig
+from smallvision.data.scan import DatasetIndex
+from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.steps import (
+    frozen_summary,
+    load_images,
+    one_stage,
+    pretrained_model,
+    resolve_specs,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None) -> RecipeOutcome:
+    """`frozen`: the pretrained backbone frozen (BatchNorm too), the head trained end to end with augmentation."""
+    import lightning as L
+
+    from smallvision.models.backbone import freeze
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    specs = resolve_specs(cfg)
+    data = load_images(cfg, index, progress)
+    model = pretrained_model(cfg, specs, len(index.classes))
+    for b in model.backbones:
+        freeze(b, 0)
+    notes = [
+        f"recipe frozen: backbone frozen, head trained end to end with augmentation "
+        f"{cfg.recipe.augment.preset}; {frozen_summary(model)}"
+    ]
+    params = list(model.head.parameters())
+    return one_stage(cfg, model, data, notes, "frozen", params, specs, run_dir, progress, logger)

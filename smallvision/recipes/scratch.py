@@ -1,0 +1,46 @@
+"""`scratch`: a small CNN from random init, trained end to end."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from smallvision.config import RunConfig
+from smallvision.data.scan import DatasetIndex
+from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.steps import (
+    frozen_summary,
+    load_images,
+    one_stage,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_scratch(
+    cfg: RunConfig,
+    index: DatasetIndex,
+    run_dir: Path,
+    progress: bool = True,
+    logger=None,
+    stage: str = "scratch",
+    max_seconds: float | None = None,
+) -> RecipeOutcome:
+    """`scratch`: a small CNN from random init, trained end to end (augmentation and dropout as configured)."""
+    import lightning as L
+
+    from smallvision.models.backbone import scratch_backbone
+    from smallvision.models.head import Head, ImageClassifier
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_images(cfg, index, progress)
+    name = cfg.model.backbones[0]
+    backbone = scratch_backbone(name, cfg.data.image_size, cfg.model.batch_norm)
+    head = Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, cfg.model.hidden)
+    model = ImageClassifier([backbone], head)
+    notes = [
+        f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
+        f"dropout {cfg.model.dropout}; {frozen_summary(model)}"
+    ]
+    params = list(model.parameters())
+    return one_stage(cfg, model, data, notes, stage, params, None, run_dir, progress, logger, max_seconds)

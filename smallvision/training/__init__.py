@@ -1,1 +1,0 @@
-"""Training: recipes, feature caching, schedules."""

@@ -1,0 +1,458 @@
+"""`auto` reads the data, prints and records a plan that fits its budget, follows it on a rerun and a resume, and
+keeps only what validation supports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import smallvision
+from smallvision.auto import execute, select
+from smallvision.auto import plan as planning
+from smallvision.config import build_config
+from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.results import SCHEMA_VERSION, decisions
+
+FAST = {"image_size": 64, "epochs": 3, "finetune_epochs": 2, "progress": False, "report": False}
+
+
+def _plan(run_dir: Path) -> dict:
+    return json.loads((run_dir / "checkpoints" / "auto_plan.json").read_text())
+
+
+def _weights(model_dir: Path) -> dict:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def first(shapes_data, tmp_path_factory, session_cache):
+    """One auto run on the shapes that the tests below compare against (in the session's cache, as they run)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLVISION_CACHE_DIR", str(session_cache))
+        return smallvision.train(shapes_data, out=tmp_path_factory.mktemp("auto") / "a", **FAST)
+
+
+def test_the_plan_is_printed_before_the_work_and_recorded(first):
+    result = first
+    plan = _plan(result.run_dir)
+    log = (result.run_dir / "run.log").read_text()  # what the terminal showed, as the CLI logs it
+    shown = log[log.index("auto plan (--time-budget") :]
+    work = [log.index(w) for w in ("activation cache:", "stage features", "data: ") if w in log]
+    assert log.index("auto plan") < min(work)  # before the training that follows it
+    planned = (result.run_dir / "checkpoints" / "auto_plan.json").stat().st_mtime
+    assert planned < min(p.stat().st_mtime for p in (result.run_dir / "checkpoints").glob("*/*.ckpt"))
+    for step in plan["steps"]:
+        assert f"{step['seconds']:7.0f} s  {step['step']}" in shown and step["seconds"] >= 0
+    assert plan["estimate_seconds"] == pytest.approx(sum(s["seconds"] for s in plan["steps"]))
+    assert plan["profile"]["images"] == 120 and plan["images"] == {"train": 72, "val": 30, "test": 18}
+    assert plan["costs"] and all(k in plan["costs"] for k in plan["measured"])
+    # every candidate the plan named ran, and the notes say what was chosen among them and why
+    chose = next(n for n in result.notes if n.startswith("auto: chose "))
+    for name in plan["backbones"]:
+        assert f"{name} features" in chose
+    # each decision is recorded beside its note, by kind, in the versioned metrics.json the report reads
+    m = smallvision.read_metrics(result.run_dir)
+    made = decisions(m)
+    assert m["schema"] == SCHEMA_VERSION and {"plan-file", "head-lr", "choice", "final"} <= {d.kind for d in made}
+    assert [f"auto: {d.text}" for d in made] == [n for n in result.notes if n.startswith("auto: ")]
+    card = smallvision.load(result.model_dir)[1]
+    assert result.metrics["backbone"] == "+".join(b.name for b in card.backbones)
+    assert card.image_size == plan["size"] or card.image_size == (plan["scratch"] or {}).get("size")
+
+
+def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_path):
+    """Every decision auto made on validation is counted once in metrics.json and the model card; the terminal summary
+    and the report quote the untouched test split first and that count beside validation's number."""
+    from math import comb
+
+    from smallvision.evaluation.report import write_report
+
+    notes, plan = first.notes, _plan(first.run_dir)
+    chose = next(n for n in notes if n.startswith("auto: chose "))
+    candidates = chose[chose.index("(") + 1 : -1].split(", ")  # all at one size here, so every pair and trio averaged
+    expected = {
+        "head_lr": len(plan["backbones"]),  # two head rates tried per backbone (--lr not set)
+        "finetune_round": sum(n.startswith("auto: fine-tuning round ") for n in notes),
+        "candidate": 1,
+        "average": comb(len(candidates), 2) + comb(len(candidates), 3),
+        "tta": sum(n.startswith("auto: test-time augmentation (") for n in notes),
+    }
+    expected = {k: v for k, v in expected.items() if v}
+    selection = first.metrics["selection"]
+    assert selection == {"split": "val", "choices": sum(expected.values()), "by": expected}
+    assert json.loads((first.run_dir / "metrics.json").read_text())["selection"] == selection
+    card = smallvision.load(first.model_dir)[1].metrics
+    assert card["selection"] == selection and card["test_accuracy"] == first.metrics["test_accuracy"]
+    said = f"the best of {selection['choices']} choices made on it (head learning rate {expected['head_lr']}, "
+    lines = first.summary().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("test accuracy"))
+    assert lines[at + 1].startswith("val accuracy") and said in lines[at + 1]
+    run_dir = tmp_path / "run"
+    shutil.copytree(first.run_dir, run_dir)
+    page = write_report(run_dir).read_text()
+    verdict = page[page.index('id="verdict-card"') : page.index("</dl>")]
+    assert ">Test accuracy<" in verdict and said in verdict
+
+
+def test_the_same_seed_gives_the_same_plan_and_the_same_model(first, shapes_data, tmp_path):
+    result = first
+    again = smallvision.train(shapes_data, out=tmp_path / "b", **FAST)
+    a, b = _plan(result.run_dir), _plan(again.run_dir)
+    assert b["measured"] == []  # the second run read the step costs the first one measured on this machine
+    for plan in (a, b):  # what was timed this time, and how long the probe took, are records, not decisions
+        plan.pop("measured")
+        (plan["probe"] or {}).pop("seconds", None)
+    assert a == b
+    ours, theirs = _weights(again.model_dir), _weights(result.model_dir)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert again.metrics["val_accuracy"] == result.metrics["val_accuracy"]
+
+
+def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, shapes_data, tmp_path, monkeypatch):
+    result = first
+    run = tmp_path / "resumed"
+    shutil.copytree(result.run_dir, run)
+    for name in ("metrics.json", "history.csv"):
+        (run / name).unlink()
+    shutil.rmtree(run / "model")
+    for stage in (run / "checkpoints").glob("finetune*"):
+        shutil.rmtree(stage)  # interrupted before fine-tuning finished
+    plan = _plan(run)
+    checks = {p.name: p.read_text() for p in (run / "checkpoints").glob("auto_*.json")}  # the recorded clock checks
+    assert "auto_plan.json" in checks and len(checks) > 1
+
+    def slow(self, *args, **kwargs):
+        raise AssertionError("a resumed run timed its steps again instead of following its recorded plan")
+
+    from smallvision.auto.costs import Costs
+
+    monkeypatch.setattr(Costs, "features", slow)
+    resumed = smallvision.train(resume=run, progress=False, report=False)
+    assert any("reused the plan recorded in" in n for n in resumed.notes)
+    assert _plan(run) == plan
+    assert {p.name: p.read_text() for p in (run / "checkpoints").glob("auto_*.json")} == checks
+    ours, theirs = _weights(resumed.model_dir), _weights(result.model_dir)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_budget_far_too_small_is_honoured_and_explained(shapes_data, tmp_path):
+    unused = {"momentum": 0.8, "warmup_epochs": 2.0, "memory_budget": 2.0}  # heads only: one-cycle, no cache
+    r = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=1, optimizer="sgd", **unused, **FAST)
+    plan = _plan(r.run_dir)
+    assert plan["rounds"] == [] and plan["backbones"] == ["efficientnet_lite0"] and plan["scratch"] is None
+    assert plan["train_cap"] is not None and plan["train_cap"] < 72
+    assert any("too small for fine-tuning" in w for w in plan["why"])
+    assert any("too small for fine-tuning" in n for n in r.notes)
+    assert not list((r.run_dir / "checkpoints").glob("finetune*"))
+    assert smallvision.load(r.model_dir)[1].trainable == ["head"]
+    (after,) = [n for n in r.notes if "no stage that ran uses them" in n]  # not --optimizer: the sgd heads ran
+    flags = "--momentum, --warmup-epochs, --finetune-epochs, --memory-budget"  # FAST's --finetune-epochs too
+    assert after == f"auto: {flags} set but not applied: no stage that ran uses them"
+
+
+class _Costs:
+    """Fixed step costs (images/s and seconds per batch) standing in for a machine's measured ones."""
+
+    machine = {"cores": 2}
+    measured: list[str] = []
+    used: list[str] = []
+    figures: dict = {}
+    precision = "32-true"
+
+    def __init__(self, ips: dict[str, float]) -> None:
+        self.ips = ips
+        self.batches: set[int] = set()  # the batch sizes the plan asked figures at
+
+    def decode(self) -> dict:
+        return {"seconds_per_image": 0.002, "seconds_per_megapixel": 0.01}
+
+    def features(self, spec, size: int) -> float:
+        return self.ips[spec.backbone] * (224 / size) ** 2
+
+    def finetune(self, spec, size: int, blocks: int, batch: int = 32) -> dict:
+        self.batches.add(batch)
+        ips = self.features(spec, size)
+        return {
+            "bottom_images_per_second": ips * 1.2,
+            "step_seconds": batch / ips,
+            "val_batch_seconds": batch / ips / 2,
+        }
+
+    def finetune_images(self, spec, size: int, blocks: int, batch: int = 32) -> dict:
+        self.batches.add(batch)
+        ips = self.features(spec, size)  # every step runs the whole network: several times the cached step
+        return {"step_seconds": 4 * batch / ips, "val_batch_seconds": 1.5 * batch / ips}
+
+    def activations(self, spec, size: int, blocks: int) -> int:
+        return 80 * (size // 16) ** 2  # efficientnet_lite's boundary below its top block: 80 channels at 1/16
+
+    def scratch(self, name: str, size: int, batch_norm: bool, batch: int = 32) -> dict:
+        self.batches.add(batch)
+        return {"step_seconds": 0.03 * batch / 32, "val_batch_seconds": 0.01 * batch / 32}
+
+
+class _Profile:
+    def __init__(self, images: int, side: int) -> None:
+        self.images, self.width, self.height = images, side, side
+        self.short_side = {"p10": side, "p50": side, "p90": side}
+        self.grayscale, self.tiny = 0.0, side <= 64
+
+    def to_dict(self) -> dict:
+        return {"images": self.images}
+
+    def sentence(self) -> str:
+        return f"{self.images} images"
+
+
+def _index(n: int, classes: int = 6) -> DatasetIndex:
+    items = [
+        ImageItem(Path(f"/x/{i}.jpg"), i % classes, "val" if i % 5 == 0 else "train", f"{i:08x}") for i in range(n)
+    ]
+    return DatasetIndex(Path("/x"), "folders", [f"c{c}" for c in range(classes)], items)
+
+
+COSTS = {"efficientnet_lite0": 186.0, "efficientnet_lite1": 105.0, "efficientnet_lite2": 70.0}
+
+
+@pytest.mark.parametrize("images", [400, 5_000, 20_000, 200_000])
+def test_large_folders_scale_the_plan_down_and_it_always_fits(images):
+    cfg = build_config({"data": {"path": "x"}})
+    plan = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, _Costs(COSTS))
+    assert plan["estimate_seconds"] <= planning.SAFETY * cfg.recipe.time_budget
+    if images == 400:
+        assert len(plan["backbones"]) == 3 and len(plan["rounds"]) == 3 and plan["tta"]
+    if images == 20_000:
+        assert "efficientnet_lite1" not in plan["backbones"] and plan["train_cap"] is None
+    if images == 200_000:
+        assert plan["train_cap"] is not None and plan["train_cap"] < 0.8 * images
+        assert any("too small" in w for w in plan["why"])
+    smaller = planning.make_plan(cfg, _index(images // 2), _Profile(images // 2, 150), None, _Costs(COSTS))
+    assert smaller["rung"] <= plan["rung"]  # fewer images never get a poorer rung of the ladder
+
+
+class _Probe:
+    def __init__(self, ncm: float, scratch: float) -> None:
+        self.ncm_accuracy, self.scratch_accuracy = ncm, scratch
+
+    def to_dict(self) -> dict:
+        return {"ncm": self.ncm_accuracy, "scratch": self.scratch_accuracy}
+
+    def sentence(self) -> str:
+        return "probe"
+
+
+@pytest.mark.parametrize(
+    "ncm,scratch,has_scratch,has_pretrained",
+    [(0.6, 0.95, True, False), (0.8, 0.78, True, True), (0.9, 0.4, False, True)],
+)
+def test_the_probe_decides_the_candidates(ncm, scratch, has_scratch, has_pretrained):
+    cfg = build_config({"data": {"path": "x"}})
+    plan = planning.make_plan(cfg, _index(1_800, 10), _Profile(1_800, 32), _Probe(ncm, scratch), _Costs(COSTS))
+    assert (plan["scratch"] is not None) == has_scratch
+    assert bool(plan["backbones"]) == has_pretrained
+    if has_scratch:
+        assert plan["scratch"]["size"] == 32 and plan["scratch"]["epochs"] >= planning.SCRATCH_MIN_EPOCHS
+
+
+def _tiny_digits(root: Path, per_class: int = 24) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts: dict[int, int] = {}
+    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        folder = root / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (255 - img / 16.0 * 255).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_a_tiny_image_folder_gets_a_scratch_candidate_at_its_native_size(tmp_path):
+    from smallvision.api import _scan
+    from smallvision.auto.probe import imagenet_distance
+    from smallvision.data.profile import profile_data
+
+    data = _tiny_digits(tmp_path / "digits")
+    cfg = build_config({"data": {"path": str(data)}})
+    index = _scan(cfg)
+    profile = profile_data(index)
+    assert profile.tiny and profile.grayscale == 1.0
+    probe = imagenet_distance(index, scratch_size=32, seed=0)
+    assert probe.scratch_accuracy > probe.ncm_accuracy  # tiny grayscale digits are far from ImageNet photos
+    plan = planning.make_plan(cfg, index, profile, probe, _Costs(COSTS))
+    assert plan["scratch"] is not None and plan["scratch"]["size"] == 32
+    assert any("from-scratch small_cnn at the native 32 px is a candidate" in w for w in plan["why"])
+
+
+@pytest.mark.parametrize("recipe,first_lr", [({}, 3e-4), ({"lr": 2e-3}, 6e-4), ({"finetune_lr": 5e-5}, 5e-5)])
+def test_fine_tuning_rounds_start_at_three_tenths_of_the_lr_unless_the_user_sets_theirs(recipe, first_lr):
+    cfg = build_config({"data": {"path": "x"}, "recipe": recipe})
+    plan = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    assert [r["lr"] for r in plan["rounds"]] == pytest.approx([first_lr, first_lr / 2, first_lr / 4])
+
+
+def test_fine_tuning_options_a_plan_cannot_use_are_named():
+    values = {"data": {"path": "x"}, "recipe": {"finetune_epochs": 3, "augment": {"rotation_range": 20.0}}}
+    tight = planning.make_plan(
+        build_config({**values, "recipe": {**values["recipe"], "time_budget": 1}}),
+        _index(400),
+        _Profile(400, 150),
+        None,
+        _Costs(COSTS),
+    )
+    said = [w for w in tight["why"] if "set but not applied" in w]
+    assert tight["rounds"] == [] and said and "--finetune-epochs" in said[0] and "--rotation-range" in said[0]
+    roomy = planning.make_plan(build_config(values), _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    assert roomy["rounds"] and not any("set but not applied" in w for w in roomy["why"])
+
+
+def test_a_joined_backbone_runs_its_features_and_says_it_is_not_fine_tuned(shapes_data, tmp_path):
+    joined = "efficientnet_lite0+efficientnet_lite1"
+    r = smallvision.train(shapes_data, out=tmp_path / "joined", backbone=joined, **FAST)
+    plan = _plan(r.run_dir)
+    assert plan["backbones"] == [joined] and plan["rounds"] == []
+    assert any("not a joined one" in w for w in plan["why"])
+    assert any("--finetune-epochs set but not applied" in n for n in r.notes)
+    model, card = smallvision.load(r.model_dir)
+    assert len(card.backbones) == 2 and card.trainable == ["head"] and len(model.backbones) == 2
+
+
+def test_options_no_planned_stage_applies_are_named_from_the_stages_themselves():
+    # a heads-only plan: one-cycle cycles sgd's momentum itself and has no warm-up; no stage caches activations
+    recipe = {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 2.0, "time_budget": 1}
+    values = {"data": {"path": "x"}, "recipe": recipe, "trainer": {"memory_budget": 2.0}}
+    plan = planning.make_plan(build_config(values), _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    said = [w for w in plan["why"] if "set but not applied" in w]
+    assert plan["rounds"] == [] and plan["scratch"] is None and len(said) == 1
+    named = said[0].split(" set but")[0].split(", ")
+    assert sorted(named) == ["--memory-budget", "--momentum", "--warmup-epochs"]  # --optimizer ran: sgd heads
+    roomy = planning.make_plan(
+        build_config({**values, "recipe": {**recipe, "time_budget": 600}}),
+        _index(400),
+        _Profile(400, 150),
+        None,
+        _Costs(COSTS),
+    )
+    assert roomy["rounds"] and not any("set but not applied" in w for w in roomy["why"])  # the rounds apply them
+
+
+def _stage_value(resolved: dict, stage: dict, path: str):
+    """A stage's resolved value at dotted `path`: its own, else the value its run's candidates share."""
+    *sections, leaf = path.split(".")
+    own, common = stage, resolved
+    for s in sections:
+        own, common = own.get(s, {}), common.get(s, {})
+    return own[leaf] if leaf in own else common[leaf]
+
+
+def test_config_yaml_metrics_and_tracker_values_are_what_each_candidate_ran(first):
+    import csv
+    import re
+
+    from smallvision.config import read_resolved
+
+    resolved = read_resolved(first.run_dir / "config.yaml")
+    cands = resolved["candidates"]
+    assert first.metrics["candidates"] == cands  # metrics.json holds the same record
+    final = next(n for n in first.notes if n.startswith("auto: final model: "))
+    chosen = [c for c in cands if c["chosen"]]
+    assert cands[: len(chosen)] == chosen and all(c["name"] in final for c in chosen)  # the chosen one(s) first
+    among = next(n for n in first.notes if n.startswith("auto: chose ")).split("on validation (")[1].rstrip(")")
+    listed = dict((name, float(v)) for name, v in re.findall(r"(.+?) (\d\.\d{4})(?:, |$)", among))
+    assert {c["name"]: c["val_accuracy"] for c in cands} == listed  # every candidate that ran, and only those
+    for c in cands:
+        head = c["stages"][0]
+        kept = re.search(
+            rf"auto: {c['name'].split()[0]} head on cached features: kept lr (\S+) ", " ".join(first.notes)
+        )
+        assert _stage_value(resolved, head, "recipe.lr") == float(kept.group(1))  # not the default 0.001
+        assert _stage_value(resolved, head, "recipe.name") == "features"
+        assert _stage_value(resolved, head, "data.image_size") == 64 and resolved["recipe"]["name"] == "auto"
+    ran = list(dict.fromkeys(row["stage"] for row in csv.DictReader((first.run_dir / "history.csv").open())))
+    assert [s["stage"] for s in chosen[0]["stages"]] == ran  # the chosen candidate's stages are history.csv's
+    for c in cands:
+        for rnd in c["stages"][1:]:  # fine-tuning rounds: their own blocks, rate and epochs
+            i = int(rnd["stage"].removeprefix("finetune"))
+            planned = _plan(first.run_dir)["rounds"][i - 1]
+            assert _stage_value(resolved, rnd, "recipe.finetune_lr") == pytest.approx(planned["lr"])
+            assert _stage_value(resolved, rnd, "recipe.unfreeze_blocks") == planned["blocks"]
+    report = (first.run_dir / "config.yaml").read_text()
+    assert "candidates:" in report and "hidden: 512" not in report
+
+
+def test_the_resolved_record_of_a_scratch_and_a_features_candidate_holds_their_own_values(tmp_path):
+    import yaml
+
+    from smallvision.config import dump_config, load_config
+
+    cfg = build_config({"data": {"path": "x"}})
+    labels = {"val": np.array([0, 1])}
+    scratch_config = planning.scratch_config(cfg, {"size": 32, "epochs": 7, "seeds": [0]}, 0)
+    head_cfg = planning.member_config(cfg, "features", "efficientnet_lite0", 32, lr=3e-3)
+    scratch = select.Candidate(
+        "small_cnn from scratch", scratch_config, None, None, {"val": np.eye(2)}, labels, [], 5, ["all"], 32
+    )
+    scratch.stages = [("scratch", scratch_config)]
+    head = select.Candidate(
+        "efficientnet_lite0 features", head_cfg, None, [], {"val": np.eye(2)[::-1]}, labels, [], 3, ["head"], 32
+    )
+    head.stages = [("features efficientnet_lite0", head_cfg)]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config({"data": {"path": "x"}}, execute.resolved_values(cfg, [scratch], [head, scratch])))
+    resolved = yaml.safe_load(saved.read_text())["resolved"]
+    assert load_config(saved) == {"data": {"path": "x"}}  # loading still ignores it
+    first, second = resolved["candidates"]
+    assert first["name"] == "small_cnn from scratch" and first["chosen"] and not second["chosen"]
+    (s,), (h,) = first["stages"], second["stages"]
+    assert _stage_value(resolved, s, "model.hidden") == 512 and _stage_value(resolved, s, "recipe.epochs") == 7
+    assert _stage_value(resolved, h, "model.hidden") == 0 and _stage_value(resolved, h, "recipe.lr") == 3e-3
+    assert _stage_value(resolved, s, "recipe.lr") == 1e-3 and _stage_value(resolved, h, "recipe.epochs") == 30
+    assert "hidden" not in resolved["model"] and "lr" not in resolved["recipe"]  # they differ: each says its own
+    assert resolved["data"]["image_size"] == 32 and resolved["recipe"]["time_budget"] == 600
+    assert "finetune_lr" not in resolved["recipe"]  # no stage that ran fine-tuned
+
+
+def test_rounds_are_costed_as_they_will_run_under_the_memory_budget_and_batch_size():
+    def plan(**values):
+        sections = {"recipe": {}, "trainer": {}}
+        for key, value in values.items():
+            sections["trainer" if key == "memory_budget" else "recipe"][key] = value
+        costs = _Costs(COSTS)
+        made = planning.make_plan(
+            build_config({"data": {"path": "x"}, **sections}), _index(400), _Profile(400, 150), None, costs
+        )
+        return made, costs
+
+    cached, _ = plan()
+    assert cached["rounds"] and all(
+        "on cached activations" in s["step"] for s in cached["steps"] if "round" in s["step"]
+    )
+    # the same rounds when the cache cannot fit: costed on full images, as activation_views will run them
+    full, _ = plan(memory_budget=0.01, time_budget=3000)
+    rounds = [s for s in full["steps"] if "round" in s["step"]]
+    assert rounds and all("on full images" in s["step"] and "over --memory-budget 0.01 GB" in s["step"] for s in rounds)
+    same = [r for r in cached["rounds"] if r["blocks"] in {f["blocks"] for f in full["rounds"]}]
+    assert min(r["seconds"] for r in full["rounds"]) > max(r["seconds"] for r in same)  # slower, and said so
+    assert "on full images" in planning.plan_table(full)  # what the log prints before the work
+    big, costs = plan(batch_size=64)
+    assert costs.batches == {64}  # timed at the batch the run trains at, not at 32
+    _, default = plan()
+    assert default.batches == {32}
+
+
+def test_a_plan_made_after_a_resume_fits_what_is_left_of_the_budget():
+    cfg = build_config({"data": {"path": "x"}})
+    fresh = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    late = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS), spent=400.0)
+    assert late["estimate_seconds"] <= planning.SAFETY * 600 - planning.RESERVED - 400 < fresh["estimate_seconds"]
+    assert late["rung"] > fresh["rung"] and any("earlier process(es) took 400 s" in w for w in late["why"])
