@@ -262,38 +262,49 @@ def evaluate(
         typer.echo(f"skipped {s['path']}: {s['reason']}")
 
 
-@app.command(cls=GroupedCommand)
-def compare(
-    data: Annotated[Path, typer.Argument(help="Folder of class folders (or train/ val/ test/), or a .zip")],
-    image_size: Annotated[int | None, _opt("data.image_size")] = None,
-    recipes: Annotated[
+COMPARE_EXTRA = [  # compare's options that are not config fields shared by its runs
+    _parameter(
+        "recipes",
         str,
+        "features",
         Opt(
             help="comma-separated recipes, e.g. scratch,features,finetune; default: features",
             show_default=False,
             rich_help_panel=TRAINING,
         ),
-    ] = "features",
-    sweep: Annotated[
+    ),
+    _parameter(
+        "sweep",
         list[str] | None,
+        None,
         Opt(
             metavar="OPTION=V1,V2",
             help="a grid over any train option (repeatable), e.g. lr=1e-4,1e-3; default: none",
             rich_help_panel=TRAINING,
         ),
-    ] = None,
-    epochs: Annotated[int | None, _opt("recipe.epochs")] = None,
-    seed: Annotated[int | None, _opt("seed")] = None,
-    out: Annotated[Path | None, Opt(help="compare folder; default: runs/<data>-compare", rich_help_panel=RUN)] = None,
-    quiet: Annotated[
-        bool, Opt("--quiet", "-q", help="only warnings and the results; default: off", rich_help_panel=RUN)
-    ] = False,
-) -> None:
+    ),
+    _parameter("out", Path | None, None, Opt(help="compare folder; default: runs/<data>-compare", rich_help_panel=RUN)),
+    _parameter(
+        "quiet",
+        bool,
+        False,
+        Opt("--quiet", "-q", help="only warnings and the results; default: off", rich_help_panel=RUN),
+    ),
+]
+# compare gives each run every train option but the recipe (--recipes) and the run folder (its own --out)
+COMPARE_FIELDS = {name: path for name, path in TRAIN_FIELDS.items() if path not in ("recipe.name", "out")}
+
+
+def compare(**values: Any) -> None:
     """Compare recipes or a sweep on one split. Chooses on validation and tests only the chosen run."""
     from smallvision import api
 
+    recipes, sweep, out, quiet = (values.pop(p.name) for p in COMPARE_EXTRA)
     _setup_logging(quiet)
-    common = {k: v for k, v in {"image_size": image_size, "epochs": epochs, "seed": seed}.items() if v is not None}
+    common = {COMPARE_FIELDS[name]: value for name, value in values.items() if value is not None}
+    data = common.pop("data.path", None)
+    if data is None:
+        raise SmallvisionError("no data folder given: smallvision compare DATA_FOLDER --recipes features,finetune")
     result = api.compare(
         data, recipes=recipes, sweep=sweep or [], out=out, progress=not quiet and sys.stderr.isatty(), **common
     )
@@ -301,6 +312,14 @@ def compare(
     test = result.get("best_test_accuracy")
     typer.echo(f"best on validation: {result['best']}; its test accuracy: {'n/a' if test is None else f'{test:.4f}'}")
     typer.echo(f"time {result['seconds']:.1f} s · page {Path(result['out']) / 'report.html'}")
+
+
+_COMPARE_PARAMETERS = [
+    _field_parameter(path, info) for path, info in leaf_fields().items() if path in COMPARE_FIELDS.values()
+] + COMPARE_EXTRA
+compare.__signature__ = Signature(_COMPARE_PARAMETERS)
+compare.__annotations__ = {p.name: typing.get_args(p.annotation)[0] for p in _COMPARE_PARAMETERS}
+app.command(cls=GroupedCommand)(compare)
 
 
 @app.command()
@@ -314,6 +333,30 @@ def report(
 
     _setup_logging(True)
     typer.echo(f"report: {api.report(folder)}")
+
+
+def _predictions(
+    paths: list[Path], top_k: int, backbone: str | None, *, imagenet: bool, tta: bool, onnx: bool, int8: bool
+):
+    """`predict`'s predictions, lazily: a saved model's on MODEL_DIR's images, or the ImageNet head's (--imagenet);
+    options that the chosen path cannot apply are refused by name."""
+    from smallvision import api
+
+    if top_k < 1:
+        raise SmallvisionError(f"--top-k {top_k}: give 1 or more classes per image")
+    if imagenet:
+        if onnx or int8:
+            flag = "--onnx" if onnx else "--int8"
+            raise SmallvisionError(f"{flag} cannot apply with --imagenet: the ImageNet head has no ONNX export")
+        return api.predict_imagenet(paths, top_k=top_k, backbone=backbone or "efficientnet_lite0", tta=tta)
+    if backbone is not None:
+        raise SmallvisionError(
+            f"--backbone {backbone} applies only with --imagenet: a saved model's backbone is part of MODEL_DIR; "
+            "drop --backbone or add --imagenet"
+        )
+    if len(paths) < 2:
+        raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
+    return api.iter_predictions(paths[0], paths[1:], top_k=top_k, tta=tta, onnx=onnx, int8=int8)
 
 
 @app.command()
@@ -356,22 +399,7 @@ def predict(
     from smallvision import api
 
     _setup_logging(True)
-    if top_k < 1:
-        raise SmallvisionError(f"--top-k {top_k}: give 1 or more classes per image")
-    if imagenet:
-        if onnx or int8:
-            flag = "--onnx" if onnx else "--int8"
-            raise SmallvisionError(f"{flag} cannot apply with --imagenet: the ImageNet head has no ONNX export")
-        preds = api.predict_imagenet(paths, top_k=top_k, backbone=backbone or "efficientnet_lite0", tta=tta)
-    elif backbone is not None:
-        raise SmallvisionError(
-            f"--backbone {backbone} applies only with --imagenet: a saved model's backbone is part of MODEL_DIR; "
-            "drop --backbone or add --imagenet"
-        )
-    else:
-        if len(paths) < 2:
-            raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
-        preds = api.iter_predictions(paths[0], paths[1:], top_k=top_k, tta=tta, onnx=onnx, int8=int8)
+    preds = _predictions(paths, top_k, backbone, imagenet=imagenet, tta=tta, onnx=onnx, int8=int8)
     if csv_path is None and json_path is None:
         for p in preds:
             if p.error:
@@ -436,21 +464,23 @@ def export(
         + ("passed" if check["passed"] else "FAILED")
     )
     if int8:
-        q = record["int8"]
-        typer.echo(
-            f"int8: {result['int8_path']} ({q['size_bytes'] / 1e6:.1f} MB, fp32 {q['fp32_size_bytes'] / 1e6:.1f} MB)"
-        )
-        typer.echo(
-            f"int8 accuracy on {q['check']['images']} val images: {q['accuracy_fp32']:.4f} (fp32 ONNX) -> "
-            f"{q['accuracy_int8']:.4f} (int8), drop {q['accuracy_drop_points']:.2f} points "
-            f"(tolerance {q['check']['accuracy_tolerance_points']:g} points); "
-            f"top-1 agreement with fp32 {q['check']['top1_agreement']:.4f}"
-        )
-        typer.echo(
-            f"images/s (onnxruntime, CPU, batch 32): fp32 {q['fp32_images_per_second']:.0f}, "
-            f"int8 {q['images_per_second']:.0f}"
-        )
+        _echo_int8(result["int8_path"], record["int8"])
     typer.echo(f"record: {result['export_json']}")
+
+
+def _echo_int8(path: str, q: dict) -> None:
+    """What `export --int8` measured: the int8 file's size, its accuracy against fp32 and its speed."""
+    typer.echo(f"int8: {path} ({q['size_bytes'] / 1e6:.1f} MB, fp32 {q['fp32_size_bytes'] / 1e6:.1f} MB)")
+    typer.echo(
+        f"int8 accuracy on {q['check']['images']} val images: {q['accuracy_fp32']:.4f} (fp32 ONNX) -> "
+        f"{q['accuracy_int8']:.4f} (int8), drop {q['accuracy_drop_points']:.2f} points "
+        f"(tolerance {q['check']['accuracy_tolerance_points']:g} points); "
+        f"top-1 agreement with fp32 {q['check']['top1_agreement']:.4f}"
+    )
+    typer.echo(
+        f"images/s (onnxruntime, CPU, batch 32): fp32 {q['fp32_images_per_second']:.0f}, "
+        f"int8 {q['images_per_second']:.0f}"
+    )
 
 
 def serve(**values: Any) -> None:

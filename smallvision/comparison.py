@@ -173,11 +173,26 @@ def _train_plan(
         atomic.write_bytes(record, (run_dir / "split.csv").read_bytes())
 
 
+def _option_name(key: str) -> str:
+    """An option's field name however it is spelled: `lr`, `recipe.lr`, `finetune-lr` -> lr, lr, finetune_lr."""
+    return key.rpartition(".")[2].replace("-", "_")
+
+
+def _refuse_set_and_swept(grid: dict[str, list[Any]], common: dict[str, Any]) -> None:
+    """An option both given for every run and swept would be the sweep's in every run: refused, naming it."""
+    both = sorted({_option_name(k) for k in grid} & {_option_name(k) for k in common})
+    if both:
+        raise SmallvisionError(
+            f"{', '.join(both)}: given for every run and swept too; the sweep's values would replace it in every "
+            "run. Give it once or sweep it, not both"
+        )
+
+
 def _refuse_split_sweep(grid: dict[str, list[Any]]) -> None:
     """Every run of a compare trains on one recorded split, so a swept carving option could not change it: refused."""
     from smallvision.data.split import CARVING_OPTIONS
 
-    swept = [k for k in grid if k.rpartition(".")[2].replace("-", "_") in CARVING_OPTIONS]
+    swept = [k for k in grid if _option_name(k) in CARVING_OPTIONS]
     if swept:
         raise SmallvisionError(
             f"--sweep {', '.join(swept)}: every run of a compare trains on the split the first run recorded "
@@ -210,6 +225,7 @@ def run_compare(
     start = time.perf_counter()
     grid = sweep or {}
     _refuse_split_sweep(grid)
+    _refuse_set_and_swept(grid, common)
     todo = plans(recipes, grid)
     for plan in todo:  # before anything trains: every plan valid, no folder of another configuration reused
         _check_plan(steps, out / "runs" / plan.name, data, plan, common)
@@ -224,32 +240,12 @@ def run_compare(
         _train_plan(steps, plan, f"run {number}/{len(todo)}", left, run_dir, data, progress, common)
         m = steps.read_metrics(run_dir)
         seconds.setdefault(plan.recipe, []).append(m["seconds"])
-        rows.append(
-            {
-                "run": plan.name,
-                "recipe": plan.recipe,
-                "options": " ".join(f"{k}={v}" for k, v in plan.options.items()),
-                "val_accuracy": m["val_accuracy"],
-                "val_loss": m["val_loss"],
-                "val_f1_macro": m["val"]["f1_macro"],
-                "seconds": round(m["seconds"], 1),
-            }
-        )
-        histories[plan.name] = list(csv.DictReader(io.StringIO((run_dir / "history.csv").read_text())))
-        for h in histories[plan.name]:
-            h["val_accuracy"], h["val_loss"] = float(h["val_accuracy"]), float(h["val_loss"])
+        rows.append(_row(plan, m))
+        histories[plan.name] = _history(run_dir)
     best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
     best_dir = out / "runs" / best["run"]
-    summary: dict[str, Any] = {"best": best["run"], "chosen_on": "validation accuracy (ties: lower validation loss)"}
-    try:
-        test = steps.evaluate(best_dir / "model", data, split="test", config=best_dir / "config.yaml")
-        summary["best_test_accuracy"] = test["accuracy"]
-        summary["best_test"] = {k: test[k] for k in ("n", "accuracy", "loss", "f1_macro")}
-    except SmallvisionError as e:
-        summary["best_test_accuracy"] = None
-        summary["test_note"] = f"no test split evaluated ({e})"
+    summary = _tested(steps, best["run"], best_dir, data)
     summary["seconds"] = round(time.perf_counter() - start, 1)
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -261,6 +257,40 @@ def run_compare(
     atomic.write_json(out / "results.json", {"rows": rows, **summary})
     _page(out, rows, summary)
     return {"rows": rows, **summary, "out": str(out)}
+
+
+def _row(plan, m: dict) -> dict[str, Any]:
+    """results.csv's row of a finished run: its recipe and options, validation numbers and seconds."""
+    return {
+        "run": plan.name,
+        "recipe": plan.recipe,
+        "options": " ".join(f"{k}={v}" for k, v in plan.options.items()),
+        "val_accuracy": m["val_accuracy"],
+        "val_loss": m["val_loss"],
+        "val_f1_macro": m["val"]["f1_macro"],
+        "seconds": round(m["seconds"], 1),
+    }
+
+
+def _history(run_dir: Path) -> list[dict]:
+    """A run's history.csv rows, validation loss and accuracy as numbers (the curves figure reads them)."""
+    rows = list(csv.DictReader(io.StringIO((run_dir / "history.csv").read_text())))
+    for h in rows:
+        h["val_accuracy"], h["val_loss"] = float(h["val_accuracy"]), float(h["val_loss"])
+    return rows
+
+
+def _tested(steps: Steps, best: str, best_dir: Path, data) -> dict[str, Any]:
+    """The summary of the chosen run, tested once on the test split (noted when there is none)."""
+    summary: dict[str, Any] = {"best": best, "chosen_on": "validation accuracy (ties: lower validation loss)"}
+    try:
+        test = steps.evaluate(best_dir / "model", data, split="test", config=best_dir / "config.yaml")
+        summary["best_test_accuracy"] = test["accuracy"]
+        summary["best_test"] = {k: test[k] for k in ("n", "accuracy", "loss", "f1_macro")}
+    except SmallvisionError as e:
+        summary["best_test_accuracy"] = None
+        summary["test_note"] = f"no test split evaluated ({e})"
+    return summary
 
 
 def _page(out: Path, rows: list[dict], summary: dict) -> Path:

@@ -479,6 +479,22 @@ def destination(model_dir: Path, format: str, out: str | Path | None) -> Path:
     return dest
 
 
+def _refuse_unapplied(model_dir: Path, format: str, int8: bool, int8_tolerance: float | None, index) -> None:
+    """Refuse, by name, an export option that this export cannot apply."""
+    if format not in FORMATS:
+        raise SmallvisionError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
+    if int8 and format != "onnx":
+        raise SmallvisionError(f"--int8 quantizes the ONNX export; it does not apply to --format {format}")
+    if int8_tolerance is not None and not int8:
+        raise SmallvisionError("--int8-tolerance applies only with --int8; add --int8 or leave it out")
+    if int8 and index is None:
+        raise SmallvisionError(
+            f"--int8: {model_dir} has no run folder beside it (no {model_dir.resolve().parent / 'config.yaml'}), "
+            "so there are no known training images to calibrate on and no validation split to measure the "
+            "accuracy drop on; export the model inside its run folder (runs/NAME/model) to quantize it"
+        )
+
+
 def export_model(
     model_dir: str | Path,
     format: str = "onnx",
@@ -497,18 +513,7 @@ def export_model(
     from smallvision.models.folder import CARD_FILE, WEIGHTS_FILE, load_model
 
     model_dir = Path(model_dir)
-    if format not in FORMATS:
-        raise SmallvisionError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
-    if int8 and format != "onnx":
-        raise SmallvisionError(f"--int8 quantizes the ONNX export; it does not apply to --format {format}")
-    if int8_tolerance is not None and not int8:
-        raise SmallvisionError("--int8-tolerance applies only with --int8; add --int8 or leave it out")
-    if int8 and index is None:
-        raise SmallvisionError(
-            f"--int8: {model_dir} has no run folder beside it (no {model_dir.resolve().parent / 'config.yaml'}), "
-            "so there are no known training images to calibrate on and no validation split to measure the "
-            "accuracy drop on; export the model inside its run folder (runs/NAME/model) to quantize it"
-        )
+    _refuse_unapplied(model_dir, format, int8, int8_tolerance, index)
     dest = destination(model_dir, format, out)
     network, card = load_model(model_dir)
     sha, card_sha = runtime.file_sha256(model_dir / WEIGHTS_FILE), runtime.file_sha256(model_dir / CARD_FILE)

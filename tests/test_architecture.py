@@ -64,3 +64,33 @@ def test_the_check_sees_a_private_reach(tmp_path):
         "recipes/sample.py:6: steps._hidden",
         "recipes/sample.py:8: smallvision.api._scan",
     ]
+
+
+LONGEST = 60  # lines, def to last line: a function fits on a screen
+
+
+def long_functions(path: Path, root: Path = PACKAGE.parent) -> list[str]:
+    """Functions in `path` over LONGEST lines whose def is not followed within three lines by a `# long: why`."""
+    lines = path.read_text().splitlines()
+    found = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            size = node.end_lineno - node.lineno + 1
+            said = any("# long:" in line for line in lines[node.lineno - 1 : node.lineno + 3])
+            if size > LONGEST and not said:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {node.name} ({size} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_a_screen_without_saying_why():
+    found = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in long_functions(path)]
+    assert not found, "split these, or say why not in a `# long:` comment by the def:\n" + "\n".join(found)
+
+
+def test_the_length_check_sees_a_long_function_and_its_reason(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(LONGEST))
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        f"def long():\n{body}\n\ndef explained():  # long: a table of constants\n{body}\n\ndef short():\n    pass\n"
+    )
+    assert long_functions(sample, tmp_path) == [f"sample.py:1: long ({LONGEST + 1} lines)"]

@@ -73,13 +73,34 @@ def test_train_options_are_in_their_panels_in_order():
 
 
 def test_compare_shares_the_panels_and_train_s_help_texts():
+    """compare gives its runs every train option but the recipe (--recipes) and the run folder: generated from the
+    same config fields, so each has train's flag, panel and help text."""
     sections = _sections(_help("compare"))
     train = _sections(_help("train"))
-    for flag, panel in (("--image-size", "Data"), ("--epochs", "Training"), ("--seed", "Run and devices")):
-        in_compare = re.search(rf"^  {flag} .*?(?=^  -|\Z)", sections[panel], re.M | re.S).group()
-        in_train = re.search(rf"^  {flag} .*?(?=^  -|\Z)", train[panel], re.M | re.S).group()
-        assert " ".join(in_compare.split()[2:]) == " ".join(in_train.split()[2:]), flag
+    for path in leaf_fields():
+        flag = option_flag(path)
+        if flag in ("DATA", "--recipe", "--out"):
+            continue
+        panel = option_panel(path)
+        in_compare = re.search(rf"^  {re.escape(flag)} .*?(?=^  -|\Z)", sections[panel], re.M | re.S)
+        in_train = re.search(rf"^  {re.escape(flag)} .*?(?=^  -|\Z)", train[panel], re.M | re.S).group()
+        assert in_compare, flag
+        assert " ".join(in_compare.group().split()[2:]) == " ".join(in_train.split()[2:]), flag
+    assert not re.search(r"^  --recipe\b", sections["Training"], re.M)
     assert "--recipes" in sections["Training"] and "--sweep" in sections["Training"]
+    assert "compare folder" in sections["Run and devices"]
+
+
+def test_compare_flags_reach_every_run_as_their_config_fields(monkeypatch):
+    from smallvision import api
+
+    got = {}
+    monkeypatch.setattr(api, "compare", lambda data, **kw: got.update(kw, data=data) or {"out": "x"})
+    args = ["compare", "photos", "--recipes", "features,scratch", "--lr", "0.01", "--no-horizontal-flip", "-q"]
+    CliRunner().invoke(app, args)
+    assert got["data"] == "photos" and got["recipes"] == "features,scratch"
+    assert got["recipe.lr"] == 0.01 and got["recipe.augment.horizontal_flip"] is False
+    assert not {k for k in got if k.startswith(("recipe.name", "out."))}
 
 
 def test_help_at_80_columns_in_a_real_terminal_width():

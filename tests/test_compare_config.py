@@ -64,3 +64,8 @@ def test_compare_runs_share_one_recorded_split_when_the_folder_changes(tmp_path)
     assert (runs / "features_epochs=2" / "split.csv").read_text() == record
     assert (runs / "features_epochs=3" / "split.csv").read_text() == record and "_6_" not in record
     assert second["best_test"]["n"] == sum(line.split(",")[2] == "test" for line in record.splitlines()[1:])
+
+
+def test_compare_refuses_an_option_given_for_every_run_and_swept_too(tmp_path):
+    with pytest.raises(SmallvisionError, match=r"lr: given for every run and swept too"):
+        api.compare(tmp_path, recipes="features", sweep=["lr=1e-3,1e-2"], out=tmp_path / "c", **{"recipe.lr": 0.1})

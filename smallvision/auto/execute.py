@@ -29,6 +29,8 @@ from smallvision.auto.plan import (
     PLAN_VERSION,
     SCRATCH,
     TAIL,
+    Plan,
+    Round,
     head_lrs,
     make_plan,
     member_config,
@@ -127,21 +129,21 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
     from smallvision.models.backbone import scratch_backbone
     from smallvision.models.head import Head, ImageClassifier
 
-    s = plan["scratch"]
+    s = plan.scratch
     out = []
-    for i, seed in enumerate(s["seeds"]):
+    for i, seed in enumerate(s.seeds):
         cand_cfg = scratch_config(cfg, s, seed)
         stage = "scratch" if i == 0 else f"scratch{i + 1}"
         left = cfg.recipe.time_budget - TAIL - (now() - start)  # the clock stops a network the estimate misjudged
         run = run_scratch(cand_cfg, index, run_dir, progress, logger, stage=stage, max_seconds=left)
         tally.ran.append(cand_cfg)
         notes.extend(run.notes)
-        backbone = scratch_backbone(SCRATCH, s["size"], cand_cfg.model.batch_norm)
+        backbone = scratch_backbone(SCRATCH, s.size, cand_cfg.model.batch_norm)
         head = Head(backbone.net.num_features, len(index.classes), cand_cfg.model.dropout, cand_cfg.model.hidden)
         model = ImageClassifier([backbone], head)
         model.load_state_dict(run.state)
         model.requires_grad_(False)
-        name = f"{SCRATCH} from scratch" + (f" (seed {seed})" if len(s["seeds"]) > 1 else "")
+        name = f"{SCRATCH} from scratch" + (f" (seed {seed})" if len(s.seeds) > 1 else "")
         history = [{**row, "stage": stage} for row in run.history]
         out.append(
             Candidate(
@@ -154,11 +156,23 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
                 history,
                 run.best_epoch,
                 ["all"],
-                s["size"],
+                s.size,
                 stages=[(stage, cand_cfg)],
             )
         )
     return out
+
+
+def _round_fits(run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes) -> bool:
+    """Whether fine-tuning round `i` still fits the budget by the clock; a round that does not ends the rounds."""
+    guard = budget_check(run_dir, f"round{i}", start, rnd.seconds, budget)
+    if not guard["run"]:
+        notes.decide(
+            "stop",
+            f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
+            f"was estimated at {guard['estimate']:.0f} s, past --time-budget {budget:g}",
+        )
+    return guard["run"]
 
 
 def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally) -> Candidate | None:
@@ -167,47 +181,29 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
     from smallvision.engine.trainer import fit
     from smallvision.models.backbone import freeze
 
-    r = cfg.recipe
-
-    def fits(i: int, rnd: dict) -> bool:
-        guard = budget_check(run_dir, f"round{i}", start, rnd["seconds"], r.time_budget)
-        if not guard["run"]:
-            notes.decide(
-                "stop",
-                f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
-                f"was estimated at {guard['estimate']:.0f} s, past --time-budget {r.time_budget:g}",
-            )
-        return guard["run"]
-
-    if not fits(1, plan["rounds"][0]):  # checked before loading every image for it
+    budget = cfg.recipe.time_budget
+    if not _round_fits(run_dir, 1, plan.rounds[0], start, budget, notes):  # before loading every image for it
         return None
-    tune_cfg = round_config(cfg, base.cfg, plan["views"], plan["rounds"][0])
+    tune_cfg = round_config(cfg, base.cfg, plan.views, plan.rounds[0])
     data = steps.load_images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)
     best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
     history, blocks, views, stages = list(base.history), None, None, list(base.stages)
-    for i, rnd in enumerate(plan["rounds"], 1):
-        if i > 1 and not fits(i, rnd):
+    for i, rnd in enumerate(plan.rounds, 1):
+        if i > 1 and not _round_fits(run_dir, i, rnd, start, budget, notes):
             break
-        round_cfg = round_config(cfg, base.cfg, plan["views"], rnd)
-        if rnd["blocks"] != blocks:
-            blocks = rnd["blocks"]
+        round_cfg = round_config(cfg, base.cfg, plan.views, rnd)
+        if rnd.blocks != blocks:
+            blocks = rnd.blocks
             trainable = freeze(model.backbones[0], blocks)
             views = steps.activation_views(tune_cfg, model, data, notes, progress)
-        rr = round_cfg.recipe
+        rr, stage = round_cfg.recipe, f"finetune{i}"
         groups = steps.param_groups(model, {0: trainable}, rr.lr, rr.finetune_lr, rr.layer_decay)
-        stage = f"finetune{i}"
-        left = r.time_budget - TAIL - (now() - start)  # the clock stops a round the estimate misjudged
+        left = budget - TAIL - (now() - start)  # the clock stops a round the estimate misjudged
         spec = stage_spec(round_cfg, stage, "network", epochs=rr.finetune_epochs, max_seconds=left)
-        res = fit(
-            model,
-            steps.image_data(round_cfg, data, views),
-            spec,
-            groups=groups,
-            stage_dir=run_dir / "checkpoints" / stage,
-            progress=progress,
-            on_epoch=steps.epoch_logger(logger),
-        )
+        stage_dir, on_epoch = run_dir / "checkpoints" / stage, steps.epoch_logger(logger)
+        image_data = steps.image_data(round_cfg, data, views)
+        res = fit(model, image_data, spec, groups=groups, stage_dir=stage_dir, progress=progress, on_epoch=on_epoch)
         tally.ran.append(round_cfg)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
@@ -215,7 +211,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
         tally.choices["finetune_round"] += 1
         notes.decide(
             "round",
-            f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd['lr']:.2g}, {rnd['epochs']} "
+            f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd.lr:.2g}, {rnd.epochs} "
             f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
             + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
         )
@@ -223,40 +219,41 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
             model.load_state_dict(best_state)
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
-        probs = views.probabilities() if views is not None else None
-        if probs is None:
-            from smallvision.prediction import probabilities
-
-            probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
-        names = ["head"] + [f"backbones.0.{t}" for t in trainable]
-        best = Candidate(
-            f"{base.cfg.model.backbone} fine-tuned",
-            tune_cfg,
-            copy.deepcopy(model).requires_grad_(False),
-            base.specs,
-            probs,
-            {s: y for s, (_, y) in data.items()},
-            list(history),
-            res.best_epoch,
-            names,
-            base.size,
-            stages=list(stages),
-        )
+        best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
     return best
 
 
-def run_auto(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
-) -> RecipeOutcome:
-    """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (see the module doc)."""
+def _tuned(base: Candidate, tune_cfg, model, data, views, history, best_epoch: int, trainable, stages) -> Candidate:
+    """The fine-tuned network after an improving round, as a candidate: a frozen copy and its probabilities."""
+    probs = views.probabilities() if views is not None else None
+    if probs is None:
+        from smallvision.prediction import probabilities
+
+        probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
+    return Candidate(
+        f"{base.cfg.model.backbone} fine-tuned",
+        tune_cfg,
+        copy.deepcopy(model).requires_grad_(False),
+        base.specs,
+        probs,
+        {s: y for s, (_, y) in data.items()},
+        list(history),
+        best_epoch,
+        ["head"] + [f"backbones.0.{t}" for t in trainable],
+        base.size,
+        stages=list(stages),
+    )
+
+
+def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[Plan, RunNotes]:
+    """The run's plan: the one recorded in its folder (a rerun or a resume follows it), else one made now from the
+    data's profile, the probe and the measured costs, and recorded; with the notes that say so."""
     from smallvision.auto.costs import Costs
     from smallvision.auto.probe import imagenet_distance
     from smallvision.data.profile import profile_data
     from smallvision.engine.distributed import rank_zero_decision
     from smallvision.engine.precision import resolve_precision
 
-    start = start if start is not None else now()
-    budget = cfg.recipe.time_budget
     given_backbone = "backbone" in cfg.model.model_fields_set
 
     def decide() -> dict:
@@ -268,34 +265,45 @@ def run_auto(
                 index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
             )
         costs = Costs(resolve_precision(cfg.trainer.precision))
-        return make_plan(cfg, index, profile, probe, costs, spent=runclock.spent_before(run_dir))
+        return make_plan(cfg, index, profile, probe, costs, spent=runclock.spent_before(run_dir)).to_dict()
 
     path = run_dir / "checkpoints" / PLAN_FILE
-    plan, recorded = rank_zero_decision(path, decide)
-    if plan.get("version") != PLAN_VERSION:
+    raw, recorded = rank_zero_decision(path, decide)
+    if raw.get("version") != PLAN_VERSION:
         raise SmallvisionError(
             f"{path} was written by an earlier version of auto, which this one cannot continue; start a new run: "
             f"smallvision train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
         )
+    plan = Plan.from_dict(raw)
     log.info("%s", plan_table(plan))
     notes = RunNotes("auto")
     notes.decide(
         "plan-file",
         f"{'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: "
-        + "; ".join(f"{s['step']} ~{s['seconds']:.0f} s" for s in plan["steps"])
-        + f" (estimated {plan['estimate_seconds']:.0f} s of --time-budget {budget:g})",
+        + "; ".join(f"{s.step} ~{s.seconds:.0f} s" for s in plan.steps)
+        + f" (estimated {plan.estimate_seconds:.0f} s of --time-budget {cfg.recipe.time_budget:g})",
     )
-    for why in plan["why"]:
+    for why in plan.why:
         notes.decide("plan", why)
-    work = _sampled(index, plan["train_cap"], cfg.seed)
+    return plan, notes
+
+
+def run_auto(
+    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
+) -> RecipeOutcome:
+    """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (see the module doc)."""
+    start = start if start is not None else now()
+    budget = cfg.recipe.time_budget
+    plan, notes = _recorded_plan(cfg, index, run_dir)
+    work = _sampled(index, plan.train_cap, cfg.seed)
     cands: list[Candidate] = []
     tally = Tally()  # the config of every stage that ran, kept or not, and each choice made on validation
-    if plan["scratch"] is not None:
+    if plan.scratch is not None:
         cands += _scratch_candidates(cfg, plan, work, run_dir, start, progress, notes, logger, tally)
-    for name in plan["backbones"]:
-        cands.append(_features_candidate(cfg, name, plan["size"], work, progress, notes, logger, tally))
+    for name in plan.backbones:
+        cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally))
     pretrained = [c for c in cands if c.specs]
-    if plan["rounds"] and pretrained:
+    if plan.rounds and pretrained:
         base = max(pretrained, key=lambda c: c.val)
         tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, tally)
         if tuned is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from smallvision.config import APPLIES, RunConfig, nested, option_flag, unapplied, user_set
 from smallvision.data.scan import DatasetIndex
@@ -14,38 +14,16 @@ log = logging.getLogger(__name__)
 
 
 PLAN_FILE = "auto_plan.json"
-
-
 PLAN_VERSION = 3  # 3: fine-tuning rounds start at three tenths of --lr (2: a tenth)
-
-
 SCRATCH = "small_cnn"
-
-
 HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
-
-
 TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
-
-
 SAFETY = 0.9  # share of the budget the plan's estimates may fill: estimates err, Lightning and saving take time
-
-
 RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's first run), saving, the report
-
-
 PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
-
-
 SCRATCH_EPOCHS = 30  # the cosine schedule runs to its end (the best epoch is kept): early stopping cut it short
-
-
 SCRATCH_MIN_EPOCHS = 5
-
-
 SCRATCH_SHARE = 0.4  # of the plan's seconds, beside pretrained candidates
-
-
 # (backbones, augmented views cached per training image, fine-tuning rounds), richest first; the plan takes the first
 # that fits the budget, with test-time augmentation if it also fits.
 LEVELS: tuple[tuple[tuple[str, ...], int, int], ...] = (
@@ -59,8 +37,84 @@ LEVELS: tuple[tuple[tuple[str, ...], int, int], ...] = (
     (("efficientnet_lite0",), 0, 0),
 )
 
-
 SMALL_SIZES = (192, 160, 128)  # the features-only fallbacks for folders too large for the levels above
+
+
+@dataclass
+class Step:
+    """One costed step of the plan, as the plan table, the run's notes and the report show it."""
+
+    step: str
+    seconds: float
+
+
+@dataclass
+class Round:
+    """A fine-tuning round: the top `blocks` block groups for `epochs` epochs at `lr`, and its estimated seconds."""
+
+    blocks: int
+    epochs: int
+    lr: float
+    seconds: float = 0.0
+
+
+@dataclass
+class ScratchPlan:
+    """The from-scratch candidate: its native size, epochs, one network per seed, and its estimated seconds."""
+
+    size: int
+    epochs: int
+    seeds: list[int]
+    epoch_seconds: float
+    seconds: float = 0.0
+
+
+@dataclass
+class Rung:
+    """What the plan runs besides the scratch candidate: backbones' features at one size, the cached views and
+    fine-tuning rounds, whether flipped views are tried, and the costed steps of all of it."""
+
+    backbones: list[str]
+    size: int
+    views: int
+    rounds: list[Round]
+    tta: bool
+    tta_seconds: float
+    steps: list[Step]
+    estimate_seconds: float
+    rung: int = 0
+
+
+@dataclass
+class Plan(Rung):
+    """auto's plan as checkpoints/auto_plan.json records it: the chosen rung, the scratch candidate, the training
+    sample's cap, what decided it (`why`), and the machine, profile, probe and cost figures it was made from."""
+
+    version: int = PLAN_VERSION
+    time_budget: float = 0.0
+    seed: int = 0
+    images: dict[str, int] = field(default_factory=dict)
+    profile: dict = field(default_factory=dict)
+    probe: dict | None = None
+    scratch: ScratchPlan | None = None
+    train_cap: int | None = None
+    why: list[str] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+    costs: dict = field(default_factory=dict)
+    measured: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The plan as JSON values (auto_plan.json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        """A plan read back from auto_plan.json (of this PLAN_VERSION)."""
+        values = dict(d)
+        values["rounds"] = [Round(**r) for r in values["rounds"]]
+        values["steps"] = [Step(**s) for s in values["steps"]]
+        values["scratch"] = ScratchPlan(**values["scratch"]) if values.get("scratch") else None
+        return cls(**values)
 
 
 def _counts(index: DatasetIndex) -> dict[str, int]:
@@ -79,31 +133,31 @@ def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_vi
     return seconds
 
 
-def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: dict, views: int, n: dict, new: bool) -> tuple:
+def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool) -> tuple:
     """Seconds of a fine-tuning round as it will run, at --batch-size, and how: on cached activations when they fit
     --memory-budget (as steps.activation_views decides), else on full images, every step the whole network."""
     from smallvision.caching.activations import cache_bytes
 
     batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
-    values = costs.activations(spec, size, rnd["blocks"]) if views else 0
+    values = costs.activations(spec, size, rnd.blocks) if views else 0
     how = "on full images (--cached-views 0)" if not views else "on full images (no cacheable boundary)"
     if values:
         arithmetic = "bf16" if costs.precision == "bf16-mixed" else "fp32"
         need = cache_bytes(values, n, views if cfg.recipe.augment.augments() else 0, arithmetic)
         if need <= budget * 1e9:
-            fig = costs.finetune(spec, size, rnd["blocks"], batch)
-            seconds = _round_seconds(fig, n, rnd["epochs"], views, new, batch)
+            fig = costs.finetune(spec, size, rnd.blocks, batch)
+            seconds = _round_seconds(fig, n, rnd.epochs, views, new, batch)
             return seconds, f"on cached activations ({need / 1e9:.2g} GB)"
         how = f"on full images (cached activations: {need / 1e9:.2g} GB, over --memory-budget {budget:g} GB)"
-    fig = {**costs.finetune_images(spec, size, rnd["blocks"], batch), "bottom_images_per_second": 0}
-    return _round_seconds(fig, n, rnd["epochs"], views, False, batch), how
+    fig = {**costs.finetune_images(spec, size, rnd.blocks, batch), "bottom_images_per_second": 0}
+    return _round_seconds(fig, n, rnd.epochs, views, False, batch), how
 
 
-def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[dict]:
+def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[Round]:
     """Fine-tuning rounds: the top blocks, then as many epochs more at half the rate, then one block more."""
     r = cfg.recipe
     shapes = [(blocks, 1.0), (blocks, 0.5), (blocks + 1, 0.25)]
-    return [{"blocks": b, "epochs": r.finetune_epochs, "lr": r.finetune_lr * f} for b, f in shapes[:count]]
+    return [Round(b, r.finetune_epochs, r.finetune_lr * f) for b, f in shapes[:count]]
 
 
 @dataclass
@@ -150,7 +204,7 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
     )
 
 
-def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[dict | None, bool]:
+def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[ScratchPlan | None, bool]:
     """The from-scratch candidate when the probe puts it near or ahead of pretrained features (None otherwise), and
     whether the pretrained backbones stay candidates."""
     cfg, r, n = b.cfg, b.cfg.recipe, b.n
@@ -176,8 +230,7 @@ def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[dict | None, bool]
     # alone, a second network from another seed is a candidate too: averaging two is the cheapest gain left
     runs = 2 if not use_pretrained and 2 * per_epoch * epochs <= b.available else 1
     seeds = [cfg.seed + i for i in range(runs)]
-    scratch = {"size": size, "epochs": epochs, "seeds": seeds, "epoch_seconds": per_epoch}
-    scratch["seconds"] = b.total * b.decode_one + per_epoch * epochs * runs
+    scratch = ScratchPlan(size, epochs, seeds, per_epoch, b.total * b.decode_one + per_epoch * epochs * runs)
     b.why.append(
         f"a from-scratch {SCRATCH} at the native {size} px is a candidate ({epochs} epochs, the best kept"
         + (f"; {runs} of them, seeds {', '.join(map(str, seeds))})" if runs > 1 else ")")
@@ -186,7 +239,7 @@ def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[dict | None, bool]
     return scratch, use_pretrained
 
 
-def _rung_plan(b: _Budget, costs, scratch: dict | None, level, size: int, tta: bool) -> dict | None:
+def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int, tta: bool) -> Rung | None:
     """One rung of the ladder (backbones, views, rounds at `size`, flips or not) costed step by step, or None when
     it does not fit."""
     from smallvision.models.weights import resolve_weights
@@ -196,13 +249,13 @@ def _rung_plan(b: _Budget, costs, scratch: dict | None, level, size: int, tta: b
     views = b.views_given if b.views_given is not None else views
     steps = []
     if scratch is not None:
-        steps.append({"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]})
-    steps.append({"step": f"decode {b.total:,} images at {size} px", "seconds": b.total * b.decode_one})
+        steps.append(Step(f"from-scratch {SCRATCH} at {scratch.size} px", scratch.seconds))
+    steps.append(Step(f"decode {b.total:,} images at {size} px", b.total * b.decode_one))
 
     # a rung is dropped as soon as its steps so far overrun: timing the rest on a first run would spend the budget
     # on steps that cannot run (estimates only add up, so the rung chosen is the same)
     def over() -> bool:
-        return sum(s["seconds"] for s in steps) > b.available
+        return sum(s.seconds for s in steps) > b.available
 
     feature_ips = {}
     for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
@@ -211,7 +264,7 @@ def _rung_plan(b: _Budget, costs, scratch: dict | None, level, size: int, tta: b
         parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
         feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
         seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
-        steps.append({"step": f"{name} features at {size} px + head", "seconds": seconds})
+        steps.append(Step(f"{name} features at {size} px + head", seconds))
     slowest = min(backbones, key=lambda name: feature_ips[name])
     plan_rounds = _rounds(cfg, cfg.recipe.unfreeze_blocks, rounds) if "+" not in slowest else []
     # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
@@ -221,27 +274,18 @@ def _rung_plan(b: _Budget, costs, scratch: dict | None, level, size: int, tta: b
     for i, rnd in enumerate(plan_rounds, 1):
         if over():
             return None
-        new = rnd["blocks"] != last_blocks
-        last_blocks = rnd["blocks"]
+        new = rnd.blocks != last_blocks
+        last_blocks = rnd.blocks
         spec = resolve_weights(slowest, cfg.model.weights)
-        rnd["seconds"], how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
-        what = "more epochs" if not new else f"top {rnd['blocks']} block(s)"
-        steps.append({"step": f"fine-tune round {i}: {what} at lr {rnd['lr']:.2g} {how}", "seconds": rnd["seconds"]})
+        rnd.seconds, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
+        what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
+        steps.append(Step(f"fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds))
     if tta:
-        steps.append({"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds})
-    estimate = sum(s["seconds"] for s in steps)
+        steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds))
+    estimate = sum(s.seconds for s in steps)
     if estimate > b.available:
         return None
-    return {
-        "backbones": list(backbones),
-        "size": size,
-        "views": views,
-        "rounds": plan_rounds,
-        "tta": tta,
-        "tta_seconds": tta_seconds if tta else 0.0,
-        "steps": steps,
-        "estimate_seconds": estimate,
-    }
+    return Rung(list(backbones), size, views, plan_rounds, tta, tta_seconds if tta else 0.0, steps, estimate)
 
 
 def _ladder(b: _Budget, use_pretrained: bool) -> list[tuple]:
@@ -260,26 +304,23 @@ def _ladder(b: _Budget, use_pretrained: bool) -> list[tuple]:
     return rungs
 
 
-def _scratch_only(b: _Budget, scratch: dict) -> dict:
+def _scratch_only(b: _Budget, scratch: ScratchPlan) -> Rung:
     """The plan when the from-scratch CNN is the only candidate: it, then flipped views."""
-    tta_seconds = 2 * (b.n["val"] + b.n["test"]) * scratch["epoch_seconds"] / max(1, b.n["train"] + b.n["val"])
-    chosen = {"backbones": [], "size": scratch["size"], "views": 0, "rounds": [], "tta": True}
-    chosen["tta_seconds"] = tta_seconds
-    chosen["steps"] = [
-        {"step": f"from-scratch {SCRATCH} at {scratch['size']} px", "seconds": scratch["seconds"]},
-        {"step": "flipped views of val/test (test-time augmentation)", "seconds": tta_seconds},
+    tta_seconds = 2 * (b.n["val"] + b.n["test"]) * scratch.epoch_seconds / max(1, b.n["train"] + b.n["val"])
+    steps = [
+        Step(f"from-scratch {SCRATCH} at {scratch.size} px", scratch.seconds),
+        Step("flipped views of val/test (test-time augmentation)", tta_seconds),
     ]
-    chosen["estimate_seconds"] = scratch["seconds"] + tta_seconds
-    chosen["rung"] = 0
-    if chosen["estimate_seconds"] > b.available:
+    chosen = Rung([], scratch.size, 0, [], True, tta_seconds, steps, scratch.seconds + tta_seconds)
+    if chosen.estimate_seconds > b.available:
         b.why.append(
             f"--time-budget {b.budget:g} s is too small even for {SCRATCH_MIN_EPOCHS} epochs of the from-scratch CNN "
-            f"(~{chosen['estimate_seconds']:.0f} s): only those run"
+            f"(~{chosen.estimate_seconds:.0f} s): only those run"
         )
     return chosen
 
 
-def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tuple[dict, int]:
+def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tuple[Rung, int]:
     """When nothing fits: features of the smallest, fastest backbone on a sample of the training images, and the
     sample's size."""
     from smallvision.models.weights import resolve_weights
@@ -291,9 +332,8 @@ def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tupl
     train_cap = max(len(index.classes) * 5, int((b.available - held) / (1 / ips + b.decode_one)))
     train_cap = min(train_cap, n["train"])
     seconds = held + train_cap * (1 / ips + b.decode_one)
-    step = {"step": f"{backbone} features at {size} px on {train_cap:,} sampled training images", "seconds": seconds}
-    chosen = {"backbones": [backbone], "size": size, "views": 0, "rounds": [], "tta": False, "tta_seconds": 0.0}
-    chosen.update(steps=[step], estimate_seconds=seconds, rung=rung)
+    step = Step(f"{backbone} features at {size} px on {train_cap:,} sampled training images", seconds)
+    chosen = Rung([backbone], size, 0, [], False, 0.0, [step], seconds, rung)
     b.why.append(
         f"--time-budget {b.budget:g} s is too small for fine-tuning or even for features of all "
         f"{n['train']:,} training images: only {backbone} features at {size} px of {train_cap:,} sampled "
@@ -307,13 +347,13 @@ def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tupl
     return chosen, train_cap
 
 
-def _choose_rung(b: _Budget, index: DatasetIndex, costs, scratch: dict | None, use_pretrained: bool) -> tuple:
+def _choose_rung(b: _Budget, index: DatasetIndex, costs, scratch: ScratchPlan | None, use_pretrained: bool) -> tuple:
     """The richest rung that fits, else the scratch-only plan, else sampled features: (chosen, scratch, train_cap)."""
     rungs = _ladder(b, use_pretrained)
     for rung, (level, size, tta) in enumerate(rungs):
         chosen = _rung_plan(b, costs, scratch, level, size, tta)
         if chosen is not None:
-            chosen["rung"] = rung
+            chosen.rung = rung
             return chosen, scratch, None
     if not use_pretrained:
         return _scratch_only(b, scratch), scratch, None
@@ -323,63 +363,60 @@ def _choose_rung(b: _Budget, index: DatasetIndex, costs, scratch: dict | None, u
     return chosen, None, train_cap
 
 
-def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float = 0.0) -> dict:
+def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float = 0.0) -> Plan:
     """The richest plan whose estimated seconds fit the budget less the `spent` seconds of the run's earlier
     processes (a resumed run planned only now): its steps, their estimates and what decides them."""
     b = _budget(cfg, index, profile, probe, costs, spent)
     scratch, use_pretrained = _scratch_plan(b, profile, probe, costs)
     chosen, scratch, train_cap = _choose_rung(b, index, costs, scratch, use_pretrained)
-    if not chosen["rounds"] and chosen["backbones"] and train_cap is None:
-        if any("+" in name for name in chosen["backbones"]):
+    if not chosen.rounds and chosen.backbones and train_cap is None:
+        if any("+" in name for name in chosen.backbones):
             b.why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
         else:
             b.why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {b.budget:g} s")
     unused = unapplied(user_set(cfg), _planned_stages(cfg, chosen, scratch))
     if unused:
         b.why.append(f"{', '.join(map(option_flag, unused))} set but not applied: this plan has no step that uses them")
-    return {
-        "version": PLAN_VERSION,
-        "time_budget": b.budget,
-        "seed": cfg.seed,
-        "images": b.n,
-        "profile": profile.to_dict(),
-        "probe": probe.to_dict() if probe is not None else None,
-        "scratch": scratch,
-        **chosen,
-        "train_cap": train_cap,
-        "why": b.why,
-        "machine": costs.machine,
-        "costs": {k: costs.figures[k] for k in costs.used},  # the figures this plan read, not the whole cache
-        "measured": costs.measured,
-    }
+    return Plan(
+        **vars(chosen),
+        time_budget=b.budget,
+        seed=cfg.seed,
+        images=b.n,
+        profile=profile.to_dict(),
+        probe=probe.to_dict() if probe is not None else None,
+        scratch=scratch,
+        train_cap=train_cap,
+        why=b.why,
+        machine=costs.machine,
+        costs={k: costs.figures[k] for k in costs.used},  # the figures this plan read, not the whole cache
+        measured=costs.measured,
+    )
 
 
-def _planned_stages(cfg: RunConfig, chosen: dict, scratch: dict | None) -> list[RunConfig]:
+def _planned_stages(cfg: RunConfig, chosen: Rung, scratch: ScratchPlan | None) -> list[RunConfig]:
     """The config of every stage the plan will run (each head rate, each round): which options the plan applies is
     known only once the data and budget are read, so an option no stage applies is said, not refused."""
-    stages = [scratch_config(cfg, scratch, seed) for seed in scratch["seeds"]] if scratch is not None else []
-    for name in chosen["backbones"]:
-        stages += [member_config(cfg, "features", name, chosen["size"], lr=lr) for lr in head_lrs(cfg)]
-    for rnd in chosen["rounds"]:
-        base = member_config(cfg, "features", chosen["backbones"][0], chosen["size"], lr=head_lrs(cfg)[0])
-        stages.append(round_config(cfg, base, chosen["views"], rnd))
+    stages = [scratch_config(cfg, scratch, seed) for seed in scratch.seeds] if scratch is not None else []
+    for name in chosen.backbones:
+        stages += [member_config(cfg, "features", name, chosen.size, lr=lr) for lr in head_lrs(cfg)]
+    for rnd in chosen.rounds:
+        base = member_config(cfg, "features", chosen.backbones[0], chosen.size, lr=head_lrs(cfg)[0])
+        stages.append(round_config(cfg, base, chosen.views, rnd))
     return stages
 
 
-def plan_table(plan: dict) -> str:
+def plan_table(plan: Plan) -> str:
     """The plan as the log shows it before the expensive work starts."""
-    lines = [f"auto plan (--time-budget {plan['time_budget']:g} s; estimates from timed warm-up batches):"]
-    for s in plan["steps"]:
-        lines.append(f"  {s['seconds']:7.0f} s  {s['step']}")
-    share = plan["estimate_seconds"] / plan["time_budget"]
-    lines.append(
-        f"  {plan['estimate_seconds']:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})"
-    )
+    lines = [f"auto plan (--time-budget {plan.time_budget:g} s; estimates from timed warm-up batches):"]
+    for s in plan.steps:
+        lines.append(f"  {s.seconds:7.0f} s  {s.step}")
+    share = plan.estimate_seconds / plan.time_budget
+    lines.append(f"  {plan.estimate_seconds:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})")
     lines.append(
         "  decided on validation: the best candidate; each further round only if the last one improved; "
         "averaging candidates and flipped views only if it beats each alone"
     )
-    lines.extend(f"  why: {w}" for w in plan["why"])
+    lines.extend(f"  why: {w}" for w in plan.why)
     return "\n".join(lines)
 
 
@@ -402,14 +439,14 @@ def head_lrs(cfg: RunConfig) -> tuple[float, ...]:
     return (cfg.recipe.lr,) if "lr" in cfg.recipe.model_fields_set else HEAD_LRS
 
 
-def scratch_config(cfg: RunConfig, s: dict, seed: int) -> RunConfig:
+def scratch_config(cfg: RunConfig, s: ScratchPlan, seed: int) -> RunConfig:
     """The config a planned from-scratch CNN trains with: the native size, its planned epochs, its seed."""
-    member = member_config(cfg, "scratch", SCRATCH, s["size"], epochs=s["epochs"])
+    member = member_config(cfg, "scratch", SCRATCH, s.size, epochs=s.epochs)
     member.seed = seed
     return member
 
 
-def round_config(cfg: RunConfig, base: RunConfig, views: int, rnd: dict) -> RunConfig:
+def round_config(cfg: RunConfig, base: RunConfig, views: int, rnd: Round) -> RunConfig:
     """The config a fine-tuning round trains with: the base candidate's head (backbone, size, rate, epochs) and the
     round's blocks, rate and epochs."""
     r = base.recipe
@@ -421,7 +458,7 @@ def round_config(cfg: RunConfig, base: RunConfig, views: int, rnd: dict) -> RunC
         cached_views=views,
         lr=r.lr,
         epochs=r.epochs,
-        finetune_lr=rnd["lr"],
-        finetune_epochs=rnd["epochs"],
-        unfreeze_blocks=rnd["blocks"],
+        finetune_lr=rnd.lr,
+        finetune_epochs=rnd.epochs,
+        unfreeze_blocks=rnd.blocks,
     )

@@ -137,6 +137,18 @@ def scratch_accuracy(
     return fit(model, data, spec, progress=False).best_accuracy
 
 
+def _scratch_on(usable: list[ImageItem], num_classes: int, size: int, epochs: int, seed: int, precision: str, progress):
+    """scratch_accuracy on the sample's decodable images at `size`, and which of them are training images."""
+    from smallvision.data.cache import decoded_images
+
+    images, failed = decoded_images([it.path for it in usable], [it.digest for it in usable], size, progress=progress)
+    kept = [it for pos, it in enumerate(usable) if pos not in failed]
+    split = np.array([it.split == "train" for it in kept])
+    y = np.array([it.label for it in kept], dtype=np.int64)
+    train, val = (images[split], y[split]), (images[~split], y[~split])
+    return scratch_accuracy(train, val, num_classes, size=size, epochs=epochs, seed=seed, precision=precision), split
+
+
 def imagenet_distance(
     index: DatasetIndex,
     *,
@@ -152,7 +164,6 @@ def imagenet_distance(
 ) -> ProbeResult:
     """Pretrained features' nearest-class-mean accuracy vs a from-scratch CNN's, on a seeded sample (never test)."""
     from smallvision.caching.features import cached_features
-    from smallvision.data.cache import decoded_images
     from smallvision.errors import SmallvisionError
     from smallvision.models.weights import resolve_weights
 
@@ -171,21 +182,7 @@ def imagenet_distance(
     ncm = ncm_accuracy((feats.features[is_train], labels[is_train]), (feats.features[~is_train], labels[~is_train]))
 
     usable = [it for it in items if it.digest in ok]
-    images, failed = decoded_images(
-        [it.path for it in usable], [it.digest for it in usable], scratch_size, progress=progress
-    )
-    kept = [it for pos, it in enumerate(usable) if pos not in failed]
-    split = np.array([it.split == "train" for it in kept])
-    y = np.array([it.label for it in kept], dtype=np.int64)
-    scratch = scratch_accuracy(
-        (images[split], y[split]),
-        (images[~split], y[~split]),
-        len(index.classes),
-        size=scratch_size,
-        epochs=epochs,
-        seed=seed,
-        precision=precision,
-    )
+    scratch, split = _scratch_on(usable, len(index.classes), scratch_size, epochs, seed, precision, progress)
     result = ProbeResult(
         ncm_accuracy=round(ncm, 4),
         scratch_accuracy=round(scratch, 4),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from smallvision.auto.clock import budget_check
+from smallvision.auto.plan import Plan
 from smallvision.config import RunConfig
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
@@ -74,17 +75,39 @@ def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> No
         cand.flipped[split] = SINGLE_LABEL.probabilities_of(logits)
 
 
-def choose(cands: list[Candidate], plan: dict, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
+def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
     """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
     every comparison on validation is counted in `choices`."""
     ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
     best = ranked[0]
-    members, val = [best], best.val
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
     notes.decide("choice", f"chose {best.name} among the candidates on validation ({listing})")
     if len(cands) > 1:
         choices["candidate"] += 1
-    # averaged only with candidates fed the same images (size) whose splits hold the same images in the same order
+    members, val = _averaged(ranked, notes, choices)
+    tta = False
+    if plan.tta:
+        guard = budget_check(run_dir, "tta", start, plan.tta_seconds * len(members), budget)
+        if guard["run"]:
+            tta, val = _flips(members, val, index, notes, choices)
+        else:
+            notes.decide("tta", f"test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
+    notes.decide(
+        "final",
+        f"final model: {' averaged with '.join(c.name for c in members)}"
+        + (", each image averaged with its mirror image" if tta else "")
+        + f", val accuracy {val:.4f}",
+    )
+    return members, tta
+
+
+def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[Candidate], float]:
+    """The best candidate alone, or the average of two or three that beats it on validation, and its accuracy.
+
+    Averaged only with candidates fed the same images (size) whose splits hold the same images in the same order.
+    """
+    best = ranked[0]
+    members, val = [best], best.val
     same = [
         c
         for c in ranked
@@ -105,36 +128,27 @@ def choose(cands: list[Candidate], plan: dict, index, notes: RunNotes, run_dir, 
         )
     elif len(same) > 1:
         notes.decide("average", f"no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
-    tta = False
-    if plan["tta"]:
-        guard = budget_check(run_dir, "tta", start, plan["tta_seconds"] * len(members), budget)
-        if guard["run"]:
-            for c in members:
-                flipped(c, index, ("val",))
-            p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
-            acc = accuracy(p, best.labels["val"])
-            tta = acc > val + 1e-9
-            choices["tta"] += 1
-            notes.decide(
-                "tta",
-                "test-time augmentation (averaging each image with its mirror image) "
-                + (
-                    f"kept: val accuracy {acc:.4f} against {val:.4f} without"
-                    if tta
-                    else f"not kept: val accuracy {acc:.4f}, not above {val:.4f} without"
-                ),
-            )
-            if tta:
-                val = acc
-        else:
-            notes.decide("tta", f"test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
+    return members, val
+
+
+def _flips(members: list[Candidate], val: float, index, notes: RunNotes, choices) -> tuple[bool, float]:
+    """Whether averaging each image with its mirror image beats `val` on validation, and the accuracy kept."""
+    for c in members:
+        flipped(c, index, ("val",))
+    p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
+    acc = accuracy(p, members[0].labels["val"])
+    tta = acc > val + 1e-9
+    choices["tta"] += 1
     notes.decide(
-        "final",
-        f"final model: {' averaged with '.join(c.name for c in members)}"
-        + (", each image averaged with its mirror image" if tta else "")
-        + f", val accuracy {val:.4f}",
+        "tta",
+        "test-time augmentation (averaging each image with its mirror image) "
+        + (
+            f"kept: val accuracy {acc:.4f} against {val:.4f} without"
+            if tta
+            else f"not kept: val accuracy {acc:.4f}, not above {val:.4f} without"
+        ),
     )
-    return members, tta
+    return tta, acc if tta else val
 
 
 def final_outcome(members: list[Candidate], tta: bool, index, notes: list[str]) -> RecipeOutcome:

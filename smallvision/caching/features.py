@@ -111,6 +111,35 @@ class CachedFeatures:
     built: dict[str, object]
 
 
+def _miss_computer(spec: WeightsSpec, state: dict, files: tuple, given: dict, settings: tuple, progress: bool):
+    """fill_store's `compute` for one backbone: decode the missing images while the backbone builds (once, into
+    `state`), then run it on them; unreadable images come back as failures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smallvision.models.inference import run_batches
+
+    paths, digests = files
+    pool, image_size, batch_size, precision = settings
+
+    def compute(positions: list[int]) -> tuple[np.ndarray, dict[int, str]]:
+        with ThreadPoolExecutor(1) as background:
+            building = None
+            if "form" not in state:
+                log.info("building backbone %s (%s) for uncached images", spec.backbone, spec.detail)
+                prebuilt = given.get(spec.fingerprint + spec.backbone)
+                building = background.submit(_prepare, spec, pool, image_size, batch_size, precision, prebuilt)
+            images, failed = decoded_images(
+                [paths[p] for p in positions], [digests[p] for p in positions], image_size, progress=progress
+            )
+            if building is not None:
+                state["backbone"], state["form"] = building.result()
+        feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
+        reasons = {positions[i]: reason for i, reason in failed.items()}
+        return feats, Failures(reasons, transient=[positions[i] for i in failed.transient])
+
+    return compute
+
+
 def cached_features(
     items: Sequence[ImageItem],
     specs: Sequence[WeightsSpec],
@@ -129,10 +158,6 @@ def cached_features(
     the data check, measured 0.6 s slower: more work contending for the two cores.) `precision` is a trainer
     precision ("32-true": the features a saved model computes); `built` offers backbones built before.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from smallvision.models.inference import run_batches
-
     digests = [it.digest for it in items]
     paths = [it.path for it in items]
     failures: dict[str, str] = {}
@@ -143,23 +168,9 @@ def cached_features(
     for spec in specs:
         store = feature_store(spec, image_size, pool, precision)
         state: dict = {}
-
-        def compute(positions: list[int], spec=spec, state=state) -> tuple[np.ndarray, dict[int, str]]:
-            with ThreadPoolExecutor(1) as background:
-                building = None
-                if "form" not in state:
-                    log.info("building backbone %s (%s) for uncached images", spec.backbone, spec.detail)
-                    prebuilt = given.get(spec.fingerprint + spec.backbone)
-                    building = background.submit(_prepare, spec, pool, image_size, batch_size, precision, prebuilt)
-                images, failed = decoded_images(
-                    [paths[p] for p in positions], [digests[p] for p in positions], image_size, progress=progress
-                )
-                if building is not None:
-                    state["backbone"], state["form"] = building.result()
-            feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
-            reasons = {positions[i]: reason for i, reason in failed.items()}
-            return feats, Failures(reasons, transient=[positions[i] for i in failed.transient])
-
+        compute = _miss_computer(
+            spec, state, (paths, digests), given, (pool, image_size, batch_size, precision), progress
+        )
         store.verify(digests)  # a corrupt shard is deleted here, so its rows count as computed below
         before = len(set(store.missing(digests)))
         passing = fill_store(store, digests, compute)

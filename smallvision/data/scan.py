@@ -189,12 +189,8 @@ def _read_digest(path: Path, skipped: list[tuple[Path, str]]) -> str | None:
         return None
 
 
-def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) -> DatasetIndex:
-    """Scan a dataset folder or zip: classes, files (with content keys) and train/val/test splits.
-
-    With `carve=False` no validation or test split is carved out (evaluation uses every image as found).
-    """
-    plan = plan or SplitPlan()
+def _dataset_root(data: str | Path) -> Path:
+    """The folder that holds the dataset: `data` itself, a .zip's unpacked copy, or the one sub-folder that holds it."""
     root = Path(data).expanduser()
     if not root.exists():
         raise SmallvisionError(f"{root}: no such file or folder; give a folder of class folders (or a .zip of one)")
@@ -207,23 +203,12 @@ def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) ->
         if len(subs) != 1 or not _subdirs(subs[0]):
             break
         root = subs[0]
+    return root
 
-    skipped: list[tuple[Path, str]] = []
-    split_dirs = _find_split_dirs(root)
-    _refuse_split_named_class(root, split_dirs)
-    if split_dirs and "train" not in split_dirs:
-        raise SmallvisionError(
-            f"{root}: found {', '.join(d.name + '/' for d in split_dirs.values())} but no training folder; "
-            "name it train/ (or training/, training_set/)"
-        )
-    sources = split_dirs or {"train": root}
-    class_files: dict[str, dict[str, list[Path]]] = {}
-    for split, folder in sources.items():
-        if _has_images(folder):
-            loose = [p for p in folder.iterdir() if p.is_file() and is_image_name(p)]
-            skipped += [(p, "image outside any class folder; move it into one") for p in sorted(loose)]
-        class_files[split] = {d.name: _list_images(d, skipped) for d in _subdirs(folder)}
 
+def _classes(class_files: dict, sources: dict, skipped: list, carve: bool) -> list[str]:
+    """The classes: the training split's class folders that hold images (empty ones skipped and reported); refused
+    when there are too few, or when another split names a class the training split lacks."""
     train_classes = class_files["train"]
     empty = [name for name, files in train_classes.items() if not files]
     for name in empty:
@@ -241,7 +226,33 @@ def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) ->
                 f"{sources[split]}: class folder(s) {', '.join(unknown)} have no images in the training split; "
                 "every class needs training images"
             )
+    return classes
 
+
+def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) -> DatasetIndex:
+    """Scan a dataset folder or zip: classes, files (with content keys) and train/val/test splits.
+
+    With `carve=False` no validation or test split is carved out (evaluation uses every image as found).
+    """
+    plan = plan or SplitPlan()
+    root = _dataset_root(data)
+    skipped: list[tuple[Path, str]] = []
+    split_dirs = _find_split_dirs(root)
+    _refuse_split_named_class(root, split_dirs)
+    if split_dirs and "train" not in split_dirs:
+        raise SmallvisionError(
+            f"{root}: found {', '.join(d.name + '/' for d in split_dirs.values())} but no training folder; "
+            "name it train/ (or training/, training_set/)"
+        )
+    sources = split_dirs or {"train": root}
+    class_files: dict[str, dict[str, list[Path]]] = {}
+    for split, folder in sources.items():
+        if _has_images(folder):
+            loose = [p for p in folder.iterdir() if p.is_file() and is_image_name(p)]
+            skipped += [(p, "image outside any class folder; move it into one") for p in sorted(loose)]
+        class_files[split] = {d.name: _list_images(d, skipped) for d in _subdirs(folder)}
+
+    classes = _classes(class_files, sources, skipped, carve)
     items: list[ImageItem] = []
     for split, per_class in class_files.items():
         for name in classes:

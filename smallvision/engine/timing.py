@@ -18,24 +18,50 @@ def estimate_stage_seconds(model, data, cfg: RunConfig, views=None, warmup: int 
     ones pay for allocation and kernel selection); the median of `timed` steps and of validation batches, scaled to
     the planned epochs and this run's processes. The global RNG is left as found, so timing never changes the model.
     """
-    import torch
-
     from smallvision.engine.distributed import world_devices
-    from smallvision.engine.precision import autocast_dtype, resolve_precision
+    from smallvision.engine.precision import resolve_precision
     from smallvision.models.inference import inference_device
 
     r = cfg.recipe
     precision = resolve_precision(cfg.trainer.precision)
-    dtype = autocast_dtype(precision)
     device = inference_device()
+    model = views.model if views is not None else model
+    x, y = _batch(data, r.batch_size, views, device)
+    step, val = _step_seconds(model, x, y, precision, device, warmup, timed)
+    n_train, n_val = len(data["train"][1]), len(data["val"][1])
+    per_epoch = (step * n_train / len(y) + val * n_val / len(y)) / world_devices(cfg)
+    return {
+        "seconds": per_epoch * r.finetune_epochs,
+        "step_seconds": round(step, 4),
+        "val_batch_seconds": round(val, 4),
+        "batch": len(y),
+        "device": str(device),
+        "precision": precision,
+        "warmup_steps": warmup,
+        "timed_steps": timed,
+    }
+
+
+def _batch(data, batch_size: int, views, device) -> tuple:
+    """One training batch as the stage feeds it: cached activations, or images scaled to [0, 1] (channels last)."""
+    import torch
+
     if views is not None:
-        model = views.model
-        x = views.train[0][: r.batch_size].float()
+        x = views.train[0][:batch_size].float()
     else:
-        images = np.ascontiguousarray(data["train"][0][: r.batch_size])
+        images = np.ascontiguousarray(data["train"][0][:batch_size])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(data["train"][1][: r.batch_size]).to(device)
-    x = (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x).to(device)
+    y = torch.from_numpy(data["train"][1][:batch_size]).to(device)
+    return (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x).to(device), y
+
+
+def _step_seconds(model, x, y, precision: str, device, warmup: int, timed: int) -> tuple[float, float]:
+    """Median seconds of a training step and of a validation batch on `device` at `precision`."""
+    import torch
+
+    from smallvision.engine.precision import autocast_dtype
+
+    dtype = autocast_dtype(precision)
 
     def clock(step) -> float:
         if device.type == "cuda":
@@ -70,16 +96,4 @@ def estimate_stage_seconds(model, data, cfg: RunConfig, views=None, warmup: int 
         finally:
             model.to("cpu")
             model.zero_grad(set_to_none=True)
-    step, val = float(np.median(steps)), float(np.median(vals))
-    n_train, n_val = len(data["train"][1]), len(data["val"][1])
-    per_epoch = (step * n_train / len(y) + val * n_val / len(y)) / world_devices(cfg)
-    return {
-        "seconds": per_epoch * r.finetune_epochs,
-        "step_seconds": round(step, 4),
-        "val_batch_seconds": round(val, 4),
-        "batch": len(y),
-        "device": str(device),
-        "precision": precision,
-        "warmup_steps": warmup,
-        "timed_steps": timed,
-    }
+    return float(np.median(steps)), float(np.median(vals))

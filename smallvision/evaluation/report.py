@@ -263,6 +263,11 @@ def run_figures(
         if gradcam:
             drawn["gradcam"] = lambda path: _gradcam(model_dir, images, classes, path)
     drawn["kernels"] = lambda path: _kernels(model_dir, path)
+    return _drawn(drawn, fig_dir)
+
+
+def _drawn(drawn: dict, fig_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """Draw each figure into `fig_dir`; one that fails is logged and reported, never the end of the others."""
     out, errors = [], {}
     for stem, draw in drawn.items():
         try:
@@ -744,13 +749,8 @@ def compare_rows(out: Path, rows: list[dict]) -> list[dict]:
     return full
 
 
-def write_compare_report(out: str | Path) -> Path:
-    """Render COMPARE_DIR/report.html from results.json, the runs' metrics.json and figures/*.png (embedded)."""
-    out = Path(out)
-    results = json.loads((out / "results.json").read_text())
-    rows = compare_rows(out, results["rows"])
-    best = results["best"]
-    chosen = next(r for r in rows if r["run"] == best)
+def _compare_table(rows: list[dict], best: str) -> str:
+    """The compare page's sortable table of runs, the chosen one marked, each linking to its own page."""
     body_rows = []
     for number, r in enumerate(rows, 1):
         lo, hi = r["val_ci95"]
@@ -767,29 +767,45 @@ def write_compare_report(out: str | Path) -> Path:
         cls = ' class="chosen"' if r["run"] == best else ""
         body_rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
     heads = ["#", "run", "recipe", "options", "val accuracy (95% interval)", "macro F1", "seconds"]
-    table = (
+    return (
         '<div class="scroll"><table id="runs" class="sortable"><thead><tr>'
         + "".join(f"<th{' class=t' if i < 4 else ''}>{html.escape(h)}</th>" for i, h in enumerate(heads))
         + f"</tr></thead><tbody>{''.join(body_rows)}</tbody></table></div>"
     )
+
+
+def _compare_headline(results: dict, chosen: dict) -> str:
+    """The compare page's headline: the chosen run's test accuracy when it was tested, else its validation one,
+    saying that it is the number the run was chosen on."""
     test = results.get("best_test")
-    lo, hi = chosen["val_ci95"]
     if test:
         tlo, thi = accuracy_interval(test)
-        headline = (
+        return (
             f'<div class="label">Test accuracy of the chosen run</div><div class="big" id="headline">'
             f'{_pct(test["accuracy"])}</div><div class="ci">95% interval <b>{_pct(tlo)} to {_pct(thi)}</b> on '
             f"<b>n={test['n']}</b> test images, evaluated once, for the chosen run only; macro F1 "
             f"{test['f1_macro']:.3f}.</div>"
         )
-    else:
-        headline = (
-            f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
-            f'{_pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> '
-            f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: "
-            + html.escape(results.get("test_note", "there is no test split to confirm it"))
-            + ".</div>"
-        )
+    lo, hi = chosen["val_ci95"]
+    return (
+        f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
+        f'{_pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> '
+        f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: "
+        + html.escape(results.get("test_note", "there is no test split to confirm it"))
+        + ".</div>"
+    )
+
+
+def write_compare_report(out: str | Path) -> Path:
+    """Render COMPARE_DIR/report.html from results.json, the runs' metrics.json and figures/*.png (embedded)."""
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    rows = compare_rows(out, results["rows"])
+    best = results["best"]
+    chosen = next(r for r in rows if r["run"] == best)
+    table = _compare_table(rows, best)
+    lo, _ = chosen["val_ci95"]
+    headline = _compare_headline(results, chosen)
     overlap = [r["run"] for r in rows if r["run"] != best and r["val_ci95"][1] >= lo]
     facts = [
         ["chosen", f"{best} ({chosen['recipe']}{', ' + chosen['options'] if chosen['options'] else ''})"],

@@ -71,24 +71,32 @@ def _two_stage(
     notes.append(
         f"stage {stage}: best epoch {res.best_epoch} of {r.finetune_epochs} (val accuracy {res.best_accuracy:.4f})"
     )
-    best_epoch = res.best_epoch
     if res.best_accuracy < fs.best_accuracy:
-        model.load_state_dict(features_state)
-        notes.append(
-            f"{cfg.recipe.name}: kept the stage-1 (features) model: val accuracy {fs.best_accuracy:.4f}; "
-            f"{stage} reached {res.best_accuracy:.4f}"
-        )
-        for b in model.backbones:
-            freeze(b, 0)
-        outcome = finish(
-            model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], cache_counts(fs), feature_probs(fs)
-        )
-        # the fine-tuning stage ran, on this many processes; the weights are stage 1's
-        return replace(outcome, world_size=res.world_size, kept_stage=fs.history[0]["stage"] if fs.history else None)
+        return _stage_one_kept(cfg, model, features_state, fs, data, history, notes, (stage, res))
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
     probs = views.probabilities() if views is not None else None
-    outcome = finish(model, cfg, data, fs.specs, history, best_epoch, notes, trained, cache_counts(fs), probs)
+    outcome = finish(model, cfg, data, fs.specs, history, res.best_epoch, notes, trained, cache_counts(fs), probs)
     return replace(outcome, world_size=res.world_size)
+
+
+def _stage_one_kept(cfg: RunConfig, model, features_state: dict, fs, data, history, notes, ran) -> RecipeOutcome:
+    """The outcome when fine-tuning did worse on validation than the head before it: stage 1's weights, with the
+    history of both stages and the kept stage named (metrics.json's kept_stage)."""
+    from smallvision.models.backbone import freeze
+
+    stage, res = ran
+    model.load_state_dict(features_state)
+    notes.append(
+        f"{cfg.recipe.name}: kept the stage-1 (features) model: val accuracy {fs.best_accuracy:.4f}; "
+        f"{stage} reached {res.best_accuracy:.4f}"
+    )
+    for b in model.backbones:
+        freeze(b, 0)
+    outcome = finish(
+        model, cfg, data, fs.specs, history, fs.best_epoch, notes, ["head"], cache_counts(fs), feature_probs(fs)
+    )
+    # the fine-tuning stage ran, on this many processes; the weights are stage 1's
+    return replace(outcome, world_size=res.world_size, kept_stage=fs.history[0]["stage"] if fs.history else None)
 
 
 def run_finetune(

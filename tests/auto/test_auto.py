@@ -23,8 +23,8 @@ from smallvision.results import SCHEMA_VERSION, decisions
 FAST = {"image_size": 64, "epochs": 3, "finetune_epochs": 2, "progress": False, "report": False}
 
 
-def _plan(run_dir: Path) -> dict:
-    return json.loads((run_dir / "checkpoints" / "auto_plan.json").read_text())
+def _plan(run_dir: Path) -> planning.Plan:
+    return planning.Plan.from_dict(json.loads((run_dir / "checkpoints" / "auto_plan.json").read_text()))
 
 
 def _weights(model_dir: Path) -> dict:
@@ -48,14 +48,14 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert log.index("auto plan") < min(work)  # before the training that follows it
     planned = (result.run_dir / "checkpoints" / "auto_plan.json").stat().st_mtime
     assert planned < min(p.stat().st_mtime for p in (result.run_dir / "checkpoints").glob("*/*.ckpt"))
-    for step in plan["steps"]:
-        assert f"{step['seconds']:7.0f} s  {step['step']}" in shown and step["seconds"] >= 0
-    assert plan["estimate_seconds"] == pytest.approx(sum(s["seconds"] for s in plan["steps"]))
-    assert plan["profile"]["images"] == 120 and plan["images"] == {"train": 72, "val": 30, "test": 18}
-    assert plan["costs"] and all(k in plan["costs"] for k in plan["measured"])
+    for step in plan.steps:
+        assert f"{step.seconds:7.0f} s  {step.step}" in shown and step.seconds >= 0
+    assert plan.estimate_seconds == pytest.approx(sum(s.seconds for s in plan.steps))
+    assert plan.profile["images"] == 120 and plan.images == {"train": 72, "val": 30, "test": 18}
+    assert plan.costs and all(k in plan.costs for k in plan.measured)
     # every candidate the plan named ran, and the notes say what was chosen among them and why
     chose = next(n for n in result.notes if n.startswith("auto: chose "))
-    for name in plan["backbones"]:
+    for name in plan.backbones:
         assert f"{name} features" in chose
     # each decision is recorded beside its note, by kind, in the versioned metrics.json the report reads
     m = smallvision.read_metrics(result.run_dir)
@@ -64,7 +64,7 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert [f"auto: {d.text}" for d in made] == [n for n in result.notes if n.startswith("auto: ")]
     card = smallvision.load(result.model_dir)[1]
     assert result.metrics["backbone"] == "+".join(b.name for b in card.backbones)
-    assert card.image_size == plan["size"] or card.image_size == (plan["scratch"] or {}).get("size")
+    assert card.image_size == plan.size or (plan.scratch is not None and card.image_size == plan.scratch.size)
 
 
 def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_path):
@@ -78,7 +78,7 @@ def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_
     chose = next(n for n in notes if n.startswith("auto: chose "))
     candidates = chose[chose.index("(") + 1 : -1].split(", ")  # all at one size here, so every pair and trio averaged
     expected = {
-        "head_lr": len(plan["backbones"]),  # two head rates tried per backbone (--lr not set)
+        "head_lr": len(plan.backbones),  # two head rates tried per backbone (--lr not set)
         "finetune_round": sum(n.startswith("auto: fine-tuning round ") for n in notes),
         "candidate": 1,
         "average": comb(len(candidates), 2) + comb(len(candidates), 3),
@@ -105,10 +105,10 @@ def test_the_same_seed_gives_the_same_plan_and_the_same_model(first, shapes_data
     result = first
     again = smallvision.train(shapes_data, out=tmp_path / "b", **FAST)
     a, b = _plan(result.run_dir), _plan(again.run_dir)
-    assert b["measured"] == []  # the second run read the step costs the first one measured on this machine
+    assert b.measured == []  # the second run read the step costs the first one measured on this machine
     for plan in (a, b):  # what was timed this time, and how long the probe took, are records, not decisions
-        plan.pop("measured")
-        (plan["probe"] or {}).pop("seconds", None)
+        plan.measured = []
+        (plan.probe or {}).pop("seconds", None)
     assert a == b
     ours, theirs = _weights(again.model_dir), _weights(result.model_dir)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -146,9 +146,9 @@ def test_a_budget_far_too_small_is_honoured_and_explained(shapes_data, tmp_path)
     unused = {"momentum": 0.8, "warmup_epochs": 2.0, "memory_budget": 2.0}  # heads only: one-cycle, no cache
     r = smallvision.train(shapes_data, out=tmp_path / "tight", time_budget=1, optimizer="sgd", **unused, **FAST)
     plan = _plan(r.run_dir)
-    assert plan["rounds"] == [] and plan["backbones"] == ["efficientnet_lite0"] and plan["scratch"] is None
-    assert plan["train_cap"] is not None and plan["train_cap"] < 72
-    assert any("too small for fine-tuning" in w for w in plan["why"])
+    assert plan.rounds == [] and plan.backbones == ["efficientnet_lite0"] and plan.scratch is None
+    assert plan.train_cap is not None and plan.train_cap < 72
+    assert any("too small for fine-tuning" in w for w in plan.why)
     assert any("too small for fine-tuning" in n for n in r.notes)
     assert not list((r.run_dir / "checkpoints").glob("finetune*"))
     assert smallvision.load(r.model_dir)[1].trainable == ["head"]
@@ -225,16 +225,16 @@ COSTS = {"efficientnet_lite0": 186.0, "efficientnet_lite1": 105.0, "efficientnet
 def test_large_folders_scale_the_plan_down_and_it_always_fits(images):
     cfg = build_config({"data": {"path": "x"}})
     plan = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, _Costs(COSTS))
-    assert plan["estimate_seconds"] <= planning.SAFETY * cfg.recipe.time_budget
+    assert plan.estimate_seconds <= planning.SAFETY * cfg.recipe.time_budget
     if images == 400:
-        assert len(plan["backbones"]) == 3 and len(plan["rounds"]) == 3 and plan["tta"]
+        assert len(plan.backbones) == 3 and len(plan.rounds) == 3 and plan.tta
     if images == 20_000:
-        assert "efficientnet_lite1" not in plan["backbones"] and plan["train_cap"] is None
+        assert "efficientnet_lite1" not in plan.backbones and plan.train_cap is None
     if images == 200_000:
-        assert plan["train_cap"] is not None and plan["train_cap"] < 0.8 * images
-        assert any("too small" in w for w in plan["why"])
+        assert plan.train_cap is not None and plan.train_cap < 0.8 * images
+        assert any("too small" in w for w in plan.why)
     smaller = planning.make_plan(cfg, _index(images // 2), _Profile(images // 2, 150), None, _Costs(COSTS))
-    assert smaller["rung"] <= plan["rung"]  # fewer images never get a poorer rung of the ladder
+    assert smaller.rung <= plan.rung  # fewer images never get a poorer rung of the ladder
 
 
 class _Probe:
@@ -255,10 +255,10 @@ class _Probe:
 def test_the_probe_decides_the_candidates(ncm, scratch, has_scratch, has_pretrained):
     cfg = build_config({"data": {"path": "x"}})
     plan = planning.make_plan(cfg, _index(1_800, 10), _Profile(1_800, 32), _Probe(ncm, scratch), _Costs(COSTS))
-    assert (plan["scratch"] is not None) == has_scratch
-    assert bool(plan["backbones"]) == has_pretrained
+    assert (plan.scratch is not None) == has_scratch
+    assert bool(plan.backbones) == has_pretrained
     if has_scratch:
-        assert plan["scratch"]["size"] == 32 and plan["scratch"]["epochs"] >= planning.SCRATCH_MIN_EPOCHS
+        assert plan.scratch.size == 32 and plan.scratch.epochs >= planning.SCRATCH_MIN_EPOCHS
 
 
 def _tiny_digits(root: Path, per_class: int = 24) -> Path:
@@ -290,15 +290,15 @@ def test_a_tiny_image_folder_gets_a_scratch_candidate_at_its_native_size(tmp_pat
     probe = imagenet_distance(index, scratch_size=32, seed=0)
     assert probe.scratch_accuracy > probe.ncm_accuracy  # tiny grayscale digits are far from ImageNet photos
     plan = planning.make_plan(cfg, index, profile, probe, _Costs(COSTS))
-    assert plan["scratch"] is not None and plan["scratch"]["size"] == 32
-    assert any("from-scratch small_cnn at the native 32 px is a candidate" in w for w in plan["why"])
+    assert plan.scratch is not None and plan.scratch.size == 32
+    assert any("from-scratch small_cnn at the native 32 px is a candidate" in w for w in plan.why)
 
 
 @pytest.mark.parametrize("recipe,first_lr", [({}, 3e-4), ({"lr": 2e-3}, 6e-4), ({"finetune_lr": 5e-5}, 5e-5)])
 def test_fine_tuning_rounds_start_at_three_tenths_of_the_lr_unless_the_user_sets_theirs(recipe, first_lr):
     cfg = build_config({"data": {"path": "x"}, "recipe": recipe})
     plan = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
-    assert [r["lr"] for r in plan["rounds"]] == pytest.approx([first_lr, first_lr / 2, first_lr / 4])
+    assert [r.lr for r in plan.rounds] == pytest.approx([first_lr, first_lr / 2, first_lr / 4])
 
 
 def test_fine_tuning_options_a_plan_cannot_use_are_named():
@@ -310,18 +310,18 @@ def test_fine_tuning_options_a_plan_cannot_use_are_named():
         None,
         _Costs(COSTS),
     )
-    said = [w for w in tight["why"] if "set but not applied" in w]
-    assert tight["rounds"] == [] and said and "--finetune-epochs" in said[0] and "--rotation-range" in said[0]
+    said = [w for w in tight.why if "set but not applied" in w]
+    assert tight.rounds == [] and said and "--finetune-epochs" in said[0] and "--rotation-range" in said[0]
     roomy = planning.make_plan(build_config(values), _index(400), _Profile(400, 150), None, _Costs(COSTS))
-    assert roomy["rounds"] and not any("set but not applied" in w for w in roomy["why"])
+    assert roomy.rounds and not any("set but not applied" in w for w in roomy.why)
 
 
 def test_a_joined_backbone_runs_its_features_and_says_it_is_not_fine_tuned(shapes_data, tmp_path):
     joined = "efficientnet_lite0+efficientnet_lite1"
     r = smallvision.train(shapes_data, out=tmp_path / "joined", backbone=joined, **FAST)
     plan = _plan(r.run_dir)
-    assert plan["backbones"] == [joined] and plan["rounds"] == []
-    assert any("not a joined one" in w for w in plan["why"])
+    assert plan.backbones == [joined] and plan.rounds == []
+    assert any("not a joined one" in w for w in plan.why)
     assert any("--finetune-epochs set but not applied" in n for n in r.notes)
     model, card = smallvision.load(r.model_dir)
     assert len(card.backbones) == 2 and card.trainable == ["head"] and len(model.backbones) == 2
@@ -332,8 +332,8 @@ def test_options_no_planned_stage_applies_are_named_from_the_stages_themselves()
     recipe = {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 2.0, "time_budget": 1}
     values = {"data": {"path": "x"}, "recipe": recipe, "trainer": {"memory_budget": 2.0}}
     plan = planning.make_plan(build_config(values), _index(400), _Profile(400, 150), None, _Costs(COSTS))
-    said = [w for w in plan["why"] if "set but not applied" in w]
-    assert plan["rounds"] == [] and plan["scratch"] is None and len(said) == 1
+    said = [w for w in plan.why if "set but not applied" in w]
+    assert plan.rounds == [] and plan.scratch is None and len(said) == 1
     named = said[0].split(" set but")[0].split(", ")
     assert sorted(named) == ["--memory-budget", "--momentum", "--warmup-epochs"]  # --optimizer ran: sgd heads
     roomy = planning.make_plan(
@@ -343,7 +343,7 @@ def test_options_no_planned_stage_applies_are_named_from_the_stages_themselves()
         None,
         _Costs(COSTS),
     )
-    assert roomy["rounds"] and not any("set but not applied" in w for w in roomy["why"])  # the rounds apply them
+    assert roomy.rounds and not any("set but not applied" in w for w in roomy.why)  # the rounds apply them
 
 
 def _stage_value(resolved: dict, stage: dict, path: str):
@@ -383,9 +383,9 @@ def test_config_yaml_metrics_and_tracker_values_are_what_each_candidate_ran(firs
     for c in cands:
         for rnd in c["stages"][1:]:  # fine-tuning rounds: their own blocks, rate and epochs
             i = int(rnd["stage"].removeprefix("finetune"))
-            planned = _plan(first.run_dir)["rounds"][i - 1]
-            assert _stage_value(resolved, rnd, "recipe.finetune_lr") == pytest.approx(planned["lr"])
-            assert _stage_value(resolved, rnd, "recipe.unfreeze_blocks") == planned["blocks"]
+            planned = _plan(first.run_dir).rounds[i - 1]
+            assert _stage_value(resolved, rnd, "recipe.finetune_lr") == pytest.approx(planned.lr)
+            assert _stage_value(resolved, rnd, "recipe.unfreeze_blocks") == planned.blocks
     report = (first.run_dir / "config.yaml").read_text()
     assert "candidates:" in report and "hidden: 512" not in report
 
@@ -397,7 +397,7 @@ def test_the_resolved_record_of_a_scratch_and_a_features_candidate_holds_their_o
 
     cfg = build_config({"data": {"path": "x"}})
     labels = {"val": np.array([0, 1])}
-    scratch_config = planning.scratch_config(cfg, {"size": 32, "epochs": 7, "seeds": [0]}, 0)
+    scratch_config = planning.scratch_config(cfg, planning.ScratchPlan(32, 7, [0], 1.0), 0)
     head_cfg = planning.member_config(cfg, "features", "efficientnet_lite0", 32, lr=3e-3)
     scratch = select.Candidate(
         "small_cnn from scratch", scratch_config, None, None, {"val": np.eye(2)}, labels, [], 5, ["all"], 32
@@ -434,15 +434,13 @@ def test_rounds_are_costed_as_they_will_run_under_the_memory_budget_and_batch_si
         return made, costs
 
     cached, _ = plan()
-    assert cached["rounds"] and all(
-        "on cached activations" in s["step"] for s in cached["steps"] if "round" in s["step"]
-    )
+    assert cached.rounds and all("on cached activations" in s.step for s in cached.steps if "round" in s.step)
     # the same rounds when the cache cannot fit: costed on full images, as activation_views will run them
     full, _ = plan(memory_budget=0.01, time_budget=3000)
-    rounds = [s for s in full["steps"] if "round" in s["step"]]
-    assert rounds and all("on full images" in s["step"] and "over --memory-budget 0.01 GB" in s["step"] for s in rounds)
-    same = [r for r in cached["rounds"] if r["blocks"] in {f["blocks"] for f in full["rounds"]}]
-    assert min(r["seconds"] for r in full["rounds"]) > max(r["seconds"] for r in same)  # slower, and said so
+    rounds = [s for s in full.steps if "round" in s.step]
+    assert rounds and all("on full images" in s.step and "over --memory-budget 0.01 GB" in s.step for s in rounds)
+    same = [r for r in cached.rounds if r.blocks in {f.blocks for f in full.rounds}]
+    assert min(r.seconds for r in full.rounds) > max(r.seconds for r in same)  # slower, and said so
     assert "on full images" in planning.plan_table(full)  # what the log prints before the work
     big, costs = plan(batch_size=64)
     assert costs.batches == {64}  # timed at the batch the run trains at, not at 32
@@ -454,5 +452,5 @@ def test_a_plan_made_after_a_resume_fits_what_is_left_of_the_budget():
     cfg = build_config({"data": {"path": "x"}})
     fresh = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
     late = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS), spent=400.0)
-    assert late["estimate_seconds"] <= planning.SAFETY * 600 - planning.RESERVED - 400 < fresh["estimate_seconds"]
-    assert late["rung"] > fresh["rung"] and any("earlier process(es) took 400 s" in w for w in late["why"])
+    assert late.estimate_seconds <= planning.SAFETY * 600 - planning.RESERVED - 400 < fresh.estimate_seconds
+    assert late.rung > fresh.rung and any("earlier process(es) took 400 s" in w for w in late.why)

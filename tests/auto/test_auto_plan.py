@@ -24,10 +24,6 @@ FAST = {"image_size": 64, "epochs": 3, "finetune_epochs": 2, "progress": False, 
 LITE0 = {**FAST, "backbone": "efficientnet_lite0"}
 
 
-def _plan(run_dir: Path) -> dict:
-    return json.loads((run_dir / "checkpoints" / "auto_plan.json").read_text())
-
-
 class _Probe(nn.Module):
     """A tiny network that records the dtype and device each forward pass of its last layer ran at."""
 
