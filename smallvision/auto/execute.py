@@ -269,12 +269,15 @@ def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[
 
     path = run_dir / "checkpoints" / PLAN_FILE
     raw, recorded = rank_zero_decision(path, decide)
-    if raw.get("version") != PLAN_VERSION:
+    try:
+        plan = Plan.from_dict(raw) if raw.get("version") == PLAN_VERSION else None
+    except (TypeError, KeyError):  # keys this version's Plan does not have: a file edited by hand
+        plan = None
+    if plan is None:
         raise SmallvisionError(
-            f"{path} was written by an earlier version of auto, which this one cannot continue; start a new run: "
+            f"{path} was written by another version of auto, which this one cannot continue; start a new run: "
             f"smallvision train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
         )
-    plan = Plan.from_dict(raw)
     log.info("%s", plan_table(plan))
     notes = RunNotes("auto")
     notes.decide(

@@ -50,7 +50,8 @@ def fit_lightning(
     weights = class_weight_tensor(spec.class_weights, data.arrays["train"][1], int(model.head.layers[-1].out_features))
     trained.train()  # Lightning keeps modules' modes as found; this sets them once (frozen parts stay in eval)
     module = ClassifierModule(trained, spec, groups, steps, weights, task)
-    history, keep = History(spec.name, on_epoch), KeepBest(Keeper(spec.patience), stage_dir / "best.ckpt")
+    history = History(spec.name, on_epoch)
+    keep = KeepBest(Keeper(spec.patience), stage_dir / "best.ckpt", history)
     trainer = _trainer(spec, stage_dir, progress, [history, keep])
     last = stage_dir / "last.ckpt"
     resume = str(last) if last.exists() else None

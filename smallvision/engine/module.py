@@ -115,10 +115,16 @@ class History(L.Callback):
 
 class KeepBest(L.Callback):
     """stage.Keeper on Lightning: `path` (best.ckpt) is written when an epoch is the new best, and the fit stops early
-    when the keeper says so. Its state rides in every checkpoint, so a resumed stage keeps what it kept."""
+    when the keeper says so. On a resume the keeper replays the checkpointed history's rows (`history`), so what it
+    kept is derived, never stored beside them (a checkpoint of an earlier version resumes the same way)."""
 
-    def __init__(self, keeper: Keeper, path: Path) -> None:
-        self.keeper, self.path, self.stopped = keeper, path, False
+    def __init__(self, keeper: Keeper, path: Path, history: History) -> None:
+        self.keeper, self.path, self.history, self.stopped = keeper, path, history, False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Replay the epochs a resumed stage had already validated."""
+        for row in sorted(self.history.rows, key=lambda r: r["epoch"]):
+            self.keeper.update(row["epoch"], row["val_accuracy"], row["val_loss"])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the epoch if it is the best so far; stop when validation stopped rising for the patience."""
@@ -130,14 +136,6 @@ class KeepBest(L.Callback):
             trainer.save_checkpoint(self.path)
         if self.keeper.should_stop(epoch, trainer.max_epochs):
             trainer.should_stop, self.stopped = True, True
-
-    def state_dict(self) -> dict:
-        """The keeper's state, for the checkpoint."""
-        return self.keeper.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """The keeper's state from a checkpoint (on resume)."""
-        self.keeper.load_state_dict(state_dict)
 
 
 class StageBar(TQDMProgressBar):

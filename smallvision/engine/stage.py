@@ -134,16 +134,6 @@ class Keeper:
         """Whether early stopping ends the stage after `epoch` of `epochs`."""
         return self.patience is not None and epoch - self.top_epoch >= self.patience and epoch < epochs
 
-    def state_dict(self) -> dict:
-        """Plain values, for a checkpoint (a resumed stage keeps what it kept)."""
-        return {"best": list(self.best), "best_epoch": self.best_epoch, "top": self.top, "top_epoch": self.top_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        """What a checkpoint kept."""
-        if state:
-            self.best, self.best_epoch = tuple(state["best"]), state["best_epoch"]
-            self.top, self.top_epoch = state["top"], state["top_epoch"]
-
 
 def class_weight_tensor(kind: str, labels: np.ndarray, num_classes: int):
     """Per-class loss weights: None for 'none'; 'balanced' as scikit-learn computes it (absent classes weigh 1)."""

@@ -29,8 +29,11 @@ def fit(
     """Train one stage of `model` as `spec` says and load its best epoch back; `groups` (parameter groups at their
     own rates) and `stage_dir` (checkpoints, for resuming) belong to end-to-end stages on ImageData."""
     if isinstance(data, Tensors):
-        if groups is not None or stage_dir is not None:
-            raise ValueError("the tensor loop trains the model's trainable parameters at spec.lr, uncheckpointed")
+        if groups is not None or stage_dir is not None or spec.max_seconds is not None or spec.devices > 1:
+            raise ValueError(
+                "the tensor loop trains the model's trainable parameters at spec.lr in one process, uncheckpointed "
+                "and unclocked: no groups, stage_dir, max_seconds or devices"
+            )
         from smallvision.engine.loop import fit_tensors
 
         return fit_tensors(model, data, spec, task, progress=progress, on_epoch=on_epoch)
