@@ -364,10 +364,11 @@ def _train_run(
 ) -> TrainResult | None:
     """Run the recipe, then (rank 0) evaluate, save the model and write metrics.json, history.csv and the report."""
     from smallvision.engine.distributed import is_rank_zero
+    from smallvision.recipes.base import RunContext
     from smallvision.recipes.registry import recipe_runner
 
-    timed = {"start": start} if spec(cfg.recipe.name).plans else {}  # auto's budget counts from the call's start
-    outcome = recipe_runner(cfg.recipe.name)(cfg, index, run_dir, progress=progress, logger=tracker, **timed)
+    ctx = RunContext(cfg, index, run_dir, progress, tracker, start)  # auto's budget counts from the call's start
+    outcome = recipe_runner(cfg.recipe.name)(ctx)
     if not is_rank_zero():
         return None
     log.info("%s", index.table())

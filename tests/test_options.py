@@ -215,6 +215,7 @@ class Runs:
         from smallvision import api
         from smallvision.caching import activations
         from smallvision.engine import lightning
+        from smallvision.recipes.base import RunContext
         from smallvision.recipes.registry import recipe_runner
 
         record: dict[str, Any] = {"workers": set(), "views": 0, "stages": []}
@@ -246,7 +247,7 @@ class Runs:
                 index = api._scan(cfg)
                 self.started += 1  # a folder per run: one holding a recorded auto plan would be followed
                 run_dir = self.tmp / f"run{self.started}"
-                outcome = recipe_runner(recipe)(cfg, index, run_dir, progress=False)
+                outcome = recipe_runner(recipe)(RunContext(cfg, index, run_dir, progress=False))
             except SmallvisionError as e:
                 return {"error": str(e)}
         record.update(

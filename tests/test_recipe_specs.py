@@ -23,7 +23,7 @@ def test_every_row_names_a_runner_in_its_own_package():
         runner = recipe_runner(name)
         package = "smallvision.auto" if row.plans else "smallvision.recipes"
         assert runner.__module__.startswith(package + "."), (name, runner.__module__)
-        assert list(inspect.signature(runner).parameters)[:5] == ["cfg", "index", "run_dir", "progress", "logger"]
+        assert list(inspect.signature(runner).parameters)[:1] == ["ctx"]
     assert recipe_runner("finetune") is not recipe_runner("unfreeze")
     with pytest.raises(SmallvisionError, match="no such recipe"):
         recipe_runner("nope")

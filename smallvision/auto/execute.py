@@ -43,7 +43,7 @@ from smallvision.config import APPLIES, PLANNING, RunConfig, nested, option_flag
 from smallvision.data.scan import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.recipes import steps
-from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.scratch import run_scratch
 from smallvision.results import RunNotes
 
@@ -135,7 +135,7 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
         cand_cfg = scratch_config(cfg, s, seed)
         stage = "scratch" if i == 0 else f"scratch{i + 1}"
         left = cfg.recipe.time_budget - TAIL - (now() - start)  # the clock stops a network the estimate misjudged
-        run = run_scratch(cand_cfg, index, run_dir, progress, logger, stage=stage, max_seconds=left)
+        run = run_scratch(RunContext(cand_cfg, index, run_dir, progress, logger), stage=stage, max_seconds=left)
         tally.ran.append(cand_cfg)
         notes.extend(run.notes)
         backbone = scratch_backbone(SCRATCH, s.size, cand_cfg.model.batch_norm)
@@ -291,11 +291,10 @@ def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[
     return plan, notes
 
 
-def run_auto(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None, start: float | None = None
-) -> RecipeOutcome:
+def run_auto(ctx: RunContext) -> RecipeOutcome:
     """`auto`: read the data, plan within --time-budget, run the plan, choose on validation (see the module doc)."""
-    start = start if start is not None else now()
+    cfg, index, run_dir, progress, logger = ctx.cfg, ctx.index, ctx.run_dir, ctx.progress, ctx.logger
+    start = ctx.start if ctx.start is not None else now()
     budget = cfg.recipe.time_budget
     plan, notes = _recorded_plan(cfg, index, run_dir)
     work = _sampled(index, plan.train_cap, cfg.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,9 +41,20 @@ class RecipeOutcome:
     decisions: list[Decision] = field(default_factory=list)  # what the recipe chose on its own, and why (auto)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a recipe runs with: the config, the scanned folder, the run folder, and the run's progress, tracker and
+    start time (auto's budget counts from the call's start, not from when the recipe began)."""
+
+    cfg: RunConfig
+    index: DatasetIndex
+    run_dir: Path
+    progress: bool = True
+    logger: Any = None
+    start: float | None = None
+
+
 class Recipe(Protocol):
     """A recipe's runner, as recipes/registry.py hands it out: the folder's images trained as the config says."""
 
-    def __call__(
-        self, cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
-    ) -> RecipeOutcome: ...
+    def __call__(self, ctx: RunContext) -> RecipeOutcome: ...

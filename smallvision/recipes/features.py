@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from smallvision.config import RunConfig
-from smallvision.data.scan import DatasetIndex
 from smallvision.models.folder import BackboneCard, HeadCard
-from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.steps import (
     feature_probs,
     feature_stage,
@@ -18,15 +15,14 @@ from smallvision.recipes.steps import (
 log = logging.getLogger(__name__)
 
 
-def run_features(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
-) -> RecipeOutcome:
+def run_features(ctx: RunContext) -> RecipeOutcome:
     """`features`: run each frozen backbone once per image (cached), then train only a dense head."""
 
     from smallvision.caching.features import backbone_state
 
     notes = ["recipe features: only a dense head trains; the pretrained backbone is frozen and cached"]
-    fs = feature_stage(cfg, index, progress, notes, logger)
+    cfg = ctx.cfg
+    fs = feature_stage(cfg, ctx.index, ctx.progress, notes, ctx.logger)
     probs = feature_probs(fs)
     labels = {split: y for split, (_, y) in fs.by_split.items()}
     state: dict = {}

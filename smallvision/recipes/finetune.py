@@ -9,7 +9,7 @@ from pathlib import Path
 
 from smallvision.config import RunConfig
 from smallvision.data.scan import DatasetIndex
-from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.steps import (
     activation_views,
     cache_counts,
@@ -99,15 +99,11 @@ def _stage_one_kept(cfg: RunConfig, model, features_state: dict, fs, data, histo
     return replace(outcome, world_size=res.world_size, kept_stage=fs.history[0]["stage"] if fs.history else None)
 
 
-def run_finetune(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
-) -> RecipeOutcome:
+def run_finetune(ctx: RunContext) -> RecipeOutcome:
     """`finetune`: head on cached features, then the top N blocks + head at a lower, per-group learning rate."""
-    return _two_stage(cfg, index, run_dir, progress, whole=False, logger=logger)
+    return _two_stage(ctx.cfg, ctx.index, ctx.run_dir, ctx.progress, whole=False, logger=ctx.logger)
 
 
-def run_unfreeze(
-    cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None
-) -> RecipeOutcome:
+def run_unfreeze(ctx: RunContext) -> RecipeOutcome:
     """`unfreeze`: head on cached features, then the whole network at a low learning rate."""
-    return _two_stage(cfg, index, run_dir, progress, whole=True, logger=logger)
+    return _two_stage(ctx.cfg, ctx.index, ctx.run_dir, ctx.progress, whole=True, logger=ctx.logger)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from smallvision.config import RunConfig
-from smallvision.data.scan import DatasetIndex
-from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.steps import (
     frozen_summary,
     load_images,
@@ -19,12 +16,13 @@ from smallvision.recipes.steps import (
 log = logging.getLogger(__name__)
 
 
-def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: bool = True, logger=None) -> RecipeOutcome:
+def run_frozen(ctx: RunContext) -> RecipeOutcome:
     """`frozen`: the pretrained backbone frozen (BatchNorm too), the head trained end to end with augmentation."""
     import lightning as L
 
     from smallvision.models.backbone import freeze
 
+    cfg, index, progress = ctx.cfg, ctx.index, ctx.progress
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     specs = resolve_specs(cfg)
     data = load_images(cfg, index, progress)
@@ -36,4 +34,4 @@ def run_frozen(cfg: RunConfig, index: DatasetIndex, run_dir: Path, progress: boo
         f"{cfg.recipe.augment.preset}; {frozen_summary(model)}"
     ]
     params = list(model.head.parameters())
-    return one_stage(cfg, model, data, notes, "frozen", params, specs, run_dir, progress, logger)
+    return one_stage(cfg, model, data, notes, "frozen", params, specs, ctx.run_dir, progress, ctx.logger)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from smallvision.config import RunConfig
-from smallvision.data.scan import DatasetIndex
-from smallvision.recipes.base import RecipeOutcome
+from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.steps import (
     frozen_summary,
     load_images,
@@ -17,21 +14,14 @@ from smallvision.recipes.steps import (
 log = logging.getLogger(__name__)
 
 
-def run_scratch(
-    cfg: RunConfig,
-    index: DatasetIndex,
-    run_dir: Path,
-    progress: bool = True,
-    logger=None,
-    stage: str = "scratch",
-    max_seconds: float | None = None,
-) -> RecipeOutcome:
+def run_scratch(ctx: RunContext, stage: str = "scratch", max_seconds: float | None = None) -> RecipeOutcome:
     """`scratch`: a small CNN from random init, trained end to end (augmentation and dropout as configured)."""
     import lightning as L
 
     from smallvision.models.backbone import scratch_backbone
     from smallvision.models.head import Head, ImageClassifier
 
+    cfg, index, progress = ctx.cfg, ctx.index, ctx.progress
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_images(cfg, index, progress)
     name = cfg.model.backbones[0]
@@ -43,4 +33,4 @@ def run_scratch(
         f"dropout {cfg.model.dropout}; {frozen_summary(model)}"
     ]
     params = list(model.parameters())
-    return one_stage(cfg, model, data, notes, stage, params, None, run_dir, progress, logger, max_seconds)
+    return one_stage(cfg, model, data, notes, stage, params, None, ctx.run_dir, progress, ctx.logger, max_seconds)
