@@ -18,7 +18,7 @@ from smallvision import atomic, runclock
 from smallvision.config import RunConfig, build_config, dump_config, load_config, option_flag, read_resolved
 from smallvision.errors import SmallvisionError
 from smallvision.recipe_specs import spec
-from smallvision.results import SCHEMA_VERSION, RunSummary, decisions_json, read_summary
+from smallvision.results import HEADLINE_METRIC, SCHEMA_VERSION, SHORT, RunSummary, decisions_json, read_summary
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -46,11 +46,14 @@ class TrainResult:
             f"recipe {m['recipe']} · backbone {m['backbone']} · weights {m['weights']} · device {m['device']}",
             *self.notes,
         ]
-        val = f"val accuracy {m['val_accuracy']:.4f}  val loss {m['val_loss']:.4f}  (n={m['val']['n']})"
-        if "test_accuracy" in m:
+        short, name = ("map", "macro mAP") if m.get("task") == "multi_label" else ("accuracy", "accuracy")
+        val = f"val {name} {m[f'val_{short}']:.4f}  val loss {m['val_loss']:.4f}  (n={m['val']['n']})"
+        if short == "map":
+            val += f"  sample F1 {m['val']['f1_samples']:.4f} at the thresholds chosen on validation"
+        if f"test_{short}" in m:
             words = selection_words(m.get("selection"))
             lines += [
-                f"test accuracy {m['test_accuracy']:.4f}  (n={m['test']['n']}, evaluated once after choosing on "
+                f"test {name} {m[f'test_{short}']:.4f}  (n={m['test']['n']}, evaluated once after choosing on "
                 "validation: the estimate to quote)",
                 val + (f"  selected: {words}" if words else ""),
             ]
@@ -194,7 +197,7 @@ def _scan(cfg: RunConfig):
     plan = SplitPlan(
         d.val_fraction, d.test_fraction, d.min_train_per_class, d.min_val_per_class, d.min_test_per_class, cfg.seed
     )
-    return scan(d.path, plan)
+    return scan(d.path, plan, labels=d.labels, task=d.task)
 
 
 def _run_dir(cfg: RunConfig, resume: bool) -> Path:
@@ -377,14 +380,15 @@ def _train_run(
         atomic.write_text(saved, dump_config(load_config(saved), outcome.resolved))
     for note in outcome.notes:
         log.debug("%s", note)
-    metrics = _split_metrics(worker, outcome, index, evaluate_test)
+    thresholds = _thresholds(index, outcome)
+    metrics = _split_metrics(worker, outcome, index, evaluate_test, thresholds)
     summary = _run_summary(cfg, index, outcome, metrics, check_summary)
     if tracker is not None:
         from smallvision.engine.trackers import describe
 
         summary["tracker"] = describe(cfg.trainer.logger, tracker, run_dir)
     model_dir = run_dir / "model"
-    _save_model(cfg, index, outcome, summary, model_dir)
+    _save_model(cfg, index, outcome, summary, model_dir, thresholds)
     atomic.write_text(run_dir / "history.csv", _history_csv(outcome.history))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     atomic.write_json(run_dir / "metrics.json", summary)  # the results are safe before any figure is drawn
@@ -398,9 +402,28 @@ def _train_run(
     return TrainResult(run_dir, model_dir, summary, outcome.notes)
 
 
-def _split_metrics(worker, outcome, index, evaluate_test: bool) -> dict[str, dict]:
-    """The metrics of val (and test, unless held back) in the report worker, or here when the worker died."""
+def _thresholds(index, outcome) -> list[float] | None:
+    """A multi-label model's per-label thresholds, chosen on validation (None for a single-label one)."""
+    from smallvision.task import MULTI_LABEL
+
+    if index.task != "multi":
+        return None
+    chosen, glob = MULTI_LABEL.thresholds(outcome.probs["val"], outcome.labels["val"])
+    outcome.notes.append(
+        f"thresholds: chosen on validation, per label the one that maximises its F1; labels with fewer than 5 "
+        f"validation positives take the global threshold {glob:.2f} (the best micro F1)"
+    )
+    return [float(t) for t in chosen]
+
+
+def _split_metrics(worker, outcome, index, evaluate_test: bool, thresholds: list[float] | None) -> dict[str, dict]:
+    """The metrics of val (and test, unless held back) in the report worker, or here when the worker died (a
+    multi-label run's here: they need no plotting process)."""
     splits = [s for s in (("val", "test") if evaluate_test else ("val",)) if s in outcome.probs]
+    if thresholds is not None:
+        from smallvision.evaluation.multilabel import multilabel_metrics
+
+        return {s: multilabel_metrics(outcome.labels[s], outcome.probs[s], index.classes, thresholds) for s in splits}
     try:
         return worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
     except SmallvisionError as e:  # the worker died (killed, out of memory): the trained model must not be lost
@@ -417,9 +440,11 @@ def _run_summary(cfg: RunConfig, index, outcome, metrics: dict[str, dict], check
     world = outcome.world_size  # what really trained: the features path never runs distributed
     device = ("cuda" if torch.cuda.is_available() else "cpu") + (f" x{world} (DDP)" if world > 1 else "")
     by = outcome.selection or {"epoch": len(outcome.history)}  # every recipe keeps its best epoch on validation
+    key = HEADLINE_METRIC[index.task]
     summary: RunSummary = {
-        "val_accuracy": metrics["val"]["accuracy"],
+        f"val_{SHORT[key]}": metrics["val"][key],
         "val_loss": metrics["val"]["loss"],
+        "task": "multi_label" if index.task == "multi" else "single_label",
         "classes": index.classes,
         "recipe": cfg.recipe.name,
         "backbone": "+".join(b.name for b in outcome.backbones),
@@ -447,14 +472,14 @@ def _run_summary(cfg: RunConfig, index, outcome, metrics: dict[str, dict], check
             "cpus": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         },
-        **({"test_accuracy": metrics["test"]["accuracy"]} if "test" in metrics else {}),
+        **({f"test_{SHORT[key]}": metrics["test"][key]} if "test" in metrics else {}),
     }
     summary.update(metrics)
     summary["selection"] = {"split": "val", "choices": sum(by.values()), "by": by}
     return summary
 
 
-def _save_model(cfg: RunConfig, index, outcome, summary: RunSummary, model_dir: Path) -> None:
+def _save_model(cfg: RunConfig, index, outcome, summary: RunSummary, model_dir: Path, thresholds) -> None:
     """The model folder: weights and the card that says what they are, with the run's headline numbers."""
     from smallvision.data.decode import RESIZE_POLICY
     from smallvision.evaluation.report import headline_values
@@ -471,6 +496,8 @@ def _save_model(cfg: RunConfig, index, outcome, summary: RunSummary, model_dir: 
         trainable=outcome.trainable,
         versions=package_versions(),
         tta=outcome.tta,
+        task=summary["task"],
+        thresholds=thresholds,
     )
     save_state(outcome.state, card, model_dir)
 
@@ -484,23 +511,9 @@ def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outco
 
     split = headline_split(summary)  # the figures show the split the run is judged on
     held = index.split(split)
+    draw = _multilabel_figures if index.task == "multi" else _figures
     try:
-        errors = worker.figures(
-            outcome.probs.get(split),
-            run_dir=str(run_dir),
-            model_dir=str(model_dir),
-            config=str(run_dir / "config.yaml"),
-            split=split,
-            paths=[str(it.path) for it in held],
-            digests=[it.digest for it in held],
-            labels=[it.label for it in held],
-            history=outcome.history,
-            summary=summary,
-            classes=index.classes,
-            # features never needs the network again; Grad-CAM needs a pretrained (timm) backbone
-            gradcam=spec(cfg.recipe.name).gradcam
-            and any(b.weights.get("source") != "random" for b in outcome.backbones),
-        )
+        errors = draw(worker, run_dir, model_dir, cfg, split, held, outcome, summary, index)
     except SmallvisionError as e:  # the worker failed before any figure (or died): none of them is drawn
         errors = {"figures": str(e)}
     worker_log = worker.log()
@@ -512,9 +525,55 @@ def _report(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, index, outco
         summary["figure_errors"] = errors
 
 
+def _figures(worker, run_dir: Path, model_dir: Path, cfg: RunConfig, split, held, outcome, summary, index) -> dict:
+    """A single-label run's figures on `split`, drawn by the worker: {figure: error} for those that failed."""
+    return worker.figures(
+        outcome.probs.get(split),
+        run_dir=str(run_dir),
+        model_dir=str(model_dir),
+        config=str(run_dir / "config.yaml"),
+        split=split,
+        paths=[str(it.path) for it in held],
+        digests=[it.digest for it in held],
+        labels=[it.label for it in held],
+        history=outcome.history,
+        summary=summary,
+        classes=index.classes,
+        # features never needs the network again; Grad-CAM needs a pretrained (timm) backbone
+        gradcam=spec(cfg.recipe.name).gradcam and any(b.weights.get("source") != "random" for b in outcome.backbones),
+    )
+
+
+def _multilabel_figures(worker, run_dir: Path, model_dir, cfg, split, held, outcome, summary, index) -> dict:
+    """A multi-label run's figures and predictions CSV on `split`, drawn by the worker."""
+    from smallvision.evaluation.report import chosen_row
+    from smallvision.models.folder import read_card
+
+    return worker.multilabel_figures(
+        outcome.probs[split],
+        outcome.labels[split],
+        run_dir=str(run_dir),
+        split=split,
+        paths=[str(it.path) for it in held],
+        classes=index.classes,
+        thresholds=read_card(model_dir).thresholds,
+        history=outcome.history,
+        chosen=chosen_row(outcome.history, summary.get("best_epoch"), summary.get("kept_stage")),
+    )
+
+
 def _refuse_unused_split_options(given: dict[str, Any], index) -> None:
-    """Split options only shape splits that are carved: refuse one the folder's own split folders leave unused."""
-    folders = set() if index.layout == "one folder of class folders" else set(index.layout.split(" ")[0].split("+"))
+    """Split options only shape splits that are carved: refuse one the folder's own split folders leave unused, and
+    the per-class minimums a multi-label split (carved by share across labels) has no use for."""
+    if index.task == "multi":
+        minimums = [k for k in given if k.startswith("min_") and k.endswith("_per_class")]
+        if minimums:
+            raise SmallvisionError(
+                f"{', '.join('--' + k.replace('_', '-') for k in minimums)}: a multi-label split is carved by share "
+                "across labels (iterative stratification), with no per-class minimum; leave the option out, or set "
+                "--val-fraction / --test-fraction"
+            )
+    folders = set(index.given_splits)
     unused = {
         "val_fraction": "val" in folders,
         "min_val_per_class": "val" in folders,

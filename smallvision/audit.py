@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.data.index import DatasetIndex, ImageItem
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def exact_duplicates(items: list[ImageItem], classes: list[str]) -> list[Finding
         if len({it.split for it in same}) > 1:
             splits = "/".join(sorted({it.split for it in same}))
             out.append(Finding("duplicate across splits", 0.95, paths, f"identical files in {splits}: a leak"))
-        if len({it.label for it in same}) > 1:
-            names = ", ".join(sorted({classes[it.label] for it in same}))
+        if len({it.label_set for it in same}) > 1:
+            names = "; ".join(sorted({" ".join(classes[j] for j in sorted(it.label_set)) or "-" for it in same}))
             out.append(Finding("duplicate across classes", 0.9, paths, f"identical files labelled {names}"))
         elif len({it.split for it in same}) == 1:
             out.append(Finding("duplicate within class", 0.3, paths, f"{len(same)} identical files"))
@@ -88,7 +88,7 @@ def near_duplicates(items: list[ImageItem], images: np.ndarray, *, progress: boo
         same = [items[i] for i in group]
         if len({it.digest for it in same}) < 2:
             continue
-        cross = len({it.split for it in same}) > 1 or len({it.label for it in same}) > 1
+        cross = len({it.split for it in same}) > 1 or len({it.label_set for it in same}) > 1
         where = "different splits or classes" if cross else "same class and split"
         detail = f"{len(same)} files with one perceptual hash ({where})"
         out.append(Finding("near-duplicate", 0.6 if cross else 0.2, [str(it.path) for it in same], detail))
@@ -144,8 +144,8 @@ def image_issues(items: list[ImageItem], *, progress: bool = False) -> list[Find
 
 
 def imbalance(items: list[ImageItem], classes: list[str], ratio: float = 3.0) -> list[Finding]:
-    """Classes with far fewer training images than the largest one."""
-    counts = np.bincount([it.label for it in items if it.split == "train"], minlength=len(classes))
+    """Classes (labels) with far fewer training images than the largest one."""
+    counts = np.bincount([j for it in items if it.split == "train" for j in it.label_set], minlength=len(classes))
     top = counts.max()
     return [
         Finding("class imbalance", 0.4, [classes[c]], f"{counts[c]} training images vs {top} in the largest class")

@@ -60,6 +60,16 @@ class DataConfig(_Strict):
     )
     min_val_per_class: int = Field(default=1, ge=1, description="fewest validation images carved per class")
     min_test_per_class: int = Field(default=1, ge=1, description="fewest test images carved per class")
+    labels: str | None = Field(
+        default=None,
+        description="labels file beside the images (filename,labels with the labels separated by spaces, or "
+        "filename,<label>,... of 0/1); default: the folder's labels.csv when it has one, else class folders",
+    )
+    task: Literal["auto", "single", "multi"] = Field(
+        default="auto",
+        description="single: one class per image; multi: any number of labels per image (a labels file); auto: "
+        "multi when a labels file gives any image other than one label",
+    )
 
 
 class ModelConfig(_Strict):
@@ -319,6 +329,8 @@ APPLIES: dict[str, Applies] = {
     "data.min_train_per_class": Applies(RECIPES),
     "data.min_val_per_class": Applies(RECIPES),
     "data.min_test_per_class": Applies(RECIPES),
+    "data.labels": Applies(RECIPES),
+    "data.task": Applies(RECIPES),
     "model.backbone": Applies(RECIPES),
     "model.weights": Applies(
         PRETRAINED,

@@ -13,7 +13,6 @@ import numpy as np
 
 from smallvision.data.decode import ImageDecodeError, decode_file, is_image_name
 from smallvision.errors import SmallvisionError
-from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def probabilities(model, images: np.ndarray, *, tta: bool = False, batch_size: i
                 x = x.float().div_(255)
                 views = _views(x, tta)
                 p = sum(
-                    SINGLE_LABEL.probabilities(model(v.contiguous(memory_format=torch.channels_last)).float())
+                    model.task.probabilities(model(v.contiguous(memory_format=torch.channels_last)).float())
                     for v in views
                 )
                 out.append((p / len(views)).numpy())

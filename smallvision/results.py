@@ -45,13 +45,21 @@ class SplitMetrics(TypedDict, total=False):
     f1_macro: float
 
 
+# Each task's headline metric in a split's metrics, and its short name in metrics.json's val_<name>/test_<name>.
+HEADLINE_METRIC = {"single": "accuracy", "multi": "map_macro"}
+SHORT = {"accuracy": "accuracy", "map_macro": "map"}
+
+
 class RunSummary(TypedDict, total=False):
     """metrics.json: what a finished run records (api.train writes it; every reader goes through read_summary)."""
 
     schema: int
+    task: str  # single_label or multi_label (a record without it is single-label)
     val_accuracy: float
     val_loss: float
     test_accuracy: float
+    val_map: float  # multi-label: macro mAP, in place of the accuracies
+    test_map: float
     classes: list[str]
     recipe: str
     backbone: str

@@ -2,8 +2,8 @@
 and the score that model selection maximises.
 
 Every training loop, ensemble, flip average, export, evaluation and server asks the task; none calls softmax, argmax
-or a cross-entropy itself. Single-label (one class per image: softmax, the top class, cross-entropy) is the task
-today; multi-label (sigmoid, per-label thresholds, binary cross-entropy) is one more class with the same methods.
+or a cross-entropy itself. Single-label: one class per image (softmax, the top class, cross-entropy, accuracy);
+multi-label: any number of labels per image (sigmoid, per-label thresholds, binary cross-entropy, macro mAP).
 Works on torch tensors and NumPy arrays alike where both are passed (argmax, comparisons); torch is imported only by
 the methods that need it.
 """
@@ -22,6 +22,16 @@ class SingleLabel:
     """One class per image: softmax probabilities, the most probable class, cross-entropy, accuracy."""
 
     name = "single_label"
+    metric = "accuracy"  # what model selection maximises; history's val_<metric> column
+    per_batch = True  # the metric is a mean over images: a batch mean, averaged by size, is the epoch's
+
+    def targets(self, items: list, num_classes: int) -> np.ndarray:
+        """The training targets of scanned items: each one's class index."""
+        return np.array([it.label for it in items], dtype=np.int64)
+
+    def metric_of(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """The selection metric of a split's logits (accuracy)."""
+        return float(self.correct(logits, targets).float().mean())
 
     def loss_module(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.nn.Module:
         """The training loss, with optional class weights and label smoothing."""
@@ -75,3 +85,102 @@ class SingleLabel:
 
 
 SINGLE_LABEL = SingleLabel()
+METRIC_NAMES = {"accuracy": "accuracy", "map": "macro mAP"}  # each task's selection metric, in words
+
+
+class MultiLabel:
+    """Any number of labels per image: independent sigmoids, a threshold per label, binary cross-entropy, and macro
+    average precision (mAP) as the selection score (it ranks, so it needs no threshold, and every label counts)."""
+
+    name = "multi_label"
+    metric = "map"
+    per_batch = False  # mAP ranks the whole split: it is computed once per epoch, never averaged over batches
+
+    def targets(self, items: list, num_classes: int) -> np.ndarray:
+        """The training targets of scanned items: one row of 0/1 per image (multi-hot)."""
+        out = np.zeros((len(items), num_classes), dtype=np.float32)
+        for row, it in enumerate(items):
+            out[row, list(it.labels)] = 1.0
+        return out
+
+    def loss_module(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.nn.Module:
+        """Binary cross-entropy on logits, with optional per-label positive weights (`weight`) for imbalance."""
+        import torch
+
+        if label_smoothing:
+            raise ValueError("label smoothing is a single-label option")
+        return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Plain binary cross-entropy, averaged over images and labels."""
+        import torch
+
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each label's probability, independently."""
+        return logits.sigmoid()
+
+    def mean_log_probabilities(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Logits whose probabilities are the members' averaged ones (an ensemble or a flip average)."""
+        import torch
+
+        if len(outputs) == 1:
+            return outputs[0]
+        mean = torch.stack([self.probabilities(o.float()) for o in outputs]).mean(0)
+        return torch.logit(mean, eps=1e-7)
+
+    def probabilities_of(self, logits: np.ndarray) -> np.ndarray:
+        """`probabilities` for NumPy logits."""
+        import torch
+
+        return self.probabilities(torch.from_numpy(np.asarray(logits)).float()).numpy()
+
+    def decide(self, scores: Any, thresholds: Any = 0.5) -> Any:
+        """Per image and label: whether the label is predicted (probability at or above its threshold)."""
+        return scores >= thresholds
+
+    def correct(self, scores: Any, labels: Any, thresholds: Any = 0.5) -> Any:
+        """Per row: whether every label's decision is right (exact match)."""
+        return (self.decide(scores, thresholds) == (labels > 0.5)).all(1)
+
+    def score(self, probs: np.ndarray, labels: np.ndarray) -> float:
+        """Macro mAP over the labels that occur in `labels` (NaN when none does)."""
+        from sklearn.metrics import average_precision_score
+
+        labels = np.asarray(labels) > 0.5
+        present = labels.any(0)
+        if not len(labels) or not present.any():
+            return float("nan")
+        return float(average_precision_score(labels[:, present], np.asarray(probs)[:, present], average="macro"))
+
+    def metric_of(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """The selection metric of a split's logits (macro mAP)."""
+        return self.score(self.probabilities(logits.float()).detach().cpu().numpy(), targets.cpu().numpy())
+
+    def thresholds(self, probs: np.ndarray, labels: np.ndarray, min_positives: int = 5) -> tuple[np.ndarray, float]:
+        """Per-label thresholds chosen on validation: each label's F1-best where it has at least `min_positives`
+        positives there, else the one global threshold that maximises micro F1 (also returned)."""
+        labels = np.asarray(labels) > 0.5
+        grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+        glob = max(grid, key=lambda t: (_f1(probs >= t, labels), -abs(t - 0.5)))
+        out = np.full(labels.shape[1], glob, dtype=np.float32)
+        for j in np.flatnonzero(labels.sum(0) >= min_positives):
+            out[j] = max(grid, key=lambda t: (_f1(probs[:, j] >= t, labels[:, j]), -abs(t - glob)))
+        return out, float(glob)
+
+
+def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Micro F1 of boolean decisions (0 when nothing is predicted or true)."""
+    tp = float((pred & truth).sum())
+    denom = float(pred.sum() + truth.sum())
+    return 2 * tp / denom if denom else 0.0
+
+
+MULTI_LABEL = MultiLabel()
+TASKS = {"single": SINGLE_LABEL, "multi": MULTI_LABEL, "single_label": SINGLE_LABEL, "multi_label": MULTI_LABEL}
+
+
+def task_named(name: str) -> SingleLabel | MultiLabel:
+    """The task object for a run's task ("single", "multi") or a model card's ("single_label", "multi_label")."""
+    return TASKS[name]

@@ -40,7 +40,7 @@ from smallvision.auto.plan import (
 )
 from smallvision.auto.select import Candidate, choose, final_outcome
 from smallvision.config import APPLIES, PLANNING, RunConfig, nested, option_flag, stage_values, unapplied, user_set
-from smallvision.data.scan import DatasetIndex
+from smallvision.data.index import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.recipes import steps
 from smallvision.recipes.base import RecipeOutcome, RunContext

@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from smallvision.config import APPLIES, RunConfig, nested, option_flag, unapplied, user_set
-from smallvision.data.scan import DatasetIndex
+from smallvision.data.index import DatasetIndex
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.data.index import DatasetIndex, ImageItem
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)

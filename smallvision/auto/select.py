@@ -13,7 +13,7 @@ import numpy as np
 from smallvision.auto.clock import budget_check
 from smallvision.auto.plan import Plan
 from smallvision.config import RunConfig
-from smallvision.data.scan import DatasetIndex
+from smallvision.data.index import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.recipes import steps
 from smallvision.recipes.base import RecipeOutcome

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from smallvision.data.loader import target_array, target_at
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -168,15 +169,15 @@ class ActivationViews:
         val = _Views(self.others["val"][None], self.labels["val"])
         return train, val, ViewShuffle(len(train.labels), len(views), seed)
 
-    def probabilities(self, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Class probabilities of every split from its unaugmented activations (on the device the model is on)."""
+    def probabilities(self, task=SINGLE_LABEL, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """The task's probabilities of every split from its unaugmented activations (on the model's device)."""
         model = self.model.eval()
         device = next(model.parameters()).device
         out = {}
         with torch.inference_mode():
             for split, acts in {"train": self.train[0], **self.others}.items():
                 parts = [
-                    SINGLE_LABEL.probabilities(model(acts[i : i + batch_size].to(device, torch.float32))).cpu()
+                    task.probabilities(model(acts[i : i + batch_size].to(device, torch.float32))).cpu()
                     for i in range(0, len(acts), batch_size)
                 ]
                 out[split] = torch.cat(parts).numpy()
@@ -186,14 +187,14 @@ class ActivationViews:
 class _Views(Dataset):
     def __init__(self, views: torch.Tensor, labels: np.ndarray) -> None:
         self.views = views
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = target_array(labels)
 
     def __len__(self) -> int:
         return len(self.views) * len(self.labels)
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
         v, i = divmod(j, len(self.labels))
-        return self.views[v, i], int(self.labels[i])
+        return self.views[v, i], target_at(self.labels, i)
 
 
 class ViewShuffle(Sampler[int]):

@@ -12,7 +12,7 @@ import numpy as np
 
 from smallvision.data.cache import Failures, ShardedStore, cache_root, decoded_images, fill_store, key_of
 from smallvision.data.decode import RESIZE_POLICY
-from smallvision.data.scan import ImageItem
+from smallvision.data.index import ImageItem
 from smallvision.models.weights import WeightsSpec
 
 log = logging.getLogger(__name__)

@@ -7,20 +7,31 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+def target_array(labels: np.ndarray) -> np.ndarray:
+    """Targets as a loader hands them out: class indices (int64), or multi-hot rows (float32) for multi-label."""
+    labels = np.asarray(labels)
+    return labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int64)
+
+
+def target_at(labels: np.ndarray, i: int):
+    """One image's target: its class index, or its multi-hot row as a tensor."""
+    return torch.from_numpy(labels[i]) if labels.ndim == 2 else int(labels[i])
+
+
 class CachedImages(Dataset):
     """Images already decoded and resized (uint8 NHWC, possibly memory-mapped) with labels and a transform."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
         self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = target_array(labels)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, object]:
         x = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
-        return self.transform(x), int(self.labels[i])
+        return self.transform(x), target_at(self.labels, i)
 
 
 class EpochShuffle(Sampler[int]):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from smallvision.data.scan import SPLITS, DatasetIndex
+from smallvision.data.index import SPLITS, DatasetIndex
 
 log = logging.getLogger(__name__)
 

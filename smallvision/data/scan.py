@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from smallvision.data.decode import content_digest, is_image_name
+from smallvision.data.files import IGNORED_DIRS, list_images, read_digest
+from smallvision.data.index import SPLITS, DatasetIndex, ImageItem
+from smallvision.data.labels import find_labels_file
 from smallvision.data.split import SplitPlan
 from smallvision.data.split import carve as carve_split
 from smallvision.errors import SmallvisionError
@@ -21,70 +22,6 @@ SPLIT_NAMES = {
     "val": ("val", "valid", "validation", "validation_set", "val_set"),
     "test": ("test", "testing", "test_set"),
 }
-SPLITS = ("train", "val", "test")
-IGNORED_DIRS = {"__MACOSX"}
-
-
-@dataclass
-class ImageItem:
-    """One image file: where it is, its class, its split and its content key."""
-
-    path: Path
-    label: int
-    split: str
-    digest: str
-
-
-@dataclass
-class DatasetIndex:
-    """Everything known about a dataset before decoding: files, classes, splits, and files skipped."""
-
-    root: Path
-    layout: str
-    classes: list[str]
-    items: list[ImageItem]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def split(self, name: str) -> list[ImageItem]:
-        """The items of one split."""
-        return [it for it in self.items if it.split == name]
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class per split: {split: {class: n}}."""
-        out: dict[str, dict[str, int]] = {}
-        for s in SPLITS:
-            c = Counter(it.label for it in self.items if it.split == s)
-            if c:
-                out[s] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
-        return out
-
-    def drop(self, failures: dict[str, str]) -> None:
-        """Remove items whose content failed to decode, recording each path and reason as skipped."""
-        kept = []
-        for it in self.items:
-            reason = failures.get(it.digest)
-            if reason is None:
-                kept.append(it)
-            else:
-                self.skipped.append((it.path, reason))
-        self.items = kept
-
-    def table(self) -> str:
-        """A short text table: images per class per split, then skipped files."""
-        counts = self.counts()
-        splits = list(counts)
-        width = max([len("class")] + [len(c) for c in self.classes])
-        lines = [f"data: {self.root}  (layout: {self.layout})"]
-        lines += [f"  {n}" for n in self.notes]
-        lines.append("  " + "class".ljust(width) + "".join(f"{s:>8}" for s in splits))
-        for name in self.classes:
-            lines.append("  " + name.ljust(width) + "".join(f"{counts[s][name]:>8}" for s in splits))
-        lines.append("  " + "total".ljust(width) + "".join(f"{sum(counts[s].values()):>8}" for s in splits))
-        if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} file(s):")
-            lines += [f"    {p}: {reason}" for p, reason in self.skipped]
-        return "\n".join(lines)
 
 
 def _unpack_zip(path: Path) -> Path:
@@ -156,39 +93,6 @@ def _refuse_split_named_class(root: Path, split_dirs: dict[str, Path]) -> None:
     )
 
 
-def _list_images(class_dir: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
-    """Image files under a class folder (recursively, symlink loops safe), sorted; other files reported."""
-    out: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
-            skipped.append((Path(dirpath), "folder seen before (symlink loop); not followed again"))
-            dirnames.clear()
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in IGNORED_DIRS)
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if name.startswith("."):
-                continue
-            if not is_image_name(p):
-                skipped.append((p, f"not an image file extension ({p.suffix or 'none'})"))
-            elif not p.is_file():
-                skipped.append((p, "not a regular file (broken link?)"))
-            else:
-                out.append(p)
-    return out
-
-
-def _read_digest(path: Path, skipped: list[tuple[Path, str]]) -> str | None:
-    try:
-        return content_digest(path.read_bytes())
-    except OSError as e:
-        skipped.append((path, f"cannot read file ({e.strerror or e})"))
-        return None
-
-
 def _dataset_root(data: str | Path) -> Path:
     """The folder that holds the dataset: `data` itself, a .zip's unpacked copy, or the one sub-folder that holds it."""
     root = Path(data).expanduser()
@@ -229,13 +133,33 @@ def _classes(class_files: dict, sources: dict, skipped: list, carve: bool) -> li
     return classes
 
 
-def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) -> DatasetIndex:
+def scan(
+    data: str | Path,
+    plan: SplitPlan | None = None,
+    carve: bool = True,
+    labels: str | Path | None = None,
+    task: str = "auto",
+) -> DatasetIndex:
     """Scan a dataset folder or zip: classes, files (with content keys) and train/val/test splits.
 
-    With `carve=False` no validation or test split is carved out (evaluation uses every image as found).
+    With `carve=False` no validation or test split is carved out (evaluation uses every image as found). A labels
+    file (`labels`, or labels.csv in the folder) lists each image's labels; `task` ("auto", "single", "multi")
+    forces the task instead of detecting it from the data.
     """
     plan = plan or SplitPlan()
     root = _dataset_root(data)
+    table_path = Path(labels).expanduser() if labels else find_labels_file(root)
+    if table_path is not None and task != "single" or labels:
+        from smallvision.data.labelled import scan_labelled
+
+        if table_path is None or not table_path.is_file():
+            raise SmallvisionError(f"{table_path}: no such labels file; give --labels a CSV (filename,labels)")
+        return scan_labelled(root, table_path, plan, carve, task)
+    if task == "multi":
+        raise SmallvisionError(
+            f"{root}: --task multi needs a labels file: put labels.csv (filename,labels with the labels separated "
+            "by spaces) in the folder, or give --labels FILE"
+        )
     skipped: list[tuple[Path, str]] = []
     split_dirs = _find_split_dirs(root)
     _refuse_split_named_class(root, split_dirs)
@@ -250,14 +174,14 @@ def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) ->
         if _has_images(folder):
             loose = [p for p in folder.iterdir() if p.is_file() and is_image_name(p)]
             skipped += [(p, "image outside any class folder; move it into one") for p in sorted(loose)]
-        class_files[split] = {d.name: _list_images(d, skipped) for d in _subdirs(folder)}
+        class_files[split] = {d.name: list_images(d, skipped) for d in _subdirs(folder)}
 
     classes = _classes(class_files, sources, skipped, carve)
     items: list[ImageItem] = []
     for split, per_class in class_files.items():
         for name in classes:
             for p in per_class.get(name, []):
-                digest = _read_digest(p, skipped)
+                digest = read_digest(p, skipped)
                 if digest is not None:
                     items.append(ImageItem(p, classes.index(name), split, digest))
 
@@ -268,4 +192,5 @@ def scan(data: str | Path, plan: SplitPlan | None = None, carve: bool = True) ->
         layout = "one folder of class folders"
     if carve and "val" not in split_dirs:
         notes = carve_split(items, classes, plan, test=not split_dirs)
-    return DatasetIndex(root=root, layout=layout, classes=classes, items=items, skipped=skipped, notes=notes)
+    given = tuple(s for s in SPLITS if s in split_dirs)
+    return DatasetIndex(root, layout, classes, items, skipped, notes, given_splits=given)

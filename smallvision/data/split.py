@@ -20,7 +20,7 @@ from smallvision import atomic
 from smallvision.errors import SmallvisionError
 
 if TYPE_CHECKING:
-    from smallvision.data.scan import DatasetIndex, ImageItem
+    from smallvision.data.index import DatasetIndex, ImageItem
 
 COLUMNS = ("path", "digest", "split", "label")
 RECORD_NAME = "split.csv"
@@ -101,6 +101,42 @@ def carve(items: list[ImageItem], classes: list[str], plan: SplitPlan, test: boo
     return notes
 
 
+def carve_multilabel(items: list[ImageItem], labels: list[str], plan: SplitPlan) -> list[str]:
+    """Move training items to test and val by iterative stratification across labels (Sechidis et al. 2011, the
+    iterative-stratification package), so each label's share in every split is close to the split's share; identical
+    content moves together. The files enter in the order of their content hash (not their names), seeded."""
+    import numpy as np
+    from iterstrat.ml_stratifiers import IterativeStratification
+
+    train = [it for it in items if it.split == "train"]
+    by_digest: dict[str, set[int]] = {}
+    for it in train:
+        by_digest.setdefault(it.digest, set()).update(it.labels)
+    digests = sorted(by_digest, key=lambda d: unit(plan.seed, "multi", d))
+    y = np.zeros((len(digests), len(labels)), dtype=bool)  # bool: the package indexes label columns with it
+    for row, d in enumerate(digests):
+        y[row, sorted(by_digest[d])] = True
+    shares = [plan.test_fraction, plan.val_fraction]
+    r = np.array([*shares, 1 - sum(shares)])
+    folds = IterativeStratification(y, r, np.random.RandomState(plan.seed))
+    where = {d: ("test", "val", "train")[f] for d, f in zip(digests, folds, strict=True)}
+    for it in train:
+        it.split = where[it.digest]
+    test = f", {plan.test_fraction:.0%} test" if plan.test_fraction else ""
+    notes = [
+        f"splits carved from train across labels (iterative stratification: {plan.val_fraction:.0%} val{test}, "
+        f"seed {plan.seed})"
+    ]
+    val_counts = y[[where[d] == "val" for d in digests]].sum(0)
+    rare = [name for j, name in enumerate(labels) if val_counts[j] == 0]
+    if rare:
+        notes.append(
+            f"label(s) too rare to appear in validation: {', '.join(rare)} (their thresholds fall back to the "
+            "global one, and validation mAP leaves them out)"
+        )
+    return notes
+
+
 def _relative(path: Path, root: Path) -> str:
     """A file's path relative to the data root (POSIX form), absolute when it lies outside."""
     try:
@@ -109,13 +145,20 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def label_names(index: DatasetIndex, it: ImageItem) -> str:
+    """An item's label as the record writes it: the class, or a multi-label item's labels separated by spaces."""
+    if index.task == "multi":
+        return " ".join(index.classes[j] for j in it.labels)
+    return index.classes[it.label]
+
+
 def write_record(index: DatasetIndex, target: str | Path) -> None:
     """Write the index's split as CSV (path, digest, split, label), atomically."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for it in index.items:
-        writer.writerow([_relative(it.path, index.root), it.digest, it.split, index.classes[it.label]])
+        writer.writerow([_relative(it.path, index.root), it.digest, it.split, label_names(index, it)])
     atomic.write_text(target, buf.getvalue())
 
 

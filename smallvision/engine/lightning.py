@@ -15,7 +15,7 @@ import torch
 from smallvision import atomic
 from smallvision.engine.precision import resolve_precision
 from smallvision.engine.stage import ImageData, Keeper, StageResult, StageSpec, class_weight_tensor
-from smallvision.task import SINGLE_LABEL, SingleLabel
+from smallvision.task import SINGLE_LABEL, MultiLabel, SingleLabel
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def fit_lightning(
     model: torch.nn.Module,
     data: ImageData,
     spec: StageSpec,
-    task: SingleLabel = SINGLE_LABEL,
+    task: SingleLabel | MultiLabel = SINGLE_LABEL,
     *,
     groups: list[dict],
     stage_dir: Path,
@@ -50,7 +50,7 @@ def fit_lightning(
     weights = class_weight_tensor(spec.class_weights, data.arrays["train"][1], int(model.head.layers[-1].out_features))
     trained.train()  # Lightning keeps modules' modes as found; this sets them once (frozen parts stay in eval)
     module = ClassifierModule(trained, spec, groups, steps, weights, task)
-    history = History(spec.name, on_epoch)
+    history = History(spec.name, on_epoch, task.metric)
     keep = KeepBest(Keeper(spec.patience), stage_dir / "best.ckpt", history)
     trainer = _trainer(spec, stage_dir, progress, [history, keep])
     last = stage_dir / "last.ckpt"
@@ -62,9 +62,10 @@ def fit_lightning(
     _load_weights(trained, stage_dir / "best.ckpt")
     rows = history.rows
     best = next((row for row in rows if row["epoch"] == keep.keeper.best_epoch), None)
-    best = best or {"val_accuracy": float("nan"), "epoch": 0}
+    key = f"val_{task.metric}"
+    best = best or {key: float("nan"), "epoch": 0}
     stopped = len(rows) < spec.epochs and keep.stopped
-    result = StageResult(best["val_accuracy"], best["epoch"], rows, trainer.world_size, stopped)
+    result = StageResult(best[key], best["epoch"], rows, trainer.world_size, stopped)
     if trainer.is_global_zero:
         done = {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch, "history": rows}
         atomic.write_json(stage_dir / "done.json", {**done, "world_size": result.world_size})

@@ -12,15 +12,16 @@ import math
 import time
 from collections.abc import Callable
 
+from smallvision.data.loader import target_array
 from smallvision.engine.stage import Keeper, StageResult, StageSpec, Tensors, class_weight_tensor
-from smallvision.task import SINGLE_LABEL, SingleLabel
+from smallvision.task import SINGLE_LABEL, MultiLabel, SingleLabel
 
 
 def fit_tensors(
     model,
     data: Tensors,
     spec: StageSpec,
-    task: SingleLabel = SINGLE_LABEL,
+    task: SingleLabel | MultiLabel = SINGLE_LABEL,
     *,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
@@ -36,7 +37,7 @@ def fit_tensors(
 
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
-    (xt, yt), (xv, yv) = [(torch.as_tensor(x), torch.as_tensor(y).long()) for x, y in (data.train, data.val)]
+    (xt, yt), (xv, yv) = [(torch.as_tensor(x), torch.as_tensor(target_array(y))) for x, y in (data.train, data.val)]
     opt, sched = _optimizer(model, spec, math.ceil(len(xt) / spec.batch_size))
     loss_fn = task.loss_module(
         class_weight_tensor(spec.class_weights, data.train[1], _outputs(model)), spec.label_smoothing
@@ -47,15 +48,15 @@ def fit_tensors(
     bar = tqdm(epochs, desc=spec.name, unit="epoch") if progress else epochs
     for epoch in bar:
         order = torch.randperm(len(xt), generator=gen)
-        train_loss, train_accuracy = step.train_epoch(xt, yt, order, spec.batch_size, loss_fn, opt, sched, task)
-        val_loss, val_accuracy = step.evaluate(xv, yv, data.eval_batch or max(1, len(xv)), task)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy}
-        history.append({**row, "val_loss": val_loss, "val_accuracy": val_accuracy, "time": time.time()})
+        train_loss, train_metric = step.train_epoch(xt, yt, order, spec.batch_size, loss_fn, opt, sched, task)
+        val_loss, val_metric = step.evaluate(xv, yv, data.eval_batch or max(1, len(xv)), task)
+        row = {"epoch": epoch, "train_loss": train_loss, f"train_{task.metric}": train_metric}
+        history.append({**row, "val_loss": val_loss, f"val_{task.metric}": val_metric, "time": time.time()})
         if on_epoch is not None:
             on_epoch(history[-1])
         if progress:
-            bar.set_postfix(val_acc=f"{val_accuracy:.3f}")
-        if keeper.update(epoch, val_accuracy, val_loss):
+            bar.set_postfix({f"val_{task.metric}": f"{val_metric:.3f}"})
+        if keeper.update(epoch, val_metric, val_loss):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if keeper.should_stop(epoch, spec.epochs):
             break
@@ -63,7 +64,7 @@ def fit_tensors(
     model.eval()
     best = keeper.best_epoch
     stopped = len(history) < spec.epochs
-    return StageResult(history[best - 1]["val_accuracy"], best, history, 1, stopped, best_state)
+    return StageResult(history[best - 1][f"val_{task.metric}"], best, history, 1, stopped, best_state)
 
 
 def _outputs(model) -> int:
@@ -108,9 +109,12 @@ class _Step:
         self.model, self.inputs, self.cast = model, inputs, cast
 
     def train_epoch(self, xt, yt, order, batch_size: int, loss_fn, opt, sched, task) -> tuple[float, float]:
-        """One epoch over the rows in `order`: the mean training loss and accuracy."""
+        """One epoch over the rows in `order`: the mean training loss and the task's metric (accuracy summed per
+        batch; a ranking metric such as mAP over the epoch's logits)."""
+        import torch
+
         self.model.train()
-        total, correct, n = 0.0, 0, 0
+        total, correct, n, outputs = 0.0, 0, 0, []
         for start in range(0, len(xt), batch_size):
             idx = order[start : start + batch_size]
             with self.cast():
@@ -122,16 +126,19 @@ class _Step:
             if sched is not None:
                 sched.step()
             total += loss.item() * len(idx)
-            correct += int(task.correct(logits, yt[idx]).sum())
+            if task.per_batch:
+                correct += int(task.correct(logits, yt[idx]).sum())
+            else:
+                outputs.append(logits.detach())
             n += len(idx)
-        return total / n, correct / n
+        return total / n, correct / n if task.per_batch else task.metric_of(torch.cat(outputs), yt[order])
 
     def evaluate(self, xv, yv, batch: int, task) -> tuple[float, float]:
-        """Validation loss (the task's plain loss) and accuracy over all rows, in float32 as Lightning logs them (a
+        """Validation loss (the task's plain loss) and metric over all rows, in float32 as Lightning logs them (a
         head's accuracy is compared with a fine-tuned stage's: equal counts must be equal numbers)."""
         import torch
 
         self.model.eval()
         with torch.inference_mode(), self.cast():
             logits = torch.cat([self.model(self.inputs(xv[s : s + batch])).float() for s in range(0, len(xv), batch)])
-        return float(task.loss(logits, yv)), float(task.correct(logits, yv).float().mean())
+        return float(task.loss(logits, yv)), task.metric_of(logits, yv)

@@ -16,7 +16,7 @@ from torch import nn
 
 from smallvision.engine.schedules import make_optimizer, make_scheduler
 from smallvision.engine.stage import Keeper, StageSpec
-from smallvision.task import SINGLE_LABEL, SingleLabel
+from smallvision.task import SINGLE_LABEL, MultiLabel, SingleLabel
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class ClassifierModule(L.LightningModule):
         groups: list[dict],
         steps_per_epoch: int,
         class_weights: torch.Tensor | None = None,
-        task: SingleLabel = SINGLE_LABEL,
+        task: SingleLabel | MultiLabel = SINGLE_LABEL,
     ) -> None:
         super().__init__()
         self.model = model
@@ -40,6 +40,7 @@ class ClassifierModule(L.LightningModule):
         self.steps_per_epoch = steps_per_epoch
         self.task = task
         self.loss_fn = task.loss_module(class_weights, spec.label_smoothing)
+        self.outputs: dict[str, list] = {"train": [], "val": []}  # a ranking metric's epoch of logits and targets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits."""
@@ -49,7 +50,6 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
         loss = self.loss_fn(logits.float(), y)
-        acc = self.task.correct(logits, y).float().mean()
         self.log(
             f"{stage}_loss",
             loss,
@@ -59,10 +59,25 @@ class ClassifierModule(L.LightningModule):
             sync_dist=True,
             batch_size=len(y),
         )
-        self.log(
-            f"{stage}_accuracy", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y)
-        )
+        if self.task.per_batch:
+            acc = self.task.correct(logits, y).float().mean()
+            self.log(
+                f"{stage}_accuracy", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y)
+            )
+        else:
+            self.outputs[stage].append((logits.detach().float(), y))
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        """A ranking metric (mAP) over the epoch's train and val logits, gathered from every process; logged here,
+        before the callbacks read the epoch's metrics (Lightning validates before the train epoch ends)."""
+        for stage, kept in self.outputs.items():
+            if not kept:
+                continue
+            logits, y = (self.all_gather(torch.cat(parts)) for parts in zip(*kept, strict=True))
+            logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1, y.shape[-1])
+            self.log(f"{stage}_{self.task.metric}", self.task.metric_of(logits, y), prog_bar=True)
+            kept.clear()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss."""
@@ -86,18 +101,19 @@ class History(L.Callback):
     `on_epoch` (a tracker's logging, say) gets each row as it is recorded, on rank zero.
     """
 
-    def __init__(self, stage: str, on_epoch: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, stage: str, on_epoch: Callable[[dict], None] | None = None, metric: str = "accuracy") -> None:
         self.stage = stage
         self.on_epoch = on_epoch
+        self.metric = metric
         self.rows: list[dict] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record the epoch's metrics once validation has run."""
         m = trainer.callback_metrics
-        if "val_accuracy" not in m:
+        if f"val_{self.metric}" not in m:
             return
         row = {"stage": self.stage, "epoch": trainer.current_epoch + 1}
-        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        for key in ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}"):
             row[key] = float(m[key]) if key in m else float("nan")
         row["time"] = time.time()
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
@@ -123,16 +139,17 @@ class KeepBest(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Replay the epochs a resumed stage had already validated."""
+        key = f"val_{self.history.metric}"
         for row in sorted(self.history.rows, key=lambda r: r["epoch"]):
-            self.keeper.update(row["epoch"], row["val_accuracy"], row["val_loss"])
+            self.keeper.update(row["epoch"], row[key], row["val_loss"])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the epoch if it is the best so far; stop when validation stopped rising for the patience."""
-        m = trainer.callback_metrics
-        if "val_accuracy" not in m:
+        m, key = trainer.callback_metrics, f"val_{self.history.metric}"
+        if key not in m:
             return
         epoch = trainer.current_epoch + 1
-        if self.keeper.update(epoch, float(m["val_accuracy"]), float(m["val_loss"])):
+        if self.keeper.update(epoch, float(m[key]), float(m["val_loss"])):
             trainer.save_checkpoint(self.path)
         if self.keeper.should_stop(epoch, trainer.max_epochs):
             trainer.should_stop, self.stopped = True, True

@@ -136,13 +136,19 @@ class Keeper:
 
 
 def class_weight_tensor(kind: str, labels: np.ndarray, num_classes: int):
-    """Per-class loss weights: None for 'none'; 'balanced' as scikit-learn computes it (absent classes weigh 1)."""
+    """Per-class loss weights: None for 'none'; 'balanced' as scikit-learn computes it (absent classes weigh 1). For
+    multi-label targets (rows of 0/1) 'balanced' is each label's positive weight: its negatives over its positives,
+    as BCEWithLogitsLoss's pos_weight documents (a label with no positive weighs 1)."""
     import torch
 
     if kind == "none":
         return None
     if kind != "balanced":
         raise ValueError(f"unknown class_weights {kind!r}")
+    if np.ndim(labels) == 2:
+        pos = np.asarray(labels, dtype=np.float64).sum(0)
+        w = np.where(pos > 0, (len(labels) - pos) / np.maximum(pos, 1), 1.0)
+        return torch.tensor(w, dtype=torch.float32)
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)

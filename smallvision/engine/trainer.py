@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smallvision.engine.stage import ImageData, StageResult, StageSpec, Tensors
-from smallvision.task import SINGLE_LABEL, SingleLabel
+from smallvision.task import SINGLE_LABEL, MultiLabel, SingleLabel
 
 
 def fit(
     model,
     data: Tensors | ImageData,
     spec: StageSpec,
-    task: SingleLabel = SINGLE_LABEL,
+    task: SingleLabel | MultiLabel = SINGLE_LABEL,
     *,
     groups: list[dict] | None = None,
     stage_dir: Path | None = None,

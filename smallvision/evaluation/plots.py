@@ -1,6 +1,7 @@
 """Figures as PNG files (matplotlib, no display): curves, confusion matrix, most confused pairs, per-class bars, top
-losses, reliability diagram, ROC and precision-recall curves, Grad-CAM, first-layer kernels, augmentation preview, and
-comparison charts."""
+losses, reliability diagram, ROC and precision-recall curves, Grad-CAM, first-layer kernels, augmentation preview,
+comparison charts, and the multi-label ones (per-label precision-recall with thresholds, label co-occurrence,
+calibration per label)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves(history: Sequence[dict], path: Path, chosen: int | None = None) -> Path:
-    """Loss and accuracy per epoch, train vs validation, stages one after another; `chosen` (1-based row of the
-    history) marks the epoch whose weights the run kept."""
+def curves(history: Sequence[dict], path: Path, chosen: int | None = None, score: str = "accuracy") -> Path:
+    """Loss and the task's metric (`score`: accuracy, or map) per epoch, train vs validation, stages one after another;
+    `chosen` (1-based row of the history) marks the epoch whose weights the run kept."""
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = _subplots(1, 2, figsize=(11, 4))
     x = np.arange(1, len(history) + 1)
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    for ax, metric in zip(axes, ("loss", score), strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             ax.plot(x, [row.get(f"{split}_{metric}", np.nan) for row in history], style, label=f"{split} {metric}")
         stages = [row.get("stage", "") for row in history]
@@ -386,4 +387,62 @@ def compare_curves(histories: dict[str, Sequence[dict]], path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def label_pr(truth: np.ndarray, probs: np.ndarray, labels: Sequence[str], thresholds, path: Path, most: int = 12):
+    """Per-label precision-recall curves (the `most` most frequent labels with a positive, one panel each), each with
+    its chosen threshold marked: where on its curve the model's decisions sit."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    order = [j for j in np.argsort(-truth.sum(0), kind="stable") if truth[:, j].any()][:most]
+    cols = 4
+    rows = max(1, -(-len(order) // cols))
+    fig, axes = _subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.45)
+    for ax in axes.flat[len(order) :]:
+        ax.set_visible(False)
+    for ax, j in zip(axes.flat, order, strict=False):
+        precision, recall, cuts = precision_recall_curve(truth[:, j], probs[:, j])
+        ax.step(recall, precision, where="post")
+        at = min(np.searchsorted(cuts, thresholds[j]), len(cuts) - 1) if len(cuts) else 0
+        ax.plot([recall[at]], [precision[at]], "o", color="tab:red", ms=6, label=f"threshold {thresholds[j]:.2f}")
+        ap = average_precision_score(truth[:, j], probs[:, j])
+        ax.set_title(f"{labels[j]} (AP {ap:.2f}, n={int(truth[:, j].sum())})", fontsize=9)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def cooccurrence(truth: np.ndarray, pred: np.ndarray, labels: Sequence[str], path: Path) -> Path:
+    """How often each pair of labels occurs together, true (left) and predicted (right), as a share of the images:
+    a model that learned the genres' company, or invented it."""
+    fig, axes = _subplots(1, 2, figsize=(min(20, 4 + 0.5 * len(labels) * 2), min(10, 2 + 0.45 * len(labels))))
+    for ax, matrix, title in ((axes[0], truth, "true"), (axes[1], pred, "predicted")):
+        m = matrix.astype(float)
+        share = (m.T @ m) / max(len(m), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=max(share.max(), 1e-9))
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_title(f"{title} label co-occurrence (share of images)", fontsize=10)
+    return _save(fig, path)
+
+
+def label_calibration(truth: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: Path, most: int = 8):
+    """Reliability per label (the `most` most frequent): mean predicted probability against the observed frequency
+    in ten equal-width bins; on the diagonal, a probability means what it says."""
+    order = [j for j in np.argsort(-truth.sum(0), kind="stable") if truth[:, j].any()][:most]
+    fig, ax = _subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    edges = np.linspace(0, 1, 11)
+    for j in order:
+        which = np.clip(np.digitize(probs[:, j], edges) - 1, 0, 9)
+        xs = [probs[which == b, j].mean() for b in range(10) if (which == b).any()]
+        ys = [truth[which == b, j].mean() for b in range(10) if (which == b).any()]
+        ax.plot(xs, ys, "o-", ms=3, label=labels[j])
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("calibration per label", fontsize=10)
+    ax.legend(fontsize=7)
     return _save(fig, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import logging
@@ -12,7 +11,17 @@ from typing import Any
 import numpy as np
 
 from smallvision import atomic
-from smallvision.results import RunSummary, read_summary
+from smallvision.evaluation.pages import (
+    SORT_SCRIPT,
+    duration,
+    fmt,
+    html_table,
+    img_tag,
+    kv_table,
+    page,
+    pct,
+)
+from smallvision.results import SHORT, RunSummary, read_summary
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -74,9 +83,11 @@ def selection_words(selection: dict[str, Any] | None) -> str:
 def headline_values(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numbers a model card keeps of its run (metrics.json): accuracies, split sizes and what selected the
     validation number, so the server's header says what the report says."""
-    out = {"val_accuracy": metrics["val"]["accuracy"], "val_loss": metrics["val"]["loss"], "val_n": metrics["val"]["n"]}
+    key = "map_macro" if metrics.get("task") == "multi_label" else "accuracy"
+    short = SHORT[key]
+    out = {f"val_{short}": metrics["val"][key], "val_loss": metrics["val"]["loss"], "val_n": metrics["val"]["n"]}
     if "test" in metrics:
-        out |= {"test_accuracy": metrics["test"]["accuracy"], "test_n": metrics["test"]["n"]}
+        out |= {f"test_{short}": metrics["test"][key], "test_n": metrics["test"]["n"]}
     elif test_held_back(metrics):
         out["test_held_back"] = True
     if "selection" in metrics:
@@ -97,21 +108,22 @@ def validation_caveat(values: dict[str, Any]) -> str:
 def headline(values: dict[str, Any]) -> str:
     """One line for a model's accuracy (headline_values' dict, a model card's metrics): the untouched test split's
     when there is one, else validation's with how it was selected."""
-    if not isinstance(values.get("val_accuracy"), float | int):
+    short, name = ("map", "macro mAP") if "val_map" in values else ("accuracy", "accuracy")
+    if not isinstance(values.get(f"val_{short}"), float | int):
         return "no accuracy recorded"
 
     def n(split: str) -> str:
         return f" (n={values[split + '_n']})" if split + "_n" in values else ""
 
-    val = _pct(values["val_accuracy"])
-    if "test_accuracy" in values:
+    val = pct(values[f"val_{short}"])
+    if f"test_{short}" in values:
         words = selection_words(values.get("selection"))
         return (
-            f"test accuracy {_pct(values['test_accuracy'])}{n('test')}, untouched until the model was chosen; "
+            f"test {name} {pct(values[f'test_{short}'])}{n('test')}, untouched until the model was chosen; "
             f"validation {val}{n('val')}" + (f", {words}" if words else "")
         )
     caveat = validation_caveat(values)
-    return f"validation accuracy {val}{n('val')}" + (f", {caveat}" if caveat else "")
+    return f"validation {name} {val}{n('val')}" + (f", {caveat}" if caveat else "")
 
 
 def chosen_row(history: list[dict], best_epoch: int | None, kept_stage: str | None) -> int | None:
@@ -297,50 +309,6 @@ def _kernels(model_dir: Path, path: Path) -> Path | None:
     return None if first is None else plots.kernels(first[1], path, first[0].removesuffix(".weight"))
 
 
-def _img(path: Path, alt: str = "") -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt or path.stem)}">'
-
-
-class Raw(str):
-    """Table cell content that is already HTML (a link), inserted unescaped."""
-
-
-def _cell(v: Any) -> str:
-    return v if isinstance(v, Raw) else html.escape(_fmt(v))
-
-
-def _table(headers: list[str], rows: list[list[Any]], table_id: str = "") -> str:
-    """A table in its own scrolling box, so a wide one never widens the page."""
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
-    tid = f' id="{table_id}"' if table_id else ""
-    return f'<div class="scroll"><table{tid}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-def _kv_table(rows: list[list[Any]]) -> str:
-    """Name-value rows, no header."""
-    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell(v)}</td></tr>" for k, v in rows)
-    return f'<div class="scroll"><table class="kv"><tbody>{body}</tbody></table></div>'
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(round(seconds), 60)
-    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
 def accuracy_interval(m: dict[str, Any]) -> tuple[float, float]:
     """A split's 95% accuracy interval: as recorded, or (runs from before it was) from its accuracy and n."""
     from smallvision.evaluation.metrics import wilson_interval
@@ -368,78 +336,9 @@ def _split_section(name: str, m: dict) -> str:
     title = "Test" if name == "test" else "Validation"
     return (
         f'<section id="metrics-{name}"><h3>{title} split</h3><div class="pair">'
-        + _table(["metric", "value"], overall)
-        + _table(["class", "precision", "recall", "f1", "accuracy", "ROC AUC", "avg precision", "support"], per)
+        + html_table(["metric", "value"], overall)
+        + html_table(["class", "precision", "recall", "f1", "accuracy", "ROC AUC", "avg precision", "support"], per)
         + "</div></section>"
-    )
-
-
-CSS = """*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;background:#fff;line-height:1.4}
-main{max-width:1240px;margin:0 auto;padding:.6em 1.2em 2em}
-header.top{display:flex;flex-wrap:wrap;gap:.2em 1em;align-items:baseline;padding:.5em 1.2em;background:#1d2330;
-color:#fff}
-header.top b{font-size:1.05em}header.top span{color:#c8cfdc;font-size:.9em;overflow-wrap:anywhere}
-p,li,dd,figcaption,h2,h3{overflow-wrap:anywhere}
-h2{font-size:1.25em;margin:1.4em 0 .4em;border-bottom:1px solid #e3e6ec;padding-bottom:.2em}h3{font-size:1.05em}
-.verdict{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:1.2em;align-items:start;margin-top:.6em}
-.card{border:1px solid #e3e6ec;border-radius:10px;padding:.8em 1.1em;background:#fafbfd}
-.label{font-size:.9em;color:#596273;text-transform:uppercase;letter-spacing:.04em}
-.big{font-size:3.6em;font-weight:700;line-height:1.05;margin:.05em 0}
-.ci{font-size:1.02em;color:#333;overflow-wrap:anywhere}td.t,th.t{text-align:left}.ci b{white-space:nowrap}
-.facts{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.15em .9em;margin:.7em 0 .3em}
-.facts dt{color:#596273}.facts dd{margin:0;overflow-wrap:anywhere}
-.notice{border-radius:8px;padding:.45em .8em;margin:.5em 0;font-size:.95em}
-.notice.warn{background:#fff3e6;border:2px solid #d9822b}.notice.bad{background:#fdeaea;border:2px solid #c23030}
-.notice.ok{background:#edf7ee;border:1px solid #5a9e5f}
-.auto{margin:.5em 0;padding:.45em .8em;border-left:4px solid #3b6fd4;background:#eef3fc}
-figure{margin:.6em 0;min-width:0}figcaption{font-size:.92em;color:#404856;margin:.2em 0}
-img{max-width:100%;height:auto;border:1px solid #eef0f4;display:block}
-.cm img{max-height:640px;width:auto;margin:0 auto}
-.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,460px),1fr));gap:1em;align-items:start}
-.scroll{overflow-x:auto;max-width:100%;margin:.4em 0}
-.pair{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.pair .scroll{flex:0 1 auto}
-table{border-collapse:collapse}td,th{border:1px solid #d5d9e0;padding:.22em .55em;text-align:right;white-space:nowrap}
-th{background:#f1f3f7}td:first-child,th:first-child{text-align:left}
-table.kv th,table.kv td{text-align:left}tr.chosen td{background:#e8f5e9;font-weight:600}
-pre{background:#f6f7f9;padding:.8em;overflow:auto;max-width:100%;font-size:.85em}
-ul.notes li{margin:.15em 0;overflow-wrap:anywhere}
-th.sortable{cursor:pointer;user-select:none}th.sortable::after{content:" \\2195";color:#8a93a3}
-th[aria-sort=ascending]::after{content:" \\2191"}th[aria-sort=descending]::after{content:" \\2193"}
-@media (max-width:820px){.verdict{grid-template-columns:minmax(0,1fr)}.big{font-size:2.8em}main{padding:.5em .7em}}
-@media print{*{-webkit-print-color-adjust:exact;print-color-adjust:exact}pre{white-space:pre-wrap}
-header.top{background:none;color:#000;border-bottom:1px solid #000}header.top span{color:#333}
-main{max-width:none;padding:0}.verdict{grid-template-columns:1fr 1fr}section,figure{break-inside:avoid}
-.scroll{overflow:visible}a{color:#000}.card{background:none}}"""
-
-
-# Marks on <body> how many embedded figures decoded, so a headless browser test can tell they rendered.
-IMAGE_CHECK = (
-    "window.addEventListener('load',()=>{const i=[...document.images];"
-    "document.body.dataset.images=i.length;document.body.dataset.rendered=i.filter(x=>x.naturalWidth>0).length;});"
-)
-
-# Click a header of a table.sortable to sort its rows by that column (numbers by the cell's data-v), again to reverse.
-SORT_SCRIPT = """document.querySelectorAll('table.sortable').forEach(t=>{t.querySelectorAll('th').forEach((th,c)=>{
-th.classList.add('sortable');th.addEventListener('click',()=>{const up=th.getAttribute('aria-sort')!=='ascending';
-t.querySelectorAll('th').forEach(h=>h.removeAttribute('aria-sort'));
-th.setAttribute('aria-sort',up?'ascending':'descending');
-const key=r=>{const d=r.children[c];const v=d.dataset.v;
-return v!==undefined?parseFloat(v):d.textContent.trim().toLowerCase();};
-const b=t.tBodies[0];[...b.rows].sort((x,y)=>{const p=key(x),q=key(y);return (p<q?-1:p>q?1:0)*(up?1:-1);})
-.forEach(r=>b.appendChild(r));});});});"""
-
-
-def _page(title: str, header: str, body: list[str], script: str = "") -> str:
-    return "\n".join(
-        [
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-            f'<header class="top">{header}</header><main>',
-            *body,
-            f"</main><script>{IMAGE_CHECK}{script}</script></body></html>",
-        ]
     )
 
 
@@ -449,7 +348,9 @@ def _figure(run_dir: Path, stem: str, caption: str = "", css: str = "") -> str:
         return ""
     cls = f' class="{css}"' if css else ""
     text = f"<b>{html.escape(FIGURES.get(stem, stem))}</b>" + (f": {caption}" if caption else "")
-    return f'<figure id="fig-{stem}"{cls}><figcaption>{text}</figcaption>{_img(png, FIGURES.get(stem, stem))}</figure>'
+    return (
+        f'<figure id="fig-{stem}"{cls}><figcaption>{text}</figcaption>{img_tag(png, FIGURES.get(stem, stem))}</figure>'
+    )
 
 
 def missing_figures(run_dir: Path, m: dict[str, Any], history: list[dict]) -> list[str]:
@@ -586,14 +487,14 @@ def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
         v = m["val"]
         vlo, vhi = accuracy_interval(v)
         words = selection_words(m.get("selection"))
-        shown = f"{_pct(v['accuracy'])} ({_pct(vlo)} to {_pct(vhi)}, n={v['n']})"
+        shown = f"{pct(v['accuracy'])} ({pct(vlo)} to {pct(vhi)}, n={v['n']})"
         facts.append(["validation", shown + (f", {words}" if words else "")])
     if "ece" in s:
         facts.append(["calibration", f"ECE {s['ece']:.3f} (15 bins)"])
     facts += [
         ["recipe", m["recipe"]],
         ["backbone", m["backbone"]],
-        ["time", f"{_duration(m.get('seconds', 0))} on {m.get('device', '?')}"],
+        ["time", f"{duration(m.get('seconds', 0))} on {m.get('device', '?')}"],
         ["classes", f"{len(m['classes'])}: {', '.join(m['classes'][:8])}{' ...' if len(m['classes']) > 8 else ''}"],
     ]
     dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
@@ -603,8 +504,8 @@ def _verdict(run_dir: Path, m: dict[str, Any], missing: list[str]) -> str:
     auto = final and _sentence(final)
     card = (
         f'<div class="card" id="verdict-card"><div class="label">{name}</div>'
-        f'<div class="big" id="headline">{_pct(s["accuracy"])}</div>'
-        f'<div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> on <b>n={s["n"]}</b> images of {where}; '
+        f'<div class="big" id="headline">{pct(s["accuracy"])}</div>'
+        f'<div class="ci">95% interval <b>{pct(lo)} to {pct(hi)}</b> on <b>n={s["n"]}</b> images of {where}; '
         f"one image is {100 / max(s['n'], 1):.1f} points.</div>"
         + notice
         + f'<dl class="facts">{dl}</dl>'
@@ -636,6 +537,10 @@ def write_report(run_dir: str | Path) -> Path:
     if not (run_dir / "metrics.json").is_file() and (run_dir / "results.json").is_file():
         return write_compare_report(run_dir)
     m = read_summary(run_dir / "metrics.json")
+    if m.get("task") == "multi_label":
+        from smallvision.evaluation.multilabel_report import write_multilabel_report
+
+        return write_multilabel_report(run_dir, m)
     split = headline_split(m)
     s = m[split]
     history = _history(run_dir)
@@ -663,7 +568,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"<span>{html.escape(m['recipe'])} · {html.escape(m['backbone'])} · {html.escape(data.get('root', ''))}</span>"
     )
     path = run_dir / "report.html"
-    atomic.write_text(path, _page(f"smallvision run {run_dir.name}", header, body))
+    atomic.write_text(path, page(f"smallvision run {run_dir.name}", header, body))
     return path
 
 
@@ -678,7 +583,7 @@ def _mistakes_section(run_dir: Path, s: dict, on: str, kept: int | None) -> list
         _figure(run_dir, "top_losses", f"{on}; the highest-loss images with true, predicted and confidence"),
         "</div>",
         (
-            '<div id="most-confused">' + _table(["true", "predicted", "images"], confused) + "</div>"
+            '<div id="most-confused">' + html_table(["true", "predicted", "images"], confused) + "</div>"
             if confused
             else '<p id="most-confused">No two classes were confused.</p>'
         ),
@@ -693,7 +598,7 @@ def _calibration_section(run_dir: Path, s: dict, on: str) -> list[str]:
     return [
         '<section id="calibration"><h2>Calibration and ranking</h2><div class="grid2">',
         _figure(run_dir, "reliability", ece if "ece" in s else ""),
-        _figure(run_dir, "roc_pr", f"{on}; macro ROC AUC {_fmt(s.get('roc_auc_macro'))}"),
+        _figure(run_dir, "roc_pr", f"{on}; macro ROC AUC {fmt(s.get('roc_auc_macro'))}"),
         "</div></section>",
     ]
 
@@ -711,10 +616,10 @@ def _details_section(run_dir: Path, m: RunSummary) -> list[str]:
         _figure(run_dir, "per_class"),
         '<section id="data"><h3>Data</h3>',
         f"<p>{html.escape(data.get('root', ''))} ({html.escape(data.get('layout', ''))})</p>",
-        _table(["class", *splits], [[c] + [counts[sp].get(c, 0) for sp in splits] for c in m["classes"]]),
+        html_table(["class", *splits], [[c] + [counts[sp].get(c, 0) for sp in splits] for c in m["classes"]]),
         (
             f"<p>{len(skipped)} file(s) skipped:</p>"
-            + _table(["path", "reason"], [[x["path"], x["reason"]] for x in skipped])
+            + html_table(["path", "reason"], [[x["path"], x["reason"]] for x in skipped])
         )
         if skipped
         else "<p>No files skipped.</p>",
@@ -727,7 +632,7 @@ def _details_section(run_dir: Path, m: RunSummary) -> list[str]:
         *(f"<li>{html.escape(n)}</li>" for n in [*data.get("notes", []), *m.get("notes", [])]),
         "</ul></section>",
         f'<section id="config"><h3>Resolved config</h3><pre>{html.escape(config)}</pre></section>',
-        '<section id="versions"><h3>Versions and machine</h3>' + _kv_table(_versions(run_dir, m)),
+        '<section id="versions"><h3>Versions and machine</h3>' + kv_table(_versions(run_dir, m)),
         "</section></section>",
     ]
 
@@ -782,14 +687,14 @@ def _compare_headline(results: dict, chosen: dict) -> str:
         tlo, thi = accuracy_interval(test)
         return (
             f'<div class="label">Test accuracy of the chosen run</div><div class="big" id="headline">'
-            f'{_pct(test["accuracy"])}</div><div class="ci">95% interval <b>{_pct(tlo)} to {_pct(thi)}</b> on '
+            f'{pct(test["accuracy"])}</div><div class="ci">95% interval <b>{pct(tlo)} to {pct(thi)}</b> on '
             f"<b>n={test['n']}</b> test images, evaluated once, for the chosen run only; macro F1 "
             f"{test['f1_macro']:.3f}.</div>"
         )
     lo, hi = chosen["val_ci95"]
     return (
         f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
-        f'{_pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{_pct(lo)} to {_pct(hi)}</b> '
+        f'{pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{pct(lo)} to {pct(hi)}</b> '
         f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: "
         + html.escape(results.get("test_note", "there is no test split to confirm it"))
         + ".</div>"
@@ -810,7 +715,7 @@ def write_compare_report(out: str | Path) -> Path:
     facts = [
         ["chosen", f"{best} ({chosen['recipe']}{', ' + chosen['options'] if chosen['options'] else ''})"],
         ["why", f"highest {results.get('chosen_on', 'validation accuracy')}: {chosen['val_accuracy']:.4f}"],
-        ["runs", f"{len(rows)}, {_duration(sum(r['seconds'] for r in rows))} of training in all"],
+        ["runs", f"{len(rows)}, {duration(sum(r['seconds'] for r in rows))} of training in all"],
     ]
     if overlap:
         facts.append(["note", f"{len(overlap)} other run(s) have intervals that overlap the chosen run's lower bound"])
@@ -830,5 +735,5 @@ def write_compare_report(out: str | Path) -> Path:
     ]
     header = f"<b>smallvision compare</b><span>{html.escape(str(out))}</span>"
     path = out / "report.html"
-    atomic.write_text(path, _page("smallvision compare", header, body, SORT_SCRIPT))
+    atomic.write_text(path, page("smallvision compare", header, body, SORT_SCRIPT))
     return path

@@ -80,6 +80,12 @@ class ReportWorker:
         self._send("figures", {"probs": probs} if probs is not None else {}, **args)
         return self._receive()
 
+    def multilabel_figures(self, probs: np.ndarray, targets: np.ndarray, **args: Any) -> dict[str, str]:
+        """multilabel_report.multilabel_figures(**args) on the split's probabilities and 0/1 targets; returns
+        {figure: error} for the figures that failed."""
+        self._send("multilabel_figures", {"probs": probs, "targets": targets}, **args)
+        return self._receive()
+
     def log(self) -> str:
         """What the worker wrote to stderr so far (warnings, tracebacks)."""
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
@@ -113,6 +119,12 @@ def _figures(arrays, **args: Any) -> dict[str, str]:
     return figures_for_run(probs=arrays.get("probs"), **args)[1]
 
 
+def _multilabel_figures(arrays, **args: Any) -> dict[str, str]:
+    from smallvision.evaluation.multilabel_report import multilabel_figures
+
+    return multilabel_figures(probs=arrays["probs"], targets=arrays["targets"], **args)
+
+
 def main() -> None:
     """Worker loop: import the heavy libraries at once, then answer one JSON request per line until stdin closes."""
     import logging
@@ -124,7 +136,7 @@ def main() -> None:
     import matplotlib.figure  # noqa: F401  (imported now, while the parent trains)
     import sklearn.metrics  # noqa: F401
 
-    handlers = {"metrics": _metrics, "figures": _figures}
+    handlers = {"metrics": _metrics, "figures": _figures, "multilabel_figures": _multilabel_figures}
     for line in sys.stdin:
         request = json.loads(line)
         try:

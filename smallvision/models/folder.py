@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallvision import atomic
 from smallvision.errors import SmallvisionError
+from smallvision.task import task_named
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,10 @@ class ModelCard(BaseModel):
     first_conv: str | None = None
     # Test-time augmentation the network applies itself in eval mode (predict, evaluate, export, serve all see it).
     tta: Literal["hflip"] | None = None
+    # What the outputs mean: one class per image (softmax), or any number of labels (sigmoids and `thresholds`,
+    # one per class, chosen on validation; predict takes each label whose probability reaches its threshold).
+    task: Literal["single_label", "multi_label"] = "single_label"
+    thresholds: list[float] | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -175,7 +180,8 @@ def build_from_card(card: ModelCard):
     backbones = [bare_backbone(b.name, b.pool, b.mean, b.std, b.options) for b in card.backbones]
     classes = len(card.classes)
     if not card.head.members:
-        return ImageClassifier(backbones, Head(card.head.in_features, classes, card.head.dropout, card.head.hidden))
+        head = Head(card.head.in_features, classes, card.head.dropout, card.head.hidden)
+        return ImageClassifier(backbones, head, task=task_named(card.task))
     dims = [static_feature_dim(b) or b.feature_dim(card.image_size) for b in backbones]
     for k, m in enumerate(card.head.members):
         if any(not 0 <= i < len(backbones) for i in m.backbones):
@@ -189,7 +195,7 @@ def build_from_card(card: ModelCard):
             )
     heads = [Head(m.in_features, classes, m.dropout, m.hidden) for m in card.head.members]
     groups = [m.backbones for m in card.head.members]
-    return ImageClassifier(backbones, EnsembleHead(heads, groups, dims), tta=card.tta)
+    return ImageClassifier(backbones, EnsembleHead(heads, groups, dims), tta=card.tta, task=task_named(card.task))
 
 
 def head_card(head) -> HeadCard:

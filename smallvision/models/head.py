@@ -69,13 +69,14 @@ class ImageClassifier(nn.Module):
     image (training never sees it).
     """
 
-    def __init__(self, backbones: list[nn.Module], head: nn.Module, tta: str | None = None) -> None:
+    def __init__(self, backbones: list[nn.Module], head: nn.Module, tta: str | None = None, task=SINGLE_LABEL) -> None:
         super().__init__()
         if tta is not None and tta not in TTA:
             raise ValueError(f"tta {tta!r} unknown; use one of {', '.join(TTA)} or None")
         self.backbones = nn.ModuleList(backbones)
         self.head = head
         self.tta = tta
+        self.task = task  # what its outputs mean: probabilities, decisions and flip averages ask it
 
     def train(self, mode: bool = True) -> ImageClassifier:
         """Set training mode, but keep frozen backbone parts (BatchNorm statistics included) in eval mode."""
@@ -95,7 +96,7 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (log-probabilities for an ensemble or with test-time augmentation) for a batch of images."""
         if self.tta == "hflip" and not self.training:
-            return SINGLE_LABEL.mean_log_probabilities([self.head(self.features(v).float()) for v in (x, x.flip(-1))])
+            return self.task.mean_log_probabilities([self.head(self.features(v).float()) for v in (x, x.flip(-1))])
         return self.head(self.features(x).float())
 
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from smallvision.config import RunConfig
-from smallvision.data.scan import DatasetIndex
+from smallvision.data.index import DatasetIndex
 from smallvision.models.folder import BackboneCard, HeadCard
 from smallvision.results import Decision
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from smallvision.config import RunConfig
-from smallvision.data.scan import DatasetIndex
+from smallvision.data.index import DatasetIndex
 from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.steps import (
     activation_views,
@@ -23,6 +23,7 @@ from smallvision.recipes.steps import (
     param_groups,
     pretrained_model,
 )
+from smallvision.task import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def _two_stage(
     fs = feature_stage(cfg, index, progress, notes, logger)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_images(cfg, index, progress)
-    model = pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head)
+    model = pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head, task=fs.task)
     r = cfg.recipe
     trainable = {}
     for i, b in enumerate(model.backbones):
@@ -62,6 +63,7 @@ def _two_stage(
         model,
         image_data(cfg, data, views),
         spec,
+        fs.task,
         groups=groups,
         stage_dir=run_dir / "checkpoints" / stage,
         progress=progress,
@@ -69,12 +71,13 @@ def _two_stage(
     )
     history += res.history
     notes.append(
-        f"stage {stage}: best epoch {res.best_epoch} of {r.finetune_epochs} (val accuracy {res.best_accuracy:.4f})"
+        f"stage {stage}: best epoch {res.best_epoch} of {r.finetune_epochs} "
+        f"(val {METRIC_NAMES[fs.task.metric]} {res.best_accuracy:.4f})"
     )
     if res.best_accuracy < fs.best_accuracy:
         return _stage_one_kept(cfg, model, features_state, fs, data, history, notes, (stage, res))
     trained = ["head"] + [f"backbones.{i}.{n}" for i, names in trainable.items() for n in names]
-    probs = views.probabilities() if views is not None else None
+    probs = views.probabilities(fs.task) if views is not None else None
     outcome = finish(model, cfg, data, fs.specs, history, res.best_epoch, notes, trained, cache_counts(fs), probs)
     return replace(outcome, world_size=res.world_size)
 
@@ -87,7 +90,8 @@ def _stage_one_kept(cfg: RunConfig, model, features_state: dict, fs, data, histo
     stage, res = ran
     model.load_state_dict(features_state)
     notes.append(
-        f"{cfg.recipe.name}: kept the stage-1 (features) model: val accuracy {fs.best_accuracy:.4f}; "
+        f"{cfg.recipe.name}: kept the stage-1 (features) model: val {METRIC_NAMES[fs.task.metric]} "
+        f"{fs.best_accuracy:.4f}; "
         f"{stage} reached {res.best_accuracy:.4f}"
     )
     for b in model.backbones:

@@ -11,6 +11,7 @@ from smallvision.recipes.steps import (
     one_stage,
     pretrained_model,
     resolve_specs,
+    task_of,
 )
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def run_frozen(ctx: RunContext) -> RecipeOutcome:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     specs = resolve_specs(cfg)
     data = load_images(cfg, index, progress)
-    model = pretrained_model(cfg, specs, len(index.classes))
+    model = pretrained_model(cfg, specs, len(index.classes), task=task_of(index))
     for b in model.backbones:
         freeze(b, 0)
     notes = [

@@ -9,6 +9,7 @@ from smallvision.recipes.steps import (
     frozen_summary,
     load_images,
     one_stage,
+    task_of,
 )
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def run_scratch(ctx: RunContext, stage: str = "scratch", max_seconds: float | No
     name = cfg.model.backbones[0]
     backbone = scratch_backbone(name, cfg.data.image_size, cfg.model.batch_norm)
     head = Head(backbone.net.num_features, len(index.classes), cfg.model.dropout, cfg.model.hidden)
-    model = ImageClassifier([backbone], head)
+    model = ImageClassifier([backbone], head, task=task_of(index))
     notes = [
         f"recipe scratch: {name} from random init, augmentation {cfg.recipe.augment.preset}, "
         f"dropout {cfg.model.dropout}; {frozen_summary(model)}"

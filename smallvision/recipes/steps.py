@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from smallvision.config import RunConfig
-from smallvision.data.scan import DatasetIndex
+from smallvision.data.index import DatasetIndex
 from smallvision.errors import SmallvisionError
 from smallvision.models.folder import BackboneCard, head_card
 from smallvision.models.weights import WeightsSpec, resolve_weights
 from smallvision.recipes.base import RecipeOutcome
-from smallvision.task import SINGLE_LABEL
+from smallvision.task import METRIC_NAMES, SINGLE_LABEL, task_named
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -33,10 +33,16 @@ def weights_info(spec: WeightsSpec) -> dict:
     return {"source": spec.source, "detail": spec.detail, "fingerprint": spec.fingerprint}
 
 
+def task_of(index: DatasetIndex):
+    """The task of a scanned folder (single- or multi-label): what its recipes train and score."""
+    return task_named(index.task)
+
+
 def split_arrays(
-    values: np.ndarray, items, splits=SPLITS, need=("train", "val")
+    values: np.ndarray, items, index: DatasetIndex, splits=SPLITS, need=("train", "val")
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    labels = np.array([it.label for it in items], dtype=np.int64)
+    """Each split's (values, targets) of `items` (in the index's task's target form), refusing a needed empty one."""
+    labels = task_of(index).targets(items, len(index.classes))
     names = np.array([it.split for it in items])
     out = {}
     for split in splits:
@@ -79,6 +85,7 @@ class FeatureStage:
     specs: list[WeightsSpec]
     cached: object
     by_split: dict
+    task: object = SINGLE_LABEL
 
 
 def feature_stage(
@@ -103,7 +110,7 @@ def feature_stage(
         first, specs, cfg.data.image_size, cfg.model.pool, precision=cfg.trainer.precision, progress=progress
     )
     index.drop(cached.failures)
-    by_split = split_arrays(cached.features, cached.items, need=("train", "val") if exact else ("train",))
+    by_split = split_arrays(cached.features, cached.items, index, need=("train", "val") if exact else ("train",))
     if not exact:
         _held_out_features(cfg, index, specs, cached, by_split, progress, notes)
     notes.append(
@@ -120,7 +127,9 @@ def feature_stage(
     head_spec = stage_spec(cfg, stage, "head")
     log_row = epoch_logger(logger)
     on_epoch = lambda row: log_row({**row, "stage": stage})  # noqa: E731
-    result = fit(head, Tensors(by_split["train"], by_split["val"]), head_spec, progress=progress, on_epoch=on_epoch)
+    task = task_of(index)
+    data = Tensors(by_split["train"], by_split["val"])
+    result = fit(head, data, head_spec, task, progress=progress, on_epoch=on_epoch)
     for row in result.history:
         row["stage"] = stage
     best = result.best_accuracy
@@ -129,9 +138,9 @@ def feature_stage(
     notes.append(
         f"stage features: {head_spec.optimizer} with the {head_spec.schedule} schedule, training features in "
         f"{feature_precision(cfg.trainer.precision)}; best epoch {result.best_epoch} of {head_spec.epochs}{stop} "
-        f"(val accuracy {best:.4f})"
+        f"(val {METRIC_NAMES[task.metric]} {best:.4f})"
     )
-    return FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split)
+    return FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split, task)
 
 
 def _held_out_features(cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list) -> None:
@@ -150,7 +159,7 @@ def _held_out_features(cfg: RunConfig, index, specs, cached, by_split: dict, pro
     cached.computed += exact.computed
     cached.unique += exact.unique
     index.drop(exact.failures)
-    by_split.update(split_arrays(exact.features, exact.items, ("val", "test"), need=("val",)))
+    by_split.update(split_arrays(exact.features, exact.items, index, ("val", "test"), need=("val",)))
     notes.append(
         f"stage features: val/test features computed in fp32, as the saved model computes them (training features "
         f"in {feature_precision(cfg.trainer.precision)}), so the reported val/test numbers are the saved model's"
@@ -169,7 +178,7 @@ def load_images(cfg: RunConfig, index: DatasetIndex, progress: bool) -> dict[str
         [it.path for it in items], [it.digest for it in items], cfg.data.image_size, progress=progress
     )
     index.drop({items[p].digest: reason for p, reason in failed.items()})
-    return split_arrays(arr, index.items)
+    return split_arrays(arr, index.items, index)
 
 
 def param_groups(model, trainable: dict[int, list[str]], head_lr: float, body_lr: float, decay: float) -> list[dict]:
@@ -272,6 +281,7 @@ def one_stage(
         model,
         image_data(cfg, data, views),
         spec,
+        model.task,
         groups=groups,
         stage_dir=stage_dir,
         progress=progress,
@@ -281,10 +291,10 @@ def one_stage(
     cut = f", stopped by the clock after {ran} (--time-budget)" if ran < r.epochs and not r.patience else ""
     notes.append(
         f"stage {stage}: {r.optimizer} with the {r.schedule_for('network')} schedule; best epoch {res.best_epoch} of "
-        f"{r.epochs}{cut} (val accuracy {res.best_accuracy:.4f})"
+        f"{r.epochs}{cut} (val {METRIC_NAMES[model.task.metric]} {res.best_accuracy:.4f})"
     )
     trainable = ["all"] if specs is None else ["head"]
-    probs = views.probabilities() if views is not None else None
+    probs = views.probabilities(model.task) if views is not None else None
     outcome = finish(model, cfg, data, specs, res.history, res.best_epoch, notes, trainable, probs=probs)
     return replace(outcome, world_size=res.world_size)
 
@@ -306,7 +316,7 @@ def epoch_logger(logger):
     return lambda row: log_epoch(logger, row)
 
 
-def pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None):
+def pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int, head=None, task=SINGLE_LABEL):
     """The pretrained backbone(s) of `specs` under a new head (or `head`), ready for a recipe to fine-tune."""
     from smallvision.models.backbone import build_backbone
     from smallvision.models.head import Head, ImageClassifier
@@ -315,8 +325,7 @@ def pretrained_model(cfg: RunConfig, specs: list[WeightsSpec], num_classes: int,
     for spec, b in zip(specs, backbones, strict=True):
         b.check_size(cfg.data.image_size, spec.backbone)
     dim = sum(b.feature_dim(cfg.data.image_size) for b in backbones)
-    model = ImageClassifier(backbones, head or Head(dim, num_classes, cfg.model.dropout, cfg.model.hidden))
-    return model
+    return ImageClassifier(backbones, head or Head(dim, num_classes, cfg.model.dropout, cfg.model.hidden), task=task)
 
 
 def feature_probs(fs: FeatureStage) -> dict[str, np.ndarray]:
@@ -325,9 +334,7 @@ def feature_probs(fs: FeatureStage) -> dict[str, np.ndarray]:
 
     fs.head.eval()
     with torch.inference_mode():
-        return {
-            s: SINGLE_LABEL.probabilities(fs.head(torch.from_numpy(x))).numpy() for s, (x, _) in fs.by_split.items()
-        }
+        return {s: fs.task.probabilities(fs.head(torch.from_numpy(x))).numpy() for s, (x, _) in fs.by_split.items()}
 
 
 def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool):

@@ -17,7 +17,7 @@ import smallvision
 from smallvision.auto import execute, select
 from smallvision.auto import plan as planning
 from smallvision.config import build_config
-from smallvision.data.scan import DatasetIndex, ImageItem
+from smallvision.data.index import DatasetIndex, ImageItem
 from smallvision.results import SCHEMA_VERSION, decisions
 
 FAST = {"image_size": 64, "epochs": 3, "finetune_epochs": 2, "progress": False, "report": False}

@@ -1,0 +1,73 @@
+"""Multi-label predictions -> metrics (scikit-learn): macro and micro mAP with an interval, ROC AUC per label, F1,
+precision and recall (micro, macro, per image) at the chosen thresholds, Hamming loss, exact-match accuracy, label
+cardinality, and per label its AP, precision, recall, F1, support and threshold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from smallvision.task import MULTI_LABEL
+
+BOOTSTRAP = 200  # resamples of the images behind the macro mAP interval
+
+
+def _ap(truth: np.ndarray, probs: np.ndarray, average: str) -> float | None:
+    """Average precision over the labels with a positive in `truth` (None when none has)."""
+    from sklearn.metrics import average_precision_score
+
+    present = truth.any(0)
+    if not present.any():
+        return None
+    return float(average_precision_score(truth[:, present], probs[:, present], average=average))
+
+
+def map_interval(truth: np.ndarray, probs: np.ndarray, seed: int = 0) -> list[float]:
+    """A 95% bootstrap interval of macro mAP (images resampled with replacement; labels absent from a resample
+    leave it), so a small split's mAP is read with its uncertainty."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(BOOTSTRAP):
+        rows = rng.integers(0, len(truth), len(truth))
+        value = _ap(truth[rows], probs[rows], "macro")
+        if value is not None:
+            values.append(value)
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else [0.0, 1.0]
+
+
+def multilabel_metrics(
+    targets: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray
+) -> dict[str, Any]:
+    """All metrics of one split, as plain JSON-ready values (`targets` rows of 0/1, `thresholds` one per label)."""
+    from sklearn.metrics import hamming_loss, precision_recall_fscore_support, roc_auc_score
+
+    truth = np.asarray(targets) > 0.5
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = MULTI_LABEL.decide(probs, np.asarray(thresholds))
+    out: dict[str, Any] = {"n": int(len(truth)), "task": "multi_label"}
+    out["map_macro"], out["map_micro"] = _ap(truth, probs, "macro"), _ap(truth, probs, "micro")
+    out["map_macro_ci95"] = map_interval(truth, probs)
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    out["loss"] = float(-np.mean(truth * np.log(clipped) + (~truth) * np.log(1 - clipped)))
+    for avg in ("micro", "macro", "samples"):
+        p, r, f, _ = precision_recall_fscore_support(truth, pred, average=avg, zero_division=0)
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
+    out["hamming_loss"] = float(hamming_loss(truth, pred))
+    out["subset_accuracy"] = float((pred == truth).all(1).mean()) if len(truth) else 0.0
+    out["cardinality"] = {"true": float(truth.sum(1).mean()), "predicted": float(pred.sum(1).mean())}
+    p, r, f, s = precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
+    per_label = {}
+    for j, name in enumerate(labels):
+        both = 0 < truth[:, j].sum() < len(truth)
+        per_label[name] = {
+            "ap": _ap(truth[:, [j]], probs[:, [j]], "macro"),
+            "roc_auc": float(roc_auc_score(truth[:, j], probs[:, j])) if both else None,
+            "precision": float(p[j]),
+            "recall": float(r[j]),
+            "f1": float(f[j]),
+            "support": int(s[j]),
+            "threshold": float(thresholds[j]),
+        }
+    out["per_label"] = per_label
+    return out
