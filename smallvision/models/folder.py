@@ -181,7 +181,7 @@ def build_from_card(card: ModelCard):
     classes = len(card.classes)
     if not card.head.members:
         head = Head(card.head.in_features, classes, card.head.dropout, card.head.hidden)
-        return ImageClassifier(backbones, head, task=task_named(card.task))
+        return ImageClassifier(backbones, head, tta=card.tta, task=task_named(card.task))
     dims = [static_feature_dim(b) or b.feature_dim(card.image_size) for b in backbones]
     for k, m in enumerate(card.head.members):
         if any(not 0 <= i < len(backbones) for i in m.backbones):
@@ -195,7 +195,8 @@ def build_from_card(card: ModelCard):
             )
     heads = [Head(m.in_features, classes, m.dropout, m.hidden) for m in card.head.members]
     groups = [m.backbones for m in card.head.members]
-    return ImageClassifier(backbones, EnsembleHead(heads, groups, dims), tta=card.tta, task=task_named(card.task))
+    task = task_named(card.task)
+    return ImageClassifier(backbones, EnsembleHead(heads, groups, dims, task), tta=card.tta, task=task)
 
 
 def head_card(head) -> HeadCard:

@@ -51,6 +51,20 @@ def test_round_trip_loads(folder):
     assert card.classes == ["a", "b"] and model(torch.rand(1, 3, 32, 32)).shape == (1, 2)
 
 
+def test_a_single_networks_own_flip_and_task_load_with_it(folder):
+    """auto keeps flipped views on one network (no ensemble): predict, evaluate, export and serve must apply them,
+    so the card's tta is the loaded model's; a multi-label card's model averages sigmoids, not softmaxes."""
+    plain, _ = load_model(folder)
+    _edit_card(folder, tta="hflip", task="multi_label", thresholds=[0.3, 0.6])
+    model, card = load_model(folder)
+    assert model.tta == "hflip" and card.thresholds == [0.3, 0.6]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        mean = (plain(x).sigmoid() + plain(x.flip(-1)).sigmoid()) / 2
+        assert torch.allclose(model.task.probabilities(model(x)), mean, atol=1e-6)
+        assert not torch.allclose(model.task.probabilities(model(x)), plain(x).sigmoid(), atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
