@@ -200,6 +200,14 @@ def _scan(cfg: RunConfig):
     return scan(d.path, plan, labels=d.labels, task=d.task)
 
 
+def _scan_found(cfg: RunConfig):
+    """The config's data folder as it is now, read as the run read it (its labels file and task), nothing carved:
+    what a recorded split is laid over."""
+    from smallvision.data.scan import scan
+
+    return scan(cfg.data.path, carve=False, labels=cfg.data.labels, task=cfg.data.task)
+
+
 def _run_dir(cfg: RunConfig, resume: bool) -> Path:
     from smallvision.engine.distributed import is_rank_zero, world_devices
 
@@ -346,10 +354,9 @@ def _resume_record(run_dir: Path, split_from: str | Path | None) -> Path:
 def _train_on_record(cfg: RunConfig, record: Path, resume: bool):
     """The index of a split record over the data folder as it is now, refused when a recorded file is missing or
     changed (the run would train or select on another split); files new since are named and left out."""
-    from smallvision.data.scan import scan
     from smallvision.data.split import read_record, recorded_index
 
-    index, changes = recorded_index(read_record(record), scan(cfg.data.path, carve=False), record)
+    index, changes = recorded_index(read_record(record), _scan_found(cfg), record)
     if changes.missing or changes.changed:
         what = f"--resume {Path(cfg.out)}" if resume else f"training on the split recorded in {record}"
         raise SmallvisionError(
@@ -757,6 +764,7 @@ def evaluate(
     tta: bool = False,
     config: str | Path | None = None,
     include_new: bool = False,
+    labels: str | Path | None = None,
 ) -> Evaluation:
     """Metrics of a saved model on a folder of class folders (classes matched by name), never on its training images
     unless asked.
@@ -766,10 +774,11 @@ def evaluate(
     out unless `include_new`; recorded files now missing or changed are named. A folder with test/ or val/ folders
     gives those. Another single folder is scored whole only when none of its images is in the run's recorded
     training split (compared by content). `split` asks for one split (train, val, test) or "all" (every image). The
-    result says which split and why; "split_changes" lists the new, missing and changed files.
+    result says which split and why; "split_changes" lists the new, missing and changed files. A multi-label model
+    scores a folder with a labels file (its labels.csv, or `labels`), labels matched by name, at the model's
+    thresholds.
     """
     from smallvision.data.cache import decoded_images
-    from smallvision.evaluation.metrics import classification_metrics
     from smallvision.prediction import probabilities
 
     if split not in (None, "all", "train", "val", "test"):
@@ -781,24 +790,19 @@ def evaluate(
         )
     start = time.perf_counter()
     model, card = load(model_dir)
-    index, chosen, why, changes = _evaluation_split(Path(model_dir), Path(data), split, config, include_new)
-    unknown = [c for c in index.classes if c not in card.classes]
-    if unknown:
-        raise SmallvisionError(
-            f"{data}: class folder(s) {', '.join(unknown)} unknown to the model (it knows {', '.join(card.classes)}); "
-            "rename or remove them"
-        )
+    task = "multi" if card.task == "multi_label" else "auto"
+    found = _evaluation_scan(data, labels, task)
+    index, chosen, why, changes = _evaluation_split(Path(model_dir), Path(data), found, split, config, include_new)
+    _refuse_unknown(data, index, card)
     items = index.items if chosen == "all" else index.split(chosen)
     if not items:
         raise SmallvisionError(f"{data}: no images in the {chosen} split ({why})")
     images, failed = decoded_images(
         [it.path for it in items], [it.digest for it in items], card.image_size, progress=False
     )
-    labels = np.array(
-        [card.classes.index(index.classes[it.label]) for pos, it in enumerate(items) if pos not in failed]
-    )
+    kept = [it for pos, it in enumerate(items) if pos not in failed]
     probs = probabilities(model, images, tta=tta)
-    metrics = classification_metrics(labels, probs, card.classes)
+    metrics = _model_metrics(card, index, kept, probs)
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
     values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "model_tta": card.tta}
     values.update(skipped=skipped, **metrics)
@@ -809,15 +813,46 @@ def evaluate(
     return Evaluation(values, card.classes, shown, run_config.parent if run_config is not None else None)
 
 
-def _evaluation_split(model_dir: Path, data: Path, split: str | None, config: str | Path | None, include_new: bool):
-    """(index, split name, why, changes): which images of `data` to score, refusing to score training images unsaid.
+def _evaluation_scan(data: str | Path, labels: str | Path | None, task: str):
+    """The folder a model is evaluated on, nothing carved (a multi-label model reads it as multi-label)."""
+    from smallvision.data.scan import scan
+
+    return scan(data, carve=False, labels=labels, task=task)
+
+
+def _refuse_unknown(data, index, card) -> None:
+    """Refuse a folder whose classes (or labels) the model does not know: it could never predict them."""
+    unknown = [c for c in index.classes if c not in card.classes]
+    if unknown:
+        what = "label(s)" if card.task == "multi_label" else "class folder(s)"
+        raise SmallvisionError(
+            f"{data}: {what} {', '.join(unknown)} unknown to the model (it knows {', '.join(card.classes)}); "
+            "rename or remove them"
+        )
+
+
+def _model_metrics(card, index, items: list, probs: np.ndarray) -> dict:
+    """The metrics of a model's probabilities on scanned `items`, their labels matched to the model's by name."""
+    if card.task == "multi_label":
+        from smallvision.evaluation.multilabel import multilabel_metrics
+
+        targets = np.zeros((len(items), len(card.classes)), dtype=np.float32)
+        for row, it in enumerate(items):
+            targets[row, [card.classes.index(index.classes[j]) for j in it.labels]] = 1
+        return multilabel_metrics(targets, probs, card.classes, np.asarray(card.thresholds))
+    from smallvision.evaluation.metrics import classification_metrics
+
+    labels = np.array([card.classes.index(index.classes[it.label]) for it in items])
+    return classification_metrics(labels, probs, card.classes)
+
+
+def _evaluation_split(model_dir: Path, data: Path, found, split: str | None, config, include_new: bool):
+    """(index, split name, why, changes): which images of the scanned folder `found` to score, refusing to score
+    training images unsaid.
 
     The run's own folder gets its recorded split (split.csv), never a re-carved one; `changes` says which files are
     new since training, missing or changed (None when no record was read)."""
-    from smallvision.data.scan import scan
-
     run_config = Path(config) if config is not None else _run_config(model_dir)
-    found = scan(data, carve=False)
     if split == "all":
         return found, "all", "every image, as asked (split 'all'): any training images are scored too", None
     run_data = None
@@ -930,11 +965,9 @@ def export(
     run_config = _run_config(Path(model_dir))
     index = None
     if run_config is not None and (check_images is None or int8):
-        from smallvision.data.scan import scan
-
         cfg = make_config(config=run_config)
         try:
-            found = scan(cfg.data.path, carve=False)
+            found = _scan_found(cfg)
         except SmallvisionError as e:
             raise SmallvisionError(f"{model_dir}: {data_missing_hint(cfg.data.path, int8)} ({e})") from e
         fix = "retrain it to export with --int8" if int8 else "pass --check-images DIR to check the export on"

@@ -221,7 +221,10 @@ def check(
 @app.command()
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="A saved model folder")],
-    data: Annotated[Path, typer.Argument(help="Folder of class folders (classes matched by name)")],
+    data: Annotated[
+        Path,
+        typer.Argument(help="Folder of class folders (classes matched by name), or of images with a labels file"),
+    ],
     split: Annotated[
         str | None,
         Opt(
@@ -241,23 +244,33 @@ def evaluate(
             "default: off, the run's recorded split only",
         ),
     ] = False,
+    labels: Annotated[
+        Path | None,
+        Opt(help="A multi-label model's labels file for the folder (default: the folder's labels.csv)"),
+    ] = None,
     as_json: Annotated[
         bool, Opt("--json", help="Print all metrics as JSON; default: a summary and the per-class table")
     ] = False,
 ) -> None:
-    """Evaluate a saved model on a folder. Accuracy, loss, precision/recall/F1, per class, confusion matrix."""
+    """Evaluate a saved model on a folder. Accuracy, loss, precision/recall/F1, per class, confusion matrix (macro
+    mAP, F1s and per-label scores at the model's thresholds for a multi-label model)."""
     from smallvision import api
 
     _setup_logging(True)
-    m = api.evaluate(model_dir, data, split=split, tta=tta, config=config, include_new=include_new)
+    m = api.evaluate(model_dir, data, split=split, tta=tta, config=config, include_new=include_new, labels=labels)
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return
     own = f" (the model applies its own {m['model_tta']} tta)" if m.get("model_tta") else ""
     typer.echo(f"{m['data']} [{m['split']}] n={m['n']} tta={'on' if tta else 'off'}{own}")
     typer.echo(f"split: {m['split']}: {m['split_reason']}")
-    typer.echo(f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro F1 {m['f1_macro']:.4f}")
-    typer.echo(m["report"])
+    if m.get("task") == "multi_label":
+        from smallvision.evaluation.multilabel import text_report
+
+        typer.echo(text_report(m))
+    else:
+        typer.echo(f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro F1 {m['f1_macro']:.4f}")
+        typer.echo(m["report"])
     for s in m["skipped"]:
         typer.echo(f"skipped {s['path']}: {s['reason']}")
 

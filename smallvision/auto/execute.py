@@ -65,8 +65,9 @@ def _sampled(index: DatasetIndex, cap: int | None, seed: int) -> DatasetIndex:
     train = [it for it in index.items if it.split == "train"]
     if cap >= len(train):
         return index
-    try:
-        keep, _ = train_test_split(train, train_size=cap, stratify=[it.label for it in train], random_state=seed)
+    try:  # multi-label: a plain seeded sample (scikit-learn stratifies one label per image)
+        by = [it.label for it in train] if index.task == "single" else None
+        keep, _ = train_test_split(train, train_size=cap, stratify=by, random_state=seed)
     except ValueError:  # a class too small to stratify: a plain seeded sample
         keep, _ = train_test_split(train, train_size=cap, random_state=seed)
     kept = {id(it) for it in keep}
@@ -99,7 +100,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         probs = steps.feature_probs(fs)
         labels = {s: y for s, (_, y) in fs.by_split.items()}
         tried.append(
-            (select.accuracy(probs["val"], labels["val"]), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
+            (select.score(probs["val"], labels["val"], fs.task), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
         )
     val, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first lr
     notes.extend(stage_notes)
@@ -107,7 +108,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         tally.choices["head_lr"] += 1
         shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
         notes.decide("head-lr", f"{name} head on cached features: kept lr {lr:g} on validation ({shown})")
-    model = steps.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head))
+    model = steps.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head), task=fs.task)
     model.requires_grad_(False)
     return Candidate(
         f"{name} features",
@@ -140,7 +141,7 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
         notes.extend(run.notes)
         backbone = scratch_backbone(SCRATCH, s.size, cand_cfg.model.batch_norm)
         head = Head(backbone.net.num_features, len(index.classes), cand_cfg.model.dropout, cand_cfg.model.hidden)
-        model = ImageClassifier([backbone], head)
+        model = ImageClassifier([backbone], head, task=steps.task_of(index))
         model.load_state_dict(run.state)
         model.requires_grad_(False)
         name = f"{SCRATCH} from scratch" + (f" (seed {seed})" if len(s.seeds) > 1 else "")
@@ -203,7 +204,16 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
         spec = stage_spec(round_cfg, stage, "network", epochs=rr.finetune_epochs, max_seconds=left)
         stage_dir, on_epoch = run_dir / "checkpoints" / stage, steps.epoch_logger(logger)
         image_data = steps.image_data(round_cfg, data, views)
-        res = fit(model, image_data, spec, groups=groups, stage_dir=stage_dir, progress=progress, on_epoch=on_epoch)
+        res = fit(
+            model,
+            image_data,
+            spec,
+            model.task,
+            groups=groups,
+            stage_dir=stage_dir,
+            progress=progress,
+            on_epoch=on_epoch,
+        )
         tally.ran.append(round_cfg)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
@@ -212,7 +222,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
         notes.decide(
             "round",
             f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd.lr:.2g}, {rnd.epochs} "
-            f"epochs): best val accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
+            f"epochs): best {select.metric_words(base)} {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
             + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
         )
         if not improved:
@@ -225,7 +235,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
 
 def _tuned(base: Candidate, tune_cfg, model, data, views, history, best_epoch: int, trainable, stages) -> Candidate:
     """The fine-tuned network after an improving round, as a candidate: a frozen copy and its probabilities."""
-    probs = views.probabilities() if views is not None else None
+    probs = views.probabilities(model.task) if views is not None else None
     if probs is None:
         from smallvision.prediction import probabilities
 
@@ -259,7 +269,8 @@ def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[
     def decide() -> dict:
         profile = profile_data(index, cfg.seed)
         probe = None
-        if (profile.tiny or profile.grayscale >= 0.5) and not given_backbone:
+        # the probe scores single-label accuracy; a multi-label plan takes the pretrained backbones it would favour
+        if (profile.tiny or profile.grayscale >= 0.5) and not given_backbone and index.task == "single":
             size = max(32, min(128, profile.short_side["p50"]))
             probe = imagenet_distance(
                 index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
@@ -347,7 +358,7 @@ def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candid
         {
             "name": c.name,
             "chosen": id(c) in chosen,
-            "val_accuracy": round(c.val, 4),
+            f"val_{c.model.task.metric}": round(c.val, 4),
             "stages": [
                 {"stage": stage, **nested({p: v for p, v in stage_values(s).items() if common.get(p, ()) != v})}
                 for stage, s in c.stages

@@ -18,7 +18,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.recipes import steps
 from smallvision.recipes.base import RecipeOutcome
 from smallvision.results import RunNotes
-from smallvision.task import SINGLE_LABEL
+from smallvision.task import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,18 @@ class Candidate:
 
     @property
     def val(self) -> float:
-        """Validation accuracy of this candidate's probabilities."""
-        return accuracy(self.probs["val"], self.labels["val"])
+        """The validation score (the task's: accuracy, or macro mAP) of this candidate's probabilities."""
+        return score(self.probs["val"], self.labels["val"], self.model.task)
 
 
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+def score(probs: np.ndarray, labels: np.ndarray, task) -> float:
     """The validation score every choice of auto compares (the task's selection score)."""
-    return SINGLE_LABEL.score(probs, labels)
+    return task.score(probs, labels)
+
+
+def metric_words(cand: Candidate) -> str:
+    """What auto's notes call a candidate's score: "val accuracy", or "val macro mAP"."""
+    return f"val {METRIC_NAMES[cand.model.task.metric]}"
 
 
 def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> None:
@@ -72,7 +77,7 @@ def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> No
         if failed:
             raise SmallvisionError(f"{len(failed)} {split} image(s) no longer decode; run again")
         logits = run_batches(cand.form, np.ascontiguousarray(images[:, :, ::-1]), progress=False)
-        cand.flipped[split] = SINGLE_LABEL.probabilities_of(logits)
+        cand.flipped[split] = cand.model.task.probabilities_of(logits)
 
 
 def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
@@ -96,7 +101,7 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
         "final",
         f"final model: {' averaged with '.join(c.name for c in members)}"
         + (", each image averaged with its mirror image" if tta else "")
-        + f", val accuracy {val:.4f}",
+        + f", {metric_words(best)} {val:.4f}",
     )
     return members, tta
 
@@ -116,14 +121,14 @@ def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[C
     for k in (2, 3):
         for combo in itertools.combinations(same, k):
             p = sum(c.probs["val"] for c in combo) / k
-            acc = accuracy(p, best.labels["val"])
+            acc = score(p, best.labels["val"], best.model.task)
             choices["average"] += 1
             if acc > val + 1e-9:
                 members, val = list(combo), acc
     if len(members) > 1:
         notes.decide(
             "average",
-            f"averaged the probabilities of {' and '.join(c.name for c in members)}: val accuracy {val:.4f}, "
+            f"averaged the probabilities of {' and '.join(c.name for c in members)}: {metric_words(best)} {val:.4f}, "
             f"above each alone ({', '.join(f'{c.val:.4f}' for c in members)})",
         )
     elif len(same) > 1:
@@ -136,16 +141,17 @@ def _flips(members: list[Candidate], val: float, index, notes: RunNotes, choices
     for c in members:
         flipped(c, index, ("val",))
     p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
-    acc = accuracy(p, members[0].labels["val"])
+    acc = score(p, members[0].labels["val"], members[0].model.task)
+    words = metric_words(members[0])
     tta = acc > val + 1e-9
     choices["tta"] += 1
     notes.decide(
         "tta",
         "test-time augmentation (averaging each image with its mirror image) "
         + (
-            f"kept: val accuracy {acc:.4f} against {val:.4f} without"
+            f"kept: {words} {acc:.4f} against {val:.4f} without"
             if tta
-            else f"not kept: val accuracy {acc:.4f}, not above {val:.4f} without"
+            else f"not kept: {words} {acc:.4f}, not above {val:.4f} without"
         ),
     )
     return tta, acc if tta else val

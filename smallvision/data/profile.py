@@ -103,7 +103,7 @@ def _size(path) -> tuple[int, int] | None:
 def profile_data(index: DatasetIndex, seed: int = 0, sample: int = 400) -> DataProfile:
     """Profile a scanned dataset: counts from the index, sizes from `sample` files' headers, colour from a few."""
     per_split = {s: n for s in SPLITS if (n := sum(1 for it in index.items if it.split == s))}
-    counts = Counter(it.label for it in index.items if it.split == "train")
+    counts = Counter(j for it in index.items if it.split == "train" for j in it.label_set)
     train_per_class = {name: counts.get(i, 0) for i, name in enumerate(index.classes)}
     present = [n for n in train_per_class.values() if n]
     imbalance = max(present) / min(present) if present else 1.0

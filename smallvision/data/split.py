@@ -218,19 +218,38 @@ class SplitChanges:
         return {"new": self.new_paths(), "missing": self.missing, "changed": self.changed}
 
 
+def _record_classes(rows: list[dict[str, str]], task: str) -> list[str]:
+    """The classes (or labels) a record names: each row's class, or every label of a multi-label row."""
+    if task == "multi":
+        return sorted({name for row in rows for name in row["label"].split()})
+    return sorted({row["label"] for row in rows})
+
+
+def relabelled(it: ImageItem, names: list[str], classes: list[str], **changes) -> ImageItem | None:
+    """`it` with its label(s), named by `names` (the list its indices point into), re-indexed into `classes`;
+    None when it has a label `classes` lacks."""
+    if it.label != -1:
+        name = names[it.label]
+        return dataclasses.replace(it, label=classes.index(name), **changes) if name in classes else None
+    wanted = [names[j] for j in it.labels]
+    if any(n not in classes for n in wanted):
+        return None
+    return dataclasses.replace(it, labels=tuple(classes.index(n) for n in wanted), **changes)
+
+
 def recorded_index(rows: list[dict[str, str]], found: DatasetIndex, record: Path) -> tuple[DatasetIndex, SplitChanges]:
     """The run's split of the files found now (as scanned with carve=False), and what changed since the record.
 
     A file keeps its recorded split; a file at a new path whose content is recorded gets that content's split
-    (training first); a recorded file whose content changed is named and left out; any other file is new since
-    training and left out of the index.
+    (training first); a recorded file whose content changed is named and left out; any other file (or one with a
+    class or label the run never saw) is new since training and left out of the index.
     """
     by_path = {row["path"]: row for row in rows}
     by_digest: dict[str, str] = {}
     for row in rows:
         if by_digest.get(row["digest"]) != "train":
             by_digest[row["digest"]] = row["split"]
-    classes = sorted({row["label"] for row in rows})
+    classes = _record_classes(rows, found.task)
     changes = SplitChanges(record, root=found.root, classes=found.classes)
     items, seen = [], set()
     for it in found.items:
@@ -241,23 +260,23 @@ def recorded_index(rows: list[dict[str, str]], found: DatasetIndex, record: Path
         if changed:
             changes.changed.append(rel)
         split = row["split"] if row is not None and not changed else by_digest.get(it.digest)
-        name = found.classes[it.label]
         if changed and split is None:
             continue  # its old content may have trained the model: named as changed, never scored (not even as new)
-        if split is None or name not in classes:
+        kept = relabelled(it, found.classes, classes, split=split) if split is not None else None
+        if kept is None:
             changes.new.append(it)
         else:
-            items.append(dataclasses.replace(it, split=split, label=classes.index(name)))
+            items.append(kept)
     changes.missing = [row["path"] for row in rows if row["path"] not in seen]
     note = f"split as recorded in {record} ({len(rows)} files)"
     return dataclasses.replace(found, classes=classes, items=items, notes=[note]), changes
 
 
 def with_new(index: DatasetIndex, changes: SplitChanges, split: str) -> DatasetIndex:
-    """The index with the files new since the record added to `split` (classes extended by any new class folder)."""
-    classes = sorted(set(index.classes) | {changes.classes[it.label] for it in changes.new})
-    items = [dataclasses.replace(it, label=classes.index(index.classes[it.label])) for it in index.items]
-    items += [
-        dataclasses.replace(it, split=split, label=classes.index(changes.classes[it.label])) for it in changes.new
-    ]
+    """The index with the files new since the record added to `split` (classes extended by any new class folder or
+    label)."""
+    new_names = {changes.classes[j] for it in changes.new for j in it.label_set}
+    classes = sorted(set(index.classes) | new_names)
+    items = [relabelled(it, index.classes, classes) for it in index.items]
+    items += [relabelled(it, changes.classes, classes, split=split) for it in changes.new]
     return dataclasses.replace(index, classes=classes, items=items)

@@ -71,3 +71,25 @@ def multilabel_metrics(
         }
     out["per_label"] = per_label
     return out
+
+
+def text_report(m: dict[str, Any]) -> str:
+    """A split's multi-label metrics as text: the headline numbers, then one line per label, most frequent first."""
+    low, high = m["map_macro_ci95"]
+    lines = [
+        f"macro mAP {m['map_macro']:.4f} (95% interval {low:.4f} to {high:.4f})  micro mAP {m['map_micro']:.4f}  "
+        f"sample F1 {m['f1_samples']:.4f}",
+        f"micro F1 {m['f1_micro']:.4f}  macro F1 {m['f1_macro']:.4f}  exact match {m['subset_accuracy']:.4f}  "
+        f"Hamming loss {m['hamming_loss']:.4f}  labels per image {m['cardinality']['true']:.2f} true, "
+        f"{m['cardinality']['predicted']:.2f} predicted",
+    ]
+    per = m["per_label"]
+    width = max([len("label")] + [len(n) for n in per])
+    lines.append(f"{'label':<{width}}  {'AP':>6} {'thresh':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'support':>7}")
+    for name, v in sorted(per.items(), key=lambda kv: -kv[1]["support"]):
+        ap = "-" if v["ap"] is None else f"{v['ap']:.3f}"
+        lines.append(
+            f"{name:<{width}}  {ap:>6} {v['threshold']:>6.2f} {v['precision']:>6.3f} {v['recall']:>6.3f} "
+            f"{v['f1']:>6.3f} {v['support']:>7}"
+        )
+    return "\n".join(lines)

@@ -35,8 +35,9 @@ class EnsembleHead(nn.Module):
     feature width; the joined feature vector is the backbones' features concatenated in order.
     """
 
-    def __init__(self, heads: list[Head], groups: list[list[int]], dims: list[int]) -> None:
+    def __init__(self, heads: list[Head], groups: list[list[int]], dims: list[int], task=SINGLE_LABEL) -> None:
         super().__init__()
+        self.task = task  # how the members' probabilities are averaged (softmax, or independent sigmoids)
         if len(heads) != len(groups) or not heads:
             raise ValueError(f"an ensemble needs one backbone group per head: {len(heads)} heads, {len(groups)} groups")
         for k, group in enumerate(groups):
@@ -59,7 +60,7 @@ class EnsembleHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """log(mean of the members' softmax probabilities): softmax of it is the ensemble's probabilities."""
-        return SINGLE_LABEL.mean_log_probabilities(self.member_logits(features))
+        return self.task.mean_log_probabilities(self.member_logits(features))
 
 
 class ImageClassifier(nn.Module):
@@ -189,4 +190,5 @@ def ensemble(models: list[ImageClassifier], tta: str | None = None) -> ImageClas
                 same = len(backbones) - 1
             group.append(same)
         groups.append(group)
-    return ImageClassifier(backbones, EnsembleHead([m.head for m in models], groups, dims), tta=tta)
+    task = models[0].task
+    return ImageClassifier(backbones, EnsembleHead([m.head for m in models], groups, dims, task), tta=tta, task=task)
