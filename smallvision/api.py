@@ -698,11 +698,14 @@ def iter_predictions(
     tta: bool = False,
     onnx: bool = False,
     int8: bool = False,
+    threshold: float | str | Path | None = None,
 ) -> Predictions:
     """Top-k predictions for image files and folders, computed batch by batch as they are iterated (any number of
     images in bounded memory; `len()` is the file count). `onnx` runs the model folder's checked ONNX export with
-    onnxruntime (no torch needed), `int8` its checked int8 export; `tta` (flips + crops averaged) is PyTorch-only."""
-    from smallvision.prediction import Predictions, model_probabilities
+    onnxruntime (no torch needed), `int8` its checked int8 export; `tta` (flips + crops averaged) is PyTorch-only.
+    A multi-label model also gives each image's labels at its thresholds (chosen on validation), or at `threshold`
+    (one probability for every label, or a file of per-label ones)."""
+    from smallvision.prediction import Predictions, label_thresholds, model_probabilities
 
     paths = [paths] if isinstance(paths, str | Path) else paths
     if int8 and not onnx:
@@ -716,9 +719,11 @@ def iter_predictions(
         from smallvision.runtime import OnnxClassifier, find_export
 
         clf = OnnxClassifier.load(find_export(model_dir, int8=int8))
-        return Predictions(clf.probabilities, clf.classes, clf.image_size, paths, top_k)
+        cuts = label_thresholds(clf.classes, clf.card.get("thresholds"), threshold)
+        return Predictions(clf.probabilities, clf.classes, clf.image_size, paths, top_k, thresholds=cuts)
     model, card = load(model_dir)
-    return Predictions(model_probabilities(model, tta), card.classes, card.image_size, paths, top_k)
+    cuts = label_thresholds(card.classes, card.thresholds, threshold)
+    return Predictions(model_probabilities(model, tta), card.classes, card.image_size, paths, top_k, thresholds=cuts)
 
 
 def predict(
@@ -729,10 +734,11 @@ def predict(
     tta: bool = False,
     onnx: bool = False,
     int8: bool = False,
+    threshold: float | str | Path | None = None,
 ) -> list[Prediction]:
-    """Top-k class probabilities for image files and folders, as a list (for many images use `write_predictions`
-    or iterate `iter_predictions`)."""
-    return list(iter_predictions(model_dir, paths, top_k=top_k, tta=tta, onnx=onnx, int8=int8))
+    """Top-k class probabilities for image files and folders (a multi-label model's labels at its thresholds too),
+    as a list (for many images use `write_predictions` or iterate `iter_predictions`)."""
+    return list(iter_predictions(model_dir, paths, top_k=top_k, tta=tta, onnx=onnx, int8=int8, threshold=threshold))
 
 
 def write_predictions(
@@ -750,10 +756,12 @@ def write_predictions(
 
     if isinstance(predictions, Predictions):
         batches, k, total = predictions.batches(), predictions.k, len(predictions)
+        labels = predictions.classes if predictions.thresholds is not None else None
     else:
         preds = list(predictions)
         batches, k, total = [preds], max((len(p.top) for p in preds), default=1), len(preds)
-    return write(batches, k, csv_path=csv, json_path=json, total=total, progress=progress)
+        labels = next((list(p.scores) for p in preds if p.scores is not None), None)
+    return write(batches, k, csv_path=csv, json_path=json, total=total, progress=progress, labels=labels)
 
 
 def evaluate(

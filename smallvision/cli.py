@@ -348,8 +348,26 @@ def report(
     typer.echo(f"report: {api.report(folder)}")
 
 
+def _threshold(value: str | None) -> float | Path | None:
+    """--threshold as given: one probability, or the path of a per-label thresholds file."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return Path(value)
+
+
 def _predictions(
-    paths: list[Path], top_k: int, backbone: str | None, *, imagenet: bool, tta: bool, onnx: bool, int8: bool
+    paths: list[Path],
+    top_k: int,
+    backbone: str | None,
+    *,
+    imagenet: bool,
+    tta: bool,
+    onnx: bool,
+    int8: bool,
+    threshold: str | None = None,
 ):
     """`predict`'s predictions, lazily: a saved model's on MODEL_DIR's images, or the ImageNet head's (--imagenet);
     options that the chosen path cannot apply are refused by name."""
@@ -361,6 +379,8 @@ def _predictions(
         if onnx or int8:
             flag = "--onnx" if onnx else "--int8"
             raise SmallvisionError(f"{flag} cannot apply with --imagenet: the ImageNet head has no ONNX export")
+        if threshold is not None:
+            raise SmallvisionError("--threshold applies to a multi-label model; the ImageNet head gives one class")
         return api.predict_imagenet(paths, top_k=top_k, backbone=backbone or "efficientnet_lite0", tta=tta)
     if backbone is not None:
         raise SmallvisionError(
@@ -369,7 +389,20 @@ def _predictions(
         )
     if len(paths) < 2:
         raise SmallvisionError("usage: smallvision predict MODEL_DIR IMAGE_OR_FOLDER... (or --imagenet IMAGE...)")
-    return api.iter_predictions(paths[0], paths[1:], top_k=top_k, tta=tta, onnx=onnx, int8=int8)
+    cut = _threshold(threshold)
+    return api.iter_predictions(paths[0], paths[1:], top_k=top_k, tta=tta, onnx=onnx, int8=int8, threshold=cut)
+
+
+def _prediction_line(p) -> str:
+    """One image's line: its top classes, or a multi-label model's labels at their thresholds."""
+    if p.error:
+        return f"{p.path}: skipped: {p.error}"
+    if p.labels is None:
+        return f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top)
+    if not p.labels:
+        top, prob = p.top[0]
+        return f"{p.path}: no label at or above its threshold (most probable: {top} {prob:.3f})"
+    return f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.labels)
 
 
 @app.command()
@@ -406,19 +439,24 @@ def predict(
     backbone: Annotated[
         str | None, Opt(help="Backbone for --imagenet; default: efficientnet_lite0", show_default=False)
     ] = None,
+    threshold: Annotated[
+        str | None,
+        Opt(
+            metavar="P|FILE",
+            help="Multi-label models: predict each label whose probability reaches P (0-1), or per-label thresholds "
+            "from FILE (CSV label,threshold or JSON); default: the model's own, chosen on validation",
+        ),
+    ] = None,
 ) -> None:
     """Classify images or folders: top-k classes with probabilities. A table, or any number of images streamed to
     --csv or --json (a progress bar on stderr; unreadable files become rows with an error)."""
     from smallvision import api
 
     _setup_logging(True)
-    preds = _predictions(paths, top_k, backbone, imagenet=imagenet, tta=tta, onnx=onnx, int8=int8)
+    preds = _predictions(paths, top_k, backbone, imagenet=imagenet, tta=tta, onnx=onnx, int8=int8, threshold=threshold)
     if csv_path is None and json_path is None:
         for p in preds:
-            if p.error:
-                typer.echo(f"{p.path}: skipped: {p.error}")
-            else:
-                typer.echo(f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top))
+            typer.echo(_prediction_line(p))
         return
     done = api.write_predictions(preds, csv=csv_path, json=json_path, progress=sys.stderr.isatty())
     from smallvision.prediction_files import summary

@@ -13,24 +13,31 @@ import numpy as np
 
 from smallvision.data.decode import ImageDecodeError, decode_file, is_image_name
 from smallvision.errors import SmallvisionError
+from smallvision.task import MULTI_LABEL
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Prediction:
-    """The top-k classes for one image, most probable first (or the reason it could not be read)."""
+    """The top-k classes for one image, most probable first (or the reason it could not be read); for a multi-label
+    model also the labels at or above their thresholds and every label's probability."""
 
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     folder: bool = False  # the row stands for a folder that could not be listed (its images were skipped)
+    labels: list[tuple[str, float]] | None = None  # multi-label: the predicted labels, most probable first
+    scores: dict[str, float] | None = None  # multi-label: every label's probability
 
     def to_dict(self) -> dict:
         """Plain values for JSON output."""
         out: dict = {"path": self.path}
         if self.error:
             out["error"] = self.error
+        elif self.labels is not None:
+            out["labels"] = [{"label": c, "probability": round(p, 6)} for c, p in self.labels]
+            out["probabilities"] = {c: round(p, 6) for c, p in (self.scores or {}).items()}
         else:
             out["top"] = [{"class": c, "probability": round(p, 6)} for c, p in self.top]
         return out
@@ -189,12 +196,14 @@ class Predictions:
         top_k: int = 5,
         batch_size: int = 32,
         prefetch: bool = True,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         if top_k < 1:
             raise SmallvisionError(f"top_k (--top-k) = {top_k}: give 1 or more classes per image")
         self.classes = list(classes)
         self.k = min(top_k, len(self.classes))
         self.image_size = image_size
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float32)
         self._probabilities = probabilities
         self._paths = [Path(p) for p in paths]
         self._batch_size = batch_size
@@ -215,10 +224,64 @@ class Predictions:
                 top = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
                 for slot, row, order in zip(slots, probs, top, strict=True):
                     preds[slot].top = [(self.classes[c], float(row[c])) for c in order]
+                    if self.thresholds is not None:
+                        self._label(preds[slot], row)
             yield preds
+
+    def _label(self, pred: Prediction, row: np.ndarray) -> None:
+        """A multi-label prediction's label set (each label at or above its threshold) and every probability."""
+        above = [j for j in np.argsort(-row, kind="stable") if MULTI_LABEL.decide(row[j], self.thresholds[j])]
+        pred.labels = [(self.classes[j], float(row[j])) for j in above]
+        pred.scores = {name: float(v) for name, v in zip(self.classes, row, strict=True)}
 
     def __iter__(self) -> Iterator[Prediction]:
         return itertools.chain.from_iterable(self.batches())
+
+
+def label_thresholds(classes: list[str], saved: list[float] | None, override: float | str | Path | None):
+    """The thresholds a multi-label model predicts with: its own (chosen on validation), one number for every label,
+    or a file of per-label ones (CSV `label,threshold` rows, or a JSON object); None for a single-label model, which
+    refuses an override."""
+    if saved is None:
+        if override is not None:
+            raise SmallvisionError(
+                "--threshold applies to multi-label models; this one predicts one class per image (its most probable)"
+            )
+        return None
+    if override is None:
+        return list(saved)
+    if isinstance(override, int | float):
+        if not 0 < override < 1:
+            raise SmallvisionError(f"--threshold {override}: give a probability between 0 and 1, or a file")
+        return [float(override)] * len(classes)
+    return _thresholds_file(Path(override), classes, saved)
+
+
+def _thresholds_file(path: Path, classes: list[str], saved: list[float]) -> list[float]:
+    """Per-label thresholds from a file; labels it leaves out keep the model's own, unknown labels are refused."""
+    import csv
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        given = (
+            json.loads(text)
+            if path.suffix.lower() == ".json"
+            else {
+                row[0].strip(): row[1] for row in csv.reader(text.splitlines()) if len(row) >= 2 and row[0] != "label"
+            }
+        )
+        values = {name: float(v) for name, v in given.items()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise SmallvisionError(
+            f"{path}: cannot read per-label thresholds ({e}); write CSV rows label,threshold or a JSON object"
+        ) from e
+    unknown = [n for n in values if n not in classes]
+    bad = [n for n, v in values.items() if not 0 < v < 1]
+    if unknown or bad:
+        what = f"label(s) the model does not have: {', '.join(unknown)}" if unknown else f"not in (0, 1): {bad}"
+        raise SmallvisionError(f"{path}: {what}; the model's labels are {', '.join(classes)}")
+    return [values.get(name, t) for name, t in zip(classes, saved, strict=True)]
 
 
 def model_probabilities(model, tta: bool = False) -> Callable[[np.ndarray], np.ndarray]:

@@ -33,13 +33,26 @@ def csv_row(pred: Prediction, k: int) -> list[str]:
     return [*cells, pred.error or ""]
 
 
+def multilabel_row(pred: Prediction, labels: Sequence[str]) -> list[str]:
+    """One multi-label CSV row: path, the predicted labels (space-separated), each label's probability, error."""
+    if pred.error or pred.scores is None:
+        return [pred.path, "", *([""] * len(labels)), pred.error or ""]
+    probs = [repr(round(pred.scores[name], 6)) for name in labels]
+    return [pred.path, " ".join(name for name, _ in pred.labels or []), *probs, ""]
+
+
 class _CsvSink:
-    def __init__(self, stream: TextIO, k: int) -> None:
-        self._writer, self._k = csv.writer(stream, lineterminator="\n"), k
-        self._writer.writerow(csv_header(k))
+    """Top-k columns (single-label), or for a multi-label model (`labels`) the label set and one column per label."""
+
+    def __init__(self, stream: TextIO, k: int, labels: Sequence[str] | None = None) -> None:
+        self._writer, self._k, self._labels = csv.writer(stream, lineterminator="\n"), k, labels
+        self._writer.writerow(csv_header(k) if labels is None else ["path", "labels", *labels, "error"])
 
     def write(self, preds: Sequence[Prediction]) -> None:
-        self._writer.writerows(csv_row(p, self._k) for p in preds)
+        if self._labels is None:
+            self._writer.writerows(csv_row(p, self._k) for p in preds)
+        else:
+            self._writer.writerows(multilabel_row(p, self._labels) for p in preds)
 
     def close(self) -> None:
         """CSV needs no closing text."""
@@ -82,8 +95,10 @@ def write_predictions(
     json_path: str | Path | None = None,
     total: int | None = None,
     progress: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> dict:
-    """Stream prediction batches into a CSV and/or a JSON file ("-": stdout); returns counts and what was written."""
+    """Stream prediction batches into a CSV and/or a JSON file ("-": stdout); returns counts and what was written.
+    `labels`: a multi-label model's labels (the CSV's probability columns)."""
     targets = [t for t in (csv_path, json_path) if t is not None]
     if not targets:
         raise SmallvisionError("nowhere to write predictions: give --csv PATH and/or --json PATH ('-' for stdout)")
@@ -97,7 +112,7 @@ def write_predictions(
         streams: list[TextIO] = []
         if csv_path is not None:
             streams.append(_open(csv_path, stack))
-            sinks.append(_CsvSink(streams[-1], k))
+            sinks.append(_CsvSink(streams[-1], k, labels))
         if json_path is not None:
             streams.append(_open(json_path, stack))
             sinks.append(_JsonSink(streams[-1]))
