@@ -306,6 +306,7 @@ def _train(
     start -= earlier  # `seconds` and auto's budget count the run's earlier processes too
     index = _scan(cfg) if split_from is None else _train_on_record(cfg, Path(split_from), resume is not None)
     _refuse_unused_split_options(values.get("data", {}), index)
+    _refuse_for_task(cfg, index)
     check_summary = _precheck(index, strict)
     with process_state(cfg.trainer.logger):  # MLflow's global URI and environment are the user's again after
         tracker = make_logger(cfg.trainer.logger, run_dir) if is_rank_zero() else None  # a missing package: refused
@@ -567,6 +568,17 @@ def _multilabel_figures(worker, run_dir: Path, model_dir, cfg, split, held, outc
         history=outcome.history,
         chosen=chosen_row(outcome.history, summary.get("best_epoch"), summary.get("kept_stage")),
     )
+
+
+def _refuse_for_task(cfg: RunConfig, index) -> None:
+    """Refuse the options a multi-label run cannot apply (label smoothing spreads one class's mass over the others;
+    independent sigmoids have no others)."""
+    if index.task == "multi" and cfg.recipe.label_smoothing:
+        raise SmallvisionError(
+            f"--label-smoothing {cfg.recipe.label_smoothing:g}: {index.root} is multi-label (its labels file gives "
+            "several labels per image) and label smoothing is a single-label option; leave it out, or force "
+            "--task single if each image has one label"
+        )
 
 
 def _refuse_unused_split_options(given: dict[str, Any], index) -> None:

@@ -66,3 +66,55 @@ def test_the_seam_check_sees_a_softmax(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import numpy as np\n\ndef f(x, m):\n    return m(x).softmax(1), np.argmax(x, axis=1)\n")
     assert task_calls(sample) == ["sample.py:4: softmax", "sample.py:4: argmax"]
+
+
+def test_multi_label_is_sigmoid_per_label_bce_and_macro_map():
+    from sklearn.metrics import average_precision_score
+
+    from smallvision.task import MULTI_LABEL
+
+    logits = torch.tensor([[2.0, -1.0, 0.3], [-2.0, 1.5, -0.2], [0.5, 0.5, -3.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    probs = MULTI_LABEL.probabilities(logits)
+    assert torch.allclose(probs, 1 / (1 + torch.exp(-logits)))
+    assert MULTI_LABEL.decide(probs.numpy(), np.array([0.5, 0.9, 0.5])).tolist() == [
+        [True, False, True],
+        [False, False, False],
+        [True, False, False],
+    ]
+    bce = -(targets * probs.log() + (1 - targets) * (1 - probs).log()).mean()
+    assert float(MULTI_LABEL.loss(logits, targets)) == pytest.approx(float(bce), rel=1e-6)
+    weighted = MULTI_LABEL.loss_module(torch.tensor([3.0, 1.0, 1.0]))(logits, targets)
+    assert float(weighted) > float(bce)  # the positives of label 0 weigh three times
+    expected = average_precision_score(targets.numpy(), probs.numpy(), average="macro")
+    assert MULTI_LABEL.score(probs.numpy(), targets.numpy()) == pytest.approx(expected)
+    assert MULTI_LABEL.metric_of(logits, targets) == pytest.approx(expected)
+    no_positive = targets.clone()
+    no_positive[:, 2] = 0  # a label absent from the split leaves the mean instead of counting as 0
+    present = average_precision_score(no_positive.numpy()[:, :2], probs.numpy()[:, :2], average="macro")
+    assert MULTI_LABEL.score(probs.numpy(), no_positive.numpy()) == pytest.approx(present)
+    members = [torch.tensor([[4.0, -4.0]]), torch.tensor([[-4.0, 0.0]])]
+    mean = torch.stack([m.sigmoid() for m in members]).mean(0)
+    assert torch.allclose(MULTI_LABEL.probabilities(MULTI_LABEL.mean_log_probabilities(members)), mean, atol=1e-6)
+    with pytest.raises(ValueError, match="single-label option"):
+        MULTI_LABEL.loss_module(label_smoothing=0.1)
+
+
+def test_thresholds_are_each_labels_f1_best_on_validation_and_rare_labels_take_the_global_one():
+    from smallvision.task import MULTI_LABEL
+
+    rng = np.random.default_rng(0)
+    n = 200
+    truth = np.zeros((n, 3), dtype=np.float32)
+    truth[:, 0] = rng.random(n) < 0.5
+    truth[:, 1] = rng.random(n) < 0.5
+    truth[:3, 2] = 1  # three positives: too few to tune
+    probs = np.empty((n, 3), dtype=np.float32)
+    probs[:, 0] = np.where(truth[:, 0] > 0, rng.uniform(0.30, 0.40, n), rng.uniform(0.0, 0.25, n))  # cut near 0.3
+    probs[:, 1] = np.where(truth[:, 1] > 0, rng.uniform(0.85, 1.0, n), rng.uniform(0.0, 0.75, n))  # cut near 0.8
+    probs[:, 2] = rng.uniform(0, 1, n)
+    chosen, glob = MULTI_LABEL.thresholds(probs, truth)
+    assert 0.25 < chosen[0] <= 0.30 + 1e-6 and 0.75 - 1e-6 <= chosen[1] <= 0.85 + 1e-6
+    assert chosen[2] == pytest.approx(glob)
+    pred = MULTI_LABEL.decide(probs[:, :2], chosen[:2])
+    assert (pred == (truth[:, :2] > 0)).all()

@@ -149,10 +149,10 @@ def scan(
     plan = plan or SplitPlan()
     root = _dataset_root(data)
     table_path = Path(labels).expanduser() if labels else find_labels_file(root)
-    if table_path is not None and task != "single" or labels:
+    if table_path is not None:  # a labels file says what each image is, whatever folders the images sit in
         from smallvision.data.labelled import scan_labelled
 
-        if table_path is None or not table_path.is_file():
+        if not table_path.is_file():
             raise SmallvisionError(f"{table_path}: no such labels file; give --labels a CSV (filename,labels)")
         return scan_labelled(root, table_path, plan, carve, task)
     if task == "multi":

@@ -1,0 +1,158 @@
+"""Multi-label end to end on generated folders (images holding any of three shapes, listed in labels.csv): training
+keeps its epoch on macro mAP, thresholds are chosen on validation and saved, the metrics, report, predictions and
+evaluate agree with each other and with what a user reads."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from smallvision import api
+from smallvision.errors import SmallvisionError
+from smallvision.models.folder import read_card
+from tests.imagegen import SHAPES, make_multilabel_folder
+from tests.runs import decode_png, history_rows
+from tests.test_cli import cli
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_multilabel_folder(tmp_path_factory.mktemp("ml") / "shapes", n=90, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlrun") / "run"
+    return api.train(data, recipe="features", image_size=64, epochs=20, test_fraction=0.2, out=out, progress=False)
+
+
+def _truth(data: Path) -> dict[str, set[str]]:
+    rows = csv.DictReader(io.StringIO((data / "labels.csv").read_text()))
+    return {r["filename"]: set(r["labels"].split()) for r in rows}
+
+
+def test_a_features_run_keeps_its_epoch_on_macro_map_and_saves_its_thresholds(run):
+    m = json.loads((run.run_dir / "metrics.json").read_text())
+    assert m["task"] == "multi_label" and "val_accuracy" not in m
+    assert m["val_map"] == m["val"]["map_macro"] > 0.85 and m["test_map"] == m["test"]["map_macro"] > 0.7
+    low, high = m["test"]["map_macro_ci95"]
+    assert low <= m["test_map"] <= high
+    history = history_rows(run.run_dir)
+    scores = [float(r["val_map"]) for r in history]
+    assert "val_accuracy" not in history[0] and max(scores) == scores[m["best_epoch"] - 1]
+    card = read_card(run.model_dir)
+    assert card.task == "multi_label" and len(card.thresholds) == 3 and all(0 < t < 1 for t in card.thresholds)
+    assert set(m["val"]["per_label"]) == set(SHAPES) and 0 <= m["val"]["hamming_loss"] <= 1
+    assert m["val"]["cardinality"]["true"] == pytest.approx(
+        sum(v["support"] for v in m["val"]["per_label"].values()) / m["val"]["n"]
+    )
+
+
+def test_the_reported_map_is_scikit_learns_on_the_saved_predictions(run, data):
+    rows = list(csv.DictReader((run.run_dir / "predictions_test.csv").open()))
+    truth = _truth(data)
+    labels = sorted(SHAPES)
+    y = np.array([[name in truth[Path(r["path"]).name] for name in labels] for r in rows])
+    p = np.array([[float(r[name]) for name in labels] for r in rows])
+    m = run.metrics
+    assert average_precision_score(y, p, average="macro") == pytest.approx(m["test_map"], abs=1e-5)
+    cuts = read_card(run.model_dir).thresholds
+    predicted = [set(r["predicted"].split()) for r in rows]
+    assert predicted == [{n for n, v, t in zip(labels, row, cuts, strict=True) if v >= t} for row in p]
+    assert [set(r["labels"].split()) for r in rows] == [truth[Path(r["path"]).name] for r in rows]
+
+
+def test_the_report_opens_on_macro_map_and_embeds_its_figures(run):
+    page = (run.run_dir / "report.html").read_text()
+    verdict = re.search(r"<h1>macro mAP ([\d.]+)% on the test split", page)
+    assert verdict and float(verdict.group(1)) == pytest.approx(100 * run.metrics["test_map"], abs=0.05)
+    for section in ("rarest", "per-label", "most-wrong", "fig-label_pr", "fig-cooccurrence", "fig-curves"):
+        assert f"id='{section}'" in page or f'id="{section}"' in page, section
+    assert page.count("data:image/png;base64,") == 4
+    for stem in ("label_pr", "cooccurrence", "curves", "label_calibration"):
+        image = decode_png(run.run_dir / "figures" / f"{stem}.png")
+        assert image.std() > 5, stem  # drawn, not blank
+
+
+def test_evaluate_on_the_run_folder_reproduces_the_test_split_numbers(run, data):
+    m = api.evaluate(run.model_dir, data)
+    assert m["split"] == "test" and m["map_macro"] == pytest.approx(run.metrics["test_map"], abs=1e-6)
+    assert m["f1_samples"] == pytest.approx(run.metrics["test"]["f1_samples"], abs=1e-6)
+
+
+def test_evaluate_scores_another_labelled_folder_by_label_name_and_refuses_unknown_labels(run, tmp_path):
+    other = make_multilabel_folder(tmp_path / "other", n=40, seed=9)
+    m = api.evaluate(run.model_dir, other)
+    assert m["split"] == "all" or m["n"] == 40
+    assert m["map_macro"] > 0.6
+    bad = make_multilabel_folder(tmp_path / "bad", n=10, seed=4, kinds=("circle", "star"))
+    with pytest.raises(SmallvisionError, match="label\\(s\\) star unknown to the model"):
+        api.evaluate(run.model_dir, bad)
+
+
+def test_predict_gives_labels_at_the_models_thresholds_or_the_ones_given(run, data, tmp_path):
+    images = sorted((data / "images").iterdir())[:6]
+    preds = api.predict(run.model_dir, images)
+    cuts = dict(zip(sorted(SHAPES), read_card(run.model_dir).thresholds, strict=True))
+    for p in preds:
+        assert {n for n, _ in p.labels} == {n for n, v in p.scores.items() if v >= cuts[n]}
+    strict = api.predict(run.model_dir, images, threshold=0.999)
+    assert sum(len(p.labels) for p in strict) < sum(len(p.labels) for p in preds)
+    file = tmp_path / "t.csv"
+    file.write_text("label,threshold\ncircle,0.01\n")
+    loose = api.predict(run.model_dir, images, threshold=file)
+    assert all("circle" in {n for n, _ in p.labels} for p in loose)
+    file.write_text("label,threshold\nunicorn,0.5\n")
+    with pytest.raises(SmallvisionError, match="label\\(s\\) the model does not have: unicorn"):
+        api.predict(run.model_dir, images, threshold=file)
+
+
+def test_the_cli_prints_label_sets_and_writes_one_probability_column_per_label(run, data):
+    image = sorted((data / "images").iterdir())[0]
+    done = cli("predict", run.model_dir, image, "--csv", "-", "--threshold", "0.5")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert list(rows[0]) == ["path", "labels", *sorted(SHAPES), "error"]
+    assert set(rows[0]["labels"].split()) == {n for n in SHAPES if float(rows[0][n]) >= 0.5}
+    shown = cli("predict", run.model_dir, image)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"{image}: ")
+
+
+def test_a_multi_label_folder_refuses_label_smoothing_and_per_class_minimums(data, tmp_path):
+    with pytest.raises(SmallvisionError, match="--label-smoothing 0.1: .* is multi-label"):
+        api.train(data, recipe="features", label_smoothing=0.1, out=tmp_path / "a", progress=False)
+    with pytest.raises(SmallvisionError, match="--min-val-per-class: a multi-label split is carved by share"):
+        api.train(data, recipe="features", min_val_per_class=2, out=tmp_path / "b", progress=False)
+
+
+def test_an_end_to_end_stage_on_lightning_scores_macro_map_per_epoch(data, tmp_path):
+    run = api.train(
+        data,
+        recipe="scratch",
+        image_size=32,
+        epochs=3,
+        precision="32-true",  # validated as the saved model runs: the epoch's score is the saved model's, exactly
+        out=tmp_path / "scratch",
+        progress=False,
+        report=False,
+    )
+    history = history_rows(run.run_dir)
+    assert [r["epoch"] for r in history] == ["1", "2", "3"] and {"train_map", "val_map"} <= set(history[0])
+    kept = float(history[run.metrics["best_epoch"] - 1]["val_map"])
+    assert kept == max(float(r["val_map"]) for r in history)
+    # the epoch's mAP (Lightning, over the gathered logits) is the saved model's mAP on validation
+    assert run.metrics["val_map"] == pytest.approx(kept, abs=1e-4)
+
+
+def test_balanced_class_weights_are_each_labels_negatives_over_positives():
+    from smallvision.engine.stage import class_weight_tensor
+
+    targets = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float32)
+    assert class_weight_tensor("balanced", targets, 2).tolist() == pytest.approx([1 / 3, 3.0])
