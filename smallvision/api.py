@@ -855,10 +855,9 @@ def _model_metrics(card, index, items: list, probs: np.ndarray) -> dict:
     """The metrics of a model's probabilities on scanned `items`, their labels matched to the model's by name."""
     if card.task == "multi_label":
         from smallvision.evaluation.multilabel import multilabel_metrics
+        from smallvision.task import MULTI_LABEL
 
-        targets = np.zeros((len(items), len(card.classes)), dtype=np.float32)
-        for row, it in enumerate(items):
-            targets[row, [card.classes.index(index.classes[j]) for j in it.labels]] = 1
+        targets = MULTI_LABEL.targets_by_name(items, index.classes, card.classes)
         return multilabel_metrics(targets, probs, card.classes, np.asarray(card.thresholds))
     from smallvision.evaluation.metrics import classification_metrics
 

@@ -510,23 +510,30 @@ def export(
     typer.echo(f"{format}: {result['path']} ({entry['size_bytes'] / 1e6:.1f} MB)")
     typer.echo(
         f"check against {check['compared_with']}: {check['images']} images ({check['source']}): "
-        f"top-1 agreement {check['top1_agreement']:.4f}, "
-        f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g}): "
-        + ("passed" if check["passed"] else "FAILED")
+        f"{_agreement(check)}, max |probability difference| {check['max_abs_diff']:.2e} "
+        f"(tolerance {check['tolerance']:g}): " + ("passed" if check["passed"] else "FAILED")
     )
     if int8:
         _echo_int8(result["int8_path"], record["int8"])
     typer.echo(f"record: {result['export_json']}")
 
 
+def _agreement(check: dict) -> str:
+    """An export check's decision agreement in words: top-1 classes, or a multi-label model's thresholded labels."""
+    if "labels_agreement" in check:
+        return f"thresholded-label agreement {check['labels_agreement']:.4f}"
+    return f"top-1 agreement {check['top1_agreement']:.4f}"
+
+
 def _echo_int8(path: str, q: dict) -> None:
     """What `export --int8` measured: the int8 file's size, its accuracy against fp32 and its speed."""
     typer.echo(f"int8: {path} ({q['size_bytes'] / 1e6:.1f} MB, fp32 {q['fp32_size_bytes'] / 1e6:.1f} MB)")
     typer.echo(
-        f"int8 accuracy on {q['check']['images']} val images: {q['accuracy_fp32']:.4f} (fp32 ONNX) -> "
+        f"int8 {q.get('metric', 'accuracy')} on {q['check']['images']} val images: {q['accuracy_fp32']:.4f} "
+        "(fp32 ONNX) -> "
         f"{q['accuracy_int8']:.4f} (int8), drop {q['accuracy_drop_points']:.2f} points "
         f"(tolerance {q['check']['accuracy_tolerance_points']:g} points); "
-        f"top-1 agreement with fp32 {q['check']['top1_agreement']:.4f}"
+        f"{_agreement(q['check'])} with fp32"
     )
     typer.echo(
         f"images/s (onnxruntime, CPU, batch 32): fp32 {q['fp32_images_per_second']:.0f}, "

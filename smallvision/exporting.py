@@ -27,7 +27,7 @@ from torch import nn
 
 from smallvision import atomic, runtime
 from smallvision.errors import SmallvisionError
-from smallvision.task import SINGLE_LABEL
+from smallvision.task import METRIC_NAMES, MULTI_LABEL, SINGLE_LABEL, task_named
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,17 @@ class CheckImages:
 
 
 class Uint8Classifier(nn.Module):
-    """The exported computation: uint8 NHWC RGB in, softmax probabilities out, around a [0, 1] NCHW network."""
+    """The exported computation: uint8 NHWC RGB in, the task's probabilities out (softmax; a multi-label model's
+    sigmoids), around a [0, 1] NCHW network."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Scale to [0, 1], move channels first, run the network (it normalizes), softmax."""
+        """Scale to [0, 1], move channels first, run the network (it normalizes), the task's probabilities."""
         x = images.permute(0, 3, 1, 2).float() / PIXEL_SCALE
-        return SINGLE_LABEL.probabilities(self.network(x).float())
+        return self.network.task.probabilities(self.network(x).float())
 
 
 def metadata(card) -> dict[str, str]:
@@ -74,6 +75,8 @@ def metadata(card) -> dict[str, str]:
         "backbones": [b.name for b in card.backbones],
         "head": card.head.model_dump(),
         "tta": card.tta,
+        "task": card.task,
+        "thresholds": card.thresholds,  # a multi-label model's per-label thresholds, chosen on validation
         "metrics": card.metrics,
         "versions": card.versions,
     }
@@ -106,24 +109,37 @@ PYTORCH = "the PyTorch model"
 FP32_EXPORT = "the checked fp32 ONNX export"
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, compared_with: str) -> dict[str, Any]:
-    """How an export's probabilities agree with `compared_with`'s (the reference) on the same images."""
-    agree = SINGLE_LABEL.decide(reference) == SINGLE_LABEL.decide(candidate)
+def _agreement(reference: np.ndarray, candidate: np.ndarray, card) -> tuple[str, np.ndarray]:
+    """Per image: whether two probability tables decide alike, and what that compares: the top class, or (a
+    multi-label model) every label at its threshold."""
+    if card.task == "multi_label":
+        cuts = np.asarray(card.thresholds)
+        same = (MULTI_LABEL.decide(reference, cuts) == MULTI_LABEL.decide(candidate, cuts)).all(1)
+        return "labels", same
+    return "top1", SINGLE_LABEL.decide(reference) == SINGLE_LABEL.decide(candidate)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, compared_with: str, card) -> dict:
+    """How an export's probabilities agree with `compared_with`'s (the reference) on the same images: decisions
+    (top1_* or, multi-label, labels_*: every thresholded label) and the largest probability difference."""
+    kind, agree = _agreement(reference, candidate, card)
     return {
         "images": len(reference),
         "source": check.source,
         "compared_with": compared_with,
-        "top1_agreement": float(agree.mean()),
-        "top1_differ": int((~agree).sum()),
+        f"{kind}_agreement": float(agree.mean()),
+        f"{kind}_differ": int((~agree).sum()),
         "max_abs_diff": float(np.abs(reference.astype(np.float64) - candidate).max()),
     }
 
 
-def fp32_check(reference: np.ndarray, candidate: np.ndarray, check: CheckImages) -> dict[str, Any]:
-    """The check record of an fp32 export against the PyTorch model: every top-1 equal, probabilities within 1e-4."""
-    result = compare(reference, candidate, check, PYTORCH)
+def fp32_check(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, card) -> dict[str, Any]:
+    """The check record of an fp32 export against the PyTorch model: every decision equal (top-1, or each label at
+    its threshold), probabilities within 1e-4."""
+    result = compare(reference, candidate, check, PYTORCH, card)
+    differ = result.get("top1_differ", result.get("labels_differ"))
     result["tolerance"] = FP32_TOLERANCE  # a probability difference
-    result["passed"] = bool(result["top1_differ"] == 0 and result["max_abs_diff"] <= FP32_TOLERANCE)
+    result["passed"] = bool(differ == 0 and result["max_abs_diff"] <= FP32_TOLERANCE)
     return result
 
 
@@ -133,10 +149,17 @@ def _refuse_if_failed(result: dict[str, Any], what: str, dest: Path) -> None:
         return
     raise ExportCheckError(
         f"{dest}: the {what} export disagrees with the PyTorch model on {result['images']} images "
-        f"({result['source']}): {result['top1_differ']} top-1 classes differ, max |probability difference| "
+        f"({result['source']}): {_differ_words(result)}, max |probability difference| "
         f"{result['max_abs_diff']:.3g} (tolerance {result['tolerance']:g}); nothing was written there. "
         "The export is wrong, not your model: report it with the model's smallvision.json"
     )
+
+
+def _differ_words(result: dict[str, Any]) -> str:
+    """How many decisions differ, in words: top-1 classes, or images whose thresholded labels differ."""
+    if "labels_differ" in result:
+        return f"{result['labels_differ']} image(s) with different labels at the thresholds"
+    return f"{result['top1_differ']} top-1 classes differ"
 
 
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
@@ -203,7 +226,7 @@ def _export_checked(write, run, what: str, network: nn.Module, card, dest: Path,
     with atomic.atomic_path(dest) as tmp:
         write(network, card, tmp)
         seconds = time.perf_counter() - start
-        result = fp32_check(reference, run(tmp, check.images), check)
+        result = fp32_check(reference, run(tmp, check.images), check, card)
         _refuse_if_failed(result, what, dest)
         size, sha = tmp.stat().st_size, runtime.file_sha256(tmp)
     return {
@@ -314,18 +337,20 @@ def export_int8(
         write_int8(fp32, card, tmp, calibration.images)
         seconds = time.perf_counter() - start
         before, after = run_onnx(fp32, val.images), run_onnx(tmp, val.images)
-        acc_fp32, acc_int8 = SINGLE_LABEL.score(before, val.labels), SINGLE_LABEL.score(after, val.labels)
+        task = task_named(card.task)  # accuracy, or a multi-label model's macro mAP
+        acc_fp32, acc_int8 = task.score(before, val.labels), task.score(after, val.labels)
         drop = (acc_fp32 - acc_int8) * 100
-        result = compare(before, after, val, FP32_EXPORT)
+        result = compare(before, after, val, FP32_EXPORT, card)
         result["accuracy_tolerance_points"] = tolerance
         result["passed"] = bool(drop <= tolerance)
         result["criterion"] = (
-            "accuracy drop on the val split, in points, at most accuracy_tolerance_points; top-1 agreement and "
-            "max_abs_diff compare the int8 export with the checked fp32 ONNX export"
+            f"{METRIC_NAMES[task.metric]} drop on the val split, in points, at most accuracy_tolerance_points; "
+            "decision agreement and max_abs_diff compare the int8 export with the checked fp32 ONNX export"
         )
         if not result["passed"]:
             raise Int8RefusedError(
-                f"{dest}: int8 refused: accuracy on {val.source} fell from {acc_fp32:.2%} (fp32 ONNX) to "
+                f"{dest}: int8 refused: {METRIC_NAMES[task.metric]} on {val.source} fell from {acc_fp32:.2%} "
+                "(fp32 ONNX) to "
                 f"{acc_int8:.2%} (int8), a drop of {drop:.2f} points > tolerance {tolerance:g}; no int8 file was "
                 f"written ({fp32.name}, checked, was). Accept it with --int8-tolerance {np.ceil(drop * 100) / 100:g}"
             )
@@ -333,6 +358,7 @@ def export_int8(
             "file": dest.name,
             "file_sha256": runtime.file_sha256(tmp),
             "check": result,
+            "metric": METRIC_NAMES[task.metric],  # what accuracy_fp32/_int8 hold: accuracy, or macro mAP
             "accuracy_fp32": acc_fp32,
             "accuracy_int8": acc_int8,
             "accuracy_drop_points": drop,
@@ -417,15 +443,17 @@ def split_images(card, index, split: str, limit: int, why: str) -> CheckImages:
     items = _spread(index.split(split), limit)
     if not items:
         raise SmallvisionError(f"{index.root}: the run's {split} split is empty; {why} needs its images")
-    unknown = sorted({index.classes[it.label] for it in items} - set(card.classes))
+    unknown = sorted({index.classes[j] for it in items for j in it.label_set} - set(card.classes))
     if unknown:
-        raise SmallvisionError(f"{index.root}: class folder(s) {', '.join(unknown)} unknown to the model")
+        raise SmallvisionError(f"{index.root}: class(es) or label(s) {', '.join(unknown)} unknown to the model")
     images, failed = decoded_images(
         [it.path for it in items], [it.digest for it in items], card.image_size, progress=False
     )
-    labels = np.array(
-        [card.classes.index(index.classes[it.label]) for pos, it in enumerate(items) if pos not in failed]
-    )
+    kept = [it for pos, it in enumerate(items) if pos not in failed]
+    if card.task == "multi_label":
+        labels = MULTI_LABEL.targets_by_name(kept, index.classes, card.classes)
+    else:
+        labels = np.array([card.classes.index(index.classes[it.label]) for it in kept])
     total = len(index.split(split))
     spread = f", {len(items)} of its {total} spread over it" if len(items) < total else ""
     unread = f", {len(failed)} unreadable skipped" if failed else ""

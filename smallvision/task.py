@@ -103,6 +103,14 @@ class MultiLabel:
             out[row, list(it.labels)] = 1.0
         return out
 
+    def targets_by_name(self, items: list, names: list[str], classes: list[str]) -> np.ndarray:
+        """Multi-hot rows over `classes` for items whose label indices point into `names` (another folder's labels,
+        matched to a model's by name)."""
+        out = np.zeros((len(items), len(classes)), dtype=np.float32)
+        for row, it in enumerate(items):
+            out[row, [classes.index(names[j]) for j in it.labels]] = 1.0
+        return out
+
     def loss_module(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.nn.Module:
         """Binary cross-entropy on logits, with optional per-label positive weights (`weight`) for imbalance."""
         import torch

@@ -156,3 +156,22 @@ def test_balanced_class_weights_are_each_labels_negatives_over_positives():
 
     targets = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float32)
     assert class_weight_tensor("balanced", targets, 2).tolist() == pytest.approx([1 / 3, 3.0])
+
+
+def test_the_onnx_export_has_the_sigmoid_and_thresholds_and_is_checked_in_onnxruntime(run, data):
+    from smallvision.runtime import OnnxClassifier
+
+    result = api.export(run.model_dir, "onnx")
+    check = result["record"]["onnx"]["check"]
+    assert check["passed"] and check["labels_agreement"] == 1.0 and check["max_abs_diff"] <= 1e-4
+    clf = OnnxClassifier.load(result["path"])
+    assert clf.card["task"] == "multi_label" and clf.card["thresholds"] == read_card(run.model_dir).thresholds
+    images = sorted((data / "images").iterdir())[:8]
+    onnx = api.predict(run.model_dir, images, onnx=True)
+    torch_preds = api.predict(run.model_dir, images)
+    assert [p.labels and [n for n, _ in p.labels] for p in onnx] == [
+        p.labels and [n for n, _ in p.labels] for p in torch_preds
+    ]
+    rows = np.array([list(p.scores.values()) for p in onnx])
+    assert not np.allclose(rows.sum(1), 1.0)  # independent sigmoids, not a softmax
+    assert np.abs(rows - np.array([list(p.scores.values()) for p in torch_preds])).max() <= 1e-4

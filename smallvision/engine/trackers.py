@@ -23,7 +23,8 @@ from smallvision.errors import SmallvisionError
 log = logging.getLogger(__name__)
 
 TRACKERS = typing.get_args(TrainerConfig.model_fields["logger"].annotation)  # the config field's choices
-EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+# A history row's metrics: loss and the task's metric (accuracy; map for multi-label), train and val.
+EPOCH_METRICS = tuple(f"{split}_{m}" for split in ("train", "val") for m in ("loss", "accuracy", "map"))
 _MODULE = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 _MLFLOW_ENV = ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI")  # set_tracking_uri also sets MLFLOW_TRACKING_URI
 _LIGHTNING_MLFLOW = "lightning.pytorch.loggers.mlflow"
@@ -123,10 +124,11 @@ def log_epoch(logger, row: dict[str, Any]) -> None:
 
 
 def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The run's headline numbers as `final/<name>`: accuracy, loss and macro F1 of each evaluated split, seconds."""
+    """The run's headline numbers as `final/<name>`: accuracy (macro and micro mAP and sample F1 for multi-label),
+    loss and macro F1 of each evaluated split, seconds."""
     out = {}
     for split in ("val", "test"):
-        for key in ("accuracy", "loss", "f1_macro"):
+        for key in ("accuracy", "loss", "f1_macro", "map_macro", "map_micro", "f1_samples"):
             value = (summary.get(split) or {}).get(key)
             if value is not None:
                 out[f"final/{split}_{key}"] = float(value)

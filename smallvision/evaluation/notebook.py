@@ -62,11 +62,13 @@ def _confusion(run_dir: Path | None, split: dict[str, Any], split_name: str, cla
 
 
 def _verdict(label: str, split: dict[str, Any], details: list[str]) -> str:
-    return (
-        f'<div class="sv-big">{split["accuracy"]:.1%} {_esc(label)} accuracy</div>'
-        f"<div>n={split['n']} images · macro F1 {split['f1_macro']:.3f}</div>"
-        + "".join(f"<div>{d}</div>" for d in details)
-    )
+    if split.get("task") == "multi_label":
+        big = f"{split['map_macro']:.1%} {_esc(label)} macro mAP"
+        small = f"n={split['n']} images · sample F1 {split['f1_samples']:.3f} · micro mAP {split['map_micro']:.3f}"
+    else:
+        big = f"{split['accuracy']:.1%} {_esc(label)} accuracy"
+        small = f"n={split['n']} images · macro F1 {split['f1_macro']:.3f}"
+    return f'<div class="sv-big">{big}</div><div>{small}</div>' + "".join(f"<div>{d}</div>" for d in details)
 
 
 def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
@@ -89,8 +91,9 @@ def run_html(run_dir: Path, model_dir: Path, metrics: dict[str, Any]) -> str:
     words = selection_words(metrics.get("selection"))
     caveat = validation_caveat(headline_values(metrics))
     if name == "test":
+        short, word = ("map", "macro mAP") if "val_map" in metrics else ("accuracy", "accuracy")
         details.append(
-            f"validation accuracy {metrics['val_accuracy']:.1%} (n={metrics['val']['n']})"
+            f"validation {word} {metrics[f'val_{short}']:.1%} (n={metrics['val']['n']})"
             + (f", {_esc(words)}" if words else "")
         )
     else:

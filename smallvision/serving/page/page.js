@@ -25,7 +25,9 @@ async function describeModel() {
       document.getElementById("export-line").textContent =
         `Served from ${model.export.file}, checked against ${check.compared_with || "the PyTorch model"} on ` +
         `${check.images} images: ` +
-        `top-1 agreement ${(100 * check.top1_agreement).toFixed(1)}%, largest probability difference ` +
+        (check.labels_agreement !== undefined
+          ? `thresholded-label agreement ${(100 * check.labels_agreement).toFixed(1)}%`
+          : `top-1 agreement ${(100 * check.top1_agreement).toFixed(1)}%`) + `, largest probability difference ` +
         `${Number(check.max_abs_diff).toExponential(1)}`;
     }
     document.getElementById("report-link").hidden = !model.report;
