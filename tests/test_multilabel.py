@@ -19,6 +19,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.models.folder import read_card
 from tests.imagegen import SHAPES, make_multilabel_folder
 from tests.runs import decode_png, history_rows
+from tests.serving.test_page import browser  # noqa: F401  (the headless Chromium fixture)
 from tests.test_cli import cli
 
 
@@ -175,3 +176,38 @@ def test_the_onnx_export_has_the_sigmoid_and_thresholds_and_is_checked_in_onnxru
     rows = np.array([list(p.scores.values()) for p in onnx])
     assert not np.allclose(rows.sum(1), 1.0)  # independent sigmoids, not a softmax
     assert np.abs(rows - np.array([list(p.scores.values()) for p in torch_preds])).max() <= 1e-4
+
+
+def test_the_server_answers_the_label_set_and_the_page_shows_it_as_chips(run, data, browser):  # noqa: F811
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from smallvision.serving import create_app
+    from tests.serving.conftest import running
+
+    api.export(run.model_dir)
+    cuts = read_card(run.model_dir).thresholds
+    picked = sorted((data / "images").iterdir())[:2]
+    with running(create_app(run.model_dir)) as url:
+        info = httpx.get(f"{url}/model").json()
+        assert info["task"] == "multi_label" and info["thresholds"] == cuts
+        assert info["headline"].startswith(f"test macro mAP {100 * run.metrics['test_map']:.1f}%")
+        answers = {}
+        for image in picked:
+            got = httpx.post(f"{url}/predict", files={"files": (image.name, image.read_bytes())}).json()
+            p = got["predictions"][0]
+            above = {n for (n, v), t in zip(p["probabilities"].items(), cuts, strict=True) if v >= t}
+            assert {e["label"] for e in p["labels"]} == above
+            answers[image.name] = [e["label"] for e in p["labels"]]
+        browser.get(f"{url}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: "macro mAP" in d.find_element(By.ID, "model-line").text)
+        assert browser.find_element(By.ID, "classes").text.startswith("Labels (any number per picture): ")
+        assert "thresholded-label agreement 100.0%" in browser.find_element(By.ID, "export-line").text
+        browser.find_element(By.ID, "picker").send_keys("\n".join(str(p) for p in picked))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card[data-state='done']")) == 2)
+        for card in browser.find_elements(By.CSS_SELECTOR, "#results .card"):
+            name = card.find_element(By.CSS_SELECTOR, ".name").text
+            chips = [c.text.rsplit(" ", 1)[0] for c in card.find_elements(By.CSS_SELECTOR, ".chip")]
+            assert chips == answers[name] and card.get_attribute("data-labels") == " ".join(answers[name])

@@ -32,6 +32,7 @@ from smallvision.serving.uploads import (
     parse_multipart,
     read_body,
 )
+from smallvision.task import MULTI_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ def _model_info(model_dir: Path, classifier: OnnxClassifier, int8: bool, report:
     return {
         "name": model_dir.resolve().parent.name if model_dir.resolve().name == "model" else model_dir.resolve().name,
         "classes": classifier.classes,
+        "task": card.get("task", "single_label"),
+        "thresholds": card.get("thresholds"),  # a multi-label model's, per label (chosen on validation)
         "image_size": classifier.image_size,
         "resize": classifier.session.get_modelmeta().custom_metadata_map.get("smallvision.resize"),
         "recipe": card.get("recipe"),
@@ -281,9 +284,24 @@ def _predict_route(app: FastAPI, served: Served) -> None:
         except Exception as e:  # the model (or a decoder) failed: this request gets a JSON 500, the server goes on
             log.exception("predict failed")
             return JSONResponse({"detail": f"the server failed on this request: {e}"}, status_code=500)
-        tops = served.classifier.top_k(np.stack(probs), top_k or served.options.top_k)
+        rows = np.stack(probs)
+        tops = served.classifier.top_k(rows, top_k or served.options.top_k)
         predictions = [
             {"name": u.name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
-            for u, top in zip(uploads, tops, strict=True)
+            | _label_set(served.classifier, row)
+            for u, top, row in zip(uploads, tops, rows, strict=True)
         ]
         return JSONResponse({"predictions": predictions})
+
+
+def _label_set(classifier: OnnxClassifier, row: np.ndarray) -> dict[str, Any]:
+    """A multi-label model's answer beside the top-k: the labels at or above their thresholds (most probable first)
+    and every label's probability; nothing for a single-label model."""
+    cuts = classifier.card.get("thresholds")
+    if classifier.card.get("task") != "multi_label" or cuts is None:
+        return {}
+    above = [j for j in np.argsort(-row, kind="stable") if MULTI_LABEL.decide(row[j], cuts[j])]
+    return {
+        "labels": [{"label": classifier.classes[j], "probability": round(float(row[j]), 6)} for j in above],
+        "probabilities": {c: round(float(v), 6) for c, v in zip(classifier.classes, row, strict=True)},
+    }

@@ -19,7 +19,9 @@ async function describeModel() {
     const model = await response.json();
     document.getElementById("model-line").textContent =
       `${model.name}: ${model.recipe || "model"} at ${model.image_size} px, ${model.headline}`;
-    document.getElementById("classes").textContent = `Classes: ${model.classes.join(", ")}`;
+    const multi = model.task === "multi_label";
+    document.getElementById("classes").textContent =
+      `${multi ? "Labels (any number per picture)" : "Classes"}: ${model.classes.join(", ")}`;
     const check = model.export && model.export.check;
     if (check) {
       document.getElementById("export-line").textContent =
@@ -55,6 +57,17 @@ function showTop(card, top) {
   card.dataset.top = top[0].class;
 }
 
+function showLabels(card, labels) {
+  // a multi-label model: the labels at or above their thresholds, as chips with their probabilities
+  const chips = element("div", "chips");
+  if (!labels.length) chips.append(element("span", "none", "no label at or above its threshold"));
+  for (const entry of labels) {
+    chips.append(element("span", "chip", `${entry.label} ${(100 * entry.probability).toFixed(1)}%`));
+  }
+  card.querySelector(".bars").before(chips);
+  card.dataset.labels = labels.map((entry) => entry.label).join(" ");
+}
+
 async function classify(file) {
   const card = element("article", "card");
   card.dataset.state = "pending";
@@ -75,7 +88,9 @@ async function classify(file) {
       throw new Error(`HTTP ${response.status}: ${why}`);
     }
     if (!answer) throw new Error(`HTTP ${response.status}: the answer is not JSON`);
-    showTop(card, answer.predictions[0].top);
+    const prediction = answer.predictions[0];
+    showTop(card, prediction.top);
+    if (prediction.labels) showLabels(card, prediction.labels);
   } catch (error) {
     card.dataset.state = "error";
     card.querySelector(".status").textContent = `Not classified: ${error.message}`;
