@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from smallvision.data.index import DatasetIndex, ImageItem
-from smallvision.task import SINGLE_LABEL
+from smallvision.task import MULTI_LABEL, SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,53 @@ def suspects(items: list[ImageItem], features: np.ndarray, classes: list[str], t
     return out
 
 
+def always_alone(items: list[ImageItem], classes: list[str]) -> list[Finding]:
+    """Multi-label: labels that never occur together with another one (a class of their own, or labelled one way
+    by one annotator and another way by the rest)."""
+    out = []
+    for j, name in enumerate(classes):
+        holders = [it for it in items if j in it.labels]
+        if len(holders) >= 2 and all(len(it.labels) == 1 for it in holders):
+            detail = f"{len(holders)} images, never with another label: a class of its own, or labelled differently"
+            out.append(Finding("label always alone", 0.3, [name], detail))
+    return out
+
+
+def multilabel_suspects(items: list[ImageItem], features: np.ndarray, classes: list[str]) -> list[Finding]:
+    """Images whose labels cleanlab doubts: its multi-label find_label_issues on out-of-fold probabilities of a
+    one-vs-rest logistic regression; each names the labels listed but unlikely and the likely ones missing."""
+    from cleanlab.multilabel_classification import get_label_quality_scores
+    from cleanlab.multilabel_classification.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.multiclass import OneVsRestClassifier
+
+    y = MULTI_LABEL.targets(items, len(classes)).astype(int)
+    kept = y.any(0) & ~y.all(0)  # a label on every image, or on none, has nothing to learn
+    if len(items) < 10 or kept.sum() < 2:
+        return []
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    model = OneVsRestClassifier(LogisticRegression(max_iter=2000))
+    with warnings.catch_warnings():  # a rare label absent from one fold's training part: that fold predicts it 0
+        warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
+        warnings.filterwarnings("ignore", message="May not flag all label issues in class")
+        folds = KFold(5, shuffle=True, random_state=0)
+        probs = cross_val_predict(model, x, y[:, kept], method="predict_proba", cv=folds)
+        names = [n for n, k in zip(classes, kept, strict=True) if k]
+        lists = [[int(j) for j in np.flatnonzero(row)] for row in y[:, kept]]
+        ranked = find_label_issues(lists, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    quality = get_label_quality_scores(lists, probs)  # 0..1, low: the label set more likely holds an error
+    out = []
+    for i in ranked:
+        unlikely = [names[j] for j in lists[i] if probs[i, j] < 0.2]
+        missing = [names[j] for j in range(len(names)) if j not in lists[i] and probs[i, j] > 0.8]
+        parts = [f"listed but unlikely: {', '.join(unlikely)}"] * bool(unlikely)
+        parts += [f"likely but not listed: {', '.join(missing)}"] * bool(missing)
+        detail = "out-of-fold: " + ("; ".join(parts) or "its label set as a whole is unlikely")
+        out.append(Finding("probably mislabeled", float(1 - quality[i]), [str(items[i].path)], detail))
+    return out
+
+
 def check_index(
     index: DatasetIndex,
     *,
@@ -232,7 +280,10 @@ def check_index(
         from smallvision.models.weights import resolve_weights
 
         cached = cached_features(good, [resolve_weights(backbone)], image_size, "avg", progress=progress)
-        findings += suspects(cached.items, cached.features, index.classes)
+        doubt = multilabel_suspects if index.task == "multi" else suspects
+        findings += doubt(cached.items, cached.features, index.classes)
+    if index.task == "multi":
+        findings += always_alone(good, index.classes)
     findings.sort(key=lambda f: -f.suspicion)
     kinds: dict[str, int] = defaultdict(int)
     for f in findings:

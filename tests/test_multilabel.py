@@ -211,3 +211,21 @@ def test_the_server_answers_the_label_set_and_the_page_shows_it_as_chips(run, da
             name = card.find_element(By.CSS_SELECTOR, ".name").text
             chips = [c.text.rsplit(" ", 1)[0] for c in card.find_elements(By.CSS_SELECTOR, ".chip")]
             assert chips == answers[name] and card.get_attribute("data-labels") == " ".join(answers[name])
+
+
+def test_check_flags_label_sets_that_were_swapped_and_a_label_that_is_always_alone(tmp_path):
+    root = make_multilabel_folder(tmp_path / "noisy", n=80, seed=11)
+    lines = (root / "labels.csv").read_text().splitlines()
+    swapped = []
+    for row in (5, 17, 29, 41):  # each image gets the complement of its label set
+        name, labels = lines[row].split(",")
+        lines[row] = f"{name},{' '.join(k for k in SHAPES if k not in labels.split())}"
+        swapped.append(name)
+    for row in (50, 60):
+        lines[row] = lines[row].split(",")[0] + ",unicorn"
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    report = api.check(root, image_size=64, progress=False)
+    doubted = [Path(f["paths"][0]).name for f in report["findings"] if f["kind"] == "probably mislabeled"]
+    assert len(set(swapped) & set(doubted[:10])) >= 3, doubted
+    alone = [f for f in report["findings"] if f["kind"] == "label always alone"]
+    assert [f["paths"] for f in alone] == [["unicorn"]]
