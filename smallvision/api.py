@@ -571,8 +571,14 @@ def _multilabel_figures(worker, run_dir: Path, model_dir, cfg, split, held, outc
 
 
 def _refuse_for_task(cfg: RunConfig, index) -> None:
-    """Refuse the options a multi-label run cannot apply (label smoothing spreads one class's mass over the others;
-    independent sigmoids have no others)."""
+    """Refuse the options the folder's task cannot apply: label smoothing spreads one class's mass over the others
+    (independent sigmoids have no others); --loss names a multi-label loss."""
+    if index.task != "multi" and cfg.recipe.loss is not None:
+        raise SmallvisionError(
+            f"--loss {cfg.recipe.loss}: {index.root} is single-label (one class per image), which trains on "
+            "cross-entropy; --loss chooses a multi-label loss (a labels file with several labels per image, or "
+            "--task multi)"
+        )
     if index.task == "multi" and cfg.recipe.label_smoothing:
         raise SmallvisionError(
             f"--label-smoothing {cfg.recipe.label_smoothing:g}: {index.root} is multi-label (its labels file gives "

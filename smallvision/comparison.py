@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from smallvision import atomic
 from smallvision.errors import SmallvisionError
+from smallvision.results import score_of
 
 if TYPE_CHECKING:
     from smallvision.runlog import RunLog
@@ -80,9 +81,10 @@ def plans(recipes: list[str], grid: dict[str, list[Any]]) -> list[Plan]:
 
 
 def _markdown(rows: list[dict]) -> str:
-    head = "| run | recipe | options | val accuracy | macro F1 | seconds |\n|---|---|---|---|---|---|\n"
+    key, name, second, second_name = score_of(rows[0])
+    head = f"| run | recipe | options | val {name} | {second_name} | seconds |\n|---|---|---|---|---|---|\n"
     return head + "".join(
-        f"| {r['run']} | {r['recipe']} | {r['options'] or '-'} | {r['val_accuracy']:.4f} | {r['val_f1_macro']:.4f} "
+        f"| {r['run']} | {r['recipe']} | {r['options'] or '-'} | {r[key]:.4f} | {r[second]:.4f} "
         f"| {r['seconds']:.1f} |\n"
         for r in rows
     )
@@ -242,9 +244,10 @@ def run_compare(
         seconds.setdefault(plan.recipe, []).append(m["seconds"])
         rows.append(_row(plan, m))
         histories[plan.name] = _history(run_dir)
-    best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    key = score_of(rows[0])[0]
+    best = max(rows, key=lambda r: (r[key], -r["val_loss"]))
     best_dir = out / "runs" / best["run"]
-    summary = _tested(steps, best["run"], best_dir, data)
+    summary = _tested(steps, best["run"], best_dir, data, score_of(rows[0])[1])
     summary["seconds"] = round(time.perf_counter() - start, 1)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -260,33 +263,42 @@ def run_compare(
 
 
 def _row(plan, m: dict) -> dict[str, Any]:
-    """results.csv's row of a finished run: its recipe and options, validation numbers and seconds."""
+    """results.csv's row of a finished run: its recipe and options, validation numbers (accuracy and macro F1, or a
+    multi-label run's macro mAP and sample F1) and seconds."""
+    key, _, second, _ = score_of(m)
     return {
         "run": plan.name,
         "recipe": plan.recipe,
         "options": " ".join(f"{k}={v}" for k, v in plan.options.items()),
-        "val_accuracy": m["val_accuracy"],
+        key: m[key],
         "val_loss": m["val_loss"],
-        "val_f1_macro": m["val"]["f1_macro"],
+        second: m["val"][second.removeprefix("val_")],
         "seconds": round(m["seconds"], 1),
     }
 
 
 def _history(run_dir: Path) -> list[dict]:
-    """A run's history.csv rows, validation loss and accuracy as numbers (the curves figure reads them)."""
+    """A run's history.csv rows, validation loss and score as numbers (the curves figure reads them)."""
     rows = list(csv.DictReader(io.StringIO((run_dir / "history.csv").read_text())))
     for h in rows:
-        h["val_accuracy"], h["val_loss"] = float(h["val_accuracy"]), float(h["val_loss"])
+        key = score_of(h)[0]
+        h[key], h["val_loss"] = float(h[key]), float(h["val_loss"])
     return rows
 
 
-def _tested(steps: Steps, best: str, best_dir: Path, data) -> dict[str, Any]:
-    """The summary of the chosen run, tested once on the test split (noted when there is none)."""
-    summary: dict[str, Any] = {"best": best, "chosen_on": "validation accuracy (ties: lower validation loss)"}
+def _tested(steps: Steps, best: str, best_dir: Path, data, name: str = "accuracy") -> dict[str, Any]:
+    """The summary of the chosen run (chosen on validation `name`: accuracy, or macro mAP), tested once on the test
+    split (noted when there is none)."""
+    summary: dict[str, Any] = {"best": best, "chosen_on": f"validation {name} (ties: lower validation loss)"}
     try:
         test = steps.evaluate(best_dir / "model", data, split="test", config=best_dir / "config.yaml")
-        summary["best_test_accuracy"] = test["accuracy"]
-        summary["best_test"] = {k: test[k] for k in ("n", "accuracy", "loss", "f1_macro")}
+        if test.get("task") == "multi_label":
+            summary["best_test_map"] = test["map_macro"]
+            keys = ("n", "task", "map_macro", "map_macro_ci95", "map_micro", "loss", "f1_samples")
+        else:
+            summary["best_test_accuracy"] = test["accuracy"]
+            keys = ("n", "accuracy", "loss", "f1_macro")
+        summary["best_test"] = {k: test[k] for k in keys}
     except SmallvisionError as e:
         summary["best_test_accuracy"] = None
         summary["test_note"] = f"no test split evaluated ({e})"
@@ -297,5 +309,6 @@ def _page(out: Path, rows: list[dict], summary: dict) -> Path:
     """The compare page (evaluation/report.py renders it from results.json and the runs' folders)."""
     from smallvision.evaluation.report import write_compare_report
 
-    log.info("compare: %s", json.dumps({"best": summary["best"], "test": summary.get("best_test_accuracy")}))
+    test = summary.get("best_test_accuracy", summary.get("best_test_map"))
+    log.info("compare: %s", json.dumps({"best": summary["best"], "test": test}))
     return write_compare_report(out)

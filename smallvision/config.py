@@ -184,6 +184,12 @@ class RecipeConfig(_Strict):
     )
     weight_decay: float = Field(default=1e-4, ge=0, description="weight decay (decoupled for adamw)")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="label smoothing of the loss")
+    loss: Literal["bce", "asl"] | None = Field(
+        default=None,
+        description="multi-label loss: bce (binary cross-entropy) or asl (timm's asymmetric loss, Ridnik et al. "
+        "2021: easy negatives weigh less); default: bce, and auto measures both on validation for its heads on "
+        "cached features; single-label runs use cross-entropy",
+    )
     class_weights: Literal["none", "balanced"] = Field(
         default="none", description="none, or balanced: loss weights inversely proportional to class frequency"
     )
@@ -355,6 +361,7 @@ APPLIES: dict[str, Applies] = {
     "recipe.warmup_epochs": Applies(RECIPES),
     "recipe.weight_decay": Applies(RECIPES),
     "recipe.label_smoothing": Applies(RECIPES),
+    "recipe.loss": Applies(RECIPES),
     "recipe.class_weights": Applies(RECIPES),
     "recipe.patience": Applies(RECIPES),
     "recipe.unfreeze_blocks": Applies(

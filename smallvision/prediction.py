@@ -13,7 +13,7 @@ import numpy as np
 
 from smallvision.data.decode import ImageDecodeError, decode_file, is_image_name
 from smallvision.errors import SmallvisionError
-from smallvision.task import MULTI_LABEL
+from smallvision.task import MULTI_LABEL, SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -309,4 +309,6 @@ def imagenet_model(backbone: str = "efficientnet_lite0", weights: str | None = N
     info = ImageNetInfo()
     names = [info.index_to_description(i) for i in range(1000)]
     size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    return nn.Sequential(wrapped).eval(), names, size
+    model = nn.Sequential(wrapped).eval()
+    model.task = SINGLE_LABEL  # ImageNet's 1000 classes, one per image: softmax
+    return model, names, size

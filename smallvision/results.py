@@ -84,6 +84,14 @@ class RunSummary(TypedDict, total=False):
     figure_errors: dict[str, str]
 
 
+def score_of(values: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The headline score's key and name in a run's values (metrics.json, a compare row, a history row), and the
+    number shown beside it: accuracy and macro F1, or (multi-label) macro mAP and sample F1."""
+    if "val_map" in values:
+        return "val_map", "macro mAP", "val_f1_samples", "sample F1"
+    return "val_accuracy", "accuracy", "val_f1_macro", "macro F1"
+
+
 def decisions_json(decisions: list[Decision]) -> list[dict[str, str]]:
     """Decisions as metrics.json holds them."""
     return [asdict(d) for d in decisions]

@@ -33,8 +33,11 @@ class SingleLabel:
         """The selection metric of a split's logits (accuracy)."""
         return float(self.correct(logits, targets).float().mean())
 
-    def loss_module(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.nn.Module:
-        """The training loss, with optional class weights and label smoothing."""
+    def loss_module(
+        self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, kind: str = "bce"
+    ) -> torch.nn.Module:
+        """The training loss, with optional class weights and label smoothing (`kind` names a multi-label loss: one
+        class per image always trains on cross-entropy)."""
         import torch
 
         return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
@@ -111,12 +114,20 @@ class MultiLabel:
             out[row, [classes.index(names[j]) for j in it.labels]] = 1.0
         return out
 
-    def loss_module(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.nn.Module:
-        """Binary cross-entropy on logits, with optional per-label positive weights (`weight`) for imbalance."""
+    def loss_module(
+        self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, kind: str = "bce"
+    ) -> torch.nn.Module:
+        """Binary cross-entropy on logits (`kind` "bce"), or timm's asymmetric loss ("asl": focusing 4 on negatives,
+        1 on positives, clip 0.05, as Ridnik et al. 2021; averaged over images and labels like BCE, so the same
+        learning rates apply), with optional per-label positive weights (`weight`) for imbalance."""
         import torch
 
         if label_smoothing:
             raise ValueError("label smoothing is a single-label option")
+        if kind == "asl":
+            from timm.loss import AsymmetricLossMultiLabel
+
+            return AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=1, clip=0.05, reduction="mean", pos_weight=weight)
         return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

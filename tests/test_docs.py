@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.imagegen import make_class_folder, shape_image
+from tests.imagegen import make_class_folder, make_multilabel_folder, shape_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -41,6 +41,7 @@ def _world(root: Path) -> Path:
     for i in range(9):
         shape_image(("circle", "square", "triangle")[i % 3], rng, 64).save(root / "more_images" / f"{i}.png")
     (root / "notes.txt").write_text("not an image\n")
+    make_multilabel_folder(root / "posters", n=60, seed=0)
     return root
 
 

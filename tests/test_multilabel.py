@@ -72,7 +72,7 @@ def test_the_reported_map_is_scikit_learns_on_the_saved_predictions(run, data):
 
 def test_the_report_opens_on_macro_map_and_embeds_its_figures(run):
     page = (run.run_dir / "report.html").read_text()
-    verdict = re.search(r"<h1>macro mAP ([\d.]+)% on the test split", page)
+    verdict = re.search(r"<h1 id='headline'>macro mAP ([\d.]+)% on the test split", page)
     assert verdict and float(verdict.group(1)) == pytest.approx(100 * run.metrics["test_map"], abs=0.05)
     for section in ("rarest", "per-label", "most-wrong", "fig-label_pr", "fig-cooccurrence", "fig-curves"):
         assert f"id='{section}'" in page or f'id="{section}"' in page, section
@@ -229,3 +229,44 @@ def test_check_flags_label_sets_that_were_swapped_and_a_label_that_is_always_alo
     assert len(set(swapped) & set(doubted[:10])) >= 3, doubted
     alone = [f for f in report["findings"] if f["kind"] == "label always alone"]
     assert [f["paths"] for f in alone] == [["unicorn"]]
+
+
+def test_compare_ranks_multi_label_runs_by_validation_macro_map_and_tests_the_chosen_one(data, tmp_path):
+    out = tmp_path / "cmp"
+    result = api.compare(
+        data, recipes="features", sweep=["lr=1e-4,3e-3"], out=out, image_size=64, epochs=8, test_fraction=0.2
+    )
+    rows = result["rows"]
+    assert all("val_map" in r and "val_accuracy" not in r for r in rows)
+    assert result["best"] == max(rows, key=lambda r: (r["val_map"], -r["val_loss"]))["run"]
+    assert result["chosen_on"].startswith("validation macro mAP")
+    best = json.loads((out / "runs" / result["best"] / "metrics.json").read_text())
+    assert "test_map" not in best  # the test split is held back from every run, scored once for the chosen one
+    tested = api.evaluate(out / "runs" / result["best"] / "model", data, split="test")
+    assert result["best_test_map"] == pytest.approx(tested["map_macro"], abs=1e-6) and result["best_test"]["n"] > 0
+    page = (out / "report.html").read_text()
+    assert "Test macro mAP of the chosen run" in page and "val macro mAP (95% interval)" in page
+    assert "| val macro mAP | sample F1 |" in (out / "results.md").read_text()
+    assert decode_png(out / "figures" / "accuracy.png").std() > 5
+
+
+def test_the_report_page_renders_in_chromium_with_its_verdict_on_the_first_screen(run, browser, tmp_path):  # noqa: F811
+    from tests.evaluation.test_report import check_page
+
+    seen = check_page(browser, run.run_dir / "report.html", tmp_path / "shots")
+    alts = {alt for alt, *_ in seen[1280]["images"]}
+    from smallvision.evaluation.multilabel_report import FIGURES
+
+    assert set(FIGURES.values()) <= alts
+
+
+def test_auto_measures_both_losses_on_validation_and_fine_tunes_with_the_kept_one(data, tmp_path):
+    run = api.train(data, time_budget=40, image_size=64, out=tmp_path / "auto", progress=False, report=False)
+    m = run.metrics
+    assert m["task"] == "multi_label" and m["recipe"] == "auto" and m["selection"]["by"]["loss"] == 1
+    kept = next(d["text"] for d in m["decisions"] if "head on cached features: kept" in d["text"])
+    assert " bce: " in kept and " asl: " in kept  # every head rate with each loss, scored on validation
+    loss = re.search(r"kept lr \S+ (bce|asl) on validation", kept).group(1)
+    resolved = (run.run_dir / "config.yaml").read_text()
+    assert f"loss: {loss}" in resolved
+    assert m["val_map"] == m["val"]["map_macro"] > 0.7

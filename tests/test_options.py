@@ -101,6 +101,8 @@ PROBES: dict[str, Probe] = {
     "data.min_train_per_class": Probe(1000, SINGLE, "error"),
     "data.min_val_per_class": Probe(6, SINGLE + (("data.val_fraction", 0.05),), "split"),
     "data.min_test_per_class": Probe(6, SINGLE + (("data.test_fraction", 0.05),), "split"),
+    "data.labels": Probe("merged.csv", (("data.path", "listed"),), "classes"),
+    "data.task": Probe("multi", (("data.path", "listed"),)),
     "model.backbone": Probe("efficientnet_lite1"),  # residual_cnn on scratch (see _probe)
     "model.weights": Probe("random"),
     "model.pool": Probe("max", (("data.image_size", 64),)),  # at 32 px lite0's last map is 1x1: max == avg
@@ -117,6 +119,7 @@ PROBES: dict[str, Probe] = {
     "recipe.warmup_epochs": Probe(0.5, (("recipe.schedule", "cosine"),)),
     "recipe.weight_decay": Probe(0.1),
     "recipe.label_smoothing": Probe(0.2),
+    "recipe.loss": Probe("asl", (("data.path", "listed"), ("data.task", "multi"))),
     "recipe.class_weights": Probe("balanced", (("data.path", "uneven"),)),
     "recipe.patience": Probe(1, (("recipe.epochs", 6),)),
     "recipe.unfreeze_blocks": Probe(2),
@@ -181,7 +184,8 @@ def _copy(files: list[Path], folder: Path) -> None:
 @pytest.fixture(scope="module")
 def datasets(shapes_data, tmp_path_factory) -> dict[str, Path]:
     """shapes_data and folders made of its images (their features are already cached): one folder with no splits,
-    two classes, and classes of uneven size."""
+    two classes, classes of uneven size, and `listed`: every image in images/ with its class in labels.csv (one
+    label each: single-label unless forced), beside merged.csv, which calls triangles squares."""
     root = tmp_path_factory.mktemp("option-data")
     train, val = (sorted((shapes_data / s).glob("*/*.png")) for s in ("train", "val"))
     _copy(train + val, root / "single")
@@ -189,7 +193,17 @@ def datasets(shapes_data, tmp_path_factory) -> dict[str, Path]:
         _copy([f for f in files if f.parent.name != "triangle"], root / "two" / split)
         keep = [f for f in files if f.parent.name == "circle" or split == "val" or int(f.stem[-3:]) < 8]
         _copy(keep, root / "uneven" / split)
-    return {"shapes": shapes_data, "single": root / "single", "two": root / "two", "uneven": root / "uneven"}
+    listed = root / "listed"
+    (listed / "images").mkdir(parents=True)
+    rows = []
+    for f in train + val:
+        shutil.copy(f, listed / "images" / f.name)
+        rows.append((f.name, f.parent.name))
+    (listed / "labels.csv").write_text("filename,labels\n" + "".join(f"{n},{c}\n" for n, c in rows))
+    merged = "".join(f"{n},{'square' if c == 'triangle' else c}\n" for n, c in rows)
+    (listed / "merged.csv").write_text("filename,labels\n" + merged)
+    names = ("shapes", "single", "two", "uneven", "listed")
+    return {name: shapes_data if name == "shapes" else root / name for name in names}
 
 
 class Runs:
@@ -201,6 +215,8 @@ class Runs:
     def options(self, recipe: str, extra: dict[str, Any]) -> dict[str, Any]:
         flat = {**_base(recipe), **extra}
         flat["data.path"] = str(self.datasets[flat.get("data.path", "shapes")])
+        if "data.labels" in flat:  # a labels file beside the folder's images
+            flat["data.labels"] = str(Path(flat["data.path"]) / flat["data.labels"])
         return flat
 
     def run(self, recipe: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from smallvision.auto.plan import (
     TAIL,
     Plan,
     Round,
+    head_losses,
     head_lrs,
     make_plan,
     member_config,
@@ -87,13 +89,14 @@ class Tally:
 
 
 def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally) -> Candidate:
-    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation. Each
-    head rate is its own stage (history.csv, the tracker): `features NAME`, `features NAME lr RATE` when several."""
-    lrs = head_lrs(cfg)
+    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation (and, on
+    a multi-label folder without --loss, of both losses). Each head is its own stage (history.csv, the tracker):
+    `features NAME`, `features NAME lr RATE` when several rates, `... LOSS` when several losses."""
+    lrs, losses = head_lrs(cfg), head_losses(cfg, index)
     tried = []
-    for lr in lrs:
-        cand_cfg = member_config(cfg, "features", name, size, lr=lr)
-        stage = f"features {name}" + (f" lr {lr:g}" if len(lrs) > 1 else "")
+    for lr, loss in itertools.product(lrs, losses):
+        cand_cfg = member_config(cfg, "features", name, size, lr=lr, **({"loss": loss} if loss else {}))
+        stage = f"features {name}" + (f" lr {lr:g}" if len(lrs) > 1 else "") + (f" {loss}" if len(losses) > 1 else "")
         stage_notes: list[str] = []
         fs = steps.feature_stage(cand_cfg, index, progress, stage_notes, logger, stage)
         tally.ran.append(cand_cfg)
@@ -102,12 +105,16 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         tried.append(
             (select.score(probs["val"], labels["val"], fs.task), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
         )
-    val, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first lr
+    val, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first
     notes.extend(stage_notes)
-    if len(tried) > 1:
+    if len(lrs) > 1:
         tally.choices["head_lr"] += 1
-        shown = ", ".join(f"lr {t[1]:g}: {t[0]:.4f}" for t in tried)
-        notes.decide("head-lr", f"{name} head on cached features: kept lr {lr:g} on validation ({shown})")
+    if len(losses) > 1:
+        tally.choices["loss"] += 1
+    if len(tried) > 1:
+        shown = ", ".join(f"{t[7].removeprefix(f'features {name} ')}: {t[0]:.4f}" for t in tried)
+        kept = stage.removeprefix(f"features {name} ")
+        notes.decide("head-lr", f"{name} head on cached features: kept {kept} on validation ({shown})")
     model = steps.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head), task=fs.task)
     model.requires_grad_(False)
     return Candidate(

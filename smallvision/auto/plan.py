@@ -446,6 +446,14 @@ def scratch_config(cfg: RunConfig, s: ScratchPlan, seed: int) -> RunConfig:
     return member
 
 
+def head_losses(cfg: RunConfig, index: DatasetIndex) -> tuple[str | None, ...]:
+    """The losses tried for heads on cached features: --loss when set; a multi-label folder's both (bce, asl),
+    measured on validation; none for a single-label folder (cross-entropy)."""
+    if index.task != "multi":
+        return (None,)
+    return (cfg.recipe.loss,) if cfg.recipe.loss else ("bce", "asl")
+
+
 def round_config(cfg: RunConfig, base: RunConfig, views: int, rnd: Round) -> RunConfig:
     """The config a fine-tuning round trains with: the base candidate's head (backbone, size, rate, epochs) and the
     round's blocks, rate and epochs."""
@@ -461,4 +469,5 @@ def round_config(cfg: RunConfig, base: RunConfig, views: int, rnd: Round) -> Run
         finetune_lr=rnd.lr,
         finetune_epochs=rnd.epochs,
         unfreeze_blocks=rnd.blocks,
+        **({"loss": r.loss} if r.loss else {}),  # the loss the kept head trained with (auto measured both)
     )

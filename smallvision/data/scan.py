@@ -102,7 +102,7 @@ def _dataset_root(data: str | Path) -> Path:
         if root.suffix.lower() != ".zip":
             raise SmallvisionError(f"{root}: expected a folder of class folders or a .zip, got a file")
         root = _unpack_zip(root)
-    while not _find_split_dirs(root) and not _has_images(root):
+    while not _find_split_dirs(root) and not _has_images(root) and find_labels_file(root) is None:
         subs = _subdirs(root)
         if len(subs) != 1 or not _subdirs(subs[0]):
             break
@@ -121,7 +121,8 @@ def _classes(class_files: dict, sources: dict, skipped: list, carve: bool) -> li
     if len(classes) < (2 if carve else 1):
         raise SmallvisionError(
             f"{sources['train']}: found {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); "
-            "a classifier needs at least 2: put each class's images in its own sub-folder"
+            "a classifier needs at least 2: put each class's images in its own sub-folder, or (several labels per "
+            "image) list each image's labels in a labels.csv beside them (filename,labels)"
         )
     for split, per_class in class_files.items():
         unknown = [n for n, f in per_class.items() if f and n not in classes]

@@ -40,7 +40,9 @@ def fit_tensors(
     (xt, yt), (xv, yv) = [(torch.as_tensor(x), torch.as_tensor(target_array(y))) for x, y in (data.train, data.val)]
     opt, sched = _optimizer(model, spec, math.ceil(len(xt) / spec.batch_size))
     loss_fn = task.loss_module(
-        class_weight_tensor(spec.class_weights, data.train[1], _outputs(model)), spec.label_smoothing
+        class_weight_tensor(spec.class_weights, data.train[1], _outputs(model)),
+        spec.label_smoothing,
+        spec.multilabel_loss,
     )
     step = _Step(model, data.inputs or (lambda x: x), _autocast(spec.precision))
     keeper, history, best_state = Keeper(spec.patience), [], {}

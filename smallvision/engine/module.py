@@ -39,7 +39,7 @@ class ClassifierModule(L.LightningModule):
         self.groups = groups
         self.steps_per_epoch = steps_per_epoch
         self.task = task
-        self.loss_fn = task.loss_module(class_weights, spec.label_smoothing)
+        self.loss_fn = task.loss_module(class_weights, spec.label_smoothing, spec.multilabel_loss)
         self.outputs: dict[str, list] = {"train": [], "val": []}  # a ranking metric's epoch of logits and targets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

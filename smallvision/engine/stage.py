@@ -33,6 +33,7 @@ class StageSpec:
     warmup_epochs: float = 1.0
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
+    multilabel_loss: str = "bce"  # a multi-label stage's loss (bce or asl); single-label stages use cross-entropy
     class_weights: str = "none"
     patience: int | None = None
     seed: int = 0
@@ -63,6 +64,7 @@ def stage_spec(
         warmup_epochs=r.warmup_epochs,
         weight_decay=r.weight_decay,
         label_smoothing=r.label_smoothing,
+        multilabel_loss=r.loss or "bce",
         class_weights=r.class_weights,
         patience=r.patience,
         seed=cfg.seed,

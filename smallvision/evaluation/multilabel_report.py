@@ -13,7 +13,7 @@ import numpy as np
 
 from smallvision import atomic
 from smallvision.evaluation.pages import Raw, html_table, img_tag, kv_table, page, pct
-from smallvision.results import RunSummary
+from smallvision.results import RunSummary, decisions
 from smallvision.task import MULTI_LABEL
 
 FIGURES = {
@@ -81,9 +81,8 @@ def _figure(run_dir: Path, stem: str) -> str:
     png = run_dir / "figures" / f"{stem}.png"
     if not png.is_file():
         return ""
-    return (
-        f'<figure id="fig-{stem}"><figcaption><b>{html.escape(FIGURES[stem])}</b></figcaption>{img_tag(png)}</figure>'
-    )
+    caption = f"<figcaption><b>{html.escape(FIGURES[stem])}</b></figcaption>"
+    return f'<figure id="fig-{stem}">{caption}{img_tag(png, FIGURES[stem])}</figure>'
 
 
 def _first_screen(m: RunSummary, split: str) -> str:
@@ -108,8 +107,9 @@ def _first_screen(m: RunSummary, split: str) -> str:
         ["labels per image, true / predicted", f"{card['true']:.2f} / {card['predicted']:.2f}"],
     ]
     return (
-        f"<section id='verdict'><h1>macro mAP {pct(s['map_macro'])} on {where} (n={s['n']})</h1>{caveat}"
-        f"{kv_table(rows)}</section>"
+        f"<section id='verdict' class='verdict'><div class='card' id='verdict-card'>"
+        f"<h1 id='headline'>macro mAP {pct(s['map_macro'])} on {where} (n={s['n']})</h1>{caveat}"
+        f"{kv_table(rows)}</div></section>"
     )
 
 
@@ -120,7 +120,9 @@ def _chosen(m: RunSummary) -> str:
         ["kept epoch (best validation macro mAP)", m.get("best_epoch")],
         ["thresholds", next((n for n in m.get("notes", []) if n.startswith("thresholds:")), "-")],
     ]
-    return f"<section id='chosen'><h2>What was chosen</h2>{kv_table(rows)}</section>"
+    made = "".join(f"<li>{html.escape(d.text)}</li>" for d in decisions(m))  # auto's, on validation
+    listed = f"<ul id='decisions'>{made}</ul>" if made else ""
+    return f"<section id='chosen'><h2>What was chosen</h2>{kv_table(rows)}{listed}</section>"
 
 
 def _labels_section(m: RunSummary, split: str) -> list[str]:

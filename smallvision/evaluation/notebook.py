@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from smallvision.results import score_of
+
 STYLE = (
     "<style>.sv-result{font-family:system-ui,sans-serif;max-width:760px}.sv-result .sv-big{font-size:1.8em;"
     "font-weight:600}.sv-result table{border-collapse:collapse}.sv-result td,.sv-result th{border:1px solid #ccc;"
@@ -135,22 +137,22 @@ def compare_html(result: dict[str, Any]) -> str:
     """A comparison: the chosen run and why, its test accuracy, every run's val accuracy, macro F1 and seconds."""
     out = Path(result["out"])
     best = next(r for r in result["rows"] if r["run"] == result["best"])
+    key, name, second, second_name = score_of(best)
     test = result.get("best_test")
     details = [f"chosen on {_esc(result['chosen_on'])}; {len(result['rows'])} runs in {result['seconds']:.1f} s"]
     if test:
         verdict = _verdict(f"test ({best['run']})", test, details)
     else:
         details.insert(0, _esc(result.get("test_note", "no test split evaluated")))
-        verdict = (
-            f'<div class="sv-big">{best["val_accuracy"]:.1%} validation accuracy ({_esc(best["run"])})</div>'
-            + "".join(f"<div>{d}</div>" for d in details)
+        verdict = f'<div class="sv-big">{best[key]:.1%} validation {name} ({_esc(best["run"])})</div>' + "".join(
+            f"<div>{d}</div>" for d in details
         )
     rows = "".join(
         f"<tr><td style='text-align:left'>{'<b>' + _esc(r['run']) + '</b>' if r is best else _esc(r['run'])}</td>"
-        f"<td>{r['val_accuracy']:.4f}</td><td>{r['val_f1_macro']:.4f}</td><td>{r['seconds']:.1f}</td></tr>"
+        f"<td>{r[key]:.4f}</td><td>{r[second]:.4f}</td><td>{r['seconds']:.1f}</td></tr>"
         for r in result["rows"]
     )
-    table = f"<table><tr><th>run</th><th>val accuracy</th><th>macro F1</th><th>seconds</th></tr>{rows}</table>"
+    table = f"<table><tr><th>run</th><th>val {name}</th><th>{second_name}</th><th>seconds</th></tr>{rows}</table>"
     best_dir = out / "runs" / best["run"]
     body = table + _confusion(best_dir, {}, "validation", [])
     report = out / "report.html"

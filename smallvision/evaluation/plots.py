@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from smallvision import atomic
+from smallvision.results import score_of
 from smallvision.task import SINGLE_LABEL
 
 
@@ -353,25 +354,26 @@ def compare_scatter(rows: Sequence[dict], best: str, path: Path) -> Path:
     """Validation accuracy (with its 95% interval) against training seconds for every run of a comparison, each point
     numbered by its row, the chosen run in green: what each extra second bought."""
     fig, ax = _subplots(figsize=(7, 4.2))
+    key, name, _, _ = score_of(rows[0])
     for number, r in enumerate(rows, 1):
         chosen = r["run"] == best
-        lo, hi = r.get("val_ci95") or (r["val_accuracy"], r["val_accuracy"])
+        lo, hi = r.get("val_ci95") or (r[key], r[key])
         ax.errorbar(
             r["seconds"],
-            r["val_accuracy"],
-            yerr=[[max(r["val_accuracy"] - lo, 0)], [max(hi - r["val_accuracy"], 0)]],
+            r[key],
+            yerr=[[max(r[key] - lo, 0)], [max(hi - r[key], 0)]],
             fmt="o",
             color="tab:green" if chosen else "tab:blue",
             ms=9 if chosen else 6,
             capsize=3,
         )
-        ax.annotate(str(number), (r["seconds"], r["val_accuracy"]), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(str(number), (r["seconds"], r[key]), textcoords="offset points", xytext=(6, 4))
     seconds = [r["seconds"] for r in rows]
     if min(seconds) > 0 and max(seconds) / min(seconds) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("training seconds")
-    ax.set_ylabel("validation accuracy (95% interval)")
-    ax.set_title(f"accuracy vs time; green: the chosen run, {best}", fontsize=10)
+    ax.set_ylabel(f"validation {name} (95% interval)")
+    ax.set_title(f"{name} vs time; green: the chosen run, {best}", fontsize=10)
     ax.margins(x=0.25, y=0.15)
     return _save(fig, path)
 
@@ -379,11 +381,12 @@ def compare_scatter(rows: Sequence[dict], best: str, path: Path) -> Path:
 def compare_curves(histories: dict[str, Sequence[dict]], path: Path) -> Path:
     """Validation accuracy and loss per epoch of every run, overlaid, labelled with their row numbers."""
     fig, axes = _subplots(1, 2, figsize=(11, 4))
+    key, metric, _, _ = score_of(next(iter(histories.values()))[0])
     for number, (name, rows) in enumerate(histories.items(), 1):
         x = np.arange(1, len(rows) + 1)
-        axes[0].plot(x, [r["val_accuracy"] for r in rows], label=f"{number} {name}")
+        axes[0].plot(x, [r[key] for r in rows], label=f"{number} {name}")
         axes[1].plot(x, [r["val_loss"] for r in rows], label=f"{number} {name}")
-    for ax, title in zip(axes, ("validation accuracy", "validation loss"), strict=True):
+    for ax, title in zip(axes, (f"validation {metric}", "validation loss"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=8)

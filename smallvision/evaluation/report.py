@@ -21,7 +21,7 @@ from smallvision.evaluation.pages import (
     page,
     pct,
 )
-from smallvision.results import SHORT, RunSummary, read_summary
+from smallvision.results import SHORT, RunSummary, read_summary, score_of
 from smallvision.task import SINGLE_LABEL
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def test_held_back(metrics: dict[str, Any]) -> bool:
 
 CHOICE_WORDS = {
     "head_lr": "head learning rate",
+    "loss": "multi-label loss",
     "candidate": "candidate",
     "finetune_round": "fine-tuning round",
     "average": "average of candidates",
@@ -646,17 +647,20 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def compare_rows(out: Path, rows: list[dict]) -> list[dict]:
-    """A comparison's rows with each run's validation n and 95% accuracy interval, read from its metrics.json."""
+    """A comparison's rows with each run's validation n and 95% interval (of accuracy, or of a multi-label run's
+    macro mAP), read from its metrics.json."""
     full = []
     for r in rows:
         m = read_summary(Path(out) / "runs" / r["run"] / "metrics.json")["val"]
-        full.append({**r, "val_n": m["n"], "val_ci95": list(accuracy_interval(m))})
+        interval = m["map_macro_ci95"] if "map_macro_ci95" in m else accuracy_interval(m)
+        full.append({**r, "val_n": m["n"], "val_ci95": list(interval)})
     return full
 
 
 def _compare_table(rows: list[dict], best: str) -> str:
     """The compare page's sortable table of runs, the chosen one marked, each linking to its own page."""
     body_rows = []
+    key, name, second, second_name = score_of(rows[0])
     for number, r in enumerate(rows, 1):
         lo, hi = r["val_ci95"]
         link = f"runs/{html.escape(r['run'])}/report.html"
@@ -665,13 +669,13 @@ def _compare_table(rows: list[dict], best: str) -> str:
             f'<td data-v="{number}" class="t">{number}{mark}</td>',
             f'<td class="t"><a href="{link}">{html.escape(r["run"])}</a></td>',
             f'<td class="t">{html.escape(r["recipe"])}</td><td class="t">{html.escape(r["options"] or "-")}</td>',
-            f'<td data-v="{r["val_accuracy"]}">{r["val_accuracy"]:.4f} <small>({lo:.3f} to {hi:.3f})</small></td>',
-            f'<td data-v="{r["val_f1_macro"]}">{r["val_f1_macro"]:.4f}</td>',
+            f'<td data-v="{r[key]}">{r[key]:.4f} <small>({lo:.3f} to {hi:.3f})</small></td>',
+            f'<td data-v="{r[second]}">{r[second]:.4f}</td>',
             f'<td data-v="{r["seconds"]}">{r["seconds"]:.1f}</td>',
         ]
         cls = ' class="chosen"' if r["run"] == best else ""
         body_rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    heads = ["#", "run", "recipe", "options", "val accuracy (95% interval)", "macro F1", "seconds"]
+    heads = ["#", "run", "recipe", "options", f"val {name} (95% interval)", second_name, "seconds"]
     return (
         '<div class="scroll"><table id="runs" class="sortable"><thead><tr>'
         + "".join(f"<th{' class=t' if i < 4 else ''}>{html.escape(h)}</th>" for i, h in enumerate(heads))
@@ -683,6 +687,15 @@ def _compare_headline(results: dict, chosen: dict) -> str:
     """The compare page's headline: the chosen run's test accuracy when it was tested, else its validation one,
     saying that it is the number the run was chosen on."""
     test = results.get("best_test")
+    key, name, _, _ = score_of(chosen)
+    if test and test.get("task") == "multi_label":
+        tlo, thi = test["map_macro_ci95"]
+        return (
+            f'<div class="label">Test macro mAP of the chosen run</div><div class="big" id="headline">'
+            f'{pct(test["map_macro"])}</div><div class="ci">95% interval <b>{pct(tlo)} to {pct(thi)}</b> on '
+            f"<b>n={test['n']}</b> test images, evaluated once, for the chosen run only; sample F1 "
+            f"{test['f1_samples']:.3f}.</div>"
+        )
     if test:
         tlo, thi = accuracy_interval(test)
         return (
@@ -693,8 +706,8 @@ def _compare_headline(results: dict, chosen: dict) -> str:
         )
     lo, hi = chosen["val_ci95"]
     return (
-        f'<div class="label">Validation accuracy of the chosen run</div><div class="big" id="headline">'
-        f'{pct(chosen["val_accuracy"])}</div><div class="ci">95% interval <b>{pct(lo)} to {pct(hi)}</b> '
+        f'<div class="label">Validation {name} of the chosen run</div><div class="big" id="headline">'
+        f'{pct(chosen[key])}</div><div class="ci">95% interval <b>{pct(lo)} to {pct(hi)}</b> '
         f"on <b>n={chosen['val_n']}</b> validation images, the split the run was chosen on: "
         + html.escape(results.get("test_note", "there is no test split to confirm it"))
         + ".</div>"
@@ -714,7 +727,7 @@ def write_compare_report(out: str | Path) -> Path:
     overlap = [r["run"] for r in rows if r["run"] != best and r["val_ci95"][1] >= lo]
     facts = [
         ["chosen", f"{best} ({chosen['recipe']}{', ' + chosen['options'] if chosen['options'] else ''})"],
-        ["why", f"highest {results.get('chosen_on', 'validation accuracy')}: {chosen['val_accuracy']:.4f}"],
+        ["why", f"highest {results.get('chosen_on', 'validation accuracy')}: {chosen[score_of(chosen)[0]]:.4f}"],
         ["runs", f"{len(rows)}, {duration(sum(r['seconds'] for r in rows))} of training in all"],
     ]
     if overlap:
@@ -723,14 +736,14 @@ def write_compare_report(out: str | Path) -> Path:
     card = f'<div class="card" id="verdict-card">{headline}<dl class="facts">{dl}</dl></div>'
     body = [
         f'<section id="verdict" class="verdict">{card}',
-        _figure(out, "accuracy", "validation accuracy and its interval against training seconds; numbers are rows"),
+        _figure(out, "accuracy", "the validation score and its interval against training seconds; numbers are rows"),
         "</section>",
         '<section id="results"><h2>Runs</h2><p>Click a column header to sort. Each run links to its own page.</p>',
         table,
         f'<p id="test-note">Test: {html.escape(results["test_note"])}</p>' if "test_note" in results else "",
         "</section>",
         '<section id="overlaid"><h2>Curves, overlaid</h2>',
-        _figure(out, "curves", "validation accuracy and loss per epoch of every run"),
+        _figure(out, "curves", "the validation score and loss per epoch of every run"),
         "</section>",
     ]
     header = f"<b>smallvision compare</b><span>{html.escape(str(out))}</span>"

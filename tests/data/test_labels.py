@@ -143,3 +143,19 @@ def test_the_posters_labels_file_reads_with_its_duplicate_row_named():
     assert 2.2 < mean < 2.5
     counts = index.counts()
     assert all(counts["val"][n] > 0 and counts["test"][n] > 0 for n in index.classes)  # News has 9 images
+
+
+def test_a_zip_of_a_labelled_folder_reads_as_the_folder(labelled, tmp_path):
+    archive = shutil.make_archive(str(tmp_path / "posters"), "zip", labelled.parent, labelled.name)
+    zipped, plain = scan(archive, carve=False), scan(labelled, carve=False)
+    assert zipped.task == "multi" and zipped.layout == "images + labels.csv"
+    assert _labels_of(zipped) == _labels_of(plain)
+
+
+def test_a_folder_of_loose_images_says_how_to_label_them(tmp_path):
+    root = make_multilabel_folder(tmp_path / "loose", n=6, seed=1)
+    (root / "labels.csv").unlink()
+    for f in (root / "images").iterdir():
+        f.rename(root / f.name)
+    with pytest.raises(SmallvisionError, match="list each image's labels in a labels.csv"):
+        scan(root)
