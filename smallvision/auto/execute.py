@@ -365,7 +365,7 @@ def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candid
         {
             "name": c.name,
             "chosen": id(c) in chosen,
-            f"val_{c.model.task.metric}": round(c.val, 4),
+            f"val_{c.task.metric}": round(c.val, 4),
             "stages": [
                 {"stage": stage, **nested({p: v for p, v in stage_values(s).items() if common.get(p, ()) != v})}
                 for stage, s in c.stages

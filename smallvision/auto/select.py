@@ -18,7 +18,7 @@ from smallvision.errors import SmallvisionError
 from smallvision.recipes import steps
 from smallvision.recipes.base import RecipeOutcome
 from smallvision.results import RunNotes
-from smallvision.task import METRIC_NAMES
+from smallvision.task import METRIC_NAMES, MULTI_LABEL, SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,14 @@ class Candidate:
     stages: list[tuple[str, RunConfig]] = field(default_factory=list)  # (history.csv's stage, the config it ran)
 
     @property
+    def task(self):
+        """The candidate's task, as its targets say: class indices (single-label) or rows of 0/1 (multi-label)."""
+        return MULTI_LABEL if np.ndim(self.labels["val"]) == 2 else SINGLE_LABEL
+
+    @property
     def val(self) -> float:
         """The validation score (the task's: accuracy, or macro mAP) of this candidate's probabilities."""
-        return score(self.probs["val"], self.labels["val"], self.model.task)
+        return score(self.probs["val"], self.labels["val"], self.task)
 
 
 def score(probs: np.ndarray, labels: np.ndarray, task) -> float:
@@ -54,7 +59,7 @@ def score(probs: np.ndarray, labels: np.ndarray, task) -> float:
 
 def metric_words(cand: Candidate) -> str:
     """What auto's notes call a candidate's score: "val accuracy", or "val macro mAP"."""
-    return f"val {METRIC_NAMES[cand.model.task.metric]}"
+    return f"val {METRIC_NAMES[cand.task.metric]}"
 
 
 def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> None:
@@ -77,7 +82,7 @@ def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> No
         if failed:
             raise SmallvisionError(f"{len(failed)} {split} image(s) no longer decode; run again")
         logits = run_batches(cand.form, np.ascontiguousarray(images[:, :, ::-1]), progress=False)
-        cand.flipped[split] = cand.model.task.probabilities_of(logits)
+        cand.flipped[split] = cand.task.probabilities_of(logits)
 
 
 def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
@@ -121,7 +126,7 @@ def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[C
     for k in (2, 3):
         for combo in itertools.combinations(same, k):
             p = sum(c.probs["val"] for c in combo) / k
-            acc = score(p, best.labels["val"], best.model.task)
+            acc = score(p, best.labels["val"], best.task)
             choices["average"] += 1
             if acc > val + 1e-9:
                 members, val = list(combo), acc
@@ -141,7 +146,7 @@ def _flips(members: list[Candidate], val: float, index, notes: RunNotes, choices
     for c in members:
         flipped(c, index, ("val",))
     p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
-    acc = score(p, members[0].labels["val"], members[0].model.task)
+    acc = score(p, members[0].labels["val"], members[0].task)
     words = metric_words(members[0])
     tta = acc > val + 1e-9
     choices["tta"] += 1

@@ -161,6 +161,11 @@ def scan(
             f"{root}: --task multi needs a labels file: put labels.csv (filename,labels with the labels separated "
             "by spaces) in the folder, or give --labels FILE"
         )
+    return _scan_class_folders(root, plan, carve)
+
+
+def _scan_class_folders(root: Path, plan: SplitPlan, carve: bool) -> DatasetIndex:
+    """The index of a folder of class folders (or of train/ val/ test/ folders of them)."""
     skipped: list[tuple[Path, str]] = []
     split_dirs = _find_split_dirs(root)
     _refuse_split_named_class(root, split_dirs)

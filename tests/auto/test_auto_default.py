@@ -33,10 +33,10 @@ def test_an_averaged_flipped_default_model_reports_what_evaluate_gets(photos96, 
     comparison on validation wins), so the saved model is the ensemble with TTA whose numbers are checked."""
     wins = itertools.count()
 
-    def later_wins(probs: np.ndarray, labels: np.ndarray) -> float:
-        return float((probs.argmax(1) == labels).mean()) + next(wins)
+    def later_wins(probs: np.ndarray, labels: np.ndarray, task) -> float:
+        return task.score(probs, labels) + next(wins)
 
-    monkeypatch.setattr(select, "accuracy", later_wins)  # every choice reads it here
+    monkeypatch.setattr(select, "score", later_wins)  # every choice reads it here
     r = smallvision.train(
         photos96, out=tmp_path / "run", test_fraction=0.25, finetune_epochs=1, progress=False, report=False
     )
