@@ -166,7 +166,8 @@ def _configure(data: str | Path | None, config: str | Path | None, **args: Any) 
         _set(values, section, key, value)
     if "path" not in values.get("data", {}):
         raise SmallvisionError("no data folder given: smallvision train DATA_FOLDER (or data.path in --config)")
-    for section, key in (("data", "path"), ("model", "weights"), ("recipe", "init_from"), ("", "out")):
+    paths = (("data", "path"), ("data", "labels"), ("model", "weights"), ("recipe", "init_from"), ("", "out"))
+    for section, key in paths:
         _absolute(values, section, key)
     return values, build_config(values, str(config) if config else "options")
 
@@ -431,7 +432,10 @@ def _split_metrics(worker, outcome, index, evaluate_test: bool, thresholds: list
     if thresholds is not None:
         from smallvision.evaluation.multilabel import multilabel_metrics
 
-        return {s: multilabel_metrics(outcome.labels[s], outcome.probs[s], index.classes, thresholds) for s in splits}
+        return {
+            s: multilabel_metrics(outcome.labels[s], outcome.probs[s], index.classes, thresholds, s == "val")
+            for s in splits
+        }
     try:
         return worker.metrics(outcome.labels, {s: outcome.probs[s] for s in splits}, index.classes)
     except SmallvisionError as e:  # the worker died (killed, out of memory): the trained model must not be lost
@@ -817,7 +821,7 @@ def evaluate(
     start = time.perf_counter()
     model, card = load(model_dir)
     task = "multi" if card.task == "multi_label" else "auto"
-    found = _evaluation_scan(data, labels, task)
+    found = _evaluation_scan(data, labels or _run_labels(Path(model_dir), config, Path(data)), task)
     index, chosen, why, changes = _evaluation_split(Path(model_dir), Path(data), found, split, config, include_new)
     _refuse_unknown(data, index, card)
     items = index.items if chosen == "all" else index.split(chosen)
@@ -828,7 +832,7 @@ def evaluate(
     )
     kept = [it for pos, it in enumerate(items) if pos not in failed]
     probs = probabilities(model, images, tta=tta)
-    metrics = _model_metrics(card, index, kept, probs)
+    metrics = _model_metrics(card, index, kept, probs, tuned_here=chosen == "val" and changes is not None)
     skipped = [{"path": str(items[p].path), "reason": r} for p, r in failed.items()]
     values = {"data": str(index.root), "split": chosen, "split_reason": why, "tta": tta, "model_tta": card.tta}
     values.update(skipped=skipped, **metrics)
@@ -839,6 +843,17 @@ def evaluate(
     return Evaluation(values, card.classes, shown, run_config.parent if run_config is not None else None)
 
 
+def _run_labels(model_dir: Path, config: str | Path | None, data: Path) -> str | None:
+    """The labels file the run read (its config's data.labels) when `data` is the run's own folder, so evaluating
+    that folder reads the labels it trained on."""
+    run_config = Path(config) if config is not None else _run_config(model_dir)
+    if run_config is None:
+        return None
+    saved = load_config(run_config).get("data") or {}
+    own = saved.get("path") and _same_folder(Path(saved["path"]).expanduser(), data)
+    return saved.get("labels") if own else None
+
+
 def _evaluation_scan(data: str | Path, labels: str | Path | None, task: str):
     """The folder a model is evaluated on, nothing carved (a multi-label model reads it as multi-label)."""
     from smallvision.data.scan import scan
@@ -847,7 +862,11 @@ def _evaluation_scan(data: str | Path, labels: str | Path | None, task: str):
 
 
 def _refuse_unknown(data, index, card) -> None:
-    """Refuse a folder whose classes (or labels) the model does not know: it could never predict them."""
+    """Refuse a folder whose classes (or labels) the model does not know (it could never predict them), or whose
+    images carry several labels for a single-label model."""
+    from smallvision.task import refuse_task_mismatch
+
+    refuse_task_mismatch(card.task, index.task, data)
     unknown = [c for c in index.classes if c not in card.classes]
     if unknown:
         what = "label(s)" if card.task == "multi_label" else "class folder(s)"
@@ -857,18 +876,19 @@ def _refuse_unknown(data, index, card) -> None:
         )
 
 
-def _model_metrics(card, index, items: list, probs: np.ndarray) -> dict:
-    """The metrics of a model's probabilities on scanned `items`, their labels matched to the model's by name."""
+def _model_metrics(card, index, items: list, probs: np.ndarray, tuned_here: bool) -> dict:
+    """The metrics of a model's probabilities on scanned `items`, their labels matched to the model's by name
+    (`tuned_here`: the model's thresholds were chosen on these images)."""
+    from smallvision.task import task_named
+
+    targets = task_named(card.task).targets_by_name(items, index.classes, card.classes)
     if card.task == "multi_label":
         from smallvision.evaluation.multilabel import multilabel_metrics
-        from smallvision.task import MULTI_LABEL
 
-        targets = MULTI_LABEL.targets_by_name(items, index.classes, card.classes)
-        return multilabel_metrics(targets, probs, card.classes, np.asarray(card.thresholds))
+        return multilabel_metrics(targets, probs, card.classes, np.asarray(card.thresholds), tuned_here=tuned_here)
     from smallvision.evaluation.metrics import classification_metrics
 
-    labels = np.array([card.classes.index(index.classes[it.label]) for it in items])
-    return classification_metrics(labels, probs, card.classes)
+    return classification_metrics(targets, probs, card.classes)
 
 
 def _evaluation_split(model_dir: Path, data: Path, found, split: str | None, config, include_new: bool):

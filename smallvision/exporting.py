@@ -27,7 +27,7 @@ from torch import nn
 
 from smallvision import atomic, runtime
 from smallvision.errors import SmallvisionError
-from smallvision.task import METRIC_NAMES, MULTI_LABEL, SINGLE_LABEL, task_named
+from smallvision.task import METRIC_NAMES, MULTI_LABEL, SINGLE_LABEL, refuse_task_mismatch, task_named
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +443,7 @@ def split_images(card, index, split: str, limit: int, why: str) -> CheckImages:
     items = _spread(index.split(split), limit)
     if not items:
         raise SmallvisionError(f"{index.root}: the run's {split} split is empty; {why} needs its images")
+    refuse_task_mismatch(card.task, index.task, index.root)
     unknown = sorted({index.classes[j] for it in items for j in it.label_set} - set(card.classes))
     if unknown:
         raise SmallvisionError(f"{index.root}: class(es) or label(s) {', '.join(unknown)} unknown to the model")
@@ -450,10 +451,7 @@ def split_images(card, index, split: str, limit: int, why: str) -> CheckImages:
         [it.path for it in items], [it.digest for it in items], card.image_size, progress=False
     )
     kept = [it for pos, it in enumerate(items) if pos not in failed]
-    if card.task == "multi_label":
-        labels = MULTI_LABEL.targets_by_name(kept, index.classes, card.classes)
-    else:
-        labels = np.array([card.classes.index(index.classes[it.label]) for it in kept])
+    labels = task_named(card.task).targets_by_name(kept, index.classes, card.classes)
     total = len(index.split(split))
     spread = f", {len(items)} of its {total} spread over it" if len(items) < total else ""
     unread = f", {len(failed)} unreadable skipped" if failed else ""

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from smallvision.errors import SmallvisionError
+
 if TYPE_CHECKING:
     import torch
 
@@ -28,6 +30,11 @@ class SingleLabel:
     def targets(self, items: list, num_classes: int) -> np.ndarray:
         """The training targets of scanned items: each one's class index."""
         return np.array([it.label for it in items], dtype=np.int64)
+
+    def targets_by_name(self, items: list, names: list[str], classes: list[str]) -> np.ndarray:
+        """Class indices into `classes` for items whose class indices point into `names` (another folder's classes,
+        matched to a model's by name)."""
+        return np.array([classes.index(names[it.label]) for it in items], dtype=np.int64)
 
     def metric_of(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
         """The selection metric of a split's logits (accuracy)."""
@@ -203,3 +210,14 @@ TASKS = {"single": SINGLE_LABEL, "multi": MULTI_LABEL, "single_label": SINGLE_LA
 def task_named(name: str) -> SingleLabel | MultiLabel:
     """The task object for a run's task ("single", "multi") or a model card's ("single_label", "multi_label")."""
     return TASKS[name]
+
+
+def refuse_task_mismatch(model_task: str, folder_task: str, folder: Any) -> None:
+    """Refuse scoring a single-label model on a folder whose labels file gives images several labels: it predicts one
+    class per image, so its accuracy there would be meaningless."""
+    if task_named(model_task) is SINGLE_LABEL and task_named(folder_task) is MULTI_LABEL:
+        raise SmallvisionError(
+            f"{folder}: its labels file gives images several labels (multi-label), and this model is single-label "
+            "(one class per image); score it on a folder with one label per image, or train a multi-label model "
+            "on this folder"
+        )

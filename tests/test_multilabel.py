@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +92,43 @@ def test_evaluate_on_the_run_folder_reproduces_the_test_split_numbers(run, data)
 def test_evaluate_scores_another_labelled_folder_by_label_name_and_refuses_unknown_labels(run, tmp_path):
     other = make_multilabel_folder(tmp_path / "other", n=40, seed=9)
     m = api.evaluate(run.model_dir, other)
-    assert m["split"] == "all" or m["n"] == 40
+    assert m["split"] == "all" and m["n"] == 40
     assert m["map_macro"] > 0.6
     bad = make_multilabel_folder(tmp_path / "bad", n=10, seed=4, kinds=("circle", "star"))
     with pytest.raises(SmallvisionError, match="label\\(s\\) star unknown to the model"):
         api.evaluate(run.model_dir, bad)
+
+
+def test_a_single_label_model_is_refused_a_multi_label_folder(data, tmp_path):
+    from tests.imagegen import make_class_folder
+
+    folders = make_class_folder(tmp_path / "shapes", per_class=12, seed=1)
+    single = api.train(folders, recipe="features", image_size=64, epochs=2, out=tmp_path / "s", progress=False)
+    with pytest.raises(SmallvisionError, match="this model is single-label"):
+        api.evaluate(single.model_dir, data)
+
+
+def test_evaluate_reads_the_labels_file_the_run_trained_with(data, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(data / "images", moved / "images")
+    lines = (data / "labels.csv").read_text().splitlines()
+    (tmp_path / "tags.csv").write_text("\n".join([lines[0], *(f"images/{r}" for r in lines[1:])]) + "\n")
+    args = dict(recipe="features", image_size=64, epochs=5, test_fraction=0.2, progress=False, report=False)
+    trained = api.train(moved, labels=tmp_path / "tags.csv", out=tmp_path / "r", **args)
+    m = api.evaluate(trained.model_dir, moved)
+    assert m["split"] == "test" and m["map_macro"] == pytest.approx(trained.metrics["test_map"], abs=1e-6)
+
+
+def test_evaluate_refuses_a_folder_with_no_labelled_image_and_flags_tuned_thresholds(run, data, tmp_path):
+    negatives = make_multilabel_folder(tmp_path / "neg", n=8, seed=7)
+    names = [r.split(",")[0] for r in (negatives / "labels.csv").read_text().splitlines()[1:]]
+    (negatives / "labels.csv").write_text("\n".join(["filename,labels", *(f"{n}," for n in names)]) + "\n")
+    with pytest.raises(SmallvisionError, match="none of the 8 images scored has any of the labels"):
+        api.evaluate(run.model_dir, negatives, split="all")
+    val = cli("evaluate", run.model_dir, data, "--split", "val")
+    assert val.returncode == 0 and "thresholds (and the kept epoch) were chosen on these images" in val.stdout
+    test = cli("evaluate", run.model_dir, data)
+    assert test.returncode == 0 and "chosen on these images" not in test.stdout
 
 
 def test_predict_gives_labels_at_the_models_thresholds_or_the_ones_given(run, data, tmp_path):
@@ -150,6 +183,33 @@ def test_an_end_to_end_stage_on_lightning_scores_macro_map_per_epoch(data, tmp_p
     assert kept == max(float(r["val_map"]) for r in history)
     # the epoch's mAP (Lightning, over the gathered logits) is the saved model's mAP on validation
     assert run.metrics["val_map"] == pytest.approx(kept, abs=1e-4)
+
+
+def _mean_circle(run, images: list[Path]) -> float:
+    return float(np.mean([p.scores["circle"] for p in api.predict(run.model_dir, images)]))
+
+
+def test_class_weights_and_the_asymmetric_loss_reach_the_head(run, data, tmp_path):
+    """With circle made rare, balanced weights (its negatives over positives, about 8) raise its predicted
+    probability; the asymmetric loss down-weights easy negatives, so its training loss is far below BCE's."""
+    rows = [r.split(",") for r in (data / "labels.csv").read_text().splitlines()[1:]]
+    circles = [r for r in rows if "circle" in r[1].split()]
+    kept = [r for r in rows if "circle" not in r[1].split()] + circles[:6]
+    rare = tmp_path / "rare"
+    (rare / "images").mkdir(parents=True)
+    for name, _ in kept:
+        shutil.copy(data / "images" / name, rare / "images" / name)
+    (rare / "labels.csv").write_text("\n".join(["filename,labels", *(",".join(r) for r in kept)]) + "\n")
+    args = dict(recipe="features", image_size=64, epochs=20, progress=False, report=False)
+    plain = api.train(rare, out=tmp_path / "p", **args)
+    weighted = api.train(rare, class_weights="balanced", out=tmp_path / "w", **args)
+    shown = [data / "images" / r[0] for r in circles[6:26]]  # circles neither run trained on
+    assert _mean_circle(weighted, shown) > _mean_circle(plain, shown) + 0.1
+    asl = api.train(data, loss="asl", out=tmp_path / "asl", test_fraction=0.2, **args)
+    assert "loss: asl" in (asl.run_dir / "config.yaml").read_text()
+    first = [float(history_rows(r.run_dir)[0]["train_loss"]) for r in (run, asl)]
+    assert first[1] < 0.5 * first[0]
+    assert asl.metrics["val_map"] > 0.8
 
 
 def test_balanced_class_weights_are_each_labels_negatives_over_positives():

@@ -28,6 +28,7 @@ class LabelTable:
     rows: list[tuple[Path, tuple[str, ...]]]
     labels: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    bases: list[Path] = field(default_factory=list)  # the folders its file names were looked up in, in order
 
 
 def find_labels_file(root: Path) -> Path | None:
@@ -39,7 +40,7 @@ def find_labels_file(root: Path) -> Path | None:
 
 
 def _image_path(name: str, bases: list[Path]) -> Path | None:
-    """Where a listed file is: relative to the labels file's folder, or to an images/ folder beside it."""
+    """Where a listed file is: the first of the base folders that holds it."""
     for base in bases:
         p = base / name
         if p.is_file():
@@ -83,8 +84,9 @@ def _row_labels(kind: str, fields: list[str], columns: list[str] | None) -> tupl
     return tuple(c for c, v in zip(columns, values, strict=True) if v == "1")
 
 
-def read_labels(path: str | Path) -> LabelTable:
-    """Read a labels file; image paths resolve next to it (or in its images/ folder)."""
+def read_labels(path: str | Path, root: Path | None = None) -> LabelTable:
+    """Read a labels file; its file names resolve in the data folder `root` (or its images/ folder) first, as
+    fastai's and Keras' readers take them, then next to the labels file (or in its images/ folder)."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -96,7 +98,9 @@ def read_labels(path: str | Path) -> LabelTable:
             f"{path}: the labels file is empty; write a header (filename,labels) and one row per image"
         )
     kind, columns = _header(path, lines[0])
-    bases = [path.parent, path.parent / "images"]
+    folders = [root, path.parent] if root is not None else [path.parent]
+    bases = list(dict.fromkeys(b for f in folders for b in (f, f / "images")))
+    where_looked = " or ".join(f"{f}" for f in dict.fromkeys(folders)) + " (or images/ there)"
     rows, skipped, seen = [], [], {}
     for number, fields in enumerate(lines[1:], start=2):
         if not any(f.strip() for f in fields):
@@ -111,11 +115,11 @@ def read_labels(path: str | Path) -> LabelTable:
         image = _image_path(name, bases)
         if image is None or not is_image_name(image):
             why = "no such image file" if image is None else "not an image file extension"
-            skipped.append((where, f"{name}: {why} next to the labels file (or in images/); row skipped"))
+            skipped.append((where, f"{name}: {why} in {where_looked}; row skipped"))
         elif image in seen:
             skipped.append((where, f"{name}: listed twice (first on row {seen[image]}); the first row is kept"))
         else:
             seen[image] = number
             rows.append((image, names))
     labels = sorted({n for _, names in rows for n in names} | set(columns or ()))
-    return LabelTable(path, rows, labels, skipped)
+    return LabelTable(path, rows, labels, skipped, bases)

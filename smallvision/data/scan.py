@@ -155,7 +155,7 @@ def scan(
 
         if not table_path.is_file():
             raise SmallvisionError(f"{table_path}: no such labels file; give --labels a CSV (filename,labels)")
-        return scan_labelled(root, table_path, plan, carve, task)
+        return scan_labelled(root, table_path, plan, carve, task, _find_split_dirs(root))
     if task == "multi":
         raise SmallvisionError(
             f"{root}: --task multi needs a labels file: put labels.csv (filename,labels with the labels separated "

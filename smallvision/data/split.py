@@ -101,10 +101,11 @@ def carve(items: list[ImageItem], classes: list[str], plan: SplitPlan, test: boo
     return notes
 
 
-def carve_multilabel(items: list[ImageItem], labels: list[str], plan: SplitPlan) -> list[str]:
-    """Move training items to test and val by iterative stratification across labels (Sechidis et al. 2011, the
-    iterative-stratification package), so each label's share in every split is close to the split's share; identical
-    content moves together. The files enter in the order of their content hash (not their names), seeded."""
+def carve_multilabel(items: list[ImageItem], labels: list[str], plan: SplitPlan, test: bool) -> list[str]:
+    """Move training items to val (and test when `test`) by iterative stratification across labels (Sechidis et al.
+    2011, the iterative-stratification package), so each label's share in every split is close to the split's share;
+    identical content moves together. The files enter in the order of their content hash (not their names), seeded.
+    Refused when a carved split holds no labelled image (its mAP would be undefined)."""
     import numpy as np
     from iterstrat.ml_stratifiers import IterativeStratification
 
@@ -116,15 +117,22 @@ def carve_multilabel(items: list[ImageItem], labels: list[str], plan: SplitPlan)
     y = np.zeros((len(digests), len(labels)), dtype=bool)  # bool: the package indexes label columns with it
     for row, d in enumerate(digests):
         y[row, sorted(by_digest[d])] = True
-    shares = [plan.test_fraction, plan.val_fraction]
+    shares = [plan.test_fraction if test else 0.0, plan.val_fraction]
     r = np.array([*shares, 1 - sum(shares)])
     folds = IterativeStratification(y, r, np.random.RandomState(plan.seed))
     where = {d: ("test", "val", "train")[f] for d, f in zip(digests, folds, strict=True)}
     for it in train:
         it.split = where[it.digest]
-    test = f", {plan.test_fraction:.0%} test" if plan.test_fraction else ""
+    for split in ("val", "test"):
+        members = np.array([where[d] == split for d in digests], dtype=bool)
+        if members.any() and not y[members].any():
+            raise SmallvisionError(
+                f"the {split} split carved from {len(digests)} images holds none with a label ({members.sum()} "
+                f"all-negative images), so its mAP is undefined; add labelled images or raise the {split} fraction"
+            )
+    cut = f", {shares[0]:.0%} test" if shares[0] else ""
     notes = [
-        f"splits carved from train across labels (iterative stratification: {plan.val_fraction:.0%} val{test}, "
+        f"splits carved from train across labels (iterative stratification: {plan.val_fraction:.0%} val{cut}, "
         f"seed {plan.seed})"
     ]
     val_counts = y[[where[d] == "val" for d in digests]].sum(0)

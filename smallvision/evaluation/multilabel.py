@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from smallvision.errors import SmallvisionError
 from smallvision.task import MULTI_LABEL
 
 BOOTSTRAP = 200  # resamples of the images behind the macro mAP interval
@@ -37,15 +38,22 @@ def map_interval(truth: np.ndarray, probs: np.ndarray, seed: int = 0) -> list[fl
 
 
 def multilabel_metrics(
-    targets: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray
+    targets: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray, tuned_here: bool = False
 ) -> dict[str, Any]:
-    """All metrics of one split, as plain JSON-ready values (`targets` rows of 0/1, `thresholds` one per label)."""
+    """All metrics of one split, as plain JSON-ready values (`targets` rows of 0/1, `thresholds` one per label;
+    `tuned_here`: the thresholds were chosen on these images, so the F1s at them flatter the model). Refused when
+    no image has a label: mAP ranks positives, and there are none."""
     from sklearn.metrics import hamming_loss, precision_recall_fscore_support, roc_auc_score
 
     truth = np.asarray(targets) > 0.5
+    if not truth.any():
+        raise SmallvisionError(
+            f"none of the {len(truth)} images scored has any of the labels ({', '.join(labels[:5])}"
+            f"{', ...' if len(labels) > 5 else ''}), so mAP and F1 are undefined; score images that carry labels"
+        )
     probs = np.asarray(probs, dtype=np.float64)
     pred = MULTI_LABEL.decide(probs, np.asarray(thresholds))
-    out: dict[str, Any] = {"n": int(len(truth)), "task": "multi_label"}
+    out: dict[str, Any] = {"n": int(len(truth)), "task": "multi_label", "thresholds_tuned_here": tuned_here}
     out["map_macro"], out["map_micro"] = _ap(truth, probs, "macro"), _ap(truth, probs, "micro")
     out["map_macro_ci95"] = map_interval(truth, probs)
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)
@@ -83,6 +91,11 @@ def text_report(m: dict[str, Any]) -> str:
         f"Hamming loss {m['hamming_loss']:.4f}  labels per image {m['cardinality']['true']:.2f} true, "
         f"{m['cardinality']['predicted']:.2f} predicted",
     ]
+    if m.get("thresholds_tuned_here"):
+        lines.append(
+            "the thresholds (and the kept epoch) were chosen on these images, so the F1s and exact match flatter "
+            "the model; a held-out test split gives an untouched estimate"
+        )
     per = m["per_label"]
     width = max([len("label")] + [len(n) for n in per])
     lines.append(f"{'label':<{width}}  {'AP':>6} {'thresh':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'support':>7}")

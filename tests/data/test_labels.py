@@ -83,7 +83,7 @@ def test_a_header_that_is_neither_layout_is_refused_with_the_fix(labelled, heade
 def test_a_labels_file_naming_no_image_and_a_multi_task_without_one_are_refused(labelled, tmp_path):
     other = tmp_path / "empty.csv"
     other.write_text("filename,labels\nnope.png,circle\n")
-    with pytest.raises(SmallvisionError, match="names no image found next to it"):
+    with pytest.raises(SmallvisionError, match="names no image found in"):
         scan(labelled, labels=other, carve=False)
     folders = tmp_path / "folders"
     shutil.copytree(labelled / "images", folders / "all")
@@ -97,7 +97,8 @@ def test_the_task_is_detected_from_the_rows_and_can_be_forced(labelled):
     single = [f"{name},{labels.split()[0]}" for name, labels in rows if labels]
     csv.write_text("\n".join(["filename,labels", *single]) + "\n")
     index = scan(labelled, carve=False)
-    assert index.task == "single" and all(it.label >= 0 for it in index.items)
+    assert index.task == "single" and index.classes == sorted({s.split(",")[1] for s in single})
+    assert {it.path.name: index.classes[it.label] for it in index.items} == dict(s.split(",") for s in single)
     assert scan(labelled, carve=False, task="multi").task == "multi"
     csv.write_text("\n".join(["filename,labels", *(f"{n},{labels}" for n, labels in rows)]) + "\n")
     with pytest.raises(SmallvisionError, match="--task single needs exactly one label per row"):
@@ -159,3 +160,38 @@ def test_a_folder_of_loose_images_says_how_to_label_them(tmp_path):
         f.rename(root / f.name)
     with pytest.raises(SmallvisionError, match="list each image's labels in a labels.csv"):
         scan(root)
+
+
+def test_train_and_val_folders_beside_a_labels_file_give_their_splits(labelled):
+    csv = labelled / "labels.csv"
+    rows = [r.split(",") for r in csv.read_text().splitlines()[1:]]
+    for k, (name, _) in enumerate(rows):
+        split = "val" if k % 4 == 0 else "train"
+        (labelled / split).mkdir(exist_ok=True)
+        (labelled / "images" / name).rename(labelled / split / name)
+        rows[k][0] = f"{split}/{name}"
+    csv.write_text("\n".join(["filename,labels", *(",".join(r) for r in rows)]) + "\n")
+    index = scan(labelled, SplitPlan(val_fraction=0.2, test_fraction=0.2))
+    assert index.given_splits == ("train", "val") and "train/ + val/" in index.layout
+    assert {it.path.parent.name for it in index.split("val")} == {"val"} and len(index.split("val")) == 15
+    assert not index.split("test")  # given folders are the split: nothing is carved from them
+
+
+def test_a_labels_file_elsewhere_names_images_relative_to_the_data_folder(labelled, tmp_path):
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    lines = (labelled / "labels.csv").read_text().splitlines()
+    (labelled / "labels.csv").unlink()
+    (meta / "tags.csv").write_text("\n".join([lines[0], *(f"images/{r}" for r in lines[1:])]) + "\n")
+    index = scan(labelled, carve=False, labels=meta / "tags.csv")
+    assert len(index.items) == 60 and not index.skipped
+
+
+def test_a_carved_split_with_no_labelled_image_is_refused(tmp_path):
+    root = make_multilabel_folder(tmp_path / "neg", n=30, seed=2)
+    csv = root / "labels.csv"
+    lines = csv.read_text().splitlines()
+    names = [r.split(",")[0] for r in lines[1:]]
+    csv.write_text("\n".join([lines[0], *(f"{n}," for n in names[1:]), f"{names[0]},circle"]) + "\n")
+    with pytest.raises(SmallvisionError, match="split carved from 30 images holds none with a label"):
+        scan(root, SplitPlan(val_fraction=0.2))
