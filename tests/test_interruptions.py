@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SV = [sys.executable, "-m", "smallvision"]
 
 
-def _start(args: list[str], env: dict | None = None) -> subprocess.Popen:
+def start_cli(args: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [*SV, *args], cwd=ROOT, env=env or dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -34,7 +34,7 @@ def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProces
     )
 
 
-def _kill_when(proc: subprocess.Popen, ready, delay: float, limit: float = 240) -> None:
+def kill_when(proc: subprocess.Popen, ready, delay: float, limit: float = 240) -> None:
     deadline = time.time() + limit
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)
@@ -61,9 +61,9 @@ def reference(shapes_data, tmp_path_factory):
 @pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_training_killed_at_a_random_epoch_resumes_to_the_same_model(shapes_data, reference, tmp_path, seed):
     out = tmp_path / "run"
-    proc = _start(_scratch(shapes_data, out))
+    proc = start_cli(_scratch(shapes_data, out))
     ckpt = out / "checkpoints" / "scratch" / "last.ckpt"
-    _kill_when(proc, ckpt.exists, random.Random(seed).uniform(0.0, 1.0))  # 40 epochs take ~2.5 s here
+    kill_when(proc, ckpt.exists, random.Random(seed).uniform(0.0, 1.0))  # 40 epochs take ~2.5 s here
     assert not (out / "metrics.json").exists()
     ckpt_time = ckpt.stat().st_mtime
     for path in (out / "checkpoints" / "scratch").glob("*.ckpt"):
@@ -120,8 +120,8 @@ def test_feature_caching_killed_midway_leaves_a_valid_cache_and_finishes_the_sam
 ):
     args = _features(shapes_data)
     env = {**os.environ, "SMALLVISION_CACHE_DIR": str(tmp_path / "cache")}
-    proc = _start([*args, "--out", str(tmp_path / "run")], env)
-    _kill_when(proc, lambda: (tmp_path / "cache").exists(), random.Random(seed).uniform(0.5, 4.0))
+    proc = start_cli([*args, "--out", str(tmp_path / "run")], env)
+    kill_when(proc, lambda: (tmp_path / "cache").exists(), random.Random(seed).uniform(0.5, 4.0))
     _valid_cache(tmp_path / "cache")
     done = _run(["train", "--resume", str(tmp_path / "run"), "-q"], env)
     assert done.returncode == 0, done.stderr
@@ -145,9 +145,9 @@ def test_compare_killed_midway_continues_without_redoing_finished_runs(shapes_da
         str(out),
         "-q",
     ]
-    proc = _start(args)
+    proc = start_cli(args)
     first = out / "runs" / "features" / "metrics.json"
-    _kill_when(proc, lambda: (out / "runs" / "scratch" / "checkpoints" / "scratch" / "last.ckpt").exists(), 0.2)
+    kill_when(proc, lambda: (out / "runs" / "scratch" / "checkpoints" / "scratch" / "last.ckpt").exists(), 0.2)
     assert first.exists() and not (out / "results.csv").exists()
     stamp = first.stat().st_mtime_ns
     done = _run(args)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score
 
 from smallvision import api
@@ -330,3 +331,30 @@ def test_auto_measures_both_losses_on_validation_and_fine_tunes_with_the_kept_on
     resolved = (run.run_dir / "config.yaml").read_text()
     assert f"loss: {loss}" in resolved
     assert m["val_map"] == m["val"]["map_macro"] > 0.7
+
+
+def test_a_killed_multi_label_run_resumes_to_the_same_model(data, tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.test_interruptions import kill_when, start_cli
+
+    def scratch(out: Path) -> list[str]:
+        args = ["--recipe", "scratch", "--image-size", "32", "--epochs", "30", "--precision", "32-true", "-q"]
+        return ["train", str(data), *args, "--out", str(out)]
+
+    reference = cli(*scratch(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "run"
+    kill_when(start_cli(scratch(out)), (out / "checkpoints" / "scratch" / "last.ckpt").exists, 0.3)
+    assert not (out / "metrics.json").exists()
+    done = cli("train", "--resume", out, "-q")
+    assert done.returncode == 0, done.stderr
+    assert [r["epoch"] for r in history_rows(out)] == [str(e) for e in range(1, 31)]
+    ours, ref = (
+        load_file(str(out / "model" / "model.safetensors")),
+        load_file(str(tmp_path / "ref/model/model.safetensors")),
+    )
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    m, r = (json.loads((p / "metrics.json").read_text()) for p in (out, tmp_path / "ref"))
+    assert m["task"] == "multi_label" and m["val"]["map_macro"] == r["val"]["map_macro"]
+    assert read_card(out / "model").thresholds == read_card(tmp_path / "ref" / "model").thresholds

@@ -39,37 +39,75 @@ def _unlisted(table: LabelTable, skipped: list[tuple[Path, str]]) -> None:
                 skipped.append((p, f"not listed in {table.source.name}; add a row (empty labels: all negative)"))
 
 
-def scan_labelled(
-    root: Path, source: Path, plan: SplitPlan, carve_splits: bool, task: str, split_dirs: dict[str, Path]
-) -> DatasetIndex:
-    """The index of the images a labels file lists, with their labels and splits: an image inside a train/ val/
-    test/ folder of `split_dirs` is in that split, the rest carved (when `carve_splits`) as a class-folder scan
-    carves them."""
-    table = read_labels(source, root)
-    if not table.rows:
-        raise SmallvisionError(
-            f"{source}: names no image found in {root} or next to it (or in images/ there); check the filename "
-            f"column (paths relative to the data folder), or give --labels the labels file of this folder"
-        )
-    kind = detect_task(table, task)
-    skipped = list(table.skipped)
-    _unlisted(table, skipped)
-    classes = table.labels if kind == "multi" else sorted({names[0] for _, names in table.rows})
+def _read_tables(root: Path, sources: dict[str, Path], split_dirs: dict[str, Path]) -> list[tuple[LabelTable, dict]]:
+    """Each labels file read, with the split of each of its images: one file for the whole folder (`sources` {"":
+    file}; an image inside a train/ val/ test/ folder is in that split, the rest train) or one per split folder."""
+    out = []
+    for split, source in sources.items():
+        table = read_labels(source, split_dirs[split] if split else root)
+        where = {
+            path: split or next((s for s, d in split_dirs.items() if path.is_relative_to(d)), "train")
+            for path, _ in table.rows
+        }
+        out.append((table, where))
+    return out
+
+
+def _refuse_unseen_labels(tables: list[tuple[LabelTable, dict]]) -> None:
+    """Refuse labels that a given val or test split holds and no training image has: no model can learn them."""
+    trained = {n for table, where in tables for path, names in table.rows if where[path] == "train" for n in names}
+    for table, where in tables:
+        for split in ("val", "test"):
+            unseen = sorted({n for p, names in table.rows if where[p] == split for n in names} - trained)
+            if unseen:
+                raise SmallvisionError(
+                    f"{table.source}: label(s) {', '.join(unseen[:5])} appear in the {split} split but in no "
+                    "training image, so no model can learn them; add training images with them, or remove them "
+                    f"from the {split} rows"
+                )
+
+
+def _items(rows: list, classes: list[str], kind: str, skipped: list) -> list[ImageItem]:
+    """The index items of the listed (path, label names, split) rows whose content can be read."""
     items = []
-    for path, names in table.rows:
+    for path, names, split in rows:
         digest = read_digest(path, skipped)
         if digest is None:
             continue
-        split = next((s for s, d in split_dirs.items() if path.is_relative_to(d)), "train")
         if kind == "multi":
             items.append(ImageItem(path, -1, split, digest, tuple(classes.index(n) for n in names)))
         else:
             items.append(ImageItem(path, classes.index(names[0]), split, digest))
+    return items
+
+
+def scan_labelled(
+    root: Path, sources: dict[str, Path], plan: SplitPlan, carve_splits: bool, task: str, split_dirs: dict[str, Path]
+) -> DatasetIndex:
+    """The index of the images the labels file(s) list, with their labels and splits (see `_read_tables`); splits
+    the folder does not give are carved (when `carve_splits`) as a class-folder scan carves them."""
+    tables = _read_tables(root, sources, split_dirs)
+    rows = [(path, names, where[path]) for table, where in tables for path, names in table.rows]
+    first = tables[0][0]
+    if not rows:
+        raise SmallvisionError(
+            f"{first.source}: names no image found in {root} or next to it (or in images/ there); check the filename "
+            f"column (paths relative to the data folder), or give --labels the labels file of this folder"
+        )
+    every = sorted({n for table, _ in tables for n in table.labels})
+    kind = detect_task(LabelTable(first.source, [(p, n) for p, n, _ in rows], every), task)
+    _refuse_unseen_labels(tables)
+    skipped = [bad for table, _ in tables for bad in table.skipped]
+    for table, _ in tables:
+        _unlisted(table, skipped)
+    classes = every if kind == "multi" else sorted({names[0] for _, names, _ in rows})
+    items = _items(rows, classes, kind, skipped)
     what = "multi-label: any number of labels per image" if kind == "multi" else "single-label: one label per row"
-    notes = [f"task: {what} (from {source.name}; force it with --task single|multi)"]
+    named = " + ".join(str(f.relative_to(root)) if f.is_relative_to(root) else f.name for f in sources.values())
+    notes = [f"task: {what} (from {named}; force it with --task single|multi)"]
     if carve_splits and "val" not in split_dirs:
         cut = carve_multilabel if kind == "multi" else carve
         notes += cut(items, classes, plan, test=not split_dirs)
     given = tuple(s for s in SPLITS if s in split_dirs)
     folders = "".join(f" + {s}/" for s in given)
-    return DatasetIndex(root, f"images{folders} + {source.name}", classes, items, skipped, notes, kind, given)
+    return DatasetIndex(root, f"images{folders} + {named}", classes, items, skipped, notes, kind, given)

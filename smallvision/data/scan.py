@@ -149,19 +149,40 @@ def scan(
     """
     plan = plan or SplitPlan()
     root = _dataset_root(data)
-    table_path = Path(labels).expanduser() if labels else find_labels_file(root)
-    if table_path is not None:  # a labels file says what each image is, whatever folders the images sit in
+    split_dirs = _find_split_dirs(root)
+    sources = _labels_files(root, labels, split_dirs)
+    if sources:  # a labels file says what each image is, whatever folders the images sit in
         from smallvision.data.labelled import scan_labelled
 
-        if not table_path.is_file():
-            raise SmallvisionError(f"{table_path}: no such labels file; give --labels a CSV (filename,labels)")
-        return scan_labelled(root, table_path, plan, carve, task, _find_split_dirs(root))
+        return scan_labelled(root, sources, plan, carve, task, split_dirs)
     if task == "multi":
         raise SmallvisionError(
             f"{root}: --task multi needs a labels file: put labels.csv (filename,labels with the labels separated "
             "by spaces) in the folder, or give --labels FILE"
         )
     return _scan_class_folders(root, plan, carve)
+
+
+def _labels_files(root: Path, labels: str | Path | None, split_dirs: dict[str, Path]) -> dict[str, Path]:
+    """The labels file(s) that say what the folder's images are: {"": file} for `labels` or the folder's labels.csv,
+    {split: file} when its train/ val/ test/ folders each carry one, {} for a folder of class folders."""
+    if labels:
+        path = Path(labels).expanduser()
+        if not path.is_file():
+            raise SmallvisionError(f"{path}: no such labels file; give --labels a CSV (filename,labels)")
+        return {"": path}
+    found = find_labels_file(root)
+    if found is not None:
+        return {"": found}
+    per_split = {s: f for s, d in split_dirs.items() if (f := find_labels_file(d)) is not None}
+    missing = [f"{d.name}/" for s, d in split_dirs.items() if s not in per_split]
+    if per_split and missing:
+        raise SmallvisionError(
+            f"{root}: {', '.join(f'{split_dirs[s].name}/{f.name}' for s, f in per_split.items())} label(s) the "
+            f"images of that split, but {', '.join(missing)} has no labels.csv; give each split folder its labels "
+            "file, or list every image in one labels.csv at the top of the folder"
+        )
+    return per_split
 
 
 def _scan_class_folders(root: Path, plan: SplitPlan, carve: bool) -> DatasetIndex:

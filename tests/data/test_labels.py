@@ -195,3 +195,36 @@ def test_a_carved_split_with_no_labelled_image_is_refused(tmp_path):
     csv.write_text("\n".join([lines[0], *(f"{n}," for n in names[1:]), f"{names[0]},circle"]) + "\n")
     with pytest.raises(SmallvisionError, match="split carved from 30 images holds none with a label"):
         scan(root, SplitPlan(val_fraction=0.2))
+
+
+def _split_folders(root, rows: list[list[str]], every: int = 4) -> None:
+    """Move every `every`-th listed image into val/, the rest into train/, each folder with its own labels.csv."""
+    per_split: dict[str, list[str]] = {"train": [], "val": []}
+    for k, (name, labels) in enumerate(rows):
+        split = "val" if k % every == 0 else "train"
+        (root / split).mkdir(exist_ok=True)
+        (root / "images" / name).rename(root / split / name)
+        per_split[split].append(f"{name},{labels}")
+    (root / "labels.csv").unlink()
+    for split, lines in per_split.items():
+        (root / split / "labels.csv").write_text("\n".join(["filename,labels", *lines]) + "\n")
+
+
+def test_train_and_val_folders_with_their_own_labels_files_give_their_splits(labelled):
+    rows = [r.split(",") for r in (labelled / "labels.csv").read_text().splitlines()[1:]]
+    _split_folders(labelled, rows)
+    index = scan(labelled, SplitPlan(val_fraction=0.2, test_fraction=0.2))
+    assert index.task == "multi" and index.given_splits == ("train", "val") and index.classes == sorted(SHAPES)
+    assert {it.path.name for it in index.split("val")} == {r[0] for k, r in enumerate(rows) if k % 4 == 0}
+    assert _labels_of(index) == {name: set(labels.split()) for name, labels in rows}
+
+
+def test_a_label_given_only_in_validation_is_refused_naming_the_file(labelled):
+    rows = [r.split(",") for r in (labelled / "labels.csv").read_text().splitlines()[1:]]
+    rows[0][1] = "circle unicorn"  # row 0 goes to val/
+    _split_folders(labelled, rows)
+    with pytest.raises(SmallvisionError, match=r"val/labels.csv: label\(s\) unicorn appear in the val split but in no"):
+        scan(labelled)
+    (labelled / "train" / "labels.csv").unlink()
+    with pytest.raises(SmallvisionError, match=r"train/ has no labels.csv"):
+        scan(labelled)
