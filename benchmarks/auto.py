@@ -42,7 +42,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "smallv
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 SPLIT = {"digits": ["--test-fraction", "0.1"]}  # the demo's split; the other folders bring their own
 NATIVE = {"digits": 32, "food5_64px": 64}  # folders whose native size gets its own scratch run with --compare
-FOLDERS = ["digits", "hymenoptera", "monkeys10", "food5_64px", "synthetic20k"]
+FOLDERS = ["digits", "hymenoptera", "monkeys10", "food5_64px", "synthetic20k", "posters_ml"]
 SYNTH_SIZE, SYNTH_CLASSES, SYNTH_IMAGES = 150, ("circle", "ring", "square", "triangle", "star", "cross"), 20_000
 GRID = np.mgrid[0:SYNTH_SIZE, 0:SYNTH_SIZE].astype(np.float32)
 
@@ -66,6 +66,7 @@ TARGETS = {
     "monkeys10": ("val >= 0.996", [_val(0.996)]),
     "food5_64px": ("test > 0.68, val > 0.769", [_test(0.68, strict=True), _val(0.769, strict=True)]),
     "synthetic20k": ("within budget", []),
+    "posters_ml": ("within budget", []),  # multi-label: benchmarks/multilabel.py scores it against its peers
 }
 
 
@@ -232,6 +233,8 @@ def run_auto(name: str, path: Path, budget: float, logs: Path, max_seconds: floa
     row |= {
         "val_accuracy": metrics.get("val_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),
+        "val_map": metrics.get("val_map"),  # a multi-label folder's macro mAP (posters_ml)
+        "test_map": metrics.get("test_map"),
         "run_seconds": metrics.get("seconds"),
         "best_epoch": metrics.get("best_epoch"),
         "backbone": metrics.get("backbone"),
@@ -290,8 +293,10 @@ def judge(row: dict, budget: float) -> None:
     target, checks = TARGETS[row["folder"]]
     ok = row["status"] == "ok" and row["within_budget"] == "yes" and all(check(row) for check in checks)
     row["target"], row["met"] = target, "met" if ok else "missed"
-    row["val"] = "-" if row.get("val_accuracy") is None else f"{row['val_accuracy']:.4f}"
-    row["test"] = "-" if row.get("test_accuracy") is None else f"{row['test_accuracy']:.4f}"
+    for split in ("val", "test"):
+        value = row.get(f"{split}_accuracy", row.get(f"{split}_map"))
+        value = row.get(f"{split}_map") if value is None else value
+        row[split] = "-" if value is None else f"{value:.4f}" + (" mAP" if row.get(f"{split}_map") is not None else "")
     best = (row.get("single") or {}).get("best")
     if "single" in row:
         row["best single (val, s)"] = (
@@ -348,6 +353,25 @@ def main() -> None:
         "load_after",
     ]
     emit(rows, path, columns)
+    costs = cost_rows(rows)
+    if costs:
+        print("\nthe plan against the clock (auto_plan.json's `actual`; target: every ratio within 0.75-1.25)")
+        emit(costs, RESULTS / f"auto-{args.label}-costs.json")
+
+
+def cost_rows(rows: list[dict]) -> list[dict]:
+    """Per folder and step: the plan's estimate, the seconds it took, their ratio; then the budget used."""
+    out = []
+    for row in rows:
+        plan = row.get("auto_plan") or {}
+        for step in plan.get("actual", []):
+            ratio = step["ratio"]
+            within = "-" if ratio is None else "yes" if 0.75 <= ratio <= 1.25 else "no"
+            out.append({"folder": row["folder"], **step, "within_25%": within})
+        if plan:
+            used = row["wall_s"] / row["budget"] if row.get("wall_s") is not None else None
+            out.append({"folder": row["folder"], "step": "whole run (wall / budget)", "ratio": used and round(used, 2)})
+    return out
 
 
 if __name__ == "__main__":

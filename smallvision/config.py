@@ -40,7 +40,11 @@ class DataConfig(_Strict):
         le=1024,
         description="square input size in pixels; default: "
         + f"{in_words(recipes_where('plans'))} chooses it from the data (see its plan), "
-        + "".join(f"{r.image_size} for {r.name}, " for r in SPECS.values() if r.image_size)
+        + "".join(
+            f"{r.image_size} for {r.name} (the images' median short side when smaller), "
+            for r in SPECS.values()
+            if r.image_size
+        )
         + "else the first backbone's native size "
         f"({NATIVE_SIZE['efficientnet_lite0']} for efficientnet_lite0, the features default; "
         f"{NATIVE_SIZE['efficientnet_lite2']} for efficientnet_lite2, the other recipes' default; 224 for other "

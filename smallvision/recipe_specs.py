@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIN_SCRATCH_SIZE = 32  # the smallest native size a from-scratch CNN trains at (auto and scratch alike)
+
 
 @dataclass(frozen=True)
 class RecipeSpec:

@@ -93,6 +93,21 @@ class SingleLabel:
         """What model selection maximises: accuracy (NaN on an empty split)."""
         return float(self.correct(probs, np.asarray(labels)).mean()) if len(labels) else float("nan")
 
+    def log_loss(self, probs: np.ndarray, labels: np.ndarray) -> float:
+        """Mean negative log-likelihood of the true classes: a continuous score, for ties accuracy cannot break."""
+        labels = np.asarray(labels)
+        picked = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), labels]
+        return float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
+
+    def paired_p(self, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray) -> float:
+        """Two-sided p-value that two models score alike on these same images: the exact McNemar test on the images
+        one gets right and the other wrong (1.0 when there are none)."""
+        from scipy.stats import binomtest
+
+        a, b = self.correct(probs_a, np.asarray(labels)), self.correct(probs_b, np.asarray(labels))
+        only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+        return float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+
 
 SINGLE_LABEL = SingleLabel()
 METRIC_NAMES = {"accuracy": "accuracy", "map": "macro mAP"}  # each task's selection metric, in words
@@ -179,6 +194,27 @@ class MultiLabel:
         if not len(labels) or not present.any():
             return float("nan")
         return float(average_precision_score(labels[:, present], np.asarray(probs)[:, present], average="macro"))
+
+    def log_loss(self, probs: np.ndarray, labels: np.ndarray) -> float:
+        """Mean binary cross-entropy over images and labels: a continuous score, for ties mAP cannot break."""
+        truth = np.asarray(labels) > 0.5
+        p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+        return float(-np.mean(np.where(truth, np.log(p), np.log(1 - p))))
+
+    def paired_p(self, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, resamples: int = 100) -> float:
+        """Two-sided p-value that two models score alike on these same images: a paired bootstrap (the same images
+        resampled for both, seeded) of their macro mAP difference, twice the share of resamples that reverse it."""
+        rng = np.random.default_rng(0)
+        diffs = []
+        for _ in range(resamples):
+            rows = rng.integers(0, len(labels), len(labels))
+            d = self.score(probs_a[rows], labels[rows]) - self.score(probs_b[rows], labels[rows])
+            if not np.isnan(d):
+                diffs.append(d)
+        if not diffs:
+            return 1.0
+        d = np.asarray(diffs)
+        return float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
 
     def metric_of(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
         """The selection metric of a split's logits (macro mAP)."""

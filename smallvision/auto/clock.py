@@ -1,8 +1,10 @@
-"""auto's budget by the clock: one clock, and whether an optional step still fits (recorded, so a resume agrees)."""
+"""auto's budget by the clock: one clock, whether an optional step still fits (recorded, so a resume agrees), and
+each step's estimate against the seconds it took."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from smallvision.auto.plan import TAIL
@@ -23,3 +25,38 @@ def budget_check(run_dir: Path, name: str, start: float, seconds: float, budget:
         return {"run": fits, "elapsed": round(elapsed, 1), "estimate": round(seconds, 1)}
 
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
+
+
+def round_check(run_dir: Path, name: str, start: float, rnd: dict, budget: float, ratio: float) -> dict:
+    """How many of a fine-tuning round's epochs still fit the budget by the clock, its estimate scaled by `ratio`
+    (what the run's steps took over their estimates so far): a round that overran shrinks the next ones instead of
+    dropping them. Recorded, so a resume decides the same."""
+    from smallvision.engine.distributed import rank_zero_decision
+
+    def decide() -> dict:
+        elapsed = now() - start
+        left, need = budget - TAIL - elapsed, rnd["seconds"] * ratio
+        epochs = rnd["epochs"] if need <= left else int(rnd["epochs"] * max(left, 0.0) / need)
+        return {"epochs": epochs, "elapsed": round(elapsed, 1), "estimate": round(need, 1), "ratio": round(ratio, 2)}
+
+    return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
+
+
+@dataclass
+class Ledger:
+    """Each step's planned seconds against the seconds it took by the clock (auto_plan.json's `actual`)."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def record(self, step: str, estimate: float, seconds: float) -> None:
+        """One step done: its estimate, what it took and their ratio."""
+        estimate, seconds = round(estimate, 1), round(seconds, 1)  # the ratio of the figures shown
+        ratio = round(seconds / estimate, 2) if estimate > 0 else None
+        self.rows.append({"step": step, "estimate": estimate, "actual": seconds, "ratio": ratio})
+
+    def ratio(self) -> float:
+        """What the steps so far took over their estimates (1 before any), within [0.5, 4]: the rest of the plan is
+        scaled by it."""
+        timed = [r for r in self.rows if r["estimate"] > 0]
+        estimate = sum(r["estimate"] for r in timed)
+        return min(4.0, max(0.5, sum(r["actual"] for r in timed) / estimate)) if estimate else 1.0

@@ -22,9 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smallvision import runclock
+from smallvision import atomic, runclock
 from smallvision.auto import select
-from smallvision.auto.clock import budget_check, now
+from smallvision.auto.clock import Ledger, now, round_check
 from smallvision.auto.plan import (
     PLAN_FILE,
     PLAN_VERSION,
@@ -44,12 +44,14 @@ from smallvision.auto.select import Candidate, choose, final_outcome
 from smallvision.config import APPLIES, PLANNING, RunConfig, nested, option_flag, stage_values, unapplied, user_set
 from smallvision.data.index import DatasetIndex
 from smallvision.errors import SmallvisionError
+from smallvision.recipe_specs import MIN_SCRATCH_SIZE
 from smallvision.recipes import steps
 from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.scratch import run_scratch
 from smallvision.results import RunNotes
 
 log = logging.getLogger(__name__)
+MAX_CONTINUED = 3  # rounds a run may add after rounds still improving at their last epoch (each one clock-checked)
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -86,6 +88,7 @@ class Tally:
 
     ran: list[RunConfig] = field(default_factory=list)
     choices: Counter[str] = field(default_factory=Counter)
+    ledger: Ledger = field(default_factory=Ledger)  # each step's estimate against the seconds it took
 
 
 def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally) -> Candidate:
@@ -171,64 +174,103 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
     return out
 
 
-def _round_fits(run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes) -> bool:
-    """Whether fine-tuning round `i` still fits the budget by the clock; a round that does not ends the rounds."""
-    guard = budget_check(run_dir, f"round{i}", start, rnd.seconds, budget)
-    if not guard["run"]:
+def _fitted_round(
+    run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes, ledger
+) -> Round | None:
+    """Round `i` as it still fits the budget by the clock: fewer epochs when the steps so far overran their
+    estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends the rounds."""
+    guard = round_check(run_dir, f"round{i}", start, dataclasses.asdict(rnd), budget, ledger.ratio())
+    fits = guard["epochs"]
+    if fits < 1:
         notes.decide(
             "stop",
-            f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round "
-            f"was estimated at {guard['estimate']:.0f} s, past --time-budget {budget:g}",
+            f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round was estimated "
+            f"at {guard['estimate']:.0f} s (its plan's estimate x{guard['ratio']}, what the steps so far took over "
+            f"theirs), past --time-budget {budget:g}",
         )
-    return guard["run"]
+        return None
+    if fits < rnd.epochs:
+        notes.decide(
+            "shrink",
+            f"fine-tuning round {i} shortened to {fits} of its {rnd.epochs} epochs to fit --time-budget {budget:g}: "
+            f"{guard['elapsed']:.0f} s had passed and the steps so far took x{guard['ratio']} their estimates",
+        )
+    return dataclasses.replace(rnd, epochs=fits, seconds=rnd.seconds * fits / rnd.epochs)
+
+
+def _continued(i: int, rnd: Round, fitted: Round, best_epoch: int, rounds: list[Round], notes: RunNotes) -> None:
+    """A round whose best epoch was its last (validation still rising) is followed by as many epochs again at its
+    rate and blocks, up to MAX_CONTINUED times in a run, each still checked against the clock."""
+    added = sum(r.continues for r in rounds)
+    if best_epoch < fitted.epochs or added >= MAX_CONTINUED:
+        return
+    rounds.insert(i, dataclasses.replace(rnd, continues=True))
+    notes.decide(
+        "continue",
+        f"round {i}'s best epoch was its last ({best_epoch} of {fitted.epochs}): validation was still rising, so "
+        f"round {i + 1} continues it ({rnd.epochs} epochs more at lr {rnd.lr:.2g})",
+    )
+
+
+def _round_stage(round_cfg, stage: str, model, data, views, trainable, run_dir: Path, left: float, progress, logger):
+    """One fine-tuning round's training (resumed from its checkpoints), stopped by the clock `left` seconds from now
+    less the tail kept for saving, whatever its estimate said."""
+    from smallvision.engine.stage import stage_spec
+    from smallvision.engine.trainer import fit
+
+    rr = round_cfg.recipe
+    groups = steps.param_groups(model, {0: trainable}, rr.lr, rr.finetune_lr, rr.layer_decay)
+    spec = stage_spec(round_cfg, stage, "network", epochs=rr.finetune_epochs, max_seconds=left - TAIL)
+    image_data = steps.image_data(round_cfg, data, views)
+    return fit(
+        model,
+        image_data,
+        spec,
+        model.task,
+        groups=groups,
+        stage_dir=run_dir / "checkpoints" / stage,
+        progress=progress,
+        on_epoch=steps.epoch_logger(logger),
+    )
 
 
 def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally) -> Candidate | None:
-    """Fine-tuning rounds on the best pretrained candidate, each only while the last one improved validation."""
-    from smallvision.engine.stage import stage_spec
-    from smallvision.engine.trainer import fit
+    """Fine-tuning rounds on the best pretrained candidate, each only while the last one improved validation, a round
+    that was still improving at its last epoch continued (see `_continued`)."""
     from smallvision.models.backbone import freeze
 
-    budget = cfg.recipe.time_budget
-    if not _round_fits(run_dir, 1, plan.rounds[0], start, budget, notes):  # before loading every image for it
+    budget, rounds = cfg.recipe.time_budget, list(plan.rounds)
+    fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger)  # before loading every image
+    if fitted is None:
         return None
-    tune_cfg = round_config(cfg, base.cfg, plan.views, plan.rounds[0])
+    tune_cfg = round_config(cfg, base.cfg, plan.views, fitted)
     data = steps.load_images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)
     best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
     history, blocks, views, stages = list(base.history), None, None, list(base.stages)
-    for i, rnd in enumerate(plan.rounds, 1):
-        if i > 1 and not _round_fits(run_dir, i, rnd, start, budget, notes):
+    i = 0
+    while i < len(rounds):
+        rnd, i, began = rounds[i], i + 1, now()
+        if i > 1 and (fitted := _fitted_round(run_dir, i, rnd, start, budget, notes, tally.ledger)) is None:
             break
-        round_cfg = round_config(cfg, base.cfg, plan.views, rnd)
+        round_cfg = round_config(cfg, base.cfg, plan.views, fitted)
         if rnd.blocks != blocks:
             blocks = rnd.blocks
             trainable = freeze(model.backbones[0], blocks)
             views = steps.activation_views(tune_cfg, model, data, notes, progress)
-        rr, stage = round_cfg.recipe, f"finetune{i}"
-        groups = steps.param_groups(model, {0: trainable}, rr.lr, rr.finetune_lr, rr.layer_decay)
-        left = budget - TAIL - (now() - start)  # the clock stops a round the estimate misjudged
-        spec = stage_spec(round_cfg, stage, "network", epochs=rr.finetune_epochs, max_seconds=left)
-        stage_dir, on_epoch = run_dir / "checkpoints" / stage, steps.epoch_logger(logger)
-        image_data = steps.image_data(round_cfg, data, views)
-        res = fit(
-            model,
-            image_data,
-            spec,
-            model.task,
-            groups=groups,
-            stage_dir=stage_dir,
-            progress=progress,
-            on_epoch=on_epoch,
+        stage = f"finetune{i}"
+        res = _round_stage(
+            round_cfg, stage, model, data, views, trainable, run_dir, budget - (now() - start), progress, logger
         )
         tally.ran.append(round_cfg)
+        tally.ledger.record(f"round {i}", fitted.seconds, now() - began)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
         improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
         tally.choices["finetune_round"] += 1
         notes.decide(
             "round",
-            f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd.lr:.2g}, {rnd.epochs} "
+            f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd.lr:.2g}, {fitted.epochs} "
             f"epochs): best {select.metric_words(base)} {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
             + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
         )
@@ -237,6 +279,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
+        _continued(i, rnd, fitted, res.best_epoch, rounds, notes)
     return best
 
 
@@ -278,7 +321,7 @@ def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[
         probe = None
         # the probe scores single-label accuracy; a multi-label plan takes the pretrained backbones it would favour
         if (profile.tiny or profile.grayscale >= 0.5) and not given_backbone and index.task == "single":
-            size = max(32, min(128, profile.short_side["p50"]))
+            size = max(MIN_SCRATCH_SIZE, min(128, profile.short_side["p50"]))
             probe = imagenet_distance(
                 index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
             )
@@ -319,16 +362,25 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
     cands: list[Candidate] = []
     tally = Tally()  # the config of every stage that ran, kept or not, and each choice made on validation
     if plan.scratch is not None:
+        began = now()
         cands += _scratch_candidates(cfg, plan, work, run_dir, start, progress, notes, logger, tally)
-    for name in plan.backbones:
+        tally.ledger.record("scratch", plan.seconds_of("scratch"), now() - began)
+    for k, name in enumerate(plan.backbones):
+        began = now()  # the first backbone's pass decodes the images too
         cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally))
+        keys = (f"features {name}", "decode") if k == 0 else (f"features {name}",)
+        tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
     pretrained = [c for c in cands if c.specs]
     if plan.rounds and pretrained:
         base = max(pretrained, key=lambda c: c.val)
         tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, tally)
         if tuned is not None:
             cands.append(tuned)
+    began = now()
     members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally.choices)
+    if tta:
+        tally.ledger.record("tta", plan.seconds_of("tta"), now() - began)
+    _record_costs(run_dir, plan, tally.ledger, notes)
     unused = unapplied(user_set(cfg), tally.ran)
     if unused:
         notes.decide(
@@ -344,6 +396,23 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         selection=dict(tally.choices),
         decisions=notes.decisions,
     )
+
+
+def _record_costs(run_dir: Path, plan: Plan, ledger: Ledger, notes: RunNotes) -> None:
+    """Each step's estimate against the seconds it took, in auto_plan.json's `actual` and the run's notes, so the
+    cost model is checked on every run (benchmarks/auto.py prints it)."""
+    from smallvision.engine.distributed import is_rank_zero
+
+    if not ledger.rows:
+        return
+    if is_rank_zero():
+        atomic.write_json(run_dir / "checkpoints" / PLAN_FILE, {**plan.to_dict(), "actual": ledger.rows})
+    shown = "; ".join(
+        f"{r['step']} {r['estimate']:.0f} s planned, {r['actual']:.0f} s taken"
+        + (f" (x{r['ratio']:.2f})" if r["ratio"] is not None else "")
+        for r in ledger.rows
+    )
+    notes.decide("costs", f"the plan against the clock: {shown}")
 
 
 def resolved_values(cfg: RunConfig, members: list[Candidate], cands: list[Candidate]) -> dict:

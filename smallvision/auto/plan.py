@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass, field
 
 from smallvision.config import APPLIES, RunConfig, nested, option_flag, unapplied, user_set
 from smallvision.data.index import DatasetIndex
+from smallvision.recipe_specs import MIN_SCRATCH_SIZE
 
 log = logging.getLogger(__name__)
 
 
 PLAN_FILE = "auto_plan.json"
-PLAN_VERSION = 3  # 3: fine-tuning rounds start at three tenths of --lr (2: a tenth)
+PLAN_VERSION = 4  # 4: steps keyed for the run's ledger, rounds fitted to the clock (3: rounds at 3/10 of --lr)
 SCRATCH = "small_cnn"
 HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
 TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
@@ -46,6 +47,7 @@ class Step:
 
     step: str
     seconds: float
+    key: str = ""  # what the run's ledger matches it by: scratch, decode, features NAME, round I, tta
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Round:
     epochs: int
     lr: float
     seconds: float = 0.0
+    continues: bool = False  # added by the run: the round before it was still improving at its last epoch
 
 
 @dataclass
@@ -102,10 +105,15 @@ class Plan(Rung):
     machine: dict = field(default_factory=dict)
     costs: dict = field(default_factory=dict)
     measured: list = field(default_factory=list)
+    actual: list = field(default_factory=list)  # each step's estimate against the seconds it took (clock.Ledger)
 
     def to_dict(self) -> dict:
         """The plan as JSON values (auto_plan.json)."""
         return asdict(self)
+
+    def seconds_of(self, *keys: str) -> float:
+        """The planned seconds of the steps with these keys."""
+        return sum(s.seconds for s in self.steps if s.key in keys)
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
@@ -218,7 +226,7 @@ def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[ScratchPlan | None
     if probe.scratch_accuracy < probe.ncm_accuracy - 0.05:
         b.why.append("the from-scratch CNN is no candidate: pretrained features are clearly ahead")
         return None, True
-    size = b.given_size or max(32, min(128, profile.short_side["p50"]))
+    size = b.given_size or max(MIN_SCRATCH_SIZE, min(128, profile.short_side["p50"]))
     fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm, r.batch_size)
     per_epoch = (
         math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]
@@ -249,8 +257,8 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     views = b.views_given if b.views_given is not None else views
     steps = []
     if scratch is not None:
-        steps.append(Step(f"from-scratch {SCRATCH} at {scratch.size} px", scratch.seconds))
-    steps.append(Step(f"decode {b.total:,} images at {size} px", b.total * b.decode_one))
+        steps.append(Step(f"from-scratch {SCRATCH} at {scratch.size} px", scratch.seconds, "scratch"))
+    steps.append(Step(f"decode {b.total:,} images at {size} px", b.total * b.decode_one, "decode"))
 
     # a rung is dropped as soon as its steps so far overrun: timing the rest on a first run would spend the budget
     # on steps that cannot run (estimates only add up, so the rung chosen is the same)
@@ -264,7 +272,7 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
         parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
         feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
         seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
-        steps.append(Step(f"{name} features at {size} px + head", seconds))
+        steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
     slowest = min(backbones, key=lambda name: feature_ips[name])
     plan_rounds = _rounds(cfg, cfg.recipe.unfreeze_blocks, rounds) if "+" not in slowest else []
     # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
@@ -279,9 +287,9 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
         spec = resolve_weights(slowest, cfg.model.weights)
         rnd.seconds, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
-        steps.append(Step(f"fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds))
+        steps.append(Step(f"fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds, f"round {i}"))
     if tta:
-        steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds))
+        steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds, "tta"))
     estimate = sum(s.seconds for s in steps)
     if estimate > b.available:
         return None
@@ -308,8 +316,8 @@ def _scratch_only(b: _Budget, scratch: ScratchPlan) -> Rung:
     """The plan when the from-scratch CNN is the only candidate: it, then flipped views."""
     tta_seconds = 2 * (b.n["val"] + b.n["test"]) * scratch.epoch_seconds / max(1, b.n["train"] + b.n["val"])
     steps = [
-        Step(f"from-scratch {SCRATCH} at {scratch.size} px", scratch.seconds),
-        Step("flipped views of val/test (test-time augmentation)", tta_seconds),
+        Step(f"from-scratch {SCRATCH} at {scratch.size} px", scratch.seconds, "scratch"),
+        Step("flipped views of val/test (test-time augmentation)", tta_seconds, "tta"),
     ]
     chosen = Rung([], scratch.size, 0, [], True, tta_seconds, steps, scratch.seconds + tta_seconds)
     if chosen.estimate_seconds > b.available:
@@ -332,7 +340,8 @@ def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tupl
     train_cap = max(len(index.classes) * 5, int((b.available - held) / (1 / ips + b.decode_one)))
     train_cap = min(train_cap, n["train"])
     seconds = held + train_cap * (1 / ips + b.decode_one)
-    step = Step(f"{backbone} features at {size} px on {train_cap:,} sampled training images", seconds)
+    what = f"{backbone} features at {size} px on {train_cap:,} sampled training images"
+    step = Step(what, seconds, f"features {backbone}")
     chosen = Rung([backbone], size, 0, [], False, 0.0, [step], seconds, rung)
     b.why.append(
         f"--time-budget {b.budget:g} s is too small for fine-tuning or even for features of all "

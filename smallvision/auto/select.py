@@ -21,6 +21,7 @@ from smallvision.results import RunNotes
 from smallvision.task import METRIC_NAMES, MULTI_LABEL, SINGLE_LABEL
 
 log = logging.getLogger(__name__)
+ALPHA = 0.05  # a difference on validation with a paired-test p-value below this is signal; above it, noise
 
 
 @dataclass
@@ -88,7 +89,7 @@ def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> No
 def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
     """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
     every comparison on validation is counted in `choices`."""
-    ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    ranked = _ranked(cands, notes)
     best = ranked[0]
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
     notes.decide("choice", f"chose {best.name} among the candidates on validation ({listing})")
@@ -109,6 +110,33 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
         + f", {metric_words(best)} {val:.4f}",
     )
     return members, tta
+
+
+def _ranked(cands: list[Candidate], notes: RunNotes) -> list[Candidate]:
+    """Candidates best first on validation; when the split cannot tell the best from others (a paired test on the
+    same images, p >= ALPHA), the lowest validation loss among those leads: one image of 400 is noise, not signal."""
+    ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    top = ranked[0]
+    same = [c for c in ranked[1:] if np.array_equal(c.labels["val"], top.labels["val"])]
+    if not same:
+        return ranked
+    task, y = top.task, top.labels["val"]
+    p = {id(c): task.paired_p(top.probs["val"], c.probs["val"], y) for c in same}
+    tied = [top] + [c for c in same if p[id(c)] >= ALPHA]
+    loss = {id(c): task.log_loss(c.probs["val"], y) for c in tied}
+    lead = min(tied, key=lambda c: loss[id(c)])  # ties: the better score
+    words, n = metric_words(top), len(y)
+    shown = ", ".join(f"{c.name} {c.val:.4f} (p={p[id(c)]:.2f})" for c in same)
+    if lead is top:
+        notes.decide("uncertainty", f"{top.name} {top.val:.4f} against, on the same {n} validation images: {shown}")
+        return ranked
+    notes.decide(
+        "uncertainty",
+        f"the {n} validation images cannot tell {top.name} ({words} {top.val:.4f}) from {lead.name} ({lead.val:.4f}, "
+        f"paired test p={p[id(lead)]:.2f} >= {ALPHA}), so the lower validation loss decided: {lead.name} "
+        f"{loss[id(lead)]:.4f} against {loss[id(top)]:.4f}",
+    )
+    return [lead] + [c for c in ranked if c is not lead]
 
 
 def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[Candidate], float]:

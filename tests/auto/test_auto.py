@@ -3,6 +3,7 @@ keeps only what validation supports."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -27,6 +28,13 @@ def _plan(run_dir: Path) -> planning.Plan:
     return planning.Plan.from_dict(json.loads((run_dir / "checkpoints" / "auto_plan.json").read_text()))
 
 
+def _clock_checks(run_dir: Path) -> dict[str, str]:
+    """The run's recorded clock checks (auto_round1.json ...), which a resume must read, never decide again."""
+    return {
+        p.name: p.read_text() for p in (run_dir / "checkpoints").glob("auto_*.json") if p.name != planning.PLAN_FILE
+    }
+
+
 def _weights(model_dir: Path) -> dict:
     return load_file(str(model_dir / "model.safetensors"))
 
@@ -46,8 +54,16 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     shown = log[log.index("auto plan (--time-budget") :]
     work = [log.index(w) for w in ("activation cache:", "stage features", "data: ") if w in log]
     assert log.index("auto plan") < min(work)  # before the training that follows it
-    planned = (result.run_dir / "checkpoints" / "auto_plan.json").stat().st_mtime
-    assert planned < min(p.stat().st_mtime for p in (result.run_dir / "checkpoints").glob("*/*.ckpt"))
+    # each step that ran is set against its estimate (by the clock), in the plan's file and the notes
+    taken = {r["step"]: r for r in plan.actual}
+    lead = taken[f"decode + features {plan.backbones[0]}"]
+    assert lead["estimate"] == pytest.approx(plan.seconds_of("decode", f"features {plan.backbones[0]}"), abs=0.06)
+    assert lead["actual"] > 0 and lead["ratio"] == pytest.approx(lead["actual"] / lead["estimate"], abs=0.02)
+    assert {f"round {i}" for i in range(1, len(plan.rounds) + 1)} & set(taken)
+    costs = next(n for n in result.notes if n.startswith("auto: the plan against the clock: "))
+    assert (
+        f"decode + features {plan.backbones[0]} {lead['estimate']:.0f} s planned, {lead['actual']:.0f} s taken" in costs
+    )
     for step in plan.steps:
         assert f"{step.seconds:7.0f} s  {step.step}" in shown and step.seconds >= 0
     assert plan.estimate_seconds == pytest.approx(sum(s.seconds for s in plan.steps))
@@ -106,8 +122,8 @@ def test_the_same_seed_gives_the_same_plan_and_the_same_model(first, shapes_data
     again = smallvision.train(shapes_data, out=tmp_path / "b", **FAST)
     a, b = _plan(result.run_dir), _plan(again.run_dir)
     assert b.measured == []  # the second run read the step costs the first one measured on this machine
-    for plan in (a, b):  # what was timed this time, and how long the probe took, are records, not decisions
-        plan.measured = []
+    for plan in (a, b):  # what was timed this time, how long the probe and the steps took: records, not decisions
+        plan.measured, plan.actual = [], []
         (plan.probe or {}).pop("seconds", None)
     assert a == b
     ours, theirs = _weights(again.model_dir), _weights(result.model_dir)
@@ -124,9 +140,9 @@ def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, s
     shutil.rmtree(run / "model")
     for stage in (run / "checkpoints").glob("finetune*"):
         shutil.rmtree(stage)  # interrupted before fine-tuning finished
-    plan = _plan(run)
-    checks = {p.name: p.read_text() for p in (run / "checkpoints").glob("auto_*.json")}  # the recorded clock checks
-    assert "auto_plan.json" in checks and len(checks) > 1
+    plan = dataclasses.replace(_plan(run), actual=[])  # the plan; what its steps took is a record of each process
+    checks = _clock_checks(run)
+    assert {"auto_round1.json", "auto_tta.json"} <= set(checks)
 
     def slow(self, *args, **kwargs):
         raise AssertionError("a resumed run timed its steps again instead of following its recorded plan")
@@ -136,8 +152,8 @@ def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, s
     monkeypatch.setattr(Costs, "features", slow)
     resumed = smallvision.train(resume=run, progress=False, report=False)
     assert any("reused the plan recorded in" in n for n in resumed.notes)
-    assert _plan(run) == plan
-    assert {p.name: p.read_text() for p in (run / "checkpoints").glob("auto_*.json")} == checks
+    assert dataclasses.replace(_plan(run), actual=[]) == plan
+    assert _clock_checks(run) == checks
     ours, theirs = _weights(resumed.model_dir), _weights(result.model_dir)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

@@ -236,3 +236,18 @@ def test_a_fine_tuning_stage_that_does_worse_leaves_stage_1s_weights_and_says_wh
     assert r.metrics["kept_stage"] == first and smallvision.load(r.model_dir)[1].trainable == ["head"]
     kept = chosen_row(history, r.metrics["best_epoch"], r.metrics["kept_stage"])
     assert history[kept - 1]["stage"] == first
+
+
+def test_scratch_trains_small_images_at_their_own_size_unless_told(shapes_data, tmp_path):
+    """The shapes are 48 px: scratch's 150 px default would upscale them (9.8x the pixels) and add nothing."""
+    native = smallvision.train(
+        shapes_data, recipe="scratch", epochs=1, out=tmp_path / "a", progress=False, report=False
+    )
+    _, card = smallvision.load(native.model_dir)
+    resolved = (native.run_dir / "config.yaml").read_text()
+    assert card.image_size == 48 and "image_size: 48" in resolved
+    assert any("image size: 48 px, the images' median short side" in n for n in native.metrics["data"]["notes"])
+    told = smallvision.train(
+        shapes_data, recipe="scratch", image_size=64, epochs=1, out=tmp_path / "b", progress=False, report=False
+    )
+    assert smallvision.load(told.model_dir)[1].image_size == 64

@@ -1,0 +1,59 @@
+"""auto by the clock: a round that no longer fits shrinks before it is dropped, a round still improving at its last
+epoch continues, and every step's estimate is set against what it took."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smallvision.auto import clock, execute
+from smallvision.auto.plan import Round
+from smallvision.results import RunNotes
+
+
+def test_the_ledger_ratio_scales_the_rest_of_the_plan():
+    ledger = clock.Ledger()
+    assert ledger.ratio() == 1.0
+    ledger.record("decode + features efficientnet_lite0", 100.0, 250.0)
+    ledger.record("scratch", 0.0, 3.0)  # no estimate: recorded, not counted
+    assert ledger.rows[0]["ratio"] == 2.5 and ledger.rows[1]["ratio"] is None
+    assert ledger.ratio() == pytest.approx(2.5)
+    ledger.record("round 1", 10.0, 100.0)
+    assert ledger.ratio() == pytest.approx(350 / 110)
+    ledger.record("round 2", 1.0, 1000.0)
+    assert ledger.ratio() == 4.0  # capped: one misjudged step does not erase the rest
+
+
+def test_a_round_that_no_longer_fits_shrinks_then_is_dropped(tmp_path, monkeypatch):
+    (tmp_path / "checkpoints").mkdir()
+    ledger, notes = clock.Ledger(), RunNotes("auto")
+    ledger.record("decode + features efficientnet_lite2", 100.0, 200.0)  # the steps so far took twice their estimate
+    monkeypatch.setattr(clock, "now", lambda: 300.0)
+    rnd = Round(blocks=2, epochs=8, lr=1e-3, seconds=100.0)
+    # 600 s budget, 300 s gone, 15 s kept: 285 s left for a round now estimated at 200 s: all 8 epochs
+    kept = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, notes, ledger)
+    assert kept.epochs == 8 and kept.seconds == 100.0
+    # 400 s budget: 85 s left of 200 s needed: 3 of 8 epochs, said so, and recorded for a resume
+    short = execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger)
+    assert short.epochs == 3 and short.seconds == pytest.approx(37.5)
+    assert "round 2 shortened to 3 of its 8 epochs" in notes.decisions[-1].text
+    assert json.loads((tmp_path / "checkpoints" / "auto_round2.json").read_text())["epochs"] == 3
+    monkeypatch.setattr(clock, "now", lambda: 1000.0)  # a resume reads the recorded decision, not the clock
+    assert execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger).epochs == 3
+    assert execute._fitted_round(tmp_path, 3, rnd, 0.0, 400.0, notes, ledger) is None
+    assert notes.decisions[-1].kind == "stop" and "x2.0" in notes.decisions[-1].text
+
+
+def test_a_round_still_improving_at_its_last_epoch_continues_up_to_a_limit():
+    notes = RunNotes("auto")
+    planned = [Round(2, 6, 3e-4, 50.0), Round(3, 6, 7.5e-5, 60.0)]
+    rounds = list(planned)
+    execute._continued(1, rounds[0], rounds[0], best_epoch=5, rounds=rounds, notes=notes)
+    assert rounds == planned  # its best epoch was not its last: validation had stopped rising
+    for i in range(1, 6):
+        execute._continued(i, rounds[i - 1], rounds[i - 1], best_epoch=6, rounds=rounds, notes=notes)
+    continued = [r for r in rounds if r.continues]
+    assert len(continued) == execute.MAX_CONTINUED and rounds[-1] == planned[1]
+    assert all((r.blocks, r.epochs, r.lr) == (2, 6, 3e-4) for r in continued)
+    assert "round 1's best epoch was its last (6 of 6): validation was still rising" in notes.decisions[0].text

@@ -1,0 +1,61 @@
+"""auto chooses on signal, not noise: a lead that the validation split cannot resolve (a paired test on the same
+images) is settled by validation loss, and the note says how sure each choice was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smallvision.auto import select
+from smallvision.results import RunNotes
+from smallvision.task import MULTI_LABEL, SINGLE_LABEL
+
+
+def _candidate(name: str, probs: np.ndarray, labels: np.ndarray) -> select.Candidate:
+    return select.Candidate(name, None, None, None, {"val": probs}, {"val": labels}, [], 1, [], 64)
+
+
+def _confident(labels: np.ndarray, wrong: int, confidence: float, rng) -> np.ndarray:
+    """Two-class probabilities right on all but the first `wrong` images, at `confidence` on the chosen class."""
+    chosen = labels.copy()
+    chosen[:wrong] = 1 - chosen[:wrong]
+    probs = np.full((len(labels), 2), 1 - confidence)
+    probs[np.arange(len(labels)), chosen] = confidence
+    return probs + rng.uniform(0, 1e-6, probs.shape)
+
+
+def test_a_one_image_lead_is_noise_and_the_lower_validation_loss_decides():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    head = _candidate("head", _confident(labels, 1, 0.6, rng), labels)  # 399 right, hesitantly
+    tuned = _candidate("tuned", _confident(labels, 2, 0.99, rng), labels)  # 398 right, surely
+    notes = RunNotes("auto")
+    ranked = select._ranked([head, tuned], notes)
+    assert head.val > tuned.val and ranked[0] is tuned
+    said = notes.decisions[-1]
+    assert said.kind == "uncertainty" and "cannot tell head (val accuracy 0.9975) from tuned (0.9950" in said.text
+    assert "p=1.00 >= 0.05" in said.text and "lower validation loss decided" in said.text
+
+
+def test_a_lead_the_split_resolves_is_kept_whatever_the_loss():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    head = _candidate("head", _confident(labels, 2, 0.6, rng), labels)
+    tuned = _candidate("tuned", _confident(labels, 40, 0.99, rng), labels)  # 38 more wrong: p far below 0.05
+    notes = RunNotes("auto")
+    assert select._ranked([tuned, head], notes)[0] is head
+    assert "tuned 0.9000 (p=0.00)" in notes.decisions[-1].text
+
+
+def test_paired_tests_of_both_tasks():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 200)
+    same = _confident(labels, 10, 0.8, rng)
+    assert SINGLE_LABEL.paired_p(same, same, labels) == 1.0
+    assert SINGLE_LABEL.paired_p(same, _confident(labels, 60, 0.8, rng), labels) < 1e-6
+    truth = rng.random((200, 4)) < 0.3
+    good = np.clip(truth + rng.normal(0, 0.3, truth.shape), 0, 1)
+    noise = rng.random(truth.shape)
+    assert MULTI_LABEL.paired_p(good, noise, truth.astype(float)) < 0.05
+    assert MULTI_LABEL.paired_p(good, good + 1e-9, truth.astype(float)) == pytest.approx(1.0)
+    assert MULTI_LABEL.log_loss(good, truth) < MULTI_LABEL.log_loss(noise, truth)
