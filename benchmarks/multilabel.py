@@ -7,7 +7,8 @@ what the peers read), macro mAP / micro mAP / sample F1 (scikit-learn, evaluatio
   (`--time-budget` BUDGET);
 - (a) a one-vs-rest logistic regression (scikit-learn) on the same backbone's features (efficientnet_lite0 at 224 px,
   fp32, pooled; computed once, not timed), at a 0.5 threshold and with per-label thresholds tuned on the same
-  validation split (smallvision's rule: each label's F1-best, rare labels the global one);
+  validation split (smallvision's rule, MultiLabel.thresholds: the global best-micro-F1 threshold, and each label's
+  F1-best where it does not lower the F1 per image);
 - (b) a plain PyTorch fine-tuning loop in the style of the PyTorch transfer-learning tutorial (RandomResizedCrop 224
   + flip, SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), the whole network, every image decoded every epoch) with
   BCEWithLogitsLoss, the same bundled weights, for the seconds `auto` took; its best validation-mAP epoch is tested.

@@ -420,8 +420,9 @@ def _thresholds(index, outcome) -> list[float] | None:
         return None
     chosen, glob = MULTI_LABEL.thresholds(outcome.probs["val"], outcome.labels["val"])
     outcome.notes.append(
-        f"thresholds: chosen on validation, per label the one that maximises its F1; labels with fewer than 5 "
-        f"validation positives take the global threshold {glob:.2f} (the best micro F1)"
+        f"thresholds: chosen on validation: the global threshold {glob:.2f} (the best micro F1), and per label "
+        "with at least 5 validation positives the one that maximises its F1 where that does not lower the F1 per "
+        "image"
     )
     return [float(t) for t in chosen]
 

