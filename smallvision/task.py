@@ -208,9 +208,9 @@ class MultiLabel:
         diffs = []
         for _ in range(resamples):
             rows = rng.integers(0, len(labels), len(labels))
-            d = self.score(probs_a[rows], labels[rows]) - self.score(probs_b[rows], labels[rows])
-            if not np.isnan(d):
-                diffs.append(d)
+            a, b = (average_precisions(labels[rows], p[rows]) for p in (probs_a, probs_b))
+            if not np.isnan(a).all():
+                diffs.append(np.nanmean(a) - np.nanmean(b))
         if not diffs:
             return 1.0
         d = np.asarray(diffs)
@@ -240,6 +240,25 @@ class MultiLabel:
             if _sample_f1(probs >= tried, labels) >= _sample_f1(probs >= out, labels):
                 out = tried
         return out, float(glob)
+
+
+def average_precisions(truth: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each label's average precision, as scikit-learn's `average_precision_score` computes it (ties grouped; NaN
+    for a label without a positive), for bootstraps: resampling posters_ml's val split 200 times took 4.5 of a 10.5 s
+    `features` run through scikit-learn's per-call checks, 0.2 s here (tests/test_task.py holds the two equal)."""
+    truth, probs = np.asarray(truth) > 0.5, np.asarray(probs, dtype=np.float64)
+    out = np.full(truth.shape[1], np.nan)
+    for j in range(truth.shape[1]):
+        positives = truth[:, j].sum()
+        if not positives:
+            continue
+        order = np.argsort(-probs[:, j], kind="mergesort")
+        scores, hits = probs[order, j], truth[order, j]
+        ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last row of each tied score
+        tp = np.cumsum(hits)[ends]
+        recall_steps = np.diff(np.r_[0, tp]) / positives
+        out[j] = float((recall_steps * tp / (ends + 1)).sum())
+    return out
 
 
 def _sample_f1(pred: np.ndarray, truth: np.ndarray) -> float:

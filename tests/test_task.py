@@ -143,3 +143,20 @@ def test_a_labels_own_threshold_is_kept_only_where_it_does_not_lower_the_f1_per_
     per_image = f1_score(truth > 0, probs >= chosen, average="samples", zero_division=0)
     broad = f1_score(truth > 0, probs >= np.array([chosen[0], own_f1]), average="samples", zero_division=0)
     assert per_image > broad
+
+
+def test_the_bootstraps_average_precision_is_scikit_learns():
+    """Ties (a bootstrap repeats images; rounded scores tie) and a label without a positive included."""
+    from sklearn.metrics import average_precision_score
+
+    from smallvision.task import average_precisions
+
+    rng = np.random.default_rng(3)
+    truth = rng.random((300, 5)) < [0.5, 0.2, 0.05, 0.0, 0.9]
+    probs = np.round(np.clip(truth * 0.3 + rng.random((300, 5)) * 0.7, 0, 1), 2)  # two decimals: many ties
+    rows = rng.integers(0, 300, 300)
+    for t, p in ((truth, probs), (truth[rows], probs[rows])):
+        ours = average_precisions(t, p)
+        assert np.isnan(ours[3])
+        for j in (0, 1, 2, 4):
+            assert ours[j] == pytest.approx(average_precision_score(t[:, j], p[:, j]), abs=1e-12)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from smallvision.errors import SmallvisionError
-from smallvision.task import MULTI_LABEL
+from smallvision.task import MULTI_LABEL, average_precisions
 
 BOOTSTRAP = 200  # resamples of the images behind the macro mAP interval
 
@@ -31,9 +31,9 @@ def map_interval(truth: np.ndarray, probs: np.ndarray, seed: int = 0) -> list[fl
     values = []
     for _ in range(BOOTSTRAP):
         rows = rng.integers(0, len(truth), len(truth))
-        value = _ap(truth[rows], probs[rows], "macro")
-        if value is not None:
-            values.append(value)
+        per_label = average_precisions(truth[rows], probs[rows])
+        if not np.isnan(per_label).all():
+            values.append(float(np.nanmean(per_label)))
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else [0.0, 1.0]
 
 
