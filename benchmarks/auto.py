@@ -6,7 +6,8 @@ Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/auto.py [--label NAME] [--folde
 Each row is `python -m smallvision train FOLDER --out TMP --time-budget B` in a fresh process (--cold: with an empty
 SMALLVISION_CACHE_DIR, so decoding, features and step timing all count; digits adds the demo's
 `--test-fraction 0.1`), timed around the process, start included. Folders: `digits` (the demo's data, written by
-examples/demo.py's write_digits), `hymenoptera`, `monkeys10`, `food5_64px` (../shared/data; a missing one is skipped)
+examples/demo.py's write_digits), `hymenoptera`, `monkeys10`, `food5_64px`, `posters_ml` (multi-label: macro mAP;
+../shared/data; a missing one is skipped)
 and `synthetic20k` (20,000 generated 150 px JPEG photos of 6 textured shapes on natural-looking backgrounds, written
 once; generation is not timed). Generated data lives in ~/.cache/smallvision-bench. The load average is recorded
 before and after every run, and the run's CPU seconds (its processes and theirs): on a shared machine the wall
@@ -294,7 +295,7 @@ def judge(row: dict, budget: float) -> None:
     ok = row["status"] == "ok" and row["within_budget"] == "yes" and all(check(row) for check in checks)
     row["target"], row["met"] = target, "met" if ok else "missed"
     for split in ("val", "test"):
-        value = row.get(f"{split}_accuracy", row.get(f"{split}_map"))
+        value = row.get(f"{split}_accuracy")
         value = row.get(f"{split}_map") if value is None else value
         row[split] = "-" if value is None else f"{value:.4f}" + (" mAP" if row.get(f"{split}_map") is not None else "")
     best = (row.get("single") or {}).get("best")

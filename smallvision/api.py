@@ -17,7 +17,7 @@ import numpy as np
 from smallvision import atomic, runclock
 from smallvision.config import RunConfig, build_config, dump_config, load_config, option_flag, read_resolved
 from smallvision.errors import SmallvisionError
-from smallvision.recipe_specs import MIN_SCRATCH_SIZE, spec
+from smallvision.recipe_specs import spec
 from smallvision.results import HEADLINE_METRIC, SCHEMA_VERSION, SHORT, RunSummary, decisions_json, read_summary
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ def _train(
     index = _scan(cfg) if split_from is None else _train_on_record(cfg, Path(split_from), resume is not None)
     _refuse_unused_split_options(values.get("data", {}), index)
     _refuse_for_task(cfg, index)
-    _native_size(cfg, index)
+    _native_size(cfg, index, resume)
     check_summary = _precheck(index, strict)
     with process_state(cfg.trainer.logger):  # MLflow's global URI and environment are the user's again after
         tracker = make_logger(cfg.trainer.logger, run_dir) if is_rank_zero() else None  # a missing package: refused
@@ -576,21 +576,28 @@ def _multilabel_figures(worker, run_dir: Path, model_dir, cfg, split, held, outc
     )
 
 
-def _native_size(cfg: RunConfig, index) -> None:
+def _native_size(cfg: RunConfig, index, resume: str | Path | None) -> None:
     """A recipe with a fixed default size (scratch's 150 px) trains at the images' own size when that is smaller and
-    --image-size was not given, as auto does: upscaling 64 px images to 150 costs 5.5x the pixels and adds nothing."""
+    --image-size was not given, as auto does: upscaling 64 px images to 150 costs 5.5x the pixels and adds nothing.
+    A resumed run keeps the size it started with (its checkpoints are shaped for it)."""
     from smallvision.data.profile import profile_data
 
     default = spec(cfg.recipe.name).image_size
     if default is None or "image_size" in cfg.data.model_fields_set:
         return
-    native = profile_data(index, cfg.seed).short_side.get("p50", default)
-    if native < default:
-        cfg.data.image_size = max(MIN_SCRATCH_SIZE, native)
-        index.notes.append(
-            f"image size: {cfg.data.image_size} px, the images' median short side (below {cfg.recipe.name}'s "
-            f"default {default} px, which would only upscale them); --image-size sets it"
+    if resume is not None:
+        size = (read_resolved(Path(resume) / "config.yaml").get("data") or {}).get("image_size") or default
+        why = f"image size: {size} px, as the run started (--resume)"
+    else:
+        size = min(default, profile_data(index, cfg.seed).native_size(default) or default)
+        why = (
+            f"image size: {size} px, the images' median short side (below {cfg.recipe.name}'s default {default} "
+            "px, which would only upscale them); --image-size sets it"
         )
+    if size != cfg.data.image_size:
+        cfg.data.image_size = size
+        cfg.data.model_fields_set.discard("image_size")  # chosen here, not by the user
+        index.notes.append(why)
 
 
 def _refuse_for_task(cfg: RunConfig, index) -> None:
@@ -870,7 +877,14 @@ def _run_labels(model_dir: Path, config: str | Path | None, data: Path) -> str |
         return None
     saved = load_config(run_config).get("data") or {}
     own = saved.get("path") and _same_folder(Path(saved["path"]).expanduser(), data)
-    return saved.get("labels") if own else None
+    if not own or not saved.get("labels"):
+        return None
+    if not Path(saved["labels"]).expanduser().is_file():
+        raise SmallvisionError(
+            f"{run_config}: the run trained with the labels file {saved['labels']} (data.labels), which is not "
+            f"there now; pass --labels FILE to evaluate {data} with a labels file"
+        )
+    return saved["labels"]
 
 
 def _evaluation_scan(data: str | Path, labels: str | Path | None, task: str):

@@ -225,9 +225,8 @@ class MultiLabel:
         returned), and for each label with at least `min_positives` positives there its own F1-best threshold where
         that does not lower the F1 per image (samples), most frequent labels first.
 
-        A rare label's own F1 peaks at a low threshold that predicts it broadly: on posters_ml (23 genres) the
-        F1-best thresholds alone predicted 4.8 labels per image against 2.3 true, and a sample F1 of 0.38 on test
-        where these thresholds give 0.49 (macro F1 0.28 and 0.23)."""
+        A rare label's own F1 peaks at a low threshold that predicts it broadly (docs/multilabel.md gives the
+        posters_ml figures)."""
         labels = np.asarray(labels) > 0.5
         grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
         glob = max(grid, key=lambda t: (_f1(probs >= t, labels), -abs(t - 0.5)))
@@ -262,11 +261,11 @@ def average_precisions(truth: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def _sample_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    """F1 per image averaged over images (scikit-learn's samples average; an image with nothing true or predicted
-    counts 0)."""
+    """F1 per image averaged over images; an image with nothing true counts 1 when nothing is predicted for it and 0
+    otherwise, so false positives on all-negative images count against a threshold."""
     tp = (pred & truth).sum(1)
     denom = pred.sum(1) + truth.sum(1)
-    return float(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).mean())
+    return float(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0).mean())
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -290,7 +289,7 @@ def refuse_task_mismatch(model_task: str, folder_task: str, folder: Any) -> None
     class per image, so its accuracy there would be meaningless."""
     if task_named(model_task) is SINGLE_LABEL and task_named(folder_task) is MULTI_LABEL:
         raise SmallvisionError(
-            f"{folder}: its labels file gives images several labels (multi-label), and this model is single-label "
-            "(one class per image); score it on a folder with one label per image, or train a multi-label model "
-            "on this folder"
+            f"{folder}: its labels file gives some images other than one label (several, or none: a multi-label "
+            "folder), and this model is single-label (one class per image); score it on a folder with one label "
+            "per image, or train a multi-label model on this folder"
         )

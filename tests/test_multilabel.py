@@ -109,13 +109,15 @@ def test_a_single_label_model_is_refused_a_multi_label_folder(data, tmp_path):
         api.evaluate(single.model_dir, data)
 
 
-def test_evaluate_reads_the_labels_file_the_run_trained_with(data, tmp_path):
+def test_evaluate_reads_the_labels_file_the_run_trained_with(data, tmp_path, monkeypatch):
     moved = tmp_path / "moved"
     shutil.copytree(data / "images", moved / "images")
     lines = (data / "labels.csv").read_text().splitlines()
     (tmp_path / "tags.csv").write_text("\n".join([lines[0], *(f"images/{r}" for r in lines[1:])]) + "\n")
     args = dict(recipe="features", image_size=64, epochs=5, test_fraction=0.2, progress=False, report=False)
-    trained = api.train(moved, labels=tmp_path / "tags.csv", out=tmp_path / "r", **args)
+    monkeypatch.chdir(tmp_path)  # a relative --labels, saved as the file it named
+    trained = api.train(moved, labels="tags.csv", out=tmp_path / "r", **args)
+    monkeypatch.chdir(moved)
     m = api.evaluate(trained.model_dir, moved)
     assert m["split"] == "test" and m["map_macro"] == pytest.approx(trained.metrics["test_map"], abs=1e-6)
 

@@ -100,7 +100,7 @@ def test_multi_label_is_sigmoid_per_label_bce_and_macro_map():
         MULTI_LABEL.loss_module(label_smoothing=0.1)
 
 
-def test_thresholds_are_each_labels_f1_best_on_validation_and_rare_labels_take_the_global_one():
+def test_separable_labels_keep_their_own_f1_best_thresholds_and_rare_labels_take_the_global_one():
     from smallvision.task import MULTI_LABEL
 
     rng = np.random.default_rng(0)

@@ -55,8 +55,8 @@ class Ledger:
         self.rows.append({"step": step, "estimate": estimate, "actual": seconds, "ratio": ratio})
 
     def ratio(self) -> float:
-        """What the steps so far took over their estimates (1 before any), within [0.5, 4]: the rest of the plan is
-        scaled by it."""
+        """What the steps so far took over their estimates, within [1, 4] (1 before any): the rest of the plan is
+        scaled up by it when the steps overran, never down (a resumed run's cache hits take no time)."""
         timed = [r for r in self.rows if r["estimate"] > 0]
         estimate = sum(r["estimate"] for r in timed)
-        return min(4.0, max(0.5, sum(r["actual"] for r in timed) / estimate)) if estimate else 1.0
+        return min(4.0, max(1.0, sum(r["actual"] for r in timed) / estimate)) if estimate else 1.0

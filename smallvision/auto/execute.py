@@ -7,9 +7,11 @@
    costed from throughput measured on warm-up batches (auto/costs.py). The richest plan whose estimate fits the
    budget is chosen, printed, and recorded in checkpoints/auto_plan.json; a rerun and every `--resume` follow it.
 3. Run it: every candidate, then fine-tuning rounds while validation improves (more epochs at half the learning
-   rate, then one more block at a quarter), then an average of candidates and flipped views, each kept only if it
-   beats what it would replace on validation. Test probabilities are computed alongside but never looked at here:
-   the caller reports them once, for the final model only (they are what the saved model computes).
+   rate, then one more block at a quarter; a round still improving at its last epoch continued, each round fitted
+   to the clock with its estimate scaled by what the steps so far took over theirs), then an average of candidates
+   and flipped views, each kept only if it beats what it would replace on validation. Test probabilities are
+   computed alongside but never looked at here: the caller reports them once, for the final model only (they are
+   what the saved model computes).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from smallvision.auto.plan import (
     PLAN_FILE,
     PLAN_VERSION,
     SCRATCH,
+    SCRATCH_CAP,
     TAIL,
     Plan,
     Round,
@@ -44,7 +47,6 @@ from smallvision.auto.select import Candidate, choose, final_outcome
 from smallvision.config import APPLIES, PLANNING, RunConfig, nested, option_flag, stage_values, unapplied, user_set
 from smallvision.data.index import DatasetIndex
 from smallvision.errors import SmallvisionError
-from smallvision.recipe_specs import MIN_SCRATCH_SIZE
 from smallvision.recipes import steps
 from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.scratch import run_scratch
@@ -180,13 +182,13 @@ def _fitted_round(
     """Round `i` as it still fits the budget by the clock: fewer epochs when the steps so far overran their
     estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends the rounds."""
     guard = round_check(run_dir, f"round{i}", start, dataclasses.asdict(rnd), budget, ledger.ratio())
-    fits = guard["epochs"]
+    fits = guard.get("epochs", rnd.epochs if guard.get("run") else 0)  # a resumed run's older record: run or not
     if fits < 1:
         notes.decide(
             "stop",
             f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round was estimated "
-            f"at {guard['estimate']:.0f} s (its plan's estimate x{guard['ratio']}, what the steps so far took over "
-            f"theirs), past --time-budget {budget:g}",
+            f"at {guard['estimate']:.0f} s (its plan's estimate x{guard.get('ratio', 1.0)}, what the steps so far "
+            f"took over theirs), past --time-budget {budget:g}",
         )
         return None
     if fits < rnd.epochs:
@@ -263,7 +265,7 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
             round_cfg, stage, model, data, views, trainable, run_dir, budget - (now() - start), progress, logger
         )
         tally.ran.append(round_cfg)
-        tally.ledger.record(f"round {i}", fitted.seconds, now() - began)
+        tally.ledger.record(f"round {i}" + (" (continued)" if rnd.continues else ""), fitted.seconds, now() - began)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
         improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
@@ -276,6 +278,8 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
         )
         if not improved:
             model.load_state_dict(best_state)
+            if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
+                continue
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
@@ -321,7 +325,7 @@ def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[
         probe = None
         # the probe scores single-label accuracy; a multi-label plan takes the pretrained backbones it would favour
         if (profile.tiny or profile.grayscale >= 0.5) and not given_backbone and index.task == "single":
-            size = max(MIN_SCRATCH_SIZE, min(128, profile.short_side["p50"]))
+            size = profile.native_size(SCRATCH_CAP) or SCRATCH_CAP
             probe = imagenet_distance(
                 index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
             )
@@ -376,10 +380,7 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, tally)
         if tuned is not None:
             cands.append(tuned)
-    began = now()
     members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally.choices)
-    if tta:
-        tally.ledger.record("tta", plan.seconds_of("tta"), now() - began)
     _record_costs(run_dir, plan, tally.ledger, notes)
     unused = unapplied(user_set(cfg), tally.ran)
     if unused:

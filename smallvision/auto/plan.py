@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass, field
 
 from smallvision.config import APPLIES, RunConfig, nested, option_flag, unapplied, user_set
 from smallvision.data.index import DatasetIndex
-from smallvision.recipe_specs import MIN_SCRATCH_SIZE
 
 log = logging.getLogger(__name__)
 
 
 PLAN_FILE = "auto_plan.json"
-PLAN_VERSION = 4  # 4: steps keyed for the run's ledger, rounds fitted to the clock (3: rounds at 3/10 of --lr)
+PLAN_VERSION = 3  # 3: fine-tuning rounds start at three tenths of --lr (2: a tenth); step keys and `actual` default
 SCRATCH = "small_cnn"
 HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
 TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
@@ -24,6 +23,7 @@ RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's f
 PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
 SCRATCH_EPOCHS = 30  # the cosine schedule runs to its end (the best epoch is kept): early stopping cut it short
 SCRATCH_MIN_EPOCHS = 5
+SCRATCH_CAP = 128  # auto's from-scratch candidate trains at the native size, at most this
 SCRATCH_SHARE = 0.4  # of the plan's seconds, beside pretrained candidates
 # (backbones, augmented views cached per training image, fine-tuning rounds), richest first; the plan takes the first
 # that fits the budget, with test-time augmentation if it also fits.
@@ -226,7 +226,7 @@ def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[ScratchPlan | None
     if probe.scratch_accuracy < probe.ncm_accuracy - 0.05:
         b.why.append("the from-scratch CNN is no candidate: pretrained features are clearly ahead")
         return None, True
-    size = b.given_size or max(MIN_SCRATCH_SIZE, min(128, profile.short_side["p50"]))
+    size = b.given_size or profile.native_size(SCRATCH_CAP) or SCRATCH_CAP
     fig = costs.scratch(SCRATCH, size, cfg.model.batch_norm, r.batch_size)
     per_epoch = (
         math.ceil(n["train"] / r.batch_size) * fig["step_seconds"]

@@ -151,12 +151,13 @@ def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[C
         for c in ranked
         if c.size == best.size and all(np.array_equal(c.labels[s], best.labels[s]) for s in best.probs)
     ]
+    alone = {id(c): c.val for c in same}
     for k in (2, 3):
         for combo in itertools.combinations(same, k):
             p = sum(c.probs["val"] for c in combo) / k
             acc = score(p, best.labels["val"], best.task)
             choices["average"] += 1
-            if acc > val + 1e-9:
+            if acc > max(val, *(alone[id(c)] for c in combo)) + 1e-9:  # above each member alone, as noted
                 members, val = list(combo), acc
     if len(members) > 1:
         notes.decide(

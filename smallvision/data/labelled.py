@@ -27,16 +27,32 @@ def detect_task(table: LabelTable, task: str) -> str:
     return task
 
 
-def _unlisted(table: LabelTable, skipped: list[tuple[Path, str]]) -> None:
-    """Report the images beside the labels file that it does not list (never trained on silently)."""
+def _unlisted(table: LabelTable, skipped: list[tuple[Path, str]], split_dirs: list[Path]) -> None:
+    """Report the images beside the labels file (and in the split folders it covers) that it does not list: never
+    trained on, or left out of a split, silently."""
     listed = {p for p, _ in table.rows}
-    for base in table.bases:
+    for base in dict.fromkeys([*table.bases, *split_dirs]):
         if not base.is_dir():
             continue
-        files = list_images(base, []) if base.name == "images" else [p for p in base.iterdir() if p.is_file()]
+        deep = base.name == "images" or base in split_dirs
+        files = list_images(base, []) if deep else [p for p in base.iterdir() if p.is_file()]
         for p in files:
             if p not in listed and p != table.source and p.suffix.lower() != ".csv" and not p.name.startswith("."):
                 skipped.append((p, f"not listed in {table.source.name}; add a row (empty labels: all negative)"))
+
+
+def _refuse_empty_given_splits(items: list[ImageItem], given: tuple[str, ...], named: str, kind: str) -> None:
+    """Refuse a val/ or test/ folder that holds no listed image, or (multi-label) none with a label: its score
+    would be undefined, and finding out after training would lose the model."""
+    for split in given:
+        members = [it for it in items if it.split == split]
+        if split != "train" and not members:
+            raise SmallvisionError(f"{split}/: holds no image that {named} lists; list its images, or remove {split}/")
+        if split != "train" and kind == "multi" and not any(it.labels for it in members):
+            raise SmallvisionError(
+                f"{split}/: none of its {len(members)} images has a label in {named}, so its mAP is undefined; "
+                "add labelled images to it"
+            )
 
 
 def _read_tables(root: Path, sources: dict[str, Path], split_dirs: dict[str, Path]) -> list[tuple[LabelTable, dict]]:
@@ -98,8 +114,8 @@ def scan_labelled(
     kind = detect_task(LabelTable(first.source, [(p, n) for p, n, _ in rows], every), task)
     _refuse_unseen_labels(tables)
     skipped = [bad for table, _ in tables for bad in table.skipped]
-    for table, _ in tables:
-        _unlisted(table, skipped)
+    for (table, _), split in zip(tables, sources, strict=True):
+        _unlisted(table, skipped, [] if split else list(split_dirs.values()))
     classes = every if kind == "multi" else sorted({names[0] for _, names, _ in rows})
     items = _items(rows, classes, kind, skipped)
     what = "multi-label: any number of labels per image" if kind == "multi" else "single-label: one label per row"
@@ -109,5 +125,6 @@ def scan_labelled(
         cut = carve_multilabel if kind == "multi" else carve
         notes += cut(items, classes, plan, test=not split_dirs)
     given = tuple(s for s in SPLITS if s in split_dirs)
+    _refuse_empty_given_splits(items, given, named, kind)
     folders = "".join(f" + {s}/" for s in given)
     return DatasetIndex(root, f"images{folders} + {named}", classes, items, skipped, notes, kind, given)

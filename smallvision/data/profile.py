@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from smallvision.data.index import SPLITS, DatasetIndex
+from smallvision.recipe_specs import MIN_SCRATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ class DataProfile:
     def tiny(self) -> bool:
         """Whether the median image is small enough (short side <= 64 px) that upscaling for a backbone adds little."""
         return self.short_side.get("p50", 0) <= TINY_SIDE
+
+    def native_size(self, cap: int) -> int | None:
+        """The size a from-scratch CNN trains at: the median short side, at most `cap` and at least
+        MIN_SCRATCH_SIZE; None when no image header could be read."""
+        side = self.short_side.get("p50", 0)
+        return max(MIN_SCRATCH_SIZE, min(cap, side)) if side > 0 else None
 
     def to_dict(self) -> dict:
         """JSON-able form, recorded in the run's plan."""

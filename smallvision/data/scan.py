@@ -172,15 +172,20 @@ def _labels_files(root: Path, labels: str | Path | None, split_dirs: dict[str, P
             raise SmallvisionError(f"{path}: no such labels file; give --labels a CSV (filename,labels)")
         return {"": path}
     found = find_labels_file(root)
+    per_split = {s: f for s, d in split_dirs.items() if (f := find_labels_file(d)) is not None}
+    if found is not None and per_split:
+        raise SmallvisionError(
+            f"{root}: both {found.name} and {', '.join(str(f.relative_to(root)) for f in per_split.values())} list "
+            "labels; keep one labels file for the whole folder, or one in each split folder"
+        )
     if found is not None:
         return {"": found}
-    per_split = {s: f for s, d in split_dirs.items() if (f := find_labels_file(d)) is not None}
     missing = [f"{d.name}/" for s, d in split_dirs.items() if s not in per_split]
     if per_split and missing:
         raise SmallvisionError(
-            f"{root}: {', '.join(f'{split_dirs[s].name}/{f.name}' for s, f in per_split.items())} label(s) the "
-            f"images of that split, but {', '.join(missing)} has no labels.csv; give each split folder its labels "
-            "file, or list every image in one labels.csv at the top of the folder"
+            f"{root}: {', '.join(missing)} has no labels.csv while "
+            f"{', '.join(f'{split_dirs[s].name}/{f.name}' for s, f in per_split.items())} does; give each split "
+            "folder its labels file, or list every image in one labels.csv at the top of the folder"
         )
     return per_split
 

@@ -223,6 +223,11 @@ class _Profile:
     def to_dict(self) -> dict:
         return {"images": self.images}
 
+    def native_size(self, cap: int) -> int | None:
+        from smallvision.data.profile import DataProfile
+
+        return DataProfile.native_size(self, cap)
+
     def sentence(self) -> str:
         return f"{self.images} images"
 

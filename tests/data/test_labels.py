@@ -228,3 +228,30 @@ def test_a_label_given_only_in_validation_is_refused_naming_the_file(labelled):
     (labelled / "train" / "labels.csv").unlink()
     with pytest.raises(SmallvisionError, match=r"train/ has no labels.csv"):
         scan(labelled)
+
+
+def test_a_top_level_labels_file_with_split_folders_reports_what_it_leaves_out(labelled):
+    rows = [r.split(",") for r in (labelled / "labels.csv").read_text().splitlines()[1:]]
+    (labelled / "val").mkdir()
+    for name, _ in rows[:6]:
+        (labelled / "images" / name).rename(labelled / "val" / name)
+    listed = [f"val/{n},{lab}" for n, lab in rows[1:6]] + [f"{n},{lab}" for n, lab in rows[6:]]  # rows[0] unlisted
+    (labelled / "labels.csv").write_text("\n".join(["filename,labels", *listed]) + "\n")
+    index = scan(labelled)
+    assert len(index.split("val")) == 5
+    unlisted = [r for p, r in index.skipped if p.name == rows[0][0]]
+    assert unlisted == ["not listed in labels.csv; add a row (empty labels: all negative)"]
+    (labelled / "val" / "labels.csv").write_text("filename,labels\n")
+    with pytest.raises(SmallvisionError, match="both labels.csv and val/labels.csv list labels"):
+        scan(labelled)
+
+
+def test_a_given_val_folder_without_a_labelled_image_is_refused_before_training(labelled):
+    rows = [r.split(",") for r in (labelled / "labels.csv").read_text().splitlines()[1:]]
+    (labelled / "val").mkdir()
+    for name, _ in rows[:5]:
+        (labelled / "images" / name).rename(labelled / "val" / name)
+    lines = [f"val/{n}," for n, _ in rows[:5]] + [",".join(r) for r in rows[5:]]
+    (labelled / "labels.csv").write_text("\n".join(["filename,labels", *lines]) + "\n")
+    with pytest.raises(SmallvisionError, match="val/: none of its 5 images has a label in labels.csv"):
+        scan(labelled)
