@@ -230,11 +230,17 @@ def test_a_label_given_only_in_validation_is_refused_naming_the_file(labelled):
         scan(labelled)
 
 
+def _first_to_val(root, n: int) -> list[list[str]]:
+    """Move the first `n` listed images into val/; the labels file's rows, unchanged."""
+    rows = [r.split(",") for r in (root / "labels.csv").read_text().splitlines()[1:]]
+    (root / "val").mkdir()
+    for name, _ in rows[:n]:
+        (root / "images" / name).rename(root / "val" / name)
+    return rows
+
+
 def test_a_top_level_labels_file_with_split_folders_reports_what_it_leaves_out(labelled):
-    rows = [r.split(",") for r in (labelled / "labels.csv").read_text().splitlines()[1:]]
-    (labelled / "val").mkdir()
-    for name, _ in rows[:6]:
-        (labelled / "images" / name).rename(labelled / "val" / name)
+    rows = _first_to_val(labelled, 6)
     listed = [f"val/{n},{lab}" for n, lab in rows[1:6]] + [f"{n},{lab}" for n, lab in rows[6:]]  # rows[0] unlisted
     (labelled / "labels.csv").write_text("\n".join(["filename,labels", *listed]) + "\n")
     index = scan(labelled)
@@ -247,10 +253,7 @@ def test_a_top_level_labels_file_with_split_folders_reports_what_it_leaves_out(l
 
 
 def test_a_given_val_folder_without_a_labelled_image_is_refused_before_training(labelled):
-    rows = [r.split(",") for r in (labelled / "labels.csv").read_text().splitlines()[1:]]
-    (labelled / "val").mkdir()
-    for name, _ in rows[:5]:
-        (labelled / "images" / name).rename(labelled / "val" / name)
+    rows = _first_to_val(labelled, 5)
     lines = [f"val/{n}," for n, _ in rows[:5]] + [",".join(r) for r in rows[5:]]
     (labelled / "labels.csv").write_text("\n".join(["filename,labels", *lines]) + "\n")
     with pytest.raises(SmallvisionError, match="val/: none of its 5 images has a label in labels.csv"):
