@@ -91,6 +91,7 @@ class Tally:
     ran: list[RunConfig] = field(default_factory=list)
     choices: Counter[str] = field(default_factory=Counter)
     ledger: Ledger = field(default_factory=Ledger)  # each step's estimate against the seconds it took
+    ended: list[str] = field(default_factory=list)  # why planned steps did not run: validation stopped improving
 
 
 def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally) -> Candidate:
@@ -176,17 +177,41 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
     return out
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """Whose fine-tuning rounds these are: the best pretrained candidate's (the plan's rounds) or the runner-up's;
+    their stage, clock-check and ledger names follow."""
+
+    runner_up: bool = False
+
+    def of(self, plan: Plan) -> list[Round]:
+        """The plan's rounds for this candidate."""
+        return list(plan.runner_up if self.runner_up else plan.rounds)
+
+    def stage(self, i: int) -> str:
+        """history.csv's stage and the checkpoints' folder of round `i`."""
+        return f"finetune{i}" + ("b" if self.runner_up else "")
+
+    def check(self, i: int) -> str:
+        """The name of round `i`'s recorded clock check."""
+        return f"round{i}" + ("b" if self.runner_up else "")
+
+    def words(self, i: int) -> str:
+        """Round `i` as the notes and the ledger say it (the plan's step key)."""
+        return ("runner-up " if self.runner_up else "") + f"round {i}"
+
+
 def _fitted_round(
-    run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes, ledger
+    run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes, ledger, who: Rounds
 ) -> Round | None:
     """Round `i` as it still fits the budget by the clock: fewer epochs when the steps so far overran their
     estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends the rounds."""
-    guard = round_check(run_dir, f"round{i}", start, dataclasses.asdict(rnd), budget, ledger.ratio())
+    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger.ratio())
     fits = guard.get("epochs", rnd.epochs if guard.get("run") else 0)  # a resumed run's older record: run or not
     if fits < 1:
         notes.decide(
             "stop",
-            f"stopped fine-tuning before round {i}: {guard['elapsed']:.0f} s had passed and the round was estimated "
+            f"stopped fine-tuning before {who.words(i)}: {guard['elapsed']:.0f} s had passed and it was estimated "
             f"at {guard['estimate']:.0f} s (its plan's estimate x{guard.get('ratio', 1.0)}, what the steps so far "
             f"took over theirs), past --time-budget {budget:g}",
         )
@@ -194,13 +219,16 @@ def _fitted_round(
     if fits < rnd.epochs:
         notes.decide(
             "shrink",
-            f"fine-tuning round {i} shortened to {fits} of its {rnd.epochs} epochs to fit --time-budget {budget:g}: "
-            f"{guard['elapsed']:.0f} s had passed and the steps so far took x{guard['ratio']} their estimates",
+            f"fine-tuning {who.words(i)} shortened to {fits} of its {rnd.epochs} epochs to fit --time-budget "
+            f"{budget:g}: {guard['elapsed']:.0f} s had passed and the steps so far took x{guard['ratio']} their "
+            "estimates",
         )
     return dataclasses.replace(rnd, epochs=fits, seconds=rnd.seconds * fits / rnd.epochs)
 
 
-def _continued(i: int, rnd: Round, fitted: Round, best_epoch: int, rounds: list[Round], notes: RunNotes) -> None:
+def _continued(
+    i: int, rnd: Round, fitted: Round, best_epoch: int, rounds: list[Round], notes: RunNotes, who: Rounds
+) -> None:
     """A round whose best epoch was its last (validation still rising) is followed by as many epochs again at its
     rate and blocks, up to MAX_CONTINUED times in a run, each still checked against the clock."""
     added = sum(r.continues for r in rounds)
@@ -209,8 +237,8 @@ def _continued(i: int, rnd: Round, fitted: Round, best_epoch: int, rounds: list[
     rounds.insert(i, dataclasses.replace(rnd, continues=True))
     notes.decide(
         "continue",
-        f"round {i}'s best epoch was its last ({best_epoch} of {fitted.epochs}): validation was still rising, so "
-        f"round {i + 1} continues it ({rnd.epochs} epochs more at lr {rnd.lr:.2g})",
+        f"{who.words(i)}'s best epoch was its last ({best_epoch} of {fitted.epochs}): validation was still rising, "
+        f"so {who.words(i + 1)} continues it ({rnd.epochs} epochs more at lr {rnd.lr:.2g})",
     )
 
 
@@ -236,13 +264,15 @@ def _round_stage(round_cfg, stage: str, model, data, views, trainable, run_dir: 
     )
 
 
-def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally) -> Candidate | None:
-    """Fine-tuning rounds on the best pretrained candidate, each only while the last one improved validation, a round
-    that was still improving at its last epoch continued (see `_continued`)."""
+def _finetune(
+    cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally, who: Rounds = Rounds()
+) -> Candidate | None:
+    """Fine-tuning rounds on a pretrained candidate, each only while the last one improved validation, a round that
+    was still improving at its last epoch continued (see `_continued`)."""
     from smallvision.models.backbone import freeze
 
-    budget, rounds = cfg.recipe.time_budget, list(plan.rounds)
-    fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger)  # before loading every image
+    budget, rounds = cfg.recipe.time_budget, who.of(plan)
+    fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger, who)  # before loading images
     if fitted is None:
         return None
     tune_cfg = round_config(cfg, base.cfg, plan.views, fitted)
@@ -253,37 +283,41 @@ def _finetune(cfg, plan, base: Candidate, index, run_dir, start, progress, notes
     i = 0
     while i < len(rounds):
         rnd, i, began = rounds[i], i + 1, now()
-        if i > 1 and (fitted := _fitted_round(run_dir, i, rnd, start, budget, notes, tally.ledger)) is None:
+        if i > 1 and (fitted := _fitted_round(run_dir, i, rnd, start, budget, notes, tally.ledger, who)) is None:
             break
         round_cfg = round_config(cfg, base.cfg, plan.views, fitted)
         if rnd.blocks != blocks:
             blocks = rnd.blocks
             trainable = freeze(model.backbones[0], blocks)
             views = steps.activation_views(tune_cfg, model, data, notes, progress)
-        stage = f"finetune{i}"
+        stage = who.stage(i)
         res = _round_stage(
             round_cfg, stage, model, data, views, trainable, run_dir, budget - (now() - start), progress, logger
         )
         tally.ran.append(round_cfg)
-        tally.ledger.record(f"round {i}" + (" (continued)" if rnd.continues else ""), fitted.seconds, now() - began)
+        tally.ledger.record(who.words(i) + (" (continued)" if rnd.continues else ""), fitted.seconds, now() - began)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
         improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
         tally.choices["finetune_round"] += 1
         notes.decide(
             "round",
-            f"fine-tuning round {i} (blocks {', '.join(trainable)} at lr {rnd.lr:.2g}, {fitted.epochs} "
-            f"epochs): best {select.metric_words(base)} {res.best_accuracy:.4f} at epoch {res.best_epoch}, "
+            f"fine-tuning {base.cfg.model.backbone} {who.words(i)} (blocks {', '.join(trainable)} at lr "
+            f"{rnd.lr:.2g}, {fitted.epochs} epochs): best {select.metric_words(base)} {res.best_accuracy:.4f} at "
+            f"epoch {res.best_epoch}, "
             + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
         )
         if not improved:
             model.load_state_dict(best_state)
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
+            if i < len(rounds):
+                name = base.cfg.model.backbone
+                tally.ended.append(f"{name} {who.words(i)} did not, rounds {i + 1}-{len(rounds)} not run")
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
-        _continued(i, rnd, fitted, res.best_epoch, rounds, notes)
+        _continued(i, rnd, fitted, res.best_epoch, rounds, notes, who)
     return best
 
 
@@ -374,13 +408,9 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally))
         keys = (f"features {name}", "decode") if k == 0 else (f"features {name}",)
         tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
-    pretrained = [c for c in cands if c.specs]
-    if plan.rounds and pretrained:
-        base = max(pretrained, key=lambda c: c.val)
-        tuned = _finetune(cfg, plan, base, work, run_dir, start, progress, notes, logger, tally)
-        if tuned is not None:
-            cands.append(tuned)
+    cands += _fine_tuned(cfg, plan, [c for c in cands if c.specs], work, run_dir, start, progress, notes, logger, tally)
     members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally.choices)
+    _budget_used(start, budget, tally, notes)
     _record_costs(run_dir, plan, tally.ledger, notes)
     unused = unapplied(user_set(cfg), tally.ran)
     if unused:
@@ -397,6 +427,30 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         selection=dict(tally.choices),
         decisions=notes.decisions,
     )
+
+
+def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, logger, tally) -> list[Candidate]:
+    """The best pretrained candidate fine-tuned in the plan's rounds, then the runner-up in its own when the plan has
+    them: each an improved network or nothing."""
+    ranked = sorted(pretrained, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    out = []
+    for base, who in zip(ranked, (Rounds(), Rounds(runner_up=True)), strict=False):
+        if who.of(plan):
+            tuned = _finetune(cfg, plan, base, index, run_dir, start, progress, notes, logger, tally, who)
+            out += [tuned] if tuned is not None else []
+    return out
+
+
+def _budget_used(start: float, budget: float, tally: Tally, notes: RunNotes) -> None:
+    """How much of --time-budget the run used and, when it ended early, why: validation stopped improving."""
+    used = now() - start
+    line = f"used {used:.0f} s of --time-budget {budget:g} s ({used / budget:.0%})"
+    if tally.ended and used < 0.85 * budget:
+        line += (
+            ": ended early because validation stopped improving (a round that does not improve ends its candidate's "
+            "rounds: the rounds after it start from the same weights at a lower rate): " + "; ".join(tally.ended)
+        )
+    notes.decide("budget", line)
 
 
 def _record_costs(run_dir: Path, plan: Plan, ledger: Ledger, notes: RunNotes) -> None:

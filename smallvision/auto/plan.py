@@ -39,6 +39,9 @@ LEVELS: tuple[tuple[tuple[str, ...], int, int], ...] = (
 )
 
 SMALL_SIZES = (192, 160, 128)  # the features-only fallbacks for folders too large for the levels above
+# fine-tuning rounds in order: (block groups added to --unfreeze-blocks, share of --finetune-lr); a level's rounds are
+# the first of these, and what the budget leaves buys the next one (a block more at half the rate)
+ROUND_SHAPES = ((0, 1.0), (0, 0.5), (1, 0.25), (2, 0.125))
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Rung:
     steps: list[Step]
     estimate_seconds: float
     rung: int = 0
+    runner_up: list[Round] = field(default_factory=list)  # the second-best backbone's own rounds, when time allows
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Plan(Rung):
         """A plan read back from auto_plan.json (of this PLAN_VERSION)."""
         values = dict(d)
         values["rounds"] = [Round(**r) for r in values["rounds"]]
+        values["runner_up"] = [Round(**r) for r in values.get("runner_up", [])]
         values["steps"] = [Step(**s) for s in values["steps"]]
         values["scratch"] = ScratchPlan(**values["scratch"]) if values.get("scratch") else None
         return cls(**values)
@@ -161,11 +166,25 @@ def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, 
     return _round_seconds(fig, n, rnd.epochs, views, False, batch), how
 
 
-def _rounds(cfg: RunConfig, blocks: int, count: int) -> list[Round]:
-    """Fine-tuning rounds: the top blocks, then as many epochs more at half the rate, then one block more."""
+def _rounds(cfg: RunConfig, count: int) -> list[Round]:
+    """The first `count` fine-tuning rounds (ROUND_SHAPES): the top blocks, then as many epochs more at half the rate,
+    then a block more at each halving."""
     r = cfg.recipe
-    shapes = [(blocks, 1.0), (blocks, 0.5), (blocks + 1, 0.25)]
-    return [Round(b, r.finetune_epochs, r.finetune_lr * f) for b, f in shapes[:count]]
+    return [Round(r.unfreeze_blocks + more, r.finetune_epochs, r.finetune_lr * f) for more, f in ROUND_SHAPES[:count]]
+
+
+def _round_steps(b: _Budget, costs, backbone: str, size: int, views: int, rounds: list[Round], who: str) -> list:
+    """Each round costed as it will run on `backbone` (its `seconds` set), as plan steps keyed `{who}round I`."""
+    from smallvision.models.weights import resolve_weights
+
+    spec, out, last_blocks = resolve_weights(backbone, b.cfg.model.weights), [], None
+    for i, rnd in enumerate(rounds, 1):
+        new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
+        rnd.seconds, how = _round_cost(b.cfg, costs, spec, size, rnd, views, b.n, new)
+        what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
+        label = f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}"
+        out.append(Step(label, rnd.seconds, f"{who}round {i}"))
+    return out
 
 
 @dataclass
@@ -274,26 +293,70 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
         seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
         steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
     slowest = min(backbones, key=lambda name: feature_ips[name])
-    plan_rounds = _rounds(cfg, cfg.recipe.unfreeze_blocks, rounds) if "+" not in slowest else []
+    plan_rounds = _rounds(cfg, rounds) if "+" not in slowest else []
     # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
     # against the clock when the run gets there
     tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
-    last_blocks = None
-    for i, rnd in enumerate(plan_rounds, 1):
-        if over():
-            return None
-        new = rnd.blocks != last_blocks
-        last_blocks = rnd.blocks
-        spec = resolve_weights(slowest, cfg.model.weights)
-        rnd.seconds, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
-        what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
-        steps.append(Step(f"fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds, f"round {i}"))
+    if over():
+        return None
+    steps += _round_steps(b, costs, slowest, size, views, plan_rounds, "") if plan_rounds else []
     if tta:
         steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds, "tta"))
     estimate = sum(s.seconds for s in steps)
     if estimate > b.available:
         return None
     return Rung(list(backbones), size, views, plan_rounds, tta, tta_seconds if tta else 0.0, steps, estimate)
+
+
+def _filled(b: _Budget, costs, chosen: Rung) -> None:
+    """What the chosen rung leaves of the budget, spent in order of value while it fits: the best candidate's next
+    rounds (more epochs at half the rate, then a block more at each halving; the last as many epochs as fit), then the
+    runner-up backbone's own rounds (an average of two fine-tuned networks is kept when validation says so). Costed
+    on the slowest backbone, as the rounds are; each runs only if the clock still allows it when the run gets there,
+    and a round only while the one before it improved."""
+    from smallvision.models.weights import resolve_weights
+
+    if not chosen.backbones or any("+" in name for name in chosen.backbones):
+        return
+    slowest = min(chosen.backbones, key=lambda name: costs.features(resolve_weights(name, b.cfg.model.weights), 224))
+
+    def add(steps: list[Step]) -> bool:
+        extra = sum(s.seconds for s in steps)
+        if chosen.estimate_seconds + extra > b.available:
+            return False
+        at = len(chosen.steps) - chosen.tta  # before the flipped views, which come last
+        chosen.steps[at:at] = steps
+        chosen.estimate_seconds += extra
+        return True
+
+    views = chosen.views
+    if not chosen.rounds and b.views_given is None:
+        chosen.views = max(chosen.views, 1)  # a round on cached activations, not on full images
+    while (count := len(chosen.rounds)) < len(ROUND_SHAPES):
+        more = _rounds(b.cfg, count + 1)
+        for epochs in range(more[-1].epochs, 0, -1):  # the whole round, else as many epochs of it as fit
+            more[-1].epochs = epochs
+            step = _round_steps(b, costs, slowest, chosen.size, chosen.views, more, "")[-1]
+            if add([step]):
+                chosen.rounds = more
+                what = step.step.split(": ", 1)[1]
+                b.why.append(f"the budget left buys fine-tuning round {count + 1} ({epochs} epoch(s)): {what}")
+                break
+        if chosen.rounds is not more or epochs < b.cfg.recipe.finetune_epochs:
+            break
+    if not chosen.rounds:
+        chosen.views = views
+    if len(chosen.backbones) < 2:
+        return
+    for k in range(len(chosen.rounds), 0, -1):
+        runner_up = _rounds(b.cfg, k)
+        if add(_round_steps(b, costs, slowest, chosen.size, chosen.views, runner_up, "runner-up ")):
+            chosen.runner_up = runner_up
+            b.why.append(
+                f"the budget left buys the runner-up backbone's own {k} fine-tuning round(s), to be averaged with "
+                "the best when validation says so"
+            )
+            return
 
 
 def _ladder(b: _Budget, use_pretrained: bool) -> list[tuple]:
@@ -378,6 +441,8 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
     b = _budget(cfg, index, profile, probe, costs, spent)
     scratch, use_pretrained = _scratch_plan(b, profile, probe, costs)
     chosen, scratch, train_cap = _choose_rung(b, index, costs, scratch, use_pretrained)
+    if train_cap is None:  # a sampled training set is all the budget allows
+        _filled(b, costs, chosen)
     if not chosen.rounds and chosen.backbones and train_cap is None:
         if any("+" in name for name in chosen.backbones):
             b.why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
@@ -422,7 +487,8 @@ def plan_table(plan: Plan) -> str:
     share = plan.estimate_seconds / plan.time_budget
     lines.append(f"  {plan.estimate_seconds:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})")
     lines.append(
-        "  decided on validation: the best candidate; each further round only if the last one improved; "
+        "  decided on validation: the best candidate; each further round (the runner-up's too) only if the last one "
+        "improved; "
         "averaging candidates and flipped views only if it beats each alone"
     )
     lines.extend(f"  why: {w}" for w in plan.why)

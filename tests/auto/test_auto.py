@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert lead["estimate"] == pytest.approx(plan.seconds_of("decode", f"features {plan.backbones[0]}"), abs=0.06)
     assert lead["actual"] > 0 and lead["ratio"] == pytest.approx(lead["actual"] / lead["estimate"], abs=0.02)
     assert {f"round {i}" for i in range(1, len(plan.rounds) + 1)} & set(taken)
+    # the budget the richest rung left buys more rounds and the runner-up's own; it is told how much it used
+    assert len(plan.rounds) == len(planning.ROUND_SHAPES) and plan.runner_up
+    assert "runner-up round 1" in taken and (result.run_dir / "checkpoints" / "finetune1b").is_dir()
+    assert any("the budget left buys the runner-up backbone's own" in w for w in plan.why)
+    assert re.search(r"auto: used \d+ s of --time-budget 600 s \(\d+%\)", "\n".join(result.notes))
     costs = next(n for n in result.notes if n.startswith("auto: the plan against the clock: "))
     assert (
         f"decode + features {plan.backbones[0]} {lead['estimate']:.0f} s planned, {lead['actual']:.0f} s taken" in costs
@@ -95,7 +101,7 @@ def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_
     candidates = chose[chose.index("(") + 1 : -1].split(", ")  # all at one size here, so every pair and trio averaged
     expected = {
         "head_lr": len(plan.backbones),  # two head rates tried per backbone (--lr not set)
-        "finetune_round": sum(n.startswith("auto: fine-tuning round ") for n in notes),
+        "finetune_round": sum(bool(re.match(r"auto: fine-tuning \S+ (runner-up )?round \d+ \(", n)) for n in notes),
         "candidate": 1,
         "average": comb(len(candidates), 2) + comb(len(candidates), 3),
         "tta": sum(n.startswith("auto: test-time augmentation (") for n in notes),
@@ -248,7 +254,7 @@ def test_large_folders_scale_the_plan_down_and_it_always_fits(images):
     plan = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, _Costs(COSTS))
     assert plan.estimate_seconds <= planning.SAFETY * cfg.recipe.time_budget
     if images == 400:
-        assert len(plan.backbones) == 3 and len(plan.rounds) == 3 and plan.tta
+        assert len(plan.backbones) == 3 and len(plan.rounds) == 4 and len(plan.runner_up) == 3 and plan.tta
     if images == 20_000:
         assert "efficientnet_lite1" not in plan.backbones and plan.train_cap is None
     if images == 200_000:
@@ -256,6 +262,27 @@ def test_large_folders_scale_the_plan_down_and_it_always_fits(images):
         assert any("too small" in w for w in plan.why)
     smaller = planning.make_plan(cfg, _index(images // 2), _Profile(images // 2, 150), None, _Costs(COSTS))
     assert smaller.rung <= plan.rung  # fewer images never get a poorer rung of the ladder
+
+
+@pytest.mark.parametrize("images", [400, 2_500, 5_000, 20_000])
+def test_what_the_chosen_rung_leaves_buys_more_rounds_then_the_runner_ups_own(images):
+    cfg = build_config({"data": {"path": "x"}})
+    plan = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, _Costs(COSTS))
+    available = planning.SAFETY * cfg.recipe.time_budget - planning.RESERVED
+    assert 0.8 * available <= plan.estimate_seconds <= available  # the ladder's gap to the next rung is spent
+    assert plan.rounds  # even 20,000 images get fine-tuning: as many epochs of a round as fit
+    keys = [s.key for s in plan.steps]
+    rounds = [k for k in keys if k.startswith("round ")]
+    assert rounds == [f"round {i}" for i in range(1, len(plan.rounds) + 1)]
+    runner_up = [k for k in keys if k.startswith("runner-up ")]
+    assert runner_up == [f"runner-up round {i}" for i in range(1, len(plan.runner_up) + 1)]
+    assert keys.index(rounds[-1]) < (keys.index(runner_up[0]) if runner_up else len(keys))
+    assert keys[-1] == "tta" or not plan.tta  # flipped views stay last, after every round
+    if images == 20_000:
+        assert plan.rounds[0].epochs < cfg.recipe.finetune_epochs and plan.views == 1
+        assert any("the budget left buys fine-tuning round 1 (" in w for w in plan.why)
+    if len(plan.backbones) < 2:
+        assert not plan.runner_up
 
 
 class _Probe:
@@ -319,7 +346,7 @@ def test_a_tiny_image_folder_gets_a_scratch_candidate_at_its_native_size(tmp_pat
 def test_fine_tuning_rounds_start_at_three_tenths_of_the_lr_unless_the_user_sets_theirs(recipe, first_lr):
     cfg = build_config({"data": {"path": "x"}, "recipe": recipe})
     plan = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
-    assert [r.lr for r in plan.rounds] == pytest.approx([first_lr, first_lr / 2, first_lr / 4])
+    assert [r.lr for r in plan.rounds] == pytest.approx([first_lr, first_lr / 2, first_lr / 4, first_lr / 8])
 
 
 def test_fine_tuning_options_a_plan_cannot_use_are_named():

@@ -32,27 +32,34 @@ def test_a_round_that_no_longer_fits_shrinks_then_is_dropped(tmp_path, monkeypat
     monkeypatch.setattr(clock, "now", lambda: 300.0)
     rnd = Round(blocks=2, epochs=8, lr=1e-3, seconds=100.0)
     # 600 s budget, 300 s gone, 15 s kept: 285 s left for a round now estimated at 200 s: all 8 epochs
-    kept = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, notes, ledger)
+    kept = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, notes, ledger, execute.Rounds())
     assert kept.epochs == 8 and kept.seconds == 100.0
     # 400 s budget: 85 s left of 200 s needed: 3 of 8 epochs, said so, and recorded for a resume
-    short = execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger)
+    short = execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger, execute.Rounds())
     assert short.epochs == 3 and short.seconds == pytest.approx(37.5)
     assert "round 2 shortened to 3 of its 8 epochs" in notes.decisions[-1].text
     assert json.loads((tmp_path / "checkpoints" / "auto_round2.json").read_text())["epochs"] == 3
     monkeypatch.setattr(clock, "now", lambda: 1000.0)  # a resume reads the recorded decision, not the clock
-    assert execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger).epochs == 3
-    assert execute._fitted_round(tmp_path, 3, rnd, 0.0, 400.0, notes, ledger) is None
+    assert execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger, execute.Rounds()).epochs == 3
+    assert execute._fitted_round(tmp_path, 3, rnd, 0.0, 400.0, notes, ledger, execute.Rounds()) is None
     assert notes.decisions[-1].kind == "stop" and "x2.0" in notes.decisions[-1].text
+    # the runner-up's rounds are checked and recorded under their own names: the best's record does not decide them
+    runner_up = execute.Rounds(runner_up=True)
+    assert execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger, runner_up) is None
+    assert "before runner-up round 2" in notes.decisions[-1].text
+    assert json.loads((tmp_path / "checkpoints" / "auto_round2b.json").read_text())["epochs"] == 0
 
 
 def test_a_round_still_improving_at_its_last_epoch_continues_up_to_a_limit():
     notes = RunNotes("auto")
     planned = [Round(2, 6, 3e-4, 50.0), Round(3, 6, 7.5e-5, 60.0)]
     rounds = list(planned)
-    execute._continued(1, rounds[0], rounds[0], best_epoch=5, rounds=rounds, notes=notes)
+    execute._continued(1, rounds[0], rounds[0], best_epoch=5, rounds=rounds, notes=notes, who=execute.Rounds())
     assert rounds == planned  # its best epoch was not its last: validation had stopped rising
     for i in range(1, 6):
-        execute._continued(i, rounds[i - 1], rounds[i - 1], best_epoch=6, rounds=rounds, notes=notes)
+        execute._continued(
+            i, rounds[i - 1], rounds[i - 1], best_epoch=6, rounds=rounds, notes=notes, who=execute.Rounds()
+        )
     continued = [r for r in rounds if r.continues]
     assert len(continued) == execute.MAX_CONTINUED and rounds[-1] == planned[1]
     assert all((r.blocks, r.epochs, r.lr) == (2, 6, 3e-4) for r in continued)
