@@ -1,5 +1,9 @@
 """What each of `auto`'s steps costs on this machine: measured once on warm-up batches, then read from the cache.
 
+The planner reading these figures is pure: a figure this machine has not measured yet raises `MissingFigure`, and
+`planned` times it and plans again, so only the figures the planner reaches are ever timed, and a plan is a function
+of its inputs and the figures alone.
+
 Every figure is timed at the precision the run trains and extracts features at, after one untimed warm-up batch (it
 pays for allocation, kernel selection and tracing). The figures are kept per machine (CPU or GPU model, threads,
 torch version) in the user cache, so the same data, seed and budget give the same plan on the same machine: a second
@@ -14,6 +18,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -47,6 +52,17 @@ def machine() -> dict:
     }
 
 
+T = TypeVar("T")
+
+
+class MissingFigure(Exception):
+    """A figure the planner read that this machine has not measured yet; `measure` times it."""
+
+    def __init__(self, key: str, measure: Callable[[], dict]) -> None:
+        super().__init__(key)
+        self.key, self.measure = key, measure
+
+
 class Costs:
     """Measured seconds of the planned steps' units, cached per machine; `measured` lists what this run timed."""
 
@@ -62,17 +78,20 @@ class Costs:
         self.used: list[str] = []  # every figure the plan read, in the order it read them
 
     def _get(self, key: str, measure: Callable[[], dict]) -> dict:
+        if key not in self.figures:
+            raise MissingFigure(key, measure)
         if key not in self.used:
             self.used.append(key)
-        if key not in self.figures:
-            figure = {k: float(f"{v:.3g}") for k, v in measure().items()}
-            self.figures[key] = figure
-            self.measured.append(key)
-            try:
-                atomic.write_json(self.path, self.figures)
-            except OSError as e:  # a read-only cache only costs the next run its measuring time
-                log.debug("could not record step costs in %s: %s", self.path, e)
         return self.figures[key]
+
+    def measure(self, missing: MissingFigure) -> None:
+        """Time the figure the planner found missing and keep it, here and in the machine's cache."""
+        self.figures[missing.key] = {k: float(f"{v:.3g}") for k, v in missing.measure().items()}
+        self.measured.append(missing.key)
+        try:
+            atomic.write_json(self.path, self.figures)
+        except OSError as e:  # a read-only cache only costs the next run its measuring time
+            log.debug("could not record step costs in %s: %s", self.path, e)
 
     def features(self, spec, size: int) -> float:
         """Images per second through `spec`'s backbone at `size` in the feature pass's fast form."""
@@ -207,6 +226,16 @@ class Costs:
             return {"seconds_per_image": max(1e-5, t_small - per_mpix * small), "seconds_per_megapixel": per_mpix}
 
         return self._get("decode/files", measure)
+
+
+def planned(make: Callable[[Costs], T], costs: Costs) -> T:
+    """`make(costs)`, a pure planner, called until every figure it reads is known: each missing one is timed when
+    the planner first reaches it (a rung dropped before its rounds are costed never has them timed)."""
+    while True:
+        try:
+            return make(costs)
+        except MissingFigure as missing:
+            costs.measure(missing)
 
 
 def _at(batch: int) -> str:

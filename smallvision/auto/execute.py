@@ -346,7 +346,7 @@ def _tuned(base: Candidate, tune_cfg, model, data, views, history, best_epoch: i
 def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[Plan, RunNotes]:
     """The run's plan: the one recorded in its folder (a rerun or a resume follows it), else one made now from the
     data's profile, the probe and the measured costs, and recorded; with the notes that say so."""
-    from smallvision.auto.costs import Costs
+    from smallvision.auto.costs import Costs, planned
     from smallvision.auto.probe import imagenet_distance
     from smallvision.data.profile import profile_data
     from smallvision.engine.distributed import rank_zero_decision
@@ -363,8 +363,8 @@ def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[
             probe = imagenet_distance(
                 index, scratch_size=size, seed=cfg.seed, precision=cfg.trainer.precision, progress=False
             )
-        costs = Costs(resolve_precision(cfg.trainer.precision))
-        return make_plan(cfg, index, profile, probe, costs, spent=runclock.spent_before(run_dir)).to_dict()
+        costs, spent = Costs(resolve_precision(cfg.trainer.precision)), runclock.spent_before(run_dir)
+        return planned(lambda c: make_plan(cfg, index, profile, probe, c, spent=spent), costs).to_dict()
 
     path = run_dir / "checkpoints" / PLAN_FILE
     raw, recorded = rank_zero_decision(path, decide)

@@ -318,7 +318,10 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
 
     if not chosen.backbones or any("+" in name for name in chosen.backbones):
         return
-    slowest = min(chosen.backbones, key=lambda name: costs.features(resolve_weights(name, b.cfg.model.weights), 224))
+    slowest = min(
+        chosen.backbones,
+        key=lambda name: costs.features(resolve_weights(name, b.cfg.model.weights), chosen.size),
+    )
 
     def add(steps: list[Step]) -> bool:
         extra = sum(s.seconds for s in steps)
@@ -437,7 +440,8 @@ def _choose_rung(b: _Budget, index: DatasetIndex, costs, scratch: ScratchPlan | 
 
 def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: float = 0.0) -> Plan:
     """The richest plan whose estimated seconds fit the budget less the `spent` seconds of the run's earlier
-    processes (a resumed run planned only now): its steps, their estimates and what decides them."""
+    processes (a resumed run planned only now): its steps, their estimates and what decides them. Pure: it reads
+    `costs` and times nothing (a figure not measured yet raises costs.MissingFigure; costs.planned times it)."""
     b = _budget(cfg, index, profile, probe, costs, spent)
     scratch, use_pretrained = _scratch_plan(b, profile, probe, costs)
     chosen, scratch, train_cap = _choose_rung(b, index, costs, scratch, use_pretrained)

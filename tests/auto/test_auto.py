@@ -470,6 +470,40 @@ def test_the_resolved_record_of_a_scratch_and_a_features_candidate_holds_their_o
     assert "finetune_lr" not in resolved["recipe"]  # no stage that ran fine-tuned
 
 
+def test_the_planner_is_pure_and_only_the_figures_it_reaches_are_timed(tmp_path, monkeypatch):
+    from smallvision.auto import costs as costing
+
+    monkeypatch.setenv("SMALLVISION_CACHE_DIR", str(tmp_path))
+    double = _Costs(COSTS)
+    timed: list[str] = []
+
+    def measure(self, missing: costing.MissingFigure) -> None:  # the double's figure, keyed as Costs keys it
+        kind, *rest = missing.key.split("/")
+        timed.append(missing.key)
+        spec = type("Spec", (), {"backbone": rest[0]}) if kind != "decode" else None
+        size = int(rest[1]) if len(rest) > 1 else 0
+        blocks = int(rest[2]) if len(rest) > 2 else 0
+        self.figures[missing.key] = {
+            "features": lambda: {"images_per_second": double.features(spec, size)},
+            "finetune": lambda: double.finetune(spec, size, blocks),
+            "finetune-images": lambda: double.finetune_images(spec, size, blocks),
+            "activations": lambda: {"values_per_image": double.activations(spec, size, blocks)},
+            "decode": double.decode,
+        }[kind]()
+
+    monkeypatch.setattr(costing.Costs, "measure", measure)
+    cfg, index, profile = build_config({"data": {"path": "x"}}), _index(400), _Profile(400, 150)
+    costs = costing.Costs("32-true")
+    with pytest.raises(costing.MissingFigure):  # nothing measured: the planner asks, it does not time
+        planning.make_plan(cfg, index, profile, None, costs)
+    assert not costs.path.exists() and not timed
+    plan = costing.planned(lambda c: planning.make_plan(cfg, index, profile, None, c), costs)
+    assert timed == costs.used and len(set(timed)) == len(timed)  # each figure it read timed once, when reached
+    assert not any(key.startswith("features/efficientnet_lite2/224") for key in timed)  # a size it never costed
+    again = planning.make_plan(cfg, index, profile, None, costs)  # every figure known: the same plan, nothing timed
+    assert again == plan and len(timed) == len(costs.used)
+
+
 def test_rounds_are_costed_as_they_will_run_under_the_memory_budget_and_batch_size():
     def plan(**values):
         sections = {"recipe": {}, "trainer": {}}
