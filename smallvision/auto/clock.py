@@ -35,8 +35,9 @@ def round_check(run_dir: Path, name: str, start: float, rnd: dict, budget: float
 
     def decide() -> dict:
         elapsed = now() - start
-        left, need = budget - TAIL - elapsed, rnd["seconds"] * ratio
-        epochs = rnd["epochs"] if need <= left else int(rnd["epochs"] * max(left, 0.0) / need)
+        left, need, setup = budget - TAIL - elapsed, rnd["seconds"] * ratio, rnd.get("setup", 0.0) * ratio
+        per_epoch = max(need - setup, 1e-9) / rnd["epochs"]
+        epochs = rnd["epochs"] if need <= left else int(max(left - setup, 0.0) / per_epoch)
         return {"epochs": epochs, "elapsed": round(elapsed, 1), "estimate": round(need, 1), "ratio": round(ratio, 2)}
 
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]

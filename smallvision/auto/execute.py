@@ -223,7 +223,7 @@ def _fitted_round(
             f"{budget:g}: {guard['elapsed']:.0f} s had passed and the steps so far took x{guard['ratio']} their "
             "estimates",
         )
-    return dataclasses.replace(rnd, epochs=fits, seconds=rnd.seconds * fits / rnd.epochs)
+    return dataclasses.replace(rnd, epochs=fits, seconds=rnd.setup + (rnd.seconds - rnd.setup) * fits / rnd.epochs)
 
 
 def _continued(
@@ -234,7 +234,7 @@ def _continued(
     added = sum(r.continues for r in rounds)
     if best_epoch < fitted.epochs or added >= MAX_CONTINUED:
         return
-    rounds.insert(i, dataclasses.replace(rnd, continues=True))
+    rounds.insert(i, dataclasses.replace(rnd, continues=True, seconds=rnd.seconds - rnd.setup, setup=0.0))
     notes.decide(
         "continue",
         f"{who.words(i)}'s best epoch was its last ({best_epoch} of {fitted.epochs}): validation was still rising, "

@@ -62,6 +62,7 @@ class Round:
     lr: float
     seconds: float = 0.0
     continues: bool = False  # added by the run: the round before it was still improving at its last epoch
+    setup: float = 0.0  # of `seconds`, caching the round's activations: a shortened round pays it, a continuation not
 
 
 @dataclass
@@ -137,18 +138,20 @@ def _counts(index: DatasetIndex) -> dict[str, int]:
     return out
 
 
-def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_views: bool, batch: int) -> float:
+def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_views: bool, batch: int) -> tuple:
+    """A round's seconds and, of them, the setup: caching its activations (its epochs are the rest)."""
     train_batches = math.ceil(n["train"] / batch)
     val_batches = math.ceil(n["val"] / batch)
-    seconds = epochs * (train_batches * fig["step_seconds"] + val_batches * fig["val_batch_seconds"])
+    setup = 0.0
     if new_views and fig["bottom_images_per_second"] > 0:
-        seconds += (n["train"] * max(views, 1) + 2 * (n["val"] + n["test"])) / fig["bottom_images_per_second"]
-    return seconds
+        setup = (n["train"] * max(views, 1) + 2 * (n["val"] + n["test"])) / fig["bottom_images_per_second"]
+    return setup + epochs * (train_batches * fig["step_seconds"] + val_batches * fig["val_batch_seconds"]), setup
 
 
 def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool) -> tuple:
-    """Seconds of a fine-tuning round as it will run, at --batch-size, and how: on cached activations when they fit
-    --memory-budget (as steps.activation_views decides), else on full images, every step the whole network."""
+    """Seconds of a fine-tuning round as it will run, at --batch-size, the setup among them, and how: on cached
+    activations when they fit --memory-budget (as steps.activation_views decides), else on full images, every step
+    the whole network."""
     from smallvision.caching.activations import cache_bytes
 
     batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
@@ -159,11 +162,11 @@ def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, 
         need = cache_bytes(values, n, views if cfg.recipe.augment.augments() else 0, arithmetic)
         if need <= budget * 1e9:
             fig = costs.finetune(spec, size, rnd.blocks, batch)
-            seconds = _round_seconds(fig, n, rnd.epochs, views, new, batch)
-            return seconds, f"on cached activations ({need / 1e9:.2g} GB)"
+            seconds, setup = _round_seconds(fig, n, rnd.epochs, views, new, batch)
+            return seconds, setup, f"on cached activations ({need / 1e9:.2g} GB)"
         how = f"on full images (cached activations: {need / 1e9:.2g} GB, over --memory-budget {budget:g} GB)"
     fig = {**costs.finetune_images(spec, size, rnd.blocks, batch), "bottom_images_per_second": 0}
-    return _round_seconds(fig, n, rnd.epochs, views, False, batch), how
+    return *_round_seconds(fig, n, rnd.epochs, views, False, batch), how
 
 
 def _rounds(cfg: RunConfig, count: int) -> list[Round]:
@@ -180,7 +183,7 @@ def _round_steps(b: _Budget, costs, backbone: str, size: int, views: int, rounds
     spec, out, last_blocks = resolve_weights(backbone, b.cfg.model.weights), [], None
     for i, rnd in enumerate(rounds, 1):
         new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
-        rnd.seconds, how = _round_cost(b.cfg, costs, spec, size, rnd, views, b.n, new)
+        rnd.seconds, rnd.setup, how = _round_cost(b.cfg, costs, spec, size, rnd, views, b.n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
         label = f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}"
         out.append(Step(label, rnd.seconds, f"{who}round {i}"))

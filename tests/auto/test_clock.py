@@ -64,3 +64,16 @@ def test_a_round_still_improving_at_its_last_epoch_continues_up_to_a_limit():
     assert len(continued) == execute.MAX_CONTINUED and rounds[-1] == planned[1]
     assert all((r.blocks, r.epochs, r.lr) == (2, 6, 3e-4) for r in continued)
     assert "round 1's best epoch was its last (6 of 6): validation was still rising" in notes.decisions[0].text
+
+
+def test_a_rounds_setup_is_paid_once_by_a_shortened_round_and_never_by_a_continuation(tmp_path, monkeypatch):
+    (tmp_path / "checkpoints").mkdir()
+    ledger, notes, who = clock.Ledger(), RunNotes("auto"), execute.Rounds()
+    rnd = Round(blocks=2, epochs=8, lr=1e-3, seconds=100.0, setup=60.0)  # 60 s caching activations, 5 s an epoch
+    monkeypatch.setattr(clock, "now", lambda: 500.0)
+    # 600 s budget, 15 s kept: 85 s left, 60 of them the setup: 5 epochs, not the 6 a share of 100 s would give
+    short = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, notes, ledger, who)
+    assert short.epochs == 5 and short.seconds == pytest.approx(60.0 + 5 * 5.0)
+    rounds = [rnd]
+    execute._continued(1, rnd, rnd, best_epoch=8, rounds=rounds, notes=notes, who=who)
+    assert rounds[1].continues and rounds[1].seconds == pytest.approx(40.0) and rounds[1].setup == 0.0
