@@ -382,7 +382,7 @@ def _recorded_plan(cfg: RunConfig, index: DatasetIndex, run_dir: Path) -> tuple[
     notes.decide(
         "plan-file",
         f"{'reused the plan recorded in' if recorded else 'plan recorded in'} {path}: "
-        + "; ".join(f"{s.step} ~{s.seconds:.0f} s" for s in plan.steps)
+        + "; ".join(f"{s.step} ~{s.seconds:.0f} s" + (" if time is left" if s.spare else "") for s in plan.steps)
         + f" (estimated {plan.estimate_seconds:.0f} s of --time-budget {cfg.recipe.time_budget:g})",
     )
     for why in plan.why:

@@ -3,6 +3,7 @@ which fine-tuning rounds and whether test-time augmentation; and the config each
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,7 @@ class Step:
     step: str
     seconds: float
     key: str = ""  # what the run's ledger matches it by: scratch, decode, features NAME, round I, tta
+    spare: bool = False  # runs only if time is left when the run gets there: not in the plan's estimate
 
 
 @dataclass
@@ -326,13 +328,13 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
         key=lambda name: costs.features(resolve_weights(name, b.cfg.model.weights), chosen.size),
     )
 
-    def add(steps: list[Step]) -> bool:
+    def add(steps: list[Step], spare: bool = False) -> bool:
         extra = sum(s.seconds for s in steps)
-        if chosen.estimate_seconds + extra > b.available:
+        if not spare and chosen.estimate_seconds + extra > b.available:
             return False
         at = len(chosen.steps) - chosen.tta  # before the flipped views, which come last
-        chosen.steps[at:at] = steps
-        chosen.estimate_seconds += extra
+        chosen.steps[at:at] = [dataclasses.replace(s, spare=spare) for s in steps]
+        chosen.estimate_seconds += 0.0 if spare else extra
         return True
 
     views = chosen.views
@@ -363,6 +365,12 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
                 "the best when validation says so"
             )
             return
+    chosen.runner_up = _rounds(b.cfg, len(chosen.rounds))
+    add(_round_steps(b, costs, slowest, chosen.size, chosen.views, chosen.runner_up, "runner-up "), spare=True)
+    b.why.append(
+        "the runner-up backbone's own fine-tuning rounds run only if time is left (when the best's rounds stop "
+        "early), each shortened to what the clock allows"
+    )
 
 
 def _ladder(b: _Budget, use_pretrained: bool) -> list[tuple]:
@@ -490,7 +498,7 @@ def plan_table(plan: Plan) -> str:
     """The plan as the log shows it before the expensive work starts."""
     lines = [f"auto plan (--time-budget {plan.time_budget:g} s; estimates from timed warm-up batches):"]
     for s in plan.steps:
-        lines.append(f"  {s.seconds:7.0f} s  {s.step}")
+        lines.append(f"  {s.seconds:7.0f} s  {s.step}" + (" (only if time is left; not in the sum)" if s.spare else ""))
     share = plan.estimate_seconds / plan.time_budget
     lines.append(f"  {plan.estimate_seconds:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})")
     lines.append(

@@ -72,7 +72,7 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     )
     for step in plan.steps:
         assert f"{step.seconds:7.0f} s  {step.step}" in shown and step.seconds >= 0
-    assert plan.estimate_seconds == pytest.approx(sum(s.seconds for s in plan.steps))
+    assert plan.estimate_seconds == pytest.approx(sum(s.seconds for s in plan.steps if not s.spare))
     assert plan.profile["images"] == 120 and plan.images == {"train": 72, "val": 30, "test": 18}
     assert plan.costs and all(k in plan.costs for k in plan.measured)
     # every candidate the plan named ran, and the notes say what was chosen among them and why
@@ -283,6 +283,10 @@ def test_what_the_chosen_rung_leaves_buys_more_rounds_then_the_runner_ups_own(im
         assert any("the budget left buys fine-tuning round 1 (" in w for w in plan.why)
     if len(plan.backbones) < 2:
         assert not plan.runner_up
+    spare = [s for s in plan.steps if s.spare]
+    assert all(s.key.startswith("runner-up round ") for s in spare)  # only the runner-up's rounds wait for time
+    if spare:
+        assert len(plan.runner_up) == len(plan.rounds) and "(only if time is left" in planning.plan_table(plan)
 
 
 class _Probe:
