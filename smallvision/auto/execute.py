@@ -409,7 +409,7 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         keys = (f"features {name}", "decode") if k == 0 else (f"features {name}",)
         tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
     cands += _fine_tuned(cfg, plan, [c for c in cands if c.specs], work, run_dir, start, progress, notes, logger, tally)
-    members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally.choices)
+    members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally)
     _budget_used(start, budget, tally, notes)
     _record_costs(run_dir, plan, tally.ledger, notes)
     unused = unapplied(user_set(cfg), tally.ran)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smallvision.auto.clock import budget_check
+from smallvision.auto.clock import budget_check, now
 from smallvision.auto.plan import Plan
 from smallvision.config import RunConfig
 from smallvision.data.index import DatasetIndex
@@ -86,9 +86,10 @@ def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> No
         cand.flipped[split] = cand.task.probabilities_of(logits)
 
 
-def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, start, budget, choices) -> tuple:
+def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, start, budget, tally) -> tuple:
     """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
-    every comparison on validation is counted in `choices`."""
+    every comparison on validation is counted in `tally.choices`, the flipped views' seconds in `tally.ledger`."""
+    choices = tally.choices
     ranked = _ranked(cands, notes)
     best = ranked[0]
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
@@ -100,7 +101,10 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
     if plan.tta:
         guard = budget_check(run_dir, "tta", start, plan.tta_seconds * len(members), budget)
         if guard["run"]:
+            began, n = now(), plan.images
             tta, val = _flips(members, val, index, notes, choices)
+            share = n["val"] / max(1, n["val"] + n["test"])  # the plan costs val and test; val is flipped here
+            tally.ledger.record("tta (val)", plan.tta_seconds * len(members) * share, now() - began)
         else:
             notes.decide("tta", f"test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
     notes.decide(

@@ -64,6 +64,7 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     # the budget the richest rung left buys more rounds and the runner-up's own; it is told how much it used
     assert len(plan.rounds) == len(planning.ROUND_SHAPES) and plan.runner_up
     assert "runner-up round 1" in taken and (result.run_dir / "checkpoints" / "finetune1b").is_dir()
+    assert plan.tta and taken["tta (val)"]["estimate"] > 0  # flipping val for the choice is costed and clocked too
     assert any("the budget left buys the runner-up backbone's own" in w for w in plan.why)
     assert re.search(r"auto: used \d+ s of --time-budget 600 s \(\d+%\)", "\n".join(result.notes))
     costs = next(n for n in result.notes if n.startswith("auto: the plan against the clock: "))
