@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 32  # the recipes' default batch size; a figure timed at another (--batch-size) says so in its key
 DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
+HEAD_DIM = 1280  # the Lite backbones' feature width, at which a head's training on cached features is timed
 
 
 def machine() -> dict:
@@ -190,6 +191,38 @@ class Costs:
             return _train_step(model, size, self.precision, batch=batch)
 
         return self._get(f"scratch/{name}/{size}/{int(batch_norm)}{_at(batch)}", measure)
+
+    def head(self, classes: int, multi: bool, batch: int = BATCH) -> dict:
+        """A dense head's training on cached features (the tensor loop, as auto's heads train): seconds per stage (its
+        fixed part) and per sample-epoch, fitted from a 128- and a 1024-sample run of 2 epochs (a quarter as many
+        validation samples)."""
+
+        def measure() -> dict:
+            import torch
+
+            from smallvision.engine.stage import StageSpec, Tensors
+            from smallvision.engine.trainer import fit
+            from smallvision.models.head import Head
+            from smallvision.task import MULTI_LABEL, SINGLE_LABEL
+
+            rng = np.random.default_rng(0)
+
+            def run(n: int) -> float:
+                x = rng.standard_normal((n, HEAD_DIM)).astype(np.float32)
+                y = (rng.random((n, classes)) < 0.2).astype(np.float32) if multi else rng.integers(0, classes, n)
+                data = Tensors((x, y), (x[: n // 4], y[: n // 4]))
+                spec = StageSpec("cost", epochs=2, lr=1e-3, batch_size=batch)
+                t0 = time.perf_counter()
+                fit(Head(HEAD_DIM, classes), data, spec, MULTI_LABEL if multi else SINGLE_LABEL, progress=False)
+                return time.perf_counter() - t0
+
+            with torch.random.fork_rng():  # timing leaves the run's random state as it found it
+                run(128)  # warm-up
+                small, big = run(128), run(1024)
+            per = max(0.0, (big - small) / ((1024 - 128) * 1.25 * 2))
+            return {"stage_seconds": max(1e-3, small - per * 128 * 1.25 * 2), "sample_epoch_seconds": per}
+
+        return self._get(f"head/{classes}/{int(multi)}{_at(batch)}", measure)
 
     def decode(self) -> dict:
         """Wall seconds per image to decode, resize and cache JPEG files as the runs do (the thread pool included):

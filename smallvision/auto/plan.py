@@ -200,6 +200,7 @@ class _Budget:
     n: dict[str, int]
     available: float
     decode_one: float  # seconds to decode one image (wall, the decode pool included)
+    head_seconds: float  # training a candidate's heads on its cached features (every rate, every loss)
     given_size: int | None
     given_backbone: bool
     views_given: int | None
@@ -221,14 +222,19 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
     if views_given is None and not r.augment.augments():
         views_given = 1  # without augmentation each image has one view, the image itself
     fig = costs.decode()
+    n = _counts(index)
+    head = costs.head(len(index.classes), index.task == "multi", r.batch_size)
+    heads = len(head_lrs(cfg)) * len(head_losses(cfg, index))
+    per_head = head["stage_seconds"] + head["sample_epoch_seconds"] * (n["train"] + n["val"]) * r.epochs
     why = [profile.sentence()]
     if spent > 0:
         why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {r.time_budget:g} s (--resume)")
     return _Budget(
         cfg=cfg,
-        n=_counts(index),
+        n=n,
         available=SAFETY * r.time_budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0) - spent,
         decode_one=fig["seconds_per_image"] + fig["seconds_per_megapixel"] * profile.width * profile.height / 1e6,
+        head_seconds=heads * per_head,
         given_size=cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None,
         given_backbone="backbone" in cfg.model.model_fields_set,
         views_given=views_given,
@@ -295,7 +301,7 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
             return None
         parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
         feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
-        seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name]
+        seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name] + b.head_seconds * len(parts)
         steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
     slowest = min(backbones, key=lambda name: feature_ips[name])
     plan_rounds = _rounds(cfg, rounds) if "+" not in slowest else []
@@ -413,7 +419,7 @@ def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tupl
     n, size = b.n, b.given_size or SMALL_SIZES[-1]
     backbone = b.cfg.model.backbone if b.given_backbone else "efficientnet_lite0"
     ips = costs.features(resolve_weights(backbone, b.cfg.model.weights), size)
-    held = 2 * (n["val"] + n["test"]) / ips + (n["val"] + n["test"]) * b.decode_one
+    held = 2 * (n["val"] + n["test"]) / ips + (n["val"] + n["test"]) * b.decode_one + b.head_seconds  # at most
     train_cap = max(len(index.classes) * 5, int((b.available - held) / (1 / ips + b.decode_one)))
     train_cap = min(train_cap, n["train"])
     seconds = held + train_cap * (1 / ips + b.decode_one)

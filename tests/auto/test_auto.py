@@ -196,6 +196,9 @@ class _Costs:
     def decode(self) -> dict:
         return {"seconds_per_image": 0.002, "seconds_per_megapixel": 0.01}
 
+    def head(self, classes: int, multi: bool, batch: int = 32) -> dict:
+        return {"stage_seconds": 0.05, "sample_epoch_seconds": 2e-5}
+
     def features(self, spec, size: int) -> float:
         return self.ips[spec.backbone] * (224 / size) ** 2
 
@@ -494,6 +497,7 @@ def test_the_planner_is_pure_and_only_the_figures_it_reaches_are_timed(tmp_path,
             "finetune-images": lambda: double.finetune_images(spec, size, blocks),
             "activations": lambda: {"values_per_image": double.activations(spec, size, blocks)},
             "decode": double.decode,
+            "head": lambda: double.head(int(rest[0]), rest[1] == "1"),
         }[kind]()
 
     monkeypatch.setattr(costing.Costs, "measure", measure)
