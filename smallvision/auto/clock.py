@@ -27,15 +27,17 @@ def budget_check(run_dir: Path, name: str, start: float, seconds: float, budget:
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
 
 
-def round_check(run_dir: Path, name: str, start: float, rnd: dict, budget: float, ratio: float) -> dict:
-    """How many of a fine-tuning round's epochs still fit the budget by the clock, its estimate scaled by `ratio`
-    (what the run's steps took over their estimates so far): a round that overran shrinks the next ones instead of
-    dropping them. Recorded, so a resume decides the same."""
+def round_check(
+    run_dir: Path, name: str, start: float, rnd: dict, budget: float, ratio: float, reserve: float = 0.0
+) -> dict:
+    """How many of a fine-tuning round's epochs still fit the budget by the clock, less `reserve` seconds kept for
+    planned steps after it, its estimate scaled by `ratio` (what the run's steps took over their estimates so far): a
+    round that overran shrinks the next ones instead of dropping them. Recorded, so a resume decides the same."""
     from smallvision.engine.distributed import rank_zero_decision
 
     def decide() -> dict:
         elapsed = now() - start
-        left, need, setup = budget - TAIL - elapsed, rnd["seconds"] * ratio, rnd.get("setup", 0.0) * ratio
+        left, need, setup = budget - TAIL - reserve - elapsed, rnd["seconds"] * ratio, rnd.get("setup", 0.0) * ratio
         per_epoch = max(need - setup, 1e-9) / rnd["epochs"]
         epochs = rnd["epochs"] if need <= left else int(max(left - setup, 0.0) / per_epoch)
         return {"epochs": epochs, "elapsed": round(elapsed, 1), "estimate": round(need, 1), "ratio": round(ratio, 2)}
@@ -55,9 +57,13 @@ class Ledger:
         ratio = round(seconds / estimate, 2) if estimate > 0 else None
         self.rows.append({"step": step, "estimate": estimate, "actual": seconds, "ratio": ratio})
 
+    def total_ratio(self) -> float:
+        """What the steps took over their estimates in all (1 before any)."""
+        timed = [r for r in self.rows if r["estimate"] > 0]
+        estimate = sum(r["estimate"] for r in timed)
+        return sum(r["actual"] for r in timed) / estimate if estimate else 1.0
+
     def ratio(self) -> float:
         """What the steps so far took over their estimates, within [1, 4] (1 before any): the rest of the plan is
         scaled up by it when the steps overran, never down (a resumed run's cache hits take no time)."""
-        timed = [r for r in self.rows if r["estimate"] > 0]
-        estimate = sum(r["estimate"] for r in timed)
-        return min(4.0, max(1.0, sum(r["actual"] for r in timed) / estimate)) if estimate else 1.0
+        return min(4.0, max(1.0, self.total_ratio()))

@@ -53,7 +53,7 @@ from smallvision.recipes.scratch import run_scratch
 from smallvision.results import RunNotes
 
 log = logging.getLogger(__name__)
-MAX_CONTINUED = 3  # rounds a run may add after rounds still improving at their last epoch (each one clock-checked)
+MAX_CONTINUED = 3  # rounds a candidate may add after rounds still improving at their last epoch (each clock-checked)
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -200,13 +200,18 @@ class Rounds:
         """Round `i` as the notes and the ledger say it (the plan's step key)."""
         return ("runner-up " if self.runner_up else "") + f"round {i}"
 
+    def reserve(self, plan: Plan) -> float:
+        """Seconds the clock keeps for the planned steps after these rounds: the runner-up's rounds may be spare,
+        run on time the plan gave the flipped views, so those are kept."""
+        return plan.tta_seconds if self.runner_up and plan.tta else 0.0
+
 
 def _fitted_round(
-    run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes, ledger, who: Rounds
+    run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes, ledger, who: Rounds, reserve=0.0
 ) -> Round | None:
     """Round `i` as it still fits the budget by the clock: fewer epochs when the steps so far overran their
     estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends the rounds."""
-    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger.ratio())
+    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger.ratio(), reserve)
     fits = guard.get("epochs", rnd.epochs if guard.get("run") else 0)  # a resumed run's older record: run or not
     if fits < 1:
         notes.decide(
@@ -230,7 +235,7 @@ def _continued(
     i: int, rnd: Round, fitted: Round, best_epoch: int, rounds: list[Round], notes: RunNotes, who: Rounds
 ) -> None:
     """A round whose best epoch was its last (validation still rising) is followed by as many epochs again at its
-    rate and blocks, up to MAX_CONTINUED times in a run, each still checked against the clock."""
+    rate and blocks, up to MAX_CONTINUED times for each candidate, each still checked against the clock."""
     added = sum(r.continues for r in rounds)
     if best_epoch < fitted.epochs or added >= MAX_CONTINUED:
         return
@@ -272,7 +277,8 @@ def _finetune(
     from smallvision.models.backbone import freeze
 
     budget, rounds = cfg.recipe.time_budget, who.of(plan)
-    fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger, who)  # before loading images
+    reserve = who.reserve(plan)
+    fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger, who, reserve)  # before loading
     if fitted is None:
         return None
     tune_cfg = round_config(cfg, base.cfg, plan.views, fitted)
@@ -283,7 +289,8 @@ def _finetune(
     i = 0
     while i < len(rounds):
         rnd, i, began = rounds[i], i + 1, now()
-        if i > 1 and (fitted := _fitted_round(run_dir, i, rnd, start, budget, notes, tally.ledger, who)) is None:
+        fitted = _fitted_round(run_dir, i, rnd, start, budget, notes, tally.ledger, who, reserve) if i > 1 else fitted
+        if fitted is None:
             break
         round_cfg = round_config(cfg, base.cfg, plan.views, fitted)
         if rnd.blocks != blocks:
@@ -312,8 +319,8 @@ def _finetune(
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
             if i < len(rounds):
-                name = base.cfg.model.backbone
-                tally.ended.append(f"{name} {who.words(i)} did not, rounds {i + 1}-{len(rounds)} not run")
+                later = f"round {i + 1}" if i + 1 == len(rounds) else f"rounds {i + 1}-{len(rounds)}"
+                tally.ended.append(f"{base.cfg.model.backbone} {who.words(i)} did not improve ({later} not run)")
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
@@ -410,7 +417,6 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
     cands += _fine_tuned(cfg, plan, [c for c in cands if c.specs], work, run_dir, start, progress, notes, logger, tally)
     members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally)
-    _budget_used(start, budget, tally, notes)
     _record_costs(run_dir, plan, tally.ledger, notes)
     unused = unapplied(user_set(cfg), tally.ran)
     if unused:
@@ -421,6 +427,7 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         kept = {it.digest for it in work.items}
         index.drop({it.digest: "unreadable" for it in index.items if it.split != "train" and it.digest not in kept})
     outcome = final_outcome(members, tta, work, notes)
+    _budget_used(start, budget, tally, notes)  # saving, evaluation and the report follow: TAIL keeps their time
     return dataclasses.replace(
         outcome,
         resolved=resolved_values(cfg, members, cands),
@@ -448,8 +455,11 @@ def _budget_used(start: float, budget: float, tally: Tally, notes: RunNotes) -> 
     if tally.ended and used < 0.85 * budget:
         line += (
             ": ended early because validation stopped improving (a round that does not improve ends its candidate's "
-            "rounds: the rounds after it start from the same weights at a lower rate): " + "; ".join(tally.ended)
+            "rounds: the rounds after it would have started from the same weights at a lower rate): "
+            + "; ".join(tally.ended)
         )
+    elif used < 0.85 * budget:
+        line += f": the steps took x{tally.ledger.total_ratio():.2f} their estimates in all, so the plan ran short"
     notes.decide("budget", line)
 
 

@@ -187,6 +187,8 @@ def _round_steps(b: _Budget, costs, backbone: str, size: int, views: int, rounds
         new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
         rnd.seconds, rnd.setup, how = _round_cost(b.cfg, costs, spec, size, rnd, views, b.n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
+        full = b.cfg.recipe.finetune_epochs
+        what += f" ({rnd.epochs} of {full} epochs)" if rnd.epochs < full else ""
         label = f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}"
         out.append(Step(label, rnd.seconds, f"{who}round {i}"))
     return out
@@ -308,9 +310,10 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
     # against the clock when the run gets there
     tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
-    if over():
-        return None
-    steps += _round_steps(b, costs, slowest, size, views, plan_rounds, "") if plan_rounds else []
+    for k in range(1, len(plan_rounds) + 1):  # each round costed only while the rung still fits
+        if over():
+            return None
+        steps.append(_round_steps(b, costs, slowest, size, views, plan_rounds[:k], "")[-1])
     if tta:
         steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds, "tta"))
     estimate = sum(s.seconds for s in steps)
@@ -354,7 +357,7 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
             if add([step]):
                 chosen.rounds = more
                 what = step.step.split(": ", 1)[1]
-                b.why.append(f"the budget left buys fine-tuning round {count + 1} ({epochs} epoch(s)): {what}")
+                b.why.append(f"the budget left buys fine-tuning round {count + 1}: {what}")
                 break
         if chosen.rounds is not more or epochs < b.cfg.recipe.finetune_epochs:
             break
@@ -362,21 +365,21 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
         chosen.views = views
     if len(chosen.backbones) < 2:
         return
-    for k in range(len(chosen.rounds), 0, -1):
-        runner_up = _rounds(b.cfg, k)
-        if add(_round_steps(b, costs, slowest, chosen.size, chosen.views, runner_up, "runner-up ")):
-            chosen.runner_up = runner_up
-            b.why.append(
-                f"the budget left buys the runner-up backbone's own {k} fine-tuning round(s), to be averaged with "
-                "the best when validation says so"
-            )
-            return
     chosen.runner_up = _rounds(b.cfg, len(chosen.rounds))
-    add(_round_steps(b, costs, slowest, chosen.size, chosen.views, chosen.runner_up, "runner-up "), spare=True)
-    b.why.append(
-        "the runner-up backbone's own fine-tuning rounds run only if time is left (when the best's rounds stop "
-        "early), each shortened to what the clock allows"
-    )
+    runner_up = _round_steps(b, costs, slowest, chosen.size, chosen.views, chosen.runner_up, "runner-up ")
+    fit = next((k for k in range(len(runner_up), 0, -1) if add(runner_up[:k])), 0)
+    if fit:
+        b.why.append(
+            f"the budget left buys the runner-up backbone's own {fit} fine-tuning round(s), to be averaged with the "
+            "best when validation says so"
+        )
+    if fit < len(runner_up):
+        add(runner_up[fit:], spare=True)
+        b.why.append(
+            f"the runner-up backbone's fine-tuning round(s) {fit + 1}-{len(runner_up)} run only if time is left (when "
+            "the best's rounds stop early or the steps take less than their estimates), each shortened to what the "
+            "clock allows"
+        )
 
 
 def _ladder(b: _Budget, use_pretrained: bool) -> list[tuple]:

@@ -4,6 +4,7 @@ epoch continues, and every step's estimate is set against what it took."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -77,3 +78,34 @@ def test_a_rounds_setup_is_paid_once_by_a_shortened_round_and_never_by_a_continu
     rounds = [rnd]
     execute._continued(1, rnd, rnd, best_epoch=8, rounds=rounds, notes=notes, who=who)
     assert rounds[1].continues and rounds[1].seconds == pytest.approx(40.0) and rounds[1].setup == 0.0
+
+
+def test_the_runner_ups_rounds_keep_the_flipped_views_time(tmp_path, monkeypatch):
+    (tmp_path / "checkpoints").mkdir()
+    plan = SimpleNamespace(tta=True, tta_seconds=30.0)
+    assert execute.Rounds().reserve(plan) == 0.0  # the best's rounds were planned before the flips: nothing kept
+    runner_up = execute.Rounds(runner_up=True)
+    assert runner_up.reserve(plan) == 30.0 and runner_up.reserve(SimpleNamespace(tta=False, tta_seconds=30.0)) == 0
+    monkeypatch.setattr(clock, "now", lambda: 500.0)
+    rnd = Round(blocks=1, epochs=8, lr=1e-3, seconds=100.0, setup=20.0)  # 10 s an epoch
+    # 85 s left, 30 of them the flips': 55 s for the round, 20 of them its setup: 3 epochs (6 without the reserve)
+    kept = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, RunNotes("auto"), clock.Ledger(), runner_up, 30.0)
+    assert kept.epochs == 3
+    assert json.loads((tmp_path / "checkpoints" / "auto_round1b.json").read_text())["epochs"] == 3
+
+
+def test_the_budget_note_says_why_a_run_ended_early(monkeypatch):
+    monkeypatch.setattr(execute, "now", lambda: 200.0)
+    tally, notes = execute.Tally(), RunNotes("auto")
+    tally.ended.append("efficientnet_lite2 round 1 did not improve (rounds 2-4 not run)")
+    execute._budget_used(0.0, 600.0, tally, notes)
+    said = notes.decisions[-1]
+    assert said.kind == "budget" and said.text.startswith("used 200 s of --time-budget 600 s (33%): ended early")
+    assert "validation stopped improving" in said.text and "round 1 did not improve (rounds 2-4 not run)" in said.text
+    quick = execute.Tally()  # nothing stopped improving: the steps took less than their estimates
+    quick.ledger.record("round 1", 300.0, 150.0)
+    execute._budget_used(0.0, 600.0, quick, notes)
+    assert notes.decisions[-1].text.endswith("the steps took x0.50 their estimates in all, so the plan ran short")
+    monkeypatch.setattr(execute, "now", lambda: 560.0)
+    execute._budget_used(0.0, 600.0, tally, notes)
+    assert notes.decisions[-1].text == "used 560 s of --time-budget 600 s (93%)"  # a full run needs no reason
