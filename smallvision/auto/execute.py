@@ -53,6 +53,7 @@ from smallvision.recipes.scratch import run_scratch
 from smallvision.results import RunNotes
 
 log = logging.getLogger(__name__)
+PERFECT = 1.0 - 1e-9  # a validation score no round can beat (accuracy or macro mAP of 1)
 MAX_CONTINUED = 3  # rounds a candidate may add after rounds still improving at their last epoch (each clock-checked)
 
 
@@ -277,6 +278,9 @@ def _finetune(
     from smallvision.models.backbone import freeze
 
     budget, rounds = cfg.recipe.time_budget, who.of(plan)
+    if base.val >= PERFECT:  # nothing a round does can be chosen over it on validation
+        tally.ended.append(f"{base.name} score {base.val:.4f} on validation, which no round can beat (no rounds run)")
+        return None
     reserve = who.reserve(plan)
     fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger, who, reserve)  # before loading
     if fitted is None:
@@ -319,13 +323,23 @@ def _finetune(
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
             if i < len(rounds):
-                later = f"round {i + 1}" if i + 1 == len(rounds) else f"rounds {i + 1}-{len(rounds)}"
-                tally.ended.append(f"{base.cfg.model.backbone} {who.words(i)} did not improve ({later} not run)")
+                tally.ended.append(
+                    f"{base.cfg.model.backbone} {who.words(i)} did not improve validation ({_later(i, rounds)} not "
+                    "run: they would have started from the same weights at a lower rate)"
+                )
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
         _continued(i, rnd, fitted, res.best_epoch, rounds, notes, who)
+        if best_val >= PERFECT and i < len(rounds):
+            tally.ended.append(f"{best.name} reached {best_val:.4f} on validation ({_later(i, rounds)} not run)")
+            break
     return best
+
+
+def _later(i: int, rounds: list[Round]) -> str:
+    """The rounds after round `i`, as the budget note names those not run."""
+    return f"round {i + 1}" if i + 1 == len(rounds) else f"rounds {i + 1}-{len(rounds)}"
 
 
 def _tuned(base: Candidate, tune_cfg, model, data, views, history, best_epoch: int, trainable, stages) -> Candidate:
@@ -453,11 +467,7 @@ def _budget_used(start: float, budget: float, tally: Tally, notes: RunNotes) -> 
     used = now() - start
     line = f"used {used:.0f} s of --time-budget {budget:g} s ({used / budget:.0%})"
     if tally.ended and used < 0.85 * budget:
-        line += (
-            ": ended early because validation stopped improving (a round that does not improve ends its candidate's "
-            "rounds: the rounds after it would have started from the same weights at a lower rate): "
-            + "; ".join(tally.ended)
-        )
+        line += ": ended early because " + "; ".join(tally.ended)
     elif used < 0.85 * budget:
         line += f": the steps took x{tally.ledger.total_ratio():.2f} their estimates in all, so the plan ran short"
     notes.decide("budget", line)

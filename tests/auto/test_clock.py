@@ -97,11 +97,11 @@ def test_the_runner_ups_rounds_keep_the_flipped_views_time(tmp_path, monkeypatch
 def test_the_budget_note_says_why_a_run_ended_early(monkeypatch):
     monkeypatch.setattr(execute, "now", lambda: 200.0)
     tally, notes = execute.Tally(), RunNotes("auto")
-    tally.ended.append("efficientnet_lite2 round 1 did not improve (rounds 2-4 not run)")
+    tally.ended.append("efficientnet_lite2 round 1 did not improve validation (rounds 2-4 not run)")
     execute._budget_used(0.0, 600.0, tally, notes)
     said = notes.decisions[-1]
     assert said.kind == "budget" and said.text.startswith("used 200 s of --time-budget 600 s (33%): ended early")
-    assert "validation stopped improving" in said.text and "round 1 did not improve (rounds 2-4 not run)" in said.text
+    assert said.text.endswith("because efficientnet_lite2 round 1 did not improve validation (rounds 2-4 not run)")
     quick = execute.Tally()  # nothing stopped improving: the steps took less than their estimates
     quick.ledger.record("round 1", 300.0, 150.0)
     execute._budget_used(0.0, 600.0, quick, notes)
@@ -109,3 +109,14 @@ def test_the_budget_note_says_why_a_run_ended_early(monkeypatch):
     monkeypatch.setattr(execute, "now", lambda: 560.0)
     execute._budget_used(0.0, 600.0, tally, notes)
     assert notes.decisions[-1].text == "used 560 s of --time-budget 600 s (93%)"  # a full run needs no reason
+
+
+def test_a_candidate_at_the_highest_validation_score_gets_no_rounds(tmp_path):
+    cfg = SimpleNamespace(recipe=SimpleNamespace(time_budget=600.0))
+    plan = SimpleNamespace(rounds=[Round(1, 6, 3e-4, 50.0)], runner_up=[], tta=False, tta_seconds=0.0)
+    base = SimpleNamespace(val=1.0, name="efficientnet_lite1 features")
+    tally = execute.Tally()
+    tuned = execute._finetune(cfg, plan, base, None, tmp_path, 0.0, False, RunNotes("auto"), None, tally)
+    assert tuned is None and not (tmp_path / "checkpoints").exists()  # not even its clock check was made
+    said = "efficientnet_lite1 features score 1.0000 on validation, which no round can beat (no rounds run)"
+    assert tally.ended == [said]
