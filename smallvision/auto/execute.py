@@ -309,16 +309,7 @@ def _finetune(
         tally.ledger.record(who.words(i) + (" (continued)" if rnd.continues else ""), fitted.seconds, now() - began)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
-        improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
-        tally.choices["finetune_round"] += 1
-        notes.decide(
-            "round",
-            f"fine-tuning {base.cfg.model.backbone} {who.words(i)} (blocks {', '.join(trainable)} at lr "
-            f"{rnd.lr:.2g}, {fitted.epochs} epochs): best {select.metric_words(base)} {res.best_accuracy:.4f} at "
-            f"epoch {res.best_epoch}, "
-            + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
-        )
-        if not improved:
+        if not _improved(base, who.words(i), fitted, trainable, res, best_val, notes, tally):
             model.load_state_dict(best_state)
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
@@ -335,6 +326,20 @@ def _finetune(
             tally.ended.append(f"{best.name} reached {best_val:.4f} on validation ({_later(i, rounds)} not run)")
             break
     return best
+
+
+def _improved(base: Candidate, words: str, fitted: Round, trainable, res, best_val: float, notes, tally) -> bool:
+    """Whether the round beat `best_val` on validation: counted as a choice and noted either way."""
+    improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
+    tally.choices["finetune_round"] += 1
+    notes.decide(
+        "round",
+        f"fine-tuning {base.cfg.model.backbone} {words} (blocks {', '.join(trainable)} at lr {fitted.lr:.2g}, "
+        f"{fitted.epochs} epochs): best {select.metric_words(base)} {res.best_accuracy:.4f} at epoch "
+        f"{res.best_epoch}, "
+        + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
+    )
+    return improved
 
 
 def _later(i: int, rounds: list[Round]) -> str:
