@@ -2,8 +2,7 @@
 failed request stops its other decodes.
 
 Each image's header is read first (the pixels its decode will hold); an image over LARGE_PIXELS decodes in a lane of
-its own (half the threads, at a lower CPU priority on Linux), so decompression-heavy uploads never hold every thread,
-nor the cores, while an ordinary photo waits. A
+its own (half the threads), so decompression-heavy uploads never hold every thread while an ordinary photo waits. A
 request whose image fails (or whose client goes away) gets its answer only once its images no longer use a pool: the
 ones not started are cancelled, the ones running (at most the pools' width) are waited for. So the queue's count of
 requests in progress is also a bound on the decoding work they cause.
@@ -12,9 +11,6 @@ requests in progress is also a bound on the decoding work they cause.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,16 +23,6 @@ from smallvision.serving.uploads import Upload, check_pixels, decode_image
 # Images whose decode holds more pixels go to the large lane. A JPEG counts at the scale it decodes at: a 12 MP phone
 # photo served at 224 px decodes at 1/8 scale (0.2 MP), in the ordinary lane.
 LARGE_PIXELS = 4_000_000
-LARGE_NICE = 10  # niceness the large lane's threads add: on a busy machine the cores go to ordinary photos, the model
-
-
-def _yield_the_cpu() -> None:
-    """Lower this thread's CPU priority by LARGE_NICE (Linux sets it per thread; elsewhere it is the process's)."""
-    if not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError):  # a sandbox that refuses it: the lane's width still bounds the large decodes
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + LARGE_NICE))
 
 
 class Decoder:
@@ -52,9 +38,7 @@ class Decoder:
 
         Image.init()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smallvision-decode")
-        self.large = ThreadPoolExecutor(
-            max_workers=max(1, threads // 2), thread_name_prefix="smallvision-large", initializer=_yield_the_cpu
-        )
+        self.large = ThreadPoolExecutor(max_workers=max(1, threads // 2), thread_name_prefix="smallvision-large")
         self.size = size
         self.max_pixels = max_pixels
         self.running = 0  # images being decoded now (for /health)

@@ -6,14 +6,11 @@ Each is a way one laptop could deny service to everyone else; the server must ke
 from __future__ import annotations
 
 import io
-import os
 import socket
-import sys
 import threading
 import time
 
 import httpx
-import pytest
 from PIL import Image
 
 from smallvision.serving import create_app
@@ -138,20 +135,3 @@ def test_an_ordinary_photo_is_not_kept_waiting_behind_decompression_heavy_images
         heavy_took = time.perf_counter() - start
     assert answer.status_code == 200 and heavy_done == [200], (answer.text, heavy_done)
     assert waited < heavy_took / 4, (waited, heavy_took)  # not queued behind the heavy request's decodes
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU priority is Linux's")
-def test_the_large_lane_yields_the_cpu_and_the_ordinary_lane_does_not():
-    from smallvision.serving.decoding import LARGE_NICE, Decoder
-
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    here = niceness()
-    decoder = Decoder(threads=2, size=32, max_pixels=1_000_000)
-    try:
-        assert decoder.large.submit(niceness).result() == min(19, here + LARGE_NICE)
-        assert decoder.pool.submit(niceness).result() == here
-    finally:
-        decoder.close()
-    assert niceness() == here  # the server's own thread (the event loop's, the model's) keeps its priority
