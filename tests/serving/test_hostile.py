@@ -79,7 +79,7 @@ def _png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def test_one_bad_image_among_many_stops_the_others_decodes_before_the_answer(model_dir):
+def test_one_bad_image_among_many_stops_the_others_decodes_before_the_answer(model_dir, served):
     app = create_app(model_dir)
     heavy = _png(1500)
     files = [("files", ("bad.png", b"not a picture", "image/png"))]
@@ -93,7 +93,7 @@ def test_one_bad_image_among_many_stops_the_others_decodes_before_the_answer(mod
     assert health["decoded_images"] - before <= 1 + DECODE_THREADS  # the bad one and at most the pool width more
 
 
-def test_a_body_of_thousands_of_empty_parts_is_refused_at_the_part_over_the_limit_and_health_answers(model_dir):
+def test_a_body_of_thousands_of_empty_parts_is_refused_at_the_part_over_the_limit_and_health_answers(model_dir, served):
     app = create_app(model_dir, max_bytes=8 * 2**20)
     part = b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="e.png"\r\n\r\n\r\n'
     body = part * 60_000 + b"--b0undary--\r\n"  # 4.9 MB: seconds of the pure-Python parser's time if parsed whole
