@@ -92,7 +92,7 @@ class Tally:
     ran: list[RunConfig] = field(default_factory=list)
     choices: Counter[str] = field(default_factory=Counter)
     ledger: Ledger = field(default_factory=Ledger)  # each step's estimate against the seconds it took
-    ended: list[str] = field(default_factory=list)  # why planned steps did not run: validation stopped improving
+    ended: list[str] = field(default_factory=list)  # why planned rounds did not run (no gain, or nothing to gain)
 
 
 def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally) -> Candidate:
@@ -468,7 +468,8 @@ def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, l
 
 
 def _budget_used(start: float, budget: float, tally: Tally, notes: RunNotes) -> None:
-    """How much of --time-budget the run used and, when it ended early, why: validation stopped improving."""
+    """How much of --time-budget the run used and, below 85% of it, why: rounds that stopped improving or had
+    nothing to gain, else the steps' ratio to their estimates."""
     used = now() - start
     line = f"used {used:.0f} s of --time-budget {budget:g} s ({used / budget:.0%})"
     if tally.ended and used < 0.85 * budget:

@@ -178,20 +178,20 @@ def _rounds(cfg: RunConfig, count: int) -> list[Round]:
     return [Round(r.unfreeze_blocks + more, r.finetune_epochs, r.finetune_lr * f) for more, f in ROUND_SHAPES[:count]]
 
 
-def _round_steps(b: _Budget, costs, backbone: str, size: int, views: int, rounds: list[Round], who: str) -> list:
-    """Each round costed as it will run on `backbone` (its `seconds` set), as plan steps keyed `{who}round I`."""
+def _round_steps(b: _Budget, costs, backbone: str, size: int, views: int, rounds: list[Round], who: str):
+    """Each round costed as it will run on `backbone` (its `seconds` set), as plan steps keyed `{who}round I`; one at
+    a time, so a caller that stops early never has the later rounds' figures timed."""
     from smallvision.models.weights import resolve_weights
 
-    spec, out, last_blocks = resolve_weights(backbone, b.cfg.model.weights), [], None
+    last_blocks = None
     for i, rnd in enumerate(rounds, 1):
+        spec = resolve_weights(backbone, b.cfg.model.weights)  # only once there is a round (not for a joined one)
         new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
         rnd.seconds, rnd.setup, how = _round_cost(b.cfg, costs, spec, size, rnd, views, b.n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
         full = b.cfg.recipe.finetune_epochs
         what += f" ({rnd.epochs} of {full} epochs)" if rnd.epochs < full else ""
-        label = f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}"
-        out.append(Step(label, rnd.seconds, f"{who}round {i}"))
-    return out
+        yield Step(f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds, f"{who}round {i}")
 
 
 @dataclass
@@ -310,10 +310,12 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
     # against the clock when the run gets there
     tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
-    for k in range(1, len(plan_rounds) + 1):  # each round costed only while the rung still fits
+    if over():
+        return None
+    for step in _round_steps(b, costs, slowest, size, views, plan_rounds, ""):  # costed only while the rung fits
+        steps.append(step)
         if over():
             return None
-        steps.append(_round_steps(b, costs, slowest, size, views, plan_rounds[:k], "")[-1])
     if tta:
         steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds, "tta"))
     estimate = sum(s.seconds for s in steps)
@@ -346,14 +348,13 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
         chosen.estimate_seconds += 0.0 if spare else extra
         return True
 
-    views = chosen.views
-    if not chosen.rounds and b.views_given is None:
-        chosen.views = max(chosen.views, 1)  # a round on cached activations, not on full images
+    # a rung without rounds caches no views; its first round runs on cached activations, not on full images
+    views = max(chosen.views, 1) if not chosen.rounds and b.views_given is None else chosen.views
     while (count := len(chosen.rounds)) < len(ROUND_SHAPES):
         more = _rounds(b.cfg, count + 1)
         for epochs in range(more[-1].epochs, 0, -1):  # the whole round, else as many epochs of it as fit
             more[-1].epochs = epochs
-            step = _round_steps(b, costs, slowest, chosen.size, chosen.views, more, "")[-1]
+            step = list(_round_steps(b, costs, slowest, chosen.size, views, more, ""))[-1]
             if add([step]):
                 chosen.rounds = more
                 what = step.step.split(": ", 1)[1]
@@ -361,12 +362,12 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
                 break
         if chosen.rounds is not more or epochs < b.cfg.recipe.finetune_epochs:
             break
-    if not chosen.rounds:
+    if chosen.rounds:
         chosen.views = views
     if len(chosen.backbones) < 2:
         return
     chosen.runner_up = _rounds(b.cfg, len(chosen.rounds))
-    runner_up = _round_steps(b, costs, slowest, chosen.size, chosen.views, chosen.runner_up, "runner-up ")
+    runner_up = list(_round_steps(b, costs, slowest, chosen.size, views, chosen.runner_up, "runner-up "))
     fit = next((k for k in range(len(runner_up), 0, -1) if add(runner_up[:k])), 0)
     if fit:
         b.why.append(
