@@ -4,6 +4,7 @@ each step's estimate against the seconds it took."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,14 +16,16 @@ def now() -> float:
     return time.perf_counter()
 
 
-def budget_check(run_dir: Path, name: str, start: float, seconds: float, budget: float) -> dict:
-    """Whether an optional step still fits the budget by the clock; recorded, so a resume decides the same."""
+def budget_check(run_dir: Path, name: str, start: float, estimate: Callable[[], dict], budget: float) -> dict:
+    """Whether an optional step still fits the budget by the clock, `estimate()` giving its `seconds` (and any other
+    figure kept with the decision); recorded, so a resume decides the same without estimating again."""
     from smallvision.engine.distributed import rank_zero_decision
 
     def decide() -> dict:
+        figures = {k: round(v, 1) for k, v in estimate().items()}
         elapsed = now() - start
-        fits = elapsed + seconds <= budget - TAIL
-        return {"run": fits, "elapsed": round(elapsed, 1), "estimate": round(seconds, 1)}
+        fits = elapsed + figures["seconds"] <= budget - TAIL
+        return {"run": fits, "elapsed": round(elapsed, 1), "estimate": figures.pop("seconds"), **figures}
 
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
 

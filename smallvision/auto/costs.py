@@ -160,6 +160,21 @@ class Costs:
 
         return self._get(f"finetune-images/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure)
 
+    def trace(self, spec, size: int) -> float:
+        """Seconds to build `spec`'s fp32 inference form (traced, frozen and checked on a CPU): the flipped views'
+        pass builds one for each member before its first batch."""
+
+        def measure() -> dict:
+            from smallvision.models.backbone import build_backbone
+            from smallvision.models.inference import inference_form
+
+            backbone = build_backbone(spec, "avg")
+            t0 = time.perf_counter()
+            inference_form(backbone, (3, size, size), BATCH, "fp32")
+            return {"seconds": time.perf_counter() - t0}
+
+        return self._get(f"trace/{spec.backbone}/{size}", measure)["seconds"]
+
     def activations(self, spec, size: int, blocks: int) -> int:
         """Values per image at the boundary below the top `blocks` groups (what the activation cache stores per view;
         0 when the network has no such boundary and fine-tunes on images)."""

@@ -41,6 +41,7 @@ from smallvision.auto.plan import (
     member_config,
     plan_table,
     round_config,
+    rounds_on,
     scratch_config,
 )
 from smallvision.auto.select import Candidate, choose, final_outcome
@@ -248,6 +249,34 @@ def _continued(
     )
 
 
+def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: Rounds, notes: RunNotes) -> list[Round]:
+    """The candidate's rounds costed on its own backbone: the plan costs them on its slowest, not yet knowing which
+    candidate validation will pick, so the clock checks and the ledger would hold a cheaper backbone to its figures.
+    Recorded, so a resume costs them the same without reading the machine's figures again."""
+    from smallvision.auto.costs import Costs, planned
+    from smallvision.engine.distributed import rank_zero_decision
+    from smallvision.engine.precision import resolve_precision
+
+    rounds, backbone = who.of(plan), base.cfg.model.backbone
+
+    def decide() -> dict:
+        costs = Costs(resolve_precision(cfg.trainer.precision))
+        own = planned(lambda c: rounds_on(cfg, plan.images, c, backbone, plan.size, plan.views, rounds), costs)
+        return {"backbone": backbone, "rounds": [dataclasses.asdict(r) for r in own]}
+
+    path = run_dir / "checkpoints" / f"auto_costs_{who.check(1)}.json"
+    out = [Round(**r) for r in rank_zero_decision(path, decide)[0]["rounds"]]
+    planned_s, own_s = sum(r.seconds for r in rounds), sum(r.seconds for r in out)
+    if round(own_s, 1) != round(planned_s, 1):  # as the ledger shows them
+        notes.decide(
+            "recost",
+            f"{'the runner-up' if who.runner_up else 'the best candidate'}'s {len(out)} fine-tuning round(s) "
+            f"re-costed on {backbone}, which runs them: {own_s:.1f} s (the plan's {planned_s:.1f} s were costed on "
+            "its slowest backbone)",
+        )
+    return out
+
+
 def _round_stage(round_cfg, stage: str, model, data, views, trainable, run_dir: Path, left: float, progress, logger):
     """One fine-tuning round's training (resumed from its checkpoints), stopped by the clock `left` seconds from now
     less the tail kept for saving, whatever its estimate said."""
@@ -277,10 +306,11 @@ def _finetune(
     was still improving at its last epoch continued (see `_continued`)."""
     from smallvision.models.backbone import freeze
 
-    budget, rounds = cfg.recipe.time_budget, who.of(plan)
+    budget = cfg.recipe.time_budget
     if base.val >= PERFECT:  # nothing a round does can be chosen over it on validation
         tally.ended.append(f"{base.name} score {base.val:.4f} on validation, which no round can beat (no rounds run)")
         return None
+    rounds = _recosted(cfg, plan, base, run_dir, who, notes)
     reserve = who.reserve(plan)
     fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger, who, reserve)  # before loading
     if fitted is None:

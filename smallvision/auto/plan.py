@@ -178,20 +178,28 @@ def _rounds(cfg: RunConfig, count: int) -> list[Round]:
     return [Round(r.unfreeze_blocks + more, r.finetune_epochs, r.finetune_lr * f) for more, f in ROUND_SHAPES[:count]]
 
 
-def _round_steps(b: _Budget, costs, backbone: str, size: int, views: int, rounds: list[Round], who: str):
+def _round_steps(cfg: RunConfig, n: dict, costs, backbone: str, size: int, views: int, rounds: list[Round], who: str):
     """Each round costed as it will run on `backbone` (its `seconds` set), as plan steps keyed `{who}round I`; one at
     a time, so a caller that stops early never has the later rounds' figures timed."""
     from smallvision.models.weights import resolve_weights
 
     last_blocks = None
     for i, rnd in enumerate(rounds, 1):
-        spec = resolve_weights(backbone, b.cfg.model.weights)  # only once there is a round (not for a joined one)
+        spec = resolve_weights(backbone, cfg.model.weights)  # only once there is a round (not for a joined one)
         new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
-        rnd.seconds, rnd.setup, how = _round_cost(b.cfg, costs, spec, size, rnd, views, b.n, new)
+        rnd.seconds, rnd.setup, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
-        full = b.cfg.recipe.finetune_epochs
+        full = cfg.recipe.finetune_epochs
         what += f" ({rnd.epochs} of {full} epochs)" if rnd.epochs < full else ""
         yield Step(f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds, f"{who}round {i}")
+
+
+def rounds_on(cfg: RunConfig, n: dict, costs, backbone: str, size: int, views: int, rounds: list[Round]) -> list[Round]:
+    """`rounds` costed on `backbone`, the candidate that runs them: the plan costs every candidate's rounds on its
+    slowest backbone, before validation says which candidate is fine-tuned. Pure, as make_plan is."""
+    out = [dataclasses.replace(r) for r in rounds]
+    list(_round_steps(cfg, n, costs, backbone, size, views, out, ""))
+    return out
 
 
 @dataclass
@@ -307,21 +315,32 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
         steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
     slowest = min(backbones, key=lambda name: feature_ips[name])
     plan_rounds = _rounds(cfg, rounds) if "+" not in slowest else []
-    # one member's val and test flipped, in fp32 (about half the feature pass's rate); more members are checked
-    # against the clock when the run gets there
-    tta_seconds = (n["val"] + n["test"]) * 2 / min(feature_ips.values())
     if over():
         return None
-    for step in _round_steps(b, costs, slowest, size, views, plan_rounds, ""):  # costed only while the rung fits
+    for step in _round_steps(cfg, n, costs, slowest, size, views, plan_rounds, ""):  # costed only while the rung fits
         steps.append(step)
         if over():
             return None
+    # one member's val and test flipped, on the slowest backbone; more members are checked against the clock when
+    # the run gets there
+    tta_seconds = flip_seconds(cfg, costs, slowest, size, n["val"] + n["test"]) if tta else 0.0
     if tta:
         steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds, "tta"))
     estimate = sum(s.seconds for s in steps)
     if estimate > b.available:
         return None
-    return Rung(list(backbones), size, views, plan_rounds, tta, tta_seconds if tta else 0.0, steps, estimate)
+    return Rung(list(backbones), size, views, plan_rounds, tta, tta_seconds, steps, estimate)
+
+
+def flip_seconds(cfg: RunConfig, costs, backbone: str, size: int, images: int) -> float:
+    """Seconds to flip `images` through one member on `backbone`: its fp32 form built, then the images at the feature
+    pass's rate, or half of it when features run in a faster arithmetic than the flips' fp32. Pure, as make_plan."""
+    from smallvision.caching.features import feature_precision
+    from smallvision.models.weights import resolve_weights
+
+    slower = 1 if feature_precision(costs.precision) == "fp32" else 2
+    parts = [resolve_weights(part, cfg.model.weights) for part in backbone.split("+")]
+    return sum(costs.trace(spec, size) + images * slower / costs.features(spec, size) for spec in parts)
 
 
 def _filled(b: _Budget, costs, chosen: Rung) -> None:
@@ -354,7 +373,7 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
         more = _rounds(b.cfg, count + 1)
         for epochs in range(more[-1].epochs, 0, -1):  # the whole round, else as many epochs of it as fit
             more[-1].epochs = epochs
-            step = list(_round_steps(b, costs, slowest, chosen.size, views, more, ""))[-1]
+            step = list(_round_steps(b.cfg, b.n, costs, slowest, chosen.size, views, more, ""))[-1]
             if add([step]):
                 chosen.rounds = more
                 what = step.step.split(": ", 1)[1]
@@ -367,7 +386,7 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
     if len(chosen.backbones) < 2:
         return
     chosen.runner_up = _rounds(b.cfg, len(chosen.rounds))
-    runner_up = list(_round_steps(b, costs, slowest, chosen.size, views, chosen.runner_up, "runner-up "))
+    runner_up = list(_round_steps(b.cfg, b.n, costs, slowest, chosen.size, views, chosen.runner_up, "runner-up "))
     fit = next((k for k in range(len(runner_up), 0, -1) if add(runner_up[:k])), 0)
     if fit:
         b.why.append(

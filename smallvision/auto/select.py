@@ -7,11 +7,12 @@ import copy
 import itertools
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from smallvision.auto.clock import budget_check, now
-from smallvision.auto.plan import Plan
+from smallvision.auto.plan import Plan, flip_seconds
 from smallvision.config import RunConfig
 from smallvision.data.index import DatasetIndex
 from smallvision.errors import SmallvisionError
@@ -99,12 +100,22 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
     members, val = _averaged(ranked, notes, choices)
     tta = False
     if plan.tta:
-        guard = budget_check(run_dir, "tta", start, plan.tta_seconds * len(members), budget)
+        n = plan.images
+        guard = budget_check(
+            run_dir,
+            "tta",
+            start,
+            lambda: {  # val is flipped here, test once the flips are kept
+                "seconds": flip_estimate(plan, members, n["val"] + n["test"]),
+                "val": flip_estimate(plan, members, n["val"]),
+            },
+            budget,
+        )
         if guard["run"]:
-            began, n = now(), plan.images
+            began = now()
             tta, val = _flips(members, val, index, notes, choices)
-            share = n["val"] / max(1, n["val"] + n["test"])  # the plan costs val and test; val is flipped here
-            tally.ledger.record("tta (val)", plan.tta_seconds * len(members) * share, now() - began)
+            share = n["val"] / max(1, n["val"] + n["test"])  # a check recorded before the val figure was kept
+            tally.ledger.record("tta (val)", guard.get("val", guard["estimate"] * share), now() - began)
         else:
             notes.decide("tta", f"test-time augmentation not tried: {guard['elapsed']:.0f} s had passed")
     notes.decide(
@@ -114,6 +125,22 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
         + f", {metric_words(best)} {val:.4f}",
     )
     return members, tta
+
+
+def flip_estimate(plan: Plan, members: list[Candidate], images: int) -> float:
+    """Seconds to flip `images` through every member, each costed on its own backbone (the plan costs one member on
+    its slowest); a from-scratch member at the plan's figure for one member."""
+    from smallvision.auto.costs import Costs, planned
+    from smallvision.engine.precision import resolve_precision
+
+    total, share = 0.0, images / max(1, plan.images["val"] + plan.images["test"])
+    for c in members:
+        if not c.specs:
+            total += plan.tta_seconds * share
+            continue
+        costs = Costs(resolve_precision(c.cfg.trainer.precision))
+        total += planned(partial(flip_seconds, c.cfg, backbone=c.cfg.model.backbone, size=c.size, images=images), costs)
+    return total
 
 
 def _ranked(cands: list[Candidate], notes: RunNotes) -> list[Candidate]:

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -101,6 +102,61 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     card = smallvision.load(result.model_dir)[1]
     assert result.metrics["backbone"] == "+".join(b.name for b in card.backbones)
     assert card.image_size == plan.size or (plan.scratch is not None and card.image_size == plan.scratch.size)
+
+
+def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):
+    from smallvision.auto.costs import Costs, MissingFigure
+    from smallvision.config import load_config
+    from smallvision.engine.precision import resolve_precision
+    from smallvision.models.weights import resolve_weights
+
+    plan, run_dir = _plan(first.run_dir), first.run_dir
+    cfg = build_config(load_config(run_dir / "config.yaml"))
+    taken = {r["step"]: r["estimate"] for r in plan.actual}
+    costs = Costs(resolve_precision(cfg.trainer.precision))  # the session's cache: the run timed what these read
+
+    def first_round(backbone: str, rounds) -> float:
+        try:
+            return planning.rounds_on(cfg, plan.images, costs, backbone, plan.size, plan.views, rounds)[0].seconds
+        except MissingFigure:  # a backbone the run never fine-tuned, so never costed a round on
+            return -1.0
+
+    def ran_on(step: str, rounds) -> set[str]:
+        return {b for b in plan.backbones if abs(first_round(b, rounds) - taken[step]) <= 0.06}
+
+    best, second = ran_on("round 1", plan.rounds), ran_on("runner-up round 1", plan.runner_up)
+    assert not costs.measured and best and second
+    assert len(best | second) >= 2  # two backbones' own figures, not the slowest one's twice
+    slowest = min(plan.backbones, key=lambda b: costs.features(resolve_weights(b, cfg.model.weights), plan.size))
+    assert plan.rounds[0].seconds == pytest.approx(first_round(slowest, plan.rounds))  # what the plan reserved
+    recost = [d.text for d in decisions(smallvision.read_metrics(run_dir)) if d.kind == "recost"]
+    for name in (best | second) - {slowest}:
+        assert any(f"re-costed on {name}, which runs them" in text for text in recost)
+    # flipping val is costed for the members the run kept, each on its own backbone, its fp32 form built once
+    final = next(n for n in first.notes if n.startswith("auto: final model: "))
+    names = final.removeprefix("auto: final model: ").split(", ")[0].split(" averaged with ")
+    members = [
+        SimpleNamespace(specs=[name], cfg=planning.member_config(cfg, "features", name.split()[0], plan.size))
+        if name.split()[0] in plan.backbones
+        else SimpleNamespace(specs=[])
+        for name in names
+    ]
+    for m in members:
+        m.size = plan.size
+    assert taken["tta (val)"] == pytest.approx(select.flip_estimate(plan, members, plan.images["val"]), abs=0.06)
+
+
+def test_flips_cost_building_each_members_form_then_its_images_at_the_feature_rate():
+    cfg = build_config({"data": {"path": "x"}})
+    fp32, bf16 = _Costs(COSTS), _Costs(COSTS)
+    bf16.precision = "bf16-mixed"
+    lite0 = planning.flip_seconds(cfg, fp32, "efficientnet_lite0", 224, 300)
+    assert lite0 == pytest.approx(2.0 + 300 / COSTS["efficientnet_lite0"])
+    assert planning.flip_seconds(cfg, bf16, "efficientnet_lite0", 224, 300) == pytest.approx(
+        2.0 + 600 / COSTS["efficientnet_lite0"]
+    )
+    joined = planning.flip_seconds(cfg, fp32, "efficientnet_lite0+efficientnet_lite2", 224, 300)
+    assert joined == pytest.approx(lite0 + planning.flip_seconds(cfg, fp32, "efficientnet_lite2", 224, 300))
 
 
 def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_path):
@@ -231,6 +287,9 @@ class _Costs:
 
     def activations(self, spec, size: int, blocks: int) -> int:
         return 80 * (size // 16) ** 2  # efficientnet_lite's boundary below its top block: 80 channels at 1/16
+
+    def trace(self, spec, size: int) -> float:
+        return 2.0
 
     def scratch(self, name: str, size: int, batch_norm: bool, batch: int = 32) -> dict:
         self.batches.add(batch)
@@ -533,6 +592,7 @@ def test_the_planner_is_pure_and_only_the_figures_it_reaches_are_timed(tmp_path,
             "activations": lambda: {"values_per_image": double.activations(spec, size, blocks)},
             "decode": double.decode,
             "head": lambda: double.head(int(rest[0]), rest[1] == "1"),
+            "trace": lambda: {"seconds": double.trace(spec, size)},
         }[kind]()
 
     monkeypatch.setattr(costing.Costs, "measure", measure)
