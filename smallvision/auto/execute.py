@@ -488,7 +488,7 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
 def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, logger, tally) -> list[Candidate]:
     """The best pretrained candidate fine-tuned in the plan's rounds, then the runner-up in its own when the plan has
     them: each an improved network or nothing."""
-    ranked = sorted(pretrained, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    ranked = select.rank(pretrained)[0] if pretrained else []  # as the final choice ranks them: noise is no lead
     out = []
     for base, who in zip(ranked, (Rounds(), Rounds(runner_up=True)), strict=False):
         if who.of(plan):

@@ -91,7 +91,9 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
     """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
     every comparison on validation is counted in `tally.choices`, the flipped views' seconds in `tally.ledger`."""
     choices = tally.choices
-    ranked = _ranked(cands, notes)
+    ranked, why = rank(cands)
+    if why:
+        notes.decide("uncertainty", why)
     best = ranked[0]
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
     notes.decide("choice", f"chose {best.name} among the candidates on validation ({listing})")
@@ -143,14 +145,15 @@ def flip_estimate(plan: Plan, members: list[Candidate], images: int) -> float:
     return total
 
 
-def _ranked(cands: list[Candidate], notes: RunNotes) -> list[Candidate]:
-    """Candidates best first on validation; when the split cannot tell the best from others (a paired test on the
-    same images, p >= ALPHA), the lowest validation loss among those leads: one image of 400 is noise, not signal."""
-    ranked = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
-    top = ranked[0]
-    same = [c for c in ranked[1:] if np.array_equal(c.labels["val"], top.labels["val"])]
+def rank(cands: list[Candidate]) -> tuple[list[Candidate], str | None]:
+    """Candidates best first on validation, and what the notes say of the lead (None with no rival on the same
+    images); when the split cannot tell the best from others (a paired test on the same images, p >= ALPHA), the
+    lowest validation loss among those leads: one image of 400 is noise, not signal."""
+    order = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    top = order[0]
+    same = [c for c in order[1:] if np.array_equal(c.labels["val"], top.labels["val"])]
     if not same:
-        return ranked
+        return order, None
     task, y = top.task, top.labels["val"]
     p = {id(c): task.paired_p(top.probs["val"], c.probs["val"], y) for c in same}
     tied = [top] + [c for c in same if p[id(c)] >= ALPHA]
@@ -159,15 +162,12 @@ def _ranked(cands: list[Candidate], notes: RunNotes) -> list[Candidate]:
     words, n = metric_words(top), len(y)
     shown = ", ".join(f"{c.name} {c.val:.4f} (p={p[id(c)]:.2f})" for c in same)
     if lead is top:
-        notes.decide("uncertainty", f"{top.name} {top.val:.4f} against, on the same {n} validation images: {shown}")
-        return ranked
-    notes.decide(
-        "uncertainty",
+        return order, f"{top.name} {top.val:.4f} against, on the same {n} validation images: {shown}"
+    return [lead] + [c for c in order if c is not lead], (
         f"the {n} validation images cannot tell {top.name} ({words} {top.val:.4f}) from {lead.name} ({lead.val:.4f}, "
         f"paired test p={p[id(lead)]:.2f} >= {ALPHA}), so the lower validation loss decided: {lead.name} "
-        f"{loss[id(lead)]:.4f} against {loss[id(top)]:.4f}",
+        f"{loss[id(lead)]:.4f} against {loss[id(top)]:.4f}"
     )
-    return [lead] + [c for c in ranked if c is not lead]
 
 
 def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[Candidate], float]:

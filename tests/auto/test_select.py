@@ -3,11 +3,12 @@ images) is settled by validation loss, and the note says how sure each choice wa
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from smallvision.auto import select
-from smallvision.results import RunNotes
 from smallvision.task import MULTI_LABEL, SINGLE_LABEL
 
 
@@ -29,12 +30,10 @@ def test_a_one_image_lead_is_noise_and_the_lower_validation_loss_decides():
     labels = rng.integers(0, 2, 400)
     head = _candidate("head", _confident(labels, 1, 0.6, rng), labels)  # 399 right, hesitantly
     tuned = _candidate("tuned", _confident(labels, 2, 0.99, rng), labels)  # 398 right, surely
-    notes = RunNotes("auto")
-    ranked = select._ranked([head, tuned], notes)
+    ranked, said = select.rank([head, tuned])
     assert head.val > tuned.val and ranked[0] is tuned
-    said = notes.decisions[-1]
-    assert said.kind == "uncertainty" and "cannot tell head (val accuracy 0.9975) from tuned (0.9950" in said.text
-    assert "p=1.00 >= 0.05" in said.text and "lower validation loss decided" in said.text
+    assert "cannot tell head (val accuracy 0.9975) from tuned (0.9950" in said
+    assert "p=1.00 >= 0.05" in said and "lower validation loss decided" in said
 
 
 def test_a_lead_the_split_resolves_is_kept_whatever_the_loss():
@@ -42,9 +41,23 @@ def test_a_lead_the_split_resolves_is_kept_whatever_the_loss():
     labels = rng.integers(0, 2, 400)
     head = _candidate("head", _confident(labels, 2, 0.6, rng), labels)
     tuned = _candidate("tuned", _confident(labels, 40, 0.99, rng), labels)  # 38 more wrong: p far below 0.05
-    notes = RunNotes("auto")
-    assert select._ranked([tuned, head], notes)[0] is head
-    assert "tuned 0.9000 (p=0.00)" in notes.decisions[-1].text
+    ranked, said = select.rank([tuned, head])
+    assert ranked[0] is head and "tuned 0.9000 (p=0.00)" in said
+
+
+def test_the_best_candidates_rounds_go_to_the_one_the_split_can_tell_is_best(monkeypatch):
+    from smallvision.auto import execute
+    from smallvision.auto.plan import Round
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    lite0 = _candidate("lite0 features", _confident(labels, 1, 0.6, rng), labels)  # one image ahead, hesitantly
+    lite2 = _candidate("lite2 features", _confident(labels, 2, 0.99, rng), labels)
+    tuned = []  # which candidate each set of rounds fine-tuned (the rounds themselves are tested in test_auto.py)
+    monkeypatch.setattr(execute, "_finetune", lambda *a: tuned.append((a[2].name, a[10].runner_up)))
+    plan = SimpleNamespace(rounds=[Round(1, 2, 1e-4)], runner_up=[Round(1, 2, 1e-4)])
+    execute._fine_tuned(None, plan, [lite0, lite2], None, None, 0.0, False, None, None, None)
+    assert lite0.val > lite2.val and tuned == [("lite2 features", False), ("lite0 features", True)]
 
 
 def test_paired_tests_of_both_tasks():
