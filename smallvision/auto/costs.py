@@ -160,20 +160,25 @@ class Costs:
 
         return self._get(f"finetune-images/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure)
 
-    def trace(self, spec, size: int) -> float:
-        """Seconds to build `spec`'s fp32 inference form (traced, frozen and checked on a CPU): the flipped views'
-        pass builds one for each member before its first batch."""
+    def fp32_form(self, spec, size: int) -> dict:
+        """`spec`'s fp32 inference form, as val/test features and the flipped views run it: seconds to build it
+        (traced, frozen and checked on a CPU) and its images per second."""
 
         def measure() -> dict:
+            import torch
+
             from smallvision.models.backbone import build_backbone
             from smallvision.models.inference import inference_form
 
             backbone = build_backbone(spec, "avg")
             t0 = time.perf_counter()
-            inference_form(backbone, (3, size, size), BATCH, "fp32")
-            return {"seconds": time.perf_counter() - t0}
+            form = inference_form(backbone, (3, size, size), BATCH, "fp32")
+            build = time.perf_counter() - t0
+            x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+            arithmetic = "cuda-fp32" if torch.cuda.is_available() else "fp32"
+            return {"build_seconds": build, "images_per_second": BATCH / _timed(lambda: form(x), arithmetic)}
 
-        return self._get(f"trace/{spec.backbone}/{size}", measure)["seconds"]
+        return self._get(f"fp32/{spec.backbone}/{size}", measure)
 
     def activations(self, spec, size: int, blocks: int) -> int:
         """Values per image at the boundary below the top `blocks` groups (what the activation cache stores per view;

@@ -198,9 +198,13 @@ class Rounds:
         """The name of round `i`'s recorded clock check."""
         return f"round{i}" + ("b" if self.runner_up else "")
 
-    def words(self, i: int) -> str:
-        """Round `i` as the notes and the ledger say it (the plan's step key)."""
-        return ("runner-up " if self.runner_up else "") + f"round {i}"
+    def words(self, i: int, rounds: list[Round]) -> str:
+        """Round `i` of `rounds` as the notes and the ledger say it: the plan's number (its step key), a continuation
+        named after the round it continues ("round 1 (continued 2)")."""
+        planned = sum(not r.continues for r in rounds[:i])
+        again = next((k for k in range(i) if not rounds[i - 1 - k].continues), i)
+        name = ("runner-up " if self.runner_up else "") + f"round {planned}"
+        return name + ("" if not again else " (continued)" if again == 1 else f" (continued {again})")
 
     def reserve(self, plan: Plan) -> float:
         """Seconds the clock keeps for the planned steps after these rounds: the runner-up's rounds may be spare,
@@ -209,16 +213,17 @@ class Rounds:
 
 
 def _fitted_round(
-    run_dir: Path, i: int, rnd: Round, start: float, budget: float, notes: RunNotes, ledger, who: Rounds, reserve=0.0
+    run_dir: Path, i: int, rounds: list[Round], start: float, budget: float, notes: RunNotes, ledger, who, reserve=0.0
 ) -> Round | None:
-    """Round `i` as it still fits the budget by the clock: fewer epochs when the steps so far overran their
-    estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends the rounds."""
+    """Round `i` of `rounds` as it still fits the budget by the clock: fewer epochs when the steps so far overran
+    their estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends them."""
+    rnd, words = rounds[i - 1], who.words(i, rounds)
     guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger.ratio(), reserve)
     fits = guard.get("epochs", rnd.epochs if guard.get("run") else 0)  # a resumed run's older record: run or not
     if fits < 1:
         notes.decide(
             "stop",
-            f"stopped fine-tuning before {who.words(i)}: {guard['elapsed']:.0f} s had passed and it was estimated "
+            f"stopped fine-tuning before {words}: {guard['elapsed']:.0f} s had passed and it was estimated "
             f"at {guard['estimate']:.0f} s (its plan's estimate x{guard.get('ratio', 1.0)}, what the steps so far "
             f"took over theirs), past --time-budget {budget:g}",
         )
@@ -226,7 +231,7 @@ def _fitted_round(
     if fits < rnd.epochs:
         notes.decide(
             "shrink",
-            f"fine-tuning {who.words(i)} shortened to {fits} of its {rnd.epochs} epochs to fit --time-budget "
+            f"fine-tuning {words} shortened to {fits} of its {rnd.epochs} epochs to fit --time-budget "
             f"{budget:g}: {guard['elapsed']:.0f} s had passed and the steps so far took x{guard['ratio']} their "
             "estimates",
         )
@@ -241,11 +246,12 @@ def _continued(
     added = sum(r.continues for r in rounds)
     if best_epoch < fitted.epochs or added >= MAX_CONTINUED:
         return
+    words = who.words(i, rounds)
     rounds.insert(i, dataclasses.replace(rnd, continues=True, seconds=rnd.seconds - rnd.setup, setup=0.0))
     notes.decide(
         "continue",
-        f"{who.words(i)}'s best epoch was its last ({best_epoch} of {fitted.epochs}): validation was still rising, "
-        f"so {who.words(i + 1)} continues it ({rnd.epochs} epochs more at lr {rnd.lr:.2g})",
+        f"{words}'s best epoch was its last ({best_epoch} of {fitted.epochs}): validation was still rising, "
+        f"so {who.words(i + 1, rounds)} continues it ({rnd.epochs} epochs more at lr {rnd.lr:.2g})",
     )
 
 
@@ -312,7 +318,7 @@ def _finetune(
         return None
     rounds = _recosted(cfg, plan, base, run_dir, who, notes)
     reserve = who.reserve(plan)
-    fitted = _fitted_round(run_dir, 1, rounds[0], start, budget, notes, tally.ledger, who, reserve)  # before loading
+    fitted = _fitted_round(run_dir, 1, rounds, start, budget, notes, tally.ledger, who, reserve)  # before loading
     if fitted is None:
         return None
     tune_cfg = round_config(cfg, base.cfg, plan.views, fitted)
@@ -323,7 +329,9 @@ def _finetune(
     i = 0
     while i < len(rounds):
         rnd, i, began = rounds[i], i + 1, now()
-        fitted = _fitted_round(run_dir, i, rnd, start, budget, notes, tally.ledger, who, reserve) if i > 1 else fitted
+        fitted = (
+            _fitted_round(run_dir, i, rounds, start, budget, notes, tally.ledger, who, reserve) if i > 1 else fitted
+        )
         if fitted is None:
             break
         round_cfg = round_config(cfg, base.cfg, plan.views, fitted)
@@ -336,24 +344,24 @@ def _finetune(
             round_cfg, stage, model, data, views, trainable, run_dir, budget - (now() - start), progress, logger
         )
         tally.ran.append(round_cfg)
-        tally.ledger.record(who.words(i) + (" (continued)" if rnd.continues else ""), fitted.seconds, now() - began)
+        tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
-        if not _improved(base, who.words(i), fitted, trainable, res, best_val, notes, tally):
+        if not _improved(base, who.words(i, rounds), fitted, trainable, res, best_val, notes, tally):
             model.load_state_dict(best_state)
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
             if i < len(rounds):
                 tally.ended.append(
-                    f"{base.cfg.model.backbone} {who.words(i)} did not improve validation ({_later(i, rounds)} not "
-                    "run: they would have started from the same weights at a lower rate)"
+                    f"{base.cfg.model.backbone} {who.words(i, rounds)} did not improve validation "
+                    f"({_later(i, rounds, who)} not run: they would have started from the same weights at a lower rate)"
                 )
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
         _continued(i, rnd, fitted, res.best_epoch, rounds, notes, who)
         if best_val >= PERFECT and i < len(rounds):
-            tally.ended.append(f"{best.name} reached {best_val:.4f} on validation ({_later(i, rounds)} not run)")
+            tally.ended.append(f"{best.name} reached {best_val:.4f} on validation ({_later(i, rounds, who)} not run)")
             break
     return best
 
@@ -372,9 +380,9 @@ def _improved(base: Candidate, words: str, fitted: Round, trainable, res, best_v
     return improved
 
 
-def _later(i: int, rounds: list[Round]) -> str:
-    """The rounds after round `i`, as the budget note names those not run."""
-    return f"round {i + 1}" if i + 1 == len(rounds) else f"rounds {i + 1}-{len(rounds)}"
+def _later(i: int, rounds: list[Round], who: Rounds) -> str:
+    """The rounds after round `i` of `rounds`, as the budget note names those not run."""
+    return ", ".join(who.words(k, rounds) for k in range(i + 1, len(rounds) + 1))
 
 
 def _tuned(base: Candidate, tune_cfg, model, data, views, history, best_epoch: int, trainable, stages) -> Candidate:

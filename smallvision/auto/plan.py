@@ -311,7 +311,7 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
             return None
         parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
         feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
-        seconds = (n["train"] + 2 * (n["val"] + n["test"])) / feature_ips[name] + b.head_seconds * len(parts)
+        seconds = n["train"] / feature_ips[name] + b.head_seconds * len(parts) + _held_out_seconds(b, costs, name, size)
         steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
     slowest = min(backbones, key=lambda name: feature_ips[name])
     plan_rounds = _rounds(cfg, rounds) if "+" not in slowest else []
@@ -332,15 +332,25 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     return Rung(list(backbones), size, views, plan_rounds, tta, tta_seconds, steps, estimate)
 
 
-def flip_seconds(cfg: RunConfig, costs, backbone: str, size: int, images: int) -> float:
-    """Seconds to flip `images` through one member on `backbone`: its fp32 form built, then the images at the feature
-    pass's rate, or half of it when features run in a faster arithmetic than the flips' fp32. Pure, as make_plan."""
+def _held_out_seconds(b: _Budget, costs, backbone: str, size: int) -> float:
+    """Val and test features of `backbone`, computed in fp32 as the saved model computes them (see caching/features),
+    its fp32 form built first; the training features' own form is built too when they run in another arithmetic."""
     from smallvision.caching.features import feature_precision
     from smallvision.models.weights import resolve_weights
 
-    slower = 1 if feature_precision(costs.precision) == "fp32" else 2
-    parts = [resolve_weights(part, cfg.model.weights) for part in backbone.split("+")]
-    return sum(costs.trace(spec, size) + images * slower / costs.features(spec, size) for spec in parts)
+    forms = 1 if feature_precision(costs.precision) == "fp32" else 2
+    held = b.n["val"] + b.n["test"]
+    parts = [costs.fp32_form(resolve_weights(part, b.cfg.model.weights), size) for part in backbone.split("+")]
+    return sum(forms * form["build_seconds"] + held / form["images_per_second"] for form in parts)
+
+
+def flip_seconds(cfg: RunConfig, costs, backbone: str, size: int, images: int) -> float:
+    """Seconds to flip `images` through one member on `backbone` in fp32, as the saved model runs: its fp32 form
+    built, then the images at that form's rate. Pure, as make_plan is."""
+    from smallvision.models.weights import resolve_weights
+
+    parts = [costs.fp32_form(resolve_weights(part, cfg.model.weights), size) for part in backbone.split("+")]
+    return sum(form["build_seconds"] + images / form["images_per_second"] for form in parts)
 
 
 def _filled(b: _Budget, costs, chosen: Rung) -> None:
@@ -442,7 +452,7 @@ def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tupl
     n, size = b.n, b.given_size or SMALL_SIZES[-1]
     backbone = b.cfg.model.backbone if b.given_backbone else "efficientnet_lite0"
     ips = costs.features(resolve_weights(backbone, b.cfg.model.weights), size)
-    held = 2 * (n["val"] + n["test"]) / ips + (n["val"] + n["test"]) * b.decode_one + b.head_seconds  # at most
+    held = _held_out_seconds(b, costs, backbone, size) + (n["val"] + n["test"]) * b.decode_one + b.head_seconds
     train_cap = max(len(index.classes) * 5, int((b.available - held) / (1 / ips + b.decode_one)))
     train_cap = min(train_cap, n["train"])
     seconds = held + train_cap * (1 / ips + b.decode_one)

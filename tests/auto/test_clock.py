@@ -33,20 +33,20 @@ def test_a_round_that_no_longer_fits_shrinks_then_is_dropped(tmp_path, monkeypat
     monkeypatch.setattr(clock, "now", lambda: 300.0)
     rnd = Round(blocks=2, epochs=8, lr=1e-3, seconds=100.0)
     # 600 s budget, 300 s gone, 15 s kept: 285 s left for a round now estimated at 200 s: all 8 epochs
-    kept = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, notes, ledger, execute.Rounds())
+    kept = execute._fitted_round(tmp_path, 1, [rnd], 0.0, 600.0, notes, ledger, execute.Rounds())
     assert kept.epochs == 8 and kept.seconds == 100.0
     # 400 s budget: 85 s left of 200 s needed: 3 of 8 epochs, said so, and recorded for a resume
-    short = execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger, execute.Rounds())
+    short = execute._fitted_round(tmp_path, 2, [rnd] * 2, 0.0, 400.0, notes, ledger, execute.Rounds())
     assert short.epochs == 3 and short.seconds == pytest.approx(37.5)
     assert "round 2 shortened to 3 of its 8 epochs" in notes.decisions[-1].text
     assert json.loads((tmp_path / "checkpoints" / "auto_round2.json").read_text())["epochs"] == 3
     monkeypatch.setattr(clock, "now", lambda: 1000.0)  # a resume reads the recorded decision, not the clock
-    assert execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger, execute.Rounds()).epochs == 3
-    assert execute._fitted_round(tmp_path, 3, rnd, 0.0, 400.0, notes, ledger, execute.Rounds()) is None
+    assert execute._fitted_round(tmp_path, 2, [rnd] * 2, 0.0, 400.0, notes, ledger, execute.Rounds()).epochs == 3
+    assert execute._fitted_round(tmp_path, 3, [rnd] * 3, 0.0, 400.0, notes, ledger, execute.Rounds()) is None
     assert notes.decisions[-1].kind == "stop" and "x2.0" in notes.decisions[-1].text
     # the runner-up's rounds are checked and recorded under their own names: the best's record does not decide them
     runner_up = execute.Rounds(runner_up=True)
-    assert execute._fitted_round(tmp_path, 2, rnd, 0.0, 400.0, notes, ledger, runner_up) is None
+    assert execute._fitted_round(tmp_path, 2, [rnd] * 2, 0.0, 400.0, notes, ledger, runner_up) is None
     assert "before runner-up round 2" in notes.decisions[-1].text
     assert json.loads((tmp_path / "checkpoints" / "auto_round2b.json").read_text())["epochs"] == 0
 
@@ -67,13 +67,26 @@ def test_a_round_still_improving_at_its_last_epoch_continues_up_to_a_limit():
     assert "round 1's best epoch was its last (6 of 6): validation was still rising" in notes.decisions[0].text
 
 
+def test_rounds_keep_the_plans_numbers_and_a_continuation_is_named_after_the_round_it_continues():
+    notes, who = RunNotes("auto"), execute.Rounds()
+    rounds = [Round(1, 6, 3e-4, 50.0), Round(1, 6, 1.5e-4, 50.0), Round(2, 6, 7.5e-5, 60.0)]
+    for i in (1, 2):
+        execute._continued(i, rounds[i - 1], rounds[i - 1], best_epoch=6, rounds=rounds, notes=notes, who=who)
+    names = [who.words(i, rounds) for i in range(1, len(rounds) + 1)]
+    assert names == ["round 1", "round 1 (continued)", "round 1 (continued 2)", "round 2", "round 3"]
+    assert "round 1 (continued)'s best epoch was its last" in notes.decisions[-1].text
+    assert "so round 1 (continued 2) continues it" in notes.decisions[-1].text
+    later = execute._later(3, rounds, execute.Rounds(runner_up=True))
+    assert later == "runner-up round 2, runner-up round 3"
+
+
 def test_a_rounds_setup_is_paid_once_by_a_shortened_round_and_never_by_a_continuation(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     ledger, notes, who = clock.Ledger(), RunNotes("auto"), execute.Rounds()
     rnd = Round(blocks=2, epochs=8, lr=1e-3, seconds=100.0, setup=60.0)  # 60 s caching activations, 5 s an epoch
     monkeypatch.setattr(clock, "now", lambda: 500.0)
     # 600 s budget, 15 s kept: 85 s left, 60 of them the setup: 5 epochs, not the 6 a share of 100 s would give
-    short = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, notes, ledger, who)
+    short = execute._fitted_round(tmp_path, 1, [rnd], 0.0, 600.0, notes, ledger, who)
     assert short.epochs == 5 and short.seconds == pytest.approx(60.0 + 5 * 5.0)
     rounds = [rnd]
     execute._continued(1, rnd, rnd, best_epoch=8, rounds=rounds, notes=notes, who=who)
@@ -89,7 +102,7 @@ def test_the_runner_ups_rounds_keep_the_flipped_views_time(tmp_path, monkeypatch
     monkeypatch.setattr(clock, "now", lambda: 500.0)
     rnd = Round(blocks=1, epochs=8, lr=1e-3, seconds=100.0, setup=20.0)  # 10 s an epoch
     # 85 s left, 30 of them the flips': 55 s for the round, 20 of them its setup: 3 epochs (6 without the reserve)
-    kept = execute._fitted_round(tmp_path, 1, rnd, 0.0, 600.0, RunNotes("auto"), clock.Ledger(), runner_up, 30.0)
+    kept = execute._fitted_round(tmp_path, 1, [rnd], 0.0, 600.0, RunNotes("auto"), clock.Ledger(), runner_up, 30.0)
     assert kept.epochs == 3
     assert json.loads((tmp_path / "checkpoints" / "auto_round1b.json").read_text())["epochs"] == 3
 
