@@ -25,7 +25,7 @@ def budget_check(run_dir: Path, name: str, start: float, estimate: Callable[[], 
         figures = {k: round(v, 1) for k, v in estimate().items()}
         elapsed = now() - start
         fits = elapsed + figures["seconds"] <= budget - TAIL
-        return {"run": fits, "elapsed": round(elapsed, 1), "estimate": figures.pop("seconds"), **figures}
+        return {**figures, "run": fits, "elapsed": round(elapsed, 1), "estimate": figures["seconds"]}
 
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
 

@@ -4,8 +4,9 @@ The planner reading these figures is pure: a figure this machine has not measure
 `planned` times it and plans again, so only the figures the planner reaches are ever timed, and a plan is a function
 of its inputs and the figures alone.
 
-Every figure is timed at the precision the run trains and extracts features at, after one untimed warm-up batch (it
-pays for allocation, kernel selection and tracing). The figures are kept per machine (CPU or GPU model, threads,
+Every figure is timed at the precision the run trains and extracts features at (the fp32 form's at fp32: val/test
+features and the flipped views run in it, as the saved model does), after one untimed warm-up batch (it pays for
+allocation, kernel selection and tracing). The figures are kept per machine (CPU or GPU model, threads,
 torch version) in the user cache, so the same data, seed and budget give the same plan on the same machine: a second
 run reads the figures the first one measured instead of timing a machine that may be busier now.
 """
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 32  # the recipes' default batch size; a figure timed at another (--batch-size) says so in its key
 DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
+# forward passes are short (0.3 s a batch) and vary: lite0 at 260 px timed 84-106 images/s over seven runs of 3 on
+# this 2-core machine, so a pass's rate is the median of 5 (a training step's of 3)
+PASSES = 5
 HEAD_DIM = 1280  # the Lite backbones' feature width, at which a head's training on cached features is timed
 
 
@@ -106,7 +110,7 @@ class Costs:
             backbone = build_backbone(spec, "avg")
             form = feature_form(backbone, size, BATCH, self.precision)
             x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
-            return {"images_per_second": BATCH / _timed(lambda: form(x), feature_precision(self.precision))}
+            return {"images_per_second": BATCH / _timed(lambda: form(x), feature_precision(self.precision), PASSES)}
 
         return self._get(f"features/{spec.backbone}/{size}", measure)["images_per_second"]
 
@@ -176,7 +180,7 @@ class Costs:
             build = time.perf_counter() - t0
             x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
             arithmetic = "cuda-fp32" if torch.cuda.is_available() else "fp32"
-            return {"build_seconds": build, "images_per_second": BATCH / _timed(lambda: form(x), arithmetic)}
+            return {"build_seconds": build, "images_per_second": BATCH / _timed(lambda: form(x), arithmetic, PASSES)}
 
         return self._get(f"fp32/{spec.backbone}/{size}", measure)
 

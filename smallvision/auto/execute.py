@@ -208,12 +208,13 @@ class Rounds:
 
     def reserve(self, plan: Plan) -> float:
         """Seconds the clock keeps for the planned steps after these rounds: the runner-up's rounds may be spare,
-        run on time the plan gave the flipped views, so those are kept."""
-        return plan.tta_seconds if self.runner_up and plan.tta else 0.0
+        run on time the plan gave the flipped views, so those are kept, for two members (the plan costs one): the
+        best and the runner-up fine-tuned, averaged when validation says so."""
+        return 2 * plan.tta_seconds if self.runner_up and plan.tta else 0.0
 
 
 def _fitted_round(
-    run_dir: Path, i: int, rounds: list[Round], start: float, budget: float, notes: RunNotes, ledger, who, reserve=0.0
+    run_dir: Path, i: int, rounds: list[Round], start: float, budget: float, notes, ledger, who: Rounds, reserve=0.0
 ) -> Round | None:
     """Round `i` of `rounds` as it still fits the budget by the clock: fewer epochs when the steps so far overran
     their estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends them."""
@@ -255,10 +256,11 @@ def _continued(
     )
 
 
-def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: Rounds, notes: RunNotes) -> list[Round]:
+def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: Rounds, notes, ledger) -> list[Round]:
     """The candidate's rounds costed on its own backbone: the plan costs them on its slowest, not yet knowing which
     candidate validation will pick, so the clock checks and the ledger would hold a cheaper backbone to its figures.
-    Recorded, so a resume costs them the same without reading the machine's figures again."""
+    Recorded per backbone, so a resume costs them the same without reading the machine's figures again; figures this
+    machine had not timed yet are timed now, and that time is a ledger row of its own."""
     from smallvision.auto.costs import Costs, planned
     from smallvision.engine.distributed import rank_zero_decision
     from smallvision.engine.precision import resolve_precision
@@ -266,12 +268,16 @@ def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: R
     rounds, backbone = who.of(plan), base.cfg.model.backbone
 
     def decide() -> dict:
-        costs = Costs(resolve_precision(cfg.trainer.precision))
+        costs, began = Costs(resolve_precision(cfg.trainer.precision)), now()
         own = planned(lambda c: rounds_on(cfg, plan.images, c, backbone, plan.size, plan.views, rounds), costs)
-        return {"backbone": backbone, "rounds": [dataclasses.asdict(r) for r in own]}
+        timed = {"measured": costs.measured, "seconds": round(now() - began, 1)}
+        return {"rounds": [dataclasses.asdict(r) for r in own], "timed": timed}
 
-    path = run_dir / "checkpoints" / f"auto_costs_{who.check(1)}.json"
-    out = [Round(**r) for r in rank_zero_decision(path, decide)[0]["rounds"]]
+    path = run_dir / "checkpoints" / f"auto_costs_{who.check(1)}_{backbone}.json"
+    record, recorded = rank_zero_decision(path, decide)
+    if record["timed"]["measured"] and not recorded:
+        ledger.record(f"timing {backbone}'s fine-tuning steps", 0.0, record["timed"]["seconds"])
+    out = [Round(**r) for r in record["rounds"]]
     planned_s, own_s = sum(r.seconds for r in rounds), sum(r.seconds for r in out)
     if round(own_s, 1) != round(planned_s, 1):  # as the ledger shows them
         notes.decide(
@@ -316,7 +322,7 @@ def _finetune(
     if base.val >= PERFECT:  # nothing a round does can be chosen over it on validation
         tally.ended.append(f"{base.name} score {base.val:.4f} on validation, which no round can beat (no rounds run)")
         return None
-    rounds = _recosted(cfg, plan, base, run_dir, who, notes)
+    rounds = _recosted(cfg, plan, base, run_dir, who, notes, tally.ledger)
     reserve = who.reserve(plan)
     fitted = _fitted_round(run_dir, 1, rounds, start, budget, notes, tally.ledger, who, reserve)  # before loading
     if fitted is None:
@@ -329,9 +335,8 @@ def _finetune(
     i = 0
     while i < len(rounds):
         rnd, i, began = rounds[i], i + 1, now()
-        fitted = (
-            _fitted_round(run_dir, i, rounds, start, budget, notes, tally.ledger, who, reserve) if i > 1 else fitted
-        )
+        if i > 1:
+            fitted = _fitted_round(run_dir, i, rounds, start, budget, notes, tally.ledger, who, reserve)
         if fitted is None:
             break
         round_cfg = round_config(cfg, base.cfg, plan.views, fitted)
@@ -351,18 +356,15 @@ def _finetune(
             model.load_state_dict(best_state)
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
-            if i < len(rounds):
-                tally.ended.append(
-                    f"{base.cfg.model.backbone} {who.words(i, rounds)} did not improve validation "
-                    f"({_later(i, rounds, who)} not run: they would have started from the same weights at a lower rate)"
-                )
+            words = f"{base.cfg.model.backbone} {who.words(i, rounds)} did not improve validation"
+            _not_run(tally, words, i, rounds, who, "they would have started from the same weights at a lower rate")
             break
         best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
-        _continued(i, rnd, fitted, res.best_epoch, rounds, notes, who)
-        if best_val >= PERFECT and i < len(rounds):
-            tally.ended.append(f"{best.name} reached {best_val:.4f} on validation ({_later(i, rounds, who)} not run)")
+        if best_val >= PERFECT:  # nothing after it could be chosen over it: neither a continuation nor a later round
+            _not_run(tally, f"{best.name} reached {best_val:.4f} on validation", i, rounds, who)
             break
+        _continued(i, rnd, fitted, res.best_epoch, rounds, notes, who)
     return best
 
 
@@ -383,6 +385,12 @@ def _improved(base: Candidate, words: str, fitted: Round, trainable, res, best_v
 def _later(i: int, rounds: list[Round], who: Rounds) -> str:
     """The rounds after round `i` of `rounds`, as the budget note names those not run."""
     return ", ".join(who.words(k, rounds) for k in range(i + 1, len(rounds) + 1))
+
+
+def _not_run(tally: Tally, why: str, i: int, rounds: list[Round], who: Rounds, because: str = "") -> None:
+    """Why the rounds after round `i` do not run, for the budget note (nothing when none is left)."""
+    if i < len(rounds):
+        tally.ended.append(f"{why} ({_later(i, rounds, who)} not run{': ' + because if because else ''})")
 
 
 def _tuned(base: Candidate, tune_cfg, model, data, views, history, best_epoch: int, trainable, stages) -> Candidate:
@@ -496,7 +504,9 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
 def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, logger, tally) -> list[Candidate]:
     """The best pretrained candidate fine-tuned in the plan's rounds, then the runner-up in its own when the plan has
     them: each an improved network or nothing."""
-    ranked = select.rank(pretrained)[0] if pretrained else []  # as the final choice ranks them: noise is no lead
+    ranked, why = select.rank(pretrained) if pretrained else ([], None)  # as the final choice: noise is no lead
+    if why and ranked[0] is not max(pretrained, key=lambda c: c.val):
+        notes.decide("uncertainty", f"fine-tuned first: {why}")
     out = []
     for base, who in zip(ranked, (Rounds(), Rounds(runner_up=True)), strict=False):
         if who.of(plan):

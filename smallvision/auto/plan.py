@@ -333,12 +333,13 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
 
 
 def _held_out_seconds(b: _Budget, costs, backbone: str, size: int) -> float:
-    """Val and test features of `backbone`, computed in fp32 as the saved model computes them (see caching/features),
-    its fp32 form built first; the training features' own form is built too when they run in another arithmetic."""
+    """Val and test features of `backbone`, computed in fp32 as the saved model computes them (recipes/steps.py
+    `feature_stage`), its fp32 form built first; the training features' own form is built too when they run in
+    another arithmetic."""
     from smallvision.caching.features import feature_precision
     from smallvision.models.weights import resolve_weights
 
-    forms = 1 if feature_precision(costs.precision) == "fp32" else 2
+    forms = 1 if feature_precision(costs.precision) == feature_precision("32-true") else 2
     held = b.n["val"] + b.n["test"]
     parts = [costs.fp32_form(resolve_weights(part, b.cfg.model.weights), size) for part in backbone.split("+")]
     return sum(forms * form["build_seconds"] + held / form["images_per_second"] for form in parts)

@@ -102,19 +102,9 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
     members, val = _averaged(ranked, notes, choices)
     tta = False
     if plan.tta:
-        n = plan.images
-        guard = budget_check(
-            run_dir,
-            "tta",
-            start,
-            lambda: {  # val is flipped here, test once the flips are kept
-                "seconds": flip_estimate(plan, members, n["val"] + n["test"]),
-                "val": flip_estimate(plan, members, n["val"]),
-            },
-            budget,
-        )
-        if guard["run"]:
-            began = now()
+        guard = budget_check(run_dir, "tta", start, lambda: flip_estimate(plan, members), budget)
+        if guard["run"]:  # val is flipped here, test once the flips are kept
+            began, n = now(), plan.images
             tta, val = _flips(members, val, index, notes, choices)
             share = n["val"] / max(1, n["val"] + n["test"])  # a check recorded before the val figure was kept
             tally.ledger.record("tta (val)", guard.get("val", guard["estimate"] * share), now() - began)
@@ -129,20 +119,23 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
     return members, tta
 
 
-def flip_estimate(plan: Plan, members: list[Candidate], images: int) -> float:
-    """Seconds to flip `images` through every member, each costed on its own backbone (the plan costs one member on
-    its slowest); a from-scratch member at the plan's figure for one member."""
+def flip_estimate(plan: Plan, members: list[Candidate]) -> dict[str, float]:
+    """Seconds to flip val and test (`seconds`) and val alone (`val`) through every member, each costed on its own
+    backbone (the plan costs one member, on its slowest); a from-scratch member at the plan's figure for one."""
     from smallvision.auto.costs import Costs, planned
     from smallvision.engine.precision import resolve_precision
 
-    total, share = 0.0, images / max(1, plan.images["val"] + plan.images["test"])
-    for c in members:
-        if not c.specs:
-            total += plan.tta_seconds * share
-            continue
-        costs = Costs(resolve_precision(c.cfg.trainer.precision))
-        total += planned(partial(flip_seconds, c.cfg, backbone=c.cfg.model.backbone, size=c.size, images=images), costs)
-    return total
+    n, costs = plan.images, Costs(resolve_precision(members[0].cfg.trainer.precision))
+    out = {}
+    for key, images in (("seconds", n["val"] + n["test"]), ("val", n["val"])):
+        share = images / max(1, n["val"] + n["test"])
+        out[key] = sum(
+            planned(partial(flip_seconds, c.cfg, backbone=c.cfg.model.backbone, size=c.size, images=images), costs)
+            if c.specs
+            else plan.tta_seconds * share
+            for c in members
+        )
+    return out
 
 
 def rank(cands: list[Candidate]) -> tuple[list[Candidate], str | None]:

@@ -115,35 +115,40 @@ def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):
     taken = {r["step"]: r["estimate"] for r in plan.actual}
     costs = Costs(resolve_precision(cfg.trainer.precision))  # the session's cache: the run timed what these read
 
-    def first_round(backbone: str, rounds) -> float:
+    def first_round(backbone: str, rounds, check: str) -> float:
+        """Round 1 costed on `backbone`, as many epochs as the run's recorded clock check let run."""
         try:
-            return planning.rounds_on(cfg, plan.images, costs, backbone, plan.size, plan.views, rounds)[0].seconds
+            rnd = planning.rounds_on(cfg, plan.images, costs, backbone, plan.size, plan.views, rounds)[0]
         except MissingFigure:  # a backbone the run never fine-tuned, so never costed a round on
             return -1.0
+        epochs = json.loads((run_dir / "checkpoints" / f"auto_{check}.json").read_text())["epochs"]
+        return rnd.setup + (rnd.seconds - rnd.setup) * epochs / rnd.epochs
 
-    def ran_on(step: str, rounds) -> set[str]:
-        return {b for b in plan.backbones if abs(first_round(b, rounds) - taken[step]) <= 0.06}
+    def ran_on(step: str, rounds, check: str) -> set[str]:
+        return {b for b in plan.backbones if abs(first_round(b, rounds, check) - taken[step]) <= 0.06}
 
-    best, second = ran_on("round 1", plan.rounds), ran_on("runner-up round 1", plan.runner_up)
+    best, second = ran_on("round 1", plan.rounds, "round1"), ran_on("runner-up round 1", plan.runner_up, "round1b")
     assert not costs.measured and best and second
     assert len(best | second) >= 2  # two backbones' own figures, not the slowest one's twice
     slowest = min(plan.backbones, key=lambda b: costs.features(resolve_weights(b, cfg.model.weights), plan.size))
-    assert plan.rounds[0].seconds == pytest.approx(first_round(slowest, plan.rounds))  # what the plan reserved
+    own = planning.rounds_on(cfg, plan.images, costs, slowest, plan.size, plan.views, plan.rounds)
+    assert plan.rounds[0].seconds == pytest.approx(own[0].seconds)  # what the plan reserved: the slowest's
     recost = [d.text for d in decisions(smallvision.read_metrics(run_dir)) if d.kind == "recost"]
     for name in (best | second) - {slowest}:
         assert any(f"re-costed on {name}, which runs them" in text for text in recost)
-    # flipping val is costed for the members the run kept, each on its own backbone, its fp32 form built once
+    # flipping val is costed for the members the run kept, each on its own backbone: its fp32 form, then val
     final = next(n for n in first.notes if n.startswith("auto: final model: "))
-    names = final.removeprefix("auto: final model: ").split(", ")[0].split(" averaged with ")
-    members = [
-        SimpleNamespace(specs=[name], cfg=planning.member_config(cfg, "features", name.split()[0], plan.size))
-        if name.split()[0] in plan.backbones
-        else SimpleNamespace(specs=[])
-        for name in names
+    kept = [
+        name.split()[0] for name in final.removeprefix("auto: final model: ").split(", ")[0].split(" averaged with ")
     ]
-    for m in members:
-        m.size = plan.size
-    assert taken["tta (val)"] == pytest.approx(select.flip_estimate(plan, members, plan.images["val"]), abs=0.06)
+    share = plan.images["val"] / (plan.images["val"] + plan.images["test"])
+    flips = sum(
+        planning.flip_seconds(cfg, costs, b, plan.size, plan.images["val"])
+        if b in plan.backbones
+        else plan.tta_seconds * share  # a from-scratch member: the plan's figure for one member
+        for b in kept
+    )
+    assert taken["tta (val)"] == pytest.approx(flips, abs=0.06 * len(kept))
 
 
 def test_flips_and_held_out_features_cost_building_the_fp32_form_then_its_images_at_its_rate():
@@ -219,6 +224,10 @@ def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, s
     for stage in (run / "checkpoints").glob("finetune*"):
         shutil.rmtree(stage)  # interrupted before fine-tuning finished
     plan = dataclasses.replace(_plan(run), actual=[])  # the plan; what its steps took is a record of each process
+    costed = next((run / "checkpoints").glob("auto_costs_round1_*.json"))  # round 1 costed on the backbone it ran
+    record = json.loads(costed.read_text())
+    record["rounds"][0]["seconds"] *= 10  # a resume costs its rounds from this record, not from the machine now
+    costed.write_text(json.dumps(record))
     checks = _clock_checks(run)
     assert {"auto_round1.json", "auto_tta.json"} <= set(checks)
 
@@ -232,6 +241,11 @@ def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, s
     assert any("reused the plan recorded in" in n for n in resumed.notes)
     assert dataclasses.replace(_plan(run), actual=[]) == plan
     assert _clock_checks(run) == checks
+    rnd, epochs = record["rounds"][0], json.loads(checks["auto_round1.json"])["epochs"]
+    taken = {r["step"]: r["estimate"] for r in _plan(run).actual}
+    assert taken["round 1"] == pytest.approx(
+        rnd["setup"] + (rnd["seconds"] - rnd["setup"]) * epochs / rnd["epochs"], abs=0.06
+    )
     ours, theirs = _weights(resumed.model_dir), _weights(result.model_dir)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

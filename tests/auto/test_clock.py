@@ -95,10 +95,10 @@ def test_a_rounds_setup_is_paid_once_by_a_shortened_round_and_never_by_a_continu
 
 def test_the_runner_ups_rounds_keep_the_flipped_views_time(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
-    plan = SimpleNamespace(tta=True, tta_seconds=30.0)
+    plan = SimpleNamespace(tta=True, tta_seconds=15.0)  # one member's flips, as the plan costs them
     assert execute.Rounds().reserve(plan) == 0.0  # the best's rounds were planned before the flips: nothing kept
-    runner_up = execute.Rounds(runner_up=True)
-    assert runner_up.reserve(plan) == 30.0 and runner_up.reserve(SimpleNamespace(tta=False, tta_seconds=30.0)) == 0
+    runner_up = execute.Rounds(runner_up=True)  # two members' flips kept: the best and the runner-up fine-tuned
+    assert runner_up.reserve(plan) == 30.0 and runner_up.reserve(SimpleNamespace(tta=False, tta_seconds=15.0)) == 0
     monkeypatch.setattr(clock, "now", lambda: 500.0)
     rnd = Round(blocks=1, epochs=8, lr=1e-3, seconds=100.0, setup=20.0)  # 10 s an epoch
     # 85 s left, 30 of them the flips': 55 s for the round, 20 of them its setup: 3 epochs (6 without the reserve)
@@ -110,11 +110,13 @@ def test_the_runner_ups_rounds_keep_the_flipped_views_time(tmp_path, monkeypatch
 def test_the_budget_note_says_why_a_run_ended_early(monkeypatch):
     monkeypatch.setattr(execute, "now", lambda: 200.0)
     tally, notes = execute.Tally(), RunNotes("auto")
-    tally.ended.append("efficientnet_lite2 round 1 did not improve validation (rounds 2-4 not run)")
+    tally.ended.append("efficientnet_lite2 round 1 did not improve validation (round 2, round 3 not run)")
     execute._budget_used(0.0, 600.0, tally, notes)
     said = notes.decisions[-1]
     assert said.kind == "budget" and said.text.startswith("used 200 s of --time-budget 600 s (33%): ended early")
-    assert said.text.endswith("because efficientnet_lite2 round 1 did not improve validation (rounds 2-4 not run)")
+    assert said.text.endswith(
+        "because efficientnet_lite2 round 1 did not improve validation (round 2, round 3 not run)"
+    )
     quick = execute.Tally()  # nothing stopped improving: the steps took less than their estimates
     quick.ledger.record("round 1", 300.0, 150.0)
     execute._budget_used(0.0, 600.0, quick, notes)
@@ -133,3 +135,17 @@ def test_a_candidate_at_the_highest_validation_score_gets_no_rounds(tmp_path):
     assert tuned is None and not (tmp_path / "checkpoints").exists()  # not even its clock check was made
     said = "efficientnet_lite1 features score 1.0000 on validation, which no round can beat (no rounds run)"
     assert tally.ended == [said]
+
+
+def test_an_optional_steps_check_keeps_its_estimates_and_a_resume_never_estimates_again(tmp_path, monkeypatch):
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setattr(clock, "now", lambda: 500.0)
+    check = clock.budget_check(tmp_path, "tta", 0.0, lambda: {"seconds": 90.04, "val": 60.04, "run": True}, 600.0)
+    # 100 s left, 15 of them kept for saving: 90 s does not fit; a figure named like the decision's own never wins
+    assert check == {"run": False, "elapsed": 500.0, "estimate": 90.0, "seconds": 90.0, "val": 60.0}
+
+    def again() -> dict:
+        raise AssertionError("a recorded check was estimated again")
+
+    monkeypatch.setattr(clock, "now", lambda: 0.0)
+    assert clock.budget_check(tmp_path, "tta", 0.0, again, 600.0) == check

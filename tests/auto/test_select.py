@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from smallvision.auto import select
+from smallvision.results import RunNotes
 from smallvision.task import MULTI_LABEL, SINGLE_LABEL
 
 
@@ -56,8 +57,13 @@ def test_the_best_candidates_rounds_go_to_the_one_the_split_can_tell_is_best(mon
     tuned = []  # which candidate each set of rounds fine-tuned (the rounds themselves are tested in test_auto.py)
     monkeypatch.setattr(execute, "_finetune", lambda *a: tuned.append((a[2].name, a[10].runner_up)))
     plan = SimpleNamespace(rounds=[Round(1, 2, 1e-4)], runner_up=[Round(1, 2, 1e-4)])
-    execute._fine_tuned(None, plan, [lite0, lite2], None, None, 0.0, False, None, None, None)
+    notes = RunNotes("auto")
+    execute._fine_tuned(None, plan, [lite0, lite2], None, None, 0.0, False, notes, None, None)
     assert lite0.val > lite2.val and tuned == [("lite2 features", False), ("lite0 features", True)]
+    said = notes.decisions[-1]  # why the one with the lower score is fine-tuned first
+    assert said.kind == "uncertainty" and said.text.startswith(
+        "fine-tuned first: the 400 validation images cannot tell"
+    )
 
 
 def test_paired_tests_of_both_tasks():
