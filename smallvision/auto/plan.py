@@ -183,9 +183,9 @@ def _round_steps(cfg: RunConfig, n: dict, costs, backbone: str, size: int, views
     a time, so a caller that stops early never has the later rounds' figures timed."""
     from smallvision.models.weights import resolve_weights
 
-    last_blocks = None
+    spec, last_blocks = None, None
     for i, rnd in enumerate(rounds, 1):
-        spec = resolve_weights(backbone, cfg.model.weights)  # only once there is a round (not for a joined one)
+        spec = spec or resolve_weights(backbone, cfg.model.weights)  # only once there is a round (not a joined one)
         new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
         rnd.seconds, rnd.setup, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
@@ -337,21 +337,25 @@ def _held_out_seconds(b: _Budget, costs, backbone: str, size: int) -> float:
     `feature_stage`), its fp32 form built first; the training features' own form is built too when they run in
     another arithmetic."""
     from smallvision.caching.features import feature_precision
-    from smallvision.models.weights import resolve_weights
 
     forms = 1 if feature_precision(costs.precision) == feature_precision("32-true") else 2
     held = b.n["val"] + b.n["test"]
-    parts = [costs.fp32_form(resolve_weights(part, b.cfg.model.weights), size) for part in backbone.split("+")]
-    return sum(forms * form["build_seconds"] + held / form["images_per_second"] for form in parts)
+    return sum(
+        forms * f["build_seconds"] + held / f["images_per_second"] for f in _fp32_forms(b.cfg, costs, backbone, size)
+    )
+
+
+def _fp32_forms(cfg: RunConfig, costs, backbone: str, size: int) -> list[dict]:
+    """The fp32 form figures of each part of `backbone` (a joined a+b runs both)."""
+    from smallvision.models.weights import resolve_weights
+
+    return [costs.fp32_form(resolve_weights(part, cfg.model.weights), size) for part in backbone.split("+")]
 
 
 def flip_seconds(cfg: RunConfig, costs, backbone: str, size: int, images: int) -> float:
     """Seconds to flip `images` through one member on `backbone` in fp32, as the saved model runs: its fp32 form
     built, then the images at that form's rate. Pure, as make_plan is."""
-    from smallvision.models.weights import resolve_weights
-
-    parts = [costs.fp32_form(resolve_weights(part, cfg.model.weights), size) for part in backbone.split("+")]
-    return sum(form["build_seconds"] + images / form["images_per_second"] for form in parts)
+    return sum(f["build_seconds"] + images / f["images_per_second"] for f in _fp32_forms(cfg, costs, backbone, size))
 
 
 def _filled(b: _Budget, costs, chosen: Rung) -> None:
