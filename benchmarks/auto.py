@@ -3,6 +3,7 @@ issue 13's targets, and (with --compare) against the best single recipe that `sm
 
 Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/auto.py [--label NAME] [--folders digits hymenoptera ...]
      [--budget 600] [--compare] [--auto-from benchmarks/results/auto-NAME.json] [--max-seconds 1800] [--cold]
+     [--held-out]
 Each row is `python -m smallvision train FOLDER --out TMP --time-budget B` in a fresh process (--cold: with an empty
 SMALLVISION_CACHE_DIR, so decoding, features and step timing all count; digits adds the demo's
 `--test-fraction 0.1`), timed around the process, start included. Folders: `digits` (the demo's data, written by
@@ -15,7 +16,9 @@ seconds mean little without them.
 --compare adds, per folder and on the same split, `smallvision compare FOLDER --recipes features,finetune,scratch`
 and (digits, food5_64px) a `--recipe scratch` run at the native image size; the best validation accuracy among them
 is "the best single recipe". --auto-from reuses the auto rows of an earlier result file instead of rerunning them.
-Writes benchmarks/results/auto-NAME.json after every row and the run logs under benchmarks/results/auto-NAME-logs/.
+--held-out gives every folder a test split that no choice of auto's sees (see `held_out`), so two versions of auto
+can be compared on test accuracy. Writes benchmarks/results/auto-NAME.json after every row and the run logs under
+benchmarks/results/auto-NAME-logs/.
 """
 
 from __future__ import annotations
@@ -179,6 +182,23 @@ def folder_path(name: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+def held_out(name: str, path: Path) -> tuple[Path, list[str], str]:
+    """The folder with a test split no choice of auto's sees, the train arguments that make it, and how: a folder
+    of train/ and val/ becomes train/ + test/ (its val/ the test split, links written once under the benchmark
+    cache; auto carves its validation split from train/), a folder without splits gets --test-fraction 0.2, one with
+    a test split (or the demo's own) is kept as it is."""
+    if (path / "test").is_dir() or name in SPLIT:
+        return path, [], "its own test split"
+    if (path / "val").is_dir():
+        root = CACHE / f"{name}-heldout"
+        root.mkdir(parents=True, exist_ok=True)
+        for source, split in (("train", "train"), ("val", "test")):
+            if not (root / split).exists():
+                (root / split).symlink_to(path / source, target_is_directory=True)
+        return root, [], "its val/ held out as the test split; validation carved from train/"
+    return path, ["--test-fraction", "0.2"], "--test-fraction 0.2"
+
+
 def count_images(path: Path) -> int:
     return sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -222,11 +242,13 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_auto(name: str, path: Path, budget: float, logs: Path, max_seconds: float | None, cold: bool) -> dict:
+def run_auto(
+    name: str, path: Path, budget: float, logs: Path, max_seconds: float | None, cold: bool, extra: list[str]
+) -> dict:
     """One `auto` row: the run, its accuracy, its recorded plan and notes, and the targets it meets."""
     with tempfile.TemporaryDirectory(prefix="smallvision-bench-") as tmp:
         out = Path(tmp) / "run"
-        args = ["train", str(path), "--out", str(out), "--time-budget", f"{budget:g}", *SPLIT.get(name, [])]
+        args = ["train", str(path), "--out", str(out), "--time-budget", f"{budget:g}", *SPLIT.get(name, []), *extra]
         cache = Path(tmp) / "cache" if cold else None  # nothing decoded, no features, no step costs measured before
         row = run_cli(args, logs / f"{name}-auto.log", max_seconds, cache) | {"cold_cache": cold}
         metrics = _read_json(out / "metrics.json") or {}
@@ -319,7 +341,14 @@ def main() -> None:
     )
     ap.add_argument("--auto-from", type=Path, help="take the auto rows from this earlier result file")
     ap.add_argument("--max-seconds", type=float, help="kill any one run after this many seconds (default: never)")
+    ap.add_argument(
+        "--held-out",
+        action="store_true",
+        help="give every folder a test split no choice sees (its val/ as test, or --test-fraction 0.2); not --compare",
+    )
     args = ap.parse_args()
+    if args.held_out and args.compare:
+        ap.error("--held-out changes the folders' splits; run --compare without it")
     path = RESULTS / f"auto-{args.label}.json"
     logs = RESULTS / f"auto-{args.label}-logs"
     earlier = {r["folder"]: r for r in json.loads(args.auto_from.read_text())} if args.auto_from else {}
@@ -335,7 +364,8 @@ def main() -> None:
         else:
             print(f"{name}: auto, --time-budget {args.budget:g} ...", flush=True)
             row = {"folder": name, "images": count_images(data), "budget": args.budget, "started_utc": started}
-            row |= run_auto(name, data, args.budget, logs, args.max_seconds, args.cold)
+            data, extra, how = held_out(name, data) if args.held_out else (data, [], "as the folder gives them")
+            row |= {"splits": how} | run_auto(name, data, args.budget, logs, args.max_seconds, args.cold, extra)
         if args.compare:
             print(f"{name}: single recipes ...", flush=True)
             row["single"] = run_compare(name, data, logs, args.max_seconds)

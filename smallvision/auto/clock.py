@@ -40,7 +40,8 @@ def round_check(
 
     def decide() -> dict:
         elapsed = now() - start
-        left, need, setup = budget - TAIL - reserve - elapsed, rnd["seconds"] * ratio, rnd.get("setup", 0.0) * ratio
+        left, need = budget - TAIL - reserve - elapsed, rnd["seconds"] * ratio
+        setup = (rnd.get("setup", 0.0) + rnd.get("stage", 0.0)) * ratio  # paid whatever the epochs
         per_epoch = max(need - setup, 1e-9) / rnd["epochs"]
         epochs = rnd["epochs"] if need <= left else int(max(left - setup, 0.0) / per_epoch)
         return {"epochs": epochs, "elapsed": round(elapsed, 1), "estimate": round(need, 1), "ratio": round(ratio, 2)}

@@ -34,6 +34,7 @@ DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
 # this 2-core machine, so a pass's rate is the median of 5 (a training step's of 3)
 PASSES = 5
 HEAD_DIM = 1280  # the Lite backbones' feature width, at which a head's training on cached features is timed
+FIGURES = 2  # the figures' shape, part of the cache's key: 2 times the frozen part's own form for fine-tuning
 
 
 def machine() -> dict:
@@ -74,7 +75,8 @@ class Costs:
     def __init__(self, precision: str) -> None:
         self.precision = precision
         self.machine = machine()
-        self.path = cache_root() / "costs" / f"{key_of({**self.machine, 'precision': precision})}.json"
+        key = key_of({**self.machine, "precision": precision, "figures": FIGURES})
+        self.path = cache_root() / "costs" / f"{key}.json"
         try:
             self.figures: dict[str, dict] = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -116,38 +118,66 @@ class Costs:
 
     def finetune(self, spec, size: int, blocks: int, batch: int = BATCH) -> dict:
         """Fine-tuning the top `blocks` groups on cached activations: seconds per training and validation batch of
-        `batch` images.
+        `batch` images (caching them is `bottom`'s)."""
 
-        The activation cache runs the frozen part in the feature pass's fast form, so it is costed at the features'
-        images/s (the whole backbone: a little more than the frozen part costs).
-        """
+        def measure() -> dict:
+            model, views = _top_views(spec, size, blocks, batch)
+            if views is None:  # trained on images: every step runs the whole network
+                return _train_step(model, size, self.precision, batch=batch)
+            return _train_step(views.model, size, self.precision, views, batch)
+
+        return self._get(f"finetune/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure)
+
+    def bottom(self, spec, size: int) -> dict:
+        """The form caching/activations.py `compute_views` runs the frozen part in: its build seconds and images/s at
+        the training precision. Timed below the top block and read for every round: more blocks leave a smaller
+        frozen part (lite2's below two blocks: 88 images/s against 81 below one; lite0's 101 against 96), so deeper
+        rounds are costed a little high; the whole backbone's rate would not do (lite2's: 54 images/s)."""
 
         def measure() -> dict:
             import torch
 
-            from smallvision.caching.activations import ActivationViews, FrozenBottom, boundary_split
-            from smallvision.models.backbone import build_backbone, freeze
-            from smallvision.models.head import Head, ImageClassifier
+            from smallvision.caching.activations import FrozenBottom, view_precision
+            from smallvision.models.inference import inference_form
 
-            backbone = build_backbone(spec, "avg")
-            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
-            freeze(backbone, blocks)
-            split, _ = boundary_split(model, size)
-            if split is None:  # trained on images: every step runs the whole network
-                return _train_step(model, size, self.precision, batch=batch)
-            x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-            with torch.inference_mode():
-                acts = FrozenBottom(backbone, split.chain[: split.k]).eval()(x)
-            labels = np.arange(batch) % 2
-            views = ActivationViews(
-                split, acts[None].clone(), {"train": labels, "val": labels}, {"val": acts.clone()}, False
-            )
-            return _train_step(views.model, size, self.precision, views, batch)
+            split = _top_views(spec, size, 1, BATCH)[1].split  # read only for a network with a boundary
+            bottom = FrozenBottom(split.classifier.backbones[0], split.chain[: split.k])
+            precision = view_precision(self.precision)
+            t0 = time.perf_counter()
+            form = inference_form(bottom, (3, size, size), BATCH, precision)
+            build = time.perf_counter() - t0
+            x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+            arithmetic = f"cuda-{precision}" if torch.cuda.is_available() else precision
+            rate = BATCH / _timed(lambda: form(x), arithmetic, PASSES)
+            return {"bottom_build_seconds": build, "bottom_images_per_second": rate}
 
-        return {
-            **self._get(f"finetune/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure),
-            "bottom_images_per_second": self.features(spec, size),
-        }
+        return self._get(f"bottom/{spec.backbone}/{size}", measure)
+
+    def network_stage(self, spec, size: int) -> float:
+        """Seconds an end-to-end stage costs beyond its batches: the trainer, its callbacks and checkpoints, the first
+        step's allocations. Timed once per machine, on one epoch of one batch of `spec`'s top block (measured: 1.9 s
+        of a 6-epoch lite0 round on hymenoptera, whose batches took 2.5 s)."""
+
+        def measure() -> dict:
+            import tempfile
+            from pathlib import Path
+
+            from smallvision.engine.stage import ImageData, StageSpec
+            from smallvision.engine.trainer import fit
+
+            model, views = _top_views(spec, size, 1, BATCH)
+            step = _train_step(views.model if views else model, size, self.precision, views, BATCH)
+            x, y = np.zeros((BATCH, size, size, 3), np.uint8), np.arange(BATCH) % 2
+            stage = StageSpec("cost", epochs=1, lr=1e-4, batch_size=BATCH, precision=self.precision)
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4}]
+            data = ImageData({"train": (x, y), "val": (x, y)}, None, 0, views)
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.perf_counter()
+                fit(model, data, stage, groups=groups, stage_dir=Path(d), progress=False)
+                seconds = time.perf_counter() - t0
+            return {"stage_seconds": max(0.0, seconds - step["step_seconds"] - step["val_batch_seconds"])}
+
+        return self._get("stage/network", measure)["stage_seconds"]
 
     def finetune_images(self, spec, size: int, blocks: int, batch: int = BATCH) -> dict:
         """Fine-tuning the top `blocks` groups on full images (no activation cache: it is off or over
@@ -315,6 +345,29 @@ def _timed(step: Callable[[], object], arithmetic: str, timed: int = 3) -> float
             sync()
             seconds.append(time.perf_counter() - t0)
     return float(np.median(seconds))
+
+
+def _top_views(spec, size: int, blocks: int, batch: int) -> tuple:
+    """`spec` under a two-class head, all but its top `blocks` groups frozen, and one random batch's cached
+    activations below them (None when it has no cacheable boundary)."""
+    import torch
+
+    from smallvision.caching.activations import ActivationViews, FrozenBottom, boundary_split
+    from smallvision.models.backbone import build_backbone, freeze
+    from smallvision.models.head import Head, ImageClassifier
+
+    backbone = build_backbone(spec, "avg")
+    model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
+    freeze(backbone, blocks)
+    split, _ = boundary_split(model, size)
+    if split is None:
+        return model, None
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        acts = FrozenBottom(backbone, split.chain[: split.k]).eval()(x)
+    labels = np.arange(batch) % 2
+    views = ActivationViews(split, acts[None].clone(), {"train": labels, "val": labels}, {"val": acts.clone()}, False)
+    return model, views
 
 
 def _train_step(model, size: int, precision: str, views=None, batch: int = BATCH) -> dict:

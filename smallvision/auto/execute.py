@@ -236,7 +236,7 @@ def _fitted_round(
             f"{budget:g}: {guard['elapsed']:.0f} s had passed and the steps so far took x{guard['ratio']} their "
             "estimates",
         )
-    return dataclasses.replace(rnd, epochs=fits, seconds=rnd.setup + (rnd.seconds - rnd.setup) * fits / rnd.epochs)
+    return dataclasses.replace(rnd, epochs=fits, seconds=rnd.seconds_for(fits))
 
 
 def _continued(

@@ -65,6 +65,12 @@ class Round:
     seconds: float = 0.0
     continues: bool = False  # added by the run: the round before it was still improving at its last epoch
     setup: float = 0.0  # of `seconds`, caching the round's activations: a shortened round pays it, a continuation not
+    stage: float = 0.0  # of `seconds`, the stage's fixed part (the trainer, checkpoints): every round pays it
+
+    def seconds_for(self, epochs: int) -> float:
+        """Its estimate when `epochs` of its epochs run: the setup and the stage's fixed part are paid whatever."""
+        fixed = self.setup + self.stage
+        return fixed + (self.seconds - fixed) * epochs / self.epochs
 
 
 @dataclass
@@ -140,35 +146,46 @@ def _counts(index: DatasetIndex) -> dict[str, int]:
     return out
 
 
-def _round_seconds(fig: dict, n: dict[str, int], epochs: int, views: int, new_views: bool, batch: int) -> tuple:
-    """A round's seconds and, of them, the setup: caching its activations (its epochs are the rest)."""
-    train_batches = math.ceil(n["train"] / batch)
-    val_batches = math.ceil(n["val"] / batch)
-    setup = 0.0
-    if new_views and fig["bottom_images_per_second"] > 0:
-        setup = (n["train"] * max(views, 1) + 2 * (n["val"] + n["test"])) / fig["bottom_images_per_second"]
-    return setup + epochs * (train_batches * fig["step_seconds"] + val_batches * fig["val_batch_seconds"]), setup
+def _epoch_seconds(fig: dict, n: dict[str, int], batch: int) -> float:
+    """One epoch of a round: every training batch and every validation batch."""
+    return math.ceil(n["train"] / batch) * fig["step_seconds"] + math.ceil(n["val"] / batch) * fig["val_batch_seconds"]
+
+
+def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], views: int) -> float:
+    """Caching a round's activations as caching/activations.py `compute_views` does: the frozen part's form built
+    (and an fp32 one for val/test when the views are bf16, at the rate the fp32 form's figure gives the backbone),
+    then every training image once plus `views` augmented views of it, and val/test once."""
+    from smallvision.caching.activations import view_precision
+
+    fig = costs.bottom(spec, size)
+    rate = fig["bottom_images_per_second"]
+    forms, held_rate = 1, rate
+    if view_precision(costs.precision) != "fp32":
+        forms, held_rate = 2, rate * costs.fp32_form(spec, size)["images_per_second"] / costs.features(spec, size)
+    train = n["train"] * (1 + (views if cfg.recipe.augment.augments() else 0))
+    return forms * fig["bottom_build_seconds"] + train / rate + (n["val"] + n["test"]) / held_rate
 
 
 def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool) -> tuple:
-    """Seconds of a fine-tuning round as it will run, at --batch-size, the setup among them, and how: on cached
-    activations when they fit --memory-budget (as steps.activation_views decides), else on full images, every step
-    the whole network."""
-    from smallvision.caching.activations import cache_bytes
+    """Seconds of a fine-tuning round as it will run, at --batch-size, of them the setup (caching its activations)
+    and the stage's fixed part, and how: on cached activations when they fit --memory-budget (as
+    steps.activation_views decides), else on full images, every step the whole network."""
+    from smallvision.caching.activations import cache_bytes, view_precision
 
     batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
+    stage = costs.network_stage(spec, size)
     values = costs.activations(spec, size, rnd.blocks) if views else 0
     how = "on full images (--cached-views 0)" if not views else "on full images (no cacheable boundary)"
     if values:
-        arithmetic = "bf16" if costs.precision == "bf16-mixed" else "fp32"
-        need = cache_bytes(values, n, views if cfg.recipe.augment.augments() else 0, arithmetic)
+        need = cache_bytes(values, n, views if cfg.recipe.augment.augments() else 0, view_precision(costs.precision))
         if need <= budget * 1e9:
             fig = costs.finetune(spec, size, rnd.blocks, batch)
-            seconds, setup = _round_seconds(fig, n, rnd.epochs, views, new, batch)
-            return seconds, setup, f"on cached activations ({need / 1e9:.2g} GB)"
+            setup = _views_seconds(cfg, costs, spec, size, n, views) if new else 0.0
+            seconds = setup + stage + rnd.epochs * _epoch_seconds(fig, n, batch)
+            return seconds, setup, stage, f"on cached activations ({need / 1e9:.2g} GB)"
         how = f"on full images (cached activations: {need / 1e9:.2g} GB, over --memory-budget {budget:g} GB)"
-    fig = {**costs.finetune_images(spec, size, rnd.blocks, batch), "bottom_images_per_second": 0}
-    return *_round_seconds(fig, n, rnd.epochs, views, False, batch), how
+    fig = costs.finetune_images(spec, size, rnd.blocks, batch)
+    return stage + rnd.epochs * _epoch_seconds(fig, n, batch), 0.0, stage, how
 
 
 def _rounds(cfg: RunConfig, count: int) -> list[Round]:
@@ -187,7 +204,7 @@ def _round_steps(cfg: RunConfig, n: dict, costs, backbone: str, size: int, views
     for i, rnd in enumerate(rounds, 1):
         spec = spec or resolve_weights(backbone, cfg.model.weights)  # only once there is a round (not a joined one)
         new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
-        rnd.seconds, rnd.setup, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
+        rnd.seconds, rnd.setup, rnd.stage, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
         full = cfg.recipe.finetune_epochs
         what += f" ({rnd.epochs} of {full} epochs)" if rnd.epochs < full else ""

@@ -35,6 +35,12 @@ STORE = torch.device("cpu")
 HELD_DTYPE = torch.float32
 
 
+def view_precision(trainer_precision: str) -> str:
+    """The arithmetic the activation cache runs its frozen part in for a resolved trainer precision: bf16 with
+    bf16-mixed training, else fp32."""
+    return "bf16" if trainer_precision == "bf16-mixed" else "fp32"
+
+
 def view_dtype(precision: str) -> torch.dtype:
     """The dtype cached activations are stored in on every device: bf16 when training runs in bf16, else fp32."""
     return torch.bfloat16 if precision == "bf16" else torch.float32

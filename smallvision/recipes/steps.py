@@ -339,7 +339,7 @@ def feature_probs(fs: FeatureStage) -> dict[str, np.ndarray]:
 
 def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool):
     """Boundary activations for fine-tuning (see caching/activations.py), or None to train on images."""
-    from smallvision.caching.activations import boundary_split, compute_views, estimate_bytes
+    from smallvision.caching.activations import boundary_split, compute_views, estimate_bytes, view_precision
     from smallvision.data.transforms import train_transform
     from smallvision.engine.precision import resolve_precision
 
@@ -355,7 +355,7 @@ def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bo
     if split is None:
         notes.append(f"activation cache: not used ({why}); every epoch runs the whole network")
         return None
-    precision = "bf16" if resolve_precision(cfg.trainer.precision) == "bf16-mixed" else "fp32"
+    precision = view_precision(resolve_precision(cfg.trainer.precision))
     counts = {s: len(y) for s, (_, y) in data.items()}
     need = estimate_bytes(split, size, counts, views if augmented else 0, precision)
     budget = cfg.trainer.memory_budget

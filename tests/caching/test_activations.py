@@ -172,3 +172,61 @@ def test_view_dtype_follows_the_training_precision_only():
     assert view_dtype("bf16") == torch.bfloat16
     assert view_dtype("fp32") == torch.float32
     assert torch.empty(0, dtype=view_dtype("bf16")).element_size() == 2
+
+
+class _Counting:
+    """An inference form that counts the images it runs (each one costs a second at the figures below)."""
+
+    def __init__(self, form, counted: list[int]) -> None:
+        self.form, self.counted = form, counted
+
+    def __getattr__(self, name):
+        return getattr(self.form, name)
+
+    def __call__(self, x):
+        self.counted.append(len(x))
+        return self.form(x)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypatch, precision):
+    # The plan's setup for a round (auto/plan.py) counts every form compute_views builds and every image it runs:
+    # with a form costing 1000 s to build and an image 1 s, the two must agree exactly (view 0 and val/test included).
+    from smallvision.auto.plan import _views_seconds
+    from smallvision.caching.activations import view_precision
+    from smallvision.config import build_config
+    from smallvision.models import inference
+
+    size, rng, built, counted = 32, np.random.default_rng(0), [], []
+    real = inference.inference_form
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return _Counting(real(*args, **kwargs), counted)
+
+    monkeypatch.setattr(inference, "inference_form", counting)
+    data = {
+        s: (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 3)
+        for s, n in (("train", 8), ("val", 4), ("test", 4))
+    }
+    cfg = build_config({"data": {"path": "x"}, "trainer": {"precision": precision}})
+    assert cfg.recipe.augment.augments()
+    transform = train_transform(cfg.recipe.augment, size)
+    compute_views(_resnet_split(size), data, transform, 3, view_precision(precision), 1, batch_size=4, device="cpu")
+
+    class Unit:
+        def __init__(self) -> None:
+            self.precision = precision
+
+        def fp32_form(self, spec, size: int) -> dict:
+            return {"images_per_second": 1.0}
+
+        def features(self, spec, size: int) -> float:
+            return 1.0
+
+        def bottom(self, spec, size: int) -> dict:
+            return {"bottom_images_per_second": 1.0, "bottom_build_seconds": 1000.0}
+
+    n = {s: len(y) for s, (_, y) in data.items()}
+    assert _views_seconds(cfg, Unit(), None, size, n, 3) == 1000 * len(built) + sum(counted)
+    assert len(built) == (2 if precision == "bf16-mixed" else 1) and sum(counted) == 8 * 4 + 4 + 4
