@@ -179,38 +179,42 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
     return out
 
 
+WHOSE = ("the best candidate", "the runner-up", "the third candidate")  # the notes' names, by rank on validation
+
+
 @dataclass(frozen=True)
 class Rounds:
-    """Whose fine-tuning rounds these are: the best pretrained candidate's (the plan's rounds) or the runner-up's;
-    their stage, clock-check and ledger names follow."""
+    """Whose fine-tuning rounds these are, by rank on validation: the best pretrained candidate's (0: the plan's
+    rounds), the runner-up's (1: the plan's runner-up rounds) or the third's (2: the runner-up's shapes, run only on
+    time left after them); their stage, clock-check and ledger names follow."""
 
-    runner_up: bool = False
+    rank: int = 0
 
     def of(self, plan: Plan) -> list[Round]:
         """The plan's rounds for this candidate."""
-        return list(plan.runner_up if self.runner_up else plan.rounds)
+        return list(plan.runner_up if self.rank else plan.rounds)
 
     def stage(self, i: int) -> str:
         """history.csv's stage and the checkpoints' folder of round `i`."""
-        return f"finetune{i}" + ("b" if self.runner_up else "")
+        return f"finetune{i}" + ("", "b", "c")[self.rank]
 
     def check(self, i: int) -> str:
         """The name of round `i`'s recorded clock check."""
-        return f"round{i}" + ("b" if self.runner_up else "")
+        return f"round{i}" + ("", "b", "c")[self.rank]
 
     def words(self, i: int, rounds: list[Round]) -> str:
         """Round `i` of `rounds` as the notes and the ledger say it: the plan's number (its step key), a continuation
         named after the round it continues ("round 1 (continued 2)")."""
         planned = sum(not r.continues for r in rounds[:i])
         again = next((k for k in range(i) if not rounds[i - 1 - k].continues), i)
-        name = ("runner-up " if self.runner_up else "") + f"round {planned}"
+        name = ("", "runner-up ", "third ")[self.rank] + f"round {planned}"
         return name + ("" if not again else " (continued)" if again == 1 else f" (continued {again})")
 
     def reserve(self, plan: Plan) -> float:
-        """Seconds the clock keeps for the planned steps after these rounds: the runner-up's rounds may be spare,
-        run on time the plan gave the flipped views, so those are kept, for two members (the plan costs one): the
-        best and the runner-up fine-tuned, averaged when validation says so."""
-        return 2 * plan.tta_seconds if self.runner_up and plan.tta else 0.0
+        """Seconds the clock keeps for the planned steps after these rounds: the runner-up's and the third's rounds
+        may run on time the plan gave the flipped views, so those are kept for every member fine-tuned so far (the
+        plan costs one), averaged when validation says so."""
+        return (self.rank + 1) * plan.tta_seconds if self.rank and plan.tta else 0.0
 
 
 def _fitted_round(
@@ -282,7 +286,7 @@ def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: R
     if round(own_s, 1) != round(planned_s, 1):  # as the ledger shows them
         notes.decide(
             "recost",
-            f"{'the runner-up' if who.runner_up else 'the best candidate'}'s {len(out)} fine-tuning round(s) "
+            f"{WHOSE[who.rank]}'s {len(out)} fine-tuning round(s) "
             f"re-costed on {backbone}, which runs them: {own_s:.1f} s (the plan's {planned_s:.1f} s were costed on "
             "its slowest backbone)",
         )
@@ -503,12 +507,12 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
 
 def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, logger, tally) -> list[Candidate]:
     """The best pretrained candidate fine-tuned in the plan's rounds, then the runner-up in its own when the plan has
-    them: each an improved network or nothing."""
+    them, then the third in the same shapes on the time left: each an improved network or nothing."""
     ranked, why = select.rank(pretrained) if pretrained else ([], None)  # as the final choice: noise is no lead
     if why and ranked[0] is not max(pretrained, key=lambda c: c.val):
         notes.decide("uncertainty", f"fine-tuned first: {why}")
     out = []
-    for base, who in zip(ranked, (Rounds(), Rounds(runner_up=True)), strict=False):
+    for base, who in zip(ranked, map(Rounds, range(len(WHOSE))), strict=False):
         if who.of(plan):
             tuned = _finetune(cfg, plan, base, index, run_dir, start, progress, notes, logger, tally, who)
             out += [tuned] if tuned is not None else []

@@ -425,6 +425,11 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
             f"the budget left buys the runner-up backbone's own {fit} fine-tuning round(s), to be averaged with the "
             "best when validation says so"
         )
+    if len(chosen.backbones) > 2:
+        b.why.append(
+            "the third backbone's own fine-tuning rounds follow the runner-up's, in the same shapes, only on time "
+            "left (not in the plan): three fine-tuned networks can be averaged when validation says so"
+        )
     if fit < len(runner_up):
         add(runner_up[fit:], spare=True)
         b.why.append(

@@ -45,7 +45,7 @@ def test_a_round_that_no_longer_fits_shrinks_then_is_dropped(tmp_path, monkeypat
     assert execute._fitted_round(tmp_path, 3, [rnd] * 3, 0.0, 400.0, notes, ledger, execute.Rounds()) is None
     assert notes.decisions[-1].kind == "stop" and "x2.0" in notes.decisions[-1].text
     # the runner-up's rounds are checked and recorded under their own names: the best's record does not decide them
-    runner_up = execute.Rounds(runner_up=True)
+    runner_up = execute.Rounds(1)
     assert execute._fitted_round(tmp_path, 2, [rnd] * 2, 0.0, 400.0, notes, ledger, runner_up) is None
     assert "before runner-up round 2" in notes.decisions[-1].text
     assert json.loads((tmp_path / "checkpoints" / "auto_round2b.json").read_text())["epochs"] == 0
@@ -76,8 +76,10 @@ def test_rounds_keep_the_plans_numbers_and_a_continuation_is_named_after_the_rou
     assert names == ["round 1", "round 1 (continued)", "round 1 (continued 2)", "round 2", "round 3"]
     assert "round 1 (continued)'s best epoch was its last" in notes.decisions[-1].text
     assert "so round 1 (continued 2) continues it" in notes.decisions[-1].text
-    later = execute._later(3, rounds, execute.Rounds(runner_up=True))
+    later = execute._later(3, rounds, execute.Rounds(1))
     assert later == "runner-up round 2, runner-up round 3"
+    third = execute.Rounds(2)  # the third candidate's rounds: named, checked and staged apart from the others'
+    assert (third.words(1, rounds), third.check(1), third.stage(1)) == ("third round 1", "round1c", "finetune1c")
 
 
 def test_a_rounds_setup_is_paid_once_by_a_shortened_round_and_never_by_a_continuation(tmp_path, monkeypatch):
@@ -99,8 +101,9 @@ def test_the_runner_ups_rounds_keep_the_flipped_views_time(tmp_path, monkeypatch
     (tmp_path / "checkpoints").mkdir()
     plan = SimpleNamespace(tta=True, tta_seconds=15.0)  # one member's flips, as the plan costs them
     assert execute.Rounds().reserve(plan) == 0.0  # the best's rounds were planned before the flips: nothing kept
-    runner_up = execute.Rounds(runner_up=True)  # two members' flips kept: the best and the runner-up fine-tuned
+    runner_up = execute.Rounds(1)  # two members' flips kept: the best and the runner-up fine-tuned
     assert runner_up.reserve(plan) == 30.0 and runner_up.reserve(SimpleNamespace(tta=False, tta_seconds=15.0)) == 0
+    assert execute.Rounds(2).reserve(plan) == 45.0  # the third: three members' flips
     monkeypatch.setattr(clock, "now", lambda: 500.0)
     rnd = Round(blocks=1, epochs=8, lr=1e-3, seconds=100.0, setup=20.0)  # 10 s an epoch
     # 85 s left, 30 of them the flips': 55 s for the round, 20 of them its setup: 3 epochs (6 without the reserve)

@@ -54,12 +54,14 @@ def test_the_best_candidates_rounds_go_to_the_one_the_split_can_tell_is_best(mon
     labels = rng.integers(0, 2, 400)
     lite0 = _candidate("lite0 features", _confident(labels, 1, 0.6, rng), labels)  # one image ahead, hesitantly
     lite2 = _candidate("lite2 features", _confident(labels, 2, 0.99, rng), labels)
+    lite1 = _candidate("lite1 features", _confident(labels, 30, 0.99, rng), labels)  # clearly behind both
     tuned = []  # which candidate each set of rounds fine-tuned (the rounds themselves are tested in test_auto.py)
-    monkeypatch.setattr(execute, "_finetune", lambda *a: tuned.append((a[2].name, a[10].runner_up)))
+    monkeypatch.setattr(execute, "_finetune", lambda *a: tuned.append((a[2].name, a[10].rank)))
     plan = SimpleNamespace(rounds=[Round(1, 2, 1e-4)], runner_up=[Round(1, 2, 1e-4)])
     notes = RunNotes("auto")
-    execute._fine_tuned(None, plan, [lite0, lite2], None, None, 0.0, False, notes, None, None)
-    assert lite0.val > lite2.val and tuned == [("lite2 features", False), ("lite0 features", True)]
+    execute._fine_tuned(None, plan, [lite1, lite0, lite2], None, None, 0.0, False, notes, None, None)
+    assert lite0.val > lite2.val  # the third one's rounds come last, on the time left (the clock checks them)
+    assert tuned == [("lite2 features", 0), ("lite0 features", 1), ("lite1 features", 2)]
     said = notes.decisions[-1]  # why the one with the lower score is fine-tuned first
     assert said.kind == "uncertainty" and said.text.startswith(
         "fine-tuned first: the 400 validation images cannot tell"
