@@ -5,8 +5,9 @@ The planner reading these figures is pure: a figure this machine has not measure
 of its inputs and the figures alone.
 
 Every figure is timed at the precision the run trains and extracts features at (the fp32 form's at fp32: val/test
-features and the flipped views run in it, as the saved model does), after one untimed warm-up batch (it pays for
-allocation, kernel selection and tracing). The figures are kept per machine (CPU or GPU model, threads,
+features and the flipped views run in it, as the saved model does); a batch's figure after one untimed warm-up batch
+(it pays for allocation, kernel selection and tracing), while a form's build and a stage's fixed part are figures of
+their own. The figures are kept per machine (CPU or GPU model, threads,
 torch version) in the user cache, so the same data, seed and budget give the same plan on the same machine: a second
 run reads the figures the first one measured instead of timing a machine that may be busier now.
 """
@@ -34,7 +35,6 @@ DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
 # this 2-core machine, so a pass's rate is the median of 5 (a training step's of 3)
 PASSES = 5
 HEAD_DIM = 1280  # the Lite backbones' feature width, at which a head's training on cached features is timed
-FIGURES = 2  # the figures' shape, part of the cache's key: 2 times the frozen part's own form for fine-tuning
 
 
 def machine() -> dict:
@@ -75,8 +75,7 @@ class Costs:
     def __init__(self, precision: str) -> None:
         self.precision = precision
         self.machine = machine()
-        key = key_of({**self.machine, "precision": precision, "figures": FIGURES})
-        self.path = cache_root() / "costs" / f"{key}.json"
+        self.path = cache_root() / "costs" / f"{key_of({**self.machine, 'precision': precision})}.json"
         try:
             self.figures: dict[str, dict] = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -129,10 +128,10 @@ class Costs:
         return self._get(f"finetune/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure)
 
     def bottom(self, spec, size: int) -> dict:
-        """The form caching/activations.py `compute_views` runs the frozen part in: its build seconds and images/s at
-        the training precision. Timed below the top block and read for every round: more blocks leave a smaller
-        frozen part (lite2's below two blocks: 88 images/s against 81 below one; lite0's 101 against 96), so deeper
-        rounds are costed a little high; the whole backbone's rate would not do (lite2's: 54 images/s)."""
+        """The form caching/activations.py `compute_views` runs the frozen part in: its build seconds and images/s in
+        the views' arithmetic (`view_precision`). Timed below the top block and read for every round: more blocks
+        leave a smaller frozen part (lite2's below two blocks: 88 images/s against 81 below one; lite0's 101 against
+        96), so deeper rounds are costed a little high; the whole backbone's rate would not do (lite2's: 54)."""
 
         def measure() -> dict:
             import torch
@@ -140,7 +139,10 @@ class Costs:
             from smallvision.caching.activations import FrozenBottom, view_precision
             from smallvision.models.inference import inference_form
 
-            split = _top_views(spec, size, 1, BATCH)[1].split  # read only for a network with a boundary
+            views = _top_views(spec, size, 1, BATCH)[1]
+            if views is None:
+                raise ValueError(f"{spec.backbone} has no cacheable boundary below its top block: nothing is cached")
+            split = views.split
             bottom = FrozenBottom(split.classifier.backbones[0], split.chain[: split.k])
             precision = view_precision(self.precision)
             t0 = time.perf_counter()
@@ -153,31 +155,56 @@ class Costs:
 
         return self._get(f"bottom/{spec.backbone}/{size}", measure)
 
-    def network_stage(self, spec, size: int) -> float:
-        """Seconds an end-to-end stage costs beyond its batches: the trainer, its callbacks and checkpoints, the first
-        step's allocations. Timed once per machine, on one epoch of one batch of `spec`'s top block (measured: 1.9 s
-        of a 6-epoch lite0 round on hymenoptera, whose batches took 2.5 s)."""
+    def network_stage(self) -> float:
+        """Seconds an end-to-end stage costs beyond its batches: the trainer, its callbacks and checkpoint, the first
+        step's allocations (measured: 1.9 s of a 6-epoch lite0 round on hymenoptera whose batches took 2.5 s). The
+        machine's, not a network's: timed once on one epoch of one batch of a small from-scratch CNN, Lightning
+        imported first (a run pays that once, not every stage)."""
 
         def measure() -> dict:
             import tempfile
             from pathlib import Path
 
+            import lightning.pytorch  # noqa: F401  imported before the clock: once per process, not per stage
+
             from smallvision.engine.stage import ImageData, StageSpec
             from smallvision.engine.trainer import fit
+            from smallvision.models.backbone import scratch_backbone
+            from smallvision.models.head import Head, ImageClassifier
 
-            model, views = _top_views(spec, size, 1, BATCH)
-            step = _train_step(views.model if views else model, size, self.precision, views, BATCH)
+            size = 64
+            backbone = scratch_backbone("small_cnn", size, True)
+            model = ImageClassifier([backbone], Head(backbone.net.num_features, 2))
+            step = _train_step(model, size, self.precision)
             x, y = np.zeros((BATCH, size, size, 3), np.uint8), np.arange(BATCH) % 2
             stage = StageSpec("cost", epochs=1, lr=1e-4, batch_size=BATCH, precision=self.precision)
-            groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4}]
-            data = ImageData({"train": (x, y), "val": (x, y)}, None, 0, views)
+            groups = [{"params": list(model.parameters()), "lr": 1e-4}]
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
+                data = ImageData({"train": (x, y), "val": (x, y)})
                 fit(model, data, stage, groups=groups, stage_dir=Path(d), progress=False)
                 seconds = time.perf_counter() - t0
             return {"stage_seconds": max(0.0, seconds - step["step_seconds"] - step["val_batch_seconds"])}
 
         return self._get("stage/network", measure)["stage_seconds"]
+
+    def augment(self, augment, size: int) -> float:
+        """Seconds to augment one training image at `size` on the CPU, as the activation cache makes each view (one
+        image at a time, before the frozen part runs)."""
+
+        def measure() -> dict:
+            import torch
+
+            from smallvision.data.transforms import train_transform
+
+            transform = train_transform(augment, size)
+            images = torch.randint(0, 256, (BATCH, 3, size, size), dtype=torch.uint8)
+            t0 = time.perf_counter()
+            for img in images:
+                transform(img)
+            return {"seconds_per_image": (time.perf_counter() - t0) / BATCH}
+
+        return self._get(f"augment/{key_of(augment.model_dump())}/{size}", measure)["seconds_per_image"]
 
     def finetune_images(self, spec, size: int, blocks: int, batch: int = BATCH) -> dict:
         """Fine-tuning the top `blocks` groups on full images (no activation cache: it is off or over

@@ -19,7 +19,8 @@ PLAN_VERSION = 3  # 3: fine-tuning rounds start at three tenths of --lr (2: a te
 SCRATCH = "small_cnn"
 HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
 TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
-SAFETY = 0.9  # share of the budget the plan's estimates may fill: estimates err, Lightning and saving take time
+SAFETY = 0.9  # share of the budget the plan's estimates may fill: estimates err (a from-scratch stage's fixed part
+# is not costed: 2 s against its 30 epochs), saving takes time
 RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's first run), saving, the report
 PROBE_SECONDS = 15.0  # what reading the data and the probe may take before the plan is made
 SCRATCH_EPOCHS = 30  # the cosine schedule runs to its end (the best epoch is kept): early stopping cut it short
@@ -151,19 +152,27 @@ def _epoch_seconds(fig: dict, n: dict[str, int], batch: int) -> float:
     return math.ceil(n["train"] / batch) * fig["step_seconds"] + math.ceil(n["val"] / batch) * fig["val_batch_seconds"]
 
 
+def _augmented_views(cfg: RunConfig, views: int) -> int:
+    """Augmented views the activation cache makes of each training image (none when nothing augments)."""
+    return views if cfg.recipe.augment.augments() else 0
+
+
 def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], views: int) -> float:
     """Caching a round's activations as caching/activations.py `compute_views` does: the frozen part's form built
-    (and an fp32 one for val/test when the views are bf16, at the rate the fp32 form's figure gives the backbone),
-    then every training image once plus `views` augmented views of it, and val/test once."""
+    (and an fp32 one for val/test when the views are bf16: its rate scaled as the fp32 form's figure scales the whole
+    backbone's, its build taken as the first's), every training image once plus each augmented view of it (each
+    augmented on the CPU first), and val/test once."""
     from smallvision.caching.activations import view_precision
 
-    fig = costs.bottom(spec, size)
+    fig, augmented = costs.bottom(spec, size), _augmented_views(cfg, views)
     rate = fig["bottom_images_per_second"]
     forms, held_rate = 1, rate
     if view_precision(costs.precision) != "fp32":
         forms, held_rate = 2, rate * costs.fp32_form(spec, size)["images_per_second"] / costs.features(spec, size)
-    train = n["train"] * (1 + (views if cfg.recipe.augment.augments() else 0))
-    return forms * fig["bottom_build_seconds"] + train / rate + (n["val"] + n["test"]) / held_rate
+    train = n["train"] * (1 + augmented) / rate
+    if augmented:
+        train += n["train"] * augmented * costs.augment(cfg.recipe.augment, size)
+    return forms * fig["bottom_build_seconds"] + train + (n["val"] + n["test"]) / held_rate
 
 
 def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool) -> tuple:
@@ -173,11 +182,11 @@ def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, 
     from smallvision.caching.activations import cache_bytes, view_precision
 
     batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
-    stage = costs.network_stage(spec, size)
+    stage = costs.network_stage()
     values = costs.activations(spec, size, rnd.blocks) if views else 0
     how = "on full images (--cached-views 0)" if not views else "on full images (no cacheable boundary)"
     if values:
-        need = cache_bytes(values, n, views if cfg.recipe.augment.augments() else 0, view_precision(costs.precision))
+        need = cache_bytes(values, n, _augmented_views(cfg, views), view_precision(costs.precision))
         if need <= budget * 1e9:
             fig = costs.finetune(spec, size, rnd.blocks, batch)
             setup = _views_seconds(cfg, costs, spec, size, n, views) if new else 0.0

@@ -166,6 +166,9 @@ def test_flips_and_held_out_features_cost_building_the_fp32_form_then_its_images
     assert planning._held_out_seconds(budget, bf16, "efficientnet_lite0", 224) == pytest.approx(4.0 + 300 / rate)
 
 
+ROUND_NOTE = re.compile(r"auto: fine-tuning \S+ (runner-up |third )?round \d+ \(")  # one note per round run
+
+
 def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_path):
     """Every decision auto made on validation is counted once in metrics.json and the model card; the terminal summary
     and the report quote the untouched test split first and that count beside validation's number."""
@@ -178,7 +181,7 @@ def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_
     candidates = chose[chose.index("(") + 1 : -1].split(", ")  # all at one size here, so every pair and trio averaged
     expected = {
         "head_lr": len(plan.backbones),  # two head rates tried per backbone (--lr not set)
-        "finetune_round": sum(bool(re.match(r"auto: fine-tuning \S+ (runner-up )?round \d+ \(", n)) for n in notes),
+        "finetune_round": sum(bool(ROUND_NOTE.match(n)) for n in notes),
         "candidate": 1,
         "average": comb(len(candidates), 2) + comb(len(candidates), 3),
         "tta": sum(n.startswith("auto: test-time augmentation (") for n in notes),
@@ -301,8 +304,11 @@ class _Costs:
     def bottom(self, spec, size: int) -> dict:
         return {"bottom_images_per_second": self.features(spec, size) * 1.2, "bottom_build_seconds": 1.0}
 
-    def network_stage(self, spec, size: int) -> float:
+    def network_stage(self) -> float:
         return 1.5
+
+    def augment(self, augment, size: int) -> float:
+        return 5e-4
 
     def activations(self, spec, size: int, blocks: int) -> int:
         return 80 * (size // 16) ** 2  # efficientnet_lite's boundary below its top block: 80 channels at 1/16
@@ -627,7 +633,8 @@ def test_the_planner_is_pure_and_only_the_figures_it_reaches_are_timed(tmp_path,
             "decode": double.decode,
             "head": lambda: double.head(int(rest[0]), rest[1] == "1"),
             "fp32": lambda: double.fp32_form(spec, size),
-            "stage": lambda: {"stage_seconds": double.network_stage(spec, size)},
+            "stage": lambda: {"stage_seconds": double.network_stage()},
+            "augment": lambda: {"seconds_per_image": double.augment(None, size)},
             "bottom": lambda: double.bottom(spec, size),
         }[kind]()
 

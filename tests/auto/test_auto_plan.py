@@ -109,3 +109,25 @@ def test_with_torch_distributed_initialised_every_rank_gets_rank_zeros_decision(
 def test_several_processes_need_an_explicit_out(shapes_data):
     with pytest.raises(SmallvisionError, match="give --out"):
         smallvision.train(shapes_data, recipe="scratch", devices=2, progress=False)
+
+
+def test_a_rounds_own_figures_are_timed_once_per_machine_and_read_back(tmp_path, monkeypatch):
+    # The frozen part's form, a stage's fixed part and a view's augmentation, timed for real on a first run, kept in
+    # the machine's cache and read back (not timed again) by the next run.
+    from smallvision.auto.costs import Costs, planned
+    from smallvision.config import AugmentConfig
+    from smallvision.models.weights import resolve_weights
+
+    monkeypatch.setenv("SMALLVISION_CACHE_DIR", str(tmp_path))
+    spec = resolve_weights("efficientnet_lite0", None)
+
+    def read(c: Costs) -> tuple:
+        return c.bottom(spec, 64), c.network_stage(), c.augment(AugmentConfig(), 64)
+
+    first = Costs("32-true")
+    bottom, stage, augment = planned(read, first)
+    assert [k.split("/")[0] for k in first.measured] == ["bottom", "stage", "augment"]
+    assert bottom["bottom_images_per_second"] > 0 and bottom["bottom_build_seconds"] > 0
+    assert 0.0 <= stage < 60.0 and 0.0 < augment < 1.0
+    again = Costs("32-true")
+    assert read(again) == (bottom, stage, augment) and again.measured == []

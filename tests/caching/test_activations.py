@@ -22,6 +22,7 @@ from smallvision.caching.activations import (
     estimate_bytes,
     feature_chain,
     view_dtype,
+    view_precision,
 )
 from smallvision.config import AugmentConfig
 from smallvision.data.loader import EpochShuffle
@@ -175,7 +176,7 @@ def test_view_dtype_follows_the_training_precision_only():
 
 
 class _Counting:
-    """An inference form that counts the images it runs (each one costs a second at the figures below)."""
+    """An inference form that counts the images it runs."""
 
     def __init__(self, form, counted: list[int]) -> None:
         self.form, self.counted = form, counted
@@ -188,38 +189,44 @@ class _Counting:
         return self.form(x)
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
-def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypatch, precision):
-    # The plan's setup for a round (auto/plan.py) counts every form compute_views builds and every image it runs:
-    # with a form costing 1000 s to build and an image 1 s, the two must agree exactly (view 0 and val/test included).
+@pytest.mark.parametrize("precision,preset", [("bf16-mixed", "light"), ("32-true", "light"), ("32-true", "none")])
+def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypatch, precision, preset):
+    # The plan's setup for a round (auto/plan.py) counts every form compute_views builds and every image it runs, as
+    # steps.activation_views calls it: with a form costing 1000 s to build, an image 1 s in the training views' form
+    # and 0.5 s in the fp32 one (the fp32 form's figure twice the features' rate), the two must agree exactly.
     from smallvision.auto.plan import _views_seconds
     from smallvision.caching.activations import view_precision
     from smallvision.config import build_config
     from smallvision.models import inference
 
-    size, rng, built, counted = 32, np.random.default_rng(0), [], []
+    size, rng, forms = 32, np.random.default_rng(0), []
     real = inference.inference_form
 
     def counting(*args, **kwargs):
-        built.append(1)
-        return _Counting(real(*args, **kwargs), counted)
+        forms.append([])
+        return _Counting(real(*args, **kwargs), forms[-1])
 
     monkeypatch.setattr(inference, "inference_form", counting)
     data = {
         s: (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 3)
         for s, n in (("train", 8), ("val", 4), ("test", 4))
     }
-    cfg = build_config({"data": {"path": "x"}, "trainer": {"precision": precision}})
-    assert cfg.recipe.augment.augments()
+    cfg = build_config(
+        {"data": {"path": "x"}, "trainer": {"precision": precision}, "recipe": {"augment": {"preset": preset}}}
+    )
     transform = train_transform(cfg.recipe.augment, size)
-    compute_views(_resnet_split(size), data, transform, 3, view_precision(precision), 1, batch_size=4, device="cpu")
+    augmented = len(transform.transforms) > 1  # as steps.activation_views decides
+    assert augmented == cfg.recipe.augment.augments() == (preset != "none")
+    views = 3 if augmented else 1
+    split = _resnet_split(size)
+    compute_views(split, data, transform if augmented else None, views, view_precision(precision), 1, batch_size=4)
 
     class Unit:
         def __init__(self) -> None:
             self.precision = precision
 
         def fp32_form(self, spec, size: int) -> dict:
-            return {"images_per_second": 1.0}
+            return {"images_per_second": 2.0}
 
         def features(self, spec, size: int) -> float:
             return 1.0
@@ -227,6 +234,16 @@ def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypat
         def bottom(self, spec, size: int) -> dict:
             return {"bottom_images_per_second": 1.0, "bottom_build_seconds": 1000.0}
 
+        def augment(self, augment, size: int) -> float:
+            return 0.0
+
     n = {s: len(y) for s, (_, y) in data.items()}
-    assert _views_seconds(cfg, Unit(), None, size, n, 3) == 1000 * len(built) + sum(counted)
-    assert len(built) == (2 if precision == "bf16-mixed" else 1) and sum(counted) == 8 * 4 + 4 + 4
+    seconds = _views_seconds(cfg, Unit(), None, size, n, views)
+    assert seconds == 1000 * len(forms) + sum(forms[0]) + sum(sum(f) for f in forms[1:]) / 2
+    assert len(forms) == (2 if precision == "bf16-mixed" else 1)
+    assert sum(map(sum, forms)) == 8 * (1 + (3 if augmented else 0)) + 4 + 4
+
+
+def test_the_views_run_in_bf16_only_when_training_does():
+    assert view_precision("bf16-mixed") == "bf16"
+    assert view_precision("16-mixed") == view_precision("32-true") == "fp32"
