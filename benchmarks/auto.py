@@ -17,7 +17,9 @@ seconds mean little without them.
 and (digits, food5_64px) a `--recipe scratch` run at the native image size; the best validation accuracy among them
 is "the best single recipe". --auto-from reuses the auto rows of an earlier result file instead of rerunning them.
 --held-out gives every folder a test split that no choice of auto's sees (see `held_out`), so two versions of auto
-can be compared on test accuracy. Writes benchmarks/results/auto-NAME.json after every row and the run logs under
+can be compared on test accuracy. The runs import smallvision from the working directory first (`python -m`), so to
+benchmark another version run this script from that version's checkout (`cd OLD && python NEW/benchmarks/auto.py`):
+PYTHONPATH alone does not override it. Writes benchmarks/results/auto-NAME.json after every row and the run logs under
 benchmarks/results/auto-NAME-logs/.
 """
 

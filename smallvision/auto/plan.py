@@ -394,10 +394,7 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
 
     if not chosen.backbones or any("+" in name for name in chosen.backbones):
         return
-    slowest = min(
-        chosen.backbones,
-        key=lambda name: costs.features(resolve_weights(name, b.cfg.model.weights), chosen.size),
-    )
+    slowest = min(chosen.backbones, key=lambda n: costs.features(resolve_weights(n, b.cfg.model.weights), chosen.size))
 
     def add(steps: list[Step], spare: bool = False) -> bool:
         extra = sum(s.seconds for s in steps)
