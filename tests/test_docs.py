@@ -54,8 +54,8 @@ def _free_port() -> int:
 def _serve(command: str, port: int, cwd: Path, env: dict) -> subprocess.Popen:
     """Start a page's `smallvision serve` on a free port (the page's 8000 may be taken) and wait until it answers."""
     shown = command.split("  #", 1)[0].rstrip()
-    proc = subprocess.Popen(
-        f"{shown} --port {port}", shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    proc = subprocess.Popen(  # exec: the server replaces the shell, so terminate() stops it (it outlived the test)
+        f"exec {shown} --port {port}", shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
