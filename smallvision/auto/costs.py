@@ -136,17 +136,15 @@ class Costs:
         def measure() -> dict:
             import torch
 
-            from smallvision.caching.activations import FrozenBottom, view_precision
+            from smallvision.caching.activations import view_precision
             from smallvision.models.inference import inference_form
 
-            views = _top_views(spec, size, 1, BATCH)[1]
-            if views is None:
+            split = _top_split(spec, size, 1)[1]
+            if split is None:
                 raise ValueError(f"{spec.backbone} has no cacheable boundary below its top block: nothing is cached")
-            split = views.split
-            bottom = FrozenBottom(split.classifier.backbones[0], split.chain[: split.k])
             precision = view_precision(self.precision)
             t0 = time.perf_counter()
-            form = inference_form(bottom, (3, size, size), BATCH, precision)
+            form = inference_form(split.bottom(), (3, size, size), BATCH, precision)
             build = time.perf_counter() - t0
             x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
             arithmetic = f"cuda-{precision}" if torch.cuda.is_available() else precision
@@ -211,13 +209,7 @@ class Costs:
         --memory-budget): seconds per training and validation batch, every step running the whole network."""
 
         def measure() -> dict:
-            from smallvision.models.backbone import build_backbone, freeze
-            from smallvision.models.head import Head, ImageClassifier
-
-            backbone = build_backbone(spec, "avg")
-            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
-            freeze(backbone, blocks)
-            return _train_step(model, size, self.precision, batch=batch)
+            return _train_step(_top_split(spec, size, blocks)[0], size, self.precision, batch=batch)
 
         return self._get(f"finetune-images/{spec.backbone}/{size}/{blocks}{_at(batch)}", measure)
 
@@ -246,14 +238,9 @@ class Costs:
         0 when the network has no such boundary and fine-tunes on images)."""
 
         def measure() -> dict:
-            from smallvision.caching.activations import boundary_split, boundary_values
-            from smallvision.models.backbone import build_backbone, freeze
-            from smallvision.models.head import Head, ImageClassifier
+            from smallvision.caching.activations import boundary_values
 
-            backbone = build_backbone(spec, "avg")
-            model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
-            freeze(backbone, blocks)
-            split, _ = boundary_split(model, size)
+            split = _top_split(spec, size, blocks)[1]
             return {"values_per_image": boundary_values(split, size) if split is not None else 0}
 
         return int(self._get(f"activations/{spec.backbone}/{size}/{blocks}", measure)["values_per_image"])
@@ -374,24 +361,31 @@ def _timed(step: Callable[[], object], arithmetic: str, timed: int = 3) -> float
     return float(np.median(seconds))
 
 
-def _top_views(spec, size: int, blocks: int, batch: int) -> tuple:
-    """`spec` under a two-class head, all but its top `blocks` groups frozen, and one random batch's cached
-    activations below them (None when it has no cacheable boundary)."""
-    import torch
-
-    from smallvision.caching.activations import ActivationViews, FrozenBottom, boundary_split
+def _top_split(spec, size: int, blocks: int) -> tuple:
+    """`spec` under a two-class head with all but its top `blocks` groups frozen, and where its frozen part ends
+    (None when it has no cacheable boundary)."""
+    from smallvision.caching.activations import boundary_split
     from smallvision.models.backbone import build_backbone, freeze
     from smallvision.models.head import Head, ImageClassifier
 
     backbone = build_backbone(spec, "avg")
     model = ImageClassifier([backbone], Head(backbone.feature_dim(size), 2))
     freeze(backbone, blocks)
-    split, _ = boundary_split(model, size)
+    return model, boundary_split(model, size)[0]
+
+
+def _top_views(spec, size: int, blocks: int, batch: int) -> tuple:
+    """`_top_split`'s model and one random batch's cached activations below its boundary (None without one)."""
+    import torch
+
+    from smallvision.caching.activations import ActivationViews
+
+    model, split = _top_split(spec, size, blocks)
     if split is None:
         return model, None
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        acts = FrozenBottom(backbone, split.chain[: split.k]).eval()(x)
+        acts = split.bottom().eval()(x)
     labels = np.arange(batch) % 2
     views = ActivationViews(split, acts[None].clone(), {"train": labels, "val": labels}, {"val": acts.clone()}, False)
     return model, views

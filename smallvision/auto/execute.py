@@ -179,7 +179,8 @@ def _scratch_candidates(cfg, plan, index, run_dir, start, progress, notes, logge
     return out
 
 
-WHOSE = ("the best candidate", "the runner-up", "the third candidate")  # the notes' names, by rank on validation
+# by rank on validation: whose rounds the notes say, the prefix of their names, the suffix of their stages and checks
+WHOSE = (("the best candidate", "", ""), ("the runner-up", "runner-up ", "b"), ("the third candidate", "third ", "c"))
 
 
 @dataclass(frozen=True)
@@ -196,18 +197,18 @@ class Rounds:
 
     def stage(self, i: int) -> str:
         """history.csv's stage and the checkpoints' folder of round `i`."""
-        return f"finetune{i}" + ("", "b", "c")[self.rank]
+        return f"finetune{i}{WHOSE[self.rank][2]}"
 
     def check(self, i: int) -> str:
         """The name of round `i`'s recorded clock check."""
-        return f"round{i}" + ("", "b", "c")[self.rank]
+        return f"round{i}{WHOSE[self.rank][2]}"
 
     def words(self, i: int, rounds: list[Round]) -> str:
         """Round `i` of `rounds` as the notes and the ledger say it: the plan's number (its step key), a continuation
         named after the round it continues ("round 1 (continued 2)")."""
         planned = sum(not r.continues for r in rounds[:i])
         again = next((k for k in range(i) if not rounds[i - 1 - k].continues), i)
-        name = ("", "runner-up ", "third ")[self.rank] + f"round {planned}"
+        name = f"{WHOSE[self.rank][1]}round {planned}"
         return name + ("" if not again else " (continued)" if again == 1 else f" (continued {again})")
 
     def reserve(self, plan: Plan) -> float:
@@ -286,7 +287,7 @@ def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: R
     if round(own_s, 1) != round(planned_s, 1):  # as the ledger shows them
         notes.decide(
             "recost",
-            f"{WHOSE[who.rank]}'s {len(out)} fine-tuning round(s) "
+            f"{WHOSE[who.rank][0]}'s {len(out)} fine-tuning round(s) "
             f"re-costed on {backbone}, which runs them: {own_s:.1f} s (the plan's {planned_s:.1f} s were costed on "
             "its slowest backbone)",
         )

@@ -91,6 +91,10 @@ class BoundarySplit:
         """The backbone's timm network."""
         return self.classifier.backbones[0].net
 
+    def bottom(self) -> FrozenBottom:
+        """The frozen part as one module: what the activation cache runs once per image."""
+        return FrozenBottom(self.classifier.backbones[0], self.chain[: self.k])
+
 
 def boundary_split(classifier: nn.Module, size: int) -> tuple[BoundarySplit | None, str]:
     """Where the frozen part of `classifier` ends, or None and the reason it cannot be cached."""
@@ -234,7 +238,7 @@ def estimate_bytes(split: BoundarySplit, size: int, images: dict[str, int], view
 
 def boundary_values(split: BoundarySplit, size: int) -> int:
     """Values per image the frozen part below `split`'s boundary outputs at `size` (one cached view's size)."""
-    bottom = FrozenBottom(split.classifier.backbones[0], split.chain[: split.k]).eval()
+    bottom = split.bottom().eval()
     with torch.inference_mode():
         return bottom(torch.zeros(1, 3, size, size)).numel()
 
@@ -266,7 +270,7 @@ def compute_views(
     from smallvision.models.inference import inference_form, run_batches
 
     size = data["train"][0].shape[1]
-    bottom = FrozenBottom(split.classifier.backbones[0], split.chain[: split.k])
+    bottom = split.bottom()
     form = inference_form(bottom, (3, size, size), batch_size, precision, device)
     log.info("activation cache: %s, %d augmented view(s) per training image", ", ".join(form.steps), views)
     dtype = view_dtype(precision)
