@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from smallvision import atomic, runclock
 from smallvision.auto import select
 from smallvision.auto.clock import Ledger, now, round_check
@@ -111,16 +113,18 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         probs = steps.feature_probs(fs)
         labels = {s: y for s, (_, y) in fs.by_split.items()}
         tried.append(
-            (select.score(probs["val"], labels["val"], fs.task), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
+            (select.standing(probs["val"], labels["val"], fs.task), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
         )
-    val, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first
+    won, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first
     notes.extend(stage_notes)
     if len(lrs) > 1:
         tally.choices["head_lr"] += 1
     if len(losses) > 1:
         tally.choices["loss"] += 1
     if len(tried) > 1:
-        shown = ", ".join(f"{t[7].removeprefix(f'features {name} ')}: {t[0]:.4f}" for t in tried)
+        shown = ", ".join(
+            f"{t[7].removeprefix(f'features {name} ')}: {select.standing_words(t[0], won)}" for t in tried
+        )
         kept = stage.removeprefix(f"features {name} ")
         notes.decide("head-lr", f"{name} head on cached features: kept {kept} on validation ({shown})")
     model = steps.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head), task=fs.task)
@@ -335,7 +339,7 @@ def _finetune(
     tune_cfg = round_config(cfg, base.cfg, plan.views, fitted)
     data = steps.load_images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)
-    best_val, best_state, best = base.val, copy.deepcopy(model.state_dict()), None
+    best_val, best_state, best = base.standing, copy.deepcopy(model.state_dict()), None
     history, blocks, views, stages = list(base.history), None, None, list(base.stages)
     i = 0
     while i < len(rounds):
@@ -357,32 +361,35 @@ def _finetune(
         tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
-        if not _improved(base, who.words(i, rounds), fitted, trainable, res, best_val, notes, tally):
+        val = _val_probs(model, data, views)
+        got = select.standing(val, data["val"][1], base.task)
+        if not _improved(base, who.words(i, rounds), fitted, trainable, (got, res.best_epoch), best_val, notes, tally):
             model.load_state_dict(best_state)
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
             words = f"{base.cfg.model.backbone} {who.words(i, rounds)} did not improve validation"
             _not_run(tally, words, i, rounds, who, "they would have started from the same weights at a lower rate")
             break
-        best_val, best_state = res.best_accuracy, copy.deepcopy(model.state_dict())
-        best = _tuned(base, tune_cfg, model, data, views, history, res.best_epoch, trainable, stages)
-        if best_val >= PERFECT:  # nothing after it could be chosen over it: neither a continuation nor a later round
-            _not_run(tally, f"{best.name} reached {best_val:.4f} on validation", i, rounds, who)
+        best_val, best_state = got, copy.deepcopy(model.state_dict())
+        best = _tuned(base, tune_cfg, model, (data, views, val), history, res.best_epoch, trainable, stages)
+        if got[0] >= PERFECT:  # a continuation or a later round could only lower the loss of a perfect score
+            _not_run(tally, f"{best.name} reached {got[0]:.4f} on validation", i, rounds, who)
             break
         _continued(i, rnd, fitted, res.best_epoch, rounds, notes, who)
     return best
 
 
-def _improved(base: Candidate, words: str, fitted: Round, trainable, res, best_val: float, notes, tally) -> bool:
-    """Whether the round beat `best_val` on validation: counted as a choice and noted either way."""
-    improved = res.best_accuracy > best_val + 1e-6  # Lightning reports float32: equal counts must tie
+def _improved(base: Candidate, words: str, fitted: Round, trainable, got, best_val: tuple, notes, tally) -> bool:
+    """Whether the round's standing on validation (`got`: the standing and its epoch) beats `best_val`: counted as a
+    choice and noted either way."""
+    (standing, epoch), improved = got, got[0] > best_val
+    mine, theirs = select.standing_words(standing, best_val), select.standing_words(best_val, standing)
     tally.choices["finetune_round"] += 1
     notes.decide(
         "round",
         f"fine-tuning {base.cfg.model.backbone} {words} (blocks {', '.join(trainable)} at lr {fitted.lr:.2g}, "
-        f"{fitted.epochs} epochs): best {select.metric_words(base)} {res.best_accuracy:.4f} at epoch "
-        f"{res.best_epoch}, "
-        + (f"better than {best_val:.4f}" if improved else f"not better than {best_val:.4f}: stopped here"),
+        f"{fitted.epochs} epochs): best {select.metric_words(base)} {mine} at epoch {epoch}, "
+        + (f"better than {theirs}" if improved else f"not better than {theirs}: stopped here"),
     )
     return improved
 
@@ -398,13 +405,27 @@ def _not_run(tally: Tally, why: str, i: int, rounds: list[Round], who: Rounds, b
         tally.ended.append(f"{why} ({_later(i, rounds, who)} not run{': ' + because if because else ''})")
 
 
-def _tuned(base: Candidate, tune_cfg, model, data, views, history, best_epoch: int, trainable, stages) -> Candidate:
-    """The fine-tuned network after an improving round, as a candidate: a frozen copy and its probabilities."""
-    probs = views.probabilities(model.task) if views is not None else None
-    if probs is None:
-        from smallvision.prediction import probabilities
+def _val_probs(model, data: dict, views) -> np.ndarray:
+    """The network's validation probabilities, from the cached activations when there are some (what the round's
+    comparison reads)."""
+    return _split_probs(model, data, views, ("val",))["val"]
 
-        probs = {s: probabilities(model, x) for s, (x, _) in data.items()}
+
+def _split_probs(model, data: dict, views, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The network's probabilities of `splits`: on their cached activations, else on their images."""
+    if views is not None:
+        return views.probabilities(model.task, splits=splits)
+    from smallvision.prediction import probabilities
+
+    return {s: probabilities(model, data[s][0]) for s in splits}
+
+
+def _tuned(base: Candidate, tune_cfg, model, inputs, history, best_epoch: int, trainable, stages) -> Candidate:
+    """The fine-tuned network after an improving round, as a candidate: a frozen copy and its probabilities
+    (`inputs`: the images, their cached activations or None, and the validation probabilities already read)."""
+    data, views, val = inputs
+    others = _split_probs(model, data, views, tuple(s for s in data if s != "val"))
+    probs = {s: val if s == "val" else others[s] for s in data}
     return Candidate(
         f"{base.cfg.model.backbone} fine-tuned",
         tune_cfg,

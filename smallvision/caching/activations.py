@@ -179,13 +179,17 @@ class ActivationViews:
         val = _Views(self.others["val"][None], self.labels["val"])
         return train, val, ViewShuffle(len(train.labels), len(views), seed)
 
-    def probabilities(self, task=SINGLE_LABEL, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """The task's probabilities of every split from its unaugmented activations (on the model's device)."""
+    def probabilities(
+        self, task=SINGLE_LABEL, batch_size: int = 256, splits: tuple[str, ...] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The task's probabilities of every split (or of `splits`) from its unaugmented activations (on the model's
+        device)."""
         model = self.model.eval()
         device = next(model.parameters()).device
         out = {}
+        every = {"train": self.train[0], **self.others}
         with torch.inference_mode():
-            for split, acts in {"train": self.train[0], **self.others}.items():
+            for split, acts in {s: a for s, a in every.items() if splits is None or s in splits}.items():
                 parts = [
                     task.probabilities(model(acts[i : i + batch_size].to(device, torch.float32))).cpu()
                     for i in range(0, len(acts), batch_size)

@@ -28,28 +28,51 @@ def photos96(tmp_path_factory) -> Path:
     return root
 
 
-def test_an_averaged_flipped_default_model_reports_what_evaluate_gets(photos96, tmp_path, monkeypatch):
-    """Default auto; its selection is steered to keep an average of every candidate and the flips (each later
-    comparison on validation wins), so the saved model is the ensemble with TTA whose numbers are checked."""
+def _steered(photos96: Path, out: Path, monkeypatch, **options):
+    """auto on `photos96` with its final choice steered to keep an average of every candidate and the flips (each
+    later comparison on validation wins), so the saved model is an ensemble with TTA; the rounds before run as is."""
+    from smallvision.auto import execute
+
     wins = itertools.count()
 
     def later_wins(probs: np.ndarray, labels: np.ndarray, task) -> float:
         return task.score(probs, labels) + next(wins)
 
-    monkeypatch.setattr(select, "score", later_wins)  # every choice reads it here
-    r = smallvision.train(
-        photos96, out=tmp_path / "run", test_fraction=0.25, finetune_epochs=1, progress=False, report=False
+    def steered(*args, **kwargs):
+        monkeypatch.setattr(select, "score", later_wins)  # every choice reads it here
+        return select.choose(*args, **kwargs)
+
+    monkeypatch.setattr(execute, "choose", steered)
+    return smallvision.train(
+        photos96, out=out, test_fraction=0.25, finetune_epochs=1, progress=False, report=False, **options
     )
-    plan = (r.run_dir / "checkpoints" / PLAN_FILE).read_text()
-    assert '"size": 260' in plan and "efficientnet_lite2" in plan  # auto's own size and backbones, none given
+
+
+def _reports_what_evaluate_gets(r, photos96: Path, size: int) -> None:
     card = smallvision.load(r.model_dir)[1]
-    assert card.tta == "hflip" and len(card.backbones) > 1 and card.image_size == 260
+    assert card.tta == "hflip" and len(card.backbones) > 1 and card.image_size == size
     for split in ("val", "test"):
         got = smallvision.evaluate(r.model_dir, photos96, split=split)
         assert got["split"] == split
         assert got["accuracy"] == pytest.approx(r.metrics[split]["accuracy"], abs=1e-12)
         assert got["loss"] == pytest.approx(r.metrics[split]["loss"], abs=1e-4)
         assert got["confusion_matrix"] == r.metrics[split]["confusion_matrix"]
+
+
+def test_an_averaged_flipped_model_reports_what_evaluate_gets(photos96, tmp_path, monkeypatch):
+    """The default backbones at 64 px (their figures cost a sixteenth of the default size's to time)."""
+    r = _steered(photos96, tmp_path / "run", monkeypatch, image_size=64)
+    _reports_what_evaluate_gets(r, photos96, 64)
+
+
+@pytest.mark.slow
+def test_the_default_plan_takes_its_own_size_and_backbones(photos96, tmp_path, monkeypatch):
+    """No --backbone, no --image-size: lite2's own 260 px and the three backbones (its cost figures take a minute to
+    time on a fresh machine, hence slow)."""
+    r = _steered(photos96, tmp_path / "run", monkeypatch)
+    plan = (r.run_dir / "checkpoints" / PLAN_FILE).read_text()
+    assert '"size": 260' in plan and "efficientnet_lite2" in plan  # auto's own size and backbones, none given
+    _reports_what_evaluate_gets(r, photos96, 260)
 
 
 def test_the_budget_holds_by_the_clock(shapes_data, tmp_path):

@@ -80,3 +80,75 @@ def test_paired_tests_of_both_tasks():
     assert MULTI_LABEL.paired_p(good, noise, truth.astype(float)) < 0.05
     assert MULTI_LABEL.paired_p(good, good + 1e-9, truth.astype(float)) == pytest.approx(1.0)
     assert MULTI_LABEL.log_loss(good, truth) < MULTI_LABEL.log_loss(noise, truth)
+
+
+def _tally():
+    from collections import Counter
+
+    return SimpleNamespace(choices=Counter())
+
+
+def _sure(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Two-class probabilities at `confidence` (one per image) on the true class; below 0.5 an image is wrong."""
+    probs = np.empty((len(labels), 2))
+    probs[np.arange(len(labels)), labels] = confidence
+    probs[np.arange(len(labels)), 1 - labels] = 1 - confidence
+    return probs
+
+
+def test_an_average_that_ties_on_accuracy_is_kept_only_when_its_loss_is_lower():
+    """43 images score in steps of 0.023: two networks wrong on the same image tie, and their average, sure where
+    either is, has the lower loss and is kept; an average with a network less sure everywhere is not."""
+    labels = np.random.default_rng(4).integers(0, 2, 43)
+    halves = np.r_[[0.4], np.full(21, 0.95), np.full(21, 0.6)]
+    a = _candidate("a", _sure(labels, halves), labels)
+    b = _candidate("b", _sure(labels, np.r_[halves[:1], halves[22:], halves[1:22]]), labels)  # sure on a's doubts
+    assert a.val == b.val and a.standing == pytest.approx(b.standing)
+    notes = RunNotes("auto")
+    members, kept = select._averaged([a, b], notes, _tally().choices)
+    assert members == [a, b] and kept[0] == a.val and kept > a.standing
+    said = notes.decisions[-1].text
+    assert said.startswith(f"averaged the probabilities of a and b: val accuracy {a.val:.4f} (loss {-kept[1]:.4f})")
+    hesitant = _candidate("hesitant", _sure(labels, np.r_[[0.45], np.full(42, 0.55)]), labels)
+    sure = _candidate("sure", _sure(labels, np.r_[[0.4], np.full(42, 0.95)]), labels)
+    assert hesitant.val == sure.val
+    members, kept = select._averaged([sure, hesitant], RunNotes("auto"), _tally().choices)
+    assert members == [sure] and kept == sure.standing
+
+
+def test_a_fine_tuning_round_that_ties_on_accuracy_improves_on_a_lower_loss():
+    from smallvision.auto import execute
+    from smallvision.auto.plan import Round
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 43)
+    base = _candidate("lite2 features", _confident(labels, 1, 0.7, rng), labels)
+    base.cfg = SimpleNamespace(model=SimpleNamespace(backbone="efficientnet_lite2"))
+    surer = select.standing(_confident(labels, 1, 0.9, rng), labels, SINGLE_LABEL)
+    hesitant = select.standing(_confident(labels, 1, 0.6, rng), labels, SINGLE_LABEL)
+    worse = select.standing(_confident(labels, 2, 0.99, rng), labels, SINGLE_LABEL)
+    notes, tally = RunNotes("auto"), _tally()
+    rnd = Round(1, 6, 3e-4)
+    improved = [
+        execute._improved(base, "round 1", rnd, ["blocks.6"], (got, 3), base.standing, notes, tally)
+        for got in (surer, hesitant, worse)
+    ]
+    assert improved == [True, False, False] and tally.choices["finetune_round"] == 3
+    said = [d.text for d in notes.decisions]
+    shown = f"best val accuracy {base.val:.4f} (loss {-surer[1]:.4f}) at epoch 3, better than {base.val:.4f} (loss"
+    assert shown in said[0]
+    assert said[2].endswith(f"not better than {base.val:.4f}: stopped here")  # scores differ: no loss shown
+
+
+def test_flipped_views_that_tie_on_accuracy_are_kept_on_a_lower_loss():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 2, 43)
+    a = _candidate("a", _confident(labels, 1, 0.7, rng), labels)
+    a.flipped["val"] = _confident(labels, 1, 0.9, rng)  # the mirror images, read surer
+    notes = RunNotes("auto")
+    tta, kept = select._flips([a], a.standing, None, notes, _tally().choices)
+    assert tta and kept[0] == a.val and kept > a.standing
+    assert "kept: val accuracy" in notes.decisions[-1].text and "(loss " in notes.decisions[-1].text
+    a.flipped["val"] = _confident(labels, 1, 0.55, rng)
+    tta, kept = select._flips([a], a.standing, None, RunNotes("auto"), _tally().choices)
+    assert not tta and kept == a.standing
