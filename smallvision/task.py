@@ -95,9 +95,13 @@ class SingleLabel:
 
     def log_loss(self, probs: np.ndarray, labels: np.ndarray) -> float:
         """Mean negative log-likelihood of the true classes: a continuous score, for ties accuracy cannot break."""
+        return float(self.image_losses(probs, labels).mean())
+
+    def image_losses(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Each image's negative log-likelihood of its true class (what a paired test of two losses compares)."""
         labels = np.asarray(labels)
         picked = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), labels]
-        return float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
+        return -np.log(np.clip(picked, 1e-7, 1.0))
 
     def paired_p(self, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray) -> float:
         """Two-sided p-value that two models score alike on these same images: the exact McNemar test on the images
@@ -197,9 +201,13 @@ class MultiLabel:
 
     def log_loss(self, probs: np.ndarray, labels: np.ndarray) -> float:
         """Mean binary cross-entropy over images and labels: a continuous score, for ties mAP cannot break."""
+        return float(self.image_losses(probs, labels).mean())
+
+    def image_losses(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Each image's binary cross-entropy, averaged over its labels (what a paired test of two losses compares)."""
         truth = np.asarray(labels) > 0.5
         p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-        return float(-np.mean(np.where(truth, np.log(p), np.log(1 - p))))
+        return -np.where(truth, np.log(p), np.log(1 - p)).mean(axis=1)
 
     def paired_p(self, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, resamples: int = 100) -> float:
         """Two-sided p-value that two models score alike on these same images: a paired bootstrap (the same images

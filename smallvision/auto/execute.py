@@ -23,8 +23,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from smallvision import atomic, runclock
 from smallvision.auto import select
@@ -55,8 +54,13 @@ from smallvision.recipes.base import RecipeOutcome, RunContext
 from smallvision.recipes.scratch import run_scratch
 from smallvision.results import RunNotes
 
+if TYPE_CHECKING:
+    import numpy as np
+
 log = logging.getLogger(__name__)
-PERFECT = 1.0 - 1e-9  # a validation score no round can beat (accuracy or macro mAP of 1)
+# A validation score (accuracy or macro mAP of 1) after which no round runs: a round could only lower the loss of
+# a model that already gets every validation image right, which the split cannot tell from a lucky one
+PERFECT = 1.0 - 1e-9
 MAX_CONTINUED = 3  # rounds a candidate may add after rounds still improving at their last epoch (each clock-checked)
 
 
@@ -115,7 +119,10 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         tried.append(
             (select.standing(probs["val"], labels["val"], fs.task), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
         )
-    won, lr, cand_cfg, fs, probs, labels, stage_notes, stage = max(tried, key=lambda t: t[0])  # ties: the first
+    won = tried[0]
+    for t in tried[1:]:  # a later rate or loss only when it beats the one kept so far
+        won = t if t[0].beats(won[0]) else won
+    _, lr, cand_cfg, fs, probs, labels, stage_notes, stage = won
     notes.extend(stage_notes)
     if len(lrs) > 1:
         tally.choices["head_lr"] += 1
@@ -123,7 +130,8 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         tally.choices["loss"] += 1
     if len(tried) > 1:
         shown = ", ".join(
-            f"{t[7].removeprefix(f'features {name} ')}: {select.standing_words(t[0], won)}" for t in tried
+            f"{t[7].removeprefix(f'features {name} ')}: {t[0].words(*(u[0] for u in tried if u is not t))}"
+            for t in tried
         )
         kept = stage.removeprefix(f"features {name} ")
         notes.decide("head-lr", f"{name} head on cached features: kept {kept} on validation ({shown})")
@@ -328,8 +336,11 @@ def _finetune(
     from smallvision.models.backbone import freeze
 
     budget = cfg.recipe.time_budget
-    if base.val >= PERFECT:  # nothing a round does can be chosen over it on validation
-        tally.ended.append(f"{base.name} score {base.val:.4f} on validation, which no round can beat (no rounds run)")
+    if base.val >= PERFECT:  # see PERFECT
+        tally.ended.append(
+            f"{base.name} score {base.val:.4f} on validation, a perfect score (no rounds run: they could only lower "
+            "its loss)"
+        )
         return None
     rounds = _recosted(cfg, plan, base, run_dir, who, notes, tally.ledger)
     reserve = who.reserve(plan)
@@ -339,7 +350,7 @@ def _finetune(
     tune_cfg = round_config(cfg, base.cfg, plan.views, fitted)
     data = steps.load_images(tune_cfg, index, progress)
     model = copy.deepcopy(base.model).requires_grad_(True)
-    best_val, best_state, best = base.standing, copy.deepcopy(model.state_dict()), None
+    kept, best_state, best = base.standing, copy.deepcopy(model.state_dict()), None
     history, blocks, views, stages = list(base.history), None, None, list(base.stages)
     i = 0
     while i < len(rounds):
@@ -357,33 +368,33 @@ def _finetune(
         res = _round_stage(
             round_cfg, stage, model, data, views, trainable, run_dir, budget - (now() - start), progress, logger
         )
+        val = _val_probs(model, data, views)  # the best epoch's, which the round is judged on (part of its time)
         tally.ran.append(round_cfg)
         tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
-        val = _val_probs(model, data, views)
-        got = select.standing(val, data["val"][1], base.task)
-        if not _improved(base, who.words(i, rounds), fitted, trainable, (got, res.best_epoch), best_val, notes, tally):
+        place = select.standing(val, data["val"][1], base.task)
+        if not _improved(base, who.words(i, rounds), fitted, trainable, (place, res.best_epoch), kept, notes, tally):
             model.load_state_dict(best_state)
             if rnd.continues:  # only the added epochs failed: the plan's next round (a block more) still runs
                 continue
             words = f"{base.cfg.model.backbone} {who.words(i, rounds)} did not improve validation"
             _not_run(tally, words, i, rounds, who, "they would have started from the same weights at a lower rate")
             break
-        best_val, best_state = got, copy.deepcopy(model.state_dict())
+        kept, best_state = place, copy.deepcopy(model.state_dict())
         best = _tuned(base, tune_cfg, model, (data, views, val), history, res.best_epoch, trainable, stages)
-        if got[0] >= PERFECT:  # a continuation or a later round could only lower the loss of a perfect score
-            _not_run(tally, f"{best.name} reached {got[0]:.4f} on validation", i, rounds, who)
+        if place.score >= PERFECT:  # see PERFECT
+            _not_run(tally, f"{best.name} reached {place.score:.4f} on validation", i, rounds, who)
             break
         _continued(i, rnd, fitted, res.best_epoch, rounds, notes, who)
     return best
 
 
-def _improved(base: Candidate, words: str, fitted: Round, trainable, got, best_val: tuple, notes, tally) -> bool:
-    """Whether the round's standing on validation (`got`: the standing and its epoch) beats `best_val`: counted as a
-    choice and noted either way."""
-    (standing, epoch), improved = got, got[0] > best_val
-    mine, theirs = select.standing_words(standing, best_val), select.standing_words(best_val, standing)
+def _improved(base: Candidate, words: str, fitted: Round, trainable, reached: tuple, kept, notes, tally) -> bool:
+    """Whether the round's place on validation (`reached`: its standing and best epoch) beats the one `kept` so far:
+    counted as a choice and noted either way."""
+    (place, epoch), improved = reached, reached[0].beats(kept)
+    mine, theirs = place.words(kept), kept.words(place)
     tally.choices["finetune_round"] += 1
     notes.decide(
         "round",

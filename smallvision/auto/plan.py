@@ -574,9 +574,9 @@ def plan_table(plan: Plan) -> str:
     share = plan.estimate_seconds / plan.time_budget
     lines.append(f"  {plan.estimate_seconds:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})")
     lines.append(
-        "  decided on validation (accuracy or macro mAP; on a tie, the lower loss): the best candidate; each further "
-        "round (the runner-up's too) only if the last one improved; averaging candidates and flipped views only if it "
-        "beats each alone"
+        "  decided on validation (accuracy or macro mAP; on a tie, a lower loss a paired test resolves): the best "
+        "candidate; each further round (the runner-up's too) only if the last one improved; averaging candidates and "
+        "flipped views only if it beats each alone"
     )
     lines.extend(f"  why: {w}" for w in plan.why)
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from smallvision.task import METRIC_NAMES, MULTI_LABEL, SINGLE_LABEL
 
 log = logging.getLogger(__name__)
 ALPHA = 0.05  # a difference on validation with a paired-test p-value below this is signal; above it, noise
+TIE = 1e-9  # scores closer than this are equal: equal counts of images are exactly equal, macro mAP's float noise not
 
 
 @dataclass
@@ -54,9 +55,39 @@ class Candidate:
         return score(self.probs["val"], self.labels["val"], self.task)
 
     @property
-    def standing(self) -> tuple[float, float]:
-        """This candidate's validation standing (see `standing`)."""
+    def standing(self) -> Standing:
+        """This candidate's place on validation (see `Standing`)."""
         return standing(self.probs["val"], self.labels["val"], self.task)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A model's place on validation, as every choice of auto compares it: its score (accuracy, or macro mAP) and,
+    for the ties the score cannot break (43 images score in steps of 0.023), each image's loss."""
+
+    score: float
+    losses: np.ndarray = field(repr=False)
+
+    @property
+    def loss(self) -> float:
+        """The mean validation loss."""
+        return float(self.losses.mean())
+
+    def ties(self, other: Standing) -> bool:
+        """Whether the two scores are equal (within TIE)."""
+        return abs(self.score - other.score) <= TIE
+
+    def beats(self, other: Standing) -> bool:
+        """A higher score; or an equal one at a lower loss that a paired test on the same images resolves (Wilcoxon
+        signed-rank on each image's loss, p < ALPHA): a loss lower by float noise, or on a few images, is not signal
+        (and a kept average or flipped view costs every later prediction twice or more)."""
+        if not self.ties(other):
+            return self.score > other.score
+        return self.loss < other.loss and loss_p(self.losses, other.losses) < ALPHA
+
+    def words(self, *others: Standing) -> str:
+        """The score in words, with the loss when it ties any of `others` (then the loss decided)."""
+        return f"{self.score:.4f}" + (f" (loss {self.loss:.4f})" if any(self.ties(o) for o in others) else "")
 
 
 def score(probs: np.ndarray, labels: np.ndarray, task) -> float:
@@ -64,15 +95,18 @@ def score(probs: np.ndarray, labels: np.ndarray, task) -> float:
     return task.score(probs, labels)
 
 
-def standing(probs: np.ndarray, labels: np.ndarray, task) -> tuple[float, float]:
-    """What every choice of auto compares: the score, ties broken by the lower validation loss. On a small split
-    accuracies tie often (43 images score in steps of 0.023); the loss still tells the surer model."""
-    return score(probs, labels, task), -task.log_loss(probs, labels)
+def standing(probs: np.ndarray, labels: np.ndarray, task) -> Standing:
+    """The place on validation of these probabilities (see `Standing`)."""
+    return Standing(score(probs, labels, task), task.image_losses(probs, labels))
 
 
-def standing_words(s: tuple[float, float], than: tuple[float, float]) -> str:
-    """A standing in words, its loss shown only when the scores tie with `than` (the loss decided)."""
-    return f"{s[0]:.4f}" + (f" (loss {-s[1]:.4f})" if abs(s[0] - than[0]) < 1e-9 else "")
+def loss_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value that two models' losses on the same images are alike (Wilcoxon signed-rank; 1.0 when every
+    image's loss is equal)."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(wilcoxon(d).pvalue) if np.any(d) else 1.0
 
 
 def metric_words(cand: Candidate) -> str:
@@ -130,7 +164,7 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
         "final",
         f"final model: {' averaged with '.join(c.name for c in members)}"
         + (", each image averaged with its mirror image" if tta else "")
-        + f", {metric_words(best)} {kept[0]:.4f}",
+        + f", {metric_words(best)} {kept.score:.4f}",
     )
     return members, tta
 
@@ -179,8 +213,9 @@ def rank(cands: list[Candidate]) -> tuple[list[Candidate], str | None]:
     )
 
 
-def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[Candidate], float]:
-    """The best candidate alone, or the average of two or three that beats it on validation, and its accuracy.
+def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[Candidate], Standing]:
+    """The best candidate alone, or the average of two or three that beats it and each of its members on validation,
+    and the standing kept.
 
     Averaged only with candidates fed the same images (size) whose splits hold the same images in the same order.
     """
@@ -198,30 +233,30 @@ def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[C
             p = sum(c.probs["val"] for c in combo) / k
             got = standing(p, best.labels["val"], best.task)
             choices["average"] += 1
-            if got > max(kept, *(alone[id(c)] for c in combo)):  # above each member alone, as noted
+            if got.beats(kept) and all(got.beats(alone[id(c)]) for c in combo):  # above each alone, as noted
                 members, kept = list(combo), got
     if len(members) > 1:
-        shown = ", ".join(standing_words(alone[id(c)], kept) for c in members)
+        shown = ", ".join(alone[id(c)].words(kept) for c in members)
         notes.decide(
             "average",
             f"averaged the probabilities of {' and '.join(c.name for c in members)}: {metric_words(best)} "
-            f"{standing_words(kept, max(alone[id(c)] for c in members))}, above each alone ({shown})",
+            f"{kept.words(*(alone[id(c)] for c in members))}, above each alone ({shown})",
         )
     elif len(same) > 1:
         notes.decide("average", f"no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
     return members, kept
 
 
-def _flips(members: list[Candidate], kept: tuple, index, notes: RunNotes, choices) -> tuple[bool, tuple]:
+def _flips(members: list[Candidate], kept: Standing, index, notes: RunNotes, choices) -> tuple[bool, Standing]:
     """Whether averaging each image with its mirror image beats the standing `kept` on validation, and the standing
     kept."""
     for c in members:
         flipped(c, index, ("val",))
     p = sum(c.probs["val"] + c.flipped["val"] for c in members) / (2 * len(members))
     got = standing(p, members[0].labels["val"], members[0].task)
-    words, tta = metric_words(members[0]), got > kept
+    words, tta = metric_words(members[0]), got.beats(kept)
     choices["tta"] += 1
-    mine, theirs = standing_words(got, kept), standing_words(kept, got)
+    mine, theirs = got.words(kept), kept.words(got)
     notes.decide(
         "tta",
         "test-time augmentation (averaging each image with its mirror image) "

@@ -188,6 +188,8 @@ class ActivationViews:
         device = next(model.parameters()).device
         out = {}
         every = {"train": self.train[0], **self.others}
+        if unknown := set(splits or ()) - set(every):
+            raise ValueError(f"no cached activations of split(s) {sorted(unknown)}: these hold {sorted(every)}")
         with torch.inference_mode():
             for split, acts in {s: a for s, a in every.items() if splits is None or s in splits}.items():
                 parts = [

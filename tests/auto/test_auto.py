@@ -44,7 +44,7 @@ def _weights(model_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def mislabelled(shapes_data, tmp_path_factory) -> Path:
     """The shapes with two validation images filed under another class: no model scores 1.0 on validation, so auto's
-    fine-tuning rounds run (a candidate already at 1.0 gets none: no round could be chosen over it)."""
+    fine-tuning rounds run (a candidate already at 1.0 gets none: a round could only lower its loss)."""
     root = tmp_path_factory.mktemp("mislabelled") / "shapes"
     shutil.copytree(shapes_data, root)
     classes = sorted(p.name for p in (root / "val").iterdir())
@@ -201,6 +201,38 @@ def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_
     page = write_report(run_dir).read_text()
     verdict = page[page.index('id="verdict-card"') : page.index("</dl>")]
     assert ">Test accuracy<" in verdict and said in verdict
+
+
+ROUND_VERDICT = re.compile(
+    r"auto: fine-tuning (\S+) (?:runner-up |third )?round \d+(?: \(continued\))? \(.*?\): best val accuracy "
+    r"(?P<got>[\d.]+)(?: \(loss (?P<got_loss>[\d.]+)\))? at epoch \d+, (?P<verdict>better|not better) than "
+    r"(?P<kept>[\d.]+)(?: \(loss (?P<kept_loss>[\d.]+)\))?"
+)
+
+
+def test_each_round_is_judged_against_the_last_one_kept(first):
+    """A round's verdict compares it with the candidate's head, then with the last round that improved (a round that
+    did not leaves the weights and the standing where they were); on an equal accuracy the lower loss decided."""
+    heads = {}
+    for n in first.notes:
+        if m := re.match(r"auto: (\S+) head on cached features: kept (.*?) on validation \((.*)\)$", n):
+            heads[m.group(1)] = next(float(v.split()[0]) for k, v in _pairs(m.group(3)) if k == m.group(2))
+    verdicts = [m for n in first.notes if (m := ROUND_VERDICT.match(n))]
+    assert verdicts, "the fixture's run fine-tuned nothing: there is no verdict to check"
+    kept: dict[str, tuple] = {}
+    for m in verdicts:
+        backbone, got, was = m.group(1), float(m.group("got")), float(m.group("kept"))
+        assert was == kept.get(backbone, (heads[backbone],))[0]  # the head's score, or the last kept round's
+        if m.group("verdict") == "better":
+            assert got > was or float(m.group("got_loss")) < float(m.group("kept_loss"))
+            kept[backbone] = (got,)
+        else:
+            assert got <= was
+
+
+def _pairs(shown: str) -> list[tuple[str, str]]:
+    """'lr 0.001: 0.9 (loss 0.3), lr 0.003: 0.9' as [('lr 0.001', '0.9 (loss 0.3)'), ('lr 0.003', '0.9')]."""
+    return [tuple(part.split(": ", 1)) for part in re.split(r", (?=lr )", shown)]
 
 
 def test_the_same_seed_gives_the_same_plan_and_the_same_model(first, mislabelled, tmp_path):

@@ -138,8 +138,8 @@ def test_a_candidate_at_the_highest_validation_score_gets_no_rounds(tmp_path):
     tally = execute.Tally()
     tuned = execute._finetune(cfg, plan, base, None, tmp_path, 0.0, False, RunNotes("auto"), None, tally)
     assert tuned is None and not (tmp_path / "checkpoints").exists()  # not even its clock check was made
-    said = "efficientnet_lite1 features score 1.0000 on validation, which no round can beat (no rounds run)"
-    assert tally.ended == [said]
+    said = "efficientnet_lite1 features score 1.0000 on validation, a perfect score (no rounds run: they could only"
+    assert tally.ended == [f"{said} lower its loss)"]
 
 
 def test_an_optional_steps_check_keeps_its_estimates_and_a_resume_never_estimates_again(tmp_path, monkeypatch):

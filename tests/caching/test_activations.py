@@ -167,6 +167,10 @@ def test_views_live_in_host_memory_in_the_dtype_the_estimate_counts(precision):
     assert estimate_bytes(split, size, counts, 2, precision) == sum(t.nbytes for t in tensors)
     probs = views.probabilities()
     assert {s: p.shape for s, p in probs.items()} == {"train": (6, 3), "val": (4, 3), "test": (3, 3)}
+    val = views.probabilities(splits=("val",))  # what auto judges a round on, without the other splits' passes
+    assert list(val) == ["val"] and np.allclose(val["val"], probs["val"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"split\(s\) \['tset'\]"):
+        views.probabilities(splits=("tset",))
 
 
 def test_view_dtype_follows_the_training_precision_only():
