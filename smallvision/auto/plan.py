@@ -177,12 +177,12 @@ def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], vi
 
 def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool) -> tuple:
     """Seconds of a fine-tuning round as it will run, at --batch-size, of them the setup (caching its activations)
-    and the stage's fixed part, and how: on cached activations when they fit --memory-budget (as
-    steps.activation_views decides), else on full images, every step the whole network."""
+    and the fixed part (the stage's, and the validation pass its verdict reads after it), and how: on cached
+    activations when they fit --memory-budget (as steps.activation_views decides), else on full images, every step
+    the whole network."""
     from smallvision.caching.activations import cache_bytes, view_precision
 
     batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
-    stage = costs.network_stage()
     values = costs.activations(spec, size, rnd.blocks) if views else 0
     how = "on full images (--cached-views 0)" if not views else "on full images (no cacheable boundary)"
     if values:
@@ -190,11 +190,19 @@ def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, 
         if need <= budget * 1e9:
             fig = costs.finetune(spec, size, rnd.blocks, batch)
             setup = _views_seconds(cfg, costs, spec, size, n, views) if new else 0.0
+            stage = _fixed(costs, fig, n, batch)
             seconds = setup + stage + rnd.epochs * _epoch_seconds(fig, n, batch)
             return seconds, setup, stage, f"on cached activations ({need / 1e9:.2g} GB)"
         how = f"on full images (cached activations: {need / 1e9:.2g} GB, over --memory-budget {budget:g} GB)"
     fig = costs.finetune_images(spec, size, rnd.blocks, batch)
+    stage = _fixed(costs, fig, n, batch)
     return stage + rnd.epochs * _epoch_seconds(fig, n, batch), 0.0, stage, how
+
+
+def _fixed(costs, fig: dict, n: dict[str, int], batch: int) -> float:
+    """What a round pays whatever its epochs: the stage's fixed part, and one more validation pass, the one its
+    verdict reads (execute.py `_val_probs`: the best epoch's probabilities)."""
+    return costs.network_stage() + math.ceil(n["val"] / batch) * fig["val_batch_seconds"]
 
 
 def _rounds(cfg: RunConfig, count: int) -> list[Round]:

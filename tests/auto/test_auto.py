@@ -703,6 +703,13 @@ def test_rounds_are_costed_as_they_will_run_under_the_memory_budget_and_batch_si
     same = [r for r in cached.rounds if r.blocks in {f.blocks for f in full.rounds}]
     assert min(r.seconds for r in full.rounds) > max(r.seconds for r in same)  # slower, and said so
     assert "on full images" in planning.plan_table(full)  # what the log prints before the work
+    # every round pays the stage's fixed part and the one validation pass its verdict reads, whatever its epochs
+    double = _Costs(COSTS)
+    for made, figure in ((cached, double.finetune), (full, double.finetune_images)):
+        slowest = type("Spec", (), {"backbone": min(made.backbones, key=COSTS.get)})  # what rounds are costed on
+        for r in made.rounds:
+            judged = -(-made.images["val"] // 32) * figure(slowest, made.size, r.blocks)["val_batch_seconds"]
+            assert r.stage == pytest.approx(double.network_stage() + judged)
     big, costs = plan(batch_size=64)
     assert costs.batches == {64}  # timed at the batch the run trains at, not at 32
     _, default = plan()
