@@ -66,7 +66,7 @@ class Round:
     seconds: float = 0.0
     continues: bool = False  # added by the run: the round before it was still improving at its last epoch
     setup: float = 0.0  # of `seconds`, caching the round's activations: a shortened round pays it, a continuation not
-    stage: float = 0.0  # of `seconds`, the stage's fixed part (the trainer, checkpoints): every round pays it
+    stage: float = 0.0  # of `seconds`, the fixed part (trainer, checkpoints, the verdict's pass): every round pays it
 
     def seconds_for(self, epochs: int) -> float:
         """Its estimate when `epochs` of its epochs run: the setup and the stage's fixed part are paid whatever."""
@@ -583,8 +583,8 @@ def plan_table(plan: Plan) -> str:
     lines.append(f"  {plan.estimate_seconds:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})")
     lines.append(
         "  decided on validation (accuracy or macro mAP; on a tie, a lower loss a paired test resolves): the best "
-        "candidate; each further round (the runner-up's too) only if the last one improved; averaging candidates and "
-        "flipped views only if it beats each alone"
+        "candidate; each further round (the runner-up's too) only if the last one improved; an average of candidates "
+        "only if it beats each alone, flipped views only if they beat what is kept"
     )
     lines.extend(f"  why: {w}" for w in plan.why)
     return "\n".join(lines)

@@ -222,10 +222,11 @@ def test_each_round_is_judged_against_the_last_one_kept(first):
     kept: dict[str, tuple] = {}
     for m in verdicts:
         backbone, got, was = m.group(1), float(m.group("got")), float(m.group("kept"))
-        assert was == kept.get(backbone, (heads[backbone],))[0]  # the head's score, or the last kept round's
+        last = kept.get(backbone, (heads[backbone], None))  # the head's score, or the last kept round's (and loss)
+        assert was == last[0] and (m.group("kept_loss") is None or last[1] in (None, m.group("kept_loss")))
         if m.group("verdict") == "better":
             assert got > was or float(m.group("got_loss")) < float(m.group("kept_loss"))
-            kept[backbone] = (got,)
+            kept[backbone] = (got, m.group("got_loss"))
         else:
             assert got <= was
 
