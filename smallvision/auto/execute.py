@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # A validation score (accuracy or macro mAP of 1) after which no round runs: a round could only lower the loss of
-# a model that already gets every validation image right, which the split cannot tell from a lucky one
+# a model already perfect on validation, which the split cannot tell from a lucky one
 PERFECT = 1.0 - select.TIE
 MAX_CONTINUED = 3  # rounds a candidate may add after rounds still improving at their last epoch (each clock-checked)
 

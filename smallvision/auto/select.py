@@ -230,8 +230,8 @@ def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[C
         for c in ranked
         if c.size == best.size and all(np.array_equal(c.labels[s], best.labels[s]) for s in best.probs)
     ]
-    alone = {id(c): c.standing for c in same}
-    kept = best.standing
+    alone = {id(c): c.standing for c in same}  # best is among them: its own images
+    kept = alone[id(best)]
     for k in (2, 3):
         for combo in itertools.combinations(same, k):
             p = sum(c.probs["val"] for c in combo) / k
