@@ -1,6 +1,6 @@
 """A server under hostile load: does a well-behaved client still get its answers, and /health its?
 
-Run: .venv/bin/python benchmarks/serve_hostile.py [--model-dir RUN/model] [--seconds 20] [--json PATH]
+Run: .venv/bin/python benchmarks/serve_hostile.py [--model-dir RUN/model] [--seconds 20] [--runs 1] [--json PATH]
 Without --model-dir it trains the lite0 `features` model on ../shared/data/hymenoptera at 224 px first (about a
 minute), as benchmarks/serve.py does. One `smallvision serve` process on 127.0.0.1 (limits below, --body-timeout 10 s
 so that slow clients are cut during the run), two phases of --seconds each:
@@ -219,23 +219,8 @@ def summary(name: str, result: dict, quiet_p99: float | None) -> dict:
     }
 
 
-def main() -> None:
-    """Quiet phase, hostile phase; print the table and write JSON."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", type=Path)
-    ap.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
-    ap.add_argument("--slow", type=int, default=64, help="slow connections in the hostile phase")
-    ap.add_argument("--only", nargs="+", choices=["slow", "parts", "pngs", "garbage"], help="these hostile clients")
-    ap.add_argument("--json", type=Path, default=RESULTS / "serve_hostile.json")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model_dir = ready_model(args.model_dir)
-    image_size = json.loads((model_dir / "smallvision.json").read_text())["image_size"]
-    bodies = [p.read_bytes() for p in sorted((SHARED / "hymenoptera" / "val").glob("*/*.jpg"))]
-    hostile = hostile_requests(heavy_pngs())
-    if args.only:
-        hostile = {k: v for k, v in hostile.items() if k in args.only}
-        args.slow = args.slow if "slow" in args.only else 0
+def measure(model_dir: Path, bodies: list[bytes], hostile: dict, args: argparse.Namespace, image_size: int) -> list:
+    """One fresh server, its quiet phase and its hostile phase: the two table rows."""
     port = free_port()
     command = [sys.executable, "-m", "smallvision", "serve", str(model_dir), "--port", str(port)]
     command += [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
@@ -257,12 +242,40 @@ def main() -> None:
     bound = readme_bound(baseline, args.slow + 4, image_size)
     for row in rows:
         row.update(peak_rss_mb=round(hwm / MB), bound_mb=round(bound / MB), alive=alive)
-    emit(rows, args.json)
     print(
         f"model {model_dir} ({image_size} px) · limits {LIMITS} · {args.slow} slow connections · RSS before load "
         f"{baseline / MB:.0f} MB, at the end {rss / MB:.0f} MB · {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f} at the end"
     )
+    return rows
+
+
+def main() -> None:
+    """--runs times (each a fresh server): quiet phase, hostile phase; print the table and write JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", type=Path)
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    ap.add_argument("--slow", type=int, default=64, help="slow connections in the hostile phase")
+    ap.add_argument("--only", nargs="+", choices=["slow", "parts", "pngs", "garbage"], help="these hostile clients")
+    ap.add_argument("--runs", type=int, default=1, help="measure this many times, one after another")
+    ap.add_argument("--json", type=Path, default=RESULTS / "serve_hostile.json")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_dir = ready_model(args.model_dir)
+    image_size = json.loads((model_dir / "smallvision.json").read_text())["image_size"]
+    bodies = [p.read_bytes() for p in sorted((SHARED / "hymenoptera" / "val").glob("*/*.jpg"))]
+    hostile = hostile_requests(heavy_pngs())
+    if args.only:
+        hostile = {k: v for k, v in hostile.items() if k in args.only}
+        args.slow = args.slow if "slow" in args.only else 0
+    rows = [
+        {"run": run} | row
+        for run in range(1, args.runs + 1)
+        for row in measure(model_dir, bodies, hostile, args, image_size)
+    ]
+    emit(rows, args.json)
+    ratios = [row["p99_vs_quiet"] for row in rows if row["phase"] == "hostile"]
+    print(f"p99 vs quiet over {len(ratios)} run(s): median {statistics.median(ratios):.2f}, each {ratios}")
 
 
 if __name__ == "__main__":

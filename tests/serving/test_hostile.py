@@ -6,15 +6,19 @@ Each is a way one laptop could deny service to everyone else; the server must ke
 from __future__ import annotations
 
 import io
+import os
 import socket
+import sys
 import threading
 import time
 
 import httpx
+import pytest
 from PIL import Image
 
 from smallvision.serving import create_app
 from smallvision.serving.app import DECODE_THREADS
+from smallvision.serving.decoding import LARGE_NICE, Decoder
 from tests.serving.conftest import running
 
 
@@ -135,3 +139,19 @@ def test_an_ordinary_photo_is_not_kept_waiting_behind_decompression_heavy_images
         heavy_took = time.perf_counter() - start
     assert answer.status_code == 200 and heavy_done == [200], (answer.text, heavy_done)
     assert waited < heavy_took / 4, (waited, heavy_took)  # not queued behind the heavy request's decodes
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads are reniced on Linux only (there a thread is a task)")
+def test_large_images_decode_at_the_lowest_cpu_priority_and_ordinary_ones_at_the_process_priority():
+    decoder = Decoder(2, 32, 10**6)
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    try:
+        assert decoder.large.submit(nice).result() == LARGE_NICE == 19
+        assert decoder.pool.submit(nice).result() == own_nice < LARGE_NICE
+        assert os.getpriority(os.PRIO_PROCESS, 0) == own_nice  # the process (and its event loop) keeps its priority
+    finally:
+        decoder.close()
