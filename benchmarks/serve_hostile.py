@@ -241,7 +241,7 @@ def measure(model_dir: Path, bodies: list[bytes], hostile: dict, args: argparse.
     rows.append(summary("hostile", loaded, rows[0]["p99_ms"] / 1000))
     bound = readme_bound(baseline, args.slow + 4, image_size)
     for row in rows:
-        row.update(peak_rss_mb=round(hwm / MB), bound_mb=round(bound / MB), alive=alive)
+        row.update(peak_rss_mb=round(hwm / MB), bound_mb=round(bound / MB), alive=alive, load_end=os.getloadavg()[0])
     print(
         f"model {model_dir} ({image_size} px) · limits {LIMITS} · {args.slow} slow connections · RSS before load "
         f"{baseline / MB:.0f} MB, at the end {rss / MB:.0f} MB · {os.cpu_count()} CPUs, load average "
@@ -257,9 +257,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     ap.add_argument("--slow", type=int, default=64, help="slow connections in the hostile phase")
     ap.add_argument("--only", nargs="+", choices=["slow", "parts", "pngs", "garbage"], help="these hostile clients")
-    ap.add_argument("--runs", type=int, default=1, help="measure this many times, one after another")
+    ap.add_argument("--runs", type=int, default=1, help="measure this many times, one after another (at least 1)")
     ap.add_argument("--json", type=Path, default=RESULTS / "serve_hostile.json")
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = ready_model(args.model_dir)
     image_size = json.loads((model_dir / "smallvision.json").read_text())["image_size"]

@@ -11,6 +11,7 @@ are waited for. So the queue's count of requests in progress is also a bound on 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from smallvision.serving.uploads import Upload, check_pixels, decode_image
+
+log = logging.getLogger(__name__)
 
 # Images whose decode holds more pixels go to the large lane. A JPEG counts at the scale it decodes at: a 12 MP phone
 # photo served at 224 px decodes at 1/8 scale (0.2 MP), in the ordinary lane.
@@ -35,10 +38,15 @@ def _lowest_priority() -> None:
     """Give the calling thread the lowest CPU priority (LARGE_NICE), so its work takes only CPU time nothing else wants.
 
     Linux only, where a thread is a task of its own that setpriority takes by its id; elsewhere that id is no process
-    id (macOS would renice whatever process has it), so the thread keeps the process's priority there.
+    id (macOS would renice whatever process has it), so the thread keeps the process's priority there, as it does
+    where the system refuses (a failed initializer would break the lane: every large image a 500).
     """
-    if sys.platform == "linux":
+    if sys.platform != "linux":
+        return
+    try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LARGE_NICE)
+    except OSError as e:
+        log.warning("large-image decode thread keeps the server's CPU priority: setpriority refused (%s)", e)
 
 
 class Decoder:
