@@ -232,7 +232,9 @@ def measure(model_dir: Path, bodies: list[bytes], hostile: dict, args: argparse.
             httpx.post(f"{url}/predict", content=body, headers={"content-type": "image/jpeg"}, timeout=60)
         baseline = peak_rss(process.pid)[0]
         quiet = asyncio.run(phase(url, bodies, args.seconds, None, 0))
+        quiet_load = os.getloadavg()[0]
         loaded = asyncio.run(phase(url, bodies, args.seconds, hostile, args.slow))
+        loads = (quiet_load, os.getloadavg()[0])  # the 1-minute load average at each phase's end
         alive = process.poll() is None and httpx.get(f"{url}/health", timeout=10).status_code == 200
         rss, hwm = peak_rss(process.pid)
     finally:
@@ -240,8 +242,8 @@ def measure(model_dir: Path, bodies: list[bytes], hostile: dict, args: argparse.
     rows = [summary("quiet", quiet, None)]
     rows.append(summary("hostile", loaded, rows[0]["p99_ms"] / 1000))
     bound = readme_bound(baseline, args.slow + 4, image_size)
-    for row in rows:
-        row.update(peak_rss_mb=round(hwm / MB), bound_mb=round(bound / MB), alive=alive, load_end=os.getloadavg()[0])
+    for row, load in zip(rows, loads, strict=True):
+        row.update(peak_rss_mb=round(hwm / MB), bound_mb=round(bound / MB), alive=alive, load_end=load)
     print(
         f"model {model_dir} ({image_size} px) · limits {LIMITS} · {args.slow} slow connections · RSS before load "
         f"{baseline / MB:.0f} MB, at the end {rss / MB:.0f} MB · {os.cpu_count()} CPUs, load average "
