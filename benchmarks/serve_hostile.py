@@ -247,7 +247,7 @@ def measure(model_dir: Path, bodies: list[bytes], hostile: dict, args: argparse.
     print(
         f"model {model_dir} ({image_size} px) · limits {LIMITS} · {args.slow} slow connections · RSS before load "
         f"{baseline / MB:.0f} MB, at the end {rss / MB:.0f} MB · {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end"
+        f"{loads[1]:.1f} at the end"
     )
     return rows
 

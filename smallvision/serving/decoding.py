@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 # photo served at 224 px decodes at 1/8 scale (0.2 MP), in the ordinary lane.
 LARGE_PIXELS = 4_000_000
 # The large lane's threads run at this nice (Linux): under load they take the CPU the ordinary lane, the model and the
-# event loop leave over. Measured (benchmarks/serve_hostile.py, 2 cores, three runs each, alternating): the
-# well-behaved client's p99 under attack went from 2.99-3.55x to 2.81-2.89x the quiet one.
+# event loop leave over (measured in docs/export-and-serving.md, "Under hostile load").
 LARGE_NICE = 19
 
 

@@ -115,11 +115,8 @@ def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):
     taken = {r["step"]: r["estimate"] for r in plan.actual}
     costs = Costs(resolve_precision(cfg.trainer.precision))  # the session's cache: the run timed what these read
 
-    def first_round(backbone: str, rounds, check: str) -> float:
-        """Round 1 costed on `backbone`, as many epochs as the run's recorded clock check let run."""
-        rnd = planning.rounds_on(cfg, plan.images, costs, backbone, plan.size, plan.views, rounds)[0]
-        epochs = json.loads((run_dir / "checkpoints" / f"auto_{check}.json").read_text())["epochs"]
-        return rnd.seconds_for(epochs)
+    def own_rounds(backbone: str, rounds) -> list:
+        return planning.rounds_on(cfg, plan.images, costs, backbone, plan.size, plan.views, rounds)
 
     def ran_on(who: str) -> str:  # the backbone the notes say ran that round 1 (figures alone can tie on tiny data)
         runs = re.compile(rf"auto: fine-tuning (\S+) {who}round 1 \(")
@@ -129,18 +126,20 @@ def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):
 
     best, second = ran_on(""), ran_on("runner-up ")
     assert best != second  # the runner-up is another backbone
-    # each round's recorded estimate is its own backbone's figures, not the slowest one's twice
-    assert first_round(best, plan.rounds, "round1") == pytest.approx(taken["round 1"], abs=0.06)
-    assert first_round(second, plan.runner_up, "round1b") == pytest.approx(taken["runner-up round 1"], abs=0.06)
-    assert not costs.measured
     slowest = min(plan.backbones, key=lambda b: costs.features(resolve_weights(b, cfg.model.weights), plan.size))
-    own = planning.rounds_on(cfg, plan.images, costs, slowest, plan.size, plan.views, plan.rounds)
-    assert plan.rounds[0].seconds == pytest.approx(own[0].seconds)  # what the plan reserved: the slowest's
+    assert plan.rounds[0].seconds == pytest.approx(own_rounds(slowest, plan.rounds)[0].seconds)  # the slowest's
     recost = [d.text for d in decisions(smallvision.read_metrics(run_dir)) if d.kind == "recost"]
-    for name, rounds in ((best, plan.rounds), (second, plan.runner_up)):  # a re-cost that changes the figure is told
-        own_s = sum(r.seconds for r in planning.rounds_on(cfg, plan.images, costs, name, plan.size, plan.views, rounds))
+    ran = ((best, plan.rounds, "round 1", "round1"), (second, plan.runner_up, "runner-up round 1", "round1b"))
+    for name, rounds, step, check in ran:
+        own = own_rounds(name, rounds)
+        # the recorded estimate is its own backbone's figures (as many epochs as the clock check let run), not the
+        # slowest one's twice; a re-cost that changes the figure is told
+        epochs = json.loads((run_dir / "checkpoints" / f"auto_{check}.json").read_text())["epochs"]
+        assert own[0].seconds_for(epochs) == pytest.approx(taken[step], abs=0.06)
+        own_s = sum(r.seconds for r in own)
         changed = name != slowest and round(own_s, 1) != round(sum(r.seconds for r in rounds), 1)
         assert changed == any(f"re-costed on {name}, which runs them" in text for text in recost), (name, own_s)
+    assert not costs.measured  # every figure these read, the run had timed
     # flipping val is costed for the members the run kept, each on its own backbone: its fp32 form, then val
     final = next(n for n in first.notes if n.startswith("auto: final model: "))
     kept = [
