@@ -102,7 +102,7 @@ class Tally:
     ended: list[str] = field(default_factory=list)  # why planned rounds did not run (no gain, or nothing to gain)
 
 
-def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally) -> Candidate:
+def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally, tap=None) -> Candidate:
     """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation (and, on
     a multi-label folder without --loss, of both losses). Each head is its own stage (history.csv, the tracker):
     `features NAME`, `features NAME lr RATE` when several rates, `... LOSS` when several losses."""
@@ -112,7 +112,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         cand_cfg = member_config(cfg, "features", name, size, lr=lr, **({"loss": loss} if loss else {}))
         stage = f"features {name}" + (f" lr {lr:g}" if len(lrs) > 1 else "") + (f" {loss}" if len(losses) > 1 else "")
         stage_notes: list[str] = []
-        fs = steps.feature_stage(cand_cfg, index, progress, stage_notes, logger, stage)
+        fs = steps.feature_stage(cand_cfg, index, progress, stage_notes, logger, stage, tap)
         tally.ran.append(cand_cfg)
         probs = steps.feature_probs(fs)
         labels = {s: y for s, (_, y) in fs.by_split.items()}
@@ -286,7 +286,7 @@ def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: R
 
     def decide() -> dict:
         costs, began = Costs(resolve_precision(cfg.trainer.precision)), now()
-        own = planned(lambda c: rounds_on(cfg, plan.images, c, backbone, plan.size, plan.views, rounds), costs)
+        own = planned(lambda c: rounds_on(cfg, plan, c, backbone, rounds), costs)
         timed = {"measured": costs.measured, "seconds": round(now() - began, 1)}
         return {"rounds": [dataclasses.asdict(r) for r in own], "timed": timed}
 
@@ -329,10 +329,10 @@ def _round_stage(round_cfg, stage: str, model, data, views, trainable, run_dir: 
 
 
 def _finetune(
-    cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally, who: Rounds = Rounds()
+    cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally, who: Rounds = Rounds(), tap=None
 ) -> Candidate | None:
     """Fine-tuning rounds on a pretrained candidate, each only while the last one improved validation, a round that
-    was still improving at its last epoch continued (see `_continued`)."""
+    was still improving at its last epoch continued (see `_continued`); round 1 takes what `tap` kept."""
     from smallvision.models.backbone import freeze
 
     budget = cfg.recipe.time_budget
@@ -363,7 +363,7 @@ def _finetune(
         if rnd.blocks != blocks:
             blocks = rnd.blocks
             trainable = freeze(model.backbones[0], blocks)
-            views = steps.activation_views(tune_cfg, model, data, notes, progress)
+            views = steps.activation_views(tune_cfg, model, data, notes, progress, tap, index)
         stage = who.stage(i)
         res = _round_stage(
             round_cfg, stage, model, data, views, trainable, run_dir, budget - (now() - start), progress, logger
@@ -512,12 +512,16 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         began = now()
         cands += _scratch_candidates(cfg, plan, work, run_dir, start, progress, notes, logger, tally)
         tally.ledger.record("scratch", plan.seconds_of("scratch"), now() - began)
+    tap = _tap(cfg, plan)
     for k, name in enumerate(plan.backbones):
         began = now()  # the first backbone's pass decodes the images too
-        cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally))
+        cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally, tap))
         keys = (f"features {name}", "decode") if k == 0 else (f"features {name}",)
         tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
-    cands += _fine_tuned(cfg, plan, [c for c in cands if c.specs], work, run_dir, start, progress, notes, logger, tally)
+    pretrained = [c for c in cands if c.specs]
+    cands += _fine_tuned(cfg, plan, pretrained, work, run_dir, start, progress, notes, logger, tally, tap)
+    if tap is not None:
+        tap.release()
     members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally)
     _record_costs(run_dir, plan, tally.ledger, notes)
     unused = unapplied(user_set(cfg), tally.ran)
@@ -538,16 +542,26 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
     )
 
 
-def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, logger, tally) -> list[Candidate]:
+def _tap(cfg: RunConfig, plan: Plan):
+    """The boundary tap the plan costed round 1 with (caching/taps.py), or None."""
+    from smallvision.caching.taps import BoundaryTap, memory_bytes
+
+    if not plan.tapped or not plan.rounds:
+        return None
+    return BoundaryTap(frozenset(plan.backbones), plan.rounds[0].blocks, plan.size, memory_bytes(cfg))
+
+
+def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, logger, tally, tap=None) -> list:
     """The best pretrained candidate fine-tuned in the plan's rounds, then the runner-up in its own when the plan has
-    them, then the third in the same shapes on the time left: each an improved network or nothing."""
+    them, then the third in the same shapes on the time left: each an improved network or nothing (round 1 on what
+    `tap` kept of its activations)."""
     ranked, why = select.rank(pretrained) if pretrained else ([], None)  # as the final choice: noise is no lead
     if why and ranked[0] is not max(pretrained, key=lambda c: c.val):
         notes.decide("uncertainty", f"fine-tuned first: {why}")
     out = []
     for base, who in zip(ranked, map(Rounds, range(len(WHOSE))), strict=False):
         if who.of(plan):
-            tuned = _finetune(cfg, plan, base, index, run_dir, start, progress, notes, logger, tally, who)
+            tuned = _finetune(cfg, plan, base, index, run_dir, start, progress, notes, logger, tally, who, tap)
             out += [tuned] if tuned is not None else []
     return out
 

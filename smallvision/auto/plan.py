@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from smallvision.config import APPLIES, RunConfig, nested, option_flag, unapplied, user_set
 from smallvision.data.index import DatasetIndex
@@ -100,6 +101,7 @@ class Rung:
     estimate_seconds: float
     rung: int = 0
     runner_up: list[Round] = field(default_factory=list)  # the second-best backbone's own rounds, when time allows
+    tapped: bool = False  # the feature passes keep round 1's unaugmented activations (caching/taps.py; a first run)
 
 
 @dataclass
@@ -157,29 +159,54 @@ def _augmented_views(cfg: RunConfig, views: int) -> int:
     return views if cfg.recipe.augment.augments() else 0
 
 
-def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], views: int) -> float:
+def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], views: int, tapped: bool) -> float:
     """Caching a round's activations as caching/activations.py `compute_views` does: the frozen part's form built
     (and an fp32 one for val/test when the views are bf16: its rate scaled as the fp32 form's figure scales the whole
     backbone's, its build taken as the first's), every training image once plus each augmented view of it (each
-    augmented on the CPU first), and val/test once."""
+    augmented on the CPU first), and val/test once; `tapped`: the unaugmented ones were kept by the feature pass
+    (caching/taps.py), so only the augmented views run, through the one form they need."""
     from smallvision.caching.activations import view_precision
 
     fig, augmented = costs.bottom(spec, size), _augmented_views(cfg, views)
     rate = fig["bottom_images_per_second"]
+    aug = n["train"] * augmented * costs.augment(cfg.recipe.augment, size) if augmented else 0.0
+    if tapped:
+        return (fig["bottom_build_seconds"] + n["train"] * augmented / rate + aug) if augmented else 0.0
     forms, held_rate = 1, rate
     if view_precision(costs.precision) != "fp32":
         forms, held_rate = 2, rate * costs.fp32_form(spec, size)["images_per_second"] / costs.features(spec, size)
-    train = n["train"] * (1 + augmented) / rate
-    if augmented:
-        train += n["train"] * augmented * costs.augment(cfg.recipe.augment, size)
+    train = n["train"] * (1 + augmented) / rate + aug
     return forms * fig["bottom_build_seconds"] + train + (n["val"] + n["test"]) / held_rate
 
 
-def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool) -> tuple:
+def tap_fits(cfg: RunConfig, costs, backbones: list[str], size: int, n: dict[str, int]) -> bool:
+    """Whether the feature passes can keep round 1's unaugmented activations for every one of `backbones` (the
+    boundary below the top --unfreeze-blocks groups) within --memory-budget, in the arithmetic round 1 caches them
+    in: on a CPU the training features' (on a GPU they run in fp16, the round's views in fp32: not kept)."""
+    from smallvision.caching.activations import cache_bytes, view_precision
+    from smallvision.caching.features import feature_precision
+    from smallvision.models.weights import resolve_weights
+
+    precision = view_precision(costs.precision)
+    if cfg.recipe.cached_views == 0 or any("+" in name for name in backbones):
+        return False
+    if feature_precision(costs.precision) != precision:
+        return False
+    need = 0
+    for name in backbones:
+        values = costs.activations(resolve_weights(name, cfg.model.weights), size, cfg.recipe.unfreeze_blocks)
+        if not values:
+            return False
+        need += cache_bytes(values, n, 0, precision)
+    return need <= cfg.trainer.memory_budget * 1e9
+
+
+def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool | str) -> tuple:
     """Seconds of a fine-tuning round as it will run, at --batch-size, of them the setup (caching its activations)
     and the fixed part (the stage's, and the validation pass its verdict reads after it), and how: on cached
     activations when they fit --memory-budget (as steps.activation_views decides), else on full images, every step
-    the whole network."""
+    the whole network. `new`: the round caches its own activations; "tapped" when the feature pass kept the
+    unaugmented ones."""
     from smallvision.caching.activations import cache_bytes, view_precision
 
     batch, budget = cfg.recipe.batch_size, cfg.trainer.memory_budget
@@ -189,7 +216,7 @@ def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, 
         need = cache_bytes(values, n, _augmented_views(cfg, views), view_precision(costs.precision))
         if need <= budget * 1e9:
             fig = costs.finetune(spec, size, rnd.blocks, batch)
-            setup = _views_seconds(cfg, costs, spec, size, n, views) if new else 0.0
+            setup = _views_seconds(cfg, costs, spec, size, n, views, new == "tapped") if new else 0.0
             stage = _fixed(costs, fig, n, batch)
             seconds = setup + stage + rnd.epochs * _epoch_seconds(fig, n, batch)
             return seconds, setup, stage, f"on cached activations ({need / 1e9:.2g} GB)"
@@ -212,15 +239,19 @@ def _rounds(cfg: RunConfig, count: int) -> list[Round]:
     return [Round(r.unfreeze_blocks + more, r.finetune_epochs, r.finetune_lr * f) for more, f in ROUND_SHAPES[:count]]
 
 
-def _round_steps(cfg: RunConfig, n: dict, costs, backbone: str, size: int, views: int, rounds: list[Round], who: str):
+def _round_steps(
+    cfg: RunConfig, n: dict, costs, backbone: str, size: int, views: int, rounds: list[Round], who: str, tapped: bool
+):
     """Each round costed as it will run on `backbone` (its `seconds` set), as plan steps keyed `{who}round I`; one at
-    a time, so a caller that stops early never has the later rounds' figures timed."""
+    a time, so a caller that stops early never has the later rounds' figures timed. `tapped`: round 1's unaugmented
+    activations come from the feature pass (`tap_fits`)."""
     from smallvision.models.weights import resolve_weights
 
     spec, last_blocks = None, None
     for i, rnd in enumerate(rounds, 1):
         spec = spec or resolve_weights(backbone, cfg.model.weights)  # only once there is a round (not a joined one)
         new, last_blocks = rnd.blocks != last_blocks, rnd.blocks
+        new = "tapped" if new and tapped and i == 1 else new
         rnd.seconds, rnd.setup, rnd.stage, how = _round_cost(cfg, costs, spec, size, rnd, views, n, new)
         what = "more epochs" if not new else f"top {rnd.blocks} block(s)"
         full = cfg.recipe.finetune_epochs
@@ -228,11 +259,11 @@ def _round_steps(cfg: RunConfig, n: dict, costs, backbone: str, size: int, views
         yield Step(f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds, f"{who}round {i}")
 
 
-def rounds_on(cfg: RunConfig, n: dict, costs, backbone: str, size: int, views: int, rounds: list[Round]) -> list[Round]:
+def rounds_on(cfg: RunConfig, plan: Plan, costs, backbone: str, rounds: list[Round]) -> list[Round]:
     """`rounds` costed on `backbone`, the candidate that runs them: the plan costs every candidate's rounds on its
     slowest backbone, before validation says which candidate is fine-tuned. Pure, as make_plan is."""
     out = [dataclasses.replace(r) for r in rounds]
-    list(_round_steps(cfg, n, costs, backbone, size, views, out, ""))
+    list(_round_steps(cfg, plan.images, costs, backbone, plan.size, plan.views, out, "", plan.tapped))
     return out
 
 
@@ -351,7 +382,8 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     plan_rounds = _rounds(cfg, rounds) if "+" not in slowest else []
     if over():
         return None
-    for step in _round_steps(cfg, n, costs, slowest, size, views, plan_rounds, ""):  # costed only while the rung fits
+    tapped = "+" not in slowest and tap_fits(cfg, costs, list(backbones), size, n)  # rounds may be added later
+    for step in _round_steps(cfg, n, costs, slowest, size, views, plan_rounds, "", tapped):  # only while it fits
         steps.append(step)
         if over():
             return None
@@ -363,7 +395,7 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     estimate = sum(s.seconds for s in steps)
     if estimate > b.available:
         return None
-    return Rung(list(backbones), size, views, plan_rounds, tta, tta_seconds, steps, estimate)
+    return Rung(list(backbones), size, views, plan_rounds, tta, tta_seconds, steps, estimate, tapped=tapped)
 
 
 def _held_out_seconds(b: _Budget, costs, backbone: str, size: int) -> float:
@@ -403,6 +435,7 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
     if not chosen.backbones or any("+" in name for name in chosen.backbones):
         return
     slowest = min(chosen.backbones, key=lambda n: costs.features(resolve_weights(n, b.cfg.model.weights), chosen.size))
+    costed = partial(_round_steps, b.cfg, b.n, costs, slowest, chosen.size)
 
     def add(steps: list[Step], spare: bool = False) -> bool:
         extra = sum(s.seconds for s in steps)
@@ -419,7 +452,7 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
         more = _rounds(b.cfg, count + 1)
         for epochs in range(more[-1].epochs, 0, -1):  # the whole round, else as many epochs of it as fit
             more[-1].epochs = epochs
-            step = list(_round_steps(b.cfg, b.n, costs, slowest, chosen.size, views, more, ""))[-1]
+            step = list(costed(views, more, "", chosen.tapped))[-1]
             if add([step]):
                 chosen.rounds = more
                 what = step.step.split(": ", 1)[1]
@@ -432,7 +465,7 @@ def _filled(b: _Budget, costs, chosen: Rung) -> None:
     if len(chosen.backbones) < 2:
         return
     chosen.runner_up = _rounds(b.cfg, len(chosen.rounds))
-    runner_up = list(_round_steps(b.cfg, b.n, costs, slowest, chosen.size, views, chosen.runner_up, "runner-up "))
+    runner_up = list(costed(views, chosen.runner_up, "runner-up ", chosen.tapped))
     fit = next((k for k in range(len(runner_up), 0, -1) if add(runner_up[:k])), 0)
     if fit:
         b.why.append(
@@ -538,6 +571,11 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
     chosen, scratch, train_cap = _choose_rung(b, index, costs, scratch, use_pretrained)
     if train_cap is None:  # a sampled training set is all the budget allows
         _filled(b, costs, chosen)
+    if chosen.tapped and chosen.rounds:
+        b.why.append(
+            "the feature passes keep fine-tuning round 1's boundary activations of the images they compute (within "
+            "--memory-budget), so on a first run round 1 runs only its augmented views through the frozen layers"
+        )
     if not chosen.rounds and chosen.backbones and train_cap is None:
         if any("+" in name for name in chosen.backbones):
             b.why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")

@@ -268,34 +268,50 @@ def compute_views(
     batch_size: int = 32,
     progress: bool = True,
     device: torch.device | str | None = None,
+    given: dict[str, torch.Tensor] | None = None,
 ) -> ActivationViews:
     """Run the frozen part once per image (and per augmented training view) in its fast inference form on `device`
-    (default: the GPU if any); store the results in host memory as view_dtype(precision)."""
-    from tqdm.auto import tqdm
-
+    (default: the GPU if any); store the results in host memory as view_dtype(precision). `given`: a split's
+    unaugmented activations computed before (caching/taps.py), in the dtype they are stored in, used as they are."""
     from smallvision.models.inference import inference_form, run_batches
 
     size = data["train"][0].shape[1]
-    bottom = split.bottom()
-    form = inference_form(bottom, (3, size, size), batch_size, precision, device)
-    log.info("activation cache: %s, %d augmented view(s) per training image", ", ".join(form.steps), views)
+    bottom, given = split.bottom(), given or {}
     dtype = view_dtype(precision)
+    augmenting = views if transform is not None else 0
+    form = None
+    if augmenting or "train" not in given or dtype == HELD_DTYPE and set(data) - set(given):
+        form = inference_form(bottom, (3, size, size), batch_size, precision, device)
+        log.info("activation cache: %s, %d augmented view(s) per training image", ", ".join(form.steps), views)
 
-    def run(images: np.ndarray, form=form, dtype=dtype) -> torch.Tensor:
+    def run(images: np.ndarray, form, dtype=dtype) -> torch.Tensor:
         return torch.from_numpy(run_batches(form, images, progress=False)).to(STORE, dtype)
 
     labels = {s: y for s, (_, y) in data.items()}
-    exact = form if dtype == HELD_DTYPE else inference_form(bottom, (3, size, size), batch_size, "fp32", device)
-    others = {s: run(x, exact, HELD_DTYPE) for s, (x, _) in data.items() if s != "train"}
+    exact = None
+    if any(s not in given for s in data if s != "train"):
+        exact = form if dtype == HELD_DTYPE else inference_form(bottom, (3, size, size), batch_size, "fp32", device)
+    others = {s: given[s] if s in given else run(x, exact, HELD_DTYPE) for s, (x, _) in data.items() if s != "train"}
     train_images = data["train"][0]
-    out = [run(train_images)]
+    out = [given["train"] if "train" in given else run(train_images, form)]
+    if augmenting:
+        out += _augmented(form, train_images, transform, augmenting, (seed, batch_size, dtype), progress)
+    return ActivationViews(split, torch.stack(out), labels, others, transform is not None)
+
+
+def _augmented(form, images: np.ndarray, transform, views: int, settings: tuple, progress: bool) -> list[torch.Tensor]:
+    """`views` augmented views of every training image through the frozen part's form, each (seed, view)-seeded."""
+    from tqdm.auto import tqdm
+
+    seed, batch_size, dtype = settings
+    out = []
     with torch.random.fork_rng(devices=[form.device] if form.device.type == "cuda" else []):  # caller's RNG kept
-        for v in tqdm(range(views if transform is not None else 0), desc="views", unit="view", disable=not progress):
+        for v in tqdm(range(views), desc="views", unit="view", disable=not progress):
             torch.manual_seed(seed * 1_000 + v)
             parts = []
-            for start in range(0, len(train_images), batch_size):
-                batch = np.ascontiguousarray(train_images[start : start + batch_size])
+            for start in range(0, len(images), batch_size):
+                batch = np.ascontiguousarray(images[start : start + batch_size])
                 chw = torch.from_numpy(batch).permute(0, 3, 1, 2)  # augmented on the CPU, one image at a time
                 parts.append(form(torch.stack([transform(img) for img in chw])).to(STORE, dtype))
             out.append(torch.cat(parts))
-    return ActivationViews(split, torch.stack(out), labels, others, transform is not None)
+    return out

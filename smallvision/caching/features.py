@@ -111,15 +111,20 @@ class CachedFeatures:
     built: dict[str, object]
 
 
-def _miss_computer(spec: WeightsSpec, state: dict, files: tuple, given: dict, settings: tuple, progress: bool):
+def _miss_computer(
+    spec: WeightsSpec, state: dict, files: tuple, given: dict, settings: tuple, progress: bool, tap=None
+):
     """fill_store's `compute` for one backbone: decode the missing images while the backbone builds (once, into
-    `state`), then run it on them; unreadable images come back as failures."""
+    `state`), then run it on them; unreadable images come back as failures. With a `tap` that wants this pass
+    (caching/taps.py), the backbone runs split at the tap's boundary and the tap keeps the activations there."""
     from concurrent.futures import ThreadPoolExecutor
 
     from smallvision.models.inference import run_batches
 
     paths, digests = files
     pool, image_size, batch_size, precision = settings
+    arithmetic = feature_precision(precision).removeprefix("cuda-")
+    tapped = tap is not None and tap.wants(spec.backbone, image_size, arithmetic)
 
     def compute(positions: list[int]) -> tuple[np.ndarray, dict[int, str]]:
         with ThreadPoolExecutor(1) as background:
@@ -133,7 +138,13 @@ def _miss_computer(spec: WeightsSpec, state: dict, files: tuple, given: dict, se
             )
             if building is not None:
                 state["backbone"], state["form"] = building.result()
-        feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
+        if tapped and "split" not in state:
+            state["split"] = tap.forms(state["backbone"], image_size, batch_size, arithmetic)
+        if tapped and state["split"] is not None and len(images):
+            kept = [digests[p] for i, p in enumerate(positions) if i not in failed]
+            feats = tap.features(state["split"], spec.backbone, arithmetic, images, kept)
+        else:
+            feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
         reasons = {positions[i]: reason for i, reason in failed.items()}
         return feats, Failures(reasons, transient=[positions[i] for i in failed.transient])
 
@@ -150,8 +161,10 @@ def cached_features(
     batch_size: int = 32,
     progress: bool = True,
     built: dict[str, object] | None = None,
+    tap=None,
 ) -> CachedFeatures:
-    """Features for every item, joined across backbones; the backbones are built only for cache misses.
+    """Features for every item, joined across backbones; the backbones are built only for cache misses (a `tap`,
+    caching/taps.py, keeps the activations of a fine-tuning boundary from those it computes).
 
     On a miss the backbone is built (timm imported, weights loaded, traced) while the images decode: measured on
     hymenoptera, cold, that overlap saves ~1 s of the ~10 s to the first epoch. (Starting the build earlier, before
@@ -169,7 +182,7 @@ def cached_features(
         store = feature_store(spec, image_size, pool, precision)
         state: dict = {}
         compute = _miss_computer(
-            spec, state, (paths, digests), given, (pool, image_size, batch_size, precision), progress
+            spec, state, (paths, digests), given, (pool, image_size, batch_size, precision), progress, tap
         )
         store.verify(digests)  # a corrupt shard is deleted here, so its rows count as computed below
         before = len(set(store.missing(digests)))

@@ -34,16 +34,22 @@ def _two_stage(
     """Stage 1: head on cached features. Stage 2: unfreeze the top blocks (or everything) at a lower lr."""
     import lightning as L
 
+    from smallvision.caching.taps import BoundaryTap, memory_bytes
     from smallvision.engine.stage import stage_spec
     from smallvision.engine.trainer import fit
     from smallvision.models.backbone import freeze
 
     notes: list[str] = []
-    fs = feature_stage(cfg, index, progress, notes, logger)
+    r = cfg.recipe
+    tap = None
+    if (
+        not whole and r.unfreeze_from is None and r.cached_views != 0
+    ):  # the cut is known now: the feature pass keeps what is below it
+        tap = BoundaryTap(frozenset({cfg.model.backbone}), r.unfreeze_blocks, cfg.data.image_size, memory_bytes(cfg))
+    fs = feature_stage(cfg, index, progress, notes, logger, tap=tap)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_images(cfg, index, progress)
     model = pretrained_model(cfg, fs.specs, len(index.classes), head=fs.head, task=fs.task)
-    r = cfg.recipe
     trainable = {}
     for i, b in enumerate(model.backbones):
         trainable[i] = freeze(b, None) if whole else freeze(b, r.unfreeze_blocks, r.unfreeze_from)
@@ -56,7 +62,9 @@ def _two_stage(
     history = list(fs.history)
 
     features_state = copy.deepcopy(model.state_dict())
-    views = activation_views(cfg, model, data, notes, progress)
+    views = activation_views(cfg, model, data, notes, progress, tap, index)
+    if tap is not None:
+        tap.release()
     groups = param_groups(model, trainable, r.lr, r.finetune_lr, r.layer_decay)
     spec = stage_spec(cfg, stage, "network", epochs=r.finetune_epochs)
     res = fit(

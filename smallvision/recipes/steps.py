@@ -89,9 +89,10 @@ class FeatureStage:
 
 
 def feature_stage(
-    cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger, stage: str = "features"
+    cfg: RunConfig, index: DatasetIndex, progress: bool, notes: list[str], logger, stage: str = "features", tap=None
 ) -> FeatureStage:
-    """A dense head on cached features of the frozen backbone(s); its epochs logged and recorded as `stage`."""
+    """A dense head on cached features of the frozen backbone(s); its epochs logged and recorded as `stage` (a `tap`
+    keeps a fine-tuning boundary's activations from the images the pass computes: caching/taps.py)."""
     import torch
 
     from smallvision.caching.features import cached_features, feature_precision
@@ -107,12 +108,12 @@ def feature_stage(
     exact = feature_precision(cfg.trainer.precision) == feature_precision("32-true")
     first = index.items if exact else [it for it in index.items if it.split == "train"]
     cached = cached_features(
-        first, specs, cfg.data.image_size, cfg.model.pool, precision=cfg.trainer.precision, progress=progress
+        first, specs, cfg.data.image_size, cfg.model.pool, precision=cfg.trainer.precision, progress=progress, tap=tap
     )
     index.drop(cached.failures)
     by_split = split_arrays(cached.features, cached.items, index, need=("train", "val") if exact else ("train",))
     if not exact:
-        _held_out_features(cfg, index, specs, cached, by_split, progress, notes)
+        _held_out_features(cfg, index, specs, cached, by_split, progress, notes, tap)
     notes.append(
         f"stage features: backbone(s) {' + '.join(s.backbone for s in specs)} frozen and run once per image; "
         f"a dense head trains on the cached features ({cached.computed} image(s) computed, "
@@ -143,7 +144,9 @@ def feature_stage(
     return FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split, task)
 
 
-def _held_out_features(cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list) -> None:
+def _held_out_features(
+    cfg: RunConfig, index, specs, cached, by_split: dict, progress: bool, notes: list, tap=None
+) -> None:
     """Give val and test the fp32 features the saved model computes, so the reported numbers are that model's.
 
     Training features stay in the fast precision (bf16 here): on hymenoptera its val metrics differed from the saved
@@ -153,7 +156,14 @@ def _held_out_features(cfg: RunConfig, index, specs, cached, by_split: dict, pro
 
     held = [it for it in index.items if it.split in ("val", "test")]
     exact = cached_features(
-        held, specs, cfg.data.image_size, cfg.model.pool, progress=progress, precision="32-true", built=cached.built
+        held,
+        specs,
+        cfg.data.image_size,
+        cfg.model.pool,
+        progress=progress,
+        precision="32-true",
+        built=cached.built,
+        tap=tap,
     )
     cached.built.update(exact.built)
     cached.computed += exact.computed
@@ -337,8 +347,9 @@ def feature_probs(fs: FeatureStage) -> dict[str, np.ndarray]:
         return {s: fs.task.probabilities(fs.head(torch.from_numpy(x))).numpy() for s, (x, _) in fs.by_split.items()}
 
 
-def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool):
-    """Boundary activations for fine-tuning (see caching/activations.py), or None to train on images."""
+def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bool, tap=None, index=None):
+    """Boundary activations for fine-tuning (see caching/activations.py), or None to train on images; those the
+    feature pass kept in `tap` (caching/taps.py) of `index`'s images (the ones `data` holds) are taken, not run."""
     from smallvision.caching.activations import boundary_split, compute_views, estimate_bytes, view_precision
     from smallvision.data.transforms import train_transform
     from smallvision.engine.precision import resolve_precision
@@ -365,13 +376,40 @@ def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bo
             "every epoch runs the whole network (raise --memory-budget or lower --cached-views to cache)"
         )
         return None
+    given = taken_activations(cfg, split, precision, (tap, split_digests(index))) if tap is not None else {}
     what = f"{views} augmented view(s) of each training image" if augmented else "each image"
+    kept = [s for s in ("train", "val", "test") if s in given]
+    reuse = f"; {', '.join(kept)} taken as the feature pass computed them, not run again" if given else ""
     notes.append(
         f"activation cache: the frozen layers below the trainable blocks ran once for {what} "
-        f"({need / 1e6:.0f} MB of host memory, stored as {precision}); training runs only the trainable blocks and "
-        "the head"
+        f"({need / 1e6:.0f} MB of host memory, stored as {precision}{reuse}); training runs only the trainable "
+        "blocks and the head"
     )
-    return compute_views(split, data, transform if augmented else None, views, precision, cfg.seed, progress=progress)
+    transform = transform if augmented else None
+    return compute_views(split, data, transform, views, precision, cfg.seed, progress=progress, given=given)
+
+
+def taken_activations(cfg: RunConfig, split, precision: str, tapped: tuple) -> dict:
+    """The unaugmented activations of each split the feature pass kept at `split`'s boundary (`tapped`: the tap, each
+    split's digests), in the arithmetic the cache stores them in (the training views in `precision`, val/test in
+    fp32); the tap's rows for the backbone are freed once taken."""
+    tap, digests = tapped
+    name = cfg.model.backbone
+    given = {}
+    for s, keys in digests.items():
+        rows = tap.take(name, precision if s == "train" else "fp32", split.k, keys)
+        if rows is not None:
+            given[s] = rows
+    tap.release(name)
+    return given
+
+
+def split_digests(index: DatasetIndex) -> dict[str, list[str]]:
+    """Each split's image digests in the order split_arrays lays out its rows."""
+    out: dict[str, list[str]] = {}
+    for it in index.items:
+        out.setdefault(it.split, []).append(it.digest)
+    return out
 
 
 def cache_counts(fs: FeatureStage) -> dict:

@@ -104,6 +104,34 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert card.image_size == plan.size or (plan.scratch is not None and card.image_size == plan.scratch.size)
 
 
+def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(mislabelled, session_cache, tmp_path):
+    # The machine's figures and decoded images as the session has them, no features: a folder's first run.
+    from smallvision.auto.costs import Costs
+    from smallvision.config import load_config
+    from smallvision.engine.precision import resolve_precision
+
+    cache = tmp_path / "cache"
+    shutil.copytree(session_cache, cache, ignore=shutil.ignore_patterns("features"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLVISION_CACHE_DIR", str(cache))
+        r = smallvision.train(mislabelled, out=tmp_path / "a", backbone="efficientnet_lite0", time_budget=60, **FAST)
+        plan = _plan(r.run_dir)
+        cfg = build_config(load_config(r.run_dir / "config.yaml"))
+        costs = Costs(resolve_precision(cfg.trainer.precision))
+        untapped = planning.rounds_on(
+            cfg, dataclasses.replace(plan, tapped=False), costs, plan.backbones[0], plan.rounds
+        )
+        tapped = planning.rounds_on(cfg, plan, costs, plan.backbones[0], plan.rounds)
+    assert plan.tapped and any("the feature passes keep fine-tuning round 1's" in w for w in plan.why)
+    kept = [n for n in r.notes if n.startswith("activation cache:")]
+    assert "train, val, test taken as the feature pass computed them, not run again" in kept[0]
+    assert any("fine-tuning efficientnet_lite0 round 1 (" in n for n in r.notes)
+    # round 1 is costed as it ran: its augmented views alone, below what caching every image again costs
+    assert plan.rounds[0].seconds == pytest.approx(tapped[0].seconds, abs=1e-6)
+    assert 0 < tapped[0].setup < untapped[0].setup
+    assert [x.seconds for x in tapped[1:]] == pytest.approx([x.seconds for x in untapped[1:]])
+
+
 def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):
     from smallvision.auto.costs import Costs
     from smallvision.config import load_config
@@ -116,7 +144,7 @@ def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):
     costs = Costs(resolve_precision(cfg.trainer.precision))  # the session's cache: the run timed what these read
 
     def own_rounds(backbone: str, rounds) -> list:
-        return planning.rounds_on(cfg, plan.images, costs, backbone, plan.size, plan.views, rounds)
+        return planning.rounds_on(cfg, plan, costs, backbone, rounds)
 
     def ran_on(who: str) -> str:  # the backbone the notes say ran that round 1 (figures alone can tie on tiny data)
         runs = re.compile(rf"auto: fine-tuning (\S+) {who}round 1 \(")
@@ -418,7 +446,7 @@ def test_what_the_chosen_rung_leaves_buys_more_rounds_then_the_runner_ups_own(im
         double, count = _Costs(COSTS), len(plan.rounds) + 1
         slowest = min(plan.backbones, key=lambda b: double.features(SimpleNamespace(backbone=b), plan.size))
         shapes = [planning.Round(cfg.recipe.unfreeze_blocks + k, 1, 1e-3) for k, _ in planning.ROUND_SHAPES[:count]]
-        nxt = planning.rounds_on(cfg, plan.images, double, slowest, plan.size, plan.views, shapes)[-1]
+        nxt = planning.rounds_on(cfg, plan, double, slowest, shapes)[-1]
         shortened = last.epochs < cfg.recipe.finetune_epochs  # the plan stops at a round it had to shorten
         smallest = last.seconds_for(1) - last.seconds_for(0) if shortened else nxt.seconds
     else:
@@ -608,9 +636,9 @@ def test_config_yaml_metrics_and_tracker_values_are_what_each_candidate_ran(firs
     ran = list(dict.fromkeys(row["stage"] for row in csv.DictReader((first.run_dir / "history.csv").open())))
     assert [s["stage"] for s in chosen[0]["stages"]] == ran  # the chosen candidate's stages are history.csv's
     for c in cands:
-        for rnd in c["stages"][1:]:  # fine-tuning rounds: their own blocks, rate and epochs
-            i = int(rnd["stage"].removeprefix("finetune"))
-            planned = _plan(first.run_dir).rounds[i - 1]
+        for rnd in c["stages"][1:]:  # fine-tuning rounds: their own blocks, rate and epochs (finetune2, finetune1b)
+            i, whose = re.fullmatch(r"finetune(\d+)([bc]?)", rnd["stage"]).groups()
+            planned = execute.Rounds(" bc".index(whose or " ")).of(_plan(first.run_dir))[int(i) - 1]
             assert _stage_value(resolved, rnd, "recipe.finetune_lr") == pytest.approx(planned.lr)
             assert _stage_value(resolved, rnd, "recipe.unfreeze_blocks") == planned.blocks
     report = (first.run_dir / "config.yaml").read_text()

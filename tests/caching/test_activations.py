@@ -193,11 +193,13 @@ class _Counting:
         return self.form(x)
 
 
+@pytest.mark.parametrize("tapped", [False, True])
 @pytest.mark.parametrize("precision,preset", [("bf16-mixed", "light"), ("32-true", "light"), ("32-true", "none")])
-def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypatch, precision, preset):
+def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypatch, precision, preset, tapped):
     # The plan's setup for a round (auto/plan.py) counts every form compute_views builds and every image it runs, as
     # steps.activation_views calls it: with a form costing 1000 s to build, an image 1 s in the training views' form
-    # and 0.5 s in the fp32 one (the fp32 form's figure twice the features' rate), the two must agree exactly.
+    # and 0.5 s in the fp32 one (the fp32 form's figure twice the features' rate), the two must agree exactly. Tapped
+    # (the feature pass kept the unaugmented activations: caching/taps.py), only the augmented views run.
     from smallvision.auto.plan import _views_seconds
     from smallvision.caching.activations import view_precision
     from smallvision.config import build_config
@@ -223,7 +225,13 @@ def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypat
     assert augmented == cfg.recipe.augment.augments() == (preset != "none")
     views = 3 if augmented else 1
     split = _resnet_split(size)
-    compute_views(split, data, transform if augmented else None, views, view_precision(precision), 1, batch_size=4)
+    precision_v = view_precision(precision)
+    given = {}
+    if tapped:  # as the tap keeps them: the training views in the views' dtype, val/test in fp32
+        first = compute_views(split, data, None, 1, precision_v, 1, batch_size=4)
+        given = {"train": first.train[0], **first.others}
+        forms.clear()
+    compute_views(split, data, transform if augmented else None, views, precision_v, 1, batch_size=4, given=given)
 
     class Unit:
         def __init__(self) -> None:
@@ -242,10 +250,14 @@ def test_auto_costs_a_rounds_activation_cache_as_compute_views_runs_it(monkeypat
             return 0.0
 
     n = {s: len(y) for s, (_, y) in data.items()}
-    seconds = _views_seconds(cfg, Unit(), None, size, n, views)
-    assert seconds == 1000 * len(forms) + sum(forms[0]) + sum(sum(f) for f in forms[1:]) / 2
-    assert len(forms) == (2 if precision == "bf16-mixed" else 1)
-    assert sum(map(sum, forms)) == 8 * (1 + (3 if augmented else 0)) + 4 + 4
+    seconds = _views_seconds(cfg, Unit(), None, size, n, views, tapped)
+    assert seconds == 1000 * len(forms) + (sum(forms[0]) + sum(sum(f) for f in forms[1:]) / 2 if forms else 0)
+    if tapped:
+        assert len(forms) == (1 if augmented else 0)
+        assert sum(map(sum, forms)) == 8 * (3 if augmented else 0)
+    else:
+        assert len(forms) == (2 if precision == "bf16-mixed" else 1)
+        assert sum(map(sum, forms)) == 8 * (1 + (3 if augmented else 0)) + 4 + 4
 
 
 def test_the_views_run_in_bf16_only_when_training_does():
