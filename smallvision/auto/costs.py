@@ -91,8 +91,14 @@ class Costs:
         return self.figures[key]
 
     def measure(self, missing: MissingFigure) -> None:
-        """Time the figure the planner found missing and keep it, here and in the machine's cache."""
-        self.figures[missing.key] = {k: float(f"{v:.3g}") for k, v in missing.measure().items()}
+        """Time the figure the planner found missing and keep it, here and in the machine's cache; the run's random
+        state is left as it was (timing builds networks and draws batches: a first run, which times, and a rerun,
+        which reads the figures, then train the same models)."""
+        import torch
+
+        with torch.random.fork_rng():
+            values = missing.measure()
+        self.figures[missing.key] = {k: float(f"{v:.3g}") for k, v in values.items()}
         self.measured.append(missing.key)
         try:
             atomic.write_json(self.path, self.figures)

@@ -273,9 +273,12 @@ def _continued(
     )
 
 
-def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: Rounds, notes, ledger) -> list[Round]:
+def _recosted(
+    cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: Rounds, notes, ledger, tap=None
+) -> list[Round]:
     """The candidate's rounds costed on its own backbone: the plan costs them on its slowest, not yet knowing which
-    candidate validation will pick, so the clock checks and the ledger would hold a cheaper backbone to its figures.
+    candidate validation will pick, so the clock checks and the ledger would hold a cheaper backbone to its figures;
+    and round 1 on every image when the feature pass kept none of its activations (`tap`: the features were cached).
     Recorded per backbone, so a resume costs them the same without reading the machine's figures again; figures this
     machine had not timed yet are timed now, and that time is a ledger row of its own."""
     from smallvision.auto.costs import Costs, planned
@@ -283,10 +286,12 @@ def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: R
     from smallvision.engine.precision import resolve_precision
 
     rounds, backbone = who.of(plan), base.cfg.model.backbone
+    tapped = plan.tapped and tap is not None and tap.holds(backbone)
+    why = tap.declined.get(backbone, "its features were already cached") if tap is not None else ""
 
     def decide() -> dict:
         costs, began = Costs(resolve_precision(cfg.trainer.precision)), now()
-        own = planned(lambda c: rounds_on(cfg, plan, c, backbone, rounds), costs)
+        own = planned(lambda c: rounds_on(cfg, plan, c, backbone, rounds, tapped), costs)
         timed = {"measured": costs.measured, "seconds": round(now() - began, 1)}
         return {"rounds": [dataclasses.asdict(r) for r in own], "timed": timed}
 
@@ -301,7 +306,12 @@ def _recosted(cfg: RunConfig, plan: Plan, base: Candidate, run_dir: Path, who: R
             "recost",
             f"{WHOSE[who.rank][0]}'s {len(out)} fine-tuning round(s) "
             f"re-costed on {backbone}, which runs them: {own_s:.1f} s (the plan's {planned_s:.1f} s were costed on "
-            "its slowest backbone)",
+            "its slowest backbone"
+            + (
+                f", round 1 on activations the feature pass was to keep; it kept none: {why})"
+                if plan.tapped and not tapped
+                else ")"
+            ),
         )
     return out
 
@@ -342,7 +352,7 @@ def _finetune(
             "its loss)"
         )
         return None
-    rounds = _recosted(cfg, plan, base, run_dir, who, notes, tally.ledger)
+    rounds = _recosted(cfg, plan, base, run_dir, who, notes, tally.ledger, tap)
     reserve = who.reserve(plan)
     fitted = _fitted_round(run_dir, 1, rounds, start, budget, notes, tally.ledger, who, reserve)  # before loading
     if fitted is None:
@@ -563,6 +573,8 @@ def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, l
         if who.of(plan):
             tuned = _finetune(cfg, plan, base, index, run_dir, start, progress, notes, logger, tally, who, tap)
             out += [tuned] if tuned is not None else []
+        if tap is not None:  # what its round 1 did not take (it stopped before, or ran none)
+            tap.release(base.cfg.model.backbone)
     return out
 
 

@@ -179,26 +179,47 @@ def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], vi
     return forms * fig["bottom_build_seconds"] + train + (n["val"] + n["test"]) / held_rate
 
 
-def tap_fits(cfg: RunConfig, costs, backbones: list[str], size: int, n: dict[str, int]) -> bool:
-    """Whether the feature passes can keep round 1's unaugmented activations for every one of `backbones` (the
-    boundary below the top --unfreeze-blocks groups) within --memory-budget, in the arithmetic round 1 caches them
-    in: on a CPU the training features' (on a GPU they run in fp16, the round's views in fp32: not kept)."""
+def tap_seconds(cfg: RunConfig, costs, backbone: str, size: int) -> float:
+    """What splitting `backbone`'s feature pass at round 1's boundary adds to it (caching/taps.py): per arithmetic
+    it runs in (training features, then val/test in fp32 when those differ), the frozen part's and the top's forms
+    built: the top's taken as the whole network's build, the frozen part's on top (monkeys10's ledger at 260 px: the
+    three Lite backbones' passes took 3-8 s more split)."""
+    from smallvision.caching.features import feature_precision
+    from smallvision.models.weights import resolve_weights
+
+    spec = resolve_weights(backbone, cfg.model.weights)
+    arithmetics = 1 if feature_precision(costs.precision) == feature_precision("32-true") else 2
+    return arithmetics * (
+        costs.fp32_form(spec, size)["build_seconds"] + costs.bottom(spec, size)["bottom_build_seconds"]
+    )
+
+
+def tap_pays(cfg: RunConfig, costs, backbones: list[str], size: int, views: int, n: dict[str, int]) -> bool:
+    """Whether the feature passes keep round 1's unaugmented activations for every one of `backbones` (the boundary
+    below the top --unfreeze-blocks groups; see caching/taps.py): when they fit --memory-budget, in the arithmetic
+    round 1 caches them in (the training features' must be the round's views': on a GPU features run in fp16), for a
+    round 1 on cached activations, and when what round 1 then skips is at least twice what splitting each pass costs
+    (`tap_seconds`; twice, as not every candidate is fine-tuned): 125 s of 20,000 images, not 398 images' 5 s."""
     from smallvision.caching.activations import cache_bytes, view_precision
     from smallvision.caching.features import feature_precision
     from smallvision.models.weights import resolve_weights
 
-    precision = view_precision(costs.precision)
-    if cfg.recipe.cached_views == 0 or any("+" in name for name in backbones):
+    precision, budget = view_precision(costs.precision), cfg.trainer.memory_budget * 1e9
+    if not backbones or cfg.recipe.cached_views == 0 or any("+" in name for name in backbones):
         return False
     if feature_precision(costs.precision) != precision:
         return False
     need = 0
     for name in backbones:
-        values = costs.activations(resolve_weights(name, cfg.model.weights), size, cfg.recipe.unfreeze_blocks)
-        if not values:
+        spec = resolve_weights(name, cfg.model.weights)
+        values = costs.activations(spec, size, cfg.recipe.unfreeze_blocks)
+        if not values or cache_bytes(values, n, _augmented_views(cfg, max(views, 1)), precision) > budget:
             return False
         need += cache_bytes(values, n, 0, precision)
-    return need <= cfg.trainer.memory_budget * 1e9
+        untapped, tapped = (_views_seconds(cfg, costs, spec, size, n, views, t) for t in (False, True))
+        if untapped - tapped < 2 * tap_seconds(cfg, costs, name, size):
+            return False
+    return need <= budget
 
 
 def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool | str) -> tuple:
@@ -244,7 +265,7 @@ def _round_steps(
 ):
     """Each round costed as it will run on `backbone` (its `seconds` set), as plan steps keyed `{who}round I`; one at
     a time, so a caller that stops early never has the later rounds' figures timed. `tapped`: round 1's unaugmented
-    activations come from the feature pass (`tap_fits`)."""
+    activations come from the feature pass (`tap_pays`)."""
     from smallvision.models.weights import resolve_weights
 
     spec, last_blocks = None, None
@@ -259,11 +280,15 @@ def _round_steps(
         yield Step(f"{who}fine-tune round {i}: {what} at lr {rnd.lr:.2g} {how}", rnd.seconds, f"{who}round {i}")
 
 
-def rounds_on(cfg: RunConfig, plan: Plan, costs, backbone: str, rounds: list[Round]) -> list[Round]:
+def rounds_on(
+    cfg: RunConfig, plan: Plan, costs, backbone: str, rounds: list[Round], tapped: bool | None = None
+) -> list[Round]:
     """`rounds` costed on `backbone`, the candidate that runs them: the plan costs every candidate's rounds on its
-    slowest backbone, before validation says which candidate is fine-tuned. Pure, as make_plan is."""
+    slowest backbone, before validation says which candidate is fine-tuned (round 1 tapped as the plan says, unless
+    `tapped` says otherwise). Pure, as make_plan is."""
     out = [dataclasses.replace(r) for r in rounds]
-    list(_round_steps(cfg, plan.images, costs, backbone, plan.size, plan.views, out, "", plan.tapped))
+    tapped = plan.tapped if tapped is None else tapped
+    list(_round_steps(cfg, plan.images, costs, backbone, plan.size, plan.views, out, "", tapped))
     return out
 
 
@@ -382,7 +407,9 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     plan_rounds = _rounds(cfg, rounds) if "+" not in slowest else []
     if over():
         return None
-    tapped = "+" not in slowest and tap_fits(cfg, costs, list(backbones), size, n)  # rounds may be added later
+    tapped = bool(plan_rounds) and tap_pays(cfg, costs, list(backbones), size, views, n)
+    if tapped:
+        _split_passes(cfg, costs, steps, size, 1)
     for step in _round_steps(cfg, n, costs, slowest, size, views, plan_rounds, "", tapped):  # only while it fits
         steps.append(step)
         if over():
@@ -422,6 +449,33 @@ def flip_seconds(cfg: RunConfig, costs, backbone: str, size: int, images: int) -
     """Seconds to flip `images` through one member on `backbone` in fp32, as the saved model runs: its fp32 form
     built, then the images at that form's rate. Pure, as make_plan is."""
     return sum(f["build_seconds"] + images / f["images_per_second"] for f in _fp32_forms(cfg, costs, backbone, size))
+
+
+def _split_passes(cfg: RunConfig, costs, steps: list[Step], size: int, sign: int) -> float:
+    """Add (`sign` 1) or take back (-1) what splitting each feature pass at round 1's boundary costs (`tap_seconds`)
+    in the plan's feature steps; the seconds added."""
+    added = 0.0
+    for step in steps:
+        if step.key.startswith("features "):
+            extra = sign * tap_seconds(cfg, costs, step.key.removeprefix("features "), size)
+            step.seconds, added = step.seconds + extra, added + extra
+    return added
+
+
+def _filled_split(b: _Budget, costs, chosen: Rung) -> None:
+    """`_filled`, for a rung without rounds with its feature passes split for the round 1 it may buy, when that pays
+    (`tap_pays`) and fits; taken back when no round fits after all."""
+    views = max(chosen.views, 1) if b.views_given is None else chosen.views
+    if not chosen.rounds and tap_pays(b.cfg, costs, chosen.backbones, chosen.size, views, b.n):
+        chosen.estimate_seconds += _split_passes(b.cfg, costs, chosen.steps, chosen.size, 1)
+        chosen.tapped = True
+    if chosen.tapped and chosen.estimate_seconds > b.available:
+        chosen.estimate_seconds += _split_passes(b.cfg, costs, chosen.steps, chosen.size, -1)
+        chosen.tapped = False
+    _filled(b, costs, chosen)
+    if chosen.tapped and not chosen.rounds:
+        chosen.estimate_seconds += _split_passes(b.cfg, costs, chosen.steps, chosen.size, -1)
+        chosen.tapped = False
 
 
 def _filled(b: _Budget, costs, chosen: Rung) -> None:
@@ -570,11 +624,12 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
     scratch, use_pretrained = _scratch_plan(b, profile, probe, costs)
     chosen, scratch, train_cap = _choose_rung(b, index, costs, scratch, use_pretrained)
     if train_cap is None:  # a sampled training set is all the budget allows
-        _filled(b, costs, chosen)
+        _filled_split(b, costs, chosen)
     if chosen.tapped and chosen.rounds:
         b.why.append(
             "the feature passes keep fine-tuning round 1's boundary activations of the images they compute (within "
-            "--memory-budget), so on a first run round 1 runs only its augmented views through the frozen layers"
+            "--memory-budget), so on a folder's first run round 1 does not run its frozen layers on those images "
+            "again (only on their augmented views)"
         )
     if not chosen.rounds and chosen.backbones and train_cap is None:
         if any("+" in name for name in chosen.backbones):

@@ -277,6 +277,9 @@ def compute_views(
 
     size = data["train"][0].shape[1]
     bottom, given = split.bottom(), given or {}
+    for s, rows in given.items():
+        if len(rows) != len(data[s][0]) or rows.dtype != (view_dtype(precision) if s == "train" else HELD_DTYPE):
+            raise ValueError(f"given {s} activations: {len(rows)} {rows.dtype} rows for {len(data[s][0])} images")
     dtype = view_dtype(precision)
     augmenting = views if transform is not None else 0
     form = None

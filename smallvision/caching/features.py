@@ -20,9 +20,14 @@ log = logging.getLogger(__name__)
 FEATURE_FORMAT = 1
 
 
-def feature_settings(spec: WeightsSpec, image_size: int, pool: str, precision: str = "auto") -> dict:
-    """Everything a cached feature depends on besides the image's content (`precision`: a trainer precision)."""
+def feature_settings(
+    spec: WeightsSpec, image_size: int, pool: str, precision: str = "auto", split: int | None = None
+) -> dict:
+    """Everything a cached feature depends on besides the image's content (`precision`: a trainer precision; `split`:
+    computed split below the top `split` block groups, caching/taps.py, whose last bits can differ from the whole
+    network's in bf16: lite2 at 260 px, lite0 at 64, so they are cached apart)."""
     return {
+        **({"split_below_top": split} if split is not None else {}),
         "backbone": spec.backbone,
         "weights": spec.fingerprint,
         "normalization": [spec.mean, spec.std] if spec.mean else f"timm {version('timm')} default",
@@ -34,9 +39,12 @@ def feature_settings(spec: WeightsSpec, image_size: int, pool: str, precision: s
     }
 
 
-def feature_store(spec: WeightsSpec, image_size: int, pool: str, precision: str = "auto") -> ShardedStore:
-    """The on-disk feature cache for one backbone + weights + preprocessing + arithmetic."""
-    settings = feature_settings(spec, image_size, pool, precision)
+def feature_store(
+    spec: WeightsSpec, image_size: int, pool: str, precision: str = "auto", split: int | None = None
+) -> ShardedStore:
+    """The on-disk feature cache for one backbone + weights + preprocessing + arithmetic (+ split, see
+    feature_settings)."""
+    settings = feature_settings(spec, image_size, pool, precision, split)
     return ShardedStore(cache_root() / "features" / f"{spec.backbone}-{key_of(settings)}", settings)
 
 
@@ -139,10 +147,10 @@ def _miss_computer(
             if building is not None:
                 state["backbone"], state["form"] = building.result()
         if tapped and "split" not in state:
-            state["split"] = tap.forms(state["backbone"], image_size, batch_size, arithmetic)
+            state["split"] = tap.forms(spec.backbone, state["backbone"], image_size, batch_size, arithmetic)
         if tapped and state["split"] is not None and len(images):
             kept = [digests[p] for i, p in enumerate(positions) if i not in failed]
-            feats = tap.features(state["split"], spec.backbone, arithmetic, images, kept)
+            feats = tap.features(state["split"], spec.backbone, arithmetic, images, kept, progress)
         else:
             feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
         reasons = {positions[i]: reason for i, reason in failed.items()}
@@ -179,7 +187,9 @@ def cached_features(
     built = {}
     per_backbone = []
     for spec in specs:
-        store = feature_store(spec, image_size, pool, precision)
+        arithmetic = feature_precision(precision).removeprefix("cuda-")
+        split = tap.blocks if tap is not None and tap.wants(spec.backbone, image_size, arithmetic) else None
+        store = feature_store(spec, image_size, pool, precision, split)
         state: dict = {}
         compute = _miss_computer(
             spec, state, (paths, digests), given, (pool, image_size, batch_size, precision), progress, tap

@@ -7,6 +7,10 @@ those same images again: on 20,000 images at 224 px, 125 s of a 600 s budget her
 the feature pass at that boundary instead (the frozen part, then the top blocks and the pooling, each in its own fast
 inference form) and keeps, in host memory, the activations between them: the unaugmented training views in the
 arithmetic the round caches them in, val/test in fp32. The round takes them by image digest, all or none.
+
+Split features equal the whole network's to the bit in fp32 and in bf16 for most backbones and sizes, not all (in
+bf16 lite2 at 128 and 260 px, lite0 at 64 px differ in their last bits), so the feature cache keeps them apart
+(caching/features.py `feature_settings`): whatever reads a cached feature reads what the same path computed.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def boundary_index(backbone, blocks: int, size: int) -> tuple[list[nn.Module], i
 class _Kept:
     """One backbone's activations in one arithmetic: rows by digest, and the boundary they were taken at."""
 
+    backbone: str
     k: int
     rows: dict[str, torch.Tensor] = field(default_factory=dict)
     dropped: bool = False  # over the tap's memory: nothing of it is offered (a round takes all or none)
@@ -82,18 +87,20 @@ class BoundaryTap:
     budget_bytes: float
     kept: dict[tuple[str, str], _Kept] = field(default_factory=dict)
     used: int = 0
+    declined: dict[str, str] = field(default_factory=dict)  # backbone -> why its pass was not split
 
     def wants(self, backbone: str, size: int, arithmetic: str) -> bool:
         """Whether the feature pass of `backbone` at `size` in `arithmetic` keeps its activations."""
         return backbone in self.backbones and size == self.size and arithmetic in KEPT_DTYPES
 
-    def forms(self, backbone, size: int, batch_size: int, arithmetic: str):
-        """The frozen part's and the top's fast inference forms and the boundary index, or None when the backbone
-        has no boundary at the top `blocks` groups."""
+    def forms(self, name: str, backbone, size: int, batch_size: int, arithmetic: str):
+        """The frozen part's and the top's fast inference forms and the boundary index, or None (the reason kept in
+        `declined`) when the backbone has no boundary at the top `blocks` groups."""
         from smallvision.models.inference import inference_form
 
         found = boundary_index(backbone, self.blocks, size)
         if found is None:
+            self.declined[name] = "no boundary below its top blocks"
             return None
         chain, k = found
         bottom = inference_form(FrozenBottom(backbone, chain[:k]), (3, size, size), batch_size, arithmetic)
@@ -103,18 +110,27 @@ class BoundaryTap:
         log.info("feature pass split at unit %d for the fine-tuning round: %s", k, ", ".join(bottom.steps))
         return bottom, top, k
 
-    def features(self, forms, name: str, arithmetic: str, images: np.ndarray, digests: list[str]) -> np.ndarray:
+    def features(
+        self, forms, name: str, arithmetic: str, images: np.ndarray, digests: list[str], progress: bool = True
+    ) -> np.ndarray:
         """Features of uint8 NHWC `images` through `forms` (see `forms`), keeping their activations by digest."""
+        from tqdm.auto import tqdm
+
         bottom, top, k = forms
-        kept = self.kept.setdefault((name, arithmetic), _Kept(k))
+        kept = self.kept.setdefault((name, arithmetic), _Kept(name, k))
         dtype = KEPT_DTYPES[arithmetic]
         out = []
-        for start in range(0, len(images), bottom.batch_size):
+        starts = range(0, len(images), bottom.batch_size)
+        for start in tqdm(starts, desc="features", unit="batch", disable=not progress):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + bottom.batch_size]))
             acts = bottom(batch.permute(0, 3, 1, 2).to(torch.float32).div_(255))
             out.append(top(acts).cpu().numpy())
             self._keep(kept, digests[start : start + len(acts)], acts.to(STORE, dtype))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def holds(self, backbone: str) -> bool:
+        """Whether the feature passes kept any of `backbone`'s activations (a first run; within the memory)."""
+        return any(key[0] == backbone and e.rows and not e.dropped for key, e in self.kept.items())
 
     def _keep(self, kept: _Kept, digests: list[str], acts: torch.Tensor) -> None:
         """Keep a batch's rows unless the tap's memory is spent (then drop the whole entry, freeing its rows)."""
@@ -122,7 +138,7 @@ class BoundaryTap:
             return
         size = acts.element_size() * acts[0].numel() * len(digests)
         if self.used + size > self.budget_bytes:
-            log.info("boundary tap over %.2g GB: the round computes its activations itself", self.budget_bytes / 1e9)
+            self.declined[kept.backbone] = f"its activations would pass {self.budget_bytes / 1e9:.2g} GB"
             self.used -= sum(r.element_size() * r.numel() for r in kept.rows.values())
             kept.rows.clear()
             kept.dropped = True

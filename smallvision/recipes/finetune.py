@@ -34,18 +34,13 @@ def _two_stage(
     """Stage 1: head on cached features. Stage 2: unfreeze the top blocks (or everything) at a lower lr."""
     import lightning as L
 
-    from smallvision.caching.taps import BoundaryTap, memory_bytes
     from smallvision.engine.stage import stage_spec
     from smallvision.engine.trainer import fit
     from smallvision.models.backbone import freeze
 
     notes: list[str] = []
     r = cfg.recipe
-    tap = None
-    if (
-        not whole and r.unfreeze_from is None and r.cached_views != 0
-    ):  # the cut is known now: the feature pass keeps what is below it
-        tap = BoundaryTap(frozenset({cfg.model.backbone}), r.unfreeze_blocks, cfg.data.image_size, memory_bytes(cfg))
+    tap = _tap(cfg, whole)
     fs = feature_stage(cfg, index, progress, notes, logger, tap=tap)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_images(cfg, index, progress)
@@ -88,6 +83,17 @@ def _two_stage(
     probs = views.probabilities(fs.task) if views is not None else None
     outcome = finish(model, cfg, data, fs.specs, history, res.best_epoch, notes, trained, cache_counts(fs), probs)
     return replace(outcome, world_size=res.world_size)
+
+
+def _tap(cfg: RunConfig, whole: bool):
+    """What the feature pass keeps for stage 2 (caching/taps.py): the activations below the top --unfreeze-blocks
+    groups, the cut being known before the pass; None when stage 2 cuts elsewhere or caches nothing."""
+    from smallvision.caching.taps import BoundaryTap, memory_bytes
+
+    r = cfg.recipe
+    if whole or r.unfreeze_from is not None or r.cached_views == 0:
+        return None
+    return BoundaryTap(frozenset({cfg.model.backbone}), r.unfreeze_blocks, cfg.data.image_size, memory_bytes(cfg))
 
 
 def _stage_one_kept(cfg: RunConfig, model, features_state: dict, fs, data, history, notes, ran) -> RecipeOutcome:

@@ -380,6 +380,9 @@ def activation_views(cfg: RunConfig, model, data, notes: list[str], progress: bo
     what = f"{views} augmented view(s) of each training image" if augmented else "each image"
     kept = [s for s in ("train", "val", "test") if s in given]
     reuse = f"; {', '.join(kept)} taken as the feature pass computed them, not run again" if given else ""
+    if tap is not None and len(kept) < len(data):  # the pass was to keep them: say why it did not
+        why = tap.declined.get(cfg.model.backbone, "their features were already cached")
+        reuse += f"; {'the others' if kept else 'every split'} ran here ({why})"
     notes.append(
         f"activation cache: the frozen layers below the trainable blocks ran once for {what} "
         f"({need / 1e6:.0f} MB of host memory, stored as {precision}{reuse}); training runs only the trainable "

@@ -104,8 +104,9 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert card.image_size == plan.size or (plan.scratch is not None and card.image_size == plan.scratch.size)
 
 
-def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(mislabelled, session_cache, tmp_path):
-    # The machine's figures and decoded images as the session has them, no features: a folder's first run.
+def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(first, mislabelled, session_cache, tmp_path):
+    # The machine's figures (`first` timed them) and decoded images as the session has them, no features: a folder's
+    # first run, with the split of the feature pass free (whether it pays is test_the_feature_pass_is_split_...).
     from smallvision.auto.costs import Costs
     from smallvision.config import load_config
     from smallvision.engine.precision import resolve_precision
@@ -114,6 +115,7 @@ def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(mislabelle
     shutil.copytree(session_cache, cache, ignore=shutil.ignore_patterns("features"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMALLVISION_CACHE_DIR", str(cache))
+        mp.setattr(planning, "tap_seconds", lambda *a: 0.0)  # 120 tiny images save too little to pay for a split
         r = smallvision.train(mislabelled, out=tmp_path / "a", backbone="efficientnet_lite0", time_budget=60, **FAST)
         plan = _plan(r.run_dir)
         cfg = build_config(load_config(r.run_dir / "config.yaml"))
@@ -122,14 +124,55 @@ def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(mislabelle
             cfg, dataclasses.replace(plan, tapped=False), costs, plan.backbones[0], plan.rounds
         )
         tapped = planning.rounds_on(cfg, plan, costs, plan.backbones[0], plan.rounds)
+        again = smallvision.train(
+            mislabelled, out=tmp_path / "b", backbone="efficientnet_lite0", time_budget=60, **FAST
+        )
     assert plan.tapped and any("the feature passes keep fine-tuning round 1's" in w for w in plan.why)
     kept = [n for n in r.notes if n.startswith("activation cache:")]
     assert "train, val, test taken as the feature pass computed them, not run again" in kept[0]
     assert any("fine-tuning efficientnet_lite0 round 1 (" in n for n in r.notes)
     # round 1 is costed as it ran: its augmented views alone, below what caching every image again costs
-    assert plan.rounds[0].seconds == pytest.approx(tapped[0].seconds, abs=1e-6)
     assert 0 < tapped[0].setup < untapped[0].setup
     assert [x.seconds for x in tapped[1:]] == pytest.approx([x.seconds for x in untapped[1:]])
+    # the second run finds the features cached: the same plan, round 1 re-costed on every image, and both say why
+    assert _plan(again.run_dir).tapped and _plan(again.run_dir).rounds == plan.rounds
+    ledger = {
+        name: {x["step"]: x["estimate"] for x in _plan(run.run_dir).actual} for name, run in (("a", r), ("b", again))
+    }
+    assert ledger["a"]["round 1"] == pytest.approx(tapped[0].seconds, abs=0.06)
+    assert ledger["b"]["round 1"] == pytest.approx(untapped[0].seconds, abs=0.06)
+    kept = [n for n in again.notes if n.startswith("activation cache:")]
+    assert "every split ran here (their features were already cached)" in kept[0]
+    assert any("it kept none: its features were already cached" in n for n in again.notes)
+
+
+@pytest.mark.parametrize("images", [120, 20_000])
+def test_the_feature_pass_is_split_for_round_1_only_where_that_pays(images, monkeypatch):
+    cfg = build_config({"data": {"path": "x"}})
+    costs = _Costs(COSTS)
+    plan = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, costs)
+    assert plan.rounds
+
+    def pays(name: str) -> bool:  # round 1's pass skipped against twice the split's builds
+        spec = SimpleNamespace(backbone=name)
+        full, kept = (planning._views_seconds(cfg, costs, spec, plan.size, plan.images, plan.views, t) for t in (0, 1))
+        return full - kept >= 2 * planning.tap_seconds(cfg, costs, name, plan.size)
+
+    assert planning.tap_seconds(cfg, costs, "efficientnet_lite0", 224) == 2.0 + 1.0  # fp32: one arithmetic's builds
+    assert plan.tapped == all(map(pays, plan.backbones)) == (images == 20_000)
+    slowest = min(plan.backbones, key=lambda b: costs.features(SimpleNamespace(backbone=b), plan.size))
+    rounds = planning.rounds_on(cfg, plan, costs, slowest, plan.rounds)
+    assert plan.rounds[0].seconds == pytest.approx(rounds[0].seconds)  # round 1 costed as the plan says it runs
+    if plan.tapped:  # round 1 is cheaper by what it no longer runs, each feature step dearer by the split
+        unsplit = planning.rounds_on(cfg, dataclasses.replace(plan, tapped=False), costs, slowest, plan.rounds)
+        assert rounds[0].seconds < unsplit[0].seconds
+        assert any("the feature passes keep fine-tuning round 1's" in w for w in plan.why)
+        monkeypatch.setattr(planning, "tap_seconds", lambda *a: 0.0)
+        free = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, _Costs(COSTS))
+        assert (free.backbones, free.size) == (plan.backbones, plan.size)
+        for name in plan.backbones:
+            split = 2.0 + 1.0
+            assert plan.seconds_of(f"features {name}") == pytest.approx(free.seconds_of(f"features {name}") + split)
 
 
 def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):

@@ -33,12 +33,15 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 def test_a_tapped_pass_gives_the_features_and_the_activations_the_round_would_compute(arithmetic, precision):
     backbone, images = _backbone(), _images(10)
     digests = [f"d{i}" for i in range(len(images))]
-    whole = run_batches(feature_form(backbone, SIZE, 4, precision), images, progress=False)
+    form = feature_form(backbone, SIZE, 4, precision)
+    whole = run_batches(form, images, progress=False)
     tap = BoundaryTap(frozenset({"resnet18"}), 1, SIZE, 1e9)
     assert tap.wants("resnet18", SIZE, arithmetic) and not tap.wants("resnet18", SIZE + 1, arithmetic)
-    forms = tap.forms(backbone, SIZE, 4, arithmetic)
-    feats = tap.features(forms, "resnet18", arithmetic, images, digests)
+    forms = tap.forms("resnet18", backbone, SIZE, 4, arithmetic)
+    assert forms is not None, tap.declined
+    feats = tap.features(forms, "resnet18", arithmetic, images, digests, progress=False)
     np.testing.assert_allclose(feats, whole, rtol=0, atol=1e-5 if arithmetic == "fp32" else 2e-2)
+    assert tap.holds("resnet18") and not tap.holds("resnet50")
 
     model = ImageClassifier([backbone], Head(512, 3))
     freeze(backbone, 1)  # round 1: the top block trains; the tap cut where the round cuts
@@ -54,6 +57,8 @@ def test_a_tapped_pass_gives_the_features_and_the_activations_the_round_would_co
         torch.testing.assert_close(tap.take("resnet18", "fp32", split.k, digests[6:]), own.others["val"])
     given = compute_views(split, data, None, 1, arithmetic, 0, batch_size=4, given={"train": train})
     torch.testing.assert_close(given.train, own.train, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="given train activations: 5"):  # rows for other images are refused
+        compute_views(split, data, None, 1, arithmetic, 0, batch_size=4, given={"train": train[:5]})
     assert tap.take("resnet18", arithmetic, split.k + 1, digests[:6]) is None  # another boundary: none of it
     assert tap.take("resnet18", arithmetic, split.k, digests[:6] + ["unseen"]) is None  # all or none
     tap.release("resnet18")
@@ -63,26 +68,30 @@ def test_a_tapped_pass_gives_the_features_and_the_activations_the_round_would_co
 def test_a_tap_over_its_memory_keeps_nothing_and_its_features_stay_right():
     backbone, images = _backbone(), _images(12, seed=1)
     digests = [f"d{i}" for i in range(len(images))]
-    forms = BoundaryTap(frozenset({"resnet18"}), 1, SIZE, 1e9).forms(backbone, SIZE, 4, "fp32")
+    form = feature_form(backbone, SIZE, 4, "32-true")
+    forms = BoundaryTap(frozenset({"resnet18"}), 1, SIZE, 1e9).forms("resnet18", backbone, SIZE, 4, "fp32")
     per_image = int(np.prod(forms[0](torch.zeros(1, 3, SIZE, SIZE)).shape)) * 4
     tap = BoundaryTap(frozenset({"resnet18"}), 1, SIZE, per_image * 6)  # room for half of them
-    feats = tap.features(forms, "resnet18", "fp32", images, digests)
-    whole = run_batches(feature_form(backbone, SIZE, 4, "32-true"), images, progress=False)
-    np.testing.assert_allclose(feats, whole, rtol=0, atol=1e-5)
-    assert tap.used == 0
+    feats = tap.features(forms, "resnet18", "fp32", images, digests, progress=False)
+    np.testing.assert_allclose(feats, run_batches(form, images, progress=False), rtol=0, atol=1e-5)
+    assert tap.used == 0 and not tap.holds("resnet18") and "would pass" in tap.declined["resnet18"]
     assert tap.take("resnet18", "fp32", forms[2], digests[:4]) is None  # the first batch fitted, yet none is offered
 
 
 def test_a_first_finetune_takes_its_activations_from_the_feature_pass_and_trains_the_same(
     shapes_data, tmp_path, fresh_cache
 ):
-    kw = {"recipe": "finetune", "preset": "none", "backbone": "efficientnet_lite0", "image_size": 64, "epochs": 2}
-    kw |= {"finetune_epochs": 2, "progress": False, "report": False, "precision": "32-true"}
-    first = smallvision.train(shapes_data, out=tmp_path / "first", **kw)  # an empty cache: the features are computed
-    again = smallvision.train(shapes_data, out=tmp_path / "again", **kw)  # read from the cache: nothing to keep
+    kw = {"backbone": "efficientnet_lite0", "image_size": 64, "epochs": 2, "progress": False, "report": False}
+    kw |= {"precision": "32-true"}
+    tune = {"recipe": "finetune", "preset": "none", "finetune_epochs": 2, **kw}
+    first = smallvision.train(shapes_data, out=tmp_path / "first", **tune)  # an empty cache: features are computed
+    again = smallvision.train(shapes_data, out=tmp_path / "again", **tune)  # read from the cache: nothing to keep
     said = "taken as the feature pass computed them, not run again"
     assert any(n.startswith("activation cache:") and f"train, val, test {said}" in n for n in first.notes)
     assert not any(said in n for n in again.notes)
     assert first.metrics["feature_cache"]["computed"] > 0 and again.metrics["feature_cache"]["computed"] == 0
+    # split features are cached apart from whole-network ones (their last bits may differ): `features` computes its own
+    plain = smallvision.train(shapes_data, out=tmp_path / "plain", recipe="features", **kw)
+    assert plain.metrics["feature_cache"]["computed"] > 0
     a, b = (load_file(str(r.model_dir / "model.safetensors")) for r in (first, again))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
