@@ -530,8 +530,6 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
         tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
     pretrained = [c for c in cands if c.specs]
     cands += _fine_tuned(cfg, plan, pretrained, work, run_dir, start, progress, notes, logger, tally, tap)
-    if tap is not None:
-        tap.release()
     members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally)
     _record_costs(run_dir, plan, tally.ledger, notes)
     unused = unapplied(user_set(cfg), tally.ran)
@@ -573,7 +571,7 @@ def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, l
         if who.of(plan):
             tuned = _finetune(cfg, plan, base, index, run_dir, start, progress, notes, logger, tally, who, tap)
             out += [tuned] if tuned is not None else []
-        if tap is not None:  # what its round 1 did not take (it stopped before, or ran none)
+        if tap is not None:  # what its round 1 did not take (it stopped before, or ran none); every pass's is here
             tap.release(base.cfg.model.backbone)
     return out
 

@@ -182,8 +182,8 @@ def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], vi
 def tap_seconds(cfg: RunConfig, costs, backbone: str, size: int) -> float:
     """What splitting `backbone`'s feature pass at round 1's boundary adds to it (caching/taps.py): per arithmetic
     it runs in (training features, then val/test in fp32 when those differ), the frozen part's and the top's forms
-    built: the top's taken as the whole network's build, the frozen part's on top (monkeys10's ledger at 260 px: the
-    three Lite backbones' passes took 3-8 s more split)."""
+    built: the top's taken as the whole network's build, the frozen part's on top (at 7c09571, which split without
+    costing it, monkeys10's three feature steps at 260 px took 2-8 s over their estimates)."""
     from smallvision.caching.features import feature_precision
     from smallvision.models.weights import resolve_weights
 

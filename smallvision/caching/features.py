@@ -123,8 +123,8 @@ def _miss_computer(
     spec: WeightsSpec, state: dict, files: tuple, given: dict, settings: tuple, progress: bool, tap=None
 ):
     """fill_store's `compute` for one backbone: decode the missing images while the backbone builds (once, into
-    `state`), then run it on them; unreadable images come back as failures. With a `tap` that wants this pass
-    (caching/taps.py), the backbone runs split at the tap's boundary and the tap keeps the activations there."""
+    `state`), then run it on them; unreadable images come back as failures. With a `tap` (caching/taps.py, one that
+    wants this pass), the backbone runs split at the tap's boundary and the tap keeps the activations there."""
     from concurrent.futures import ThreadPoolExecutor
 
     from smallvision.models.inference import run_batches
@@ -132,7 +132,7 @@ def _miss_computer(
     paths, digests = files
     pool, image_size, batch_size, precision = settings
     arithmetic = feature_precision(precision).removeprefix("cuda-")
-    tapped = tap is not None and tap.wants(spec.backbone, image_size, arithmetic)
+    tapped = tap is not None
 
     def compute(positions: list[int]) -> tuple[np.ndarray, dict[int, str]]:
         with ThreadPoolExecutor(1) as background:
@@ -186,13 +186,13 @@ def cached_features(
     given = built or {}
     built = {}
     per_backbone = []
+    arithmetic = feature_precision(precision).removeprefix("cuda-")
     for spec in specs:
-        arithmetic = feature_precision(precision).removeprefix("cuda-")
-        split = tap.blocks if tap is not None and tap.wants(spec.backbone, image_size, arithmetic) else None
-        store = feature_store(spec, image_size, pool, precision, split)
+        wanted = tap if tap is not None and tap.wants(spec.backbone, image_size, arithmetic) else None
+        store = feature_store(spec, image_size, pool, precision, wanted.blocks if wanted else None)
         state: dict = {}
         compute = _miss_computer(
-            spec, state, (paths, digests), given, (pool, image_size, batch_size, precision), progress, tap
+            spec, state, (paths, digests), given, (pool, image_size, batch_size, precision), progress, wanted
         )
         store.verify(digests)  # a corrupt shard is deleted here, so its rows count as computed below
         before = len(set(store.missing(digests)))

@@ -136,7 +136,7 @@ class BoundaryTap:
         """Keep a batch's rows unless the tap's memory is spent (then drop the whole entry, freeing its rows)."""
         if kept.dropped:
             return
-        size = acts.element_size() * acts[0].numel() * len(digests)
+        size = acts.element_size() * acts.numel()
         if self.used + size > self.budget_bytes:
             self.declined[kept.backbone] = f"its activations would pass {self.budget_bytes / 1e9:.2g} GB"
             self.used -= sum(r.element_size() * r.numel() for r in kept.rows.values())
