@@ -266,10 +266,12 @@ class Costs:
 
         return self._get(f"scratch/{name}/{size}/{int(batch_norm)}{_at(batch)}", measure)
 
-    def head(self, classes: int, multi: bool, batch: int = BATCH) -> dict:
-        """A dense head's training on cached features (the tensor loop, as auto's heads train): seconds per stage (its
-        fixed part) and per sample-epoch, fitted from a 128- and a 1024-sample run of 2 epochs (a quarter as many
-        validation samples)."""
+    def head(self, classes: int, multi: bool, batch: int = BATCH, loss: str | None = None) -> dict:
+        """A dense head's training on cached features (the tensor loop, as auto's heads train), with a multi-label
+        folder's `loss` (bce or asl: timm's asymmetric loss took 2.7x BCE's time on posters_ml's 23 labels; None, a
+        single-label one's cross-entropy): seconds per stage, per epoch (its metric and validation pass: mAP is over
+        the epoch) and per sample-epoch, fitted from runs of 128 samples for 2 and 6 epochs and of 1024 for 2 (a
+        quarter as many validation samples)."""
 
         def measure() -> dict:
             import torch
@@ -281,22 +283,24 @@ class Costs:
 
             rng = np.random.default_rng(0)
 
-            def run(n: int) -> float:
+            def run(n: int, epochs: int) -> float:
                 x = rng.standard_normal((n, HEAD_DIM)).astype(np.float32)
                 y = (rng.random((n, classes)) < 0.2).astype(np.float32) if multi else rng.integers(0, classes, n)
                 data = Tensors((x, y), (x[: n // 4], y[: n // 4]))
-                spec = StageSpec("cost", epochs=2, lr=1e-3, batch_size=batch)
+                spec = StageSpec("cost", epochs=epochs, lr=1e-3, batch_size=batch, multilabel_loss=loss or "bce")
                 t0 = time.perf_counter()
                 fit(Head(HEAD_DIM, classes), data, spec, MULTI_LABEL if multi else SINGLE_LABEL, progress=False)
                 return time.perf_counter() - t0
 
             with torch.random.fork_rng():  # timing leaves the run's random state as it found it
-                run(128)  # warm-up
-                small, big = run(128), run(1024)
+                run(128, 2)  # warm-up
+                small, long, big = run(128, 2), run(128, 6), run(1024, 2)
             per = max(0.0, (big - small) / ((1024 - 128) * 1.25 * 2))
-            return {"stage_seconds": max(1e-3, small - per * 128 * 1.25 * 2), "sample_epoch_seconds": per}
+            epoch = max(0.0, (long - small) / 4 - per * 128 * 1.25)
+            stage = max(1e-3, small - 2 * (epoch + per * 128 * 1.25))
+            return {"stage_seconds": stage, "epoch_seconds": epoch, "sample_epoch_seconds": per}
 
-        return self._get(f"head/{classes}/{int(multi)}{_at(batch)}", measure)
+        return self._get(f"head/{classes}/{int(multi)}/{loss or 'ce'}{_at(batch)}", measure)
 
     def decode(self) -> dict:
         """Wall seconds per image to decode, resize and cache JPEG files as the runs do (the thread pool included):

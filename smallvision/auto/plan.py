@@ -181,17 +181,15 @@ def _views_seconds(cfg: RunConfig, costs, spec, size: int, n: dict[str, int], vi
 
 def tap_seconds(cfg: RunConfig, costs, backbone: str, size: int) -> float:
     """What splitting `backbone`'s feature pass at round 1's boundary adds to it (caching/taps.py): per arithmetic
-    it runs in (training features, then val/test in fp32 when those differ), the frozen part's and the top's forms
-    built: the top's taken as the whole network's build, the frozen part's on top (at 7c09571, which split without
-    costing it, monkeys10's three feature steps at 260 px took 2-8 s over their estimates)."""
+    it runs in (training features, then val/test in fp32 when those differ), the frozen part's form built besides
+    the top's, which replaces the whole network's (taken as costing as much: the unsplit pass's build is already in
+    the feature step)."""
     from smallvision.caching.features import feature_precision
     from smallvision.models.weights import resolve_weights
 
     spec = resolve_weights(backbone, cfg.model.weights)
     arithmetics = 1 if feature_precision(costs.precision) == feature_precision("32-true") else 2
-    return arithmetics * (
-        costs.fp32_form(spec, size)["build_seconds"] + costs.bottom(spec, size)["bottom_build_seconds"]
-    )
+    return arithmetics * costs.bottom(spec, size)["bottom_build_seconds"]
 
 
 def tap_pays(cfg: RunConfig, costs, backbones: list[str], size: int, views: int, n: dict[str, int]) -> bool:
@@ -323,9 +321,13 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
         views_given = 1  # without augmentation each image has one view, the image itself
     fig = costs.decode()
     n = _counts(index)
-    head = costs.head(len(index.classes), index.task == "multi", r.batch_size)
-    heads = len(head_lrs(cfg)) * len(head_losses(cfg, index))
-    per_head = head["stage_seconds"] + head["sample_epoch_seconds"] * (n["train"] + n["val"]) * r.epochs
+    per_loss = [
+        costs.head(len(index.classes), index.task == "multi", r.batch_size, loss) for loss in head_losses(cfg, index)
+    ]
+    heads = len(head_lrs(cfg)) * sum(
+        f["stage_seconds"] + r.epochs * (f["epoch_seconds"] + f["sample_epoch_seconds"] * (n["train"] + n["val"]))
+        for f in per_loss
+    )
     why = [profile.sentence()]
     if spent > 0:
         why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {r.time_budget:g} s (--resume)")
@@ -334,7 +336,7 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
         n=n,
         available=SAFETY * r.time_budget - RESERVED - (PROBE_SECONDS if probe is not None else 0.0) - spent,
         decode_one=fig["seconds_per_image"] + fig["seconds_per_megapixel"] * profile.width * profile.height / 1e6,
-        head_seconds=heads * per_head,
+        head_seconds=heads,
         given_size=cfg.data.image_size if "image_size" in cfg.data.model_fields_set else None,
         given_backbone="backbone" in cfg.model.model_fields_set,
         views_given=views_given,

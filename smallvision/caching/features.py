@@ -70,14 +70,14 @@ def run_backbone(
 
 
 def _prepare(
-    spec: WeightsSpec, pool: str, image_size: int, batch_size: int, precision: str, built=None
+    spec: WeightsSpec, pool: str, image_size: int, batch_size: int, precision: str, built=None, form: bool = True
 ) -> tuple[object, object]:
-    """Build a backbone (unless given) and its inference form (run in a thread while images decode)."""
+    """Build a backbone (unless given) and, when `form`, its inference form (run in a thread while images decode)."""
     from smallvision.models.backbone import build_backbone
 
     backbone = built if built is not None else build_backbone(spec, pool)
     backbone.check_size(image_size, spec.backbone)
-    return backbone, feature_form(backbone, image_size, batch_size, precision)
+    return backbone, feature_form(backbone, image_size, batch_size, precision) if form else None
 
 
 # trainer precision -> the arithmetic of the feature pass ("auto": fp16 on a GPU, bf16 on a CPU that has it natively)
@@ -124,7 +124,8 @@ def _miss_computer(
 ):
     """fill_store's `compute` for one backbone: decode the missing images while the backbone builds (once, into
     `state`), then run it on them; unreadable images come back as failures. With a `tap` (caching/taps.py, one that
-    wants this pass), the backbone runs split at the tap's boundary and the tap keeps the activations there."""
+    wants this pass), the backbone runs split at the tap's boundary and the tap keeps the activations there: the
+    whole network's form is then built only if the backbone has no such boundary (2-4 s a form on these cores)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from smallvision.models.inference import run_batches
@@ -140,7 +141,9 @@ def _miss_computer(
             if "form" not in state:
                 log.info("building backbone %s (%s) for uncached images", spec.backbone, spec.detail)
                 prebuilt = given.get(spec.fingerprint + spec.backbone)
-                building = background.submit(_prepare, spec, pool, image_size, batch_size, precision, prebuilt)
+                building = background.submit(
+                    _prepare, spec, pool, image_size, batch_size, precision, prebuilt, not tapped
+                )
             images, failed = decoded_images(
                 [paths[p] for p in positions], [digests[p] for p in positions], image_size, progress=progress
             )
@@ -151,8 +154,12 @@ def _miss_computer(
         if tapped and state["split"] is not None and len(images):
             kept = [digests[p] for i, p in enumerate(positions) if i not in failed]
             feats = tap.features(state["split"], spec.backbone, arithmetic, images, kept, progress)
+        elif len(images):
+            if state["form"] is None:  # the tap found no boundary: the whole network runs after all
+                state["form"] = feature_form(state["backbone"], image_size, batch_size, precision)
+            feats = run_batches(state["form"], images, progress=progress)
         else:
-            feats = run_batches(state["form"], images, progress=progress) if len(images) else np.zeros((0, 0))
+            feats = np.zeros((0, 0))
         reasons = {positions[i]: reason for i, reason in failed.items()}
         return feats, Failures(reasons, transient=[positions[i] for i in failed.transient])
 

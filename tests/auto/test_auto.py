@@ -158,7 +158,7 @@ def test_the_feature_pass_is_split_for_round_1_only_where_that_pays(images, monk
         full, kept = (planning._views_seconds(cfg, costs, spec, plan.size, plan.images, plan.views, t) for t in (0, 1))
         return full - kept >= 2 * planning.tap_seconds(cfg, costs, name, plan.size)
 
-    assert planning.tap_seconds(cfg, costs, "efficientnet_lite0", 224) == 2.0 + 1.0  # fp32: one arithmetic's builds
+    assert planning.tap_seconds(cfg, costs, "efficientnet_lite0", 224) == 1.0  # fp32: one arithmetic, its bottom
     assert plan.tapped == all(map(pays, plan.backbones)) == (images == 20_000)
     slowest = min(plan.backbones, key=lambda b: costs.features(SimpleNamespace(backbone=b), plan.size))
     rounds = planning.rounds_on(cfg, plan, costs, slowest, plan.rounds)
@@ -171,7 +171,7 @@ def test_the_feature_pass_is_split_for_round_1_only_where_that_pays(images, monk
         free = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, _Costs(COSTS))
         assert (free.backbones, free.size) == (plan.backbones, plan.size)
         for name in plan.backbones:
-            split = 2.0 + 1.0
+            split = 1.0  # the frozen part's form: the top's replaces the whole network's
             assert plan.seconds_of(f"features {name}") == pytest.approx(free.seconds_of(f"features {name}") + split)
 
 
@@ -239,6 +239,26 @@ def test_flips_and_held_out_features_cost_building_the_fp32_form_then_its_images
     budget = SimpleNamespace(cfg=cfg, n=n)
     assert planning._held_out_seconds(budget, fp32, "efficientnet_lite0", 224) == pytest.approx(2.0 + 300 / rate)
     assert planning._held_out_seconds(budget, bf16, "efficientnet_lite0", 224) == pytest.approx(4.0 + 300 / rate)
+
+
+@pytest.mark.parametrize("task", ["single", "multi"])
+def test_heads_are_costed_per_epoch_and_for_each_loss_they_try(task):
+    costs, asked = _Costs(COSTS), []
+
+    def head(classes: int, multi: bool, batch: int = 32, loss: str | None = None) -> dict:
+        asked.append((classes, multi, loss))
+        dear = 2.0 if loss == "asl" else 1.0  # a loss that costs more is costed as more
+        return {"stage_seconds": 0.5 * dear, "epoch_seconds": 0.01 * dear, "sample_epoch_seconds": 1e-5 * dear}
+
+    costs.head = head
+    cfg = build_config({"data": {"path": "x"}})
+    index = SimpleNamespace(items=_index(1000, 4).items, classes=["a", "b", "c", "d"], task=task)
+    b = planning._budget(cfg, index, _Profile(1000, 150), None, costs, 0.0)
+    losses = [None] if task == "single" else ["bce", "asl"]
+    assert asked == [(4, task == "multi", loss) for loss in losses]
+    one = 0.5 + cfg.recipe.epochs * (0.01 + 1e-5 * 1000)  # 800 train + 200 val samples each epoch
+    per_lr = one if task == "single" else one * (1 + 2)
+    assert b.head_seconds == pytest.approx(len(planning.head_lrs(cfg)) * per_lr)
 
 
 ROUND_NOTE = re.compile(r"auto: fine-tuning \S+ (runner-up |third )?round \d+ \(")  # one note per round run
@@ -390,8 +410,8 @@ class _Costs:
     def decode(self) -> dict:
         return {"seconds_per_image": 0.002, "seconds_per_megapixel": 0.01}
 
-    def head(self, classes: int, multi: bool, batch: int = 32) -> dict:
-        return {"stage_seconds": 0.05, "sample_epoch_seconds": 2e-5}
+    def head(self, classes: int, multi: bool, batch: int = 32, loss: str | None = None) -> dict:
+        return {"stage_seconds": 0.05, "epoch_seconds": 0.002, "sample_epoch_seconds": 2e-5}
 
     def features(self, spec, size: int) -> float:
         return self.ips[spec.backbone] * (224 / size) ** 2
@@ -732,14 +752,14 @@ def test_the_planner_is_pure_and_only_the_figures_it_reaches_are_timed(tmp_path,
         timed.append(missing.key)
         spec = type("Spec", (), {"backbone": rest[0]}) if kind != "decode" else None
         size = int(rest[1]) if len(rest) > 1 else 0
-        blocks = int(rest[2]) if len(rest) > 2 else 0
+        blocks = int(rest[2]) if len(rest) > 2 and kind != "head" else 0
         self.figures[missing.key] = {
             "features": lambda: {"images_per_second": double.features(spec, size)},
             "finetune": lambda: double.finetune(spec, size, blocks),
             "finetune-images": lambda: double.finetune_images(spec, size, blocks),
             "activations": lambda: {"values_per_image": double.activations(spec, size, blocks)},
             "decode": double.decode,
-            "head": lambda: double.head(int(rest[0]), rest[1] == "1"),
+            "head": lambda: double.head(int(rest[0]), rest[1] == "1", loss=rest[2]),
             "fp32": lambda: double.fp32_form(spec, size),
             "stage": lambda: {"stage_seconds": double.network_stage()},
             "augment": lambda: {"seconds_per_image": double.augment(None, size)},

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import smallvision
+from smallvision.caching import features
 from smallvision.caching.activations import boundary_split, compute_views, view_dtype
 from smallvision.caching.features import feature_form
 from smallvision.caching.taps import BoundaryTap
@@ -79,12 +80,15 @@ def test_a_tap_over_its_memory_keeps_nothing_and_its_features_stay_right():
 
 
 def test_a_first_finetune_takes_its_activations_from_the_feature_pass_and_trains_the_same(
-    shapes_data, tmp_path, fresh_cache
+    shapes_data, tmp_path, fresh_cache, monkeypatch
 ):
     kw = {"backbone": "efficientnet_lite0", "image_size": 64, "epochs": 2, "progress": False, "report": False}
     kw |= {"precision": "32-true"}
     tune = {"recipe": "finetune", "preset": "none", "finetune_epochs": 2, **kw}
+    whole_forms, build = [], features.feature_form
+    monkeypatch.setattr(features, "feature_form", lambda *a, **k: whole_forms.append(a) or build(*a, **k))
     first = smallvision.train(shapes_data, out=tmp_path / "first", **tune)  # an empty cache: features are computed
+    assert not whole_forms  # the split pass builds its two parts' forms, never the whole network's unused
     again = smallvision.train(shapes_data, out=tmp_path / "again", **tune)  # read from the cache: nothing to keep
     said = "taken as the feature pass computed them, not run again"
     assert any(n.startswith("activation cache:") and f"train, val, test {said}" in n for n in first.notes)
@@ -92,6 +96,19 @@ def test_a_first_finetune_takes_its_activations_from_the_feature_pass_and_trains
     assert first.metrics["feature_cache"]["computed"] > 0 and again.metrics["feature_cache"]["computed"] == 0
     # split features are cached apart from whole-network ones (their last bits may differ): `features` computes its own
     plain = smallvision.train(shapes_data, out=tmp_path / "plain", recipe="features", **kw)
-    assert plain.metrics["feature_cache"]["computed"] > 0
+    assert plain.metrics["feature_cache"]["computed"] > 0 and len(whole_forms) == 1  # unsplit: the whole network's
     a, b = (load_file(str(r.model_dir / "model.safetensors")) for r in (first, again))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_backbone_without_the_boundary_runs_whole_in_its_feature_pass(
+    shapes_data, tmp_path, fresh_cache, monkeypatch
+):
+    kw = {"backbone": "efficientnet_lite0", "image_size": 64, "epochs": 1, "progress": False, "report": False}
+    kw |= {"precision": "32-true", "recipe": "finetune", "preset": "none", "finetune_epochs": 1}
+    whole_forms, build = [], features.feature_form
+    monkeypatch.setattr(features, "feature_form", lambda *a, **k: whole_forms.append(a) or build(*a, **k))
+    run = smallvision.train(shapes_data, out=tmp_path / "all", unfreeze_blocks=30, **kw)  # every group trains: no cut
+    assert run.metrics["feature_cache"]["computed"] > 0 and run.metrics["val_accuracy"] > 0
+    assert len(whole_forms) == 1  # the tap found no cut, so the pass built the whole network's form after all
+    assert not any("taken as the feature pass computed them" in n for n in run.notes)
