@@ -282,11 +282,13 @@ def _recosted(
     Recorded per backbone, so a resume costs them the same without reading the machine's figures again; figures this
     machine had not timed yet are timed now, and that time is a ledger row of its own."""
     from smallvision.auto.costs import Costs, planned
+    from smallvision.caching.activations import view_precision
     from smallvision.engine.distributed import rank_zero_decision
     from smallvision.engine.precision import resolve_precision
 
     rounds, backbone = who.of(plan), base.cfg.model.backbone
-    tapped = plan.tapped and tap is not None and tap.holds(backbone)
+    train_arithmetic = view_precision(resolve_precision(cfg.trainer.precision))
+    tapped = plan.tapped and tap is not None and tap.holds(backbone, train_arithmetic)
     why = tap.declined.get(backbone, "its features were already cached") if tap is not None else ""
 
     def decide() -> dict:
@@ -295,7 +297,8 @@ def _recosted(
         timed = {"measured": costs.measured, "seconds": round(now() - began, 1)}
         return {"rounds": [dataclasses.asdict(r) for r in own], "timed": timed}
 
-    path = run_dir / "checkpoints" / f"auto_costs_{who.check(1)}_{backbone}.json"
+    # keyed by whether round 1 is tapped: a resumed process finds the features cached and its tap empty
+    path = run_dir / "checkpoints" / f"auto_costs_{who.check(1)}_{backbone}{'_tapped' if tapped else ''}.json"
     record, recorded = rank_zero_decision(path, decide)
     if record["timed"]["measured"] and not recorded:
         ledger.record(f"timing {backbone}'s fine-tuning steps", 0.0, record["timed"]["seconds"])
@@ -371,9 +374,9 @@ def _finetune(
             break
         round_cfg = round_config(cfg, base.cfg, plan.views, fitted)
         if rnd.blocks != blocks:
-            blocks = rnd.blocks
+            blocks, taps = rnd.blocks, tap if i == 1 else None  # the feature pass kept round 1's boundary only
             trainable = freeze(model.backbones[0], blocks)
-            views = steps.activation_views(tune_cfg, model, data, notes, progress, tap, index)
+            views = steps.activation_views(tune_cfg, model, data, notes, progress, taps, index)
         stage = who.stage(i)
         res = _round_stage(
             round_cfg, stage, model, data, views, trainable, run_dir, budget - (now() - start), progress, logger

@@ -194,10 +194,11 @@ def tap_seconds(cfg: RunConfig, costs, backbone: str, size: int) -> float:
 
 def tap_pays(cfg: RunConfig, costs, backbones: list[str], size: int, views: int, n: dict[str, int]) -> bool:
     """Whether the feature passes keep round 1's unaugmented activations for every one of `backbones` (the boundary
-    below the top --unfreeze-blocks groups; see caching/taps.py): when they fit --memory-budget, in the arithmetic
-    round 1 caches them in (the training features' must be the round's views': on a GPU features run in fp16), for a
-    round 1 on cached activations, and when what round 1 then skips is at least twice what splitting each pass costs
-    (`tap_seconds`; twice, as not every candidate is fine-tuned): 125 s of 20,000 images, not 398 images' 5 s."""
+    below the top --unfreeze-blocks groups; see caching/taps.py): when they fit --memory-budget beside one candidate's
+    round-1 cache (the others' rows wait for their own rounds), in the arithmetic round 1 caches them in (the
+    training features' must be the round's views': on a GPU features run in fp16), for a round 1 on cached
+    activations, and when what round 1 then skips is at least twice what splitting each pass costs (`tap_seconds`;
+    twice, as not every candidate is fine-tuned): 125 s of 20,000 images, not 398 images' 5 s."""
     from smallvision.caching.activations import cache_bytes, view_precision
     from smallvision.caching.features import feature_precision
     from smallvision.models.weights import resolve_weights
@@ -205,19 +206,21 @@ def tap_pays(cfg: RunConfig, costs, backbones: list[str], size: int, views: int,
     precision, budget = view_precision(costs.precision), cfg.trainer.memory_budget * 1e9
     if not backbones or cfg.recipe.cached_views == 0 or any("+" in name for name in backbones):
         return False
-    if feature_precision(costs.precision) != precision:
+    if feature_precision(costs.precision).removeprefix("cuda-") != precision:
         return False
-    need = 0
+    kept, caches = [], []
     for name in backbones:
         spec = resolve_weights(name, cfg.model.weights)
         values = costs.activations(spec, size, cfg.recipe.unfreeze_blocks)
-        if not values or cache_bytes(values, n, _augmented_views(cfg, max(views, 1)), precision) > budget:
+        if not values:
             return False
-        need += cache_bytes(values, n, 0, precision)
+        kept.append(cache_bytes(values, n, 0, precision))
+        caches.append(cache_bytes(values, n, _augmented_views(cfg, max(views, 1)), precision))
         untapped, tapped = (_views_seconds(cfg, costs, spec, size, n, views, t) for t in (False, True))
         if untapped - tapped < 2 * tap_seconds(cfg, costs, name, size):
             return False
-    return need <= budget
+    # the peak: one candidate's round-1 cache while the others' kept rows wait for their own turn
+    return max(sum(kept) - k + c for k, c in zip(kept, caches, strict=True)) <= budget
 
 
 def _round_cost(cfg: RunConfig, costs, spec, size: int, rnd: Round, views: int, n: dict, new: bool | str) -> tuple:

@@ -70,14 +70,16 @@ def run_backbone(
 
 
 def _prepare(
-    spec: WeightsSpec, pool: str, image_size: int, batch_size: int, precision: str, built=None, form: bool = True
-) -> tuple[object, object]:
-    """Build a backbone (unless given) and, when `form`, its inference form (run in a thread while images decode)."""
+    spec: WeightsSpec, pool: str, image_size: int, batch_size: int, precision: str, built=None, split=None
+) -> tuple[object, object, object]:
+    """Build a backbone (unless given) and its inference form, or with `split` (backbone -> a tap's forms, or None
+    without a boundary) the split pass's forms instead; run in a thread while images decode."""
     from smallvision.models.backbone import build_backbone
 
     backbone = built if built is not None else build_backbone(spec, pool)
     backbone.check_size(image_size, spec.backbone)
-    return backbone, feature_form(backbone, image_size, batch_size, precision) if form else None
+    forms = split(backbone) if split is not None else None
+    return backbone, None if forms else feature_form(backbone, image_size, batch_size, precision), forms
 
 
 # trainer precision -> the arithmetic of the feature pass ("auto": fp16 on a GPU, bf16 on a CPU that has it natively)
@@ -125,7 +127,7 @@ def _miss_computer(
     """fill_store's `compute` for one backbone: decode the missing images while the backbone builds (once, into
     `state`), then run it on them; unreadable images come back as failures. With a `tap` (caching/taps.py, one that
     wants this pass), the backbone runs split at the tap's boundary and the tap keeps the activations there: the
-    whole network's form is then built only if the backbone has no such boundary (2-4 s a form on these cores)."""
+    split's forms are built instead of the whole network's (which only a backbone without that boundary needs)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from smallvision.models.inference import run_batches
@@ -133,7 +135,9 @@ def _miss_computer(
     paths, digests = files
     pool, image_size, batch_size, precision = settings
     arithmetic = feature_precision(precision).removeprefix("cuda-")
-    tapped = tap is not None
+    split = None
+    if tap is not None:
+        split = lambda backbone: tap.forms(spec.backbone, backbone, image_size, batch_size, arithmetic)  # noqa: E731
 
     def compute(positions: list[int]) -> tuple[np.ndarray, dict[int, str]]:
         with ThreadPoolExecutor(1) as background:
@@ -141,25 +145,19 @@ def _miss_computer(
             if "form" not in state:
                 log.info("building backbone %s (%s) for uncached images", spec.backbone, spec.detail)
                 prebuilt = given.get(spec.fingerprint + spec.backbone)
-                building = background.submit(
-                    _prepare, spec, pool, image_size, batch_size, precision, prebuilt, not tapped
-                )
+                building = background.submit(_prepare, spec, pool, image_size, batch_size, precision, prebuilt, split)
             images, failed = decoded_images(
                 [paths[p] for p in positions], [digests[p] for p in positions], image_size, progress=progress
             )
             if building is not None:
-                state["backbone"], state["form"] = building.result()
-        if tapped and "split" not in state:
-            state["split"] = tap.forms(spec.backbone, state["backbone"], image_size, batch_size, arithmetic)
-        if tapped and state["split"] is not None and len(images):
+                state["backbone"], state["form"], state["split"] = building.result()
+        if not len(images):
+            feats = np.zeros((0, 0))
+        elif state["split"] is not None:
             kept = [digests[p] for i, p in enumerate(positions) if i not in failed]
             feats = tap.features(state["split"], spec.backbone, arithmetic, images, kept, progress)
-        elif len(images):
-            if state["form"] is None:  # the tap found no boundary: the whole network runs after all
-                state["form"] = feature_form(state["backbone"], image_size, batch_size, precision)
-            feats = run_batches(state["form"], images, progress=progress)
         else:
-            feats = np.zeros((0, 0))
+            feats = run_batches(state["form"], images, progress=progress)
         reasons = {positions[i]: reason for i, reason in failed.items()}
         return feats, Failures(reasons, transient=[positions[i] for i in failed.transient])
 
@@ -196,6 +194,11 @@ def cached_features(
     arithmetic = feature_precision(precision).removeprefix("cuda-")
     for spec in specs:
         wanted = tap if tap is not None and tap.wants(spec.backbone, image_size, arithmetic) else None
+        if tap is not None and wanted is None and spec.backbone in tap.backbones:  # say why, not "cached"
+            why = f"the feature pass ran at {image_size} px, the round at {tap.size} px"
+            if image_size == tap.size:
+                why = f"the feature pass ran in {arithmetic}; activations are kept in bf16 or fp32 only"
+            tap.declined.setdefault(spec.backbone, why)
         store = feature_store(spec, image_size, pool, precision, wanted.blocks if wanted else None)
         state: dict = {}
         compute = _miss_computer(

@@ -128,9 +128,11 @@ class BoundaryTap:
             self._keep(kept, digests[start : start + len(acts)], acts.to(STORE, dtype))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    def holds(self, backbone: str) -> bool:
-        """Whether the feature passes kept any of `backbone`'s activations (a first run; within the memory)."""
-        return any(key[0] == backbone and e.rows and not e.dropped for key, e in self.kept.items())
+    def holds(self, backbone: str, arithmetic: str) -> bool:
+        """Whether the feature passes kept `backbone`'s training activations in `arithmetic` (a first run; within the
+        memory): what lets its round 1 skip the unaugmented pass."""
+        kept = self.kept.get((backbone, arithmetic))
+        return kept is not None and bool(kept.rows) and not kept.dropped
 
     def _keep(self, kept: _Kept, digests: list[str], acts: torch.Tensor) -> None:
         """Keep a batch's rows unless the tap's memory is spent (then drop the whole entry, freeing its rows)."""

@@ -130,6 +130,7 @@ def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(first, mis
     assert plan.tapped and any("the feature passes keep fine-tuning round 1's" in w for w in plan.why)
     kept = [n for n in r.notes if n.startswith("activation cache:")]
     assert "train, val, test taken as the feature pass computed them, not run again" in kept[0]
+    assert not any("ran here" in n for n in kept[1:])  # a later round's cut was never the tap's: no false reason
     assert any("fine-tuning efficientnet_lite0 round 1 (" in n for n in r.notes)
     # round 1 is costed as it ran: its augmented views alone, below what caching every image again costs
     assert 0 < tapped[0].setup < untapped[0].setup
@@ -173,6 +174,24 @@ def test_the_feature_pass_is_split_for_round_1_only_where_that_pays(images, monk
         for name in plan.backbones:
             split = 1.0  # the frozen part's form: the top's replaces the whole network's
             assert plan.seconds_of(f"features {name}") == pytest.approx(free.seconds_of(f"features {name}") + split)
+
+
+def test_the_split_pass_keeps_only_what_fits_beside_one_candidates_round_1_cache():
+    from smallvision.caching.activations import cache_bytes
+
+    cfg, costs, images = build_config({"data": {"path": "x"}}), _Costs(COSTS), 20_000
+    plan = planning.make_plan(cfg, _index(images), _Profile(images, 150), None, costs)
+    assert plan.tapped
+    backbones = list(COSTS)  # three candidates, each keeping its rows until its own round 1
+    values = costs.activations(None, plan.size, 1)
+    kept = cache_bytes(values, plan.images, 0, "fp32")  # each backbone's unaugmented rows, kept by its pass
+    cache = cache_bytes(values, plan.images, planning._augmented_views(cfg, plan.views), "fp32")
+    peak = (len(backbones) - 1) * kept + cache  # the best's round 1 runs while the others' rows wait
+    args = (backbones, plan.size, plan.views, plan.images)
+    for budget, pays in ((peak + 0.5, True), (peak - 0.5, False)):
+        tight = build_config({"data": {"path": "x"}, "trainer": {"memory_budget": budget / 1e9}})
+        assert len(backbones) * kept <= budget and cache <= budget  # each part alone fits either way
+        assert planning.tap_pays(tight, costs, *args) is pays
 
 
 def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):

@@ -42,7 +42,8 @@ def test_a_tapped_pass_gives_the_features_and_the_activations_the_round_would_co
     assert forms is not None, tap.declined
     feats = tap.features(forms, "resnet18", arithmetic, images, digests, progress=False)
     np.testing.assert_allclose(feats, whole, rtol=0, atol=1e-5 if arithmetic == "fp32" else 2e-2)
-    assert tap.holds("resnet18") and not tap.holds("resnet50")
+    assert tap.holds("resnet18", arithmetic) and not tap.holds("resnet50", arithmetic)
+    assert not tap.holds("resnet18", "bf16" if arithmetic == "fp32" else "fp32")  # kept in the pass's arithmetic
 
     model = ImageClassifier([backbone], Head(512, 3))
     freeze(backbone, 1)  # round 1: the top block trains; the tap cut where the round cuts
@@ -75,7 +76,7 @@ def test_a_tap_over_its_memory_keeps_nothing_and_its_features_stay_right():
     tap = BoundaryTap(frozenset({"resnet18"}), 1, SIZE, per_image * 6)  # room for half of them
     feats = tap.features(forms, "resnet18", "fp32", images, digests, progress=False)
     np.testing.assert_allclose(feats, run_batches(form, images, progress=False), rtol=0, atol=1e-5)
-    assert tap.used == 0 and not tap.holds("resnet18") and "would pass" in tap.declined["resnet18"]
+    assert tap.used == 0 and not tap.holds("resnet18", "fp32") and "would pass" in tap.declined["resnet18"]
     assert tap.take("resnet18", "fp32", forms[2], digests[:4]) is None  # the first batch fitted, yet none is offered
 
 
