@@ -198,7 +198,7 @@ def tap_pays(cfg: RunConfig, costs, backbones: list[str], size: int, views: int,
     round-1 cache (the others' rows wait for their own rounds), in the arithmetic round 1 caches them in (the
     training features' must be the round's views': on a GPU features run in fp16), for a round 1 on cached
     activations, and when what round 1 then skips is at least twice what splitting each pass costs (`tap_seconds`;
-    twice, as not every candidate is fine-tuned): 125 s of 20,000 images, not 398 images' 5 s."""
+    twice, as not every candidate is fine-tuned)."""
     from smallvision.caching.activations import cache_bytes, view_precision
     from smallvision.caching.features import feature_precision
     from smallvision.models.weights import resolve_weights
