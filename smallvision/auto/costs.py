@@ -268,10 +268,10 @@ class Costs:
 
     def head(self, classes: int, multi: bool, batch: int = BATCH, loss: str | None = None) -> dict:
         """A dense head's training on cached features (the tensor loop, as auto's heads train), with a multi-label
-        folder's `loss` (bce or asl: timm's asymmetric loss took 2.7x BCE's time on posters_ml's 23 labels; None, a
-        single-label one's cross-entropy): seconds per stage, per epoch (its metric and validation pass: mAP is over
-        the epoch) and per sample-epoch, fitted from runs of 128 samples for 2 and 6 epochs and of 1024 for 2 (a
-        quarter as many validation samples)."""
+        folder's `loss` (bce or asl: timm's asymmetric loss took 1.15x BCE's time at posters_ml's shape, 23 labels;
+        None, a single-label one's cross-entropy): seconds per stage, per epoch (its metric and validation pass: mAP
+        is over the epoch) and per sample-epoch, fitted from runs of 128 samples for 2 and 6 epochs and of 1024 for 2
+        (a quarter as many validation samples)."""
 
         def measure() -> dict:
             import torch

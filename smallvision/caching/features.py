@@ -135,9 +135,9 @@ def _miss_computer(
     paths, digests = files
     pool, image_size, batch_size, precision = settings
     arithmetic = feature_precision(precision).removeprefix("cuda-")
-    split = None
-    if tap is not None:
-        split = lambda backbone: tap.forms(spec.backbone, backbone, image_size, batch_size, arithmetic)  # noqa: E731
+
+    def split(backbone):
+        return tap.forms(spec.backbone, backbone, image_size, batch_size, arithmetic)
 
     def compute(positions: list[int]) -> tuple[np.ndarray, dict[int, str]]:
         with ThreadPoolExecutor(1) as background:
@@ -145,7 +145,9 @@ def _miss_computer(
             if "form" not in state:
                 log.info("building backbone %s (%s) for uncached images", spec.backbone, spec.detail)
                 prebuilt = given.get(spec.fingerprint + spec.backbone)
-                building = background.submit(_prepare, spec, pool, image_size, batch_size, precision, prebuilt, split)
+                building = background.submit(
+                    _prepare, spec, pool, image_size, batch_size, precision, prebuilt, split if tap else None
+                )
             images, failed = decoded_images(
                 [paths[p] for p in positions], [digests[p] for p in positions], image_size, progress=progress
             )
@@ -194,11 +196,6 @@ def cached_features(
     arithmetic = feature_precision(precision).removeprefix("cuda-")
     for spec in specs:
         wanted = tap if tap is not None and tap.wants(spec.backbone, image_size, arithmetic) else None
-        if tap is not None and wanted is None and spec.backbone in tap.backbones:  # say why, not "cached"
-            why = f"the feature pass ran at {image_size} px, the round at {tap.size} px"
-            if image_size == tap.size:
-                why = f"the feature pass ran in {arithmetic}; activations are kept in bf16 or fp32 only"
-            tap.declined.setdefault(spec.backbone, why)
         store = feature_store(spec, image_size, pool, precision, wanted.blocks if wanted else None)
         state: dict = {}
         compute = _miss_computer(

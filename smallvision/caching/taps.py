@@ -90,8 +90,17 @@ class BoundaryTap:
     declined: dict[str, str] = field(default_factory=dict)  # backbone -> why its pass was not split
 
     def wants(self, backbone: str, size: int, arithmetic: str) -> bool:
-        """Whether the feature pass of `backbone` at `size` in `arithmetic` keeps its activations."""
-        return backbone in self.backbones and size == self.size and arithmetic in KEPT_DTYPES
+        """Whether the feature pass of `backbone` at `size` in `arithmetic` keeps its activations; refusing one of its
+        backbones, it records why (the round's notes say it, not a default)."""
+        if backbone not in self.backbones:
+            return False
+        if size != self.size:
+            self.declined.setdefault(backbone, f"the feature pass ran at {size} px, the round at {self.size} px")
+        elif arithmetic not in KEPT_DTYPES:
+            self.declined.setdefault(
+                backbone, f"the feature pass ran in {arithmetic}; activations are kept in bf16 or fp32 only"
+            )
+        return size == self.size and arithmetic in KEPT_DTYPES
 
     def forms(self, name: str, backbone, size: int, batch_size: int, arithmetic: str):
         """The frozen part's and the top's fast inference forms and the boundary index, or None (the reason kept in

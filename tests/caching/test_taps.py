@@ -38,6 +38,7 @@ def test_a_tapped_pass_gives_the_features_and_the_activations_the_round_would_co
     whole = run_batches(form, images, progress=False)
     tap = BoundaryTap(frozenset({"resnet18"}), 1, SIZE, 1e9)
     assert tap.wants("resnet18", SIZE, arithmetic) and not tap.wants("resnet18", SIZE + 1, arithmetic)
+    assert tap.declined["resnet18"] == f"the feature pass ran at {SIZE + 1} px, the round at {SIZE} px"  # said why
     forms = tap.forms("resnet18", backbone, SIZE, 4, arithmetic)
     assert forms is not None, tap.declined
     feats = tap.features(forms, "resnet18", arithmetic, images, digests, progress=False)
