@@ -103,6 +103,15 @@ class SingleLabel:
         picked = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), labels]
         return -np.log(np.clip(picked, 1e-7, 1.0))
 
+    def folds(self, labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(fit rows, held-out rows) of up to `k` stratified folds, seeded; fewer when a class has fewer than `k`
+        images, none when one has a single image (it could not be held out and learnt)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        labels = np.asarray(labels)
+        k = min(k, int(np.bincount(labels)[np.unique(labels)].min()))
+        return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(labels, labels)) if k >= 2 else []
+
     def paired_p(self, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray) -> float:
         """Two-sided p-value that two models score alike on these same images: the exact McNemar test on the images
         one gets right and the other wrong (1.0 when there are none)."""
@@ -208,6 +217,16 @@ class MultiLabel:
         truth = np.asarray(labels) > 0.5
         p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
         return -np.where(truth, np.log(p), np.log(1 - p)).mean(axis=1)
+
+    def folds(self, labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(fit rows, held-out rows) of `k` folds stratified across labels (iterative stratification), seeded; none
+        with fewer than 2 * `k` images."""
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        labels = np.asarray(labels) > 0.5
+        if len(labels) < 2 * k:
+            return []
+        return list(MultilabelStratifiedKFold(k, shuffle=True, random_state=seed).split(labels, labels))
 
     def paired_p(self, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, resamples: int = 100) -> float:
         """Two-sided p-value that two models score alike on these same images: a paired bootstrap (the same images

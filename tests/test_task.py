@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from smallvision.task import SINGLE_LABEL
+from smallvision.task import MULTI_LABEL, SINGLE_LABEL
 
 PACKAGE = Path(__file__).resolve().parents[1] / "smallvision"
 # What only the task may call: the probabilities, the decision and the loss of a task.
@@ -160,3 +160,23 @@ def test_the_bootstraps_average_precision_is_scikit_learns():
         assert np.isnan(ours[3])
         for j in (0, 1, 2, 4):
             assert ours[j] == pytest.approx(average_precision_score(t[:, j], p[:, j]), abs=1e-12)
+
+
+def test_folds_hold_out_every_image_once_stratified_by_class_or_across_labels():
+    rng = np.random.default_rng(3)
+    single = np.repeat(np.arange(3), [40, 20, 10])
+    multi = (rng.random((90, 5)) < [0.5, 0.3, 0.2, 0.1, 0.05]).astype(np.float32)
+    for task, labels in ((SINGLE_LABEL, single), (MULTI_LABEL, multi)):
+        folds = task.folds(labels, 5, seed=0)
+        held = np.concatenate([h for _, h in folds])
+        assert len(folds) == 5 and sorted(held) == list(range(len(labels)))  # each image held out exactly once
+        for fitted, out in folds:
+            assert not set(fitted) & set(out) and len(fitted) + len(out) == len(labels)
+            share = np.asarray(labels)[out].mean(0) if task is MULTI_LABEL else np.bincount(labels[out]) / len(out)
+            whole = np.asarray(labels).mean(0) if task is MULTI_LABEL else np.bincount(labels) / len(labels)
+            assert np.abs(share - whole).max() < 0.08  # each fold resembles the whole
+        assert [h.tolist() for _, h in task.folds(labels, 5, seed=0)] == [h.tolist() for _, h in folds]  # seeded
+    # a class of 3 images allows 3 folds; one of a single image allows none (it could not be learnt and held out)
+    assert len(SINGLE_LABEL.folds(np.array([0] * 9 + [1] * 3), 5, 0)) == 3
+    assert SINGLE_LABEL.folds(np.array([0] * 9 + [1]), 5, 0) == []
+    assert MULTI_LABEL.folds(multi[:9], 5, 0) == []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smallvision import atomic, runclock
-from smallvision.auto import select
+from smallvision.auto import crossval, select
 from smallvision.auto.clock import Ledger, now, round_check
 from smallvision.auto.plan import (
     PLAN_FILE,
@@ -102,10 +102,30 @@ class Tally:
     ended: list[str] = field(default_factory=list)  # why planned rounds did not run (no gain, or nothing to gain)
 
 
-def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally, tap=None) -> Candidate:
-    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS on validation (and, on
-    a multi-label folder without --loss, of both losses). Each head is its own stage (history.csv, the tracker):
-    `features NAME`, `features NAME lr RATE` when several rates, `... LOSS` when several losses."""
+@dataclass
+class _Head:
+    """One head tried on a backbone's cached features (a rate, a loss) and where it stands."""
+
+    stage: str
+    cfg: RunConfig
+    fs: object
+    probs: dict
+    labels: dict
+    notes: list[str]
+    standing: select.Standing
+    folded: select.Folded | None
+
+    @property
+    def judged(self) -> select.Standing:
+        """What the choice between heads compares: the cross-validated standing when there is one, else validation's."""
+        return self.folded.standing if self.folded is not None else self.standing
+
+
+def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally, tap=None, folds=0) -> Candidate:
+    """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS (and, on a multi-label
+    folder without --loss, of both losses), on `folds`-fold cross-validation of train+val when the plan has it, else
+    on validation. Each head is its own stage (history.csv, the tracker): `features NAME`, `features NAME lr RATE`
+    when several rates, `... LOSS` when several losses."""
     lrs, losses = head_lrs(cfg), head_losses(cfg, index)
     tried = []
     for lr, loss in itertools.product(lrs, losses):
@@ -114,41 +134,56 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         stage_notes: list[str] = []
         fs = steps.feature_stage(cand_cfg, index, progress, stage_notes, logger, stage, tap)
         tally.ran.append(cand_cfg)
-        probs = steps.feature_probs(fs)
-        labels = {s: y for s, (_, y) in fs.by_split.items()}
-        tried.append(
-            (select.standing(probs["val"], labels["val"], fs.task), lr, cand_cfg, fs, probs, labels, stage_notes, stage)
-        )
+        probs, labels = steps.feature_probs(fs), {s: y for s, (_, y) in fs.by_split.items()}
+        val = select.standing(probs["val"], labels["val"], fs.task)
+        oof = crossval.folded(cfg, fs, len(index.classes), cand_cfg, folds) if folds else None
+        tried.append(_Head(stage, cand_cfg, fs, probs, labels, stage_notes, val, oof))
+    if any(t.folded is None for t in tried):  # a class too small to fold: every head's, as they share the images
+        tried = [dataclasses.replace(t, folded=None) for t in tried]
     won = tried[0]
     for t in tried[1:]:  # a later rate or loss only when it beats the one kept so far
-        won = t if t[0].beats(won[0]) else won
-    _, lr, cand_cfg, fs, probs, labels, stage_notes, stage = won
-    notes.extend(stage_notes)
+        won = t if t.judged.beats(won.judged) else won
+    notes.extend(won.notes)
     if len(lrs) > 1:
         tally.choices["head_lr"] += 1
     if len(losses) > 1:
         tally.choices["loss"] += 1
     if len(tried) > 1:
-        shown = ", ".join(
-            f"{t[7].removeprefix(f'features {name} ')}: {t[0].words(*(u[0] for u in tried if u is not t))}"
-            for t in tried
-        )
-        kept = stage.removeprefix(f"features {name} ")
-        notes.decide("head-lr", f"{name} head on cached features: kept {kept} on validation ({shown})")
-    model = steps.pretrained_model(cand_cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head), task=fs.task)
+        notes.decide("head-lr", _head_words(name, tried, won, folds))
+    fs = won.fs
+    model = steps.pretrained_model(won.cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head), task=fs.task)
     model.requires_grad_(False)
     return Candidate(
         f"{name} features",
-        cand_cfg,
+        won.cfg,
         model,
         fs.specs,
-        probs,
-        labels,
+        won.probs,
+        won.labels,
         fs.history,
         fs.best_epoch,
         ["head"],
         size,
-        stages=[(stage, cand_cfg)],
+        stages=[(won.stage, won.cfg)],
+        folded=won.folded,
+    )
+
+
+def _head_words(name: str, tried: list[_Head], won: _Head, folds: int) -> str:
+    """The notes' line on the head kept among `tried`: on what it was decided, and every head's figures."""
+
+    def shown(words) -> str:
+        return ", ".join(f"{t.stage.removeprefix(f'features {name} ')}: {words(t)}" for t in tried)
+
+    kept = won.stage.removeprefix(f"features {name} ")
+    val = shown(lambda t: t.standing.words(*(u.standing for u in tried if u is not t)))
+    if won.folded is None:
+        why = f" ({folds}-fold cross-validation was planned, but a class has too few images to fold)" if folds else ""
+        return f"{name} head on cached features: kept {kept} on validation ({val}){why}"
+    cv = shown(lambda t: t.folded.words(*(u.folded.standing for u in tried if u is not t)))
+    return (
+        f"{name} head on cached features: kept {kept} by {folds}-fold cross-validation on the "
+        f"{len(won.folded.labels):,} train+val images ({cv}; on validation alone: {val})"
     )
 
 
@@ -528,7 +563,7 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
     tap = _tap(cfg, plan)
     for k, name in enumerate(plan.backbones):
         began = now()  # the first backbone's pass decodes the images too
-        cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally, tap))
+        cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally, tap, plan.folds))
         keys = (f"features {name}", "decode") if k == 0 else (f"features {name}",)
         tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
     pretrained = [c for c in cands if c.specs]
@@ -567,7 +602,7 @@ def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, l
     them, then the third in the same shapes on the time left: each an improved network or nothing (round 1 on what
     `tap` kept of its activations)."""
     ranked, why = select.rank(pretrained) if pretrained else ([], None)  # as the final choice: noise is no lead
-    if why and ranked[0] is not max(pretrained, key=lambda c: c.val):
+    if why and (ranked[0] is not max(pretrained, key=lambda c: c.val) or ranked[0].folded is not None):
         notes.decide("uncertainty", f"fine-tuned first: {why}")
     out = []
     for base, who in zip(ranked, map(Rounds, range(len(WHOSE))), strict=False):

@@ -20,6 +20,8 @@ PLAN_VERSION = 3  # 3: fine-tuning rounds start at three tenths of --lr (2: a te
 SCRATCH = "small_cnn"
 HEAD_LRS = (1e-3, 3e-3)  # head learning rates tried on cached features (seconds each); 3e-3 won on hymenoptera/monkeys
 TAIL = 15.0  # seconds a clock check keeps for saving the model, evaluation and the report
+FOLDS = 5  # k of the heads' k-fold cross-validation (auto/crossval.py) on a small validation split
+SMALL_VAL = 1000  # validation splits below this decide head choices by cross-validation: one image moves 0.1% or more
 SAFETY = 0.9  # share of the budget the plan's estimates may fill: estimates err (a from-scratch stage's fixed part
 # is not costed: 2 s against its 30 epochs), saving takes time
 RESERVED = 45.0  # seconds kept for scanning, timing the steps (on a machine's first run), saving, the report
@@ -117,6 +119,7 @@ class Plan(Rung):
     probe: dict | None = None
     scratch: ScratchPlan | None = None
     train_cap: int | None = None
+    folds: int = 0  # k of the heads' cross-validation (auto/crossval.py); 0: validation decides them alone
     why: list[str] = field(default_factory=list)
     machine: dict = field(default_factory=dict)
     costs: dict = field(default_factory=dict)
@@ -306,6 +309,7 @@ class _Budget:
     given_backbone: bool
     views_given: int | None
     why: list[str]
+    folds: int  # k of the heads' k-fold cross-validation (crossval.py), 0 when validation decides alone
 
     @property
     def total(self) -> int:
@@ -332,6 +336,8 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
         for f in per_loss
     )
     why = [profile.sentence()]
+    folds = FOLDS if cross_validates(n, len(head_lrs(cfg)) * len(per_loss)) else 0
+    heads *= 1 + folds  # each fold's head fits on (k-1)/k of train+val and predicts the rest: one head's images
     if spent > 0:
         why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {r.time_budget:g} s (--resume)")
     return _Budget(
@@ -344,6 +350,7 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
         given_backbone="backbone" in cfg.model.model_fields_set,
         views_given=views_given,
         why=why,
+        folds=folds,
     )
 
 
@@ -641,6 +648,14 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
             b.why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
         else:
             b.why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {b.budget:g} s")
+    folds = b.folds if chosen.backbones else 0
+    if folds:
+        b.why.append(
+            f"head choices (rate{', loss' if len(head_losses(cfg, index)) > 1 else ''}) and which backbone fine-tunes "
+            f"first are decided by {folds}-fold cross-validation on the cached features of the "
+            f"{b.n['train'] + b.n['val']:,} train+val images, each scored by a head that never saw it: the "
+            f"{b.n['val']} validation images alone move accuracy in steps of {1 / b.n['val']:.2%}"
+        )
     unused = unapplied(user_set(cfg), _planned_stages(cfg, chosen, scratch))
     if unused:
         b.why.append(f"{', '.join(map(option_flag, unused))} set but not applied: this plan has no step that uses them")
@@ -653,11 +668,18 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
         probe=probe.to_dict() if probe is not None else None,
         scratch=scratch,
         train_cap=train_cap,
+        folds=folds,
         why=b.why,
         machine=costs.machine,
         costs={k: costs.figures[k] for k in costs.used},  # the figures this plan read, not the whole cache
         measured=costs.measured,
     )
+
+
+def cross_validates(n: dict[str, int], choices: int) -> bool:
+    """Whether auto decides between its `choices` heads per backbone by cross-validation: a small validation split,
+    and more than one rate or loss to choose from (the backbone ranking reuses the folds those heads ran)."""
+    return n["val"] < SMALL_VAL and choices > 1
 
 
 def _planned_stages(cfg: RunConfig, chosen: Rung, scratch: ScratchPlan | None) -> list[RunConfig]:

@@ -43,6 +43,7 @@ class Candidate:
     flipped: dict[str, np.ndarray] = field(default_factory=dict)
     form: object | None = None  # the model's checked fast form for flipped views, built once (seconds each)
     stages: list[tuple[str, RunConfig]] = field(default_factory=list)  # (history.csv's stage, the config it ran)
+    folded: Folded | None = None  # a head's k-fold cross-validation on train+val (auto/crossval.py), when it ran
 
     @property
     def task(self):
@@ -89,6 +90,26 @@ class Standing:
     def words(self, *others: Standing) -> str:
         """The score in words, with the loss when it ties any of `others` (then the loss decided)."""
         return f"{self.score:.4f}" + (f" (loss {self.loss:.4f})" if any(self.ties(o) for o in others) else "")
+
+
+@dataclass(frozen=True, eq=False)
+class Folded:
+    """A head's out-of-fold probabilities on the train+val images (each row from the head of the fold that never saw
+    that image: auto/crossval.py), those images' labels, and each fold's score: a choice's evidence and its spread."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    scores: tuple[float, ...]
+    task: object
+
+    @property
+    def standing(self) -> Standing:
+        """Its place over every out-of-fold image, as validation standings compare."""
+        return standing(self.probs, self.labels, self.task)
+
+    def words(self, *others: Standing) -> str:
+        """The score with its spread over the folds (and the loss when it ties one of `others`), for the notes."""
+        return f"{self.standing.words(*others)} +- {np.std(self.scores):.4f}"
 
 
 def score(probs: np.ndarray, labels: np.ndarray, task) -> float:
@@ -150,7 +171,12 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
         notes.decide("uncertainty", why)
     best = ranked[0]
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
-    notes.decide("choice", f"chose {best.name} among the candidates on validation ({listing})")
+    if cross_validated(cands):
+        folded = ", ".join(f"{c.name} {c.folded.words()}" for c in ranked)
+        listing = f"on {len(best.folded.labels)} train+val images, cross-validated ({folded}; on validation: {listing})"
+    else:
+        listing = f"on validation ({listing})"
+    notes.decide("choice", f"chose {best.name} among the candidates {listing}")
     if len(cands) > 1:
         choices["candidate"] += 1
     members, kept = _averaged(ranked, notes, choices)
@@ -193,26 +219,47 @@ def flip_estimate(plan: Plan, members: list[Candidate]) -> dict[str, float]:
 
 
 def rank(cands: list[Candidate]) -> tuple[list[Candidate], str | None]:
-    """Candidates best first on validation, and what the notes say of the lead (None with no rival on the same
-    images); when the split cannot tell the best from others (a paired test on the same images, p >= ALPHA), the
-    lowest validation loss among those leads: one image of 400 is noise, not signal."""
-    order = sorted(cands, key=lambda c: -c.val)  # stable: ties keep the plan's order
+    """Candidates best first, and what the notes say of the lead (None with no rival on the same images): on their
+    heads' cross-validation over train+val when every one has it on the same images (auto/crossval.py), else on
+    validation. When those images cannot tell the best from others (a paired test, p >= ALPHA), the lowest loss
+    among those leads: one image of 400 is noise, not signal."""
+    if cross_validated(cands):
+        where = ("train+val images", "cross-validated")
+        return _ranked(cands, lambda c: (c.folded.probs, c.folded.labels), where, lambda c: c.folded.words())
+    where = ("validation images", "validation")
+    return _ranked(cands, lambda c: (c.probs["val"], c.labels["val"]), where, lambda c: f"{c.val:.4f}")
+
+
+def cross_validated(cands: list[Candidate]) -> bool:
+    """Whether `rank` compares these candidates on their heads' cross-validation: two or more, each with one on the
+    same images."""
+    folded = [c.folded for c in cands]
+    return len(cands) > 1 and all(f is not None and np.array_equal(f.labels, folded[0].labels) for f in folded)
+
+
+def _ranked(cands: list[Candidate], judged, where: tuple[str, str], words) -> tuple[list[Candidate], str | None]:
+    """`rank` on the (probabilities, labels) `judged` gives each candidate, `where` naming those images and their
+    scores, `words` giving a candidate's score in the notes."""
+    score = {id(c): c.task.score(*judged(c)) for c in cands}
+    order = sorted(cands, key=lambda c: -score[id(c)])  # stable: ties keep the plan's order
     top = order[0]
-    same = [c for c in order[1:] if np.array_equal(c.labels["val"], top.labels["val"])]
+    probs, y = judged(top)
+    same = [c for c in order[1:] if np.array_equal(judged(c)[1], y)]
     if not same:
         return order, None
-    task, y = top.task, top.labels["val"]
-    p = {id(c): task.paired_p(top.probs["val"], c.probs["val"], y) for c in same}
+    task = top.task
+    p = {id(c): task.paired_p(probs, judged(c)[0], y) for c in same}
     tied = [top] + [c for c in same if p[id(c)] >= ALPHA]
-    loss = {id(c): task.log_loss(c.probs["val"], y) for c in tied}
+    loss = {id(c): task.log_loss(judged(c)[0], y) for c in tied}
     lead = min(tied, key=lambda c: loss[id(c)])  # ties: the better score
-    words, n = metric_words(top), len(y)
-    shown = ", ".join(f"{c.name} {c.val:.4f} (p={p[id(c)]:.2f})" for c in same)
+    shown = ", ".join(f"{c.name} {words(c)} (p={p[id(c)]:.2f})" for c in same)
+    images, kind = where
     if lead is top:
-        return order, f"{top.name} {top.val:.4f} against, on the same {n} validation images: {shown}"
+        return order, f"{top.name} {words(top)} against, on the same {len(y)} {images}: {shown}"
+    metric = ("val " if kind == "validation" else "cross-validated ") + METRIC_NAMES[task.metric]
     return [lead] + [c for c in order if c is not lead], (
-        f"the {n} validation images cannot tell {top.name} ({words} {top.val:.4f}) from {lead.name} ({lead.val:.4f}, "
-        f"paired test p={p[id(lead)]:.2f} >= {ALPHA}), so the lower validation loss decided: {lead.name} "
+        f"the {len(y)} {images} cannot tell {top.name} ({metric} {words(top)}) from {lead.name} ({words(lead)}, "
+        f"paired test p={p[id(lead)]:.2f} >= {ALPHA}), so the lower {kind} loss decided: {lead.name} "
         f"{loss[id(lead)]:.4f} against {loss[id(top)]:.4f}"
     )
 

@@ -93,12 +93,9 @@ def feature_stage(
 ) -> FeatureStage:
     """A dense head on cached features of the frozen backbone(s); its epochs logged and recorded as `stage` (a `tap`
     keeps a fine-tuning boundary's activations from the images the pass computes: caching/taps.py)."""
-    import torch
-
     from smallvision.caching.features import cached_features, feature_precision
     from smallvision.engine.stage import Tensors, stage_spec
     from smallvision.engine.trainer import fit
-    from smallvision.models.head import Head
 
     specs = resolve_specs(cfg)
     for spec in specs:
@@ -119,12 +116,8 @@ def feature_stage(
         f"a dense head trains on the cached features ({cached.computed} image(s) computed, "
         f"{cached.unique - cached.computed} from the feature cache)"
     )
-    torch.manual_seed(cfg.seed)
-    head = Head(cached.features.shape[1], len(index.classes), cfg.model.dropout, cfg.model.hidden)
-    if cfg.recipe.init_from:
-        kept, note = init_note({f"head.{k}": v for k, v in head.state_dict().items()}, cfg.recipe.init_from)
-        head.load_state_dict({k.removeprefix("head."): v for k, v in kept.items()}, strict=False)
-        notes.append(note + f"; recipe {cfg.recipe.name} takes the head from it, the backbone starts pretrained")
+    head, note = feature_head(cfg, cached.features.shape[1], len(index.classes))
+    notes.extend([note] if note else [])
     head_spec = stage_spec(cfg, stage, "head")
     log_row = epoch_logger(logger)
     on_epoch = lambda row: log_row({**row, "stage": stage})  # noqa: E731
@@ -142,6 +135,22 @@ def feature_stage(
         f"(val {METRIC_NAMES[task.metric]} {best:.4f})"
     )
     return FeatureStage(head, result.history, result.best_epoch, best, specs, cached, by_split, task)
+
+
+def feature_head(cfg: RunConfig, dim: int, classes: int, seed: int | None = None) -> tuple[object, str | None]:
+    """A fresh dense head for `dim`-wide features, seeded (`seed`, else the run's), or the one --init-from gives,
+    and the note that says it was taken from there."""
+    import torch
+
+    from smallvision.models.head import Head
+
+    torch.manual_seed(cfg.seed if seed is None else seed)
+    head = Head(dim, classes, cfg.model.dropout, cfg.model.hidden)
+    if not cfg.recipe.init_from:
+        return head, None
+    kept, note = init_note({f"head.{k}": v for k, v in head.state_dict().items()}, cfg.recipe.init_from)
+    head.load_state_dict({k.removeprefix("head."): v for k, v in kept.items()}, strict=False)
+    return head, note + f"; recipe {cfg.recipe.name} takes the head from it, the backbone starts pretrained"
 
 
 def _held_out_features(

@@ -277,7 +277,8 @@ def test_heads_are_costed_per_epoch_and_for_each_loss_they_try(task):
     assert asked == [(4, task == "multi", loss) for loss in losses]
     one = 0.5 + cfg.recipe.epochs * (0.01 + 1e-5 * 1000)  # 800 train + 200 val samples each epoch
     per_lr = one if task == "single" else one * (1 + 2)
-    assert b.head_seconds == pytest.approx(len(planning.head_lrs(cfg)) * per_lr)
+    folds = 5  # 200 validation images: the heads are chosen on 5-fold cross-validation, each fold one head's images
+    assert b.folds == folds and b.head_seconds == pytest.approx(len(planning.head_lrs(cfg)) * per_lr * (1 + folds))
 
 
 ROUND_NOTE = re.compile(r"auto: fine-tuning \S+ (runner-up |third )?round \d+ \(")  # one note per round run
@@ -292,7 +293,8 @@ def test_the_validation_number_says_how_many_choices_auto_made_on_it(first, tmp_
 
     notes, plan = first.notes, _plan(first.run_dir)
     chose = next(n for n in notes if n.startswith("auto: chose "))
-    candidates = chose[chose.index("(") + 1 : -1].split(", ")  # all at one size here, so every pair and trio averaged
+    listed = re.search(r"(?:on validation \(|; on validation: )([^;]*)\)$", chose).group(1)  # cross-validated or not
+    candidates = listed.split(", ")  # all at one size here, so every pair and trio averaged
     expected = {
         "head_lr": len(plan.backbones),  # two head rates tried per backbone (--lr not set)
         "finetune_round": sum(bool(ROUND_NOTE.match(n)) for n in notes),
@@ -329,7 +331,10 @@ def test_each_round_is_judged_against_the_last_one_kept(first):
     did not leaves the weights and the standing where they were); on an equal accuracy the lower loss decided."""
     heads = {}
     for n in first.notes:
-        if m := re.match(r"auto: (\S+) head on cached features: kept (.*?) on validation \((.*)\)$", n):
+        kept = (
+            r"auto: (\S+) head on cached features: kept (.*?) (?:on validation \(|by \d-fold .*; on validation alone: )"
+        )
+        if m := re.match(kept + r"(.*)\)$", n):  # the kept head's validation score, whichever way it was chosen
             heads[m.group(1)] = next(float(v.split()[0]) for k, v in _pairs(m.group(3)) if k == m.group(2))
     verdicts = [m for n in first.notes if (m := ROUND_VERDICT.match(n))]
     assert verdicts, "the fixture's run fine-tuned nothing: there is no verdict to check"
@@ -704,7 +709,8 @@ def test_config_yaml_metrics_and_tracker_values_are_what_each_candidate_ran(firs
     final = next(n for n in first.notes if n.startswith("auto: final model: "))
     chosen = [c for c in cands if c["chosen"]]
     assert cands[: len(chosen)] == chosen and all(c["name"] in final for c in chosen)  # the chosen one(s) first
-    among = next(n for n in first.notes if n.startswith("auto: chose ")).split("on validation (")[1].rstrip(")")
+    chose = next(n for n in first.notes if n.startswith("auto: chose "))
+    among = re.search(r"(?:on validation \(|; on validation: )([^;]*)\)$", chose).group(1)  # cross-validated or not
     listed = dict((name, float(v)) for name, v in re.findall(r"(.+?) (\d\.\d{4})(?:, |$)", among))
     assert {c["name"]: c["val_accuracy"] for c in cands} == listed  # every candidate that ran, and only those
     for c in cands:
@@ -837,3 +843,34 @@ def test_a_plan_made_after_a_resume_fits_what_is_left_of_the_budget():
     late = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS), spent=400.0)
     assert late.estimate_seconds <= planning.SAFETY * 600 - planning.RESERVED - 400 < fresh.estimate_seconds
     assert late.rung > fresh.rung and any("earlier process(es) took 400 s" in w for w in late.why)
+
+
+def test_a_small_validation_split_plans_and_costs_cross_validated_head_choices():
+    from smallvision.auto.plan import FOLDS, SMALL_VAL
+
+    cfg, given = build_config({"data": {"path": "x"}}), build_config({"data": {"path": "x"}, "recipe": {"lr": 0.003}})
+    small = planning.make_plan(cfg, _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    one_rate = planning.make_plan(given, _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    large = planning.make_plan(cfg, _index(5 * SMALL_VAL), _Profile(5 * SMALL_VAL, 150), None, _Costs(COSTS))
+    assert (small.folds, one_rate.folds, large.folds) == (FOLDS, 0, 0)  # nothing to choose; a split that resolves
+    assert any(f"{FOLDS}-fold cross-validation on the cached features of the 400 train+val" in w for w in small.why)
+    assert not any("cross-validation" in w for w in one_rate.why + large.why)
+    # each backbone's step pays its heads: two rates, each fitted once and FOLDS times more on the folds
+    head = _Costs(COSTS).head(6, False)
+    one = head["stage_seconds"] + cfg.recipe.epochs * (head["epoch_seconds"] + head["sample_epoch_seconds"] * 400)
+    name = small.backbones[0]
+    extra = small.seconds_of(f"features {name}") - one_rate.seconds_of(f"features {name}")
+    assert extra == pytest.approx((2 * (1 + FOLDS) - 1) * one)
+
+
+def test_small_validation_splits_decide_heads_by_cross_validation_and_say_how_sure(first):
+    plan, made = _plan(first.run_dir), decisions(smallvision.read_metrics(first.run_dir))
+    n = plan.images["train"] + plan.images["val"]
+    assert plan.folds == 5 and any(f"5-fold cross-validation on the cached features of the {n}" in w for w in plan.why)
+    heads = [d.text for d in made if d.kind == "head-lr"]
+    assert len(heads) == len(plan.backbones)
+    for said in heads:  # each rate's out-of-fold score with its spread, and what validation alone said
+        assert f"by 5-fold cross-validation on the {n} train+val images (lr 0.001: " in said
+        assert re.search(r"lr 0\.003: \d\.\d{4}( \(loss \d\.\d{4}\))? \+- \d\.\d{4}; on validation alone: ", said)
+    ranked = next(d.text for d in made if d.kind == "uncertainty" and d.text.startswith("fine-tuned first: "))
+    assert f"on the same {n} train+val images" in ranked or f"the {n} train+val images cannot tell" in ranked

@@ -1,0 +1,79 @@
+"""Head choices on a small validation split are made by k-fold cross-validation on the cached features: every
+train and val image scored by a head that never saw it, and the backbone ranking reads those scores."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from smallvision.auto import crossval, select
+from smallvision.config import build_config
+from smallvision.engine.stage import Tensors, stage_spec
+from smallvision.engine.trainer import fit
+from smallvision.recipes.steps import feature_head
+from smallvision.task import SINGLE_LABEL
+
+CFG = build_config({"data": {"path": "x"}, "recipe": {"name": "features", "epochs": 40, "lr": 0.01}})
+
+
+def _stage(x: np.ndarray, y: np.ndarray) -> SimpleNamespace:
+    """A feature stage's arrays as recipes.steps.feature_stage leaves them: train, and val after it."""
+    cut = int(0.8 * len(y))
+    return SimpleNamespace(by_split={"train": (x[:cut], y[:cut]), "val": (x[cut:], y[cut:])}, task=SINGLE_LABEL)
+
+
+def test_every_image_is_scored_by_a_head_that_never_saw_it():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 256)).astype(np.float32)  # more dimensions than images: any labels can be learnt
+    y = rng.integers(0, 3, 120)  # labels that carry no signal
+    head, _ = feature_head(CFG, 256, 3)
+    fit(head, Tensors((x, y), (x, y)), stage_spec(CFG, "all", "head"), SINGLE_LABEL, progress=False)
+    with torch.inference_mode():
+        seen = SINGLE_LABEL.score(head(torch.from_numpy(x)).numpy(), y)
+    folded = crossval.folded(CFG, _stage(x, y), 3, CFG, 5)
+    assert seen > 0.9  # a head scored on images it fitted memorises them
+    assert folded.standing.score < 0.5 and len(folded.scores) == 5  # out of fold: chance, as it should be
+    assert np.allclose(folded.probs.sum(1), 1, atol=1e-4) and (folded.labels == y).all()
+
+
+def test_features_that_carry_the_labels_score_high_and_the_spread_is_said():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 150)
+    x = (np.eye(3)[y] * 3 + rng.normal(size=(150, 3))).astype(np.float32)
+    folded = crossval.folded(CFG, _stage(x, y), 3, CFG, 5)
+    assert folded.standing.score > 0.85
+    assert folded.words() == f"{folded.standing.score:.4f} +- {np.std(folded.scores):.4f}"
+    assert crossval.folded(CFG, _stage(x[:12], np.array([0] * 11 + [1])), 3, CFG, 5) is None  # a class of one
+
+
+def _folded(labels: np.ndarray, wrong: int, rng) -> select.Folded:
+    probs = np.full((len(labels), 2), 0.3)
+    chosen = labels.copy()
+    chosen[:wrong] = 1 - chosen[:wrong]
+    probs[np.arange(len(labels)), chosen] = 0.7
+    return select.Folded(probs + rng.uniform(0, 1e-6, probs.shape), labels, (0.9, 0.95), SINGLE_LABEL)
+
+
+def _candidate(name: str, val_wrong: int, folded: select.Folded | None, rng) -> select.Candidate:
+    labels = np.arange(40) % 2
+    probs = np.full((40, 2), 0.3)
+    chosen = labels.copy()
+    chosen[:val_wrong] = 1 - chosen[:val_wrong]
+    probs[np.arange(40), chosen] = 0.7
+    return select.Candidate(name, None, None, None, {"val": probs}, {"val": labels}, [], 1, [], 64, folded=folded)
+
+
+def test_the_backbones_are_ranked_on_their_cross_validation_when_every_one_has_it():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 600)
+    ahead_on_val = _candidate("lite2 features", 0, _folded(labels, 90, rng), rng)  # 40 of 40 on val
+    ahead_on_folds = _candidate("lite0 features", 1, _folded(labels, 30, rng), rng)  # 39 of 40, far ahead on 600
+    ranked, said = select.rank([ahead_on_val, ahead_on_folds])
+    assert ranked[0] is ahead_on_folds and select.cross_validated(ranked)
+    assert said.startswith("lite0 features 0.9500 +- 0.0250 against, on the same 600 train+val images: lite2 features")
+    # one candidate without a cross-validation (a fine-tuned network): all are ranked on validation
+    tuned = _candidate("lite2 fine-tuned", 0, None, rng)
+    ranked, said = select.rank([ahead_on_folds, tuned])
+    assert ranked[0] is tuned and not select.cross_validated(ranked) and "40 validation images" in said
