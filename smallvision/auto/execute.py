@@ -136,7 +136,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         tally.ran.append(cand_cfg)
         probs, labels = steps.feature_probs(fs), {s: y for s, (_, y) in fs.by_split.items()}
         val = select.standing(probs["val"], labels["val"], fs.task)
-        oof = crossval.folded(cfg, fs, len(index.classes), cand_cfg, folds) if folds else None
+        oof = crossval.folded(fs, len(index.classes), cand_cfg, folds) if folds else None
         tried.append(_Head(stage, cand_cfg, fs, probs, labels, stage_notes, val, oof))
     if any(t.folded is None for t in tried):  # a class too small to fold: every head's, as they share the images
         tried = [dataclasses.replace(t, folded=None) for t in tried]
@@ -178,11 +178,11 @@ def _head_words(name: str, tried: list[_Head], won: _Head, folds: int) -> str:
     kept = won.stage.removeprefix(f"features {name} ")
     val = shown(lambda t: t.standing.words(*(u.standing for u in tried if u is not t)))
     if won.folded is None:
-        why = f" ({folds}-fold cross-validation was planned, but a class has too few images to fold)" if folds else ""
-        return f"{name} head on cached features: kept {kept} on validation ({val}){why}"
+        why = "; too few images of a class (multi-label: in all) to fold, so not cross-validated as planned"
+        return f"{name} head on cached features: kept {kept} on validation ({val}{why if folds else ''})"
     cv = shown(lambda t: t.folded.words(*(u.folded.standing for u in tried if u is not t)))
     return (
-        f"{name} head on cached features: kept {kept} by {folds}-fold cross-validation on the "
+        f"{name} head on cached features: kept {kept} by {len(won.folded.scores)}-fold cross-validation on the "
         f"{len(won.folded.labels):,} train+val images ({cv}; on validation alone: {val})"
     )
 
@@ -602,7 +602,7 @@ def _fine_tuned(cfg, plan, pretrained, index, run_dir, start, progress, notes, l
     them, then the third in the same shapes on the time left: each an improved network or nothing (round 1 on what
     `tap` kept of its activations)."""
     ranked, why = select.rank(pretrained) if pretrained else ([], None)  # as the final choice: noise is no lead
-    if why and (ranked[0] is not max(pretrained, key=lambda c: c.val) or ranked[0].folded is not None):
+    if why and plan.rounds and (ranked[0] is not max(pretrained, key=lambda c: c.val) or ranked[0].folded):
         notes.decide("uncertainty", f"fine-tuned first: {why}")
     out = []
     for base, who in zip(ranked, map(Rounds, range(len(WHOSE))), strict=False):

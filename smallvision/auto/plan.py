@@ -331,13 +331,13 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
     per_loss = [
         costs.head(len(index.classes), index.task == "multi", r.batch_size, loss) for loss in head_losses(cfg, index)
     ]
+    folds = FOLDS if cross_validates(cfg, n, len(head_lrs(cfg)) * len(per_loss)) else 0
+    seen = n["train"] + n["val"]  # each epoch of the head: train, then val; of a fold's head: all but its fold
     heads = len(head_lrs(cfg)) * sum(
-        f["stage_seconds"] + r.epochs * (f["epoch_seconds"] + f["sample_epoch_seconds"] * (n["train"] + n["val"]))
+        _head_fit(f, r.epochs, seen) + folds * _head_fit(f, r.epochs, seen * (folds - 1) / max(folds, 1))
         for f in per_loss
     )
     why = [profile.sentence()]
-    folds = FOLDS if cross_validates(n, len(head_lrs(cfg)) * len(per_loss)) else 0
-    heads *= 1 + folds  # each fold's head fits on (k-1)/k of train+val and predicts the rest: one head's images
     if spent > 0:
         why.append(f"the run's earlier process(es) took {spent:.0f} s of --time-budget {r.time_budget:g} s (--resume)")
     return _Budget(
@@ -352,6 +352,11 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
         why=why,
         folds=folds,
     )
+
+
+def _head_fit(fig: dict, epochs: int, images: float) -> float:
+    """One head's fit on cached features from its figure: the fixed part, then each epoch over `images` rows."""
+    return fig["stage_seconds"] + epochs * (fig["epoch_seconds"] + fig["sample_epoch_seconds"] * images)
 
 
 def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[ScratchPlan | None, bool]:
@@ -648,14 +653,7 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
             b.why.append("no fine-tuning: auto fine-tunes one backbone, not a joined one (a+b)")
         else:
             b.why.append(f"no fine-tuning: the smallest fine-tuning plan would not fit --time-budget {b.budget:g} s")
-    folds = b.folds if chosen.backbones else 0
-    if folds:
-        b.why.append(
-            f"head choices (rate{', loss' if len(head_losses(cfg, index)) > 1 else ''}) and which backbone fine-tunes "
-            f"first are decided by {folds}-fold cross-validation on the cached features of the "
-            f"{b.n['train'] + b.n['val']:,} train+val images, each scored by a head that never saw it: the "
-            f"{b.n['val']} validation images alone move accuracy in steps of {1 / b.n['val']:.2%}"
-        )
+    folds = _folds(b, index, chosen, train_cap)
     unused = unapplied(user_set(cfg), _planned_stages(cfg, chosen, scratch))
     if unused:
         b.why.append(f"{', '.join(map(option_flag, unused))} set but not applied: this plan has no step that uses them")
@@ -676,10 +674,43 @@ def make_plan(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent:
     )
 
 
-def cross_validates(n: dict[str, int], choices: int) -> bool:
+def cross_validates(cfg: RunConfig, n: dict[str, int], choices: int) -> bool:
     """Whether auto decides between its `choices` heads per backbone by cross-validation: a small validation split,
-    and more than one rate or loss to choose from (the backbone ranking reuses the folds those heads ran)."""
-    return n["val"] < SMALL_VAL and choices > 1
+    more than one rate or loss to choose from (the backbone ranking reuses the folds those heads ran), and heads that
+    start fresh (one from --init-from may have been trained on the images a fold holds out)."""
+    return n["val"] < SMALL_VAL and choices > 1 and not cfg.recipe.init_from
+
+
+def _folds(b: _Budget, index: DatasetIndex, chosen: Rung, train_cap: int | None) -> int:
+    """The plan's k of cross-validated head choices (0: none), with the reason it gives either way on a small split."""
+    cfg, n = b.cfg, b.n
+    if not chosen.backbones or n["val"] >= SMALL_VAL:
+        return 0
+    alone = (
+        f": the {n['val']} validation images alone move accuracy in steps of {1 / n['val']:.2%}"
+        if index.task != "multi"
+        else f", not on the {n['val']} validation images alone"
+    )
+    if not b.folds:
+        if len(chosen.backbones) > 1 or cfg.recipe.init_from:
+            why = (
+                "--init-from's head may have been trained on images a fold would hold out"
+                if cfg.recipe.init_from
+                else ("--lr" + (" and --loss leave" if index.task == "multi" else " leaves") + " one head per backbone")
+            )
+            b.why.append(
+                f"the backbones are ranked on the {n['val']} validation images alone, not cross-validated: {why}"
+            )
+        return 0
+    losses = len(head_losses(cfg, index)) > 1
+    choices = ("rate, loss" if len(head_lrs(cfg)) > 1 else "loss") if losses else "rate"
+    ranking = " and which backbone fine-tunes first" if len(chosen.backbones) > 1 and chosen.rounds else ""
+    images = (min(train_cap, n["train"]) if train_cap else n["train"]) + n["val"]
+    b.why.append(
+        f"head choices ({choices}){ranking} are decided by {b.folds}-fold cross-validation on the cached features of "
+        f"the {images:,} train+val images, each scored by a head that never saw it{alone}"
+    )
+    return b.folds
 
 
 def _planned_stages(cfg: RunConfig, chosen: Rung, scratch: ScratchPlan | None) -> list[RunConfig]:

@@ -7,7 +7,7 @@ import copy
 import itertools
 import logging
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class Folded:
     scores: tuple[float, ...]
     task: object
 
-    @property
+    @cached_property
     def standing(self) -> Standing:
         """Its place over every out-of-fold image, as validation standings compare."""
         return standing(self.probs, self.labels, self.task)
@@ -173,7 +173,9 @@ def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, 
     listing = ", ".join(f"{c.name} {c.val:.4f}" for c in ranked)
     if cross_validated(cands):
         folded = ", ".join(f"{c.name} {c.folded.words()}" for c in ranked)
-        listing = f"on {len(best.folded.labels)} train+val images, cross-validated ({folded}; on validation: {listing})"
+        listing = (
+            f"on {len(best.folded.labels):,} train+val images, cross-validated ({folded}; on validation: {listing})"
+        )
     else:
         listing = f"on validation ({listing})"
     notes.decide("choice", f"chose {best.name} among the candidates {listing}")
@@ -255,10 +257,10 @@ def _ranked(cands: list[Candidate], judged, where: tuple[str, str], words) -> tu
     shown = ", ".join(f"{c.name} {words(c)} (p={p[id(c)]:.2f})" for c in same)
     images, kind = where
     if lead is top:
-        return order, f"{top.name} {words(top)} against, on the same {len(y)} {images}: {shown}"
+        return order, f"{top.name} {words(top)} against, on the same {len(y):,} {images}: {shown}"
     metric = ("val " if kind == "validation" else "cross-validated ") + METRIC_NAMES[task.metric]
     return [lead] + [c for c in order if c is not lead], (
-        f"the {len(y)} {images} cannot tell {top.name} ({metric} {words(top)}) from {lead.name} ({words(lead)}, "
+        f"the {len(y):,} {images} cannot tell {top.name} ({metric} {words(top)}) from {lead.name} ({words(lead)}, "
         f"paired test p={p[id(lead)]:.2f} >= {ALPHA}), so the lower {kind} loss decided: {lead.name} "
         f"{loss[id(lead)]:.4f} against {loss[id(top)]:.4f}"
     )

@@ -275,10 +275,14 @@ def test_heads_are_costed_per_epoch_and_for_each_loss_they_try(task):
     b = planning._budget(cfg, index, _Profile(1000, 150), None, costs, 0.0)
     losses = [None] if task == "single" else ["bce", "asl"]
     assert asked == [(4, task == "multi", loss) for loss in losses]
-    one = 0.5 + cfg.recipe.epochs * (0.01 + 1e-5 * 1000)  # 800 train + 200 val samples each epoch
+    k = planning.FOLDS  # 200 validation images: heads are chosen on k-fold cross-validation of train+val
+
+    def fit(images: float) -> float:  # one head: its fixed part, then each epoch over `images` rows
+        return 0.5 + cfg.recipe.epochs * (0.01 + 1e-5 * images)
+
+    one = fit(1000) + k * fit(1000 * (k - 1) / k)  # 800 train + 200 val rows; each fold's head all but its fold
     per_lr = one if task == "single" else one * (1 + 2)
-    folds = 5  # 200 validation images: the heads are chosen on 5-fold cross-validation, each fold one head's images
-    assert b.folds == folds and b.head_seconds == pytest.approx(len(planning.head_lrs(cfg)) * per_lr * (1 + folds))
+    assert b.folds == k and b.head_seconds == pytest.approx(len(planning.head_lrs(cfg)) * per_lr)
 
 
 ROUND_NOTE = re.compile(r"auto: fine-tuning \S+ (runner-up |third )?round \d+ \(")  # one note per round run
@@ -855,22 +859,37 @@ def test_a_small_validation_split_plans_and_costs_cross_validated_head_choices()
     assert (small.folds, one_rate.folds, large.folds) == (FOLDS, 0, 0)  # nothing to choose; a split that resolves
     assert any(f"{FOLDS}-fold cross-validation on the cached features of the 400 train+val" in w for w in small.why)
     assert not any("cross-validation" in w for w in one_rate.why + large.why)
+    fresh = build_config({"data": {"path": "x"}, "recipe": {"init_from": "runs/old/model"}}, conditions=False)
+    warm = planning.make_plan(fresh, _index(400), _Profile(400, 150), None, _Costs(COSTS))
+    assert warm.folds == 0 and any("--init-from's head may have been trained on images" in w for w in warm.why)
     # each backbone's step pays its heads: two rates, each fitted once and FOLDS times more on the folds
     head = _Costs(COSTS).head(6, False)
-    one = head["stage_seconds"] + cfg.recipe.epochs * (head["epoch_seconds"] + head["sample_epoch_seconds"] * 400)
+
+    def fit(images: float) -> float:
+        return head["stage_seconds"] + cfg.recipe.epochs * (
+            head["epoch_seconds"] + head["sample_epoch_seconds"] * images
+        )
+
     name = small.backbones[0]
     extra = small.seconds_of(f"features {name}") - one_rate.seconds_of(f"features {name}")
-    assert extra == pytest.approx((2 * (1 + FOLDS) - 1) * one)
+    assert extra == pytest.approx(fit(400) + 2 * FOLDS * fit(400 * (FOLDS - 1) / FOLDS))
+    assert any("ranked on the 80 validation images alone, not cross-validated: --lr leaves" in w for w in one_rate.why)
 
 
 def test_small_validation_splits_decide_heads_by_cross_validation_and_say_how_sure(first):
     plan, made = _plan(first.run_dir), decisions(smallvision.read_metrics(first.run_dir))
     n = plan.images["train"] + plan.images["val"]
-    assert plan.folds == 5 and any(f"5-fold cross-validation on the cached features of the {n}" in w for w in plan.why)
+    k = planning.FOLDS
+    assert plan.folds == k and any(
+        f"{k}-fold cross-validation on the cached features of the {n:,}" in w for w in plan.why
+    )
     heads = [d.text for d in made if d.kind == "head-lr"]
     assert len(heads) == len(plan.backbones)
     for said in heads:  # each rate's out-of-fold score with its spread, and what validation alone said
-        assert f"by 5-fold cross-validation on the {n} train+val images (lr 0.001: " in said
-        assert re.search(r"lr 0\.003: \d\.\d{4}( \(loss \d\.\d{4}\))? \+- \d\.\d{4}; on validation alone: ", said)
+        assert f"by {k}-fold cross-validation on the {n:,} train+val images (lr 0.001: " in said
+        folded = dict(re.findall(r"(lr [\d.]+): (\d\.\d{4})(?: \(loss [\d.]+\))? \+- \d\.\d{4}", said))
+        kept = re.search(r"kept (lr [\d.]+) by", said).group(1)
+        assert len(folded) == 2 and folded[kept] == max(folded.values())  # the better out of fold is kept
+        assert "; on validation alone: lr 0.001: " in said
     ranked = next(d.text for d in made if d.kind == "uncertainty" and d.text.startswith("fine-tuned first: "))
     assert f"on the same {n} train+val images" in ranked or f"the {n} train+val images cannot tell" in ranked

@@ -13,7 +13,7 @@ from smallvision.config import build_config
 from smallvision.engine.stage import Tensors, stage_spec
 from smallvision.engine.trainer import fit
 from smallvision.recipes.steps import feature_head
-from smallvision.task import SINGLE_LABEL
+from smallvision.task import MULTI_LABEL, SINGLE_LABEL
 
 CFG = build_config({"data": {"path": "x"}, "recipe": {"name": "features", "epochs": 40, "lr": 0.01}})
 
@@ -32,7 +32,7 @@ def test_every_image_is_scored_by_a_head_that_never_saw_it():
     fit(head, Tensors((x, y), (x, y)), stage_spec(CFG, "all", "head"), SINGLE_LABEL, progress=False)
     with torch.inference_mode():
         seen = SINGLE_LABEL.score(head(torch.from_numpy(x)).numpy(), y)
-    folded = crossval.folded(CFG, _stage(x, y), 3, CFG, 5)
+    folded = crossval.folded(_stage(x, y), 3, CFG, 5)
     assert seen > 0.9  # a head scored on images it fitted memorises them
     assert folded.standing.score < 0.5 and len(folded.scores) == 5  # out of fold: chance, as it should be
     assert np.allclose(folded.probs.sum(1), 1, atol=1e-4) and (folded.labels == y).all()
@@ -42,10 +42,41 @@ def test_features_that_carry_the_labels_score_high_and_the_spread_is_said():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 150)
     x = (np.eye(3)[y] * 3 + rng.normal(size=(150, 3))).astype(np.float32)
-    folded = crossval.folded(CFG, _stage(x, y), 3, CFG, 5)
+    folded = crossval.folded(_stage(x, y), 3, CFG, 5)
     assert folded.standing.score > 0.85
     assert folded.words() == f"{folded.standing.score:.4f} +- {np.std(folded.scores):.4f}"
-    assert crossval.folded(CFG, _stage(x[:12], np.array([0] * 11 + [1])), 3, CFG, 5) is None  # a class of one
+    assert crossval.folded(_stage(x[:12], np.array([0] * 11 + [1])), 3, CFG, 5) is None  # a class of one
+
+
+def test_no_fold_head_fits_or_picks_its_epoch_on_the_images_it_scores(monkeypatch):
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 100)
+    x = np.column_stack([np.arange(100), rng.normal(size=(100, 7))]).astype(np.float32)  # column 0: the image's row
+    seen = []
+
+    def recording(head, data, *args, **kwargs):
+        seen.append((set(data.train[0][:, 0].astype(int)), set(data.val[0][:, 0].astype(int))))
+        return fit(head, data, *args, **kwargs)
+
+    monkeypatch.setattr("smallvision.engine.trainer.fit", recording)
+    folded = crossval.folded(_stage(x, y), 3, CFG, 5)
+    held = [set(h) for _, h in SINGLE_LABEL.folds(y, 5, CFG.seed)]
+    assert len(seen) == len(held) == len(folded.scores) == 5
+    for (fitted, picked), out in zip(seen, held, strict=True):
+        assert not (fitted | picked) & out and not fitted & picked  # the epoch is picked on a fold of its own
+        assert len(fitted | picked | out) == 100
+
+
+def test_multi_label_heads_fold_across_labels_and_score_macro_map():
+    rng = np.random.default_rng(5)
+    y = (rng.random((150, 4)) < 0.35).astype(np.float32)
+    x = (y * 4 + 0.5 * rng.normal(size=(150, 4))).astype(np.float32)
+    fs = SimpleNamespace(by_split={"train": (x[:120], y[:120]), "val": (x[120:], y[120:])}, task=MULTI_LABEL)
+    folded = crossval.folded(fs, 4, CFG, 5)
+    assert folded.task is MULTI_LABEL and folded.probs.shape == (150, 4) and folded.standing.score > 0.9
+    assert MULTI_LABEL.score(folded.probs, y) == folded.standing.score and len(folded.scores) == 5
+    tiny = SimpleNamespace(by_split={"train": (x[:6], y[:6]), "val": (x[6:9], y[6:9])}, task=MULTI_LABEL)
+    assert crossval.folded(tiny, 4, CFG, 5) is None  # 9 images cannot be folded five ways
 
 
 def _folded(labels: np.ndarray, wrong: int, rng) -> select.Folded:
