@@ -266,12 +266,15 @@ class Costs:
 
         return self._get(f"scratch/{name}/{size}/{int(batch_norm)}{_at(batch)}", measure)
 
-    def head(self, classes: int, multi: bool, batch: int = BATCH, loss: str | None = None) -> dict:
+    def head(
+        self, classes: int, multi: bool, batch: int = BATCH, loss: str | None = None, dropout: float = 0.0, hidden=0
+    ) -> dict:
         """A dense head's training on cached features (the tensor loop, as auto's heads train), with a multi-label
         folder's `loss` (bce or asl: timm's asymmetric loss took 1.15x BCE's time at posters_ml's shape, 23 labels;
-        None, a single-label one's cross-entropy): seconds per stage, per epoch (its metric and validation pass: mAP
-        is over the epoch) and per sample-epoch, fitted from runs of 128 samples for 2 and 6 epochs and of 1024 for 2
-        (a quarter as many validation samples)."""
+        None, a single-label one's cross-entropy) and the run's `dropout` and `hidden` layer (dropout 0.5 before a
+        1280-wide head took 2.7-3x the time of none: 3.2-3.7 s against 1.2 s for 30 epochs of 4,899 samples): seconds
+        per stage, per epoch (its metric and validation pass: mAP is over the epoch) and per sample-epoch, fitted from
+        runs of 128 samples for 2 and 6 epochs and of 1024 for 2 (a quarter as many validation samples)."""
 
         def measure() -> dict:
             import torch
@@ -289,7 +292,8 @@ class Costs:
                 data = Tensors((x, y), (x[: n // 4], y[: n // 4]))
                 spec = StageSpec("cost", epochs=epochs, lr=1e-3, batch_size=batch, multilabel_loss=loss or "bce")
                 t0 = time.perf_counter()
-                fit(Head(HEAD_DIM, classes), data, spec, MULTI_LABEL if multi else SINGLE_LABEL, progress=False)
+                head = Head(HEAD_DIM, classes, dropout, hidden)
+                fit(head, data, spec, MULTI_LABEL if multi else SINGLE_LABEL, progress=False)
                 return time.perf_counter() - t0
 
             with torch.random.fork_rng():  # timing leaves the run's random state as it found it
@@ -300,7 +304,8 @@ class Costs:
             stage = max(1e-3, small - 2 * (epoch + per * 128 * 1.25))
             return {"stage_seconds": stage, "epoch_seconds": epoch, "sample_epoch_seconds": per}
 
-        return self._get(f"head/{classes}/{int(multi)}/{loss or 'ce'}{_at(batch)}", measure)
+        layers = (f"/d{dropout:g}" if dropout else "") + (f"/h{hidden}" if hidden else "")  # none: the keys before
+        return self._get(f"head/{classes}/{int(multi)}/{loss or 'ce'}{_at(batch)}{layers}", measure)
 
     def decode(self) -> dict:
         """Wall seconds per image to decode, resize and cache JPEG files as the runs do (the thread pool included):

@@ -328,8 +328,10 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
         views_given = 1  # without augmentation each image has one view, the image itself
     fig = costs.decode()
     n = _counts(index)
+    m = cfg.model
     per_loss = [
-        costs.head(len(index.classes), index.task == "multi", r.batch_size, loss) for loss in head_losses(cfg, index)
+        costs.head(len(index.classes), index.task == "multi", r.batch_size, loss, m.dropout, m.hidden or 0)
+        for loss in head_losses(cfg, index)
     ]
     folds = FOLDS if cross_validates(cfg, n, len(head_lrs(cfg)) * len(per_loss)) else 0
     seen = n["train"] + n["val"]  # each epoch of the head: train, then val; of a fold's head: all but its fold

@@ -109,7 +109,10 @@ class Folded:
 
     def words(self, *others: Standing) -> str:
         """The score with its spread over the folds (and the loss when it ties one of `others`), for the notes."""
-        return f"{self.standing.words(*others)} +- {np.std(self.scores):.4f}"
+        tie = any(self.standing.ties(o) for o in others)
+        return f"{self.standing.score:.4f} +- {np.std(self.scores):.4f}" + (
+            f" (loss {self.standing.loss:.4f})" if tie else ""
+        )
 
 
 def score(probs: np.ndarray, labels: np.ndarray, task) -> float:

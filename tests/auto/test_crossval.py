@@ -45,6 +45,8 @@ def test_features_that_carry_the_labels_score_high_and_the_spread_is_said():
     folded = crossval.folded(_stage(x, y), 3, CFG, 5)
     assert folded.standing.score > 0.85
     assert folded.words() == f"{folded.standing.score:.4f} +- {np.std(folded.scores):.4f}"
+    tied = folded.words(folded.standing)  # against an equal score, the loss that decides is shown after the spread
+    assert tied == f"{folded.words()} (loss {folded.standing.loss:.4f})"
     assert crossval.folded(_stage(x[:12], np.array([0] * 11 + [1])), 3, CFG, 5) is None  # a class of one
 
 
