@@ -335,9 +335,9 @@ def _budget(cfg: RunConfig, index: DatasetIndex, profile, probe, costs, spent: f
     ]
     folds = FOLDS if cross_validates(cfg, n, len(head_lrs(cfg)) * len(per_loss)) else 0
     seen = n["train"] + n["val"]  # each epoch of the head: train, then val; of a fold's head: all but its fold
+    fold_rows = seen * (folds - 1) / folds if folds else 0.0
     heads = len(head_lrs(cfg)) * sum(
-        _head_fit(f, r.epochs, seen) + folds * _head_fit(f, r.epochs, seen * (folds - 1) / max(folds, 1))
-        for f in per_loss
+        _head_fit(f, r.epochs, seen) + folds * _head_fit(f, r.epochs, fold_rows) for f in per_loss
     )
     why = [profile.sentence()]
     if spent > 0:
