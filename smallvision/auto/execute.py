@@ -9,7 +9,8 @@
 3. Run it: every candidate, then fine-tuning rounds while validation improves (more epochs at half the learning
    rate, then one more block at a quarter; a round still improving at its last epoch continued, each round fitted
    to the clock with its estimate scaled by what the steps so far took over theirs), then an average of candidates
-   and flipped views, each kept only if it beats what it would replace on validation. Test probabilities are
+   (of the leaders validation cannot tell apart, or one that beats what it would replace) and flipped views (if they
+   beat what is kept), all on validation. Test probabilities are
    computed alongside but never looked at here: the caller reports them once, for the final model only (they are
    what the saved model computes).
 """

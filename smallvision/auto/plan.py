@@ -736,8 +736,9 @@ def plan_table(plan: Plan) -> str:
     lines.append(f"  {plan.estimate_seconds:7.0f} s  in all ({share:.0%} of the budget; a plan may fill {SAFETY:.0%})")
     lines.append(
         "  decided on validation (accuracy or macro mAP; on a tie, a lower loss a paired test resolves): the best "
-        "candidate; each further round (the runner-up's too) only if the last one improved; an average of candidates "
-        "only if it beats each alone, flipped views only if they beat what is kept"
+        "candidate; each further round (the runner-up's too) only if the last one improved; the average of the leading "
+        "candidates validation cannot tell apart (unless it scores below the best), or of any that beats each alone; "
+        "flipped views only if they beat what is kept"
     )
     lines.extend(f"  why: {w}" for w in plan.why)
     return "\n".join(lines)

@@ -166,7 +166,8 @@ def flipped(cand: Candidate, index: DatasetIndex, splits: tuple[str, ...]) -> No
 
 
 def choose(cands: list[Candidate], plan: Plan, index, notes: RunNotes, run_dir, start, budget, tally) -> tuple:
-    """The best single candidate, an average of candidates, and flipped views, each kept only if it beats the rest;
+    """The best single candidate, an average of candidates (of the leaders validation cannot tell apart, or one that
+    beats the rest), and flipped views if they beat what is kept;
     every comparison on validation is counted in `tally.choices`, the flipped views' seconds in `tally.ledger`."""
     choices = tally.choices
     ranked, why = rank(cands)
@@ -270,20 +271,25 @@ def _ranked(cands: list[Candidate], judged, where: tuple[str, str], words) -> tu
 
 
 def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[Candidate], Standing]:
-    """The best candidate alone, or the average of two or three that beats it and each of its members on validation,
-    and the standing kept.
+    """The best candidate alone, or an average of two or three, and the standing kept: first the leaders validation
+    cannot tell apart (`_tied`), averaged unless that scores below the best alone; then any average that beats what
+    is kept and each of its members alone.
 
     Averaged only with candidates fed the same images (size) whose splits hold the same images in the same order.
     """
     best = ranked[0]
-    members = [best]
     same = [
         c
         for c in ranked
         if c.size == best.size and all(np.array_equal(c.labels[s], best.labels[s]) for s in best.probs)
     ]
     alone = {id(c): c.standing for c in same}  # best is among them: its own images
-    kept = alone[id(best)]
+    members, kept, tied = [best], alone[id(best)], _tied(same)
+    if len(tied) > 1:
+        hedge = standing(sum(c.probs["val"] for c in tied) / len(tied), best.labels["val"], best.task)
+        choices["average"] += 1
+        if hedge.score >= kept.score - TIE:
+            members, kept = tied, hedge
     for k in (2, 3):
         for combo in itertools.combinations(same, k):
             p = sum(c.probs["val"] for c in combo) / k
@@ -291,16 +297,39 @@ def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[C
             choices["average"] += 1
             if got.beats(kept) and all(got.beats(alone[id(c)]) for c in combo):  # above each alone, as noted
                 members, kept = list(combo), got
-    if len(members) > 1:
+    if len(tied) > 1:  # said even when a better average follows: every choice counted is told
+        notes.decide("average", _tied_words(tied, hedge, alone[id(best)], hedge.score >= alone[id(best)].score - TIE))
+    if len(members) > 1 and members is not tied:
         shown = ", ".join(alone[id(c)].words(kept) for c in members)
         notes.decide(
             "average",
             f"averaged the probabilities of {' and '.join(c.name for c in members)}: {metric_words(best)} "
             f"{kept.words(*(alone[id(c)] for c in members))}, above each alone ({shown})",
         )
-    elif len(same) > 1:
+    elif len(same) > 1 and len(tied) == 1:
         notes.decide("average", f"no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
     return members, kept
+
+
+def _tied(same: list[Candidate]) -> list[Candidate]:
+    """The best of `same` (best first, on the same images) and up to two more that validation cannot tell from it
+    (a paired test, p >= ALPHA), in their order. Picking one of them is picking on noise, and the one with the lower
+    validation loss is no safer pick: fine-tuning chose its epochs and rounds on that loss. Their average hedges it:
+    its log loss is at most the mean of theirs (the loss is convex), whichever of them is really best."""
+    best, out = same[0], same[:1]
+    for c in same[1:]:
+        if len(out) < 3 and best.task.paired_p(best.probs["val"], c.probs["val"], best.labels["val"]) >= ALPHA:
+            out.append(c)
+    return out
+
+
+def _tied_words(tied: list[Candidate], got: Standing, lead: Standing, kept: bool) -> str:
+    """The notes' line on the average of the candidates validation cannot tell apart, kept or not."""
+    names, words, best = " and ".join(c.name for c in tied), metric_words(tied[0]), tied[0].name
+    said = f"validation cannot tell {names} apart (paired test p >= {ALPHA}): "
+    if kept:
+        return said + f"averaged their probabilities ({words} {got.words(lead)}; {best} alone {lead.words(got)})"
+    return said + f"their average scored below {best} alone ({words} {got.words(lead)} against {lead.words(got)})"
 
 
 def _flips(members: list[Candidate], kept: Standing, index, notes: RunNotes, choices) -> tuple[bool, Standing]:
