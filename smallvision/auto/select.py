@@ -271,9 +271,9 @@ def _ranked(cands: list[Candidate], judged, where: tuple[str, str], words) -> tu
 
 
 def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[Candidate], Standing]:
-    """The best candidate alone, or an average of two or three, and the standing kept: first the leaders validation
-    cannot tell apart (`_tied`), averaged unless that scores below the best alone; then any average that beats what
-    is kept and each of its members alone.
+    """The best candidate alone, or an average of two or three, and the standing kept: first the leaders the ranking's
+    images cannot tell apart (`_tied`), averaged unless that scores below the best alone there; then any average that
+    beats what is kept and each of its members alone.
 
     Averaged only with candidates fed the same images (size) whose splits hold the same images in the same order.
     """
@@ -284,52 +284,84 @@ def _averaged(ranked: list[Candidate], notes: RunNotes, choices) -> tuple[list[C
         if c.size == best.size and all(np.array_equal(c.labels[s], best.labels[s]) for s in best.probs)
     ]
     alone = {id(c): c.standing for c in same}  # best is among them: its own images
-    members, kept, tied = [best], alone[id(best)], _tied(same)
+    members, kept, tied, hedge = [best], alone[id(best)], _tied(same), None
     if len(tied) > 1:
-        hedge = standing(sum(c.probs["val"] for c in tied) / len(tied), best.labels["val"], best.task)
         choices["average"] += 1
-        if hedge.score >= kept.score - TIE:
+        if _not_below(tied, same):
+            hedge = standing(sum(c.probs["val"] for c in tied) / len(tied), best.labels["val"], best.task)
             members, kept = tied, hedge
     for k in (2, 3):
         for combo in itertools.combinations(same, k):
-            p = sum(c.probs["val"] for c in combo) / k
-            got = standing(p, best.labels["val"], best.task)
+            if {id(c) for c in combo} == {id(c) for c in tied}:
+                continue  # the leaders' average, already judged
+            got = standing(sum(c.probs["val"] for c in combo) / k, best.labels["val"], best.task)
             choices["average"] += 1
             if got.beats(kept) and all(got.beats(alone[id(c)]) for c in combo):  # above each alone, as noted
                 members, kept = list(combo), got
-    if len(tied) > 1:  # said even when a better average follows: every choice counted is told
-        notes.decide("average", _tied_words(tied, hedge, alone[id(best)], hedge.score >= alone[id(best)].score - TIE))
-    if len(members) > 1 and members is not tied:
-        shown = ", ".join(alone[id(c)].words(kept) for c in members)
-        notes.decide(
-            "average",
-            f"averaged the probabilities of {' and '.join(c.name for c in members)}: {metric_words(best)} "
-            f"{kept.words(*(alone[id(c)] for c in members))}, above each alone ({shown})",
-        )
-    elif len(same) > 1 and len(tied) == 1:
-        notes.decide("average", f"no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
+    _average_notes(notes, same, tied, hedge, members, kept)
     return members, kept
 
 
+def _not_below(tied: list[Candidate], same: list[Candidate]) -> bool:
+    """Whether the average of `tied` scores at least as well as the best of them alone, on the images `rank` judged
+    `same` on."""
+    judged, best = _judged(same), tied[0]
+    probs, y = judged(best)
+    return best.task.score(sum(judged(c)[0] for c in tied) / len(tied), y) >= best.task.score(probs, y) - TIE
+
+
+def _average_notes(notes: RunNotes, same, tied, hedge: Standing | None, members, kept: Standing) -> None:
+    """The notes' lines on the averages tried: the leaders' (kept or not), then the one kept instead, or none."""
+    best = same[0]
+    lead, words = best.standing, metric_words(best)
+    replaced = len(members) > 1 and members is not tied
+    if len(tied) > 1:
+        where = _tie_words(same)
+        said = f"{where} cannot tell {' and '.join(c.name for c in tied)} apart (paired test p >= {ALPHA}): "
+        if hedge is not None:
+            said += f"averaged their probabilities ({words} {hedge.words(lead)}; {best.name} alone {lead.words(hedge)})"
+            said += ", replaced below" if replaced else "; no other average beat it"
+        else:
+            said += f"their average scores below {best.name} alone on {where}"
+            said += "" if replaced else f"; no other average beat {best.name} alone"
+        notes.decide("average", said)
+    if replaced:
+        shown = ", ".join(c.standing.words(kept) for c in members)
+        notes.decide(
+            "average",
+            f"averaged the probabilities of {' and '.join(c.name for c in members)}: {words} "
+            f"{kept.words(*(c.standing for c in members))}, above each alone ({shown})"
+            + (" and above the leaders' average" if hedge is not None else ""),
+        )
+    elif len(same) > 1 and len(tied) == 1:
+        notes.decide("average", f"no average of candidates beat {best.name} alone on validation ({best.val:.4f})")
+
+
+def _judged(cands: list[Candidate]):
+    """What `rank` judged these candidates on: (probabilities, labels) of their heads' cross-validation over
+    train+val when every one has it on the same images, else of validation."""
+    if cross_validated(cands):
+        return lambda c: (c.folded.probs, c.folded.labels)
+    return lambda c: (c.probs["val"], c.labels["val"])
+
+
+def _tie_words(cands: list[Candidate]) -> str:
+    """The images `_tied` compared these candidates on, as the notes name them."""
+    return "cross-validation on train+val" if cross_validated(cands) else "validation"
+
+
 def _tied(same: list[Candidate]) -> list[Candidate]:
-    """The best of `same` (best first, on the same images) and up to two more that validation cannot tell from it
-    (a paired test, p >= ALPHA), in their order. Picking one of them is picking on noise, and the one with the lower
-    validation loss is no safer pick: fine-tuning chose its epochs and rounds on that loss. Their average hedges it:
-    its log loss is at most the mean of theirs (the loss is convex), whichever of them is really best."""
+    """The best of `same` (best first, on the same images) and up to two more that the images `rank` judged them on
+    cannot tell from it (a paired test, p >= ALPHA), in their order. Picking one of them is picking on noise, and the
+    lower validation loss is no safer pick: fine-tuning chose its epochs and rounds on that loss. Their average
+    hedges it: its log loss is at most the mean of theirs (the loss is convex), whichever of them is really best."""
+    judged = _judged(same)
     best, out = same[0], same[:1]
+    probs, y = judged(best)
     for c in same[1:]:
-        if len(out) < 3 and best.task.paired_p(best.probs["val"], c.probs["val"], best.labels["val"]) >= ALPHA:
+        if len(out) < 3 and best.task.paired_p(probs, judged(c)[0], y) >= ALPHA:
             out.append(c)
     return out
-
-
-def _tied_words(tied: list[Candidate], got: Standing, lead: Standing, kept: bool) -> str:
-    """The notes' line on the average of the candidates validation cannot tell apart, kept or not."""
-    names, words, best = " and ".join(c.name for c in tied), metric_words(tied[0]), tied[0].name
-    said = f"validation cannot tell {names} apart (paired test p >= {ALPHA}): "
-    if kept:
-        return said + f"averaged their probabilities ({words} {got.words(lead)}; {best} alone {lead.words(got)})"
-    return said + f"their average scored below {best} alone ({words} {got.words(lead)} against {lead.words(got)})"
 
 
 def _flips(members: list[Candidate], kept: Standing, index, notes: RunNotes, choices) -> tuple[bool, Standing]:

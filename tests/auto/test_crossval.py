@@ -110,3 +110,24 @@ def test_the_backbones_are_ranked_on_their_cross_validation_when_every_one_has_i
     tuned = _candidate("lite2 fine-tuned", 0, None, rng)
     ranked, said = select.rank([ahead_on_folds, tuned])
     assert ranked[0] is tuned and not select.cross_validated(ranked) and "40 validation images" in said
+
+
+def test_heads_the_cross_validation_separates_are_not_averaged_as_leaders_and_ones_it_cannot_are():
+    """Two heads one image apart on 40 validation images but 60 apart on 600 cross-validated ones: the leader is
+    kept alone (no average of the two beats it on validation); wrong on the same images there, their average is kept."""
+    from collections import Counter
+
+    from smallvision.results import RunNotes
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 600)
+    lead = _candidate("lite0 features", 1, _folded(labels, 30, rng), rng)
+    far = _candidate("lite2 features", 0, _folded(labels, 90, rng), rng)
+    near = _candidate("lite1 features", 0, _folded(labels, 30, rng), rng)
+    notes = RunNotes("auto")
+    members, _ = select._averaged(select.rank([far, lead])[0], notes, Counter())
+    assert members == [lead] and notes.decisions[-1].text.startswith("no average of candidates beat lite0 features")
+    notes = RunNotes("auto")
+    members, _ = select._averaged(select.rank([near, lead])[0], notes, Counter())
+    assert members == [lead, near]
+    assert notes.decisions[-1].text.startswith("cross-validation on train+val cannot tell lite0 features and lite1")

@@ -98,36 +98,56 @@ def _sure(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
 
 def test_the_leaders_validation_cannot_tell_apart_are_averaged_unless_the_average_scores_below_the_best():
     """Two networks wrong on the same one of 43 images tie; a third wrong on two more is one McNemar cannot separate
-    from them either (p=0.5), one wrong on 12 it can: the first three are averaged, the fourth left out. An average
-    of tied networks that is wrong where the best is right (a sure miss outweighs a hesitant hit) is not kept."""
+    from them either (p=0.5), one wrong on 12 it can: the first three are averaged, a fourth as good as the best is
+    left out (three at most), and so is the fifth. An average of tied networks that is wrong where the best is right
+    (a sure miss outweighs a hesitant hit) is not kept."""
     labels = np.random.default_rng(4).integers(0, 2, 43)
     halves = np.r_[[0.4], np.full(21, 0.95), np.full(21, 0.6)]
     a = _candidate("a", _sure(labels, halves), labels)
     b = _candidate("b", _sure(labels, np.r_[halves[:1], halves[22:], halves[1:22]]), labels)  # sure on a's doubts
     c = _candidate("c", _sure(labels, np.r_[[0.4, 0.45, 0.45], np.full(40, 0.8)]), labels)
+    d = _candidate("d", _sure(labels, np.r_[[0.4], np.full(42, 0.7)]), labels)
     far = _candidate("far", _sure(labels, np.r_[np.full(13, 0.3), np.full(30, 0.99)]), labels)
-    assert (
-        a.standing.ties(b.standing)
-        and c.val < a.val
-        and SINGLE_LABEL.paired_p(a.probs["val"], far.probs["val"], labels) < select.ALPHA
-    )
-    notes = RunNotes("auto")
-    members, kept = select._averaged([a, b, far, c], notes, _tally().choices)
+    assert a.standing.ties(b.standing) and a.standing.ties(d.standing) and c.val < a.val
+    assert SINGLE_LABEL.paired_p(a.probs["val"], far.probs["val"], labels) < select.ALPHA
+    notes, tally = RunNotes("auto"), _tally()
+    members, kept = select._averaged([a, b, c, d, far], notes, tally.choices)
     assert members == [a, b, c] and kept.score >= a.val
     assert kept.loss == pytest.approx(select.standing(sum(m.probs["val"] for m in members) / 3, labels, a.task).loss)
-    said = notes.decisions[-1].text
+    assert tally.choices["average"] == 10 + 10  # the leaders' average, then every other pair and trio of five
+    (said,) = [n.text for n in notes.decisions]
     assert said.startswith("validation cannot tell a and b and c apart (paired test p >= 0.05): averaged their")
+    assert said.endswith("; no other average beat it")
     sure = _candidate("sure", _sure(labels, np.r_[[0.4], np.full(42, 0.55)]), labels)
     missed = _candidate("missed", _sure(labels, np.r_[[0.4], [0.05, 0.05], np.full(40, 0.99)]), labels)
     notes = RunNotes("auto")
     members, kept = select._averaged([sure, missed], notes, _tally().choices)
     assert members == [sure] and kept.score == sure.val
-    assert "their average scored below sure alone (val accuracy 0.9302 against 0.9767)" in notes.decisions[0].text
+    (said,) = [n.text for n in notes.decisions]
+    assert said.endswith("their average scores below sure alone on validation; no other average beat sure alone")
 
 
-def test_an_average_with_a_candidate_the_best_clearly_beats_is_kept_on_a_lower_loss_the_split_resolves():
+def test_an_average_that_beats_the_leaders_average_and_each_alone_replaces_it_and_the_notes_say_so():
+    """The third network hesitant where the first two are sure: their pair's average has a loss lower than the three's
+    on most images (a Wilcoxon test resolves it), so the pair replaces the leaders' average."""
+    labels = np.random.default_rng(4).integers(0, 2, 43)
+    halves = np.r_[[0.4], np.full(21, 0.95), np.full(21, 0.6)]
+    a = _candidate("a", _sure(labels, halves), labels)
+    b = _candidate("b", _sure(labels, np.r_[halves[:1], halves[22:], halves[1:22]]), labels)
+    c = _candidate("c", _sure(labels, np.r_[[0.4, 0.45, 0.45], np.full(40, 0.6)]), labels)
+    notes = RunNotes("auto")
+    members, kept = select._averaged([a, b, c], notes, _tally().choices)
+    assert members == [a, b] and kept.score == a.val
+    first, then = (n.text for n in notes.decisions)
+    assert first.startswith("validation cannot tell a and b and c apart") and first.endswith(", replaced below")
+    assert then.startswith("averaged the probabilities of a and b: val accuracy 0.9767 (loss ")
+    assert then.endswith("and above the leaders' average")
+
+
+def test_an_average_with_a_candidate_the_best_clearly_beats_is_kept_only_on_a_lower_loss_the_split_resolves():
     """400 images: `lead` right on all, hesitantly; `behind` wrong on 40 (McNemar separates them) but sure of the
-    rest. Their average is right everywhere, as the lead is, with a lower loss on 360 images: kept, above each alone."""
+    rest. Their average is right everywhere, as the lead is, with a lower loss on 360 images: kept, above each alone.
+    One sure of only 15 more has an average with a lower mean loss too, but higher on 40 images: not kept."""
     labels = np.random.default_rng(6).integers(0, 2, 400)
     lead = _candidate("lead", _sure(labels, np.full(400, 0.6)), labels)
     behind = _candidate("behind", _sure(labels, np.r_[np.full(40, 0.49), np.full(360, 0.99)]), labels)
@@ -136,6 +156,11 @@ def test_an_average_with_a_candidate_the_best_clearly_beats_is_kept_on_a_lower_l
     members, kept = select._averaged([lead, behind], notes, _tally().choices)
     assert members == [lead, behind] and kept.score == lead.val and kept.loss < lead.standing.loss
     assert notes.decisions[-1].text.startswith("averaged the probabilities of lead and behind: val accuracy 1.0000")
+    few = _candidate("few", _sure(labels, np.r_[np.full(40, 0.49), np.full(15, 0.999), np.full(345, 0.6)]), labels)
+    average = select.standing((lead.probs["val"] + few.probs["val"]) / 2, labels, SINGLE_LABEL)
+    assert average.ties(lead.standing) and average.loss < lead.standing.loss
+    members, kept = select._averaged([lead, few], RunNotes("auto"), _tally().choices)
+    assert members == [lead] and kept.loss == lead.standing.loss
 
 
 def test_a_fine_tuning_round_that_ties_on_accuracy_improves_on_a_resolved_lower_loss():
