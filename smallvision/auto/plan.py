@@ -737,8 +737,8 @@ def plan_table(plan: Plan) -> str:
     lines.append(
         "  decided on validation (accuracy or macro mAP; on a tie, a lower loss a paired test resolves): the best "
         "candidate; each further round (the runner-up's too) only if the last one improved; the average of the leading "
-        "candidates validation cannot tell apart (unless it scores below the best), or of any that beats each alone; "
-        "flipped views only if they beat what is kept"
+        "candidates validation cannot tell apart (unless it scores below the best), then any that beats it and each "
+        "of its members alone; flipped views only if they beat what is kept"
     )
     lines.extend(f"  why: {w}" for w in plan.why)
     return "\n".join(lines)
