@@ -267,7 +267,13 @@ class Costs:
         return self._get(f"scratch/{name}/{size}/{int(batch_norm)}{_at(batch)}", measure)
 
     def head(
-        self, classes: int, multi: bool, batch: int = BATCH, loss: str | None = None, dropout: float = 0.0, hidden=0
+        self,
+        classes: int,
+        multi: bool,
+        batch: int = BATCH,
+        loss: str | None = None,
+        dropout: float = 0.0,
+        hidden: int = 0,
     ) -> dict:
         """A dense head's training on cached features (the tensor loop, as auto's heads train), with a multi-label
         folder's `loss` (bce or asl: timm's asymmetric loss took 1.15x BCE's time at posters_ml's shape, 23 labels;

@@ -87,9 +87,11 @@ class Standing:
             return self.score > other.score
         return self.loss < other.loss and lower_p(self.losses, other.losses) < ALPHA / 2
 
-    def words(self, *others: Standing) -> str:
-        """The score in words, with the loss when it ties any of `others` (then the loss decided)."""
-        return f"{self.score:.4f}" + (f" (loss {self.loss:.4f})" if any(self.ties(o) for o in others) else "")
+    def words(self, *others: Standing, spread: str = "") -> str:
+        """The score in words (then `spread`, its uncertainty), with the loss when it ties any of `others` (then the
+        loss decided)."""
+        tie = any(self.ties(o) for o in others)
+        return f"{self.score:.4f}{spread}" + (f" (loss {self.loss:.4f})" if tie else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,10 +111,7 @@ class Folded:
 
     def words(self, *others: Standing) -> str:
         """The score with its spread over the folds (and the loss when it ties one of `others`), for the notes."""
-        tie = any(self.standing.ties(o) for o in others)
-        return f"{self.standing.score:.4f} +- {np.std(self.scores):.4f}" + (
-            f" (loss {self.standing.loss:.4f})" if tie else ""
-        )
+        return self.standing.words(*others, spread=f" +- {np.std(self.scores):.4f}")
 
 
 def score(probs: np.ndarray, labels: np.ndarray, task) -> float:
@@ -230,10 +229,8 @@ def rank(cands: list[Candidate]) -> tuple[list[Candidate], str | None]:
     validation. When those images cannot tell the best from others (a paired test, p >= ALPHA), the lowest loss
     among those leads: one image of 400 is noise, not signal."""
     if cross_validated(cands):
-        where = ("train+val images", "cross-validated")
-        return _ranked(cands, lambda c: (c.folded.probs, c.folded.labels), where, lambda c: c.folded.words())
-    where = ("validation images", "validation")
-    return _ranked(cands, lambda c: (c.probs["val"], c.labels["val"]), where, lambda c: f"{c.val:.4f}")
+        return _ranked(cands, _judged(cands), ("train+val images", "cross-validated"), lambda c: c.folded.words())
+    return _ranked(cands, _judged(cands), ("validation images", "validation"), lambda c: f"{c.val:.4f}")
 
 
 def cross_validated(cands: list[Candidate]) -> bool:
@@ -359,7 +356,9 @@ def _tied(same: list[Candidate]) -> list[Candidate]:
     best, out = same[0], same[:1]
     probs, y = judged(best)
     for c in same[1:]:
-        if len(out) < 3 and best.task.paired_p(probs, judged(c)[0], y) >= ALPHA:
+        if len(out) == 3:
+            break
+        if best.task.paired_p(probs, judged(c)[0], y) >= ALPHA:
             out.append(c)
     return out
 
