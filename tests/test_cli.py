@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,19 +13,13 @@ import torch
 
 import smallvision
 from smallvision.models.folder import load_model, save_model
+from tests import forked_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smallvision", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ},
-        timeout=600,
-    )
+    return forked_cli.run(list(args), cwd=cwd)
 
 
 @pytest.fixture(scope="module")

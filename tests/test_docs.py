@@ -1,11 +1,13 @@
 """The manual: it builds with --strict, its navigation follows the tree, and every command (a `$ ` line of a console
 block) and Python snippet it shows runs, in page order, in a folder with a generated `photos/` and the images the
-pages name. `text` blocks are synopses (`[--option]` forms), not commands."""
+pages name. `text` blocks are synopses (`[--option]` forms), not commands. A plain `smallvision` command or a snippet
+runs as its own process forked from a warm one (tests/forked_cli.py); a line with shell syntax runs in a shell."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forked_cli
 from tests.imagegen import make_class_folder, make_multilabel_folder, shape_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +25,7 @@ DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 BIN = Path(sys.executable).parent
+SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?'\"\\]")
 
 
 def runnable(page: Path) -> list[tuple[str, str]]:
@@ -70,13 +74,22 @@ def _serve(command: str, port: int, cwd: Path, env: dict) -> subprocess.Popen:
     pytest.fail(f"{shown} did not answer /health within 180 s")
 
 
+def _command(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """Run one `$ ` line as the shell would: forked when it is a plain `smallvision` command, else in a shell."""
+    shown = command.split("  #", 1)[0].rstrip()
+    words = shlex.split(shown)
+    if words[0] == "smallvision" and not SHELL_SYNTAX.search(shown):
+        return forked_cli.run(words[1:], cwd=cwd, env=env)
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def _run(page: Path, world: Path) -> None:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     port, servers = _free_port(), []
     try:
         for lang, body in runnable(page):
             if lang == "python":
-                r = subprocess.run([sys.executable, "-c", body], cwd=world, env=env, capture_output=True, text=True)
+                r = forked_cli.run([], cwd=world, env=env, code=body)
                 assert r.returncode == 0, f"{page.name}: python snippet failed:\n{body}\n{r.stderr[-3000:]}"
                 continue
             for line in body.splitlines():
@@ -87,7 +100,7 @@ def _run(page: Path, world: Path) -> None:
                 if command.startswith("smallvision serve "):
                     servers.append(_serve(command, port, world, env))
                     continue
-                r = subprocess.run(command, shell=True, cwd=world, env=env, capture_output=True, text=True, timeout=600)
+                r = _command(command, world, env)
                 assert r.returncode == 0, f"{page.name}: `{command}` exited {r.returncode}:\n{r.stderr[-3000:]}"
     finally:
         for proc in servers:

@@ -21,11 +21,10 @@ from smallvision.data.decode import decode_file
 from smallvision.errors import SmallvisionError
 from smallvision.models.folder import save_model
 from smallvision.prediction import probabilities
+from tests import forked_cli
 from tests.conftest import shared_dataset
 from tests.imagegen import make_class_folder
 
-ROOT = Path(__file__).resolve().parents[1]
-RUN = {"capture_output": True, "text": True, "cwd": ROOT, "timeout": 600}
 TINY = {"image_size": 32, "epochs": 1, "progress": False, "report": False}
 
 
@@ -233,8 +232,8 @@ def test_int8_refused_below_the_measured_drop(hymenoptera_int8, tmp_path):
 
 def test_cli_export_prints_the_check_and_writes_export_json(models, shapes_data, tmp_path):
     dest = tmp_path / "exported" / "shapes.onnx"
-    args = [sys.executable, "-m", "smallvision", "export", str(models("scratch"))]
-    done = subprocess.run([*args, "--check-images", str(shapes_data / "test"), "--out", str(dest)], **RUN)
+    args = ["export", models("scratch")]
+    done = forked_cli.run([*args, "--check-images", shapes_data / "test", "--out", dest])
     assert done.returncode == 0, done.stderr
     record = json.loads((dest.parent / "export.json").read_text())
     check = record["onnx"]["check"]
@@ -245,7 +244,7 @@ def test_cli_export_prints_the_check_and_writes_export_json(models, shapes_data,
     assert f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance 0.0001): passed" in done.stdout
     assert f"record: {dest.parent / 'export.json'}" in done.stdout
 
-    done = subprocess.run([*args, "--format", "torchscript", "--int8"], **RUN)  # refused before any work
+    done = forked_cli.run([*args, "--format", "torchscript", "--int8"])  # refused before any work
     assert done.returncode == 1 and "error: --int8 quantizes the ONNX export" in done.stderr, done.stderr
 
 

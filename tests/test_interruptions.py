@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from smallvision.data.cache import ShardedStore
+from tests import forked_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SV = [sys.executable, "-m", "smallvision"]
@@ -29,9 +30,7 @@ def start_cli(args: list[str], env: dict | None = None) -> subprocess.Popen:
 
 
 def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SV, *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True, text=True, timeout=600
-    )
+    return forked_cli.run(args, env=env)
 
 
 def kill_when(proc: subprocess.Popen, ready, delay: float, limit: float = 240) -> None:

@@ -21,15 +21,14 @@ import smallvision
 from smallvision.data.decode import decode_file
 from smallvision.prediction import iter_image_files
 from smallvision.runtime import OnnxClassifier, find_export
+from tests import forked_cli
 from tests.imagegen import make_class_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smallvision", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+    return forked_cli.run(list(args), timeout=300)
 
 
 @pytest.fixture(scope="module")
