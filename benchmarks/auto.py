@@ -395,7 +395,8 @@ def main() -> None:
 
 
 def cost_rows(rows: list[dict]) -> list[dict]:
-    """Per folder and step: the plan's estimate, the seconds it took, their ratio; then the budget used."""
+    """Per folder and step: its estimate when it started (the plan's x `remade`), the seconds it took, their ratio;
+    then the budget used."""
     out = []
     for row in rows:
         plan = row.get("auto_plan") or {}

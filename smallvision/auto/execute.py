@@ -269,27 +269,30 @@ class Rounds:
 def _fitted_round(
     run_dir: Path, i: int, rounds: list[Round], start: float, budget: float, notes, ledger, who: Rounds, reserve=0.0
 ) -> Round | None:
-    """Round `i` of `rounds` as it still fits the budget by the clock: fewer epochs when the steps so far overran
-    their estimates (the plan re-made from the rates just measured), None when not one epoch fits, which ends them."""
+    """Round `i` of `rounds` as it still fits the budget by the clock, its estimate re-made from the rates just
+    measured (scaled by what the rounds so far, else all steps, took over theirs): fewer epochs when that no longer
+    fits, None when not one epoch fits, which ends them."""
     rnd, words = rounds[i - 1], who.words(i, rounds)
-    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger.ratio(), reserve)
+    ratio = ledger.ratio("round")
+    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ratio, reserve)
     fits = guard.get("epochs", rnd.epochs if guard.get("run") else 0)  # a resumed run's older record: run or not
     if fits < 1:
         notes.decide(
             "stop",
             f"stopped fine-tuning before {words}: {guard['elapsed']:.0f} s had passed and it was estimated "
-            f"at {guard['estimate']:.0f} s (its plan's estimate x{guard.get('ratio', 1.0)}, what the steps so far "
-            f"took over theirs), past --time-budget {budget:g}",
+            f"at {guard['estimate']:.0f} s (its plan's estimate x{guard.get('ratio', 1.0)}, what the rounds so far "
+            f"(else all steps) took over theirs), past --time-budget {budget:g}",
         )
         return None
     if fits < rnd.epochs:
         notes.decide(
             "shrink",
             f"fine-tuning {words} shortened to {fits} of its {rnd.epochs} epochs to fit --time-budget "
-            f"{budget:g}: {guard['elapsed']:.0f} s had passed and the steps so far took x{guard['ratio']} their "
-            "estimates",
+            f"{budget:g}: {guard['elapsed']:.0f} s had passed and the rounds so far (else all steps) took "
+            f"x{guard['ratio']} their estimates",
         )
-    return dataclasses.replace(rnd, epochs=fits, seconds=rnd.seconds_for(fits))
+    remade = guard.get("ratio", 1.0)
+    return dataclasses.replace(rnd, epochs=fits, seconds=rnd.seconds_for(fits) * remade, remade=remade)
 
 
 def _continued(
@@ -419,7 +422,7 @@ def _finetune(
         )
         val = _val_probs(model, data, views)  # the best epoch's, which the round is judged on (part of its time)
         tally.ran.append(round_cfg)
-        tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began)
+        tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began, fitted.remade)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
         place = select.standing(val, data["val"][1], base.task)
@@ -637,7 +640,9 @@ def _record_costs(run_dir: Path, plan: Plan, ledger: Ledger, notes: RunNotes) ->
     if is_rank_zero():
         atomic.write_json(run_dir / "checkpoints" / PLAN_FILE, {**plan.to_dict(), "actual": ledger.rows})
     shown = "; ".join(
-        f"{r['step']} {r['estimate']:.0f} s planned, {r['actual']:.0f} s taken"
+        f"{r['step']} {r['estimate']:.0f} s estimated"
+        + (f" (the plan's {r['estimate'] / r['remade']:.0f} s x{r['remade']:.2f})" if r.get("remade", 1.0) != 1 else "")
+        + f", {r['actual']:.0f} s taken"
         + (f" (x{r['ratio']:.2f})" if r["ratio"] is not None else "")
         for r in ledger.rows
     )

@@ -82,9 +82,8 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert any("the budget left buys the runner-up backbone's own" in w for w in plan.why)
     assert re.search(r"auto: used \d+ s of --time-budget 600 s \(\d+%\)", "\n".join(result.notes))
     costs = next(n for n in result.notes if n.startswith("auto: the plan against the clock: "))
-    assert (
-        f"decode + features {plan.backbones[0]} {lead['estimate']:.0f} s planned, {lead['actual']:.0f} s taken" in costs
-    )
+    shown_lead = f"{lead['estimate']:.0f} s estimated, {lead['actual']:.0f} s taken"
+    assert f"decode + features {plan.backbones[0]} {shown_lead}" in costs
     for step in plan.steps:
         assert f"{step.seconds:7.0f} s  {step.step}" in shown and step.seconds >= 0
     assert plan.estimate_seconds == pytest.approx(sum(s.seconds for s in plan.steps if not s.spare))
@@ -138,7 +137,8 @@ def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(first, mis
     # the second run finds the features cached: the same plan, round 1 re-costed on every image, and both say why
     assert _plan(again.run_dir).tapped and _plan(again.run_dir).rounds == plan.rounds
     ledger = {
-        name: {x["step"]: x["estimate"] for x in _plan(run.run_dir).actual} for name, run in (("a", r), ("b", again))
+        name: {x["step"]: x["estimate"] / x["remade"] for x in _plan(run.run_dir).actual}  # the plan's figure
+        for name, run in (("a", r), ("b", again))
     }
     assert ledger["a"]["round 1"] == pytest.approx(tapped[0].seconds, abs=0.06)
     assert ledger["b"]["round 1"] == pytest.approx(untapped[0].seconds, abs=0.06)
@@ -202,7 +202,7 @@ def test_each_candidates_rounds_and_flips_are_costed_on_its_own_backbone(first):
 
     plan, run_dir = _plan(first.run_dir), first.run_dir
     cfg = build_config(load_config(run_dir / "config.yaml"))
-    taken = {r["step"]: r["estimate"] for r in plan.actual}
+    taken = {r["step"]: r["estimate"] / r["remade"] for r in plan.actual}  # the plan's figure, before the clock's
     costs = Costs(resolve_precision(cfg.trainer.precision))  # the session's cache: the run timed what these read
 
     def own_rounds(backbone: str, rounds) -> list:
@@ -403,9 +403,11 @@ def test_a_resumed_run_keeps_its_plan_and_never_times_the_machine_again(first, s
     assert any("reused the plan recorded in" in n for n in resumed.notes)
     assert dataclasses.replace(_plan(run), actual=[]) == plan
     assert _clock_checks(run) == checks
-    rnd, epochs = record["rounds"][0], json.loads(checks["auto_round1.json"])["epochs"]
-    taken = {r["step"]: r["estimate"] for r in _plan(run).actual}
-    assert taken["round 1"] == pytest.approx(planning.Round(**rnd).seconds_for(epochs), abs=0.06)
+    check = json.loads(checks["auto_round1.json"])
+    taken = {r["step"]: r["estimate"] for r in _plan(run).actual}  # the estimate the clock re-made and checked
+    assert taken["round 1"] == pytest.approx(
+        planning.Round(**record["rounds"][0]).seconds_for(check["epochs"]) * check["ratio"], abs=0.06
+    )
     ours, theirs = _weights(resumed.model_dir), _weights(result.model_dir)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

@@ -26,6 +26,19 @@ def test_the_ledger_ratio_scales_the_rest_of_the_plan():
     assert ledger.ratio() == 4.0  # capped: one misjudged step does not erase the rest
 
 
+def test_a_round_is_foretold_by_the_rounds_before_it_else_by_every_step():
+    ledger = clock.Ledger()
+    ledger.record("decode + features efficientnet_lite2", 100.0, 80.0)
+    ledger.record("timing efficientnet_lite2's fine-tuning steps", 0.0, 12.0)
+    assert ledger.ratio("round") == 1.0  # no round yet: every step's (x0.8, never scaled down)
+    ledger.record("features efficientnet_lite0", 100.0, 150.0)
+    assert ledger.ratio("round") == pytest.approx(230 / 200)
+    ledger.record("round 1", 50.0, 65.0)
+    ledger.record("runner-up round 1", 50.0, 55.0, remade=1.3)
+    assert ledger.ratio("round") == pytest.approx(120 / 100)  # the rounds' own, not the feature passes'
+    assert ledger.rows[-1]["remade"] == 1.3 and ledger.rows[0]["remade"] == 1.0
+
+
 def test_a_round_that_no_longer_fits_shrinks_then_is_dropped(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     ledger, notes = clock.Ledger(), RunNotes("auto")
@@ -34,10 +47,10 @@ def test_a_round_that_no_longer_fits_shrinks_then_is_dropped(tmp_path, monkeypat
     rnd = Round(blocks=2, epochs=8, lr=1e-3, seconds=100.0)
     # 600 s budget, 300 s gone, 15 s kept: 285 s left for a round now estimated at 200 s: all 8 epochs
     kept = execute._fitted_round(tmp_path, 1, [rnd], 0.0, 600.0, notes, ledger, execute.Rounds())
-    assert kept.epochs == 8 and kept.seconds == 100.0
+    assert kept.epochs == 8 and (kept.seconds, kept.remade) == (200.0, 2.0)  # the estimate the clock used
     # 400 s budget: 85 s left of 200 s needed: 3 of 8 epochs, said so, and recorded for a resume
     short = execute._fitted_round(tmp_path, 2, [rnd] * 2, 0.0, 400.0, notes, ledger, execute.Rounds())
-    assert short.epochs == 3 and short.seconds == pytest.approx(37.5)
+    assert short.epochs == 3 and short.seconds == pytest.approx(75.0)
     assert "round 2 shortened to 3 of its 8 epochs" in notes.decisions[-1].text
     assert json.loads((tmp_path / "checkpoints" / "auto_round2.json").read_text())["epochs"] == 3
     monkeypatch.setattr(clock, "now", lambda: 1000.0)  # a resume reads the recorded decision, not the clock
