@@ -1,13 +1,20 @@
 """`smallvision` commands run as their own processes, forked from one per test worker that has already imported the
 libraries. Each command still gets a fresh process of its own (its argv, working folder, environment, stdin from
-/dev/null, exit status, atexit handlers), as a shell would give it; only the ~5 s of importing torch, Lightning, timm
-and scikit-learn that every `smallvision` process pays is paid once per worker instead of once per command
-(measured: a `smallvision evaluate` on 60 images is 6.0 s, 5.3 of them imports). The console script itself is run
-as a real subprocess by tests/test_cli_help.py."""
+/dev/null, exit status, thread joins and atexit handlers at exit), as a shell would give it; only the ~5 s of
+importing torch, timm, torchmetrics and scikit-learn that every `smallvision` process pays is paid once per worker
+instead of once per command (measured: a `smallvision evaluate` on 60 images is 6.0 s, 5.3 of them imports).
+
+What a forked command does not get: settings Python reads once at start (PYTHONHASHSEED: every command of a worker
+shares one hash seed; PYTHONWARNINGS; sys.path), and warnings those imports raise, which the parent printed. Lightning
+is not imported by the parent: it attaches its own log handler when imported before the root logger has one, and the
+CLI imports it after setting up its logging. The console script and `python -m smallvision` stay real processes:
+lines with shell syntax and `serve` in tests/test_docs.py, the `--help` and `--version` checks of
+tests/test_cli_help.py, and every test that inspects sys.modules or the terminal's warnings."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -16,41 +23,36 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _lock = threading.Lock()
 _server: subprocess.Popen | None = None
+_pending = bytearray()  # bytes read from the server past the last whole line
 
 
 def _child(request: dict, channels: tuple[int, int]) -> None:
     """In the forked child: become the process the request describes, run it, exit with its status."""
     for fd in channels:
         os.close(fd)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
     for fd, path, mode in (
         (0, os.devnull, os.O_RDONLY),
         (1, request["stdout"], os.O_WRONLY),
         (2, request["stderr"], os.O_WRONLY),
     ):
-        target = os.open(path, mode)
-        os.dup2(target, fd)
-        os.close(target)
-    import numpy as np
-
-    np.random.seed()  # a new process draws new numpy entropy; `random` reseeds itself at fork
+        opened = os.open(path, mode)
+        os.dup2(opened, fd)
+        os.close(opened)
     code = 0
     try:
-        if "code" in request:
-            sys.argv = ["-c", *request["args"]]
-            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__"})
-        else:
-            from smallvision.cli import main
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        import numpy as np
 
-            sys.argv = ["smallvision", *request["args"]]
-            main()
+        np.random.seed()  # a new process draws new numpy entropy; `random` reseeds itself at fork
+        _main(request)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, int | None):
@@ -60,18 +62,35 @@ def _child(request: dict, channels: tuple[int, int]) -> None:
 
         traceback.print_exc()
         code = 1
+    threading._shutdown()  # as the interpreter exits: non-daemon threads joined, then atexit handlers
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
+def _main(request: dict) -> None:
+    """The command itself: the CLI's entry point, or a snippet run as the __main__ module of `python -c`."""
+    if "code" in request:
+        import types
+
+        sys.argv = ["-c", *request["args"]]
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        exec(compile(request["code"], "<string>", "exec"), main.__dict__)
+        return
+    from smallvision.cli import main
+
+    sys.argv = ["smallvision", *request["args"]]
+    main()
+
+
 def serve() -> None:
     """The warm parent: import what every command imports, then fork one child per request read from stdin."""
-    import lightning  # noqa: F401
     import sklearn.metrics  # noqa: F401
     import timm  # noqa: F401
     import torch  # noqa: F401
+    import torchmetrics  # noqa: F401
 
     import smallvision.cli  # noqa: F401
 
@@ -96,12 +115,13 @@ def serve() -> None:
 def _started() -> subprocess.Popen:
     global _server
     if _server is None or _server.poll() is not None:
+        _pending.clear()
         _server = subprocess.Popen(
             [sys.executable, "-c", "from tests.forked_cli import serve; serve()"],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
+            bufsize=0,  # replies are read with select: no buffer may hold a line select cannot see
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         atexit.register(_server.kill)
@@ -109,12 +129,31 @@ def _started() -> subprocess.Popen:
 
 
 def _reply(server: subprocess.Popen, timeout: float | None) -> dict:
-    if timeout is not None and not select.select([server.stdout], [], [], timeout)[0]:
-        raise TimeoutError
-    line = server.stdout.readline()
-    if not line:
-        raise RuntimeError(f"the forking parent ended (exit {server.wait()}); its output went to stderr above")
+    """The server's next reply line; TimeoutError when none comes within `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    fd = server.stdout.fileno()
+    while b"\n" not in _pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not select.select([fd], [], [], left)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise RuntimeError(f"the forking parent ended (exit {server.wait()}); its output went to stderr above")
+        _pending.extend(chunk)
+    line, _, rest = bytes(_pending).partition(b"\n")
+    _pending[:] = rest
     return json.loads(line)
+
+
+def _stop(server: subprocess.Popen, pid: int | None) -> None:
+    """After a failed exchange: the command and the server killed, so the next call starts a server in step."""
+    global _server
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+            os.kill(pid, signal.SIGKILL)
+    server.kill()
+    server.wait()
+    _server = None
 
 
 def run(
@@ -129,14 +168,17 @@ def run(
         err.touch()
         request = {"args": args, "cwd": str(cwd), "env": dict(os.environ if env is None else env)}
         request |= {"stdout": str(out), "stderr": str(err)} | ({} if code is None else {"code": code})
-        server = _started()
-        server.stdin.write(json.dumps(request) + "\n")
-        server.stdin.flush()
-        pid = _reply(server, 180)["pid"]
+        server, pid = _started(), None
         try:
+            line = memoryview((json.dumps(request) + "\n").encode())
+            while line:
+                line = line[os.write(server.stdin.fileno(), line) :]
+            pid = _reply(server, 180)["pid"]  # the first request waits for the parent's imports
             returncode = _reply(server, timeout)["returncode"]
         except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            _reply(server, None)
+            _stop(server, pid)
             raise subprocess.TimeoutExpired(["smallvision", *args], timeout, out.read_text(), err.read_text()) from None
+        except BaseException:
+            _stop(server, pid)
+            raise
         return subprocess.CompletedProcess(["smallvision", *args], returncode, out.read_text(), err.read_text())

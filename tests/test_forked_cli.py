@@ -30,6 +30,16 @@ def test_each_command_gets_its_folder_environment_output_status_and_own_process(
     assert runs[0].stdout.split()[2] != runs[1].stdout.split()[2]  # a new process each time
 
 
+def test_quick_commands_in_a_row_each_get_their_own_status_at_once(tmp_path):
+    # a command that ends before its pid is read sends both replies together: neither may wait for the timeout
+    codes = [forked_cli.run([], code=f"raise SystemExit({i % 3})", timeout=20).returncode for i in range(30)]
+    assert codes == [i % 3 for i in range(30)]
+    pickled = "import pickle\ndef f(): pass\nprint(len(pickle.dumps(f)) > 0)"  # a snippet is __main__, as with -c
+    assert forked_cli.run([], code=pickled).stdout == "True\n"
+    gone = forked_cli.run([], cwd=tmp_path / "missing", code="pass")
+    assert gone.returncode == 1 and "FileNotFoundError" in gone.stderr
+
+
 def test_a_smallvision_error_is_the_cli_s_message_and_status_1(tmp_path):
     done = forked_cli.run(["predict", tmp_path / "no-such-model", tmp_path / "img.jpg"])
     assert done.returncode == 1 and done.stderr.startswith("error: ") and "no-such-model" in done.stderr
