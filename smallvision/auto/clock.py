@@ -62,16 +62,21 @@ class Ledger:
         ratio = round(seconds / estimate, 2) if estimate > 0 else None
         self.rows.append({"step": step, "estimate": estimate, "actual": seconds, "ratio": ratio, "remade": remade})
 
+    def timed(self, kind: str = "") -> bool:
+        """Whether a step whose name holds `kind` has run with an estimate."""
+        return any(r["estimate"] > 0 and kind in r["step"] for r in self.rows)
+
     def total_ratio(self, kind: str = "") -> float:
-        """What the steps whose names hold `kind` took over their estimates in all (1 before any)."""
+        """What the steps whose names hold `kind` took over the plan's estimates of them in all (1 before any): a
+        re-made estimate counts as the plan's figure it was made from, so the factor measures the plan."""
         timed = [r for r in self.rows if r["estimate"] > 0 and kind in r["step"]]
-        estimate = sum(r["estimate"] for r in timed)
+        estimate = sum(r["estimate"] / r["remade"] for r in timed)
         return sum(r["actual"] for r in timed) / estimate if estimate else 1.0
 
     def ratio(self, kind: str = "") -> float:
         """What the steps so far took over their estimates, within [1, 4] (1 before any): the rest of the plan is
         scaled up by it when the steps overran, never down (a resumed run's cache hits take no time). With `kind`,
-        the steps whose names hold it once one has run (a fine-tuning round is foretold best by the rounds before
-        it: the same network, cache and batch; monkeys10's took x1.08-1.31 while its feature passes took x0.9-1.1)."""
-        timed = any(r["estimate"] > 0 and kind in r["step"] for r in self.rows)
-        return min(4.0, max(1.0, self.total_ratio(kind if timed else "")))
+        the steps whose names hold it once one has run: a fine-tuning round is foretold best by the rounds before
+        it, the same kind of work (training steps on cached activations; monkeys10's rounds took x1.08-1.31 at
+        41eda2f while its feature passes took x0.9-1.1)."""
+        return min(4.0, max(1.0, self.total_ratio(kind if self.timed(kind) else "")))

@@ -273,23 +273,22 @@ def _fitted_round(
     measured (scaled by what the rounds so far, else all steps, took over theirs): fewer epochs when that no longer
     fits, None when not one epoch fits, which ends them."""
     rnd, words = rounds[i - 1], who.words(i, rounds)
-    ratio = ledger.ratio("round")
-    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ratio, reserve)
+    basis = "the rounds so far" if ledger.timed("round") else "the steps so far"
+    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger.ratio("round"), reserve)
     fits = guard.get("epochs", rnd.epochs if guard.get("run") else 0)  # a resumed run's older record: run or not
     if fits < 1:
         notes.decide(
             "stop",
             f"stopped fine-tuning before {words}: {guard['elapsed']:.0f} s had passed and it was estimated "
-            f"at {guard['estimate']:.0f} s (its plan's estimate x{guard.get('ratio', 1.0)}, what the rounds so far "
-            f"(else all steps) took over theirs), past --time-budget {budget:g}",
+            f"at {guard['estimate']:.0f} s (its plan's estimate x{guard.get('ratio', 1.0)}, what {basis} took over "
+            f"theirs), past --time-budget {budget:g}",
         )
         return None
     if fits < rnd.epochs:
         notes.decide(
             "shrink",
             f"fine-tuning {words} shortened to {fits} of its {rnd.epochs} epochs to fit --time-budget "
-            f"{budget:g}: {guard['elapsed']:.0f} s had passed and the rounds so far (else all steps) took "
-            f"x{guard['ratio']} their estimates",
+            f"{budget:g}: {guard['elapsed']:.0f} s had passed and {basis} took x{guard['ratio']} their estimates",
         )
     remade = guard.get("ratio", 1.0)
     return dataclasses.replace(rnd, epochs=fits, seconds=rnd.seconds_for(fits) * remade, remade=remade)

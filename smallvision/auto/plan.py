@@ -70,7 +70,8 @@ class Round:
     continues: bool = False  # added by the run: the round before it was still improving at its last epoch
     setup: float = 0.0  # of `seconds`, caching the round's activations: a shortened round pays it, a continuation not
     stage: float = 0.0  # of `seconds`, the fixed part (trainer, checkpoints, the verdict's pass): every round pays it
-    remade: float = 1.0  # the factor the clock scaled `seconds` by when the round started (execute `_fitted_round`)
+    remade: float = 1.0  # the factor the clock scaled `seconds` by as the round started (execute `_fitted_round`):
+    # 1 in the plan, whose rounds are the cost model's figures
 
     def seconds_for(self, epochs: int) -> float:
         """Its estimate when `epochs` of its epochs run: the setup and the stage's fixed part are paid whatever."""

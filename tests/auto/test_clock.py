@@ -34,9 +34,27 @@ def test_a_round_is_foretold_by_the_rounds_before_it_else_by_every_step():
     ledger.record("features efficientnet_lite0", 100.0, 150.0)
     assert ledger.ratio("round") == pytest.approx(230 / 200)
     ledger.record("round 1", 50.0, 65.0)
-    ledger.record("runner-up round 1", 50.0, 55.0, remade=1.3)
-    assert ledger.ratio("round") == pytest.approx(120 / 100)  # the rounds' own, not the feature passes'
-    assert ledger.rows[-1]["remade"] == 1.3 and ledger.rows[0]["remade"] == 1.0
+    assert ledger.timed("round") and ledger.ratio("round") == pytest.approx(1.3)  # the rounds' own now
+    ledger.record("runner-up round 1", 65.0, 78.0, remade=1.3)  # re-made from the plan's 50 s: x1.2 of it taken
+    assert ledger.rows[-1]["ratio"] == 1.2 and ledger.rows[0]["remade"] == 1.0
+    assert ledger.ratio("round") == pytest.approx((65 + 78) / (50 + 50))  # against the plan's figures, not x1.09
+
+
+def test_a_round_after_rounds_is_re_made_from_theirs_and_says_so(tmp_path, monkeypatch):
+    (tmp_path / "checkpoints").mkdir()
+    ledger, notes = clock.Ledger(), RunNotes("auto")
+    ledger.record("decode + features efficientnet_lite0", 200.0, 180.0)  # x0.9: the feature pass ran fast
+    ledger.record("round 1", 100.0, 130.0)  # x1.3: the rounds run slow
+    monkeypatch.setattr(clock, "now", lambda: 300.0)
+    rnd = Round(blocks=1, epochs=10, lr=1e-3, seconds=100.0)
+    # 600 s budget, 15 s kept: 285 s left; x1.3 of 100 s fits whole (all steps' x1.03 would have said 103 s)
+    whole = execute._fitted_round(tmp_path, 2, [rnd] * 2, 0.0, 600.0, notes, ledger, execute.Rounds())
+    assert (whole.epochs, whole.seconds, whole.remade) == (10, pytest.approx(130.0), 1.3)
+    # 400 s budget: 85 s left of 130 s: 6 of 10 epochs, said on the rounds' figure
+    short = execute._fitted_round(tmp_path, 3, [rnd] * 3, 0.0, 400.0, notes, ledger, execute.Rounds())
+    assert short.epochs == 6 and "the rounds so far took x1.3 their estimates" in notes.decisions[-1].text
+    ledger.record("round 2", short.seconds, 80.0, short.remade)
+    assert ledger.ratio("round") == pytest.approx((130 + 80) / (100 + 60))  # the plan's 60 s for 6 epochs
 
 
 def test_a_round_that_no_longer_fits_shrinks_then_is_dropped(tmp_path, monkeypatch):
