@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import socket
 import subprocess
 import sys
@@ -55,9 +54,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _shown(command: str) -> str:
+    """A `$ ` line without the comment the page wrote after it."""
+    return command.split("  #", 1)[0].rstrip()
+
+
 def _serve(command: str, port: int, cwd: Path, env: dict) -> subprocess.Popen:
     """Start a page's `smallvision serve` on a free port (the page's 8000 may be taken) and wait until it answers."""
-    shown = command.split("  #", 1)[0].rstrip()
+    shown = _shown(command)
     proc = subprocess.Popen(  # exec: the server replaces the shell, so terminate() stops it (it outlived the test)
         f"exec {shown} --port {port}", shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -76,10 +80,9 @@ def _serve(command: str, port: int, cwd: Path, env: dict) -> subprocess.Popen:
 
 def _command(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     """Run one `$ ` line as the shell would: forked when it is a plain `smallvision` command, else in a shell."""
-    shown = command.split("  #", 1)[0].rstrip()
-    words = shlex.split(shown)
-    if words[0] == "smallvision" and not SHELL_SYNTAX.search(shown):
-        return forked_cli.run(words[1:], cwd=cwd, env=env)
+    shown = _shown(command)
+    if shown.startswith("smallvision ") and not SHELL_SYNTAX.search(shown):  # no quotes: words split on spaces
+        return forked_cli.run(shown.split()[1:], cwd=cwd, env=env)
     return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

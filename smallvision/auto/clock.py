@@ -31,20 +31,23 @@ def budget_check(run_dir: Path, name: str, start: float, estimate: Callable[[], 
 
 
 def round_check(
-    run_dir: Path, name: str, start: float, rnd: dict, budget: float, ratio: float, reserve: float = 0.0
+    run_dir: Path, name: str, start: float, rnd: dict, budget: float, ledger: Ledger, reserve: float = 0.0
 ) -> dict:
     """How many of a fine-tuning round's epochs still fit the budget by the clock, less `reserve` seconds kept for
-    planned steps after it, its estimate scaled by `ratio` (what the run's steps took over their estimates so far): a
-    round that overran shrinks the next ones instead of dropping them. Recorded, so a resume decides the same."""
+    planned steps after it, its estimate scaled by the `ledger`'s ratio for rounds (`ratio`, and `basis`: what it was
+    measured on): a round that overran shrinks the next ones instead of dropping them. Recorded, so a resume decides
+    (and says) the same."""
     from smallvision.engine.distributed import rank_zero_decision
 
     def decide() -> dict:
+        ratio, basis = ledger.ratio("round"), "the rounds so far" if ledger.timed("round") else "the steps so far"
         elapsed = now() - start
         left, need = budget - TAIL - reserve - elapsed, rnd["seconds"] * ratio
         setup = (rnd.get("setup", 0.0) + rnd.get("stage", 0.0)) * ratio  # paid whatever the epochs
         per_epoch = max(need - setup, 1e-9) / rnd["epochs"]
         epochs = rnd["epochs"] if need <= left else int(max(left - setup, 0.0) / per_epoch)
-        return {"epochs": epochs, "elapsed": round(elapsed, 1), "estimate": round(need, 1), "ratio": round(ratio, 2)}
+        figures = {"estimate": round(need, 1), "ratio": round(ratio, 2), "basis": basis}
+        return {"epochs": epochs, "elapsed": round(elapsed, 1), **figures}
 
     return rank_zero_decision(run_dir / "checkpoints" / f"auto_{name}.json", decide)[0]
 

@@ -273,8 +273,8 @@ def _fitted_round(
     measured (scaled by what the rounds so far, else all steps, took over theirs): fewer epochs when that no longer
     fits, None when not one epoch fits, which ends them."""
     rnd, words = rounds[i - 1], who.words(i, rounds)
-    basis = "the rounds so far" if ledger.timed("round") else "the steps so far"
-    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger.ratio("round"), reserve)
+    guard = round_check(run_dir, who.check(i), start, dataclasses.asdict(rnd), budget, ledger, reserve)
+    basis = guard.get("basis", "the steps so far")  # a record older than the rounds' own ratio: every step's
     fits = guard.get("epochs", rnd.epochs if guard.get("run") else 0)  # a resumed run's older record: run or not
     if fits < 1:
         notes.decide(
@@ -640,7 +640,7 @@ def _record_costs(run_dir: Path, plan: Plan, ledger: Ledger, notes: RunNotes) ->
         atomic.write_json(run_dir / "checkpoints" / PLAN_FILE, {**plan.to_dict(), "actual": ledger.rows})
     shown = "; ".join(
         f"{r['step']} {r['estimate']:.0f} s estimated"
-        + (f" (the plan's {r['estimate'] / r['remade']:.0f} s x{r['remade']:.2f})" if r.get("remade", 1.0) != 1 else "")
+        + (f" (the plan's {r['estimate'] / r['remade']:.0f} s x{r['remade']:.2f})" if r["remade"] != 1 else "")
         + f", {r['actual']:.0f} s taken"
         + (f" (x{r['ratio']:.2f})" if r["ratio"] is not None else "")
         for r in ledger.rows

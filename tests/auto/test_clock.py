@@ -53,6 +53,8 @@ def test_a_round_after_rounds_is_re_made_from_theirs_and_says_so(tmp_path, monke
     # 400 s budget: 85 s left of 130 s: 6 of 10 epochs, said on the rounds' figure
     short = execute._fitted_round(tmp_path, 3, [rnd] * 3, 0.0, 400.0, notes, ledger, execute.Rounds())
     assert short.epochs == 6 and "the rounds so far took x1.3 their estimates" in notes.decisions[-1].text
+    record = json.loads((tmp_path / "checkpoints" / "auto_round3.json").read_text())
+    assert (record["ratio"], record["basis"]) == (1.3, "the rounds so far")  # a resume says what this run said
     ledger.record("round 2", short.seconds, 80.0, short.remade)
     assert ledger.ratio("round") == pytest.approx((130 + 80) / (100 + 60))  # the plan's 60 s for 6 epochs
 
