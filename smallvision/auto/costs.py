@@ -96,8 +96,10 @@ class Costs:
         which reads the figures, then train the same models)."""
         import torch
 
+        began = time.perf_counter()
         with torch.random.fork_rng():
             values = missing.measure()
+        values["measure_seconds"] = time.perf_counter() - began  # what timing it took: `timing_seconds` reads it
         self.figures[missing.key] = {k: float(f"{v:.3g}") for k, v in values.items()}
         self.measured.append(missing.key)
         try:
@@ -358,6 +360,36 @@ def planned(make: Callable[[Costs], T], costs: Costs) -> T:
             return make(costs)
         except MissingFigure as missing:
             costs.measure(missing)
+
+
+class _StandIn(Costs):
+    """`costs` answering a figure this machine has not measured for `backbone` with `like`'s same figure, noting
+    in `timing` what measuring that took: what `backbone`'s figures will cost to time, before they are timed."""
+
+    def __init__(self, costs: Costs, backbone: str, like: str) -> None:
+        vars(self).update(vars(costs))  # its figures, read and never added to: nothing is timed
+        self.measured, self.used = [], []
+        self.backbone, self.like, self.timing = backbone, like, {}
+
+    def _get(self, key: str, measure: Callable[[], dict]) -> dict:
+        stand_in = self.figures.get(key.replace(f"/{self.backbone}/", f"/{self.like}/"), {})
+        if key in self.figures or "measure_seconds" not in stand_in:
+            return super()._get(key, measure)
+        self.timing[key] = stand_in["measure_seconds"]
+        return stand_in
+
+
+def timing_seconds(make: Callable[[Costs], object], costs: Costs, backbone: str, like: str) -> float | None:
+    """Seconds `planned(make, costs)` will spend timing the figures it reads that this machine has not measured for
+    `backbone`, each at what timing `like`'s same figure took (the Lite backbones' round figures at 260 px took
+    0.8-1.0x as long to time as lite2's); None when `like` has no such figure, or one from before it was clocked.
+    Times nothing."""
+    stand_in = _StandIn(costs, backbone, like)
+    try:
+        make(stand_in)
+    except MissingFigure:
+        return None
+    return sum(stand_in.timing.values())
 
 
 def _at(batch: int) -> str:

@@ -23,6 +23,7 @@ import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,7 @@ from smallvision.auto.plan import (
     round_config,
     rounds_on,
     scratch_config,
+    slowest,
 )
 from smallvision.auto.select import Candidate, choose, final_outcome
 from smallvision.config import APPLIES, PLANNING, RunConfig, nested, option_flag, stage_values, unapplied, user_set
@@ -318,8 +320,9 @@ def _recosted(
     candidate validation will pick, so the clock checks and the ledger would hold a cheaper backbone to its figures;
     and round 1 on every image when the feature pass kept none of its activations (`tap`: the features were cached).
     Recorded per backbone, so a resume costs them the same without reading the machine's figures again; figures this
-    machine had not timed yet are timed now, and that time is a ledger row of its own."""
-    from smallvision.auto.costs import Costs, planned
+    machine had not timed yet are timed now, and that time is a ledger row of its own, estimated from what timing the
+    plan's own backbone's same figures took."""
+    from smallvision.auto.costs import Costs, planned, timing_seconds
     from smallvision.caching.activations import view_precision
     from smallvision.engine.distributed import rank_zero_decision
     from smallvision.engine.precision import resolve_precision
@@ -331,15 +334,20 @@ def _recosted(
 
     def decide() -> dict:
         costs, began = Costs(resolve_precision(cfg.trainer.precision)), now()
-        own = planned(lambda c: rounds_on(cfg, plan, c, backbone, rounds, tapped), costs)
-        timed = {"measured": costs.measured, "seconds": round(now() - began, 1)}
+        make = partial(rounds_on, cfg, plan, backbone=backbone, rounds=rounds, tapped=tapped)
+        like = slowest(cfg, costs, plan.backbones, plan.size)  # the backbone the plan costed (and timed) rounds on
+        estimate = timing_seconds(make, costs, backbone, like) if like != backbone else 0.0
+        own = planned(make, costs)
+        timed = {"measured": costs.measured, "seconds": round(now() - began, 1), "estimate": round(estimate or 0, 1)}
         return {"rounds": [dataclasses.asdict(r) for r in own], "timed": timed}
 
     # keyed by whether round 1 is tapped: a resumed process finds the features cached and its tap empty
     path = run_dir / "checkpoints" / f"auto_costs_{who.check(1)}_{backbone}{'_tapped' if tapped else ''}.json"
     record, recorded = rank_zero_decision(path, decide)
     if record["timed"]["measured"] and not recorded:
-        ledger.record(f"timing {backbone}'s fine-tuning steps", 0.0, record["timed"]["seconds"])
+        ledger.record(
+            f"timing {backbone}'s fine-tuning steps", record["timed"].get("estimate", 0.0), record["timed"]["seconds"]
+        )
     out = [Round(**r) for r in record["rounds"]]
     planned_s, own_s = sum(r.seconds for r in rounds), sum(r.seconds for r in out)
     if round(own_s, 1) != round(planned_s, 1):  # as the ledger shows them

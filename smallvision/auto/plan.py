@@ -424,20 +424,20 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
         feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
         seconds = n["train"] / feature_ips[name] + b.head_seconds * len(parts) + _held_out_seconds(b, costs, name, size)
         steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
-    slowest = min(backbones, key=lambda name: feature_ips[name])
-    plan_rounds = _rounds(cfg, rounds) if "+" not in slowest else []
+    costed_on = min(backbones, key=lambda name: feature_ips[name])
+    plan_rounds = _rounds(cfg, rounds) if "+" not in costed_on else []
     if over():
         return None
     tapped = bool(plan_rounds) and tap_pays(cfg, costs, list(backbones), size, views, n)
     if tapped:
         _split_passes(cfg, costs, steps, size, 1)
-    for step in _round_steps(cfg, n, costs, slowest, size, views, plan_rounds, "", tapped):  # only while it fits
+    for step in _round_steps(cfg, n, costs, costed_on, size, views, plan_rounds, "", tapped):  # only while it fits
         steps.append(step)
         if over():
             return None
     # one member's val and test flipped, on the slowest backbone; more members are checked against the clock when
     # the run gets there
-    tta_seconds = flip_seconds(cfg, costs, slowest, size, n["val"] + n["test"]) if tta else 0.0
+    tta_seconds = flip_seconds(cfg, costs, costed_on, size, n["val"] + n["test"]) if tta else 0.0
     if tta:
         steps.append(Step("flipped views of val/test (test-time augmentation)", tta_seconds, "tta"))
     estimate = sum(s.seconds for s in steps)
@@ -499,18 +499,26 @@ def _filled_split(b: _Budget, costs, chosen: Rung) -> None:
         chosen.tapped = False
 
 
+def slowest(cfg: RunConfig, costs, backbones: list[str], size: int) -> str:
+    """The backbone whose features come slowest at `size` (a joined one runs each part): the one a plan costs every
+    round on."""
+    from smallvision.models.weights import resolve_weights
+
+    def rate(name: str) -> float:
+        return 1 / sum(1 / costs.features(resolve_weights(part, cfg.model.weights), size) for part in name.split("+"))
+
+    return min(backbones, key=rate)
+
+
 def _filled(b: _Budget, costs, chosen: Rung) -> None:
     """What the chosen rung leaves of the budget, spent in order of value while it fits: the best candidate's next
     rounds (more epochs at half the rate, then a block more at each halving; the last as many epochs as fit), then the
     runner-up backbone's own rounds (an average of two fine-tuned networks is kept when validation says so). Costed
     on the slowest backbone, as the rounds are; each runs only if the clock still allows it when the run gets there,
     and a round only while the one before it improved."""
-    from smallvision.models.weights import resolve_weights
-
     if not chosen.backbones or any("+" in name for name in chosen.backbones):
         return
-    slowest = min(chosen.backbones, key=lambda n: costs.features(resolve_weights(n, b.cfg.model.weights), chosen.size))
-    costed = partial(_round_steps, b.cfg, b.n, costs, slowest, chosen.size)
+    costed = partial(_round_steps, b.cfg, b.n, costs, slowest(b.cfg, costs, chosen.backbones, chosen.size), chosen.size)
 
     def add(steps: list[Step], spare: bool = False) -> bool:
         extra = sum(s.seconds for s in steps)
