@@ -46,7 +46,7 @@ from smallvision.auto.plan import (
     round_config,
     rounds_on,
     scratch_config,
-    slowest,
+    timing_estimate,
 )
 from smallvision.auto.select import Candidate, choose, final_outcome
 from smallvision.config import APPLIES, PLANNING, RunConfig, nested, option_flag, stage_values, unapplied, user_set
@@ -322,7 +322,7 @@ def _recosted(
     Recorded per backbone, so a resume costs them the same without reading the machine's figures again; figures this
     machine had not timed yet are timed now, and that time is a ledger row of its own, estimated from what timing the
     plan's own backbone's same figures took."""
-    from smallvision.auto.costs import Costs, planned, timing_seconds
+    from smallvision.auto.costs import Costs, planned
     from smallvision.caching.activations import view_precision
     from smallvision.engine.distributed import rank_zero_decision
     from smallvision.engine.precision import resolve_precision
@@ -335,10 +335,9 @@ def _recosted(
     def decide() -> dict:
         costs, began = Costs(resolve_precision(cfg.trainer.precision)), now()
         make = partial(rounds_on, cfg, plan, backbone=backbone, rounds=rounds, tapped=tapped)
-        like = slowest(cfg, costs, plan.backbones, plan.size)  # the backbone the plan costed (and timed) rounds on
-        estimate = timing_seconds(make, costs, backbone, like) if like != backbone else 0.0
+        estimate = timing_estimate(cfg, plan, costs, backbone, make)
         own = planned(make, costs)
-        timed = {"measured": costs.measured, "seconds": round(now() - began, 1), "estimate": round(estimate or 0, 1)}
+        timed = {"measured": costs.measured, "seconds": round(now() - began, 1), "estimate": round(estimate, 1)}
         return {"rounds": [dataclasses.asdict(r) for r in own], "timed": timed}
 
     # keyed by whether round 1 is tapped: a resumed process finds the features cached and its tap empty

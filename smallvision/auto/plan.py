@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -508,6 +509,24 @@ def slowest(cfg: RunConfig, costs, backbones: list[str], size: int) -> str:
         return 1 / sum(1 / costs.features(resolve_weights(part, cfg.model.weights), size) for part in name.split("+"))
 
     return min(backbones, key=rate)
+
+
+def timing_estimate(cfg: RunConfig, plan: Plan, costs, backbone: str, make: Callable) -> float:
+    """Seconds that timing the figures `make(costs)` reads for `backbone` and this machine has not measured will take
+    (`costs.planned` times them): what timing the same figures of the backbone the plan costed rounds on took, scaled
+    by the square root of the two backbones' feature rates (timing a figure builds and traces a form, which a
+    backbone's size barely moves, then trains a few steps, which it moves as it moves the feature pass). Unscaled,
+    lite2's figures foretold x0.67-0.76 of what timing lite0's and lite1's took on three held-out folders (46ca439).
+    0 when the plan's own backbone runs them, or its figures were never clocked. Pure, as make_plan is."""
+    from smallvision.auto.costs import timing_seconds
+    from smallvision.models.weights import resolve_weights
+
+    like = slowest(cfg, costs, plan.backbones, plan.size)
+    seconds = timing_seconds(make, costs, backbone, like) if like != backbone else None
+    if not seconds:
+        return 0.0
+    rate = [costs.features(resolve_weights(name, cfg.model.weights), plan.size) for name in (like, backbone)]
+    return seconds * math.sqrt(rate[0] / rate[1])
 
 
 def _filled(b: _Budget, costs, chosen: Rung) -> None:

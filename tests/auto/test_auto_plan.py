@@ -136,29 +136,39 @@ def test_a_rounds_own_figures_are_timed_once_per_machine_and_read_back(tmp_path,
 def test_timing_a_backbones_round_figures_is_foretold_by_the_plans_backbones(tmp_path, monkeypatch):
     # A run re-costs the chosen backbone's rounds on it, timing the figures the plan only timed on its slowest
     # backbone: that time is estimated, before it is spent, from what timing the slowest backbone's same figures took.
+    from types import SimpleNamespace
+
+    from smallvision.auto import plan as planning
     from smallvision.auto.costs import Costs, planned, timing_seconds
     from smallvision.models.weights import resolve_weights
 
     monkeypatch.setenv("SMALLVISION_CACHE_DIR", str(tmp_path))
-    lite0, lite1 = (resolve_weights(f"efficientnet_lite{k}", None) for k in (0, 1))
+    cfg, names = build_config({"data": {"path": "x"}}), ["efficientnet_lite0", "efficientnet_lite1"]
+    specs = {name: resolve_weights(name, None) for name in names}
 
-    def reads(spec):
-        return lambda c: (c.finetune(spec, 64, 1), c.bottom(spec, 64), c.activations(spec, 64, 1), c.features(spec, 64))
+    def reads(name):
+        return lambda c: (c.finetune(specs[name], 64, 1), c.bottom(specs[name], 64), c.activations(specs[name], 64, 1))
 
     costs = Costs("32-true")
-    planned(reads(lite1), costs)  # the plan's backbone, timed as a plan times it
-    planned(lambda c: c.features(lite0, 64), costs)  # the plan reads every backbone's features
-    plans = list(costs.measured)
-    assert all(costs.figures[k]["measure_seconds"] > 0 for k in plans)
-    estimate = timing_seconds(reads(lite0), costs, "efficientnet_lite0", "efficientnet_lite1")
-    assert costs.measured == plans  # it timed nothing
-    foretold = [k for k in plans[:-1] if not k.startswith("features/")]  # lite0's features are already measured
-    assert estimate == pytest.approx(sum(costs.figures[k]["measure_seconds"] for k in foretold))
+    planned(lambda c: [c.features(spec, 64) for spec in specs.values()], costs)  # a plan reads every backbone's
+    plan = SimpleNamespace(backbones=names, size=64)
+    like = planning.slowest(cfg, costs, names, 64)
+    other = next(name for name in names if name != like)
+    planned(reads(like), costs)  # the plan times its rounds' figures on the slowest backbone
+    timed = list(costs.measured)
+    assert all(costs.figures[k]["measure_seconds"] > 0 for k in timed)
+    seconds = timing_seconds(reads(other), costs, other, like)
+    assert costs.measured == timed  # it timed nothing
+    assert seconds == pytest.approx(sum(costs.figures[k]["measure_seconds"] for k in timed[2:]))
+    estimate = planning.timing_estimate(cfg, plan, costs, other, reads(other))
+    rates = [costs.features(specs[name], 64) for name in (like, other)]
+    assert estimate == pytest.approx(seconds * (rates[0] / rates[1]) ** 0.5) and estimate <= seconds
     began = time.perf_counter()
-    planned(reads(lite0), costs)
+    planned(reads(other), costs)
     took = time.perf_counter() - began
-    assert costs.measured[len(plans) :] == [k.replace("lite1", "lite0") for k in foretold]
-    assert 0.25 < took / estimate < 4  # the same figures of a sibling backbone take about as long to time
-    assert timing_seconds(reads(lite0), costs, "efficientnet_lite0", "efficientnet_lite1") == 0.0  # all measured now
+    assert costs.measured[len(timed) :] == [k.replace(like, other) for k in timed[2:]]  # the figures foretold
+    assert 0.25 < took / estimate < 4  # a sibling backbone's figures take about as long to time
+    assert planning.timing_estimate(cfg, plan, costs, other, reads(other)) == 0.0  # all measured now
+    assert planning.timing_estimate(cfg, plan, costs, like, reads(like)) == 0.0  # the plan's own: timed already
     # a figure the stand-in was never timed at (another size) cannot be foretold: no estimate, not a wrong one
-    assert timing_seconds(lambda c: c.finetune(lite0, 96, 1), costs, "efficientnet_lite0", "efficientnet_lite1") is None
+    assert timing_seconds(lambda c: c.finetune(specs[other], 96, 1), costs, other, like) is None
