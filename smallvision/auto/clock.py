@@ -10,6 +10,8 @@ from pathlib import Path
 
 from smallvision.auto.plan import TAIL
 
+TIMING = "timing "  # a ledger row timing a backbone's figures: estimated and shown, but it foretells no work
+
 
 def now() -> float:
     """The clock auto's budget checks read (one place, so a test can move it)."""
@@ -65,14 +67,18 @@ class Ledger:
         ratio = round(seconds / estimate, 2) if estimate > 0 else None
         self.rows.append({"step": step, "estimate": estimate, "actual": seconds, "ratio": ratio, "remade": remade})
 
+    def _work(self, kind: str) -> list[dict]:
+        """The rows of steps whose names hold `kind` that ran with an estimate, timing the machine left out."""
+        return [r for r in self.rows if r["estimate"] > 0 and kind in r["step"] and not r["step"].startswith(TIMING)]
+
     def timed(self, kind: str = "") -> bool:
         """Whether a step whose name holds `kind` has run with an estimate."""
-        return any(r["estimate"] > 0 and kind in r["step"] for r in self.rows)
+        return bool(self._work(kind))
 
     def total_ratio(self, kind: str = "") -> float:
         """What the steps whose names hold `kind` took over the plan's estimates of them in all (1 before any): a
         re-made estimate counts as the plan's figure it was made from, so the factor measures the plan."""
-        timed = [r for r in self.rows if r["estimate"] > 0 and kind in r["step"]]
+        timed = self._work(kind)
         estimate = sum(r["estimate"] / r["remade"] for r in timed)
         return sum(r["actual"] for r in timed) / estimate if estimate else 1.0
 

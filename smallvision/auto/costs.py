@@ -381,9 +381,9 @@ class _StandIn(Costs):
 
 def timing_seconds(make: Callable[[Costs], object], costs: Costs, backbone: str, like: str) -> float | None:
     """Seconds `planned(make, costs)` will spend timing the figures it reads that this machine has not measured for
-    `backbone`, each at what timing `like`'s same figure took (the Lite backbones' round figures at 260 px took
-    0.8-1.0x as long to time as lite2's); None when `like` has no such figure, or one from before it was clocked.
-    Times nothing."""
+    `backbone`, each at what timing `like`'s same figure took (its values stand in too, so a choice they steer, such
+    as whether a round's activations fit the memory budget, is `like`'s); None when a missing figure has no such
+    stand-in (another kind of figure, or one cached before figures were clocked). Times nothing."""
     stand_in = _StandIn(costs, backbone, like)
     try:
         make(stand_in)

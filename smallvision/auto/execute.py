@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from smallvision import atomic, runclock
 from smallvision.auto import crossval, select
-from smallvision.auto.clock import Ledger, now, round_check
+from smallvision.auto.clock import TIMING, Ledger, now, round_check
 from smallvision.auto.plan import (
     PLAN_FILE,
     PLAN_VERSION,
@@ -320,8 +320,8 @@ def _recosted(
     candidate validation will pick, so the clock checks and the ledger would hold a cheaper backbone to its figures;
     and round 1 on every image when the feature pass kept none of its activations (`tap`: the features were cached).
     Recorded per backbone, so a resume costs them the same without reading the machine's figures again; figures this
-    machine had not timed yet are timed now, and that time is a ledger row of its own, estimated from what timing the
-    plan's own backbone's same figures took."""
+    machine had not timed yet are timed now, and that time is a ledger row of its own (estimated by
+    `timing_estimate`), which the clock's ratios leave out: timing is not the work they foretell."""
     from smallvision.auto.costs import Costs, planned
     from smallvision.caching.activations import view_precision
     from smallvision.engine.distributed import rank_zero_decision
@@ -345,7 +345,7 @@ def _recosted(
     record, recorded = rank_zero_decision(path, decide)
     if record["timed"]["measured"] and not recorded:
         ledger.record(
-            f"timing {backbone}'s fine-tuning steps", record["timed"].get("estimate", 0.0), record["timed"]["seconds"]
+            f"{TIMING}{backbone}'s fine-tuning steps", record["timed"]["estimate"], record["timed"]["seconds"]
         )
     out = [Round(**r) for r in record["rounds"]]
     planned_s, own_s = sum(r.seconds for r in rounds), sum(r.seconds for r in out)

@@ -417,15 +417,14 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     def over() -> bool:
         return sum(s.seconds for s in steps) > b.available
 
-    feature_ips = {}
     for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
         if over():
             return None
         parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
-        feature_ips[name] = 1 / sum(1 / costs.features(spec, size) for spec in parts)
-        seconds = n["train"] / feature_ips[name] + b.head_seconds * len(parts) + _held_out_seconds(b, costs, name, size)
+        ips = 1 / sum(1 / costs.features(spec, size) for spec in parts)
+        seconds = n["train"] / ips + b.head_seconds * len(parts) + _held_out_seconds(b, costs, name, size)
         steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
-    costed_on = min(backbones, key=lambda name: feature_ips[name])
+    costed_on = slowest(cfg, costs, list(backbones), size)
     plan_rounds = _rounds(cfg, rounds) if "+" not in costed_on else []
     if over():
         return None
@@ -516,16 +515,21 @@ def timing_estimate(cfg: RunConfig, plan: Plan, costs, backbone: str, make: Call
     (`costs.planned` times them): what timing the same figures of the backbone the plan costed rounds on took, scaled
     by the square root of the two backbones' feature rates (timing a figure builds and traces a form, which a
     backbone's size barely moves, then trains a few steps, which it moves as it moves the feature pass). Unscaled,
-    lite2's figures foretold x0.67-0.76 of what timing lite0's and lite1's took on three held-out folders (46ca439).
-    0 when the plan's own backbone runs them, or its figures were never clocked. Pure, as make_plan is."""
-    from smallvision.auto.costs import timing_seconds
+    lite2's figures foretold what timing lite0's and lite1's took at x0.67-0.76 on four held-out folders (46ca439,
+    six rows); the scaling was fitted to those rows. 0 (no estimate) when the plan's own backbone runs them or a
+    figure it needs is not on record (a cache that could not be written, a resume on another machine). Times
+    nothing."""
+    from smallvision.auto.costs import MissingFigure, timing_seconds
     from smallvision.models.weights import resolve_weights
 
-    like = slowest(cfg, costs, plan.backbones, plan.size)
-    seconds = timing_seconds(make, costs, backbone, like) if like != backbone else None
-    if not seconds:
+    try:
+        like = slowest(cfg, costs, plan.backbones, plan.size)
+        seconds = timing_seconds(make, costs, backbone, like) if like != backbone else None
+        if not seconds:
+            return 0.0
+        rate = [costs.features(resolve_weights(name, cfg.model.weights), plan.size) for name in (like, backbone)]
+    except MissingFigure:
         return 0.0
-    rate = [costs.features(resolve_weights(name, cfg.model.weights), plan.size) for name in (like, backbone)]
     return seconds * math.sqrt(rate[0] / rate[1])
 
 

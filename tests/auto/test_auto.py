@@ -79,8 +79,6 @@ def test_the_plan_is_printed_before_the_work_and_recorded(first):
     assert len(plan.rounds) == len(planning.ROUND_SHAPES) and plan.runner_up
     assert "runner-up round 1" in taken and (result.run_dir / "checkpoints" / "finetune1b").is_dir()
     assert plan.tta and taken["tta (val)"]["estimate"] > 0  # flipping val for the choice is costed and clocked too
-    # timing a later candidate's own round figures (on a machine's first run) is foretold from the plan's timing
-    assert all(r["estimate"] > 0 for step, r in taken.items() if step.startswith("timing "))
     assert any("the budget left buys the runner-up backbone's own" in w for w in plan.why)
     assert re.search(r"auto: used \d+ s of --time-budget 600 s \(\d+%\)", "\n".join(result.notes))
     costs = next(n for n in result.notes if n.startswith("auto: the plan against the clock: "))

@@ -167,8 +167,12 @@ def test_timing_a_backbones_round_figures_is_foretold_by_the_plans_backbones(tmp
     planned(reads(other), costs)
     took = time.perf_counter() - began
     assert costs.measured[len(timed) :] == [k.replace(like, other) for k in timed[2:]]  # the figures foretold
-    assert 0.25 < took / estimate < 4  # a sibling backbone's figures take about as long to time
+    assert 0.1 < took / estimate < 10  # the same order (the first figures a process times pay its first traces)
     assert planning.timing_estimate(cfg, plan, costs, other, reads(other)) == 0.0  # all measured now
     assert planning.timing_estimate(cfg, plan, costs, like, reads(like)) == 0.0  # the plan's own: timed already
     # a figure the stand-in was never timed at (another size) cannot be foretold: no estimate, not a wrong one
     assert timing_seconds(lambda c: c.finetune(specs[other], 96, 1), costs, other, like) is None
+    # nor without the feature rates (a resume on another machine, a cache that could not be written): 0, nothing timed
+    at96 = SimpleNamespace(backbones=names, size=96)
+    assert planning.timing_estimate(cfg, at96, costs, other, lambda c: c.finetune(specs[other], 96, 1)) == 0.0
+    assert not [k for k in costs.measured if "/96" in k]

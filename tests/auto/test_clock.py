@@ -29,7 +29,8 @@ def test_the_ledger_ratio_scales_the_rest_of_the_plan():
 def test_a_round_is_foretold_by_the_rounds_before_it_else_by_every_step():
     ledger = clock.Ledger()
     ledger.record("decode + features efficientnet_lite2", 100.0, 80.0)
-    ledger.record("timing efficientnet_lite2's fine-tuning steps", 0.0, 12.0)
+    ledger.record("timing efficientnet_lite2's fine-tuning steps", 4.0, 12.0)  # x3, shown but not work
+    assert ledger.rows[-1]["ratio"] == 3.0 and not ledger.timed("timing")
     assert ledger.ratio("round") == 1.0  # no round yet: every step's (x0.8, never scaled down)
     ledger.record("features efficientnet_lite0", 100.0, 150.0)
     assert ledger.ratio("round") == pytest.approx(230 / 200)
