@@ -402,7 +402,6 @@ def _scratch_plan(b: _Budget, profile, probe, costs) -> tuple[ScratchPlan | None
 def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int, tta: bool) -> Rung | None:
     """One rung of the ladder (backbones, views, rounds at `size`, flips or not) costed step by step, or None when
     it does not fit."""
-    from smallvision.models.weights import resolve_weights
 
     cfg, n = b.cfg, b.n
     backbones, views, rounds = level
@@ -420,9 +419,9 @@ def _rung_plan(b: _Budget, costs, scratch: ScratchPlan | None, level, size: int,
     for name in backbones:  # a joined backbone (a+b) runs each of its parts once per image
         if over():
             return None
-        parts = [resolve_weights(part, cfg.model.weights) for part in name.split("+")]
-        ips = 1 / sum(1 / costs.features(spec, size) for spec in parts)
-        seconds = n["train"] / ips + b.head_seconds * len(parts) + _held_out_seconds(b, costs, name, size)
+        parts = len(name.split("+"))
+        seconds = n["train"] / feature_rate(cfg, costs, name, size) + b.head_seconds * parts
+        seconds += _held_out_seconds(b, costs, name, size)
         steps.append(Step(f"{name} features at {size} px + head", seconds, f"features {name}"))
     costed_on = slowest(cfg, costs, list(backbones), size)
     plan_rounds = _rounds(cfg, rounds) if "+" not in costed_on else []
@@ -499,15 +498,16 @@ def _filled_split(b: _Budget, costs, chosen: Rung) -> None:
         chosen.tapped = False
 
 
-def slowest(cfg: RunConfig, costs, backbones: list[str], size: int) -> str:
-    """The backbone whose features come slowest at `size` (a joined one runs each part): the one a plan costs every
-    round on."""
+def feature_rate(cfg: RunConfig, costs, backbone: str, size: int) -> float:
+    """Images per second through `backbone`'s feature pass at `size` (a joined one runs each of its parts)."""
     from smallvision.models.weights import resolve_weights
 
-    def rate(name: str) -> float:
-        return 1 / sum(1 / costs.features(resolve_weights(part, cfg.model.weights), size) for part in name.split("+"))
+    return 1 / sum(1 / costs.features(resolve_weights(part, cfg.model.weights), size) for part in backbone.split("+"))
 
-    return min(backbones, key=rate)
+
+def slowest(cfg: RunConfig, costs, backbones: list[str], size: int) -> str:
+    """The backbone whose features come slowest at `size`: the one a plan costs every round on."""
+    return min(backbones, key=lambda name: feature_rate(cfg, costs, name, size))
 
 
 def timing_estimate(cfg: RunConfig, plan: Plan, costs, backbone: str, make: Callable) -> float:
@@ -520,14 +520,13 @@ def timing_estimate(cfg: RunConfig, plan: Plan, costs, backbone: str, make: Call
     figure it needs is not on record (a cache that could not be written, a resume on another machine). Times
     nothing."""
     from smallvision.auto.costs import MissingFigure, timing_seconds
-    from smallvision.models.weights import resolve_weights
 
     try:
         like = slowest(cfg, costs, plan.backbones, plan.size)
         seconds = timing_seconds(make, costs, backbone, like) if like != backbone else None
         if not seconds:
             return 0.0
-        rate = [costs.features(resolve_weights(name, cfg.model.weights), plan.size) for name in (like, backbone)]
+        rate = [feature_rate(cfg, costs, name, plan.size) for name in (like, backbone)]
     except MissingFigure:
         return 0.0
     return seconds * math.sqrt(rate[0] / rate[1])
@@ -627,11 +626,9 @@ def _scratch_only(b: _Budget, scratch: ScratchPlan) -> Rung:
 def _sampled_features(b: _Budget, index: DatasetIndex, costs, rung: int) -> tuple[Rung, int]:
     """When nothing fits: features of the smallest, fastest backbone on a sample of the training images, and the
     sample's size."""
-    from smallvision.models.weights import resolve_weights
-
     n, size = b.n, b.given_size or SMALL_SIZES[-1]
     backbone = b.cfg.model.backbone if b.given_backbone else "efficientnet_lite0"
-    ips = costs.features(resolve_weights(backbone, b.cfg.model.weights), size)
+    ips = feature_rate(b.cfg, costs, backbone, size)
     held = _held_out_seconds(b, costs, backbone, size) + (n["val"] + n["test"]) * b.decode_one + b.head_seconds
     train_cap = max(len(index.classes) * 5, int((b.available - held) / (1 / ips + b.decode_one)))
     train_cap = min(train_cap, n["train"])
