@@ -35,6 +35,9 @@ DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
 # this 2-core machine, so a pass's rate is the median of 5 (a training step's of 3)
 PASSES = 5
 HEAD_DIM = 1280  # the Lite backbones' feature width, at which a head's training on cached features is timed
+# which forms the figures time, in the cache's key: a change to the forms a run builds (2: lite2's bf16 feature pass
+# at 260 px traced, 1.5x the rate of the form timed before) must not leave the figures of the old ones in force
+FIGURES_VERSION = 2
 
 
 def machine() -> dict:
@@ -75,7 +78,8 @@ class Costs:
     def __init__(self, precision: str) -> None:
         self.precision = precision
         self.machine = machine()
-        self.path = cache_root() / "costs" / f"{key_of({**self.machine, 'precision': precision})}.json"
+        key = key_of({**self.machine, "precision": precision, "figures": FIGURES_VERSION})
+        self.path = cache_root() / "costs" / f"{key}.json"
         try:
             self.figures: dict[str, dict] = json.loads(self.path.read_text())
         except (OSError, ValueError):
