@@ -143,7 +143,8 @@ class Costs:
         """The form caching/activations.py `compute_views` runs the frozen part in: its build seconds and images/s in
         the views' arithmetic (`view_precision`). Timed below the top block and read for every round: more blocks
         leave a smaller frozen part (lite2's below two blocks: 88 images/s against 81 below one; lite0's 101 against
-        96), so deeper rounds are costed a little high; the whole backbone's rate would not do (lite2's: 54)."""
+        96), so deeper rounds are costed a little high; the whole backbone's rate would not do (it runs the blocks
+        the round trains too)."""
 
         def measure() -> dict:
             import torch
