@@ -3,7 +3,7 @@ issue 13's targets, and (with --compare) against the best single recipe that `sm
 
 Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/auto.py [--label NAME] [--folders digits hymenoptera ...]
      [--budget 600] [--compare] [--auto-from benchmarks/results/auto-NAME.json] [--max-seconds 1800] [--cold]
-     [--held-out]
+     [--held-out] [--paired-with benchmarks/results/auto-OLD.json]
 Each row is `python -m smallvision train FOLDER --out TMP --time-budget B` in a fresh process (--cold: with an empty
 SMALLVISION_CACHE_DIR, so decoding, features and step timing all count; digits adds the demo's
 `--test-fraction 0.1`), timed around the process, start included. Folders: `digits` (the demo's data, written by
@@ -16,16 +16,20 @@ seconds mean little without them.
 --compare adds, per folder and on the same split, `smallvision compare FOLDER --recipes features,finetune,scratch`
 and (digits, food5_64px) a `--recipe scratch` run at the native image size; the best validation accuracy among them
 is "the best single recipe". --auto-from reuses the auto rows of an earlier result file instead of rerunning them.
---held-out gives every folder a test split that no choice of auto's sees (see `held_out`), so two versions of auto
-can be compared on test accuracy. The runs import smallvision from the working directory first (`python -m`), so to
-benchmark another version run this script from that version's checkout (`cd OLD && python NEW/benchmarks/auto.py`):
-PYTHONPATH alone does not override it. Writes benchmarks/results/auto-NAME.json after every row and the run logs under
-benchmarks/results/auto-NAME-logs/.
+--held-out gives every folder a test split that no choice of auto's sees (see `held_out`), so two versions of auto can
+be compared on test accuracy; the table gives each single-label row's 95% Wilson interval, and each such row keeps the
+test images it got wrong (`test_misses`), so --paired-with an earlier result file on the same splits compares the two
+runs image by image (the images only one got right, the exact McNemar p). The runs import smallvision from the working
+directory first (`python -m`), so to benchmark another version run this script from that version's checkout
+(`cd OLD && python NEW/benchmarks/auto.py`): PYTHONPATH alone does not override it. Writes
+benchmarks/results/auto-NAME.json after every row and the run logs under benchmarks/results/auto-NAME-logs/.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -255,6 +259,7 @@ def run_auto(
         row = run_cli(args, logs / f"{name}-auto.log", max_seconds, cache) | {"cold_cache": cold}
         metrics = _read_json(out / "metrics.json") or {}
         plan = _read_json(out / "checkpoints" / "auto_plan.json")
+        hits = test_misses(out / "predictions_test.csv") if metrics.get("test_accuracy") is not None else None
     row |= {
         "val_accuracy": metrics.get("val_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),
@@ -265,8 +270,64 @@ def run_auto(
         "backbone": metrics.get("backbone"),
         "notes": metrics.get("notes"),
         "auto_plan": plan,
+        "test_n": metrics.get("test_n"),
+        "test_misses": hits,
     }
     return row
+
+
+def test_misses(predictions: Path) -> dict | None:
+    """The test images a single-label run got wrong, with the test split's size and a digest of its file list: what
+    `paired` needs to compare two runs image by image (None when the run wrote no predictions)."""
+    if not predictions.is_file():
+        return None
+    with predictions.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = sorted(r["path"] for r in rows)
+    return {
+        "n": len(rows),
+        "digest": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16],
+        "misses": sorted(r["path"] for r in rows if r["true"] != r["predicted"]),
+    }
+
+
+def wilson(row: dict) -> str:
+    """The 95% Wilson interval of a single-label row's test accuracy: how far its test split can resolve it."""
+    from scipy.stats import binomtest
+
+    n, accuracy = row.get("test_n"), row.get("test_accuracy")
+    if not n or accuracy is None:
+        return "-"
+    low, high = binomtest(round(accuracy * n), n).proportion_ci(method="wilson")
+    return f"{low:.3f}-{high:.3f}"
+
+
+def paired(rows: list[dict], earlier: list[dict], label: str) -> list[dict]:
+    """Per folder that both runs scored on the same test images: the images only one of them got right and the
+    exact McNemar p of that split (two versions of auto told apart on the images, not on two noisy totals)."""
+    from scipy.stats import binomtest
+
+    then = {r["folder"]: r.get("test_misses") for r in earlier}
+    out = []
+    for row in rows:
+        now, before = row.get("test_misses"), then.get(row["folder"])
+        if not now or not before or now["digest"] != before["digest"]:
+            continue
+        missed_now, missed_then = set(now["misses"]), set(before["misses"])
+        gained, lost = len(missed_then - missed_now), len(missed_now - missed_then)
+        p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
+        out.append(
+            {
+                "folder": row["folder"],
+                "test images": now["n"],
+                "test": f"{1 - len(missed_now) / now['n']:.4f}",
+                f"test {label}": f"{1 - len(missed_then) / now['n']:.4f}",
+                "right only now": gained,
+                f"right only in {label}": lost,
+                "McNemar p": round(p, 3),
+            }
+        )
+    return out
 
 
 def run_compare(name: str, path: Path, logs: Path, max_seconds: float | None) -> dict:
@@ -346,6 +407,11 @@ def main() -> None:
     ap.add_argument("--auto-from", type=Path, help="take the auto rows from this earlier result file")
     ap.add_argument("--max-seconds", type=float, help="kill any one run after this many seconds (default: never)")
     ap.add_argument(
+        "--paired-with",
+        type=Path,
+        help="an earlier result file (with test_misses): compare each folder's test predictions image by image",
+    )
+    ap.add_argument(
         "--held-out",
         action="store_true",
         help="give every folder a test split no choice sees (its val/ as test, or --test-fraction 0.2); not --compare",
@@ -380,7 +446,10 @@ def main() -> None:
         path.write_text(json.dumps(rows, indent=2) + "\n")  # kept row by row: a killed benchmark keeps its rows
     if not rows:
         sys.exit("no folder had data; nothing to show")
-    columns = ["folder", "images", "budget", "wall_s", "cpu_s", "within_budget", "val", "test", "target", "met"]
+    for row in rows:
+        row["test 95%"] = wilson(row)
+    columns = ["folder", "images", "budget", "wall_s", "cpu_s", "within_budget", "val", "test", "test 95%"]
+    columns += ["target", "met"]
     columns += [
         "status",
         *(["best single (val, s)", "auto >= it"] if args.compare else []),
@@ -392,6 +461,14 @@ def main() -> None:
     if costs:
         print("\nthe plan against the clock (auto_plan.json's `actual`; target: every ratio within 0.75-1.25)")
         emit(costs, RESULTS / f"auto-{args.label}-costs.json")
+    if args.paired_with:
+        label = args.paired_with.stem.removeprefix("auto-")
+        pairs = paired(rows, json.loads(args.paired_with.read_text()), label)
+        print(f"\ntest predictions against {args.paired_with} on the same images (exact McNemar test)")
+        if pairs:
+            emit(pairs, RESULTS / f"auto-{args.label}-paired.json")
+        else:
+            print("no folder of this run has test predictions on the same images there")
 
 
 def cost_rows(rows: list[dict]) -> list[dict]:
