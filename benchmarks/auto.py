@@ -259,7 +259,7 @@ def run_auto(
         row = run_cli(args, logs / f"{name}-auto.log", max_seconds, cache) | {"cold_cache": cold}
         metrics = _read_json(out / "metrics.json") or {}
         plan = _read_json(out / "checkpoints" / "auto_plan.json")
-        hits = test_misses(out / "predictions_test.csv") if metrics.get("test_accuracy") is not None else None
+        misses = test_misses(out / "predictions_test.csv") if metrics.get("test_accuracy") is not None else None
     row |= {
         "val_accuracy": metrics.get("val_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),
@@ -270,24 +270,27 @@ def run_auto(
         "backbone": metrics.get("backbone"),
         "notes": metrics.get("notes"),
         "auto_plan": plan,
-        "test_n": metrics.get("test_n"),
-        "test_misses": hits,
+        "test_n": (metrics.get("test") or {}).get("n"),
+        "test_misses": misses,
     }
     return row
 
 
 def test_misses(predictions: Path) -> dict | None:
-    """The test images a single-label run got wrong, with the test split's size and a digest of its file list: what
-    `paired` needs to compare two runs image by image (None when the run wrote no predictions)."""
+    """The test images a single-label run got wrong, named relative to the folder they share, with the split's size
+    and a digest of its file list: what `paired` compares two runs by (None without predictions)."""
     if not predictions.is_file():
         return None
     with predictions.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    names = sorted(r["path"] for r in rows)
+    if not rows:
+        return None
+    root = os.path.commonpath([r["path"] for r in rows]) if len(rows) > 1 else os.path.dirname(rows[0]["path"])
+    name = {r["path"]: os.path.relpath(r["path"], root) for r in rows}  # the same images wherever the data lives
     return {
         "n": len(rows),
-        "digest": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16],
-        "misses": sorted(r["path"] for r in rows if r["true"] != r["predicted"]),
+        "digest": hashlib.sha256("\n".join(sorted(name.values())).encode()).hexdigest()[:16],
+        "misses": sorted(name[r["path"]] for r in rows if r["true"] != r["predicted"]),
     }
 
 
@@ -304,18 +307,27 @@ def wilson(row: dict) -> str:
 
 def paired(rows: list[dict], earlier: list[dict], label: str) -> list[dict]:
     """Per folder that both runs scored on the same test images: the images only one of them got right and the
-    exact McNemar p of that split (two versions of auto told apart on the images, not on two noisy totals)."""
+    exact McNemar p of that split (two versions of auto told apart on the images, not on two noisy totals); a folder
+    that cannot be paired says why."""
     from scipy.stats import binomtest
 
     then = {r["folder"]: r.get("test_misses") for r in earlier}
     out = []
     for row in rows:
         now, before = row.get("test_misses"), then.get(row["folder"])
-        if not now or not before or now["digest"] != before["digest"]:
+        why = None
+        if not now:
+            why = "no test predictions in this run"
+        elif not before:
+            why = f"no test predictions for it in {label}"
+        elif now["digest"] != before["digest"]:
+            why = f"{label} scored other test images"
+        if why:
+            print(f"{row['folder']}: not paired: {why}")
             continue
         missed_now, missed_then = set(now["misses"]), set(before["misses"])
         gained, lost = len(missed_then - missed_now), len(missed_now - missed_then)
-        p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
+        p = float(binomtest(gained, gained + lost).pvalue) if gained + lost else 1.0
         out.append(
             {
                 "folder": row["folder"],
@@ -328,6 +340,17 @@ def paired(rows: list[dict], earlier: list[dict], label: str) -> list[dict]:
             }
         )
     return out
+
+
+def report_pairs(rows: list[dict], earlier: Path, label: str) -> None:
+    """Print and write (auto-LABEL-paired.json) this run's test predictions against `earlier`'s."""
+    name = earlier.stem.removeprefix("auto-")
+    pairs = paired(rows, json.loads(earlier.read_text()), name)
+    print(f"\ntest predictions against {earlier} on the same images (exact McNemar test)")
+    if pairs:
+        emit(pairs, RESULTS / f"auto-{label}-paired.json")
+    else:
+        print("no folder of this run has test predictions on the same images there")
 
 
 def run_compare(name: str, path: Path, logs: Path, max_seconds: float | None) -> dict:
@@ -380,7 +403,7 @@ def judge(row: dict, budget: float) -> None:
     if row.get("splits", "its own test split") not in ("its own test split", "as the folder gives them"):
         target, checks = "within budget (issue 13's targets are on the folder's own splits)", []
     ok = row["status"] == "ok" and row["within_budget"] == "yes" and all(check(row) for check in checks)
-    row["target"], row["met"] = target, "met" if ok else "missed"
+    row["target"], row["met"], row["test 95%"] = target, "met" if ok else "missed", wilson(row)
     for split in ("val", "test"):
         value = row.get(f"{split}_accuracy")
         value = row.get(f"{split}_map") if value is None else value
@@ -420,6 +443,8 @@ def main() -> None:
     if args.held_out and (args.compare or args.auto_from):
         ap.error("--held-out changes the folders' splits: --compare and --auto-from rows would not share them")
     path = RESULTS / f"auto-{args.label}.json"
+    if args.paired_with and (args.paired_with.resolve() == path.resolve() or not args.paired_with.is_file()):
+        ap.error(f"--paired-with {args.paired_with}: give an earlier result file, not this run's own or a missing one")
     logs = RESULTS / f"auto-{args.label}-logs"
     earlier = {r["folder"]: r for r in json.loads(args.auto_from.read_text())} if args.auto_from else {}
     rows: list[dict] = []
@@ -446,29 +471,20 @@ def main() -> None:
         path.write_text(json.dumps(rows, indent=2) + "\n")  # kept row by row: a killed benchmark keeps its rows
     if not rows:
         sys.exit("no folder had data; nothing to show")
-    for row in rows:
-        row["test 95%"] = wilson(row)
+    show(rows, path, args)
+
+
+def show(rows: list[dict], path: Path, args: argparse.Namespace) -> None:
+    """The tables: the runs, their steps against the plan, and (--paired-with) their test images against earlier."""
     columns = ["folder", "images", "budget", "wall_s", "cpu_s", "within_budget", "val", "test", "test 95%"]
-    columns += ["target", "met"]
-    columns += [
-        "status",
-        *(["best single (val, s)", "auto >= it"] if args.compare else []),
-        "load_before",
-        "load_after",
-    ]
-    emit(rows, path, columns)
+    columns += ["target", "met", "status", *(["best single (val, s)", "auto >= it"] if args.compare else [])]
+    emit(rows, path, [*columns, "load_before", "load_after"])
     costs = cost_rows(rows)
     if costs:
         print("\nthe plan against the clock (auto_plan.json's `actual`; target: every ratio within 0.75-1.25)")
         emit(costs, RESULTS / f"auto-{args.label}-costs.json")
     if args.paired_with:
-        label = args.paired_with.stem.removeprefix("auto-")
-        pairs = paired(rows, json.loads(args.paired_with.read_text()), label)
-        print(f"\ntest predictions against {args.paired_with} on the same images (exact McNemar test)")
-        if pairs:
-            emit(pairs, RESULTS / f"auto-{args.label}-paired.json")
-        else:
-            print("no folder of this run has test predictions on the same images there")
+        report_pairs(rows, args.paired_with, args.label)
 
 
 def cost_rows(rows: list[dict]) -> list[dict]:

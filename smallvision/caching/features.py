@@ -17,7 +17,9 @@ from smallvision.models.weights import WeightsSpec
 
 log = logging.getLogger(__name__)
 
-FEATURE_FORMAT = 1
+# bumped when the features computed for the same settings change: 2, lite2's bf16 pass at 260 px runs its traced
+# form (inference.py), whose last bits differ from the BatchNorm-folded form's, so old and new are not mixed
+FEATURE_FORMAT = 2
 
 
 def feature_settings(
