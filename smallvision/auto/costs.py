@@ -36,7 +36,7 @@ DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
 PASSES = 5
 HEAD_DIM = 1280  # the Lite backbones' feature width, at which a head's training on cached features is timed
 # which forms the figures time, in the cache's key: a change to the forms a run builds (2: lite2's bf16 feature pass
-# at 260 px traced, 1.5x the rate of the form timed before) must not leave the figures of the old ones in force
+# at 260 px traced, 1.4-1.5x the rate of the form timed before) must not leave the figures of the old ones in force
 FIGURES_VERSION = 2
 
 

@@ -58,7 +58,8 @@ class InferenceForm:
             return self.run(x)[:n].float()
 
 
-def _fold_batchnorm(module: nn.Module) -> nn.Module:
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of `module` with each BatchNorm folded into the convolution before it (torch.fx)."""
     from torch.fx.experimental import optimization
 
     return optimization.fuse(module, inplace=False)
@@ -131,9 +132,9 @@ def inference_form(
     module = copy.deepcopy(module).eval().requires_grad_(False)
     precision = precision or cpu_precision()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # bf16's cosine distance to fp32 on the check's pixel noise: eager 0.001-0.0024 for the three Lite backbones at
-    # 64-300 px, traced 0.002-0.0113 (lite2 at its native 260 px, where on 32 monkeys10 photos traced and eager both
-    # reach 0.0037): 0.02 keeps the traced form there, under twice the largest drift measured
+    # bf16's largest cosine distance to fp32 (benchmarks/bf16_forms.py: the Lite backbones at 64-300 px): on the
+    # check's pixel noise eager 0.0007-0.0024, traced 0.0021-0.0113 (lite2 at its native 260 px); on 32 monkeys10
+    # photos eager 0.0017-0.0077, traced 0.0031-0.0122. 0.02 keeps the traced form at every one of them
     tolerance = 0.02 if dtype == torch.bfloat16 else 1e-4
     example = torch.rand(batch_size, *example_shape, generator=torch.Generator().manual_seed(0))
     example = example.contiguous(memory_format=torch.channels_last)
@@ -154,7 +155,7 @@ def inference_form(
         log.debug("TorchScript tracing skipped: %s", e)
     run: Callable = net
     try:
-        fused = _fold_batchnorm(module).to(dtype=dtype, memory_format=torch.channels_last)
+        fused = fold_batchnorm(module).to(dtype=dtype, memory_format=torch.channels_last)
         with torch.inference_mode():
             if _agrees(fused(example[:2].to(dtype)), reference, tolerance):
                 run, steps = fused, steps + ["batchnorm folded"]
