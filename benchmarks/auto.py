@@ -342,15 +342,25 @@ def paired(rows: list[dict], earlier: list[dict], label: str) -> list[dict]:
     return out
 
 
-def report_pairs(rows: list[dict], earlier: Path, label: str) -> None:
-    """Print and write (auto-LABEL-paired.json) this run's test predictions against `earlier`'s."""
-    name = earlier.stem.removeprefix("auto-")
-    pairs = paired(rows, json.loads(earlier.read_text()), name)
-    print(f"\ntest predictions against {earlier} on the same images (exact McNemar test)")
+def report_pairs(rows: list[dict], earlier: list[dict], name: str, label: str) -> None:
+    """Print and write (auto-LABEL-paired.json) this run's test predictions against the `earlier` run's (`name`)."""
+    print(f"\ntest predictions against {name} on the same images (exact McNemar test)")
+    pairs = paired(rows, earlier, name)
     if pairs:
         emit(pairs, RESULTS / f"auto-{label}-paired.json")
     else:
         print("no folder of this run has test predictions on the same images there")
+
+
+def read_earlier(path: Path, own: Path) -> list[dict]:
+    """--paired-with's rows, read before any run: a wrong file is refused at the start, not after hours of runs."""
+    if path.resolve() == own.resolve():
+        raise ValueError("it is this run's own result file; give an earlier one")
+    try:
+        rows = json.loads(path.read_text())
+        return [{"folder": r["folder"], "test_misses": r.get("test_misses")} for r in rows]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"not a benchmarks/auto.py result file ({e})") from e
 
 
 def run_compare(name: str, path: Path, logs: Path, max_seconds: float | None) -> dict:
@@ -443,8 +453,10 @@ def main() -> None:
     if args.held_out and (args.compare or args.auto_from):
         ap.error("--held-out changes the folders' splits: --compare and --auto-from rows would not share them")
     path = RESULTS / f"auto-{args.label}.json"
-    if args.paired_with and (args.paired_with.resolve() == path.resolve() or not args.paired_with.is_file()):
-        ap.error(f"--paired-with {args.paired_with}: give an earlier result file, not this run's own or a missing one")
+    try:
+        args.earlier = read_earlier(args.paired_with, path) if args.paired_with else None
+    except ValueError as e:
+        ap.error(f"--paired-with {args.paired_with}: {e}")
     logs = RESULTS / f"auto-{args.label}-logs"
     earlier = {r["folder"]: r for r in json.loads(args.auto_from.read_text())} if args.auto_from else {}
     rows: list[dict] = []
@@ -484,7 +496,7 @@ def show(rows: list[dict], path: Path, args: argparse.Namespace) -> None:
         print("\nthe plan against the clock (auto_plan.json's `actual`; target: every ratio within 0.75-1.25)")
         emit(costs, RESULTS / f"auto-{args.label}-costs.json")
     if args.paired_with:
-        report_pairs(rows, args.paired_with, args.label)
+        report_pairs(rows, args.earlier, args.paired_with.stem.removeprefix("auto-"), args.label)
 
 
 def cost_rows(rows: list[dict]) -> list[dict]:
