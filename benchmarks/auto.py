@@ -285,7 +285,7 @@ def test_misses(predictions: Path) -> dict | None:
         rows = list(csv.DictReader(f))
     if not rows:
         return None
-    root = os.path.commonpath([r["path"] for r in rows]) if len(rows) > 1 else os.path.dirname(rows[0]["path"])
+    root = os.path.commonpath([os.path.dirname(r["path"]) for r in rows])
     name = {r["path"]: os.path.relpath(r["path"], root) for r in rows}  # the same images wherever the data lives
     return {
         "n": len(rows),
@@ -296,12 +296,12 @@ def test_misses(predictions: Path) -> dict | None:
 
 def wilson(row: dict) -> str:
     """The 95% Wilson interval of a single-label row's test accuracy: how far its test split can resolve it."""
-    from scipy.stats import binomtest
+    from smallvision.evaluation.metrics import wilson_interval
 
     n, accuracy = row.get("test_n"), row.get("test_accuracy")
     if not n or accuracy is None:
         return "-"
-    low, high = binomtest(round(accuracy * n), n).proportion_ci(method="wilson")
+    low, high = wilson_interval(round(accuracy * n), n)
     return f"{low:.3f}-{high:.3f}"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -36,13 +37,18 @@ def distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float((1 - cos).max()), 4)
 
 
-def photos(size: int) -> torch.Tensor | None:
-    """32 monkeys10 training photos at `size`, NCHW in [0, 1], or None without the shared data."""
+@functools.cache
+def decoded() -> list[Image.Image]:
+    """32 monkeys10 training photos spread over the classes, decoded once for every backbone and size."""
     files = sorted(PHOTOS.rglob("*.jpg")) if PHOTOS.is_dir() else []
-    files = files[:: max(1, len(files) // 32)][:32]  # spread over the classes
-    if len(files) < 32:
+    return [Image.open(f).convert("RGB") for f in files[:: max(1, len(files) // 32)][:32]]
+
+
+def photos(size: int) -> torch.Tensor | None:
+    """The photos at `size`, NCHW in [0, 1], or None without the shared data."""
+    if len(decoded()) < 32:
         return None
-    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files])
+    images = np.stack([np.asarray(image.resize((size, size))) for image in decoded()])
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
 
 

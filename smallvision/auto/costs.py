@@ -25,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from smallvision import atomic
+from smallvision.caching.features import FEATURE_FORMAT
 from smallvision.data.cache import cache_root, key_of
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,6 @@ DECODE_FILES = 24  # JPEG files written and decoded per size to time decoding
 # this 2-core machine, so a pass's rate is the median of 5 (a training step's of 3)
 PASSES = 5
 HEAD_DIM = 1280  # the Lite backbones' feature width, at which a head's training on cached features is timed
-# which forms the figures time, in the cache's key: a change to the forms a run builds (2: lite2's bf16 feature pass
-# at 260 px traced, 1.4-1.5x the rate of the form timed before) must not leave the figures of the old ones in force
-FIGURES_VERSION = 2
 
 
 def machine() -> dict:
@@ -78,7 +76,8 @@ class Costs:
     def __init__(self, precision: str) -> None:
         self.precision = precision
         self.machine = machine()
-        key = key_of({**self.machine, "precision": precision, "figures": FIGURES_VERSION})
+        # the figures time the forms features are computed in: a change to those (FEATURE_FORMAT) re-times them
+        key = key_of({**self.machine, "precision": precision, "forms": FEATURE_FORMAT})
         self.path = cache_root() / "costs" / f"{key}.json"
         try:
             self.figures: dict[str, dict] = json.loads(self.path.read_text())

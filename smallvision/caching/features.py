@@ -17,8 +17,9 @@ from smallvision.models.weights import WeightsSpec
 
 log = logging.getLogger(__name__)
 
-# bumped when the features computed for the same settings change: 2, lite2's bf16 pass at 260 px runs its traced
-# form (inference.py), whose last bits differ from the BatchNorm-folded form's, so old and new are not mixed
+# bumped when the forms features are computed in change, so neither cached features nor the step costs timed on
+# those forms (auto/costs.py) outlive them: 2, lite2's bf16 pass at 260 px runs traced (models/inference.py), 1.4-1.5x
+# the BatchNorm-folded form's rate and not its last bits
 FEATURE_FORMAT = 2
 
 
