@@ -507,7 +507,8 @@ def export(
     result = api.export(model_dir, format, out=out, int8=int8, check_images=check_images, int8_tolerance=int8_tolerance)
     record = result["record"]
     entry, check = record[format], record[format]["check"]
-    typer.echo(f"{format}: {result['path']} ({entry['size_bytes'] / 1e6:.1f} MB)")
+    kept = f", unchanged since {entry['written_at']}: not written again" if entry["reused"] else ""
+    typer.echo(f"{format}: {result['path']} ({entry['size_bytes'] / 1e6:.1f} MB{kept})")
     typer.echo(
         f"check against {check['compared_with']}: {check['images']} images ({check['source']}): "
         f"{_agreement(check)}, max |probability difference| {check['max_abs_diff']:.2e} "

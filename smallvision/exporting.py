@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 PIXEL_SCALE = 255.0  # uint8 -> [0, 1], as smallvision.prediction feeds the network; the check holds exports to it
 FP32_TOLERANCE = 1e-4
+KEPT_ON_REUSE = ("file", "file_sha256", "size_bytes", "export_seconds", "written_at")  # a kept file's own facts
 MAX_CHECK_IMAGES = 1000
 MIN_CHECK_IMAGES = 8  # top-1 agreement on one or two images says little about an export
 CALIBRATION_IMAGES = 200  # training images int8 ranges are calibrated on (spread over the split)
@@ -220,8 +221,19 @@ def write_onnx(network: nn.Module, card, path: Path) -> None:
     onnx.save_model(proto, str(path))
 
 
-def _export_checked(write, run, what: str, network: nn.Module, card, dest: Path, check: CheckImages, reference):
-    """Write `dest` with `write` only if `run` on the written file agrees with the PyTorch model; its record."""
+def _export_checked(
+    write, run, what: str, network: nn.Module, card, dest: Path, check: CheckImages, reference, earlier: dict | None
+) -> dict[str, Any]:
+    """Write `dest` with `write` only if `run` on the written file agrees with the PyTorch model; its record.
+
+    `earlier` (the export.json entry of a current file at `dest`, see current_export) skips the write when that
+    file passes the check on these images: re-exporting the same weights with the same packages gives it again.
+    """
+    if earlier is not None:
+        result = fp32_check(reference, run(dest, check.images), check, card)
+        if result["passed"]:
+            return {**{key: earlier[key] for key in KEPT_ON_REUSE}, "check": result, "reused": True}
+        log.warning("%s: the unchanged %s export fails its check on %s; exporting it again", dest, what, check.source)
     start = time.perf_counter()
     with atomic.atomic_path(dest) as tmp:
         write(network, card, tmp)
@@ -235,12 +247,16 @@ def _export_checked(write, run, what: str, network: nn.Module, card, dest: Path,
         "check": result,
         "size_bytes": size,
         "export_seconds": round(seconds, 3),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reused": False,
     }
 
 
-def export_onnx(network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray) -> dict[str, Any]:
+def export_onnx(
+    network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray, earlier: dict | None = None
+) -> dict[str, Any]:
     """Write `dest` (.onnx) only if onnxruntime agrees with the PyTorch model on the check images; its record."""
-    return _export_checked(write_onnx, run_onnx, "ONNX", network, card, dest, check, reference)
+    return _export_checked(write_onnx, run_onnx, "ONNX", network, card, dest, check, reference, earlier)
 
 
 def write_torchscript(network: nn.Module, card, path: Path) -> None:
@@ -267,10 +283,11 @@ def run_torchscript(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def export_torchscript(
-    network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray
+    network: nn.Module, card, dest: Path, check: CheckImages, reference: np.ndarray, earlier: dict | None = None
 ) -> dict[str, Any]:
     """Write `dest` (.pt) only if the reloaded TorchScript module agrees with the PyTorch model; its record."""
-    return _export_checked(write_torchscript, run_torchscript, "TorchScript", network, card, dest, check, reference)
+    args = (network, card, dest, check, reference, earlier)
+    return _export_checked(write_torchscript, run_torchscript, "TorchScript", *args)
 
 
 class Int8RefusedError(SmallvisionError):
@@ -378,7 +395,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata
 
     out = {}
-    for dist in ("torch", "onnx", "onnxscript", "onnxruntime"):
+    for dist in ("smallvision", "torch", "onnx", "onnxscript", "onnxruntime"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -402,6 +419,25 @@ def record_export(
         record[key] = {**entry, "card_sha256": card_sha256, "exported_at": stamp, "versions": versions()}
     atomic.write_json(json_path, record)
     return record
+
+
+def current_export(json_path: Path, dest: Path, key: str, model_sha256: str, card_sha256: str) -> dict | None:
+    """export.json's `key` entry for `dest` when the file there is this model's passed export, unchanged since,
+    made with the packages installed now; else None."""
+    record = runtime.read_export_json(json_path)
+    entry = record.get(key)
+    if not isinstance(entry, dict) or not dest.is_file():
+        return None
+    current = (
+        record.get("model_sha256") == model_sha256
+        and entry.get("card_sha256") == card_sha256
+        and entry.get("file") == dest.name
+        and all(key in entry for key in KEPT_ON_REUSE)
+        and entry.get("versions") == versions()
+        and (entry.get("check") or {}).get("passed") is True
+        and entry.get("file_sha256") == runtime.file_sha256(dest)
+    )
+    return entry if current else None
 
 
 def load_check_images(card, folder: Path) -> CheckImages:
@@ -566,7 +602,9 @@ def export_model(
     reference = pytorch_probabilities(network, check.images)
     writer = export_onnx if format == "onnx" else export_torchscript
     json_path = dest.parent / runtime.EXPORT_JSON
-    record = record_export(json_path, sha, card_sha, {format: writer(network, card, dest, check, reference)})
+    earlier = current_export(json_path, dest, format, sha, card_sha)
+    entry = writer(network, card, dest, check, reference, earlier)
+    record = record_export(json_path, sha, card_sha, {format: entry})
     result = {"path": str(dest), "export_json": str(json_path), "record": record}
     if int8:
         calibration = split_images(card, index, "train", CALIBRATION_IMAGES, "int8 calibration")

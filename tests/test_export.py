@@ -295,6 +295,35 @@ def test_find_export_refuses_a_replaced_export_file_or_an_edited_card(models, sh
         runtime.find_export(model_dir)
 
 
+def test_an_unchanged_export_is_checked_again_not_written_again(models, shapes_data, tmp_path, monkeypatch, caplog):
+    """Exporting the same weights with the same packages checks the file on these images and keeps it; a changed
+    file or other package versions make a new one, and a kept file that fails this check is exported again."""
+    model_dir = _bare_model_folder(models, tmp_path)
+    onnx_path = model_dir / "model.onnx"
+    first = smallvision.export(model_dir, check_images=shapes_data / "test")["record"]["onnx"]
+    stat = onnx_path.stat()
+    again = smallvision.export(model_dir, check_images=shapes_data / "val")["record"]["onnx"]
+    assert not first["reused"] and again["reused"]
+    assert (again["written_at"], again["file_sha256"]) == (first["written_at"], first["file_sha256"])
+    assert again["check"]["passed"] and str(shapes_data / "val") in again["check"]["source"]
+    assert onnx_path.stat().st_mtime_ns == stat.st_mtime_ns and runtime.find_export(model_dir) == onnx_path
+
+    exported = onnx_path.read_bytes()
+    onnx_path.write_bytes(exported[:-1] + bytes([exported[-1] ^ 1]))
+    rewritten = smallvision.export(model_dir, check_images=shapes_data / "test")["record"]["onnx"]
+    assert not rewritten["reused"] and runtime.find_export(model_dir) == onnx_path
+    record = json.loads((model_dir / "export.json").read_text())
+    record["onnx"]["versions"]["onnxruntime"] = "0.0"
+    (model_dir / "export.json").write_text(json.dumps(record))
+    assert not smallvision.export(model_dir, check_images=shapes_data / "test")["record"]["onnx"]["reused"]
+
+    smallvision.export(model_dir, "torchscript", check_images=shapes_data / "test")
+    monkeypatch.setattr(exporting, "FP32_TOLERANCE", -1.0)  # nothing passes: the kept file fails, so does a new one
+    with pytest.raises(exporting.ExportCheckError, match="disagrees with the PyTorch model"):
+        smallvision.export(model_dir, "torchscript", check_images=shapes_data / "test")
+    assert "the unchanged TorchScript export fails its check" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("format", "name", "message"),
     [
