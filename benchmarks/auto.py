@@ -16,6 +16,8 @@ seconds mean little without them.
 --compare adds, per folder and on the same split, `smallvision compare FOLDER --recipes features,finetune,scratch`
 and (digits, food5_64px) a `--recipe scratch` run at the native image size; the best validation accuracy among them
 is "the best single recipe". --auto-from reuses the auto rows of an earlier result file instead of rerunning them.
+The plan table gives each step's images per second (auto_plan.json's `images_per_second`), and the runs table the
+device its figures were timed on: on a GPU, whether the budget kept it busy.
 --held-out gives every folder a test split that no choice of auto's sees (see `held_out`), so two versions of auto can
 be compared on test accuracy; the table gives each single-label row's 95% Wilson interval, and each such row keeps the
 test images it got wrong (`test_misses`), so --paired-with an earlier result file on the same splits compares the two
@@ -270,6 +272,7 @@ def run_auto(
         "backbone": metrics.get("backbone"),
         "notes": metrics.get("notes"),
         "auto_plan": plan,
+        "device": ((plan or {}).get("machine") or {}).get("gpu") or "cpu",  # what the plan's figures were timed on
         "test_n": (metrics.get("test") or {}).get("n"),
         "test_misses": misses,
     }
@@ -488,13 +491,17 @@ def main() -> None:
 
 def show(rows: list[dict], path: Path, args: argparse.Namespace) -> None:
     """The tables: the runs, their steps against the plan, and (--paired-with) their test images against earlier."""
-    columns = ["folder", "images", "budget", "wall_s", "cpu_s", "within_budget", "val", "test", "test 95%"]
+    columns = ["folder", "device", "images", "budget", "wall_s", "cpu_s", "within_budget", "val", "test", "test 95%"]
     columns += ["target", "met", "status", *(["best single (val, s)", "auto >= it"] if args.compare else [])]
     emit(rows, path, [*columns, "load_before", "load_after"])
     costs = cost_rows(rows)
     if costs:
-        print("\nthe plan against the clock (auto_plan.json's `actual`; target: every ratio within 0.75-1.25)")
-        emit(costs, RESULTS / f"auto-{args.label}-costs.json")
+        print(
+            "\nthe plan against the clock (auto_plan.json's `actual`; target: every ratio within 0.75-1.25; images: "
+            "through the backbone (a feature pass) or trained on (a round's epochs), per second of the whole step)"
+        )
+        columns = ["folder", "step", "estimate", "actual", "ratio", "remade", "within_25%", "images"]
+        emit(costs, RESULTS / f"auto-{args.label}-costs.json", [*columns, "images_per_second"])
     if args.paired_with:
         report_pairs(rows, args.earlier, args.paired_with.stem.removeprefix("auto-"), args.label)
 

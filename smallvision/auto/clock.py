@@ -60,12 +60,18 @@ class Ledger:
 
     rows: list[dict] = field(default_factory=list)
 
-    def record(self, step: str, estimate: float, seconds: float, remade: float = 1.0) -> None:
+    def record(
+        self, step: str, estimate: float, seconds: float, remade: float = 1.0, images: int | None = None
+    ) -> None:
         """One step done: its estimate when it started, what it took and their ratio; `remade`: the factor the plan's
-        estimate was scaled by, from the steps before it (`ratio`), so the plan's own figure stays readable."""
-        estimate, seconds = round(estimate, 1), round(seconds, 1)  # the ratio of the figures shown
-        ratio = round(seconds / estimate, 2) if estimate > 0 else None
-        self.rows.append({"step": step, "estimate": estimate, "actual": seconds, "ratio": ratio, "remade": remade})
+        estimate was scaled by, from the steps before it (`ratio`), so the plan's own figure stays readable;
+        `images`: the images its networks went through (a feature pass's, a round's trained epochs), and so the
+        step's images per second of its whole wall time, what says whether the machine was kept busy."""
+        estimate, actual = round(estimate, 1), round(seconds, 1)  # the ratio of the figures shown
+        ratio = round(actual / estimate, 2) if estimate > 0 else None
+        rate = round(images / seconds, 1) if images and seconds > 0 else None
+        row = {"step": step, "estimate": estimate, "actual": actual, "ratio": ratio, "remade": remade}
+        self.rows.append({**row, "images": images, "images_per_second": rate})
 
     def _work(self, kind: str) -> list[dict]:
         """The rows of steps whose names hold `kind` that ran with an estimate, timing the machine left out."""

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import itertools
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -124,11 +125,13 @@ class _Head:
         return self.folded.standing if self.folded is not None else self.standing
 
 
-def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: Tally, tap=None, folds=0) -> Candidate:
+def _features_candidate(
+    cfg, name, size, index, progress, notes, logger, tally: Tally, tap=None, folds=0
+) -> tuple[Candidate, int]:
     """A dense head on `name`'s cached features; unless --lr is set, at the better of HEAD_LRS (and, on a multi-label
     folder without --loss, of both losses), on `folds`-fold cross-validation of train+val when the plan has it, else
     on validation. Each head is its own stage (history.csv, the tracker): `features NAME`, `features NAME lr RATE`
-    when several rates, `... LOSS` when several losses."""
+    when several rates, `... LOSS` when several losses. With it, how many images the backbone computed (not cached)."""
     lrs, losses = head_lrs(cfg), head_losses(cfg, index)
     tried = []
     for lr, loss in itertools.product(lrs, losses):
@@ -156,6 +159,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
     fs = won.fs
     model = steps.pretrained_model(won.cfg, fs.specs, len(index.classes), head=copy.deepcopy(fs.head), task=fs.task)
     model.requires_grad_(False)
+    computed = sum(t.fs.cached.computed for t in tried)
     return Candidate(
         f"{name} features",
         won.cfg,
@@ -169,7 +173,7 @@ def _features_candidate(cfg, name, size, index, progress, notes, logger, tally: 
         size,
         stages=[(won.stage, won.cfg)],
         folded=won.folded,
-    )
+    ), computed
 
 
 def _head_words(name: str, tried: list[_Head], won: _Head, folds: int) -> str:
@@ -412,7 +416,7 @@ def _finetune(
     history, blocks, views, stages = list(base.history), None, None, list(base.stages)
     i = 0
     while i < len(rounds):
-        rnd, i, began = rounds[i], i + 1, now()
+        rnd, i, began, since = rounds[i], i + 1, now(), time.time()
         if i > 1:
             fitted = _fitted_round(run_dir, i, rounds, start, budget, notes, tally.ledger, who, reserve)
         if fitted is None:
@@ -428,7 +432,8 @@ def _finetune(
         )
         val = _val_probs(model, data, views)  # the best epoch's, which the round is judged on (part of its time)
         tally.ran.append(round_cfg)
-        tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began, fitted.remade)
+        trained = len(data["train"][1]) * sum(row["time"] >= since for row in res.history)  # a resume's own epochs
+        tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began, fitted.remade, trained)
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
         place = select.standing(val, data["val"][1], base.task)
@@ -573,9 +578,12 @@ def run_auto(ctx: RunContext) -> RecipeOutcome:
     tap = _tap(cfg, plan)
     for k, name in enumerate(plan.backbones):
         began = now()  # the first backbone's pass decodes the images too
-        cands.append(_features_candidate(cfg, name, plan.size, work, progress, notes, logger, tally, tap, plan.folds))
+        cand, computed = _features_candidate(
+            cfg, name, plan.size, work, progress, notes, logger, tally, tap, plan.folds
+        )
+        cands.append(cand)
         keys = (f"features {name}", "decode") if k == 0 else (f"features {name}",)
-        tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began)
+        tally.ledger.record(" + ".join(reversed(keys)), plan.seconds_of(*keys), now() - began, images=computed)
     pretrained = [c for c in cands if c.specs]
     cands += _fine_tuned(cfg, plan, pretrained, work, run_dir, start, progress, notes, logger, tally, tap)
     members, tta = choose(cands, plan, work, notes, run_dir, start, budget, tally)
@@ -650,6 +658,7 @@ def _record_costs(run_dir: Path, plan: Plan, ledger: Ledger, notes: RunNotes) ->
         + (f" (the plan's {r['estimate'] / r['remade']:.0f} s x{r['remade']:.2f})" if r["remade"] != 1 else "")
         + f", {r['actual']:.0f} s taken"
         + (f" (x{r['ratio']:.2f})" if r["ratio"] is not None else "")
+        + (f", {r['images_per_second']:.0f} images/s" if r["images_per_second"] else "")
         for r in ledger.rows
     )
     notes.decide("costs", f"the plan against the clock: {shown}")

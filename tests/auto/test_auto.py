@@ -144,6 +144,17 @@ def test_a_first_run_takes_round_1s_activations_from_the_feature_pass(first, mis
     assert ledger["b"]["round 1"] == pytest.approx(untapped[0].seconds, abs=0.06)
     kept = [n for n in again.notes if n.startswith("activation cache:")]
     assert "every split ran here (their features were already cached)" in kept[0]
+    # each step's images and images/s: a cold feature pass runs all 120 images, a warm one none; a round its
+    # epochs' 72 training images each
+    steps = [{x["step"]: x for x in _plan(run.run_dir).actual} for run in (r, again)]
+    lead = "decode + features efficientnet_lite0"
+    cold, warm = steps[0][lead], steps[1][lead]
+    assert cold["images"] == 120 and cold["images_per_second"] == pytest.approx(120 / cold["actual"], rel=0.05)
+    assert warm["images"] == 0 and warm["images_per_second"] is None
+    rounds = [x for x in steps[0].values() if x["step"].startswith("round ")]
+    assert rounds and all(x["images"] and x["images"] % 72 == 0 and x["images_per_second"] > 0 for x in rounds)
+    costs = next(n for n in r.notes if n.startswith("auto: the plan against the clock: "))
+    assert f"{lead} " in costs and f", {cold['images_per_second']:.0f} images/s" in costs
     assert any("it kept none: its features were already cached" in n for n in again.notes)
 
 

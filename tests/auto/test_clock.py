@@ -26,6 +26,18 @@ def test_the_ledger_ratio_scales_the_rest_of_the_plan():
     assert ledger.ratio() == 4.0  # capped: one misjudged step does not erase the rest
 
 
+def test_each_step_s_images_per_second_is_over_its_whole_wall_time():
+    ledger = clock.Ledger()
+    ledger.record("decode + features efficientnet_lite0", 10.0, 12.34, images=500)
+    ledger.record("features efficientnet_lite1", 10.0, 0.4, images=0)  # every feature was cached: no rate
+    ledger.record("tta (val)", 2.0, 2.0)  # a step that counts no images
+    ledger.record("round 1", 10.0, 0.0, images=72)  # a step the clock could not see: no rate rather than inf
+    rows = ledger.rows
+    assert (rows[0]["images"], rows[0]["images_per_second"]) == (500, round(500 / 12.34, 1))
+    assert [r["images_per_second"] for r in rows[1:]] == [None, None, None]
+    assert [r["images"] for r in rows[1:]] == [0, None, 72]
+
+
 def test_a_round_is_foretold_by_the_rounds_before_it_else_by_every_step():
     ledger = clock.Ledger()
     ledger.record("decode + features efficientnet_lite2", 100.0, 80.0)
