@@ -230,10 +230,17 @@ def _export_checked(
     file passes the check on these images: re-exporting the same weights with the same packages gives it again.
     """
     if earlier is not None:
-        result = fp32_check(reference, run(dest, check.images), check, card)
+        try:
+            result = fp32_check(reference, run(dest, check.images), check, card)
+        except Exception as e:  # a file this runtime no longer loads is simply written again
+            result = {"passed": False, "error": f"{type(e).__name__}: {e}"}
         if result["passed"]:
             return {**{key: earlier[key] for key in KEPT_ON_REUSE}, "check": result, "reused": True}
-        log.warning("%s: the unchanged %s export fails its check on %s; exporting it again", dest, what, check.source)
+        forget_export(dest)
+        why = f" ({result['error']})" if "error" in result else ""
+        log.warning(
+            "%s: the unchanged %s export fails its check on %s%s; exporting it again", dest, what, check.source, why
+        )
     start = time.perf_counter()
     with atomic.atomic_path(dest) as tmp:
         write(network, card, tmp)
@@ -391,10 +398,13 @@ def export_int8(
 
 
 def versions() -> dict[str, str]:
-    """Versions of the packages an export was made and checked with."""
+    """Versions of the packages an export was made and checked with, and a digest of smallvision's exporter and
+    runtime code (its version number does not move between commits), so a kept export is one they would write."""
+    import hashlib
     import importlib.metadata
 
-    out = {}
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(runtime.__file__).read_bytes()).hexdigest()
+    out = {"smallvision exporter": code[:16]}
     for dist in ("smallvision", "torch", "onnx", "onnxscript", "onnxruntime"):
         try:
             out[dist] = importlib.metadata.version(dist)
@@ -419,6 +429,15 @@ def record_export(
         record[key] = {**entry, "card_sha256": card_sha256, "exported_at": stamp, "versions": versions()}
     atomic.write_json(json_path, record)
     return record
+
+
+def forget_export(dest: Path) -> None:
+    """Drop export.json's entry for the file `dest`: it failed a check, so nothing may run it as checked."""
+    json_path = dest.parent / runtime.EXPORT_JSON
+    record = runtime.read_export_json(json_path)
+    kept = {key: v for key, v in record.items() if not (isinstance(v, dict) and v.get("file") == dest.name)}
+    if kept != record:
+        atomic.write_json(json_path, kept)
 
 
 def current_export(json_path: Path, dest: Path, key: str, model_sha256: str, card_sha256: str) -> dict | None:

@@ -243,6 +243,12 @@ def test_cli_export_prints_the_check_and_writes_export_json(models, shapes_data,
     assert f"check against the PyTorch model: 18 images ({check['source']}): top-1 agreement 1.0000" in done.stdout
     assert f"max |probability difference| {check['max_abs_diff']:.2e} (tolerance 0.0001): passed" in done.stdout
     assert f"record: {dest.parent / 'export.json'}" in done.stdout
+    assert "not written again" not in done.stdout
+    done = forked_cli.run([*args, "--check-images", shapes_data / "val", "--out", dest])
+    written = record["onnx"]["written_at"]
+    assert f"onnx: {dest} ({dest.stat().st_size / 1e6:.1f} MB, unchanged since {written}: not written again)" in (
+        done.stdout
+    )
 
     done = forked_cli.run([*args, "--format", "torchscript", "--int8"])  # refused before any work
     assert done.returncode == 1 and "error: --int8 quantizes the ONNX export" in done.stderr, done.stderr
@@ -317,11 +323,18 @@ def test_an_unchanged_export_is_checked_again_not_written_again(models, shapes_d
     (model_dir / "export.json").write_text(json.dumps(record))
     assert not smallvision.export(model_dir, check_images=shapes_data / "test")["record"]["onnx"]["reused"]
 
+    assert smallvision.export(model_dir, check_images=shapes_data / "test")["record"]["onnx"]["reused"]
+    card = json.loads((model_dir / "smallvision.json").read_text())
+    (model_dir / "smallvision.json").write_text(json.dumps({**card, "classes": card["classes"][::-1]}))
+    assert not smallvision.export(model_dir, check_images=shapes_data / "test")["record"]["onnx"]["reused"]
+
     smallvision.export(model_dir, "torchscript", check_images=shapes_data / "test")
     monkeypatch.setattr(exporting, "FP32_TOLERANCE", -1.0)  # nothing passes: the kept file fails, so does a new one
     with pytest.raises(exporting.ExportCheckError, match="disagrees with the PyTorch model"):
         smallvision.export(model_dir, "torchscript", check_images=shapes_data / "test")
     assert "the unchanged TorchScript export fails its check" in caplog.text
+    record = json.loads((model_dir / "export.json").read_text())
+    assert "torchscript" not in record and record["onnx"]["check"]["passed"]  # the file found wrong is not vouched for
 
 
 @pytest.mark.parametrize(
