@@ -272,7 +272,7 @@ def run_auto(
         "backbone": metrics.get("backbone"),
         "notes": metrics.get("notes"),
         "auto_plan": plan,
-        "device": ((plan or {}).get("machine") or {}).get("gpu") or "cpu",  # what the plan's figures were timed on
+        "device": (plan["machine"].get("gpu") or "cpu") if plan else "?",  # what the plan's figures were timed on
         "test_n": (metrics.get("test") or {}).get("n"),
         "test_misses": misses,
     }

@@ -390,6 +390,12 @@ def _round_stage(round_cfg, stage: str, model, data, views, trainable, run_dir: 
     )
 
 
+def _trained(res, since: float) -> int:
+    """The images a round trained on in this process: its epochs that ended after `since` (Unix time, as history
+    rows are stamped; the budget's clock is another), not those a resumed round had run before."""
+    return sum(row["images"] for row in res.history if row["time"] >= since)
+
+
 def _finetune(
     cfg, plan, base: Candidate, index, run_dir, start, progress, notes, logger, tally, who: Rounds = Rounds(), tap=None
 ) -> Candidate | None:
@@ -432,8 +438,7 @@ def _finetune(
         )
         val = _val_probs(model, data, views)  # the best epoch's, which the round is judged on (part of its time)
         tally.ran.append(round_cfg)
-        trained = len(data["train"][1]) * sum(row["time"] >= since for row in res.history)  # a resume's own epochs
-        tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began, fitted.remade, trained)
+        tally.ledger.record(who.words(i, rounds), fitted.seconds, now() - began, fitted.remade, _trained(res, since))
         history += [{**row, "stage": stage} for row in res.history]
         stages.append((stage, round_cfg))
         place = select.standing(val, data["val"][1], base.task)
@@ -658,7 +663,7 @@ def _record_costs(run_dir: Path, plan: Plan, ledger: Ledger, notes: RunNotes) ->
         + (f" (the plan's {r['estimate'] / r['remade']:.0f} s x{r['remade']:.2f})" if r["remade"] != 1 else "")
         + f", {r['actual']:.0f} s taken"
         + (f" (x{r['ratio']:.2f})" if r["ratio"] is not None else "")
-        + (f", {r['images_per_second']:.0f} images/s" if r["images_per_second"] else "")
+        + (f", {r['images_per_second']:g} images/s" if r["images_per_second"] else "")
         for r in ledger.rows
     )
     notes.decide("costs", f"the plan against the clock: {shown}")

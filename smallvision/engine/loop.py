@@ -53,7 +53,8 @@ def fit_tensors(
         train_loss, train_metric = step.train_epoch(xt, yt, order, spec.batch_size, loss_fn, opt, sched, task)
         val_loss, val_metric = step.evaluate(xv, yv, data.eval_batch or max(1, len(xv)), task)
         row = {"epoch": epoch, "train_loss": train_loss, f"train_{task.metric}": train_metric}
-        history.append({**row, "val_loss": val_loss, f"val_{task.metric}": val_metric, "time": time.time()})
+        row |= {"val_loss": val_loss, f"val_{task.metric}": val_metric, "images": len(xt), "time": time.time()}
+        history.append(row)
         if on_epoch is not None:
             on_epoch(history[-1])
         if progress:

@@ -41,6 +41,7 @@ class ClassifierModule(L.LightningModule):
         self.task = task
         self.loss_fn = task.loss_module(class_weights, spec.label_smoothing, spec.multilabel_loss)
         self.outputs: dict[str, list] = {"train": [], "val": []}  # a ranking metric's epoch of logits and targets
+        self.trained_images = 0  # this process's, so History can say how many each epoch trained on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits."""
@@ -81,6 +82,7 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss."""
+        self.trained_images += len(batch[1])
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -96,7 +98,8 @@ class ClassifierModule(L.LightningModule):
 
 
 class History(L.Callback):
-    """Per-epoch train/val loss and accuracy and the Unix time the epoch ended; kept in checkpoints for resumes.
+    """Per-epoch train/val loss and accuracy, the images trained on and the Unix time the epoch ended; kept in
+    checkpoints for resumes.
 
     `on_epoch` (a tracker's logging, say) gets each row as it is recorded, on rank zero.
     """
@@ -106,6 +109,11 @@ class History(L.Callback):
         self.on_epoch = on_epoch
         self.metric = metric
         self.rows: list[dict] = []
+        self.started = 0  # the module's trained_images when the epoch began
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Note how many images the module had trained on, so the epoch's own count can be recorded."""
+        self.started = pl_module.trained_images
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record the epoch's metrics once validation has run."""
@@ -116,6 +124,7 @@ class History(L.Callback):
         for key in ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}"):
             row[key] = float(m[key]) if key in m else float("nan")
         row["time"] = time.time()
+        row["images"] = (pl_module.trained_images - self.started) * trainer.world_size  # a clock-cut epoch: fewer
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         if trainer.is_global_zero and self.on_epoch is not None:
             self.on_epoch(row)

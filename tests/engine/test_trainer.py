@@ -72,6 +72,7 @@ def test_both_backends_keep_the_same_epoch_by_the_same_rule_and_stop_the_same_wa
         top = 1 + accuracies.index(max(accuracies))
         assert result.stopped_early and len(result.history) < spec.epochs  # this rate stalls: both stop early
         assert len(result.history) - top == spec.patience
+        assert [row["images"] for row in result.history] == [36] * len(result.history)  # each epoch's training images
     # the weights loaded back are the kept epoch's: scoring them again gives its validation accuracy
     x, y = torch.from_numpy(images["val"][0]), torch.from_numpy(images["val"][1])
     for trained, result in ((loop_model, loop), (model, light)):
