@@ -61,7 +61,9 @@ def test_features_recipe_learns_generated_shapes(shapes_data, tmp_path):
     for name in ("metrics.json", "history.csv", "config.yaml", "model/model.safetensors", "model/smallvision.json"):
         assert (r.run_dir / name).is_file(), name
     history = (r.run_dir / "history.csv").read_text().splitlines()
-    assert history[0] == "stage,epoch,train_loss,train_accuracy,val_loss,val_accuracy,time" and len(history) == 31
+    assert len(history) == 31  # the header, then 30 epochs, each with the images it trained on
+    assert history[0] == "stage,epoch,train_loss,train_accuracy,val_loss,val_accuracy,images,time"
+    assert {row.split(",")[6] for row in history[1:]} == {"72"}
 
 
 @pytest.mark.slow  # ~26 s here: two full default (auto) runs
