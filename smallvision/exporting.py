@@ -236,10 +236,14 @@ def _export_checked(
             result = {"passed": False, "error": f"{type(e).__name__}: {e}"}
         if result["passed"]:
             return {**{key: earlier[key] for key in KEPT_ON_REUSE}, "check": result, "reused": True}
-        forget_export(dest)
+        discard_export(dest)
         why = f" ({result['error']})" if "error" in result else ""
         log.warning(
-            "%s: the unchanged %s export fails its check on %s%s; exporting it again", dest, what, check.source, why
+            "%s: the unchanged %s export fails its check on %s%s; removed, exporting it again",
+            dest,
+            what,
+            check.source,
+            why,
         )
     start = time.perf_counter()
     with atomic.atomic_path(dest) as tmp:
@@ -431,8 +435,9 @@ def record_export(
     return record
 
 
-def forget_export(dest: Path) -> None:
-    """Drop export.json's entry for the file `dest`: it failed a check, so nothing may run it as checked."""
+def discard_export(dest: Path) -> None:
+    """Remove the file `dest` and its export.json entry: it failed a check, so nothing may run it as checked."""
+    dest.unlink(missing_ok=True)
     json_path = dest.parent / runtime.EXPORT_JSON
     record = runtime.read_export_json(json_path)
     kept = {key: v for key, v in record.items() if not (isinstance(v, dict) and v.get("file") == dest.name)}

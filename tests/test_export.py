@@ -335,6 +335,7 @@ def test_an_unchanged_export_is_checked_again_not_written_again(models, shapes_d
     assert "the unchanged TorchScript export fails its check" in caplog.text
     record = json.loads((model_dir / "export.json").read_text())
     assert "torchscript" not in record and record["onnx"]["check"]["passed"]  # the file found wrong is not vouched for
+    assert not (model_dir / "model.torchscript.pt").exists()  # nor left: a failed export leaves nothing there
 
 
 @pytest.mark.parametrize(

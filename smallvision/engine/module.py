@@ -123,8 +123,8 @@ class History(L.Callback):
         row = {"stage": self.stage, "epoch": trainer.current_epoch + 1}
         for key in ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}"):
             row[key] = float(m[key]) if key in m else float("nan")
-        row["time"] = time.time()
         row["images"] = (pl_module.trained_images - self.started) * trainer.world_size  # a clock-cut epoch: fewer
+        row["time"] = time.time()
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         if trainer.is_global_zero and self.on_epoch is not None:
             self.on_epoch(row)
