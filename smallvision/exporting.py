@@ -450,18 +450,10 @@ def current_export(json_path: Path, dest: Path, key: str, model_sha256: str, car
     made with the packages installed now; else None."""
     record = runtime.read_export_json(json_path)
     entry = record.get(key)
-    if not isinstance(entry, dict) or not dest.is_file():
+    made_alike = isinstance(entry, dict) and entry.get("versions") == versions() and set(KEPT_ON_REUSE) <= set(entry)
+    if not made_alike or runtime.export_unvouched(record, key, dest, model_sha256, card_sha256) is not None:
         return None
-    current = (
-        record.get("model_sha256") == model_sha256
-        and entry.get("card_sha256") == card_sha256
-        and entry.get("file") == dest.name
-        and all(key in entry for key in KEPT_ON_REUSE)
-        and entry.get("versions") == versions()
-        and (entry.get("check") or {}).get("passed") is True
-        and entry.get("file_sha256") == runtime.file_sha256(dest)
-    )
-    return entry if current else None
+    return entry
 
 
 def load_check_images(card, folder: Path) -> CheckImages:

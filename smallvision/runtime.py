@@ -146,23 +146,39 @@ def find_export(model_dir: str | Path, int8: bool = False) -> Path:
     flag = " --int8" if int8 else ""
     fix = f"run `smallvision export {model_dir} --format onnx{flag}`"
     record = read_export_json(model_dir / EXPORT_JSON)
-    entry = record.get(key)
     path = model_dir / name
-    if not isinstance(entry, dict) or not path.is_file():
+    why = export_unvouched(record, key, path)
+    if why == "absent":
         raise SmallvisionError(f"{model_dir}: no checked {name} export; {fix}")
-    if entry.get("file") != name or not (entry.get("check") or {}).get("passed"):
+    if why == "failed":
         raise SmallvisionError(f"{path}: its check against the PyTorch model did not pass; {fix}")
     weights, card = model_dir / WEIGHTS_FILE, model_dir / CARD_FILE
     for needed in (weights, card):
         if not needed.is_file():
             raise SmallvisionError(f"{model_dir}: {needed.name} is missing, so {name} cannot be matched to the model")
-    for what, recorded, current in (
-        (WEIGHTS_FILE, record.get("model_sha256"), weights),
-        (CARD_FILE, entry.get("card_sha256"), card),
-        (name, entry.get("file_sha256"), path),
-    ):
-        if recorded != file_sha256(current):
-            raise SmallvisionError(
-                f"{path}: stale export ({what} changed after it was exported, or export.json predates its hash); {fix}"
-            )
+    changed = export_unvouched(record, key, path, file_sha256(weights), file_sha256(card))
+    if changed is not None:
+        raise SmallvisionError(
+            f"{path}: stale export ({changed} changed after it was exported, or export.json predates its hash); {fix}"
+        )
     return path
+
+
+def export_unvouched(
+    record: dict, key: str, path: Path, model_sha256: str | None = None, card_sha256: str | None = None
+) -> str | None:
+    """Why export.json's `record` does not vouch for the file at `path` as its `key` export: "absent", "failed", or
+    the name of the file whose hash changed since the check passed (weights and card checked when their hashes are
+    given); None when it does."""
+    entry = record.get(key)
+    if not isinstance(entry, dict) or not path.is_file():
+        return "absent"
+    if entry.get("file") != path.name or not (entry.get("check") or {}).get("passed"):
+        return "failed"
+    if model_sha256 is None or card_sha256 is None:
+        return None
+    if record.get("model_sha256") != model_sha256:
+        return WEIGHTS_FILE
+    if entry.get("card_sha256") != card_sha256:
+        return CARD_FILE
+    return path.name if entry.get("file_sha256") != file_sha256(path) else None
